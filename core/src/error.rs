@@ -1,0 +1,131 @@
+//! Errors at the crate boundary.
+//!
+//! Every public entry point answers with one of these. Messages name what is wrong and where
+//! (template name, step name, YAML line and column, JSON path), so a binding can pass them on
+//! verbatim as its language's exception text.
+
+use crate::state::{StepState, TaskState};
+
+/// A template that cannot be accepted. Each message names the template (when it is known) and
+/// the place inside it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("template YAML syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("template {template}: {path}: {message}")]
+    Shape {
+        template: String,
+        path: String,
+        message: String,
+    },
+    #[error("template {template}: has no steps (step_templates / steps is empty)")]
+    EmptySteps { template: String },
+    #[error("template {template}: step name {step:?} appears more than once (step_templates[{first}] and step_templates[{second}])")]
+    DuplicateStep {
+        template: String,
+        step: String,
+        first: usize,
+        second: usize,
+    },
+    #[error("template {template}: step {step:?} depends on unknown step {dependency:?}")]
+    UnknownDependency {
+        template: String,
+        step: String,
+        dependency: String,
+    },
+    #[error("template {template}: dependency cycle: {}", cycle.join(" -> "))]
+    Cycle {
+        template: String,
+        /// The steps on the cycle in order, the first repeated at the end.
+        cycle: Vec<String>,
+    },
+    #[error("template {template}: step {step:?}: default_retry_limit must be at least 1, got {limit}")]
+    RetryLimit {
+        template: String,
+        step: String,
+        limit: i64,
+    },
+    #[error("template {template}: version {version:?} is not a semantic version (MAJOR.MINOR.PATCH): {message}")]
+    Version {
+        template: String,
+        version: String,
+        message: String,
+    },
+    #[error("template {template}: schema is not a valid JSON Schema: {message}")]
+    Schema { template: String, message: String },
+    #[error("template {template}: step {step:?}: {message}")]
+    Step {
+        template: String,
+        step: String,
+        message: String,
+    },
+    #[error("template {key} is already registered with a different body; register it under a new version")]
+    Conflict { key: String },
+    #[error("template file {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+/// Errors returned by the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// Bad input to an API call (task request, context, results, options).
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("illegal task transition {from} -> {to} for task {task_id}")]
+    IllegalTaskTransition {
+        task_id: i64,
+        from: TaskState,
+        to: TaskState,
+    },
+    #[error("illegal step transition {from} -> {to} for step {step:?} of task {task_id}")]
+    IllegalStepTransition {
+        task_id: i64,
+        step: String,
+        from: StepState,
+        to: StepState,
+    },
+    /// An operator action that the task's or step's present state does not allow.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH (PostgreSQL arrives with the postgres backend)")]
+    UnsupportedUrl(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("the engine is shutting down")]
+    Shutdown,
+}
+
+impl Error {
+    /// A short machine-readable kind, for bindings that map errors onto exception classes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Template(_) => "template",
+            Error::Validation(_) => "validation",
+            Error::NotFound(_) => "not_found",
+            Error::IllegalTaskTransition { .. } | Error::IllegalStepTransition { .. } => {
+                "illegal_transition"
+            }
+            Error::Conflict(_) => "conflict",
+            Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) => "database",
+            Error::UnsupportedUrl(_) => "validation",
+            Error::Timeout(_) => "timeout",
+            Error::Shutdown => "shutdown",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

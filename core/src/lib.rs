@@ -1,0 +1,40 @@
+//! # tasker-core
+//!
+//! The orchestration core of Tasker: a task is a run of a template, a DAG of steps; the engine
+//! persists every state change, hands ready steps to workers through a poll/complete protocol,
+//! retries failures with backoff, and recovers the steps of crashed workers through leases.
+//!
+//! Modules, one per concept:
+//! * [`template`]: YAML templates, validation, the step DAG (petgraph);
+//! * [`state`]: task and step states, the transition tables, event names;
+//! * [`backoff`]: the retry policy;
+//! * [`clock`]: time as the engine sees it (swappable in tests);
+//! * [`store`]: persistence (SQLite now; one trait for every backend);
+//! * [`engine`]: every orchestration decision: create, claim, complete, fail, cancel, retry,
+//!   resolve, finalization;
+//! * [`worker`]: a poll loop for Rust handlers with a concurrency limit and graceful shutdown;
+//! * [`readiness`]: the counter rule in memory, for analysis and benchmarks;
+//! * [`events`]: lifecycle events for in-process subscribers.
+
+pub mod backoff;
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod readiness;
+pub mod state;
+pub mod store;
+pub mod template;
+pub mod worker;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{
+    Claim, Cycle, Engine, EngineOptions, FailureKind, Job, JobKey, Outcome, Report, StepFailure,
+    StepSnapshot, TaskFilter, TaskRequest, TaskSnapshot, TaskSummary,
+};
+pub use error::{Error, Result, TemplateError};
+pub use events::Event;
+pub use state::{StepState, TaskState};
+pub use store::sqlite::Durability;
+pub use template::TaskTemplate;
+pub use worker::{HandlerError, Registry, RunStats, ShutdownHandle, StepContext, StepHandler, Worker, WorkerOptions};

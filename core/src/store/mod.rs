@@ -1,0 +1,277 @@
+//! Persistence: one trait, one implementation per database.
+//!
+//! A store executes SQL and nothing else: it never decides a state, a retry, or a finalization.
+//! The engine (`engine.rs`) makes every decision and asks the store, inside one write
+//! transaction ([`StoreTx`]), to apply batches of row changes. Every method that changes rows
+//! takes a slice so that a batch of outcomes costs a handful of statements, not a handful per
+//! step.
+//!
+//! Invariants the engine keeps and the stores' indexes rely on:
+//! * `steps.ready_at` is non-NULL exactly when the step may be claimed once that time has come
+//!   (state `pending` or `error`, no remaining parents, attempts left);
+//! * a `pending` step has `attempts = 0` and an `error` step `attempts >= 1`, so a claim can tell
+//!   from the new attempt number whether it re-claims a failed step (`error -> pending ->
+//!   in_progress`) or starts a fresh one (`pending -> in_progress`);
+//! * an `error` step with `ready_at` NULL is out of attempts (it blocks its task).
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::state::{StepState, TaskState};
+
+/// A task row (without its context).
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub task_id: i64,
+    pub named_task_id: i64,
+    pub state: TaskState,
+    pub steps_total: i64,
+    pub steps_done: i64,
+    pub steps_blocked: i64,
+    pub steps_in_flight: i64,
+    pub version: i64,
+}
+
+/// A task row with everything a snapshot shows.
+#[derive(Debug, Clone)]
+pub struct TaskDetail {
+    pub row: TaskRow,
+    pub context: String,
+    pub initiator: String,
+    pub source_system: String,
+    pub reason: String,
+    pub tags: String,
+    pub bypass_steps: String,
+    pub idempotency_key: Option<String>,
+    pub requested_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+/// A step row.
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub position: i32,
+    pub name: String,
+    pub handler: String,
+    pub state: StepState,
+    pub attempts: i64,
+    pub retry_limit: i64,
+    pub remaining_parents: i64,
+    pub ready_at: Option<i64>,
+    pub claimed_by: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub results: Option<String>,
+    pub error: Option<String>,
+    pub last_attempted_at: Option<i64>,
+    pub processed_at: Option<i64>,
+    pub version: i64,
+}
+
+/// A new task to insert.
+#[derive(Debug, Clone)]
+pub struct NewTask<'a> {
+    pub named_task_id: i64,
+    pub state: TaskState,
+    pub context: &'a str,
+    pub initiator: &'a str,
+    pub source_system: &'a str,
+    pub reason: &'a str,
+    pub tags: &'a str,
+    pub bypass_steps: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub steps_total: i64,
+    pub steps_done: i64,
+    pub version: i64,
+    pub now: i64,
+}
+
+/// A new step to insert.
+#[derive(Debug, Clone)]
+pub struct NewStep<'a> {
+    pub position: i32,
+    pub name: &'a str,
+    pub handler: &'a str,
+    pub state: StepState,
+    pub retry_limit: i64,
+    pub remaining_parents: i64,
+    pub ready_at: Option<i64>,
+    pub version: i64,
+}
+
+/// A conditional change of one step: applied only when the step is still in `expect_state`
+/// (and, when given, at `expect_attempts`), so a stale report can never overwrite a newer state.
+#[derive(Debug, Clone)]
+pub struct StepUpdate {
+    pub step_id: i64,
+    pub expect_state: StepState,
+    pub expect_attempts: Option<i64>,
+    pub state: StepState,
+    /// New attempts count (None: keep).
+    pub attempts: Option<i64>,
+    /// New results JSON (None: keep).
+    pub results: Option<Option<String>>,
+    /// New error JSON (None: keep).
+    pub error: Option<Option<String>>,
+    pub ready_at: Option<i64>,
+    /// Set processed_at to this time (None: keep).
+    pub processed_at: Option<i64>,
+    /// How many transitions this change writes (the step's version grows by it).
+    pub transitions: i64,
+}
+
+/// Counter deltas and an optional new state for one task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskUpdate {
+    pub task_id: i64,
+    pub d_done: i64,
+    pub d_blocked: i64,
+    pub d_in_flight: i64,
+    pub state: Option<TaskState>,
+    pub transitions: i64,
+    pub completed_at: Option<i64>,
+}
+
+/// A step just claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedStep {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub position: i32,
+    pub attempts: i64,
+    pub version: i64,
+    pub lease_expires_at: i64,
+}
+
+/// What to claim.
+#[derive(Debug, Clone)]
+pub struct ClaimSpec<'a> {
+    pub now: i64,
+    pub max: i64,
+    /// Only steps with these handler names (None: any handler).
+    pub handlers: Option<&'a [String]>,
+    pub worker_id: &'a str,
+    pub lease_until: i64,
+}
+
+/// A transition row to insert.
+#[derive(Debug, Clone)]
+pub struct TransitionRow {
+    pub task_id: i64,
+    /// Set for step transitions.
+    pub step_id: Option<i64>,
+    pub from_state: Option<&'static str>,
+    pub to_state: &'static str,
+    pub metadata: String,
+    pub sort_key: i64,
+    pub created_at: i64,
+}
+
+/// Filters for listing tasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A registered template row.
+#[derive(Debug, Clone)]
+pub struct TemplateRow {
+    pub named_task_id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub definition: String,
+    pub definition_hash: String,
+}
+
+/// A database behind the engine.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Opens a write transaction (on SQLite `BEGIN IMMEDIATE`).
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+
+    async fn templates(&self) -> Result<Vec<TemplateRow>>;
+    async fn template_by_id(&self, named_task_id: i64) -> Result<Option<TemplateRow>>;
+    async fn task(&self, task_id: i64) -> Result<Option<(TaskDetail, String, String, String)>>;
+    async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>>;
+    async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>>;
+    /// Tasks matching the filter, newest first, with (namespace, name, version).
+    async fn list_tasks(&self, filter: &TaskFilter)
+        -> Result<Vec<(TaskDetail, String, String, String)>>;
+    /// The earliest `ready_at` among claimable steps (with these handlers), if any.
+    async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>>;
+    /// The earliest lease expiry among running steps, if any.
+    async fn next_lease_expiry(&self) -> Result<Option<i64>>;
+    /// Transition rows of a task and its steps, in order (for audits and tests).
+    async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>>;
+}
+
+/// One write transaction. Dropping it without [`StoreTx::commit`] rolls back.
+#[async_trait]
+pub trait StoreTx: Send {
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    async fn find_template(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<TemplateRow>>;
+    async fn insert_template(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        description: Option<&str>,
+        definition: &str,
+        definition_hash: &str,
+        now: i64,
+    ) -> Result<i64>;
+
+    async fn template_by_id(&mut self, named_task_id: i64) -> Result<Option<TemplateRow>>;
+
+    async fn task_by_idempotency_key(&mut self, key: &str) -> Result<Option<i64>>;
+    async fn insert_task(&mut self, task: &NewTask<'_>) -> Result<i64>;
+    /// Inserts the steps of one task; returns (position, step_id).
+    async fn insert_steps(
+        &mut self,
+        task_id: i64,
+        steps: &[NewStep<'_>],
+        now: i64,
+    ) -> Result<Vec<(i32, i64)>>;
+
+    /// Reads task rows (locking them where the database can).
+    async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>>;
+    /// Reads the contexts of tasks: (task_id, context JSON).
+    async fn contexts(&mut self, task_ids: &[i64]) -> Result<Vec<(i64, String)>>;
+    async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>>;
+
+    /// Applies conditional step updates; returns (step_id, new version) of those applied.
+    async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>>;
+    /// Decrements `remaining_parents` of (task_id, position) by count; steps that reach zero
+    /// while `pending` get `ready_at = now`. Returns how many became ready.
+    async fn decrement_parents(&mut self, decrements: &[(i64, i32, i64)], now: i64)
+        -> Result<u64>;
+    /// Applies counter deltas and state changes; returns the new rows.
+    async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<Vec<TaskRow>>;
+
+    /// Claims ready steps: `in_progress`, attempts + 1, lease set, ready_at cleared.
+    async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>>;
+    /// Results of (task_id, position) steps: (task_id, position, name, results JSON).
+    async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>>;
+    /// Running steps whose lease expired before `now`: (step_id, task_id, position, attempts).
+    async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64, i32, i64)>>;
+    /// Extends the leases of running steps still at the given attempt; returns how many.
+    async fn extend_leases(&mut self, steps: &[(i64, i64)], until: i64, now: i64) -> Result<u64>;
+
+    async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()>;
+}
