@@ -48,7 +48,8 @@ impl HandlerError {
         HandlerError::Permanent(message.into())
     }
 
-    fn into_failure(self) -> StepFailure {
+    /// The engine-side failure for this error.
+    pub fn into_failure(self) -> StepFailure {
         match self {
             HandlerError::Retryable { message, retry_after } => StepFailure {
                 message,
