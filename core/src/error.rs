@@ -97,6 +97,8 @@ pub enum Error {
     Conflict(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -120,7 +122,7 @@ impl Error {
                 "illegal_transition"
             }
             Error::Conflict(_) => "conflict",
-            Error::Database(_) | Error::Migration(_) | Error::Corrupt(_) => "database",
+            Error::Database(_) | Error::Sqlite(_) | Error::Migration(_) | Error::Corrupt(_) => "database",
             Error::UnsupportedUrl(_) => "validation",
             Error::Timeout(_) => "timeout",
             Error::Shutdown => "shutdown",

@@ -164,6 +164,8 @@ pub struct RunStats {
     pub completed: u64,
     pub failed: u64,
     pub stale: u64,
+    /// Transactions of the poll/complete protocol (report + claim) this run made.
+    pub cycles: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -276,6 +278,7 @@ impl Worker {
                 let claim = (free > 0).then(|| Claim { max: free, ..claim_base.clone() });
                 match engine.report(&reports, claim.as_ref()).await {
                     Ok(cycle) => {
+                        stats.cycles += 1;
                         db_backoff = Duration::from_millis(50);
                         for r in &reports {
                             match r.outcome {

@@ -261,8 +261,8 @@ pub trait StoreTx: Send {
     /// while `pending` get `ready_at = now`. Returns how many became ready.
     async fn decrement_parents(&mut self, decrements: &[(i64, i32, i64)], now: i64)
         -> Result<u64>;
-    /// Applies counter deltas and state changes; returns the new rows.
-    async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<Vec<TaskRow>>;
+    /// Applies counter deltas and state changes.
+    async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<()>;
 
     /// Claims ready steps: `in_progress`, attempts + 1, lease set, ready_at cleared.
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>>;
