@@ -439,7 +439,7 @@ impl Engine {
         let body = t.canonical_json();
         let hash = hex(&Sha256::digest(body.as_bytes()));
         let version = t.version.to_string();
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = self.inner.store.begin(true).await?;
         let id = match tx.find_template(&t.namespace, &t.name, &version).await? {
             Some(row) if row.definition_hash == hash => row.named_task_id,
             Some(_) => return Err(TemplateError::Conflict { key }.into()),
@@ -831,7 +831,9 @@ impl Engine {
         let span = debug_span!("tasker.report", reports = reports.len(), claim = claim.map(|c| c.max));
         async move {
             let now = self.now();
-            let mut cx = TxCx::begin(self, now).await?;
+            // A claim alone need not reach the disk before the handler runs: lost in a crash,
+            // the step is simply claimable again. Outcomes always are durable.
+            let mut cx = TxCx::begin_with(self, now, !reports.is_empty()).await?;
             let mut stale = cx.apply_reports(reports).await?;
             let last = self.inner.last_reap_ms.load(Ordering::Relaxed);
             if last == i64::MIN || now - last >= REAP_EVERY_MS || now < last {
@@ -912,7 +914,7 @@ impl Engine {
         let now = self.now();
         let until = now + self.inner.opts.lease.as_millis() as i64;
         let pairs: Vec<(i64, i64)> = keys.iter().map(|k| (k.step_id, k.attempt as i64)).collect();
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = self.inner.store.begin(false).await?;
         let n = tx.extend_leases(&pairs, until, now).await?;
         tx.commit().await?;
         Ok(n)
@@ -1101,9 +1103,13 @@ struct TxCx<'e> {
 
 impl<'e> TxCx<'e> {
     async fn begin(engine: &'e Engine, now: i64) -> Result<TxCx<'e>> {
+        Self::begin_with(engine, now, true).await
+    }
+
+    async fn begin_with(engine: &'e Engine, now: i64, durable: bool) -> Result<TxCx<'e>> {
         Ok(TxCx {
             engine,
-            tx: engine.inner.store.begin().await?,
+            tx: engine.inner.store.begin(durable).await?,
             now,
             tasks: HashMap::new(),
             pending: HashMap::new(),

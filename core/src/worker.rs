@@ -5,7 +5,7 @@
 //! [`Claim`]): each turn of the loop records every outcome that has arrived and claims as many
 //! steps as there are free slots, in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -142,6 +142,13 @@ pub struct WorkerOptions {
     pub worker_id: String,
     /// On shutdown, how long in-flight steps may still run before they are released.
     pub shutdown_grace: Duration,
+    /// Steps claimed ahead of free slots, so one transaction records a batch of outcomes and
+    /// claims the next batch (None: as many as `concurrency`). Prefetched steps hold a lease
+    /// while they wait.
+    pub prefetch: Option<usize>,
+    /// How long the first finished step may wait for the others still running before their
+    /// outcomes are recorded together (default 1 ms).
+    pub batch_window: Duration,
     /// Claim only steps whose handler is registered (default). `false` claims every ready step
     /// and fails those without a handler permanently (only for a worker meant to own them all).
     pub only_registered: bool,
@@ -151,6 +158,8 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
             concurrency: 8,
+            prefetch: None,
+            batch_window: Duration::from_millis(1),
             worker_id: Engine::new_worker_id(),
             shutdown_grace: Duration::from_secs(30),
             only_registered: true,
@@ -246,36 +255,63 @@ impl Worker {
     async fn run_inner(&self, mode: Mode) -> Result<RunStats> {
         let engine = &self.engine;
         let concurrency = self.opts.concurrency.max(1);
+        let depth = concurrency + self.opts.prefetch.unwrap_or(concurrency);
         let names = self.registry.names();
         let claim_base = Claim {
             worker_id: self.opts.worker_id.clone(),
             max: 0,
             handlers: self.opts.only_registered.then(|| names.clone()),
         };
+        let handlers = claim_base.handlers.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
         let mut stop_rx = self.stop_tx.subscribe();
         let mut running: HashMap<i64, Running> = HashMap::new();
+        let mut queue: VecDeque<Job> = VecDeque::new();
         let mut reports: Vec<Report> = Vec::new();
+        let mut first_report: Option<Instant> = None;
         let mut stats = RunStats::default();
         let lease = engine.options().lease;
         let heartbeat_every = (lease / 3).max(Duration::from_millis(50));
         let mut last_heartbeat = Instant::now();
         let mut db_backoff = Duration::from_millis(50);
         let mut stopping_since: Option<Instant> = None;
+        // Whether a claim may find something: false after a claim came back short, true again
+        // when woken (new work announced, a backoff or lease due).
+        let mut work_maybe = true;
 
         loop {
             while let Ok(r) = rx.try_recv() {
                 running.remove(&r.key.step_id);
+                first_report.get_or_insert_with(Instant::now);
                 reports.push(r);
             }
-            let stopping = *stop_rx.borrow() || stopping_since.is_some();
-            if stopping && stopping_since.is_none() {
+            if stopping_since.is_none() && *stop_rx.borrow() {
                 stopping_since = Some(Instant::now());
             }
-            let free = if stopping { 0 } else { concurrency.saturating_sub(running.len()) };
-            let mut claimed_any = false;
-            if !reports.is_empty() || free > 0 {
-                let claim = (free > 0).then(|| Claim { max: free, ..claim_base.clone() });
+            // Jobs already claimed run even while stopping: they hold leases and attempts.
+            while running.len() < concurrency {
+                let Some(job) = queue.pop_front() else { break };
+                let key = job.key;
+                let abort = self.spawn(job, tx.clone());
+                running.insert(key.step_id, Running { key, abort });
+            }
+            let outstanding = running.len() + queue.len();
+            let room = if stopping_since.is_some() { 0 } else { depth.saturating_sub(outstanding) };
+
+            if !reports.is_empty() {
+                // Gather: let the other running handlers finish so one transaction records
+                // them all, for at most `batch_window` after the first outcome arrived.
+                let waited = first_report.map(|t| t.elapsed()).unwrap_or_default();
+                if !running.is_empty() && queue.is_empty() && waited < self.opts.batch_window {
+                    tokio::select! {
+                        r = rx.recv() => if let Some(r) = r { running.remove(&r.key.step_id); reports.push(r); },
+                        _ = tokio::time::sleep(self.opts.batch_window - waited) => {}
+                    }
+                    continue;
+                }
+            }
+            if !reports.is_empty() || (room > 0 && work_maybe) {
+                let claim = (room > 0).then(|| Claim { max: room, ..claim_base.clone() });
                 match engine.report(&reports, claim.as_ref()).await {
                     Ok(cycle) => {
                         stats.cycles += 1;
@@ -288,12 +324,9 @@ impl Worker {
                         }
                         stats.stale += cycle.stale.len() as u64;
                         reports.clear();
-                        claimed_any = !cycle.jobs.is_empty();
-                        for job in cycle.jobs {
-                            let key = job.key;
-                            let abort = self.spawn(job, tx.clone());
-                            running.insert(key.step_id, Running { key, abort });
-                        }
+                        first_report = None;
+                        work_maybe = room > 0 && cycle.jobs.len() >= room;
+                        queue.extend(cycle.jobs);
                     }
                     Err(e) => {
                         // Keep the reports: they are retried until the database answers (or the
@@ -301,19 +334,20 @@ impl Worker {
                         warn!(error = %e, pending = reports.len(), "report failed; retrying");
                         tokio::time::sleep(db_backoff).await;
                         db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
-                        continue;
                     }
                 }
+                continue;
             }
-            if last_heartbeat.elapsed() >= heartbeat_every && !running.is_empty() {
-                let keys: Vec<JobKey> = running.values().map(|r| r.key).collect();
+            if last_heartbeat.elapsed() >= heartbeat_every && outstanding > 0 {
+                let keys: Vec<JobKey> =
+                    running.values().map(|r| r.key).chain(queue.iter().map(|j| j.key)).collect();
                 if let Err(e) = engine.heartbeat(&keys).await {
                     warn!(error = %e, "heartbeat failed");
                 }
                 last_heartbeat = Instant::now();
             }
             if let Some(since) = stopping_since {
-                if running.is_empty() && reports.is_empty() {
+                if outstanding == 0 {
                     return Ok(stats);
                 }
                 if since.elapsed() >= self.opts.shutdown_grace {
@@ -326,62 +360,58 @@ impl Worker {
                             ),
                         });
                     }
+                    for j in queue.drain(..) {
+                        reports.push(Report {
+                            key: j.key,
+                            outcome: Outcome::Failed(
+                                StepFailure::retryable("worker shut down before the step started").retry_after(0.0),
+                            ),
+                        });
+                    }
                     continue;
                 }
-            }
-            if claimed_any || !reports.is_empty() {
-                // Let freshly spawned handlers run, then collect what finished in one batch.
-                tokio::task::yield_now().await;
-                continue;
-            }
-            if !running.is_empty() && running.len() >= concurrency {
-                // Full: wait for a slot.
-                tokio::select! {
-                    r = rx.recv() => if let Some(r) = r { running.remove(&r.key.step_id); reports.push(r); },
-                    _ = tokio::time::sleep(heartbeat_every) => {}
-                    _ = stop_rx.changed() => {}
-                }
-                continue;
-            }
-            match mode {
-                Mode::UntilTask(id) if running.is_empty() || stopping_since.is_none() => {
-                    if let Some(s) = engine_task_state(engine, id).await? {
-                        if s.is_terminal() {
-                            stopping_since.get_or_insert_with(Instant::now);
-                            if running.is_empty() {
-                                return Ok(stats);
-                            }
-                        }
-                    }
-                }
-                Mode::UntilIdle if running.is_empty() => {
-                    if engine.is_idle(claim_base.handlers.as_deref()).await? {
-                        return Ok(stats);
-                    }
-                }
-                _ => {}
-            }
-            if stopping_since.is_some() {
                 tokio::select! {
                     r = rx.recv() => if let Some(r) = r { running.remove(&r.key.step_id); reports.push(r); },
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
                 continue;
             }
-            // Idle: sleep until a handler finishes, new work is announced, a backoff elapses,
-            // a lease may have expired, or we are told to stop.
+            match mode {
+                Mode::UntilTask(id) => {
+                    if engine.get_task_state(id).await?.is_terminal() {
+                        stopping_since = Some(Instant::now());
+                        continue;
+                    }
+                }
+                Mode::UntilIdle if outstanding == 0 => {
+                    if engine.is_idle(handlers.as_deref()).await? {
+                        return Ok(stats);
+                    }
+                }
+                _ => {}
+            }
+            // Nothing to record and nothing to claim: sleep until a handler finishes, new work
+            // is announced, a backoff elapses or a lease may have expired, or we are told to stop.
             let notified = engine.work_notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let nap = engine
-                .time_to_next_work(claim_base.handlers.as_deref())
-                .await
-                .unwrap_or(Duration::from_millis(100))
-                .min(heartbeat_every);
+            let nap = if room == 0 {
+                heartbeat_every
+            } else {
+                engine
+                    .time_to_next_work(handlers.as_deref())
+                    .await
+                    .unwrap_or(Duration::from_millis(100))
+                    .min(heartbeat_every)
+            };
             tokio::select! {
-                r = rx.recv() => if let Some(r) = r { running.remove(&r.key.step_id); reports.push(r); },
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(nap) => {}
+                r = rx.recv() => if let Some(r) = r {
+                    running.remove(&r.key.step_id);
+                    first_report.get_or_insert_with(Instant::now);
+                    reports.push(r);
+                },
+                _ = &mut notified => work_maybe = true,
+                _ = tokio::time::sleep(nap) => work_maybe = true,
                 _ = stop_rx.changed() => {}
             }
         }
@@ -444,13 +474,5 @@ fn panic_message(e: tokio::task::JoinError) -> String {
         s.clone()
     } else {
         "non-string panic payload".into()
-    }
-}
-
-async fn engine_task_state(engine: &Engine, id: i64) -> Result<Option<crate::state::TaskState>> {
-    match engine.get_task_state(id).await {
-        Ok(s) => Ok(Some(s)),
-        Err(Error::NotFound(m)) => Err(Error::NotFound(m)),
-        Err(e) => Err(e),
     }
 }

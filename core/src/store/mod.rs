@@ -196,8 +196,10 @@ pub struct TemplateRow {
 /// A database behind the engine.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Opens a write transaction (on SQLite `BEGIN IMMEDIATE`).
-    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+    /// Opens a write transaction (on SQLite `BEGIN IMMEDIATE`). `durable = false` allows the
+    /// commit to skip its flush to disk: only for transactions whose loss on power failure is
+    /// harmless (claims, whose steps then simply remain claimable).
+    async fn begin(&self, durable: bool) -> Result<Box<dyn StoreTx>>;
 
     async fn templates(&self) -> Result<Vec<TemplateRow>>;
     async fn template_by_id(&self, named_task_id: i64) -> Result<Option<TemplateRow>>;

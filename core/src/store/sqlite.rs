@@ -78,8 +78,23 @@ enum Readers {
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    write: Arc<tokio::sync::Mutex<Connection>>,
+    write: Arc<tokio::sync::Mutex<WriteConn>>,
     read: Arc<Readers>,
+    durability: Durability,
+}
+
+/// The writer and the `synchronous` level it is set to now.
+#[derive(Debug)]
+struct WriteConn {
+    c: Connection,
+    sync: Durability,
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.c
+    }
 }
 
 /// Runs blocking work (an fsync) without stalling the other tasks of a multi-threaded runtime.
@@ -148,7 +163,11 @@ impl SqliteStore {
             c
         };
         let read = if memory { Readers::Shared } else { Readers::Own(Mutex::new(Vec::new()), path) };
-        Ok(SqliteStore { write: Arc::new(tokio::sync::Mutex::new(write)), read: Arc::new(read) })
+        Ok(SqliteStore {
+            write: Arc::new(tokio::sync::Mutex::new(WriteConn { c: write, sync: durability })),
+            read: Arc::new(read),
+            durability,
+        })
     }
 
     /// Runs `f` on a read connection.
@@ -345,8 +364,15 @@ fn next_ready_at_sql(handlers: Option<&[String]>) -> (String, Vec<Sql>) {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-        let guard = self.write.clone().lock_owned().await;
+    async fn begin(&self, durable: bool) -> Result<Box<dyn StoreTx>> {
+        let mut guard = self.write.clone().lock_owned().await;
+        // A transaction that may be lost on power failure without harm (a claim: the step stays
+        // claimable) skips the fsync; the next durable commit syncs the WAL up to it.
+        let want = if durable { self.durability } else { Durability::Off };
+        if guard.sync != want {
+            guard.c.pragma_update(None, "synchronous", want.pragma())?;
+            guard.sync = want;
+        }
         guard.execute_batch("BEGIN IMMEDIATE")?;
         Ok(Box::new(SqliteTx { c: guard, open: true }))
     }
@@ -471,7 +497,7 @@ impl Store for SqliteStore {
 }
 
 struct SqliteTx {
-    c: OwnedMutexGuard<Connection>,
+    c: OwnedMutexGuard<WriteConn>,
     open: bool,
 }
 
