@@ -101,7 +101,8 @@ impl FirstStart {
 }
 
 fn worker(engine: &Engine, reg: Registry) -> Worker {
-    Worker::new(engine.clone(), reg, WorkerOptions { concurrency: CONCURRENCY, ..Default::default() })
+    let prefetch = std::env::var("TASKER_PREFETCH").ok().and_then(|v| v.parse().ok());
+    Worker::new(engine.clone(), reg, WorkerOptions { concurrency: CONCURRENCY, prefetch, ..Default::default() })
 }
 
 async fn w1(d: Durability, scale: f64) -> Metrics {
@@ -197,9 +198,11 @@ async fn w3(d: Durability, scale: f64) -> Metrics {
     let w2 = w.clone();
     let run = tokio::spawn(async move { w2.run().await });
     let mut lat = Vec::with_capacity(n);
+    let mut create = Vec::with_capacity(n);
     for i in 0..(n + 10) {
         let t0 = Instant::now();
         let id = engine.create_task(TaskRequest::new("job", json!({"i": i}))).await.unwrap();
+        create.push(t0.elapsed().as_secs_f64() * 1000.0);
         let t = engine.wait_for_task(id, Some(Duration::from_secs(10))).await.unwrap();
         let dt = t0.elapsed();
         assert_eq!(t.status, TaskState::Complete);
@@ -216,6 +219,7 @@ async fn w3(d: Durability, scale: f64) -> Metrics {
         ("p95_ms", pct(95.0)),
         ("p99_ms", pct(99.0)),
         ("mean_ms", lat.iter().sum::<f64>() / lat.len() as f64),
+        ("create_p50_ms", median(create)),
     ])
 }
 

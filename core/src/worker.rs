@@ -143,7 +143,7 @@ pub struct WorkerOptions {
     /// On shutdown, how long in-flight steps may still run before they are released.
     pub shutdown_grace: Duration,
     /// Steps claimed ahead of free slots, so one transaction records a batch of outcomes and
-    /// claims the next batch (None: as many as `concurrency`). Prefetched steps hold a lease
+    /// claims the next batch (None: twice `concurrency`). Prefetched steps hold a lease
     /// while they wait.
     pub prefetch: Option<usize>,
     /// How long the first finished step may wait for the others still running before their
@@ -255,7 +255,7 @@ impl Worker {
     async fn run_inner(&self, mode: Mode) -> Result<RunStats> {
         let engine = &self.engine;
         let concurrency = self.opts.concurrency.max(1);
-        let depth = concurrency + self.opts.prefetch.unwrap_or(concurrency);
+        let depth = concurrency + self.opts.prefetch.unwrap_or(2 * concurrency);
         let names = self.registry.names();
         let claim_base = Claim {
             worker_id: self.opts.worker_id.clone(),
@@ -278,6 +278,8 @@ impl Worker {
         // Whether a claim may find something: false after a claim came back short, true again
         // when woken (new work announced, a backoff or lease due).
         let mut work_maybe = true;
+        let mut armed = Box::pin(engine.work_notified());
+        armed.as_mut().enable();
 
         loop {
             while let Ok(r) = rx.try_recv() {
@@ -299,10 +301,10 @@ impl Worker {
             let room = if stopping_since.is_some() { 0 } else { depth.saturating_sub(outstanding) };
 
             if !reports.is_empty() {
-                // Gather: let the other running handlers finish so one transaction records
-                // them all, for at most `batch_window` after the first outcome arrived.
+                // Gather: let the other claimed steps finish so one transaction records them
+                // all, for at most `batch_window` after the first outcome arrived.
                 let waited = first_report.map(|t| t.elapsed()).unwrap_or_default();
-                if !running.is_empty() && queue.is_empty() && waited < self.opts.batch_window {
+                if outstanding > 0 && waited < self.opts.batch_window {
                     tokio::select! {
                         r = rx.recv() => if let Some(r) = r { running.remove(&r.key.step_id); reports.push(r); },
                         _ = tokio::time::sleep(self.opts.batch_window - waited) => {}
@@ -312,6 +314,11 @@ impl Worker {
             }
             if !reports.is_empty() || (room > 0 && work_maybe) {
                 let claim = (room > 0).then(|| Claim { max: room, ..claim_base.clone() });
+                if claim.is_some() {
+                    // Arm before claiming: work announced after this claim's snapshot wakes us.
+                    armed = Box::pin(engine.work_notified());
+                    armed.as_mut().enable();
+                }
                 match engine.report(&reports, claim.as_ref()).await {
                     Ok(cycle) => {
                         stats.cycles += 1;
@@ -392,10 +399,8 @@ impl Worker {
             }
             // Nothing to record and nothing to claim: sleep until a handler finishes, new work
             // is announced, a backoff elapses or a lease may have expired, or we are told to stop.
-            let notified = engine.work_notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let nap = if room == 0 {
+            let nap = if room == 0 || outstanding > 0 {
+                // Steps are running: their outcomes wake us; new work is claimed with them.
                 heartbeat_every
             } else {
                 engine
@@ -410,7 +415,11 @@ impl Worker {
                     first_report.get_or_insert_with(Instant::now);
                     reports.push(r);
                 },
-                _ = &mut notified => work_maybe = true,
+                _ = &mut armed => {
+                    work_maybe = true;
+                    armed = Box::pin(engine.work_notified());
+                    armed.as_mut().enable();
+                }
                 _ = tokio::time::sleep(nap) => work_maybe = true,
                 _ = stop_rx.changed() => {}
             }
@@ -430,25 +439,23 @@ impl Worker {
                         job.handler
                     ))),
                     Some(h) => {
-                        let mut inner = tokio::spawn(async move { h.call(&job).await });
+                        // One task per step: the handler runs inside it, panics caught at poll.
+                        let fut = CatchUnwind(Box::pin(async move { h.call(&job).await }));
                         let joined = match timeout {
-                            None => Some((&mut inner).await),
-                            Some(t) => tokio::time::timeout(t, &mut inner).await.ok(),
+                            None => Some(fut.await),
+                            Some(t) => tokio::time::timeout(t, fut).await.ok(),
                         };
                         match joined {
-                            None => {
-                                inner.abort();
-                                Outcome::Failed(StepFailure {
-                                    message: format!("timed out after {:.3} s (timeout_seconds)", timeout.unwrap().as_secs_f64()),
-                                    kind: FailureKind::Timeout,
-                                    retry_after_seconds: None,
-                                    detail: None,
-                                })
-                            }
+                            None => Outcome::Failed(StepFailure {
+                                message: format!("timed out after {:.3} s (timeout_seconds)", timeout.unwrap().as_secs_f64()),
+                                kind: FailureKind::Timeout,
+                                retry_after_seconds: None,
+                                detail: None,
+                            }),
                             Some(Ok(Ok(v))) => Outcome::Complete(v),
                             Some(Ok(Err(e))) => Outcome::Failed(e.into_failure()),
-                            Some(Err(join)) => Outcome::Failed(
-                                StepFailure::retryable(format!("handler panicked: {}", panic_message(join)))
+                            Some(Err(panic)) => Outcome::Failed(
+                                StepFailure::retryable(format!("handler panicked: {}", panic_message(panic)))
                                     .detail(json!({"panic": true})),
                             ),
                         }
@@ -463,11 +470,24 @@ impl Worker {
     }
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
-    if e.is_cancelled() {
-        return "cancelled".into();
+type Panic = Box<dyn std::any::Any + Send>;
+
+/// Polls a boxed future, turning a panic inside it into an error.
+struct CatchUnwind<F: ?Sized>(Pin<Box<F>>);
+
+impl<F: Future + ?Sized> Future for CatchUnwind<F> {
+    type Output = std::result::Result<F::Output, Panic>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(p) => std::task::Poll::Ready(Err(p)),
+        }
     }
-    let p = e.into_panic();
+}
+
+fn panic_message(p: Panic) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {

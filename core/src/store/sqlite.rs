@@ -513,7 +513,11 @@ impl Drop for SqliteTx {
 impl StoreTx for SqliteTx {
     async fn commit(mut self: Box<Self>) -> Result<()> {
         let c = &*self.c;
-        blocking(|| c.execute_batch("COMMIT"))?;
+        if c.sync == Durability::Off {
+            c.execute_batch("COMMIT")?;
+        } else {
+            blocking(|| c.execute_batch("COMMIT"))?;
+        }
         self.open = false;
         Ok(())
     }
