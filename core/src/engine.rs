@@ -303,6 +303,8 @@ pub struct StepSnapshot {
     pub next_attempt_at: Option<String>,
     pub last_attempted_at: Option<String>,
     pub completed_at: Option<String>,
+    /// How long the last attempt ran, for a step that finished by running.
+    pub duration_ms: Option<i64>,
 }
 
 /// One line of a task listing.
@@ -727,6 +729,10 @@ impl Engine {
                         },
                         last_attempted_at: s.last_attempted_at.map(format_ms),
                         completed_at: s.processed_at.map(format_ms),
+                        duration_ms: match (s.state, s.last_attempted_at, s.processed_at) {
+                            (StepState::Complete, Some(a), Some(b)) => Some((b - a).max(0)),
+                            _ => None,
+                        },
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -927,8 +933,8 @@ impl Engine {
     pub async fn cancel_task(&self, task_id: i64) -> Result<()> {
         let mut cx = TxCx::begin(self, self.now()).await?;
         let task = cx.task(task_id).await?;
-        if task.state == TaskState::Cancelled {
-            return Err(Error::Conflict(format!("task {task_id} is already cancelled")));
+        if task.state.is_finished() {
+            return Err(Error::Conflict(format!("cannot cancel task {task_id}: it is already {}", task.state)));
         }
         if TaskState::event(Some(task.state), TaskState::Cancelled).is_none() {
             return Err(Error::IllegalTaskTransition { task_id, from: task.state, to: TaskState::Cancelled });

@@ -14,12 +14,16 @@
 //!   resolve, finalization;
 //! * [`worker`]: a poll loop for Rust handlers with a concurrency limit and graceful shutdown;
 //! * [`readiness`]: the counter rule in memory, for analysis and benchmarks;
-//! * [`events`]: lifecycle events for in-process subscribers.
+//! * [`events`]: lifecycle events for in-process subscribers;
+//! * [`builtin`]: the `command` and `http` step handlers every host gets;
+//! * [`diagram`]: Mermaid flowcharts of templates and tasks.
 
 pub mod backoff;
+pub mod builtin;
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod diagram;
 pub mod events;
 pub mod readiness;
 pub mod state;

@@ -6,9 +6,11 @@
 //! silent no-op.
 //!
 //! The tables are the reference engine's (tasker-engine 1.0, §2.2 and §2.3), with `from_state`
-//! stored so the (from, to) pairs are honoured (its gap §11.4), plus two deliberate additions:
-//! `error -> cancelled` for tasks and steps, so that a task waiting on a failed step can be
-//! cancelled (the reference table leaves such a task uncancellable).
+//! stored so the (from, to) pairs are honoured (its gap §11.4), and these deliberate changes:
+//! * `error -> cancelled` added for tasks and steps, so that a task waiting on a failed step can
+//!   be cancelled (the reference table leaves such a task uncancellable);
+//! * `complete -> cancelled` and `resolved_manually -> cancelled` removed for tasks: cancelling
+//!   a finished task would only erase how it ended.
 
 use std::fmt;
 use std::str::FromStr;
@@ -99,8 +101,6 @@ impl TaskState {
             (Some(Error), Pending) => "task.retry_requested",
             (Some(Error), ResolvedManually) => "task.resolved_manually",
             (Some(Error), Cancelled) => "task.cancelled",
-            (Some(Complete), Cancelled) => "task.cancelled",
-            (Some(ResolvedManually), Cancelled) => "task.cancelled",
             _ => return None,
         })
     }

@@ -385,7 +385,7 @@ step_templates:
     let any = Claim { worker_id: "w".into(), max: 10, handlers: None };
     assert!(h.engine.report(&[], Some(&any)).await.unwrap().jobs.is_empty());
     let err = h.engine.cancel_task(id).await.unwrap_err();
-    assert!(err.to_string().contains("already cancelled"), "{err}");
+    assert!(err.to_string().contains("it is already cancelled"), "{err}");
 }
 
 #[tokio::test]

@@ -1,0 +1,439 @@
+//! `tasker`: define a workflow in YAML and run it, with no code of your own.
+//!
+//! Exit codes: 0 success (for `run`: the task completed), 1 the task ended in `error` or
+//! `cancelled` (or an internal failure), 2 bad input (template, context, URL, arguments),
+//! 130 interrupted.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use tasker_core::{
+    builtin, diagram, Engine, EngineOptions, Error, Registry, TaskFilter, TaskRequest, TaskState,
+    TaskTemplate, TemplateError, Worker, WorkerOptions,
+};
+
+#[derive(Parser)]
+#[command(name = "tasker", version, about = "Run workflows defined in YAML: DAGs of steps with retries, persisted in SQLite.")]
+struct Cli {
+    /// Database URL (sqlite://PATH).
+    #[arg(long, global = true, env = "TASKER_DATABASE_URL", default_value = "sqlite://tasker.db", hide_env_values = true)]
+    db: String,
+    /// Template environment: applies `environments.<NAME>` overrides.
+    #[arg(long = "env", global = true, value_name = "NAME")]
+    environment: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register a template, create a task and run it here until it finishes.
+    Run(RunArgs),
+    /// Run built-in command/http steps of every task in the database until stopped.
+    Worker {
+        /// Steps run at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Exit when nothing is left to do.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Register or list templates.
+    #[command(subcommand)]
+    Templates(TemplatesCmd),
+    /// Create a task from a registered template; prints its id.
+    Create {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        input: TaskInput,
+    },
+    /// Show a task and its steps.
+    Status {
+        task_id: i64,
+        /// Print the task snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tasks, newest first.
+    List {
+        /// pending, in_progress, complete, error, cancelled or resolved_manually.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task: steps not started are cancelled, running steps finish.
+    Cancel { task_id: i64 },
+    /// Give a failed step fresh attempts and put its task back to work.
+    Retry { task_id: i64, step: String },
+    /// Mark a pending or failed step resolved, with results; its children may run.
+    Resolve {
+        task_id: i64,
+        step: String,
+        /// The step's results: JSON text or @file.json (default null).
+        #[arg(long)]
+        results: Option<String>,
+    },
+    /// Print a Mermaid flowchart of a task (steps coloured by state) or of a template file.
+    Diagram {
+        /// A task id or a template file.
+        target: String,
+    },
+    /// Create or upgrade the database schema.
+    Migrate,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The template file (YAML).
+    template: PathBuf,
+    #[command(flatten)]
+    input: TaskInput,
+    /// Print the final task snapshot as JSON instead of progress and a summary.
+    #[arg(long)]
+    json: bool,
+    /// Steps run at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+#[derive(Args)]
+struct TaskInput {
+    /// The task context: JSON text or @file.json.
+    #[arg(long)]
+    context: Option<String>,
+    /// A second run with the same key returns the first task.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TemplatesCmd {
+    /// Register template files.
+    Register {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List registered templates.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn input(message: impl Into<String>) -> Failure {
+        Failure { code: 2, message: message.into() }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let code = match e {
+            Error::Template(_) | Error::Validation(_) | Error::NotFound(_) | Error::Conflict(_) | Error::UnsupportedUrl(_) => 2,
+            Error::IllegalTaskTransition { .. } | Error::IllegalStepTransition { .. } => 2,
+            _ => 1,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+type Outcome = Result<ExitCode, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(f) => {
+            let msg = f.message.replace('\n', "\n  ");
+            eprintln!("tasker: error: {msg}");
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn open(cli: &Cli) -> Result<Engine, Failure> {
+    let mut opts = EngineOptions::default().url(&cli.db);
+    if let Some(env) = &cli.environment {
+        opts = opts.environment(env);
+    }
+    Engine::open_with(opts).await.map_err(|e| match e {
+        Error::UnsupportedUrl(_) | Error::Validation(_) => Failure::input(format!("--db: {e}")),
+        other => Failure::from(other).with_prefix(&format!("cannot open database {}", cli.db)),
+    })
+}
+
+impl Failure {
+    fn with_prefix(mut self, p: &str) -> Failure {
+        self.message = format!("{p}: {}", self.message);
+        self
+    }
+}
+
+/// JSON text or `@file`.
+fn json_arg(flag: &str, raw: &str) -> Result<Value, Failure> {
+    let (text, source) = match raw.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| Failure::input(format!("{flag}: cannot read {path}: {e}")))?,
+            path.to_owned(),
+        ),
+        None => (raw.to_owned(), flag.to_owned()),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        Failure::input(format!("{source}: invalid JSON: {e}"))
+    })
+}
+
+fn load_template(path: &Path, env: Option<&str>) -> Result<TaskTemplate, Failure> {
+    let t = TaskTemplate::from_path(path, env).map_err(|e| match e {
+        TemplateError::Io { .. } => Failure::input(e.to_string()),
+        other => Failure::input(format!("{}: {other}", path.display())),
+    })?;
+    builtin::check_template(&t).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+    Ok(t)
+}
+
+async fn dispatch(cli: Cli) -> Outcome {
+    match &cli.command {
+        Command::Run(args) => run(&cli, args).await,
+        Command::Worker { concurrency, until_idle } => worker(&cli, *concurrency, *until_idle).await,
+        Command::Templates(TemplatesCmd::Register { files }) => {
+            let mut parsed = Vec::new();
+            for f in files {
+                parsed.push(load_template(f, cli.environment.as_deref())?);
+            }
+            let engine = open(&cli).await?;
+            for t in parsed {
+                println!("registered {}", engine.register_template(t).await?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Templates(TemplatesCmd::List { json }) => {
+            let engine = open(&cli).await?;
+            let list = engine.templates().await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+            } else {
+                output::templates_table(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Create { name, version, namespace, input } => {
+            let engine = open(&cli).await?;
+            let id = engine.create_task(request(name, namespace.clone(), version.clone(), input)?).await?;
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { task_id, json } => {
+            let engine = open(&cli).await?;
+            let t = engine.get_task(*task_id).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&t).expect("json"));
+            } else {
+                output::task_summary(&t);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { status, name, namespace, limit, json } => {
+            let state = status
+                .as_deref()
+                .map(|s| s.parse::<TaskState>().map_err(|e| Failure::input(format!("--status: {e}"))))
+                .transpose()?;
+            if *limit < 0 {
+                return Err(Failure::input(format!("--limit must be >= 0, got {limit}")));
+            }
+            let engine = open(&cli).await?;
+            let tasks = engine
+                .list_tasks(&TaskFilter {
+                    state,
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    limit: Some(*limit),
+                    offset: None,
+                })
+                .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&tasks).expect("json"));
+            } else {
+                output::tasks_table(&tasks);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { task_id } => {
+            let engine = open(&cli).await?;
+            engine.cancel_task(*task_id).await?;
+            println!("task {task_id} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { task_id, step } => {
+            let engine = open(&cli).await?;
+            engine.retry_step(*task_id, step).await?;
+            println!("step {step} of task {task_id} will be retried");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resolve { task_id, step, results } => {
+            let results = match results {
+                Some(r) => json_arg("--results", r)?,
+                None => Value::Null,
+            };
+            let engine = open(&cli).await?;
+            engine.resolve_step_manually(*task_id, step, results).await?;
+            println!("step {step} of task {task_id} resolved manually");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diagram { target } => {
+            let text = match target.parse::<i64>() {
+                Ok(id) => {
+                    let engine = open(&cli).await?;
+                    let task = engine.get_task(id).await?;
+                    let t = engine.template(Some(&task.namespace), &task.name, Some(&task.version)).await?;
+                    diagram::mermaid(&t, Some(&task))
+                }
+                Err(_) => diagram::mermaid(&load_template(Path::new(target), cli.environment.as_deref())?, None),
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            open(&cli).await?;
+            println!("database {} is migrated", cli.db);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn request(name: &str, namespace: Option<String>, version: Option<String>, input: &TaskInput) -> Result<TaskRequest, Failure> {
+    let context = match &input.context {
+        Some(c) => json_arg("--context", c)?,
+        None => Value::Object(Default::default()),
+    };
+    Ok(TaskRequest {
+        name: name.to_owned(),
+        namespace,
+        version,
+        context,
+        idempotency_key: input.idempotency_key.clone(),
+        initiator: Some(std::env::var("USER").unwrap_or_else(|_| "tasker-cli".into())),
+        source_system: Some("tasker-cli".into()),
+        ..Default::default()
+    })
+}
+
+fn builtin_registry() -> Registry {
+    Registry::with_builtins()
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
+    let template = load_template(&args.template, cli.environment.as_deref())?;
+    let foreign: Vec<String> = template
+        .steps
+        .iter()
+        .filter(|s| !builtin::NAMES.contains(&s.handler.as_str()))
+        .map(|s| format!("{} (handler {:?})", s.name, s.handler))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(Failure::input(format!(
+            "{}: `tasker run` runs only the built-in command and http handlers; these steps need a worker of their own: {}",
+            args.template.display(),
+            foreign.join(", ")
+        )));
+    }
+    let engine = open(cli).await?;
+    let req = request(&template.name, Some(template.namespace.clone()), Some(template.version.to_string()), &args.input)?;
+    let max_attempts: std::collections::HashMap<String, u32> =
+        template.steps.iter().map(|s| (s.name.clone(), s.max_attempts)).collect();
+    let total = template.steps.len();
+    engine.register_template(template).await?;
+    let events = engine.subscribe();
+    let task_id = engine.create_task(req).await?;
+    let worker = Worker::new(
+        engine.clone(),
+        builtin_registry(),
+        WorkerOptions { concurrency: args.concurrency.max(1), ..Default::default() },
+    );
+    let progress = (!args.json).then(|| output::Progress::start(task_id, total, max_attempts, events));
+    let stop = worker.shutdown_handle();
+    let interrupted = tokio::spawn(async move {
+        stop_signal().await;
+        stop.shutdown();
+    });
+    let result = worker.run_until_complete(task_id, None).await;
+    interrupted.abort();
+    let task = result?;
+    if let Some(p) = progress {
+        p.finish().await;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&task).expect("json"));
+    } else {
+        output::task_summary(&task);
+    }
+    Ok(match task.status {
+        TaskState::Complete => ExitCode::SUCCESS,
+        TaskState::Error | TaskState::Cancelled | TaskState::ResolvedManually => ExitCode::from(1),
+        _ => {
+            eprintln!("tasker: interrupted; task {task_id} is {} (continue it with `tasker worker`)", task.status);
+            ExitCode::from(130)
+        }
+    })
+}
+
+async fn worker(cli: &Cli, concurrency: usize, until_idle: bool) -> Outcome {
+    let engine = open(cli).await?;
+    let worker = std::sync::Arc::new(Worker::new(
+        engine,
+        builtin_registry(),
+        WorkerOptions { concurrency: concurrency.max(1), ..Default::default() },
+    ));
+    let stop = worker.shutdown_handle();
+    let signals = tokio::spawn(async move {
+        stop_signal().await;
+        eprintln!("tasker: stopping: finishing the steps in flight");
+        stop.shutdown();
+    });
+    let w = worker.clone();
+    let stats = if until_idle { w.run_until_idle().await? } else { w.run().await? };
+    signals.abort();
+    eprintln!(
+        "tasker: worker stopped: {} steps completed, {} attempts failed",
+        stats.completed, stats.failed
+    );
+    let _ = Duration::ZERO;
+    Ok(ExitCode::SUCCESS)
+}
