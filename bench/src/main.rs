@@ -317,7 +317,7 @@ async fn main() {
         for k in keys {
             let vals: Vec<f64> = reps.iter().map(|m| m[k]).collect();
             let med = median(vals.clone());
-            let ratio = if k.ends_with("per_s") && cell != "BASELINE" {
+            let ratio = if k == "steps_per_s" {
                 format!("  ({:.1}x baseline commits/s)", med / base)
             } else {
                 String::new()
