@@ -109,6 +109,9 @@ pub struct TaskRequest {
     pub bypass_steps: Vec<String>,
     /// A second request with the same key returns the first task instead of creating one.
     pub idempotency_key: Option<String>,
+    /// Steps of higher-priority tasks are claimed first (default 0); equal priorities go
+    /// oldest first.
+    pub priority: i32,
 }
 
 impl TaskRequest {
@@ -458,7 +461,7 @@ impl Engine {
                         now,
                     )
                     .await?;
-                tx.commit().await?;
+                tx.commit(false).await?;
                 id
             }
         };
@@ -680,6 +683,7 @@ impl Engine {
             bypass_names: serde_json::to_string(&req.bypass_steps).expect("json"),
             bypass,
             idempotency_key: req.idempotency_key,
+            priority: req.priority,
         })
     }
 
@@ -922,7 +926,7 @@ impl Engine {
         let pairs: Vec<(i64, i64)> = keys.iter().map(|k| (k.step_id, k.attempt as i64)).collect();
         let mut tx = self.inner.store.begin(false).await?;
         let n = tx.extend_leases(&pairs, until, now).await?;
-        tx.commit().await?;
+        tx.commit(false).await?;
         Ok(n)
     }
 
@@ -945,7 +949,7 @@ impl Engine {
         for s in &steps {
             if matches!(s.state, StepState::Pending | StepState::Error) {
                 if s.state == StepState::Error && s.ready_at.is_none() {
-                    cx.adjust(task_id, 0, -1, 0);
+                    cx.adjust(task_id, 0, -1);
                 }
                 updates.push((
                     StepUpdate {
@@ -984,7 +988,7 @@ impl Engine {
             )));
         }
         if s.ready_at.is_none() {
-            cx.adjust(task_id, 0, -1, 0);
+            cx.adjust(task_id, 0, -1);
         }
         let now = cx.now;
         let update = StepUpdate {
@@ -1005,7 +1009,7 @@ impl Engine {
         )
         .await?;
         cx.work = true;
-        cx.settle(task_id)?;
+        cx.settle(task_id).await?;
         cx.finish().await
     }
 
@@ -1022,9 +1026,9 @@ impl Engine {
             )));
         }
         if s.state == StepState::Error && s.ready_at.is_none() {
-            cx.adjust(task_id, 0, -1, 0);
+            cx.adjust(task_id, 0, -1);
         }
-        cx.adjust(task_id, 1, 0, 0);
+        cx.adjust(task_id, 1, 0);
         let update = StepUpdate {
             step_id: s.step_id,
             expect_state: s.state,
@@ -1048,7 +1052,7 @@ impl Engine {
         if !decs.is_empty() && cx.tx.decrement_parents(&decs, cx.now).await? > 0 {
             cx.work = true;
         }
-        cx.settle(task_id)?;
+        cx.settle(task_id).await?;
         cx.finish().await
     }
 }
@@ -1083,6 +1087,7 @@ struct Prepared {
     bypass_names: String,
     bypass: Vec<bool>,
     idempotency_key: Option<String>,
+    priority: i32,
 }
 
 /// A transition to record and announce.
@@ -1170,15 +1175,13 @@ impl<'e> TxCx<'e> {
     }
 
     /// Changes a task's counters, in memory now and in the database at the next flush.
-    fn adjust(&mut self, task_id: i64, d_done: i64, d_blocked: i64, d_in_flight: i64) {
+    fn adjust(&mut self, task_id: i64, d_done: i64, d_blocked: i64) {
         let row = self.tasks.get_mut(&task_id).expect("task loaded");
         row.steps_done += d_done;
         row.steps_blocked += d_blocked;
-        row.steps_in_flight += d_in_flight;
         let u = self.pending.entry(task_id).or_insert_with(|| TaskUpdate { task_id, ..Default::default() });
         u.d_done += d_done;
         u.d_blocked += d_blocked;
-        u.d_in_flight += d_in_flight;
     }
 
     fn push_change(
@@ -1270,16 +1273,20 @@ impl<'e> TxCx<'e> {
     /// Moves the task on if its counters say so: complete when every step is done; error when
     /// a step is out of attempts and nothing is in flight; back to pending when an operator
     /// unblocked it.
-    fn settle(&mut self, task_id: i64) -> Result<()> {
+    async fn settle(&mut self, task_id: i64) -> Result<()> {
         use TaskState::*;
-        let row = &self.tasks[&task_id];
+        let row = self.tasks[&task_id].clone();
         let all_done = row.steps_done >= row.steps_total;
+        let blocked_and_idle = matches!(row.state, Pending | InProgress)
+            && !all_done
+            && row.steps_blocked > 0
+            && self.tx.count_running(task_id).await? == 0;
         let (path, meta): (&[TaskState], Value) = match row.state {
             Pending | InProgress if all_done => (
                 if row.state == Pending { &[InProgress, Complete] } else { &[Complete] },
                 json!({"steps_total": row.steps_total}),
             ),
-            Pending | InProgress if row.steps_blocked > 0 && row.steps_in_flight <= 0 => (
+            Pending | InProgress if blocked_and_idle => (
                 &[Error],
                 json!({"error_message": "steps_in_error_state", "failed_steps_count": row.steps_blocked}),
             ),
@@ -1311,7 +1318,7 @@ impl<'e> TxCx<'e> {
             self.tx.insert_transitions(&rows).await?;
         }
         let TxCx { engine, tx, changes, work, tasks_changed, .. } = self;
-        tx.commit().await?;
+        tx.commit(work).await?;
         let inner = &engine.inner;
         if inner.events.receiver_count() > 0 {
             for c in changes {
@@ -1378,6 +1385,7 @@ impl<'e> TxCx<'e> {
                     retry_limit: s.max_attempts as i64,
                     remaining_parents: remaining,
                     ready_at: (!p.bypass[i] && remaining == 0).then_some(now),
+                    priority: p.priority,
                     version: if p.bypass[i] { 2 } else { 1 },
                 }
             })
@@ -1409,11 +1417,10 @@ impl<'e> TxCx<'e> {
                 steps_total: t.steps.len() as i64,
                 steps_done: done,
                 steps_blocked: 0,
-                steps_in_flight: 0,
                 version: 1,
             },
         );
-        self.settle(task_id)?;
+        self.settle(task_id).await?;
         self.work = true;
         self.tasks_changed = true;
         Ok(task_id)
@@ -1539,7 +1546,7 @@ impl<'e> TxCx<'e> {
                 p.meta,
             );
             let done = (to == StepState::Complete) as i64;
-            self.adjust(task_id, done, p.blocked as i64, -1);
+            self.adjust(task_id, done, p.blocked as i64);
             if p.update.ready_at.is_some() {
                 self.work = true;
             }
@@ -1560,7 +1567,7 @@ impl<'e> TxCx<'e> {
         touched.sort_unstable();
         touched.dedup();
         for t in touched {
-            self.settle(t)?;
+            self.settle(t).await?;
         }
         Ok(stale)
     }
@@ -1669,7 +1676,6 @@ impl<'e> TxCx<'e> {
                 s.version,
                 json!({"attempt": attempt, "worker": c.worker_id}),
             );
-            self.adjust(s.task_id, 0, 0, 1);
             if self.tasks[&s.task_id].state == TaskState::Pending {
                 starting.push(s.task_id);
             }

@@ -29,7 +29,6 @@ CREATE TABLE tasks (
     steps_total      INTEGER NOT NULL,
     steps_done       INTEGER NOT NULL DEFAULT 0,  -- complete or resolved_manually
     steps_blocked    INTEGER NOT NULL DEFAULT 0,  -- in error with no attempt left
-    steps_in_flight  INTEGER NOT NULL DEFAULT 0,  -- in_progress
     version          INTEGER NOT NULL DEFAULT 0,  -- number of transitions; the last one's sort_key
     requested_at     INTEGER NOT NULL,
     created_at       INTEGER NOT NULL,
@@ -52,6 +51,7 @@ CREATE TABLE steps (
     -- Set exactly when the step can be claimed once that time has come: state pending or
     -- error, no remaining parents, attempts left. NULL otherwise. The claim index covers it.
     ready_at          INTEGER,
+    priority          INTEGER NOT NULL DEFAULT 0,  -- higher first, then oldest ready_at
     claimed_by        TEXT,
     lease_expires_at  INTEGER,
     results           TEXT,
@@ -63,7 +63,7 @@ CREATE TABLE steps (
     updated_at        INTEGER NOT NULL,
     UNIQUE (task_id, position)
 );
-CREATE INDEX steps_claimable ON steps (ready_at, step_id) WHERE ready_at IS NOT NULL;
+CREATE INDEX steps_claimable ON steps (priority DESC, ready_at, step_id) WHERE ready_at IS NOT NULL;
 CREATE INDEX steps_leased ON steps (lease_expires_at) WHERE state = 'in_progress';
 
 CREATE TABLE task_transitions (

@@ -30,7 +30,6 @@ pub struct TaskRow {
     pub steps_total: i64,
     pub steps_done: i64,
     pub steps_blocked: i64,
-    pub steps_in_flight: i64,
     pub version: i64,
 }
 
@@ -101,6 +100,7 @@ pub struct NewStep<'a> {
     pub retry_limit: i64,
     pub remaining_parents: i64,
     pub ready_at: Option<i64>,
+    pub priority: i32,
     pub version: i64,
 }
 
@@ -131,7 +131,6 @@ pub struct TaskUpdate {
     pub task_id: i64,
     pub d_done: i64,
     pub d_blocked: i64,
-    pub d_in_flight: i64,
     pub state: Option<TaskState>,
     pub transitions: i64,
     pub completed_at: Option<i64>,
@@ -220,7 +219,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// One write transaction. Dropping it without [`StoreTx::commit`] rolls back.
 #[async_trait]
 pub trait StoreTx: Send {
-    async fn commit(self: Box<Self>) -> Result<()>;
+    /// Commits. `work_ready`: steps became claimable, tell workers in other processes (a
+    /// PostgreSQL NOTIFY delivered with the commit).
+    async fn commit(self: Box<Self>, work_ready: bool) -> Result<()>;
 
     async fn find_template(
         &mut self,
@@ -256,6 +257,8 @@ pub trait StoreTx: Send {
     /// Reads the contexts of tasks: (task_id, context JSON).
     async fn contexts(&mut self, task_ids: &[i64]) -> Result<Vec<(i64, String)>>;
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>>;
+    /// How many steps of the task are `in_progress`.
+    async fn count_running(&mut self, task_id: i64) -> Result<i64>;
 
     /// Applies conditional step updates; returns (step_id, new version) of those applied.
     async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>>;

@@ -223,7 +223,7 @@ fn step_state(s: &str) -> rusqlite::Result<StepState> {
 }
 
 const TASK_COLS: &str =
-    "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, steps_in_flight, version";
+    "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version";
 
 fn task_row(r: &Row) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -233,12 +233,11 @@ fn task_row(r: &Row) -> rusqlite::Result<TaskRow> {
         steps_total: r.get(3)?,
         steps_done: r.get(4)?,
         steps_blocked: r.get(5)?,
-        steps_in_flight: r.get(6)?,
-        version: r.get(7)?,
+        version: r.get(6)?,
     })
 }
 
-const DETAIL_COLS: &str = "t.task_id, t.named_task_id, t.state, t.steps_total, t.steps_done, t.steps_blocked, t.steps_in_flight, t.version, \
+const DETAIL_COLS: &str = "t.task_id, t.named_task_id, t.state, t.steps_total, t.steps_done, t.steps_blocked, t.version, \
      t.context, t.initiator, t.source_system, t.reason, t.tags, t.bypass_steps, t.idempotency_key, t.requested_at, t.created_at, t.updated_at, t.completed_at, \
      n.namespace, n.name, n.version";
 
@@ -248,21 +247,21 @@ fn task_detail(r: &Row) -> rusqlite::Result<Detail> {
     Ok((
         TaskDetail {
             row: task_row(r)?,
-            context: r.get(8)?,
-            initiator: r.get(9)?,
-            source_system: r.get(10)?,
-            reason: r.get(11)?,
-            tags: r.get(12)?,
-            bypass_steps: r.get(13)?,
-            idempotency_key: r.get(14)?,
-            requested_at: r.get(15)?,
-            created_at: r.get(16)?,
-            updated_at: r.get(17)?,
-            completed_at: r.get(18)?,
+            context: r.get(7)?,
+            initiator: r.get(8)?,
+            source_system: r.get(9)?,
+            reason: r.get(10)?,
+            tags: r.get(11)?,
+            bypass_steps: r.get(12)?,
+            idempotency_key: r.get(13)?,
+            requested_at: r.get(14)?,
+            created_at: r.get(15)?,
+            updated_at: r.get(16)?,
+            completed_at: r.get(17)?,
         },
+        r.get(18)?,
         r.get(19)?,
         r.get(20)?,
-        r.get(21)?,
     ))
 }
 
@@ -511,7 +510,7 @@ impl Drop for SqliteTx {
 
 #[async_trait]
 impl StoreTx for SqliteTx {
-    async fn commit(mut self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>, _work_ready: bool) -> Result<()> {
         let c = &*self.c;
         if c.sync == Durability::Off {
             c.execute_batch("COMMIT")?;
@@ -601,11 +600,11 @@ impl StoreTx for SqliteTx {
         let mut out = Vec::with_capacity(steps.len());
         for chunk in steps.chunks(CHUNK) {
             let sql = format!(
-                "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, version, created_at, updated_at) \
+                "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, created_at, updated_at) \
                  VALUES {} RETURNING position, step_id",
-                placeholders(chunk.len(), 11)
+                placeholders(chunk.len(), 12)
             );
-            let mut p = Vec::with_capacity(chunk.len() * 11);
+            let mut p = Vec::with_capacity(chunk.len() * 12);
             for s in chunk {
                 p.extend([
                     Sql::Integer(task_id),
@@ -616,6 +615,7 @@ impl StoreTx for SqliteTx {
                     Sql::Integer(s.retry_limit),
                     Sql::Integer(s.remaining_parents),
                     opt_i64(s.ready_at),
+                    Sql::Integer(s.priority as i64),
                     Sql::Integer(s.version),
                     Sql::Integer(now),
                     Sql::Integer(now),
@@ -651,6 +651,13 @@ impl StoreTx for SqliteTx {
             [task_id],
             step_row,
         )
+    }
+
+    async fn count_running(&mut self, task_id: i64) -> Result<i64> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT COUNT(*) FROM steps WHERE task_id = ? AND state = 'in_progress'")?
+            .query_row([task_id], |r| r.get(0))?)
     }
 
     async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>> {
@@ -726,22 +733,20 @@ impl StoreTx for SqliteTx {
             let sql = format!(
                 "UPDATE tasks SET steps_done = tasks.steps_done + v.column2, \
                    steps_blocked = tasks.steps_blocked + v.column3, \
-                   steps_in_flight = tasks.steps_in_flight + v.column4, \
-                   state = COALESCE(v.column5, tasks.state), \
-                   version = tasks.version + v.column6, \
-                   completed_at = COALESCE(v.column7, tasks.completed_at), \
+                   state = COALESCE(v.column4, tasks.state), \
+                   version = tasks.version + v.column5, \
+                   completed_at = COALESCE(v.column6, tasks.completed_at), \
                    updated_at = ? \
                  FROM (VALUES {}) AS v WHERE tasks.task_id = v.column1",
-                placeholders(chunk.len(), 7)
+                placeholders(chunk.len(), 6)
             );
-            let mut p = Vec::with_capacity(1 + chunk.len() * 7);
+            let mut p = Vec::with_capacity(1 + chunk.len() * 6);
             p.push(Sql::Integer(now));
             for u in chunk {
                 p.extend([
                     Sql::Integer(u.task_id),
                     Sql::Integer(u.d_done),
                     Sql::Integer(u.d_blocked),
-                    Sql::Integer(u.d_in_flight),
                     opt_text(u.state.map(|s| s.as_str())),
                     Sql::Integer(u.transitions),
                     opt_i64(u.completed_at),
@@ -769,7 +774,7 @@ impl StoreTx for SqliteTx {
              WHERE step_id IN (SELECT s.step_id FROM steps AS s CROSS JOIN tasks AS t ON t.task_id = s.task_id \
                WHERE s.ready_at IS NOT NULL AND s.ready_at <= ? AND t.steps_blocked = 0 \
                  AND t.state IN ('pending', 'in_progress'){filter} \
-               ORDER BY s.ready_at, s.step_id LIMIT ?) \
+               ORDER BY s.priority DESC, s.ready_at, s.step_id LIMIT ?) \
              RETURNING step_id, task_id, position, attempts, version, lease_expires_at"
         );
         query_rows(&self.c, &sql, params_from_iter(p), |r| {
