@@ -28,6 +28,7 @@ use crate::clock::{format_ms, Clock, SystemClock};
 use crate::error::{Error, Result, TemplateError};
 use crate::events::Event;
 use crate::state::{StepState, TaskState};
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::{Durability, SqliteStore};
 use crate::store::*;
 use crate::template::{latest_version, TaskTemplate, TemplateSummary, DEFAULT_NAMESPACE};
@@ -51,6 +52,13 @@ pub struct EngineOptions {
     /// Capacity of the event channel per subscriber.
     pub event_capacity: usize,
     pub clock: Arc<dyn Clock>,
+    /// PostgreSQL: use (and create) this schema.
+    pub schema: Option<String>,
+    /// PostgreSQL: wake up on `NOTIFY` from other processes (default). Turn off behind a
+    /// connection pooler that cannot LISTEN; workers then poll (at least once a second).
+    pub listen: bool,
+    /// PostgreSQL: connections in the pool (default 8).
+    pub max_connections: Option<u32>,
 }
 
 impl Default for EngineOptions {
@@ -63,6 +71,9 @@ impl Default for EngineOptions {
             max_server_backoff_seconds: DEFAULT_MAX_SERVER_BACKOFF_SECONDS,
             event_capacity: 4096,
             clock: Arc::new(SystemClock),
+            schema: None,
+            listen: true,
+            max_connections: None,
         }
     }
 }
@@ -86,6 +97,14 @@ impl EngineOptions {
     }
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
         self
     }
 }
@@ -339,11 +358,21 @@ struct Inner {
     templates: RwLock<Templates>,
     contexts: Mutex<HashMap<i64, Arc<Value>>>,
     events: broadcast::Sender<Arc<Event>>,
-    /// Woken when steps may have become claimable (new tasks, completions, retries).
-    work: Notify,
+    /// Woken when steps may have become claimable (new tasks, completions, retries; on
+    /// PostgreSQL also NOTIFY from other processes).
+    work: Arc<Notify>,
     /// Woken when a task changed state.
     tasks_changed: Notify,
     last_reap_ms: AtomicI64,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(l) = &self.listener {
+            l.abort();
+        }
+    }
 }
 
 /// A handle on the engine; cheap to clone and share across tasks and threads.
@@ -376,8 +405,20 @@ impl Engine {
             .clone()
             .or_else(|| std::env::var("TASKER_DATABASE_URL").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let work = Arc::new(Notify::new());
+        let mut listener = None;
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(&url, opts.durability).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pg = PgStore::open(
+                &url,
+                &PgOptions { schema: opts.schema.clone(), max_connections: opts.max_connections },
+            )
+            .await?;
+            if opts.listen {
+                listener = Some(pg.listen(work.clone()));
+            }
+            Arc::new(pg)
         } else {
             return Err(Error::UnsupportedUrl(url));
         };
@@ -390,9 +431,10 @@ impl Engine {
                 templates: RwLock::default(),
                 contexts: Mutex::default(),
                 events,
-                work: Notify::new(),
+                work,
                 tasks_changed: Notify::new(),
                 last_reap_ms: AtomicI64::new(i64::MIN),
+                listener,
             }),
         };
         engine.refresh_templates().await?;

@@ -103,7 +103,7 @@ pub enum Error {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL {0:?}: expected sqlite://PATH (PostgreSQL arrives with the postgres backend)")]
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://USER@HOST:PORT/DB")]
     UnsupportedUrl(String),
     #[error("timed out: {0}")]
     Timeout(String),

@@ -1,6 +1,10 @@
 //! Helpers shared by the scenario tests: an engine on a fresh database with a manual clock, and
 //! a deterministic driver that runs handlers inline until nothing is claimable at the current
 //! (manual) time.
+//!
+//! The backend comes from `TASKER_TEST_BACKEND`: `sqlite` (default; a file in a temporary
+//! directory) or `postgres` (`DATABASE_URL`, one fresh schema per test). `scripts/test.sh` runs
+//! the suite once with each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +15,35 @@ use tasker_core::{Claim, Engine, EngineOptions, ManualClock, Outcome, Registry, 
 pub struct Harness {
     pub engine: Engine,
     pub clock: ManualClock,
+    opts: EngineOptions,
     _dir: tempfile::TempDir,
+}
+
+/// The backend under test: `sqlite` or `postgres`.
+pub fn backend() -> String {
+    std::env::var("TASKER_TEST_BACKEND").unwrap_or_else(|_| "sqlite".into())
+}
+
+/// Options for a fresh database of the backend under test (sqlite file in `dir`, or a new
+/// PostgreSQL schema).
+pub fn fresh_options(dir: &std::path::Path) -> EngineOptions {
+    match backend().as_str() {
+        "postgres" => {
+            let url = std::env::var("DATABASE_URL")
+                .expect("TASKER_TEST_BACKEND=postgres needs DATABASE_URL (scripts/test.sh starts a server)");
+            let schema = format!("t_{}_{:08x}", std::process::id(), rand_u32());
+            EngineOptions::default().url(url).schema(schema)
+        }
+        "sqlite" => EngineOptions::default().url(format!("sqlite://{}", dir.join("tasker.db").display())),
+        other => panic!("TASKER_TEST_BACKEND={other:?}: expected sqlite or postgres"),
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish() as u32
 }
 
 impl Harness {
@@ -23,15 +55,17 @@ impl Harness {
     pub async fn with(f: impl FnOnce(EngineOptions) -> EngineOptions) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = ManualClock::default();
-        let url = format!("sqlite://{}", dir.path().join("tasker.db").display());
-        let opts = f(EngineOptions::default()).url(url).clock(Arc::new(clock.clone()));
-        let engine = Engine::open_with(opts).await.expect("open engine");
-        Harness { engine, clock, _dir: dir }
+        let fresh = fresh_options(dir.path());
+        let mut opts = f(EngineOptions::default()).clock(Arc::new(clock.clone()));
+        opts.url = fresh.url;
+        opts.schema = fresh.schema;
+        let engine = Engine::open_with(opts.clone()).await.expect("open engine");
+        Harness { engine, clock, opts, _dir: dir }
     }
 
-    /// Path of the database directory.
-    pub fn dir(&self) -> &std::path::Path {
-        self._dir.path()
+    /// A second engine on the same database (as another process would open it).
+    pub async fn reopen(&self) -> Engine {
+        Engine::open_with(self.opts.clone()).await.expect("reopen engine")
     }
 
     pub async fn register(&self, yaml: &str) -> String {

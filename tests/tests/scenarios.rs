@@ -511,7 +511,8 @@ step_templates:
     assert_eq!(t.step("slow").unwrap().results, json!({"attempt": 2}));
     let hist = h.engine.transitions(id).await.unwrap();
     let timeout = hist.iter().find(|r| r.to_state == "error").expect("a failed attempt");
-    assert!(timeout.metadata.contains("\"kind\":\"timeout\""), "{}", timeout.metadata);
+    let meta: Value = serde_json::from_str(&timeout.metadata).unwrap();
+    assert_eq!(meta["kind"], "timeout", "{meta}");
 }
 
 #[tokio::test]
@@ -683,8 +684,7 @@ async fn state_survives_reopening_the_database() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
     let id = h.engine.create_task(TaskRequest::new("flaky", json!({"k": "v"}))).await.unwrap();
-    let url = format!("sqlite://{}", h.dir().join("tasker.db").display());
-    let again = tasker_core::Engine::open(&url).await.unwrap();
+    let again = h.reopen().await;
     let t = again.get_task(id).await.unwrap();
     assert_eq!((t.status, t.context.clone()), (TaskState::Pending, json!({"k": "v"})));
     assert_eq!(again.templates().await.unwrap().len(), 1);

@@ -14,6 +14,7 @@
 //!   in_progress`) or starts a fresh one (`pending -> in_progress`);
 //! * an `error` step with `ready_at` NULL is out of attempts (it blocks its task).
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

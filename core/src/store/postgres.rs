@@ -1,0 +1,754 @@
+//! The PostgreSQL store: many worker processes, on many machines, against one database.
+//!
+//! * Every batch operation is one statement over `UNNEST`ed arrays, so its SQL text is fixed
+//!   and prepared once per connection whatever the batch size.
+//! * Claims lock the steps they take with `FOR UPDATE SKIP LOCKED` over the `steps_claimable`
+//!   partial index, in priority then age order; concurrent workers never wait on each other's
+//!   candidates.
+//! * The task rows an outcome touches are locked (`FOR UPDATE`, in id order) before their
+//!   counters change, so two workers finishing sibling steps settle the task once.
+//! * A commit that made steps ready sends `NOTIFY tasker_work` in the same round trip;
+//!   [`PgStore::listen`] turns those into local wake-ups (with a poll fallback in the worker).
+//! * Transactions are plain `BEGIN` / `COMMIT` on a pooled connection; a transaction dropped
+//!   before commit closes its connection instead of returning it to the pool mid-transaction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgPool, Postgres, Row};
+use tokio::sync::Notify;
+
+use super::*;
+use crate::error::Error;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel steps-ready notifications travel on (per schema).
+fn channel(schema: Option<&str>) -> String {
+    match schema {
+        Some(s) => format!("tasker_work_{s}"),
+        None => "tasker_work".to_owned(),
+    }
+}
+
+/// How to open a PostgreSQL store.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// Use (and create if missing) this schema instead of the search path's first.
+    pub schema: Option<String>,
+    /// Connections in the pool (default 8).
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    channel: String,
+}
+
+fn check_schema(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 48
+        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Validation(format!(
+            "schema name {s:?}: use lowercase letters, digits and _ (at most 48), starting with a letter or _"
+        )))
+    }
+}
+
+impl PgStore {
+    /// Connects, creates the schema if asked, and applies the migrations (under PostgreSQL's
+    /// advisory lock, so concurrent processes migrate once).
+    pub async fn open(url: &str, opts: &PgOptions) -> Result<PgStore> {
+        let mut connect = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::Validation(format!("bad PostgreSQL URL: {e}")))?
+            .application_name("tasker")
+            .statement_cache_capacity(256);
+        if let Some(schema) = &opts.schema {
+            check_schema(schema)?;
+            let admin = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+                .await?;
+            admin.close().await;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.unwrap_or(8))
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(PgStore { pool, channel: channel(opts.schema.as_deref()) })
+    }
+
+    /// Listens for steps-ready notifications from every process and wakes `work` on each,
+    /// reconnecting after errors. Runs until the pool closes.
+    pub fn listen(&self, work: std::sync::Arc<Notify>) -> tokio::task::JoinHandle<()> {
+        let pool = self.pool.clone();
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if pool.is_closed() {
+                    return;
+                }
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(&channel).await {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+                backoff = Duration::from_millis(100);
+                // Anything committed while we were not listening: look once.
+                work.notify_waiters();
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => work.notify_waiters(),
+                        Ok(None) => {
+                            // The connection dropped; sqlx reconnects on the next call.
+                            work.notify_waiters();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn task_state(s: &str) -> Result<TaskState> {
+    s.parse().map_err(Error::Corrupt)
+}
+
+fn step_state(s: &str) -> Result<StepState> {
+    s.parse().map_err(Error::Corrupt)
+}
+
+const TASK_COLS: &str = "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version";
+
+fn task_row(r: &PgRow) -> Result<TaskRow> {
+    Ok(TaskRow {
+        task_id: r.try_get(0)?,
+        named_task_id: r.try_get(1)?,
+        state: task_state(r.try_get::<&str, _>(2)?)?,
+        steps_total: r.try_get(3)?,
+        steps_done: r.try_get(4)?,
+        steps_blocked: r.try_get(5)?,
+        version: r.try_get(6)?,
+    })
+}
+
+const DETAIL_COLS: &str = "t.task_id, t.named_task_id, t.state, t.steps_total, t.steps_done, t.steps_blocked, t.version, \
+     t.context::text, t.initiator, t.source_system, t.reason, t.tags::text, t.bypass_steps::text, t.idempotency_key, \
+     t.requested_at, t.created_at, t.updated_at, t.completed_at, n.namespace, n.name, n.version";
+
+type Detail = (TaskDetail, String, String, String);
+
+fn task_detail(r: &PgRow) -> Result<Detail> {
+    Ok((
+        TaskDetail {
+            row: task_row(r)?,
+            context: r.try_get(7)?,
+            initiator: r.try_get(8)?,
+            source_system: r.try_get(9)?,
+            reason: r.try_get(10)?,
+            tags: r.try_get(11)?,
+            bypass_steps: r.try_get(12)?,
+            idempotency_key: r.try_get(13)?,
+            requested_at: r.try_get(14)?,
+            created_at: r.try_get(15)?,
+            updated_at: r.try_get(16)?,
+            completed_at: r.try_get(17)?,
+        },
+        r.try_get(18)?,
+        r.try_get(19)?,
+        r.try_get(20)?,
+    ))
+}
+
+const STEP_COLS: &str = "step_id, task_id, position, name, handler, state, attempts, retry_limit, remaining_parents, ready_at, \
+     claimed_by, lease_expires_at, results::text, error::text, last_attempted_at, processed_at, version";
+
+fn step_row(r: &PgRow) -> Result<StepRow> {
+    Ok(StepRow {
+        step_id: r.try_get(0)?,
+        task_id: r.try_get(1)?,
+        position: r.try_get::<i64, _>(2)? as i32,
+        name: r.try_get(3)?,
+        handler: r.try_get(4)?,
+        state: step_state(r.try_get::<&str, _>(5)?)?,
+        attempts: r.try_get(6)?,
+        retry_limit: r.try_get(7)?,
+        remaining_parents: r.try_get(8)?,
+        ready_at: r.try_get(9)?,
+        claimed_by: r.try_get(10)?,
+        lease_expires_at: r.try_get(11)?,
+        results: r.try_get(12)?,
+        error: r.try_get(13)?,
+        last_attempted_at: r.try_get(14)?,
+        processed_at: r.try_get(15)?,
+        version: r.try_get(16)?,
+    })
+}
+
+const TEMPLATE_COLS: &str = "named_task_id, namespace, name, version, definition, definition_hash";
+
+fn template_row(r: &PgRow) -> Result<TemplateRow> {
+    Ok(TemplateRow {
+        named_task_id: r.try_get(0)?,
+        namespace: r.try_get(1)?,
+        name: r.try_get(2)?,
+        version: r.try_get(3)?,
+        definition: r.try_get(4)?,
+        definition_hash: r.try_get(5)?,
+    })
+}
+
+fn handlers_param(h: Option<&[String]>) -> Option<Vec<String>> {
+    h.map(|h| h.to_vec())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn begin(&self, _durable: bool) -> Result<Box<dyn StoreTx>> {
+        // Every PostgreSQL commit is durable (synchronous_commit is the server's setting).
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("BEGIN").await?;
+        Ok(Box::new(PgTx { conn, open: true, channel: self.channel.clone() }))
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateRow>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TEMPLATE_COLS} FROM named_tasks ORDER BY namespace, name, named_task_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(template_row)
+        .collect()
+    }
+
+    async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(template_row)
+            .transpose()
+    }
+
+    async fn task(&self, task_id: i64) -> Result<Option<Detail>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE t.task_id = $1"
+        )))
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(task_detail)
+        .transpose()
+    }
+
+    async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>> {
+        let s: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        s.as_deref().map(task_state).transpose()
+    }
+
+    async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position")))
+            .bind(task_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(step_row)
+            .collect()
+    }
+
+    async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Detail>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id \
+             WHERE ($1::text IS NULL OR t.state = $1) AND ($2::text IS NULL OR n.name = $2) \
+               AND ($3::text IS NULL OR n.namespace = $3) \
+             ORDER BY t.task_id DESC LIMIT $4 OFFSET $5"
+        )))
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.name.as_deref())
+        .bind(f.namespace.as_deref())
+        .bind(f.limit.unwrap_or(100))
+        .bind(f.offset.unwrap_or(0))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(task_detail)
+        .collect()
+    }
+
+    async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.ready_at FROM steps s JOIN tasks t ON t.task_id = s.task_id \
+             WHERE s.ready_at IS NOT NULL AND t.steps_blocked = 0 AND t.state IN ('pending', 'in_progress') \
+               AND ($1::text[] IS NULL OR s.handler = ANY($1)) \
+             ORDER BY s.ready_at LIMIT 1",
+        )
+        .bind(handlers_param(handlers))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn next_lease_expiry(&self) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>> {
+        let rows = sqlx::query(
+            "SELECT task_id, NULL::bigint AS step_id, from_state, to_state, metadata::text, sort_key, created_at, id, 0 AS kind \
+               FROM task_transitions WHERE task_id = $1 \
+             UNION ALL \
+             SELECT task_id, step_id, from_state, to_state, metadata::text, sort_key, created_at, id, 1 AS kind \
+               FROM step_transitions WHERE task_id = $1 \
+             ORDER BY created_at, kind, id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let from: Option<String> = r.try_get(2)?;
+                Ok(TransitionRow {
+                    task_id: r.try_get(0)?,
+                    step_id: r.try_get(1)?,
+                    from_state: from.as_deref().map(step_state).transpose()?.map(StepState::as_str),
+                    to_state: step_state(r.try_get::<&str, _>(3)?)?.as_str(),
+                    metadata: r.try_get(4)?,
+                    sort_key: r.try_get(5)?,
+                    created_at: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+struct PgTx {
+    conn: PoolConnection<Postgres>,
+    open: bool,
+    channel: String,
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if self.open {
+            // Never hand a connection with an open transaction back to the pool.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+#[async_trait]
+impl StoreTx for PgTx {
+    async fn commit(mut self: Box<Self>, work_ready: bool) -> Result<()> {
+        let sql = if work_ready {
+            format!("SELECT pg_notify('{}', ''); COMMIT", self.channel)
+        } else {
+            "COMMIT".to_owned()
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    async fn find_template(&mut self, namespace: &str, name: &str, version: &str) -> Result<Option<TemplateRow>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE namespace = $1 AND name = $2 AND version = $3"
+        )))
+        .bind(namespace)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&mut *self.conn)
+        .await?
+        .as_ref()
+        .map(template_row)
+        .transpose()
+    }
+
+    async fn insert_template(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        description: Option<&str>,
+        definition: &str,
+        definition_hash: &str,
+        now: i64,
+    ) -> Result<i64> {
+        // Two processes registering the same template at once: the second sees the first's row.
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (namespace, name, version) DO NOTHING RETURNING named_task_id",
+        )
+        .bind(namespace)
+        .bind(name)
+        .bind(version)
+        .bind(description)
+        .bind(definition)
+        .bind(definition_hash)
+        .bind(now)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        match id {
+            Some(id) => Ok(id),
+            None => {
+                let row = self
+                    .find_template(namespace, name, version)
+                    .await?
+                    .ok_or_else(|| Error::Corrupt("template vanished during registration".into()))?;
+                if row.definition_hash != definition_hash {
+                    return Err(crate::error::TemplateError::Conflict { key: format!("{namespace}.{name}@{version}") }.into());
+                }
+                Ok(row.named_task_id)
+            }
+        }
+    }
+
+    async fn template_by_id(&mut self, id: i64) -> Result<Option<TemplateRow>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1")))
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .as_ref()
+            .map(template_row)
+            .transpose()
+    }
+
+    async fn task_by_idempotency_key(&mut self, key: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT task_id FROM tasks WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *self.conn)
+            .await?)
+    }
+
+    async fn insert_task(&mut self, t: &NewTask<'_>) -> Result<i64> {
+        // A concurrent insert with the same idempotency key wins; this one returns its id.
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO tasks (named_task_id, state, context, initiator, source_system, reason, tags, bypass_steps, \
+               idempotency_key, steps_total, steps_done, version, requested_at, created_at, updated_at) \
+             VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $13, $13) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING task_id",
+        )
+        .bind(t.named_task_id)
+        .bind(t.state.as_str())
+        .bind(t.context)
+        .bind(t.initiator)
+        .bind(t.source_system)
+        .bind(t.reason)
+        .bind(t.tags)
+        .bind(t.bypass_steps)
+        .bind(t.idempotency_key)
+        .bind(t.steps_total)
+        .bind(t.steps_done)
+        .bind(t.version)
+        .bind(t.now)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        match id {
+            Some(id) => Ok(id),
+            None => Err(Error::Conflict(format!(
+                "a task with idempotency key {:?} was created concurrently; retry to get its id",
+                t.idempotency_key.unwrap_or_default()
+            ))),
+        }
+    }
+
+    async fn insert_steps(&mut self, task_id: i64, steps: &[NewStep<'_>], now: i64) -> Result<Vec<(i32, i64)>> {
+        let rows = sqlx::query(
+            "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, created_at, updated_at) \
+             SELECT $1, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, $2, $2 \
+             FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+               AS v(position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version) \
+             RETURNING position, step_id",
+        )
+        .bind(task_id)
+        .bind(now)
+        .bind(steps.iter().map(|s| s.position as i64).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.handler).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.state.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.retry_limit).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.remaining_parents).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.ready_at).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)? as i32, r.try_get(1)?))).collect()
+    }
+
+    async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TASK_COLS} FROM tasks WHERE task_id = ANY($1) ORDER BY task_id FOR UPDATE"
+        )))
+        .bind(task_ids)
+        .fetch_all(&mut *self.conn)
+        .await?
+        .iter()
+        .map(task_row)
+        .collect()
+    }
+
+    async fn contexts(&mut self, task_ids: &[i64]) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query("SELECT task_id, context::text FROM tasks WHERE task_id = ANY($1)")
+            .bind(task_ids)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position FOR UPDATE"
+        )))
+        .bind(task_id)
+        .fetch_all(&mut *self.conn)
+        .await?
+        .iter()
+        .map(step_row)
+        .collect()
+    }
+
+    async fn count_running(&mut self, task_id: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE task_id = $1 AND state = 'in_progress'")
+            .bind(task_id)
+            .fetch_one(&mut *self.conn)
+            .await?)
+    }
+
+    async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "UPDATE steps s SET state = v.state, \
+               attempts = COALESCE(v.attempts, s.attempts), \
+               results = CASE WHEN v.set_results THEN v.results::jsonb ELSE s.results END, \
+               error = CASE WHEN v.set_error THEN v.error::jsonb ELSE s.error END, \
+               ready_at = v.ready_at, \
+               processed_at = COALESCE(v.processed_at, s.processed_at), \
+               version = s.version + v.transitions, \
+               claimed_by = CASE WHEN v.state = 'in_progress' THEN s.claimed_by END, \
+               lease_expires_at = CASE WHEN v.state = 'in_progress' THEN s.lease_expires_at END, \
+               updated_at = $1 \
+             FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[], $8::text[], \
+                         $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[]) \
+               AS v(step_id, state, attempts, set_results, results, set_error, error, ready_at, processed_at, transitions, expect_state, expect_attempts) \
+             WHERE s.step_id = v.step_id AND s.state = v.expect_state \
+               AND (v.expect_attempts IS NULL OR s.attempts = v.expect_attempts) \
+             RETURNING s.step_id, s.version",
+        )
+        .bind(now)
+        .bind(updates.iter().map(|u| u.step_id).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.state.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.results.is_some()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.results.clone().flatten()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.error.is_some()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.error.clone().flatten()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.ready_at).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.processed_at).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.transitions).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.expect_state.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.expect_attempts).collect::<Vec<_>>())
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn decrement_parents(&mut self, decs: &[(i64, i32, i64)], now: i64) -> Result<u64> {
+        if decs.is_empty() {
+            return Ok(0);
+        }
+        let ready: Vec<bool> = sqlx::query_scalar(
+            "UPDATE steps s SET remaining_parents = s.remaining_parents - v.n, \
+               ready_at = CASE WHEN s.remaining_parents - v.n <= 0 AND s.state = 'pending' THEN $1 ELSE s.ready_at END, \
+               updated_at = $1 \
+             FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[]) AS v(task_id, position, n) \
+             WHERE s.task_id = v.task_id AND s.position = v.position \
+             RETURNING (s.ready_at IS NOT NULL AND s.remaining_parents <= 0)",
+        )
+        .bind(now)
+        .bind(decs.iter().map(|d| d.0).collect::<Vec<_>>())
+        .bind(decs.iter().map(|d| d.1 as i64).collect::<Vec<_>>())
+        .bind(decs.iter().map(|d| d.2).collect::<Vec<_>>())
+        .fetch_all(&mut *self.conn)
+        .await?;
+        Ok(ready.into_iter().filter(|r| *r).count() as u64)
+    }
+
+    async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut ups: Vec<&TaskUpdate> = updates.iter().collect();
+        ups.sort_by_key(|u| u.task_id);
+        sqlx::query(
+            "UPDATE tasks t SET steps_done = t.steps_done + v.d_done, steps_blocked = t.steps_blocked + v.d_blocked, \
+               state = COALESCE(v.state, t.state), version = t.version + v.transitions, \
+               completed_at = COALESCE(v.completed_at, t.completed_at), updated_at = $1 \
+             FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
+               AS v(task_id, d_done, d_blocked, state, transitions, completed_at) \
+             WHERE t.task_id = v.task_id",
+        )
+        .bind(now)
+        .bind(ups.iter().map(|u| u.task_id).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.d_done).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.d_blocked).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.state.map(|s| s.as_str())).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.transitions).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.completed_at).collect::<Vec<_>>())
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>> {
+        let rows = sqlx::query(
+            "WITH c AS ( \
+               SELECT s.step_id FROM steps s JOIN tasks t ON t.task_id = s.task_id \
+               WHERE s.ready_at IS NOT NULL AND s.ready_at <= $1 AND t.steps_blocked = 0 \
+                 AND t.state IN ('pending', 'in_progress') AND ($2::text[] IS NULL OR s.handler = ANY($2)) \
+               ORDER BY s.priority DESC, s.ready_at, s.step_id \
+               LIMIT $3 FOR UPDATE OF s SKIP LOCKED) \
+             UPDATE steps s SET state = 'in_progress', attempts = s.attempts + 1, ready_at = NULL, \
+               claimed_by = $4, lease_expires_at = $5, last_attempted_at = $1, updated_at = $1, \
+               version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END \
+             FROM c WHERE s.step_id = c.step_id \
+             RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at",
+        )
+        .bind(spec.now)
+        .bind(handlers_param(spec.handlers))
+        .bind(spec.max)
+        .bind(spec.worker_id)
+        .bind(spec.lease_until)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedStep {
+                    step_id: r.try_get(0)?,
+                    task_id: r.try_get(1)?,
+                    position: r.try_get::<i64, _>(2)? as i32,
+                    attempts: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                    lease_expires_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT s.task_id, s.position, s.name, s.results::text \
+             FROM UNNEST($1::bigint[], $2::bigint[]) AS v(task_id, position) \
+             JOIN steps s ON s.task_id = v.task_id AND s.position = v.position",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1 as i64).collect::<Vec<_>>())
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as i32, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64, i32, i64)>> {
+        // SKIP LOCKED: two workers reaping at once split the expired steps between them.
+        let rows = sqlx::query(
+            "SELECT step_id, task_id, position, attempts FROM steps \
+             WHERE state = 'in_progress' AND lease_expires_at < $1 \
+             ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? as i32, r.try_get(3)?)))
+            .collect()
+    }
+
+    async fn extend_leases(&mut self, steps: &[(i64, i64)], until: i64, now: i64) -> Result<u64> {
+        if steps.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "UPDATE steps s SET lease_expires_at = $1, updated_at = $2 \
+             FROM UNNEST($3::bigint[], $4::bigint[]) AS v(step_id, attempts) \
+             WHERE s.step_id = v.step_id AND s.attempts = v.attempts AND s.state = 'in_progress'",
+        )
+        .bind(until)
+        .bind(now)
+        .bind(steps.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.1).collect::<Vec<_>>())
+        .execute(&mut *self.conn)
+        .await?
+        .rows_affected())
+    }
+
+    async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) = rows.iter().partition(|r| r.step_id.is_some());
+        // Both tables in one round trip.
+        sqlx::query(
+            "WITH t AS ( \
+               INSERT INTO task_transitions (task_id, from_state, to_state, metadata, sort_key, created_at) \
+               SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::bigint[])) \
+             INSERT INTO step_transitions (step_id, task_id, from_state, to_state, metadata, sort_key, created_at) \
+             SELECT * FROM UNNEST($7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::jsonb[], $12::bigint[], $13::bigint[])",
+        )
+        .bind(tasks.iter().map(|r| r.task_id).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.from_state).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.to_state).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.sort_key).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.step_id.unwrap_or_default()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.task_id).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.from_state).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.to_state).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.sort_key).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+}
