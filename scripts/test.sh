@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
 # Runs every test of the repository. This is the README's test command; .ci/run calls it.
+#
+# Unless DATABASE_URL is set, a throwaway PostgreSQL is started (scripts/pg.sh: initdb + pg_ctl
+# as the postgres user on a free port) and torn down at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 step() { echo "== $* ($(date +%T))"; }
 
-step "Rust: unit, scenario and template tests (cargo test --workspace)"
+if [ -z "${DATABASE_URL:-}" ]; then
+  if [ ! -x "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)/initdb" ]; then
+    step "installing PostgreSQL server binaries (apt-get install postgresql)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  PGDIR=$(mktemp -d /tmp/tasker-test-pg.XXXXXX)
+  trap 'scripts/pg.sh stop "$PGDIR"' EXIT
+  eval "$(TASKER_PG_FAST=1 scripts/pg.sh start "$PGDIR")"
+  step "started PostgreSQL for the tests: $DATABASE_URL"
+fi
+export DATABASE_URL
+
+step "Rust: unit, scenario, template and CLI tests on SQLite (and the CLI on PostgreSQL)"
 cargo test --workspace --locked
+
+step "Rust: the conformance suite and the multi-process tests on PostgreSQL"
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance -- --test-threads 2
 
 step "all tests passed"

@@ -18,11 +18,21 @@ use tasker_core::{
 };
 
 #[derive(Parser)]
-#[command(name = "tasker", version, about = "Run workflows defined in YAML: DAGs of steps with retries, persisted in SQLite.")]
+#[command(name = "tasker", version, about = "Run workflows defined in YAML: DAGs of steps with retries, persisted in SQLite or PostgreSQL.")]
 struct Cli {
-    /// Database URL (sqlite://PATH).
+    /// Database URL: sqlite://PATH (embedded, one process) or postgres://USER@HOST:PORT/DB
+    /// (many worker processes).
     #[arg(long, global = true, env = "TASKER_DATABASE_URL", default_value = "sqlite://tasker.db", hide_env_values = true)]
     db: String,
+    /// PostgreSQL: use (and create) this schema.
+    #[arg(long, global = true, env = "TASKER_SCHEMA")]
+    schema: Option<String>,
+    /// PostgreSQL: don't LISTEN for new work (behind a pooler that cannot); poll instead.
+    #[arg(long, global = true)]
+    poll_only: bool,
+    /// How long a claimed step is held before another worker may take it over.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECONDS")]
+    lease_seconds: f64,
     /// Template environment: applies `environments.<NAME>` overrides.
     #[arg(long = "env", global = true, value_name = "NAME")]
     environment: Option<String>,
@@ -179,9 +189,18 @@ fn main() -> ExitCode {
 }
 
 async fn open(cli: &Cli) -> Result<Engine, Failure> {
-    let mut opts = EngineOptions::default().url(&cli.db);
+    if !(cli.lease_seconds.is_finite() && cli.lease_seconds >= 0.1) {
+        return Err(Failure::input(format!("--lease-seconds must be at least 0.1, got {}", cli.lease_seconds)));
+    }
+    let mut opts = EngineOptions::default()
+        .url(&cli.db)
+        .listen(!cli.poll_only)
+        .lease(Duration::from_secs_f64(cli.lease_seconds));
     if let Some(env) = &cli.environment {
         opts = opts.environment(env);
+    }
+    if let Some(schema) = &cli.schema {
+        opts = opts.schema(schema);
     }
     Engine::open_with(opts).await.map_err(|e| match e {
         Error::UnsupportedUrl(_) | Error::Validation(_) => Failure::input(format!("--db: {e}")),
@@ -434,6 +453,5 @@ async fn worker(cli: &Cli, concurrency: usize, until_idle: bool) -> Outcome {
         "tasker: worker stopped: {} steps completed, {} attempts failed",
         stats.completed, stats.failed
     );
-    let _ = Duration::ZERO;
     Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,35 @@ fn the_offline_example_runs_with_a_retry_and_progress() {
 }
 
 #[test]
+fn the_example_runs_on_postgresql_with_a_worker_process() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        eprintln!("skipped: DATABASE_URL is not set (scripts/test.sh starts a PostgreSQL)");
+        return;
+    };
+    let env = Env::new();
+    let schema = format!("cli_{}", std::process::id());
+    let example = repo().join("examples/cli/etl_pipeline.yaml");
+    let tasker = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tasker"))
+            .args(["--db", &url, "--schema", &schema])
+            .args(args)
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = tasker(&["run", example.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(step(&t, "load_warehouse")["attempts"], 2);
+    // A task created here and finished by a separate worker process.
+    let id = stdout(&tasker(&["create", "etl_pipeline", "--namespace", "examples"])).trim().to_owned();
+    let out = tasker(&["worker", "--until-idle", "--poll-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t: Value = serde_json::from_slice(&tasker(&["status", &id, "--json"]).stdout).unwrap();
+    assert_eq!(t["status"], "complete");
+}
+
+#[test]
 fn json_output_has_the_snapshot_shape() {
     let env = Env::new();
     let f = env.file("echo.yaml", "name: echo\nstep_templates:\n  - name: hello\n    handler_class: command\n    handler_config: {command: [\"echo\", \"hi there\"]}\n");

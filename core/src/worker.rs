@@ -391,19 +391,26 @@ impl Worker {
                 }
                 continue;
             }
-            match mode {
-                Mode::UntilTask(id) => {
-                    if engine.get_task_state(id).await?.is_terminal() {
-                        stopping_since = Some(Instant::now());
-                        continue;
-                    }
+            let finished = match mode {
+                Mode::UntilTask(id) => engine.get_task_state(id).await.map(|s| s.is_terminal()),
+                Mode::UntilIdle if outstanding == 0 => engine.is_idle(handlers.as_deref()).await,
+                _ => Ok(false),
+            };
+            match finished {
+                Ok(true) if mode == Mode::UntilIdle => return Ok(stats),
+                Ok(true) => {
+                    stopping_since = Some(Instant::now());
+                    continue;
                 }
-                Mode::UntilIdle if outstanding == 0 => {
-                    if engine.is_idle(handlers.as_deref()).await? {
-                        return Ok(stats);
-                    }
+                Ok(false) => {}
+                Err(e @ (Error::Database(_) | Error::Sqlite(_))) => {
+                    // The database is away: keep what we hold, look again after a pause.
+                    warn!(error = %e, "database unavailable; retrying");
+                    tokio::time::sleep(db_backoff).await;
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
-                _ => {}
+                Err(e) => return Err(e),
             }
             // Nothing to record and nothing to claim: sleep until a handler finishes, new work
             // is announced, a backoff elapses or a lease may have expired, or we are told to stop.

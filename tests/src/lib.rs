@@ -63,6 +63,19 @@ impl Harness {
         Harness { engine, clock, opts, _dir: dir }
     }
 
+    /// Like [`Harness::new`] but on the system clock, for tests with other processes.
+    pub async fn real_time() -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = fresh_options(dir.path());
+        let engine = Engine::open_with(opts.clone()).await.expect("open engine");
+        Harness { engine, clock: ManualClock::default(), opts, _dir: dir }
+    }
+
+    /// The database URL and (PostgreSQL) schema, for other processes.
+    pub fn url(&self) -> (String, Option<String>) {
+        (self.opts.url.clone().unwrap_or_default(), self.opts.schema.clone())
+    }
+
     /// A second engine on the same database (as another process would open it).
     pub async fn reopen(&self) -> Engine {
         Engine::open_with(self.opts.clone()).await.expect("reopen engine")

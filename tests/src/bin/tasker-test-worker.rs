@@ -1,0 +1,113 @@
+//! A worker process for the multi-process tests: diamond handlers A, B, C, D that record every
+//! run (start and end, with pid and time) in an append-only log, so the tests can prove that no
+//! step ran twice at the same time and that attempts match runs.
+//!
+//! tasker-test-worker --db URL [--schema S] --log FILE [--worker-id ID] [--lease-ms N]
+//!                    [--concurrency N] [--sleep-ms N] [--prefetch N]
+//!
+//! Runs until nothing is left to do anywhere, or until SIGTERM/SIGINT (graceful: in-flight
+//! steps finish). Exits 0.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tasker_core::{Engine, EngineOptions, HandlerError, Registry, Worker, WorkerOptions};
+
+fn arg(name: &str) -> Option<String> {
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next();
+        }
+    }
+    None
+}
+
+fn now_us() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
+}
+
+struct Log(std::fs::File);
+
+impl Log {
+    fn line(&self, what: &str, step: &tasker_core::StepContext) {
+        let line = format!(
+            "{what} {} {} {} {} {}\n",
+            step.task_id(),
+            step.step_name,
+            step.attempt(),
+            std::process::id(),
+            now_us()
+        );
+        // One write(2) per line on an O_APPEND file: lines from many processes never interleave.
+        (&self.0).write_all(line.as_bytes()).expect("log write");
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let db = arg("--db").expect("--db URL");
+    let log_path = arg("--log").expect("--log FILE");
+    let lease_ms: u64 = arg("--lease-ms").map(|v| v.parse().unwrap()).unwrap_or(30_000);
+    let sleep_ms: u64 = arg("--sleep-ms").map(|v| v.parse().unwrap()).unwrap_or(0);
+    let concurrency: usize = arg("--concurrency").map(|v| v.parse().unwrap()).unwrap_or(8);
+    let prefetch: Option<usize> = arg("--prefetch").map(|v| v.parse().unwrap());
+    let mut opts = EngineOptions::default().url(db).lease(Duration::from_millis(lease_ms));
+    if let Some(s) = arg("--schema") {
+        opts = opts.schema(s);
+    }
+    let engine = Engine::open_with(opts).await.expect("open engine");
+    let log = Arc::new(Log(std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("open log")));
+    let mut reg = Registry::new();
+    for name in ["A", "B", "C", "D"] {
+        let log = log.clone();
+        reg.register_fn(name, move |step| {
+            let log = log.clone();
+            async move {
+                log.line("start", &step);
+                if sleep_ms > 0 {
+                    let jitter = (step.key.step_id as u64 * 7919 + step.attempt() as u64) % (sleep_ms + 1);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                let out = match step.step_name.as_str() {
+                    "A" => json!({"wf": step.context["wf"], "a": 1}),
+                    "B" => json!({"b": step.results["A"]["a"].as_i64().unwrap() + 1}),
+                    "C" => json!({"c": step.results["A"]["a"].as_i64().unwrap() + 2}),
+                    _ => {
+                        let (b, c) = (&step.results["B"]["b"], &step.results["C"]["c"]);
+                        if *b != 2 || *c != 3 {
+                            return Err(HandlerError::permanent(format!("D saw b={b} c={c}")));
+                        }
+                        json!({"d": 5})
+                    }
+                };
+                log.line("end", &step);
+                Ok(out)
+            }
+        });
+    }
+    let worker = Arc::new(Worker::new(
+        engine,
+        reg,
+        WorkerOptions {
+            concurrency,
+            prefetch,
+            worker_id: arg("--worker-id").unwrap_or_else(Engine::new_worker_id),
+            ..Default::default()
+        },
+    ));
+    let stop = worker.shutdown_handle();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).unwrap();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        stop.shutdown();
+    });
+    let stats = worker.run_until_idle().await.expect("worker run");
+    eprintln!("worker {} done: {stats:?}", std::process::id());
+}

@@ -1,0 +1,303 @@
+//! Scale-out on PostgreSQL with real processes and real signals: several worker processes on
+//! one database, kill -9 in a loop, a database restart, graceful SIGTERM.
+//!
+//! Every test needs `TASKER_TEST_BACKEND=postgres` (scripts/test.sh runs them so); on SQLite,
+//! which is single-process by design, they say so and return.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tasker_conformance::{backend, Harness};
+use tasker_core::{Engine, StepState, TaskFilter, TaskRequest, TaskState};
+
+const DIAMOND: &str = "name: diamond\nstep_templates:\n  - {name: A}\n  - {name: B, depends_on_step: A}\n  - {name: C, depends_on_step: A}\n  - {name: D, depends_on_steps: [B, C]}\n";
+
+fn postgres_or_skip(test: &str) -> bool {
+    if backend() == "postgres" {
+        return true;
+    }
+    eprintln!("{test}: multi-process scale-out is a PostgreSQL feature; run with TASKER_TEST_BACKEND=postgres");
+    false
+}
+
+struct Fleet {
+    db: String,
+    schema: Option<String>,
+    log: PathBuf,
+    lease_ms: u64,
+    sleep_ms: u64,
+    workers: Vec<Child>,
+    spawned: usize,
+}
+
+impl Fleet {
+    fn new(h: &Harness, dir: &Path, lease_ms: u64, sleep_ms: u64) -> Fleet {
+        let (db, schema) = h.url();
+        Fleet { db, schema, log: dir.join("runs.log"), lease_ms, sleep_ms, workers: Vec::new(), spawned: 0 }
+    }
+
+    fn spawn(&mut self) -> Child {
+        self.spawned += 1;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasker-test-worker"));
+        cmd.args(["--db", &self.db, "--log", self.log.to_str().unwrap()])
+            .args(["--lease-ms", &self.lease_ms.to_string(), "--sleep-ms", &self.sleep_ms.to_string()])
+            .args(["--worker-id", &format!("w{}", self.spawned)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(s) = &self.schema {
+            cmd.args(["--schema", s]);
+        }
+        cmd.spawn().expect("spawn test worker")
+    }
+
+    fn start(&mut self, n: usize) {
+        for _ in 0..n {
+            let c = self.spawn();
+            self.workers.push(c);
+        }
+    }
+
+    /// Waits for every worker to exit on its own (nothing left to do).
+    fn wait(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for w in &mut self.workers {
+            loop {
+                if let Some(status) = w.try_wait().unwrap() {
+                    assert!(status.success() || status.code().is_none(), "worker failed: {status}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = w.kill();
+                    panic!("workers did not finish within {limit:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+/// One run of a step as the log tells it.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    start: u128,
+    end: Option<u128>,
+}
+
+/// (task, step) -> runs in start order.
+fn runs(log: &Path) -> HashMap<(i64, String), Vec<Run>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out: HashMap<(i64, String), HashMap<(u32, u32), Run>> = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 6, "torn log line {line:?}");
+        let (task, step, attempt, pid, t): (i64, String, u32, u32, u128) =
+            (f[1].parse().unwrap(), f[2].to_owned(), f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap());
+        let run = out.entry((task, step)).or_default().entry((attempt, pid)).or_default();
+        match f[0] {
+            "start" => run.start = t,
+            "end" => run.end = Some(t),
+            other => panic!("bad log line {other}"),
+        }
+    }
+    out.into_iter()
+        .map(|(k, v)| {
+            let mut v: Vec<Run> = v.into_values().collect();
+            v.sort_by_key(|r| r.start);
+            (k, v)
+        })
+        .collect()
+}
+
+async fn create_diamonds(engine: &Engine, n: usize) -> Vec<i64> {
+    engine.register_template_yaml(DIAMOND).await.unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let reqs = chunk.iter().map(|i| TaskRequest::new("diamond", json!({"wf": i}))).collect();
+        ids.extend(engine.create_tasks(reqs).await.unwrap());
+    }
+    ids
+}
+
+/// Every task complete with the right result; every step ran at least once and no more times
+/// than it has attempts; every attempt but the last ended by lease expiry (the handlers never
+/// fail, so only a dead worker makes an attempt fail); no two runs of a step overlapped.
+/// Returns how many attempts ended by lease expiry.
+async fn verify(engine: &Engine, ids: &[i64], log: &Path) -> usize {
+    let runs = runs(log);
+    let complete = engine
+        .list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(ids.len() as i64 + 10), ..Default::default() })
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(complete, ids.len(), "every task completes");
+    let mut expired_total = 0;
+    for &id in ids {
+        let t = engine.get_task(id).await.unwrap();
+        assert_eq!(t.step("D").unwrap().results, json!({"d": 5}), "task {id}");
+        let mut expired: HashMap<i64, i64> = HashMap::new();
+        if t.steps.iter().any(|s| s.attempts > 1) {
+            for r in engine.transitions(id).await.unwrap() {
+                if r.to_state == "error" {
+                    assert!(r.metadata.contains("lease_expired"), "task {id}: unexpected failure {}", r.metadata);
+                    *expired.entry(r.step_id.unwrap()).or_default() += 1;
+                }
+            }
+        }
+        for s in &t.steps {
+            assert_eq!(s.status, StepState::Complete);
+            let rs = runs.get(&(id, s.name.clone())).cloned().unwrap_or_default();
+            let lost = expired.get(&s.id).copied().unwrap_or(0);
+            let what = format!("task {id} step {}: {} attempts, {lost} expired, runs {rs:?}", s.name, s.attempts);
+            assert!(rs.iter().any(|r| r.end.is_some()), "{what}");
+            assert!(rs.len() as i64 <= s.attempts, "{what}");
+            assert_eq!(s.attempts, lost + 1, "{what}");
+            for pair in rs.windows(2) {
+                if let Some(end) = pair[0].end {
+                    assert!(pair[1].start >= end, "ran twice at once: {what}");
+                }
+            }
+            expired_total += lost as usize;
+        }
+    }
+    expired_total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_complete_2000_diamonds_without_running_a_step_twice() {
+    if !postgres_or_skip("four_workers") {
+        return;
+    }
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = create_diamonds(&h.engine, 2000).await;
+    let mut fleet = Fleet::new(&h, dir.path(), 30_000, 0);
+    fleet.start(4);
+    fleet.wait(Duration::from_secs(180));
+    let expired = verify(&h.engine, &ids, &fleet.log).await;
+    assert_eq!(expired, 0, "no worker died, no lease expired");
+    let total: usize = runs(&fleet.log).values().map(|r| r.len()).sum();
+    assert_eq!(total, 8000, "each of the 8,000 steps ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_a_loop_loses_no_task_and_dead_workers_steps_rerun_after_lease_expiry() {
+    if !postgres_or_skip("kill_9") {
+        return;
+    }
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = create_diamonds(&h.engine, 800).await;
+    let mut fleet = Fleet::new(&h, dir.path(), 1_000, 40);
+    fleet.start(4);
+    let mut kills = 0;
+    let mut i = 0;
+    while kills < 24 {
+        std::thread::sleep(Duration::from_millis(100));
+        let victim = &mut fleet.workers[i % 4];
+        i += 1;
+        if victim.try_wait().unwrap().is_some() {
+            // Finished on its own: nothing left for it. Restart only while work remains.
+            let left = h.engine.list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(10_000), ..Default::default() }).await.unwrap().len();
+            if left == ids.len() {
+                break;
+            }
+        } else {
+            assert!(Command::new("kill").args(["-9", &victim.id().to_string()]).status().unwrap().success());
+            victim.wait().unwrap();
+            kills += 1;
+        }
+        let replacement = fleet.spawn();
+        fleet.workers[(i - 1) % 4] = replacement;
+    }
+    assert!(kills >= 20, "only {kills} kills happened: the run finished too fast to test recovery");
+    fleet.wait(Duration::from_secs(180));
+    let expired = verify(&h.engine, &ids, &fleet.log).await;
+    assert!(expired > 0, "the killed workers held steps: some attempts must have expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_reconnect_after_postgres_restarts_mid_run() {
+    if !postgres_or_skip("restart") {
+        return;
+    }
+    let (Ok(pgdata), Ok(pgbin)) = (std::env::var("TASKER_PGDATA"), std::env::var("TASKER_PGBIN")) else {
+        panic!("this test restarts the server: it needs TASKER_PGDATA and TASKER_PGBIN (scripts/test.sh sets them)");
+    };
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = create_diamonds(&h.engine, 300).await;
+    let mut fleet = Fleet::new(&h, dir.path(), 5_000, 10);
+    fleet.start(2);
+    std::thread::sleep(Duration::from_millis(700));
+    let done_before = h.engine.list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(10_000), ..Default::default() }).await.unwrap().len();
+    assert!(done_before < ids.len(), "restart must happen mid-run");
+    let status = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{pgbin}/pg_ctl"), "-D", &pgdata, "-m", "fast", "-w", "restart"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl restart failed");
+    fleet.wait(Duration::from_secs(180));
+    // This process's pool reconnects too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match h.engine.get_task(ids[0]).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the database: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    verify(&h.engine, &ids, &fleet.log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_steps_finish_and_leaves_no_lease() {
+    if !postgres_or_skip("sigterm") {
+        return;
+    }
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = create_diamonds(&h.engine, 50).await;
+    let mut fleet = Fleet::new(&h, dir.path(), 30_000, 300);
+    fleet.start(1);
+    // Wait until the worker is running steps, then ask it to stop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runs(&fleet.log).is_empty() {
+        assert!(Instant::now() < deadline, "the worker never started a step");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = fleet.workers[0].id();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let status = fleet.workers[0].wait().unwrap();
+    assert!(status.success(), "graceful stop exits 0: {status}");
+    let log = runs(&fleet.log);
+    for ((task, step), rs) in &log {
+        assert!(rs.iter().all(|r| r.end.is_some()), "task {task} step {step} was cut off: {rs:?}");
+    }
+    let mut running = 0;
+    for &id in &ids {
+        let t = h.engine.get_task(id).await.unwrap();
+        running += t.steps.iter().filter(|s| s.status == StepState::InProgress).count();
+    }
+    assert_eq!(running, 0, "no step left in progress (no lease left behind)");
+    // A new worker finishes the rest; every step ran exactly once.
+    fleet.workers.clear();
+    fleet.start(1);
+    fleet.wait(Duration::from_secs(120));
+    assert_eq!(verify(&h.engine, &ids, &fleet.log).await, 0);
+}
