@@ -24,7 +24,11 @@ export DATABASE_URL
 step "Rust: unit, scenario, template and CLI tests on SQLite (and the CLI on PostgreSQL)"
 cargo test --workspace --locked
 
-step "Rust: the conformance suite and the multi-process tests on PostgreSQL"
-TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance -- --test-threads 2
+step "Rust: the conformance suite on PostgreSQL"
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates
+
+step "Rust: multi-process tests on PostgreSQL (workers, kill -9, server restart, SIGTERM)"
+# One at a time: one of them restarts the server.
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --test multiprocess -- --test-threads 1
 
 step "all tests passed"
