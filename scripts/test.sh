@@ -29,6 +29,6 @@ TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --t
 
 step "Rust: multi-process tests on PostgreSQL (workers, kill -9, server restart, SIGTERM)"
 # One at a time: one of them restarts the server.
-TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --test multiprocess -- --test-threads 1
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --test multiprocess -- --include-ignored --test-threads 1
 
 step "all tests passed"

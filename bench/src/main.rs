@@ -1,20 +1,28 @@
 //! Throughput harness: workloads W1-W4 of `shared/bench/README.md` on Tasker with Rust no-op
-//! handlers, one process, worker concurrency 10.
+//! handlers, worker concurrency 10.
 //!
 //! ```text
-//! cargo run --release -p tasker-bench -- [--workload W1,W2,W3,W4] [--reps 3] [--durability full]
+//! tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,RSS]
+//!              [--workers N] [--reps 3] [--durability full|normal|off] [--scale F]
 //! ```
 //!
-//! Each repetition runs on a fresh database. Every figure is the median over the repetitions.
-//! A baseline is measured in the same run: the rate of single-row durable commits on the same
-//! kind of database file, so figures can be read as ratios on a noisy machine.
+//! Each repetition runs on a fresh database (SQLite: a new file; PostgreSQL: a new schema,
+//! dropped afterwards). Every figure printed is the median over the repetitions. A baseline is
+//! measured in the same run: single-row durable commits per second on the same database, so
+//! figures can be read as ratios on a noisy machine.
+//!
+//! With `--workers 1` (default) the worker runs in the benchmark process and the clock runs from
+//! the first handler start to the moment the worker finds nothing left. With `--workers N > 1`
+//! (PostgreSQL) N worker processes are spawned (this binary in worker mode) and the time is
+//! taken from the database: first `last_attempted_at` to last `processed_at`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+use sqlx::Connection;
 use tasker_core::{
     Durability, Engine, EngineOptions, HandlerError, Registry, TaskRequest, TaskState, Worker,
     WorkerOptions,
@@ -22,38 +30,62 @@ use tasker_core::{
 
 const CONCURRENCY: usize = 10;
 
+#[derive(Clone)]
 struct Args {
+    backend: String,
+    pg_url: Option<String>,
     workloads: Vec<String>,
     reps: usize,
+    workers: usize,
     durability: Durability,
     scale: f64,
 }
 
+fn arg_value(it: &mut impl Iterator<Item = String>, flag: &str) -> String {
+    it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")))
+}
+
 fn parse_args() -> Args {
     let mut a = Args {
+        backend: "sqlite".into(),
+        pg_url: std::env::var("DATABASE_URL").ok(),
         workloads: vec!["W1".into(), "W2".into(), "W3".into(), "W4".into()],
         reps: 3,
+        workers: 1,
         durability: Durability::Full,
         scale: 1.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| die(&format!("{arg} needs a value")));
         match arg.as_str() {
-            "--workload" | "-w" => a.workloads = val().split(',').map(|s| s.trim().to_uppercase()).collect(),
-            "--reps" => a.reps = val().parse().unwrap_or_else(|_| die("--reps takes a number")),
-            "--durability" => a.durability = val().parse().unwrap_or_else(|e: String| die(&e)),
-            "--scale" => a.scale = val().parse().unwrap_or_else(|_| die("--scale takes a number")),
+            "--backend" => a.backend = arg_value(&mut it, &arg),
+            "--pg-url" => a.pg_url = Some(arg_value(&mut it, &arg)),
+            "--workload" | "-w" => {
+                a.workloads = arg_value(&mut it, &arg).split(',').map(|s| s.trim().to_uppercase()).collect()
+            }
+            "--reps" => a.reps = arg_value(&mut it, &arg).parse().unwrap_or_else(|_| die("--reps takes a number")),
+            "--workers" => a.workers = arg_value(&mut it, &arg).parse().unwrap_or_else(|_| die("--workers takes a number")),
+            "--durability" => a.durability = arg_value(&mut it, &arg).parse().unwrap_or_else(|e: String| die(&e)),
+            "--scale" => a.scale = arg_value(&mut it, &arg).parse().unwrap_or_else(|_| die("--scale takes a number")),
             "-h" | "--help" => {
-                println!("usage: tasker-bench [--workload W1,W2,W3,W4] [--reps N] [--durability full|normal|off] [--scale F]");
+                println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F]");
                 std::process::exit(0);
             }
             other => die(&format!("unknown argument {other:?} (try --help)")),
         }
     }
+    if !["sqlite", "postgres"].contains(&a.backend.as_str()) {
+        die("--backend is sqlite or postgres");
+    }
+    if a.backend == "postgres" && a.pg_url.is_none() {
+        die("--backend postgres needs --pg-url or DATABASE_URL");
+    }
+    if a.workers > 1 && a.backend != "postgres" {
+        die("--workers > 1 needs --backend postgres (SQLite is one process)");
+    }
     for w in &a.workloads {
-        if !["W1", "W2", "W3", "W4", "BASELINE"].contains(&w.as_str()) {
-            die(&format!("unknown workload {w:?}: expected W1, W2, W3, W4"));
+        if !["W1", "W2", "W3", "W4", "RSS"].contains(&w.as_str()) {
+            die(&format!("unknown workload {w:?}: expected W1, W2, W3, W4, RSS"));
         }
     }
     a
@@ -66,19 +98,59 @@ fn die(msg: &str) -> ! {
 
 type Metrics = BTreeMap<&'static str, f64>;
 
+/// A fresh database for one repetition.
 struct Db {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     url: String,
+    schema: Option<String>,
 }
 
-fn fresh_db() -> Db {
-    let dir = tempfile::Builder::new().prefix("tasker-bench").tempdir_in(std::env::var("TASKER_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())).expect("tempdir");
+fn fresh_db(a: &Args) -> Db {
+    if a.backend == "postgres" {
+        let schema = format!("bench_{}_{:08x}", std::process::id(), rand_u32());
+        return Db { _dir: None, url: a.pg_url.clone().unwrap(), schema: Some(schema) };
+    }
+    let base = std::env::var("TASKER_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+    let dir = tempfile::Builder::new().prefix("tasker-bench").tempdir_in(base).expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    Db { _dir: dir, url }
+    Db { _dir: Some(dir), url, schema: None }
 }
 
-async fn open(db: &Db, durability: Durability) -> Engine {
-    Engine::open_with(EngineOptions::default().url(&db.url).durability(durability)).await.expect("open")
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish() as u32
+}
+
+impl Db {
+    async fn open(&self, d: Durability) -> Engine {
+        let mut o = EngineOptions::default().url(&self.url).durability(d);
+        if let Some(s) = &self.schema {
+            o = o.schema(s);
+        }
+        Engine::open_with(o).await.expect("open")
+    }
+
+    async fn drop(self) {
+        if let Some(s) = &self.schema {
+            let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE"))).execute(&mut c).await.expect("drop schema");
+        }
+    }
+
+    /// (first attempt start, last completion) in epoch ms, from the database.
+    async fn span_ms(&self) -> (i64, i64) {
+        let s = self.schema.as_deref().expect("postgres");
+        let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+        let row: (Option<i64>, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT MIN(last_attempted_at), MAX(processed_at) FROM {s}.steps"
+        )))
+        .fetch_one(&mut c)
+        .await
+        .expect("span");
+        (row.0.expect("steps ran"), row.1.expect("steps completed"))
+    }
 }
 
 /// Records the first handler start.
@@ -100,187 +172,309 @@ impl FirstStart {
     }
 }
 
+const CHAIN_LEN: usize = 100;
+
+/// The workload's templates.
+fn templates(w: &str) -> Vec<String> {
+    match w {
+        "W1" | "W3" | "RSS" => vec!["name: job\nstep_templates:\n  - {name: noop}\n".into()],
+        "W2" => vec!["name: diamond\nstep_templates:\n  - {name: A}\n  - {name: B, depends_on_step: A}\n  - {name: C, depends_on_step: A}\n  - {name: D, depends_on_steps: [B, C]}\n".into()],
+        "W4" => {
+            let mut y = String::from("name: chain\nstep_templates:\n  - {name: s1, handler_class: step}\n");
+            for k in 2..=CHAIN_LEN {
+                y.push_str(&format!("  - {{name: s{k}, handler_class: step, depends_on_step: s{}}}\n", k - 1));
+            }
+            vec![y]
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// The workload's no-op handlers (W2's D and W4's last step check their inputs).
+fn handlers(w: &str, first: &FirstStart) -> Registry {
+    let mut reg = Registry::new();
+    let f = first.clone();
+    match w {
+        "W1" | "W3" | "RSS" => {
+            reg.register_fn("noop", move |_| {
+                f.mark();
+                async { Ok(json!({"ok": true})) }
+            });
+        }
+        "W2" => {
+            reg.register_fn("A", move |s| {
+                f.mark();
+                async move { Ok(json!({"wf": s.context["wf"], "a": 1})) }
+            });
+            reg.register_fn("B", |s| async move { Ok(json!({"wf": s.results["A"]["wf"], "b": 2})) });
+            reg.register_fn("C", |s| async move { Ok(json!({"wf": s.results["A"]["wf"], "c": 3})) });
+            reg.register_fn("D", |s| async move {
+                if s.results["B"]["b"] != 2 || s.results["C"]["c"] != 3 || s.results["B"]["wf"] != s.context["wf"] {
+                    return Err(HandlerError::permanent(format!("D saw wrong inputs: {:?}", s.results)));
+                }
+                Ok(json!({"wf": s.context["wf"], "d": 4}))
+            });
+        }
+        "W4" => {
+            reg.register_fn("step", move |s| {
+                f.mark();
+                async move {
+                    let x = s.results.values().next().map(|v| v["x"].as_i64().unwrap()).unwrap_or(0) + 1;
+                    if s.step_name == format!("s{CHAIN_LEN}") && x != CHAIN_LEN as i64 {
+                        return Err(HandlerError::permanent(format!("chain ended at x = {x}")));
+                    }
+                    Ok(json!({"x": x}))
+                }
+            });
+        }
+        _ => unreachable!(),
+    }
+    reg
+}
+
 fn worker(engine: &Engine, reg: Registry) -> Worker {
     let prefetch = std::env::var("TASKER_PREFETCH").ok().and_then(|v| v.parse().ok());
     Worker::new(engine.clone(), reg, WorkerOptions { concurrency: CONCURRENCY, prefetch, ..Default::default() })
 }
 
-async fn w1(d: Durability, scale: f64) -> Metrics {
-    let n = (20_000.0 * scale) as usize;
-    let db = fresh_db();
-    let engine = open(&db, d).await;
-    engine.register_template_yaml("name: job\nstep_templates:\n  - {name: noop}\n").await.unwrap();
-    let t0 = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let reqs = chunk.iter().map(|i| TaskRequest::new("job", json!({"i": i}))).collect();
-        engine.create_tasks(reqs).await.unwrap();
+/// Submits the workload's tasks; returns (count of steps, submit seconds).
+async fn submit(w: &str, engine: &Engine, scale: f64) -> (usize, f64) {
+    for t in templates(w) {
+        engine.register_template_yaml(&t).await.unwrap();
     }
-    let submitted = t0.elapsed();
-    let first = FirstStart::default();
-    let mut reg = Registry::new();
-    let f = first.clone();
-    reg.register_fn("noop", move |_| {
-        f.mark();
-        async { Ok(json!({"ok": true})) }
-    });
-    let w_start = Instant::now();
-    let stats = worker(&engine, reg).run_until_idle().await.unwrap();
-    let end = Instant::now();
-    assert_eq!(stats.completed as usize, n);
+    let t0 = Instant::now();
+    let steps = match w {
+        "W1" | "RSS" => {
+            let n = if w == "RSS" { 100_000 } else { (20_000.0 * scale) as usize };
+            for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+                let reqs = chunk.iter().map(|i| TaskRequest::new("job", json!({"i": i}))).collect();
+                engine.create_tasks(reqs).await.unwrap();
+            }
+            n
+        }
+        "W2" => {
+            let n = (2_000.0 * scale) as usize;
+            for i in 0..n {
+                engine.create_task(TaskRequest::new("diamond", json!({"wf": i}))).await.unwrap();
+            }
+            4 * n
+        }
+        "W4" => {
+            let n = ((20.0 * scale) as usize).max(1);
+            for i in 0..n {
+                engine.create_task(TaskRequest::new("chain", json!({"wf": i}))).await.unwrap();
+            }
+            n * CHAIN_LEN
+        }
+        _ => unreachable!(),
+    };
+    (steps, t0.elapsed().as_secs_f64())
+}
+
+/// W1, W2, W4: submit everything, then drain with the worker(s).
+async fn throughput(a: &Args, w: &str) -> Metrics {
+    let db = fresh_db(a);
+    let engine = db.open(a.durability).await;
+    let (steps, submit_s) = submit(w, &engine, a.scale).await;
+    let mut m = Metrics::new();
+    if a.workers <= 1 {
+        let first = FirstStart::default();
+        let statements0 = engine.database_statements();
+        let wk = worker(&engine, handlers(w, &first));
+        let stats = wk.run_until_idle().await.unwrap();
+        let end = Instant::now();
+        assert_eq!((stats.completed as usize, stats.failed), (steps, 0));
+        let secs = (end - first.get()).as_secs_f64();
+        m.insert("steps_per_s", steps as f64 / secs);
+        m.insert("steps_per_transaction", steps as f64 / stats.cycles as f64);
+        if a.backend == "postgres" {
+            m.insert("round_trips_per_step", (engine.database_statements() - statements0) as f64 / steps as f64);
+        }
+    } else {
+        let mut children = Vec::new();
+        for i in 0..a.workers {
+            children.push(spawn_worker(a, &db, w, i, None));
+        }
+        let mut statements = 0u64;
+        for c in children {
+            let out = c.wait_with_output().expect("worker");
+            assert!(out.status.success(), "worker failed: {}", String::from_utf8_lossy(&out.stderr));
+            statements += parse_field(&out.stdout, "statements") as u64;
+        }
+        let (t0, t1) = db.span_ms().await;
+        m.insert("steps_per_s", steps as f64 * 1000.0 / (t1 - t0).max(1) as f64);
+        m.insert("round_trips_per_step", statements as f64 / steps as f64);
+    }
     let done = engine
-        .list_tasks(&tasker_core::TaskFilter { state: Some(TaskState::Complete), limit: Some(n as i64 + 1), ..Default::default() })
+        .list_tasks(&tasker_core::TaskFilter { state: Some(TaskState::Complete), limit: Some(1_000_000), ..Default::default() })
         .await
         .unwrap()
         .len();
-    assert_eq!(done, n, "every task complete");
-    let drain = end - first.get();
-    BTreeMap::from([
-        ("steps_per_cycle", n as f64 / stats.cycles as f64),
-        ("steps_per_s", n as f64 / drain.as_secs_f64()),
-        ("submit_per_s", n as f64 / submitted.as_secs_f64()),
-        ("drain_s", drain.as_secs_f64()),
-        ("total_wall_s", (end - t0).as_secs_f64()),
-        ("worker_start_to_first_s", (first.get() - w_start).as_secs_f64()),
-    ])
+    let expected = match w {
+        "W2" => steps / 4,
+        "W4" => steps / CHAIN_LEN,
+        _ => steps,
+    };
+    assert_eq!(done, expected, "every task complete");
+    m.insert("submit_per_s", expected as f64 / submit_s);
+    drop(engine);
+    db.drop().await;
+    m
 }
 
-async fn w2(d: Durability, scale: f64) -> Metrics {
-    let n = (2_000.0 * scale) as usize;
-    let db = fresh_db();
-    let engine = open(&db, d).await;
-    engine
-        .register_template_yaml(
-            "name: diamond\nstep_templates:\n  - {name: A}\n  - {name: B, depends_on_step: A}\n  - {name: C, depends_on_step: A}\n  - {name: D, depends_on_steps: [B, C]}\n",
-        )
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    for i in 0..n {
-        engine.create_task(TaskRequest::new("diamond", json!({"wf": i}))).await.unwrap();
+fn spawn_worker(a: &Args, db: &Db, w: &str, i: usize, for_ms: Option<u64>) -> std::process::Child {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--worker-mode", w, "--db", &db.url, "--id", &i.to_string()]);
+    if let Some(s) = &db.schema {
+        cmd.args(["--schema", s]);
     }
-    let submitted = t0.elapsed();
-    let first = FirstStart::default();
-    let mut reg = Registry::new();
-    let f = first.clone();
-    reg.register_fn("A", move |s| {
-        f.mark();
-        async move { Ok(json!({"wf": s.context["wf"], "a": 1})) }
-    });
-    reg.register_fn("B", |s| async move { Ok(json!({"wf": s.results["A"]["wf"], "b": 2})) });
-    reg.register_fn("C", |s| async move { Ok(json!({"wf": s.results["A"]["wf"], "c": 3})) });
-    reg.register_fn("D", |s| async move {
-        if s.results["B"]["b"] != 2 || s.results["C"]["c"] != 3 || s.results["B"]["wf"] != s.context["wf"] {
-            return Err(HandlerError::permanent(format!("D saw wrong inputs: {:?}", s.results)));
-        }
-        Ok(json!({"wf": s.context["wf"], "d": 4}))
-    });
-    let stats = worker(&engine, reg).run_until_idle().await.unwrap();
-    let end = Instant::now();
-    assert_eq!((stats.completed as usize, stats.failed), (4 * n, 0));
-    let wall = end - first.get();
-    BTreeMap::from([
-        ("steps_per_s", 4.0 * n as f64 / wall.as_secs_f64()),
-        ("workflows_per_s", n as f64 / wall.as_secs_f64()),
-        ("submit_per_s", n as f64 / submitted.as_secs_f64()),
-        ("total_wall_s", (end - t0).as_secs_f64()),
-    ])
+    if let Some(ms) = for_ms {
+        cmd.args(["--for-ms", &ms.to_string()]);
+    }
+    let _ = a;
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn worker")
 }
 
-async fn w3(d: Durability, scale: f64) -> Metrics {
-    let n = ((300.0 * scale) as usize).max(10);
-    let db = fresh_db();
-    let engine = open(&db, d).await;
-    engine.register_template_yaml("name: job\nstep_templates:\n  - {name: noop}\n").await.unwrap();
-    let mut reg = Registry::new();
-    reg.register_fn("noop", |_| async { Ok(json!({"ok": true})) });
-    let w = Arc::new(worker(&engine, reg));
-    let stop = w.shutdown_handle();
-    let w2 = w.clone();
-    let run = tokio::spawn(async move { w2.run().await });
+fn parse_field(stdout: &[u8], key: &str) -> f64 {
+    let text = String::from_utf8_lossy(stdout);
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("worker printed no {key}: {text}"))
+}
+
+/// W3: one task at a time, submit -> durable completion observed.
+async fn latency(a: &Args) -> Metrics {
+    let db = fresh_db(a);
+    let engine = db.open(a.durability).await;
+    for t in templates("W3") {
+        engine.register_template_yaml(&t).await.unwrap();
+    }
+    let n = ((300.0 * a.scale) as usize).max(10);
+    let mut children = Vec::new();
+    let mut local = None;
+    if a.workers <= 1 {
+        let w = Arc::new(worker(&engine, handlers("W3", &FirstStart::default())));
+        let stop = w.shutdown_handle();
+        let w2 = w.clone();
+        local = Some((stop, tokio::spawn(async move { w2.run().await })));
+    } else {
+        for i in 0..a.workers {
+            children.push(spawn_worker(a, &db, "W3", i, Some(600_000)));
+        }
+    }
     let mut lat = Vec::with_capacity(n);
-    let mut create = Vec::with_capacity(n);
     for i in 0..(n + 10) {
         let t0 = Instant::now();
         let id = engine.create_task(TaskRequest::new("job", json!({"i": i}))).await.unwrap();
-        create.push(t0.elapsed().as_secs_f64() * 1000.0);
-        let t = engine.wait_for_task(id, Some(Duration::from_secs(10))).await.unwrap();
+        let t = engine.wait_for_task(id, Some(Duration::from_secs(30))).await.unwrap();
         let dt = t0.elapsed();
         assert_eq!(t.status, TaskState::Complete);
         if i >= 10 {
             lat.push(dt.as_secs_f64() * 1000.0);
         }
     }
-    stop.shutdown();
-    run.await.unwrap().unwrap();
+    if let Some((stop, run)) = local {
+        stop.shutdown();
+        run.await.unwrap().unwrap();
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| lat[((p / 100.0 * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
-    BTreeMap::from([
+    let m = BTreeMap::from([
         ("p50_ms", pct(50.0)),
         ("p95_ms", pct(95.0)),
         ("p99_ms", pct(99.0)),
         ("mean_ms", lat.iter().sum::<f64>() / lat.len() as f64),
-        ("create_p50_ms", median(create)),
-    ])
+    ]);
+    drop(engine);
+    db.drop().await;
+    m
 }
 
-async fn w4(d: Durability, scale: f64) -> Metrics {
-    let n = ((20.0 * scale) as usize).max(1);
-    let len = 100;
-    let db = fresh_db();
-    let engine = open(&db, d).await;
-    let mut yaml = String::from("name: chain\nstep_templates:\n  - {name: s1, handler_class: step}\n");
-    for k in 2..=len {
-        yaml.push_str(&format!("  - {{name: s{k}, handler_class: step, depends_on_step: s{}}}\n", k - 1));
-    }
-    engine.register_template_yaml(&yaml).await.unwrap();
-    let t0 = Instant::now();
-    for i in 0..n {
-        engine.create_task(TaskRequest::new("chain", json!({"wf": i}))).await.unwrap();
-    }
-    let first = FirstStart::default();
-    let mut reg = Registry::new();
-    let f = first.clone();
-    reg.register_fn("step", move |s| {
-        f.mark();
-        async move {
-            let x = s.results.values().next().map(|v| v["x"].as_i64().unwrap()).unwrap_or(0) + 1;
-            if s.step_name == format!("s{len}") && x != len as i64 {
-                return Err(HandlerError::permanent(format!("chain ended at x = {x}")));
-            }
-            Ok(json!({"x": x}))
-        }
-    });
-    let stats = worker(&engine, reg).run_until_idle().await.unwrap();
-    let end = Instant::now();
-    assert_eq!((stats.completed as usize, stats.failed), (n * len, 0));
-    let wall = end - first.get();
-    BTreeMap::from([
-        ("steps_per_s", (n * len) as f64 / wall.as_secs_f64()),
-        ("workflows_per_s", n as f64 / wall.as_secs_f64()),
-        ("total_wall_s", (end - t0).as_secs_f64()),
-    ])
+/// RSS: a worker process's peak memory while 100,000 one-step tasks wait (it runs 3 s).
+async fn rss(a: &Args) -> Metrics {
+    let db = fresh_db(a);
+    let engine = db.open(a.durability).await;
+    submit("RSS", &engine, 1.0).await;
+    let out = spawn_worker(a, &db, "RSS", 0, Some(3000)).wait_with_output().expect("worker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = BTreeMap::from([
+        ("worker_peak_rss_mb", parse_field(&out.stdout, "vmhwm_kb") / 1024.0),
+        ("steps_done_in_3s", parse_field(&out.stdout, "completed")),
+    ]);
+    drop(engine);
+    db.drop().await;
+    m
 }
 
-/// Single-row durable commits per second on a fresh database with the same settings: the
-/// machine's cost of one commit, measured in the same run.
-async fn baseline(d: Durability) -> Metrics {
-    use sqlx::Connection;
-    let db = fresh_db();
-    let sync = match d {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-        Durability::Off => "OFF",
-    };
-    let mut c = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.unwrap();
-    sqlx::query("PRAGMA journal_mode=WAL").execute(&mut c).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA synchronous={sync}"))).execute(&mut c).await.unwrap();
-    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").execute(&mut c).await.unwrap();
+/// Single-row durable commits per second on a fresh database of the same kind.
+async fn baseline(a: &Args) -> Metrics {
+    let db = fresh_db(a);
     let n = 2000;
-    let t0 = Instant::now();
-    for i in 0..n {
-        sqlx::query("INSERT INTO t (v) VALUES (?)").bind(format!("{{\"i\":{i}}}")).execute(&mut c).await.unwrap();
+    let t0;
+    if let Some(s) = &db.schema {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {s}"))).execute(&mut c).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE {s}.t (id BIGSERIAL PRIMARY KEY, v TEXT)"))).execute(&mut c).await.unwrap();
+        t0 = Instant::now();
+        for i in 0..n {
+            sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {s}.t (v) VALUES ($1)")))
+                .bind(format!("{{\"i\":{i}}}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    } else {
+        let sync = match a.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+            Durability::Off => "OFF",
+        };
+        let mut c = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.unwrap();
+        sqlx::query("PRAGMA journal_mode=WAL").execute(&mut c).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA synchronous={sync}"))).execute(&mut c).await.unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").execute(&mut c).await.unwrap();
+        t0 = Instant::now();
+        for i in 0..n {
+            sqlx::query("INSERT INTO t (v) VALUES (?)").bind(format!("{{\"i\":{i}}}")).execute(&mut c).await.unwrap();
+        }
     }
-    BTreeMap::from([("commits_per_s", n as f64 / t0.elapsed().as_secs_f64())])
+    let m = BTreeMap::from([("commits_per_s", n as f64 / t0.elapsed().as_secs_f64())]);
+    db.drop().await;
+    m
+}
+
+/// `--worker-mode W --db URL [--schema S] [--for-ms N]`: a worker process for one workload.
+async fn worker_mode(args: Vec<String>) {
+    let get = |k: &str| args.iter().position(|a| a == k).map(|i| args[i + 1].clone());
+    let w = get("--worker-mode").unwrap();
+    let mut o = EngineOptions::default().url(get("--db").unwrap());
+    if let Some(s) = get("--schema") {
+        o = o.schema(s);
+    }
+    let engine = Engine::open_with(o).await.expect("open");
+    let wk = Arc::new(worker(&engine, handlers(&w, &FirstStart::default())));
+    let stats = match get("--for-ms") {
+        None => wk.run_until_idle().await.unwrap(),
+        Some(ms) => {
+            let stop = wk.shutdown_handle();
+            let w2 = wk.clone();
+            let run = tokio::spawn(async move { w2.run().await });
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            stop.shutdown();
+            run.await.unwrap().unwrap()
+        }
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("0");
+    println!("statements={} completed={} vmhwm_kb={hwm}", engine.database_statements(), stats.completed);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -291,41 +485,45 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.iter().any(|a| a == "--worker-mode") {
+        worker_mode(raw).await;
+        return;
+    }
     let args = parse_args();
     let mut cells: Vec<String> = vec!["BASELINE".into()];
-    cells.extend(args.workloads.iter().filter(|w| *w != "BASELINE").cloned());
+    cells.extend(args.workloads.iter().cloned());
     let mut results: BTreeMap<String, Vec<Metrics>> = BTreeMap::new();
     // Repetitions interleaved across cells, as the peers' harness does.
     for rep in 0..args.reps {
         for cell in &cells {
             let m = match cell.as_str() {
-                "BASELINE" => baseline(args.durability).await,
-                "W1" => w1(args.durability, args.scale).await,
-                "W2" => w2(args.durability, args.scale).await,
-                "W3" => w3(args.durability, args.scale).await,
-                "W4" => w4(args.durability, args.scale).await,
-                _ => unreachable!(),
+                "BASELINE" => baseline(&args).await,
+                "W3" => latency(&args).await,
+                "RSS" => rss(&args).await,
+                w => throughput(&args, w).await,
             };
             eprintln!("rep {} {cell}: {}", rep + 1, fmt(&m));
             results.entry(cell.clone()).or_default().push(m);
         }
     }
     let base = median(results["BASELINE"].iter().map(|m| m["commits_per_s"]).collect());
-    println!("# tasker-bench: SQLite ({:?} durability), Rust no-op handlers, concurrency {CONCURRENCY}, medians of {} reps", args.durability, args.reps);
+    println!(
+        "# tasker-bench: {} ({}), Rust no-op handlers, {} worker(s) x concurrency {CONCURRENCY}, medians of {} reps",
+        args.backend,
+        if args.backend == "sqlite" { format!("{:?} durability", args.durability) } else { "server durability settings".into() },
+        args.workers,
+        args.reps
+    );
     for (cell, reps) in &results {
         let keys: Vec<&str> = reps[0].keys().copied().collect();
         for k in keys {
             let vals: Vec<f64> = reps.iter().map(|m| m[k]).collect();
             let med = median(vals.clone());
-            let ratio = if k == "steps_per_s" {
-                format!("  ({:.1}x baseline commits/s)", med / base)
-            } else {
-                String::new()
-            };
+            let ratio = if k == "steps_per_s" { format!("  ({:.1}x baseline commits/s)", med / base) } else { String::new() };
             println!("{cell} {k} {} [reps: {}]{ratio}", num(med), vals.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "));
         }
     }
-    let _ = Value::Null;
 }
 
 fn num(v: f64) -> String {

@@ -361,8 +361,8 @@ struct Inner {
     /// Woken when steps may have become claimable (new tasks, completions, retries; on
     /// PostgreSQL also NOTIFY from other processes).
     work: Arc<Notify>,
-    /// Woken when a task changed state.
-    tasks_changed: Notify,
+    /// Woken when a task changed state (on PostgreSQL also in other processes).
+    tasks_changed: Arc<Notify>,
     last_reap_ms: AtomicI64,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
@@ -406,6 +406,7 @@ impl Engine {
             .or_else(|| std::env::var("TASKER_DATABASE_URL").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_URL.to_owned());
         let work = Arc::new(Notify::new());
+        let tasks_changed = Arc::new(Notify::new());
         let mut listener = None;
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(&url, opts.durability).await?)
@@ -416,7 +417,7 @@ impl Engine {
             )
             .await?;
             if opts.listen {
-                listener = Some(pg.listen(work.clone()));
+                listener = Some(pg.listen(work.clone(), tasks_changed.clone()));
             }
             Arc::new(pg)
         } else {
@@ -432,7 +433,7 @@ impl Engine {
                 contexts: Mutex::default(),
                 events,
                 work,
-                tasks_changed: Notify::new(),
+                tasks_changed,
                 last_reap_ms: AtomicI64::new(i64::MIN),
                 listener,
             }),
@@ -503,7 +504,7 @@ impl Engine {
                         now,
                     )
                     .await?;
-                tx.commit(false).await?;
+                tx.commit(false, false).await?;
                 id
             }
         };
@@ -825,6 +826,12 @@ impl Engine {
             .collect())
     }
 
+    /// Statements sent to the database by this engine so far (PostgreSQL: one round trip
+    /// each); 0 on SQLite, where statements are function calls.
+    pub fn database_statements(&self) -> u64 {
+        self.inner.store.statements()
+    }
+
     /// The task's state.
     pub async fn get_task_state(&self, task_id: i64) -> Result<TaskState> {
         self.inner
@@ -859,7 +866,7 @@ impl Engine {
                 Some(s) if s.is_terminal() => return self.get_task(task_id).await,
                 Some(_) => {}
             }
-            // Other processes do not notify us: look again at least every 250 ms.
+            // A missed notification (or a backend without them) costs at most 250 ms.
             let mut nap = Duration::from_millis(250);
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
@@ -968,7 +975,7 @@ impl Engine {
         let pairs: Vec<(i64, i64)> = keys.iter().map(|k| (k.step_id, k.attempt as i64)).collect();
         let mut tx = self.inner.store.begin(false).await?;
         let n = tx.extend_leases(&pairs, until, now).await?;
-        tx.commit(false).await?;
+        tx.commit(false, false).await?;
         Ok(n)
     }
 
@@ -1148,6 +1155,8 @@ struct TxCx<'e> {
     tx: Box<dyn StoreTx>,
     now: i64,
     tasks: HashMap<i64, TaskRow>,
+    /// `steps_blocked` of each task when this transaction first saw it.
+    blocked_before: HashMap<i64, i64>,
     pending: HashMap<i64, TaskUpdate>,
     changes: Vec<Change>,
     work: bool,
@@ -1165,6 +1174,7 @@ impl<'e> TxCx<'e> {
             tx: engine.inner.store.begin(durable).await?,
             now,
             tasks: HashMap::new(),
+            blocked_before: HashMap::new(),
             pending: HashMap::new(),
             changes: Vec::new(),
             work: false,
@@ -1188,6 +1198,7 @@ impl<'e> TxCx<'e> {
         let missing: Vec<i64> = ids.iter().copied().filter(|id| !self.tasks.contains_key(id)).collect();
         if !missing.is_empty() {
             for row in self.tx.lock_tasks(&missing).await? {
+                self.blocked_before.insert(row.task_id, row.steps_blocked);
                 self.tasks.insert(row.task_id, row);
             }
         }
@@ -1352,15 +1363,41 @@ impl<'e> TxCx<'e> {
         Ok(())
     }
 
+    /// Parks the claimable steps of blocked tasks, so no claim starts them, and makes them
+    /// claimable again once a task is unblocked.
+    async fn repark(&mut self) -> Result<()> {
+        let mut park = Vec::new();
+        let mut unpark = Vec::new();
+        for (id, row) in &self.tasks {
+            let before = self.blocked_before.get(id).copied().unwrap_or(0);
+            if row.steps_blocked > 0 {
+                park.push(*id);
+            } else if before > 0 && matches!(row.state, TaskState::Pending | TaskState::InProgress) {
+                unpark.push(*id);
+            }
+        }
+        if !park.is_empty() {
+            park.sort_unstable();
+            self.tx.park(&park, self.now).await?;
+        }
+        if !unpark.is_empty() {
+            unpark.sort_unstable();
+            self.tx.unpark(&unpark, self.now).await?;
+            self.work = true;
+        }
+        Ok(())
+    }
+
     /// Flushes, writes the transition rows, commits, then announces.
     async fn finish(mut self) -> Result<()> {
+        self.repark().await?;
         self.flush().await?;
         if !self.changes.is_empty() {
             let rows: Vec<TransitionRow> = self.changes.iter().map(|c| c.row.clone()).collect();
             self.tx.insert_transitions(&rows).await?;
         }
         let TxCx { engine, tx, changes, work, tasks_changed, .. } = self;
-        tx.commit(work).await?;
+        tx.commit(work, tasks_changed).await?;
         let inner = &engine.inner;
         if inner.events.receiver_count() > 0 {
             for c in changes {
@@ -1639,6 +1676,7 @@ impl<'e> TxCx<'e> {
 
     /// Claims ready steps and builds their jobs.
     async fn claim(&mut self, c: &Claim) -> Result<Vec<Job>> {
+        self.repark().await?;
         self.flush().await?;
         let lease_until = self.now + self.engine.inner.opts.lease.as_millis() as i64;
         let claimed = self

@@ -46,8 +46,11 @@ CREATE TABLE steps (
     attempts          BIGINT NOT NULL DEFAULT 0,
     retry_limit       BIGINT NOT NULL,
     remaining_parents BIGINT NOT NULL,
-    -- Non-NULL exactly when the step may be claimed once that time has come.
+    -- Non-NULL exactly when the step may be claimed once that time has come (pending or error
+    -- with attempts left, no remaining parents, task not blocked). Claims read only this table.
     ready_at          BIGINT,
+    -- A blocked task's claimable steps keep their ready_at here until an operator unblocks it.
+    parked_ready_at   BIGINT,
     priority          BIGINT NOT NULL DEFAULT 0,
     claimed_by        TEXT,
     lease_expires_at  BIGINT,

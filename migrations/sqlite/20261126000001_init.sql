@@ -49,8 +49,11 @@ CREATE TABLE steps (
     retry_limit       INTEGER NOT NULL,   -- max attempts including the first
     remaining_parents INTEGER NOT NULL,   -- parents not yet complete / resolved_manually
     -- Set exactly when the step can be claimed once that time has come: state pending or
-    -- error, no remaining parents, attempts left. NULL otherwise. The claim index covers it.
+    -- error, no remaining parents, attempts left, task not blocked. NULL otherwise. The claim
+    -- reads only this table, through the index below.
     ready_at          INTEGER,
+    -- A blocked task's claimable steps keep their ready_at here until an operator unblocks it.
+    parked_ready_at   INTEGER,
     priority          INTEGER NOT NULL DEFAULT 0,  -- higher first, then oldest ready_at
     claimed_by        TEXT,
     lease_expires_at  INTEGER,

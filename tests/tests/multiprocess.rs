@@ -1,8 +1,8 @@
 //! Scale-out on PostgreSQL with real processes and real signals: several worker processes on
 //! one database, kill -9 in a loop, a database restart, graceful SIGTERM.
 //!
-//! Every test needs `TASKER_TEST_BACKEND=postgres` (scripts/test.sh runs them so); on SQLite,
-//! which is single-process by design, they say so and return.
+//! Every test needs PostgreSQL: they are `#[ignore]`d in a plain `cargo test` and run by
+//! scripts/test.sh with `TASKER_TEST_BACKEND=postgres ... --include-ignored`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,11 +16,8 @@ use tasker_core::{Engine, StepState, TaskFilter, TaskRequest, TaskState};
 const DIAMOND: &str = "name: diamond\nstep_templates:\n  - {name: A}\n  - {name: B, depends_on_step: A}\n  - {name: C, depends_on_step: A}\n  - {name: D, depends_on_steps: [B, C]}\n";
 
 fn postgres_or_skip(test: &str) -> bool {
-    if backend() == "postgres" {
-        return true;
-    }
-    eprintln!("{test}: multi-process scale-out is a PostgreSQL feature; run with TASKER_TEST_BACKEND=postgres");
-    false
+    assert_eq!(backend(), "postgres", "{test}: multi-process scale-out is a PostgreSQL feature; run with TASKER_TEST_BACKEND=postgres");
+    true
 }
 
 struct Fleet {
@@ -175,6 +172,7 @@ async fn verify(engine: &Engine, ids: &[i64], log: &Path) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
 async fn four_workers_complete_2000_diamonds_without_running_a_step_twice() {
     if !postgres_or_skip("four_workers") {
         return;
@@ -192,6 +190,7 @@ async fn four_workers_complete_2000_diamonds_without_running_a_step_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
 async fn kill_9_in_a_loop_loses_no_task_and_dead_workers_steps_rerun_after_lease_expiry() {
     if !postgres_or_skip("kill_9") {
         return;
@@ -228,6 +227,7 @@ async fn kill_9_in_a_loop_loses_no_task_and_dead_workers_steps_rerun_after_lease
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
 async fn workers_reconnect_after_postgres_restarts_mid_run() {
     if !postgres_or_skip("restart") {
         return;
@@ -266,6 +266,7 @@ async fn workers_reconnect_after_postgres_restarts_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
 async fn sigterm_lets_in_flight_steps_finish_and_leaves_no_lease() {
     if !postgres_or_skip("sigterm") {
         return;

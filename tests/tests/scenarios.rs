@@ -689,3 +689,44 @@ async fn state_survives_reopening_the_database() {
     assert_eq!((t.status, t.context.clone()), (TaskState::Pending, json!({"k": "v"})));
     assert_eq!(again.templates().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_blocked_task_starts_nothing_new_until_the_operator_unblocks_it() {
+    let h = Harness::new().await;
+    h.register(
+        r#"
+name: blocked
+step_templates:
+  - {name: bad, default_retryable: false}
+  - {name: slow}
+  - {name: next, depends_on_step: slow}
+  - {name: later, backoff: {base_seconds: 10, jitter: 0}}
+"#,
+    )
+    .await;
+    let id = h.engine.create_task(TaskRequest::new("blocked", json!({}))).await.unwrap();
+    let any = Claim { worker_id: "w".into(), max: 10, handlers: None };
+    let jobs = h.engine.report(&[], Some(&any)).await.unwrap().jobs;
+    assert_eq!(jobs.len(), 3, "bad, slow and later start");
+    let key = |n: &str| jobs.iter().find(|j| j.step_name == n).unwrap().key;
+    // `later` fails retryably (waits 10 s), `bad` fails for good: the task is blocked, `slow` is in flight.
+    let fail = |k, f| Report { key: k, outcome: Outcome::Failed(f) };
+    let c = h
+        .engine
+        .report(&[fail(key("later"), StepFailure::retryable("soon")), fail(key("bad"), StepFailure::permanent("no"))], Some(&any))
+        .await
+        .unwrap();
+    assert!(c.jobs.is_empty());
+    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::InProgress, "a step is still in flight");
+    // `slow` finishes: its child would be ready, but the task is blocked; then the task fails.
+    let c = h.engine.report(&[Report { key: key("slow"), outcome: Outcome::Complete(json!(1)) }], Some(&any)).await.unwrap();
+    assert!(c.jobs.is_empty(), "nothing new starts in a blocked task");
+    h.advance(Duration::from_secs(60));
+    assert!(h.engine.report(&[], Some(&any)).await.unwrap().jobs.is_empty(), "not even after the backoff");
+    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Error);
+    // The operator retries `bad`: everything waiting becomes claimable again.
+    h.engine.retry_step(id, "bad").await.unwrap();
+    let mut names: Vec<String> = h.engine.report(&[], Some(&any)).await.unwrap().jobs.into_iter().map(|j| j.step_name).collect();
+    names.sort();
+    assert_eq!(names, ["bad", "later", "next"]);
+}

@@ -12,7 +12,9 @@
 //! * a `pending` step has `attempts = 0` and an `error` step `attempts >= 1`, so a claim can tell
 //!   from the new attempt number whether it re-claims a failed step (`error -> pending ->
 //!   in_progress`) or starts a fresh one (`pending -> in_progress`);
-//! * an `error` step with `ready_at` NULL is out of attempts (it blocks its task).
+//! * an `error` step with `ready_at` and `parked_ready_at` NULL is out of attempts (it blocks
+//!   its task); while a task is blocked its other claimable steps are parked
+//!   (`parked_ready_at`), so a claim reads the steps table alone.
 
 pub mod postgres;
 pub mod sqlite;
@@ -213,6 +215,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>>;
     /// The earliest lease expiry among running steps, if any.
     async fn next_lease_expiry(&self) -> Result<Option<i64>>;
+    /// Statements sent to the database so far (PostgreSQL: round trips), for benchmarks; 0
+    /// where not counted.
+    fn statements(&self) -> u64 {
+        0
+    }
     /// Transition rows of a task and its steps, in order (for audits and tests).
     async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>>;
 }
@@ -220,9 +227,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// One write transaction. Dropping it without [`StoreTx::commit`] rolls back.
 #[async_trait]
 pub trait StoreTx: Send {
-    /// Commits. `work_ready`: steps became claimable, tell workers in other processes (a
-    /// PostgreSQL NOTIFY delivered with the commit).
-    async fn commit(self: Box<Self>, work_ready: bool) -> Result<()>;
+    /// Commits, telling other processes (a PostgreSQL NOTIFY delivered with the commit) that
+    /// steps became claimable (`work_ready`) or that a task changed state (`task_changed`).
+    async fn commit(self: Box<Self>, work_ready: bool, task_changed: bool) -> Result<()>;
 
     async fn find_template(
         &mut self,
@@ -269,6 +276,12 @@ pub trait StoreTx: Send {
         -> Result<u64>;
     /// Applies counter deltas and state changes.
     async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<()>;
+
+    /// Parks the claimable steps of blocked tasks (`ready_at` moves to `parked_ready_at`) so no
+    /// claim sees them.
+    async fn park(&mut self, task_ids: &[i64], now: i64) -> Result<()>;
+    /// Makes parked steps of these tasks claimable again.
+    async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()>;
 
     /// Claims ready steps: `in_progress`, attempts + 1, lease set, ready_at cleared.
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>>;

@@ -13,6 +13,8 @@
 //!   before commit closes its connection instead of returning it to the pool mid-transaction.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,6 +49,8 @@ pub struct PgOptions {
 pub struct PgStore {
     pool: PgPool,
     channel: String,
+    /// Statements sent (each one round trip), for benchmarks.
+    statements: Arc<AtomicU64>,
 }
 
 fn check_schema(s: &str) -> Result<()> {
@@ -87,14 +91,15 @@ impl PgStore {
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool, channel: channel(opts.schema.as_deref()) })
+        Ok(PgStore { pool, channel: channel(opts.schema.as_deref()), statements: Arc::default() })
     }
 
-    /// Listens for steps-ready notifications from every process and wakes `work` on each,
-    /// reconnecting after errors. Runs until the pool closes.
-    pub fn listen(&self, work: std::sync::Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    /// Listens for notifications from every process: steps ready (wakes `work`) and task state
+    /// changes (wakes `tasks`), reconnecting after errors. Runs until the pool closes.
+    pub fn listen(&self, work: Arc<Notify>, tasks: Arc<Notify>) -> tokio::task::JoinHandle<()> {
         let pool = self.pool.clone();
         let channel = self.channel.clone();
+        let tasks_channel = format!("{channel}_tasks");
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -110,7 +115,7 @@ impl PgStore {
                         continue;
                     }
                 };
-                if let Err(e) = listener.listen(&channel).await {
+                if let Err(e) = listener.listen_all([channel.as_str(), tasks_channel.as_str()]).await {
                     tracing::warn!(error = %e, "LISTEN failed; retrying");
                     tokio::time::sleep(backoff).await;
                     continue;
@@ -118,12 +123,15 @@ impl PgStore {
                 backoff = Duration::from_millis(100);
                 // Anything committed while we were not listening: look once.
                 work.notify_waiters();
+                tasks.notify_waiters();
                 loop {
                     match listener.try_recv().await {
+                        Ok(Some(n)) if n.channel() == tasks_channel => tasks.notify_waiters(),
                         Ok(Some(_)) => work.notify_waiters(),
                         Ok(None) => {
                             // The connection dropped; sqlx reconnects on the next call.
                             work.notify_waiters();
+                            tasks.notify_waiters();
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
@@ -234,10 +242,12 @@ impl Store for PgStore {
         // Every PostgreSQL commit is durable (synchronous_commit is the server's setting).
         let mut conn = self.pool.acquire().await?;
         conn.execute("BEGIN").await?;
-        Ok(Box::new(PgTx { conn, open: true, channel: self.channel.clone() }))
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(PgTx { conn, open: true, channel: self.channel.clone(), statements: self.statements.clone() }))
     }
 
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TEMPLATE_COLS} FROM named_tasks ORDER BY namespace, name, named_task_id"
         )))
@@ -249,6 +259,7 @@ impl Store for PgStore {
     }
 
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1")))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -259,6 +270,7 @@ impl Store for PgStore {
     }
 
     async fn task(&self, task_id: i64) -> Result<Option<Detail>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE t.task_id = $1"
         )))
@@ -271,6 +283,7 @@ impl Store for PgStore {
     }
 
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         let s: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE task_id = $1")
             .bind(task_id)
             .fetch_optional(&self.pool)
@@ -279,6 +292,7 @@ impl Store for PgStore {
     }
 
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position")))
             .bind(task_id)
             .fetch_all(&self.pool)
@@ -289,6 +303,7 @@ impl Store for PgStore {
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Detail>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id \
              WHERE ($1::text IS NULL OR t.state = $1) AND ($2::text IS NULL OR n.name = $2) \
@@ -308,24 +323,28 @@ impl Store for PgStore {
     }
 
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(sqlx::query_scalar(
-            "SELECT s.ready_at FROM steps s JOIN tasks t ON t.task_id = s.task_id \
-             WHERE s.ready_at IS NOT NULL AND t.steps_blocked = 0 AND t.state IN ('pending', 'in_progress') \
-               AND ($1::text[] IS NULL OR s.handler = ANY($1)) \
-             ORDER BY s.ready_at LIMIT 1",
+            "SELECT MIN(s.ready_at) FROM steps s WHERE s.ready_at IS NOT NULL AND ($1::text[] IS NULL OR s.handler = ANY($1))",
         )
         .bind(handlers_param(handlers))
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?)
     }
 
     async fn next_lease_expiry(&self) -> Result<Option<i64>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(sqlx::query_scalar("SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'")
             .fetch_one(&self.pool)
             .await?)
     }
 
+    fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
     async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
             "SELECT task_id, NULL::bigint AS step_id, from_state, to_state, metadata::text, sort_key, created_at, id, 0 AS kind \
                FROM task_transitions WHERE task_id = $1 \
@@ -358,6 +377,7 @@ struct PgTx {
     conn: PoolConnection<Postgres>,
     open: bool,
     channel: String,
+    statements: Arc<AtomicU64>,
 }
 
 impl Drop for PgTx {
@@ -371,18 +391,23 @@ impl Drop for PgTx {
 
 #[async_trait]
 impl StoreTx for PgTx {
-    async fn commit(mut self: Box<Self>, work_ready: bool) -> Result<()> {
-        let sql = if work_ready {
-            format!("SELECT pg_notify('{}', ''); COMMIT", self.channel)
-        } else {
-            "COMMIT".to_owned()
-        };
+    async fn commit(mut self: Box<Self>, work_ready: bool, task_changed: bool) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut sql = String::new();
+        if work_ready {
+            sql.push_str(&format!("SELECT pg_notify('{}', ''); ", self.channel));
+        }
+        if task_changed {
+            sql.push_str(&format!("SELECT pg_notify('{}_tasks', ''); ", self.channel));
+        }
+        sql.push_str("COMMIT");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
         self.open = false;
         Ok(())
     }
 
     async fn find_template(&mut self, namespace: &str, name: &str, version: &str) -> Result<Option<TemplateRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE namespace = $1 AND name = $2 AND version = $3"
         )))
@@ -406,6 +431,7 @@ impl StoreTx for PgTx {
         definition_hash: &str,
         now: i64,
     ) -> Result<i64> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         // Two processes registering the same template at once: the second sees the first's row.
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at) \
@@ -436,6 +462,7 @@ impl StoreTx for PgTx {
     }
 
     async fn template_by_id(&mut self, id: i64) -> Result<Option<TemplateRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1")))
             .bind(id)
             .fetch_optional(&mut *self.conn)
@@ -446,6 +473,7 @@ impl StoreTx for PgTx {
     }
 
     async fn task_by_idempotency_key(&mut self, key: &str) -> Result<Option<i64>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(sqlx::query_scalar("SELECT task_id FROM tasks WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(&mut *self.conn)
@@ -453,6 +481,7 @@ impl StoreTx for PgTx {
     }
 
     async fn insert_task(&mut self, t: &NewTask<'_>) -> Result<i64> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         // A concurrent insert with the same idempotency key wins; this one returns its id.
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO tasks (named_task_id, state, context, initiator, source_system, reason, tags, bypass_steps, \
@@ -485,6 +514,7 @@ impl StoreTx for PgTx {
     }
 
     async fn insert_steps(&mut self, task_id: i64, steps: &[NewStep<'_>], now: i64) -> Result<Vec<(i32, i64)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
             "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, created_at, updated_at) \
              SELECT $1, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, $2, $2 \
@@ -509,6 +539,7 @@ impl StoreTx for PgTx {
     }
 
     async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TASK_COLS} FROM tasks WHERE task_id = ANY($1) ORDER BY task_id FOR UPDATE"
         )))
@@ -521,6 +552,7 @@ impl StoreTx for PgTx {
     }
 
     async fn contexts(&mut self, task_ids: &[i64]) -> Result<Vec<(i64, String)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query("SELECT task_id, context::text FROM tasks WHERE task_id = ANY($1)")
             .bind(task_ids)
             .fetch_all(&mut *self.conn)
@@ -529,6 +561,7 @@ impl StoreTx for PgTx {
     }
 
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position FOR UPDATE"
         )))
@@ -541,6 +574,7 @@ impl StoreTx for PgTx {
     }
 
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE task_id = $1 AND state = 'in_progress'")
             .bind(task_id)
             .fetch_one(&mut *self.conn)
@@ -548,6 +582,7 @@ impl StoreTx for PgTx {
     }
 
     async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         if updates.is_empty() {
             return Ok(Vec::new());
         }
@@ -588,6 +623,7 @@ impl StoreTx for PgTx {
     }
 
     async fn decrement_parents(&mut self, decs: &[(i64, i32, i64)], now: i64) -> Result<u64> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         if decs.is_empty() {
             return Ok(0);
         }
@@ -609,6 +645,7 @@ impl StoreTx for PgTx {
     }
 
     async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         if updates.is_empty() {
             return Ok(());
         }
@@ -634,14 +671,40 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    async fn park(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(
+            "UPDATE steps SET parked_ready_at = ready_at, ready_at = NULL, updated_at = $1 \
+             WHERE task_id = ANY($2) AND ready_at IS NOT NULL",
+        )
+        .bind(now)
+        .bind(task_ids)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(
+            "UPDATE steps SET ready_at = parked_ready_at, parked_ready_at = NULL, updated_at = $1 \
+             WHERE task_id = ANY($2) AND parked_ready_at IS NOT NULL AND state IN ('pending', 'error')",
+        )
+        .bind(now)
+        .bind(task_ids)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
             "WITH c AS ( \
-               SELECT s.step_id FROM steps s JOIN tasks t ON t.task_id = s.task_id \
-               WHERE s.ready_at IS NOT NULL AND s.ready_at <= $1 AND t.steps_blocked = 0 \
-                 AND t.state IN ('pending', 'in_progress') AND ($2::text[] IS NULL OR s.handler = ANY($2)) \
+               SELECT s.step_id FROM steps s \
+               WHERE s.ready_at IS NOT NULL AND s.ready_at <= $1 AND ($2::text[] IS NULL OR s.handler = ANY($2)) \
                ORDER BY s.priority DESC, s.ready_at, s.step_id \
-               LIMIT $3 FOR UPDATE OF s SKIP LOCKED) \
+               LIMIT $3 FOR UPDATE SKIP LOCKED) \
              UPDATE steps s SET state = 'in_progress', attempts = s.attempts + 1, ready_at = NULL, \
                claimed_by = $4, lease_expires_at = $5, last_attempted_at = $1, updated_at = $1, \
                version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END \
@@ -670,6 +733,7 @@ impl StoreTx for PgTx {
     }
 
     async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -688,6 +752,7 @@ impl StoreTx for PgTx {
     }
 
     async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64, i32, i64)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         // SKIP LOCKED: two workers reaping at once split the expired steps between them.
         let rows = sqlx::query(
             "SELECT step_id, task_id, position, attempts FROM steps \
@@ -704,6 +769,7 @@ impl StoreTx for PgTx {
     }
 
     async fn extend_leases(&mut self, steps: &[(i64, i64)], until: i64, now: i64) -> Result<u64> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         if steps.is_empty() {
             return Ok(0);
         }
@@ -722,6 +788,7 @@ impl StoreTx for PgTx {
     }
 
     async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         if rows.is_empty() {
             return Ok(());
         }

@@ -12,9 +12,10 @@
 //! opened with `BEGIN IMMEDIATE` so a read-then-write transaction never fails on a stale
 //! snapshot. Reads use their own connections and see committed data only (WAL).
 //!
-//! Several queries use `CROSS JOIN`, SQLite's way to fix the join order: the claim must walk the
-//! `steps_claimable` index in `ready_at` order and only then look at each step's task; left to
-//! itself (no statistics) the planner walks every unfinished task instead.
+//! The claim reads the steps table alone, through the `steps_claimable` partial index in
+//! priority and `ready_at` order (named with `INDEXED BY`: without statistics SQLite's planner
+//! would rather sort). The parent-results query uses `CROSS JOIN`, SQLite's way to fix a join
+//! order, for the same reason.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -353,9 +354,7 @@ fn next_ready_at_sql(handlers: Option<&[String]>) -> (String, Vec<Sql>) {
     let filter = handler_filter(handlers, &mut p);
     (
         format!(
-            "SELECT s.ready_at FROM steps AS s CROSS JOIN tasks AS t ON t.task_id = s.task_id \
-             WHERE s.ready_at IS NOT NULL AND t.steps_blocked = 0 AND t.state IN ('pending', 'in_progress'){filter} \
-             ORDER BY s.ready_at LIMIT 1"
+            "SELECT MIN(s.ready_at) FROM steps AS s WHERE s.ready_at IS NOT NULL{filter}"
         ),
         p,
     )
@@ -454,7 +453,7 @@ impl Store for SqliteStore {
 
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {
         let (sql, p) = next_ready_at_sql(handlers);
-        self.read(|c| Ok(c.prepare_cached(&sql)?.query_row(params_from_iter(p), |r| r.get(0)).optional()?))
+        self.read(|c| Ok(c.prepare_cached(&sql)?.query_row(params_from_iter(p), |r| r.get(0))?))
             .await
     }
 
@@ -510,7 +509,7 @@ impl Drop for SqliteTx {
 
 #[async_trait]
 impl StoreTx for SqliteTx {
-    async fn commit(mut self: Box<Self>, _work_ready: bool) -> Result<()> {
+    async fn commit(mut self: Box<Self>, _work_ready: bool, _task_changed: bool) -> Result<()> {
         let c = &*self.c;
         if c.sync == Durability::Off {
             c.execute_batch("COMMIT")?;
@@ -757,6 +756,34 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
+    async fn park(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
+        for chunk in task_ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE steps SET parked_ready_at = ready_at, ready_at = NULL, updated_at = ? \
+                 WHERE task_id IN ({}) AND ready_at IS NOT NULL",
+                list(chunk.len())
+            );
+            let mut p = vec![Sql::Integer(now)];
+            p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
+            self.c.prepare_cached(&sql)?.execute(params_from_iter(p))?;
+        }
+        Ok(())
+    }
+
+    async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
+        for chunk in task_ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE steps SET ready_at = parked_ready_at, parked_ready_at = NULL, updated_at = ? \
+                 WHERE task_id IN ({}) AND parked_ready_at IS NOT NULL AND state IN ('pending', 'error')",
+                list(chunk.len())
+            );
+            let mut p = vec![Sql::Integer(now)];
+            p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
+            self.c.prepare_cached(&sql)?.execute(params_from_iter(p))?;
+        }
+        Ok(())
+    }
+
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>> {
         let mut p = vec![
             text(spec.worker_id),
@@ -771,9 +798,8 @@ impl StoreTx for SqliteTx {
             "UPDATE steps SET state = 'in_progress', attempts = attempts + 1, ready_at = NULL, claimed_by = ?, \
                lease_expires_at = ?, last_attempted_at = ?, updated_at = ?, \
                version = version + CASE WHEN attempts = 0 THEN 1 ELSE 2 END \
-             WHERE step_id IN (SELECT s.step_id FROM steps AS s CROSS JOIN tasks AS t ON t.task_id = s.task_id \
-               WHERE s.ready_at IS NOT NULL AND s.ready_at <= ? AND t.steps_blocked = 0 \
-                 AND t.state IN ('pending', 'in_progress'){filter} \
+             WHERE step_id IN (SELECT s.step_id FROM steps AS s INDEXED BY steps_claimable \
+               WHERE s.ready_at IS NOT NULL AND s.ready_at <= ?{filter} \
                ORDER BY s.priority DESC, s.ready_at, s.step_id LIMIT ?) \
              RETURNING step_id, task_id, position, attempts, version, lease_expires_at"
         );
