@@ -1692,40 +1692,32 @@ impl<'e> TxCx<'e> {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids: Vec<i64> = claimed.iter().map(|s| s.task_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        self.load_tasks(&ids).await?;
         // Contexts never change after creation: keep them parsed.
-        let mut contexts: HashMap<i64, Arc<Value>> = HashMap::with_capacity(ids.len());
-        let mut missing = Vec::new();
+        let mut contexts: HashMap<i64, Arc<Value>> = HashMap::new();
         {
-            let cache = self.engine.inner.contexts.lock().unwrap();
-            for id in &ids {
-                match cache.get(id) {
-                    Some(v) => {
-                        contexts.insert(*id, v.clone());
-                    }
-                    None => missing.push(*id),
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let rows = self.tx.contexts(&missing).await?;
             let mut cache = self.engine.inner.contexts.lock().unwrap();
-            if cache.len() + rows.len() > CONTEXT_CACHE {
-                cache.clear();
-            }
-            for (id, text) in rows {
-                let v = Arc::new(parse_json(&text)?);
-                cache.insert(id, v.clone());
-                contexts.insert(id, v);
+            for s in &claimed {
+                if contexts.contains_key(&s.task_id) {
+                    continue;
+                }
+                let v = match cache.get(&s.task_id) {
+                    Some(v) => v.clone(),
+                    None => {
+                        if cache.len() >= CONTEXT_CACHE {
+                            cache.clear();
+                        }
+                        let v = Arc::new(parse_json(&s.context)?);
+                        cache.insert(s.task_id, v.clone());
+                        v
+                    }
+                };
+                contexts.insert(s.task_id, v);
             }
         }
         let mut templates = Vec::with_capacity(claimed.len());
         let mut keys = Vec::new();
         for s in &claimed {
-            let t = self.template(self.tasks[&s.task_id].named_task_id).await?;
+            let t = self.template(s.named_task_id).await?;
             for &p in &t.steps[s.position as usize].parents {
                 keys.push((s.task_id, p as i32));
             }
@@ -1756,7 +1748,9 @@ impl<'e> TxCx<'e> {
                 s.version,
                 json!({"attempt": attempt, "worker": c.worker_id}),
             );
-            if self.tasks[&s.task_id].state == TaskState::Pending {
+            // A task this transaction holds is known exactly; any other is as the claim read it.
+            let state = self.tasks.get(&s.task_id).map(|t| t.state).unwrap_or(s.task_state);
+            if state == TaskState::Pending {
                 starting.push(s.task_id);
             }
             let mut results = Map::new();
@@ -1779,8 +1773,16 @@ impl<'e> TxCx<'e> {
         }
         starting.sort_unstable();
         starting.dedup();
-        for t in starting {
+        let (held, other): (Vec<i64>, Vec<i64>) = starting.into_iter().partition(|t| self.tasks.contains_key(t));
+        for t in held {
             self.set_task_states(t, &[TaskState::InProgress], json!({"reason": "step_claimed"}))?;
+        }
+        if !other.is_empty() {
+            for (task_id, version) in self.tx.start_tasks(&other, self.now).await? {
+                let meta = json!({"reason": "step_claimed"});
+                self.push_change(task_id, None, Some("pending"), "in_progress", "task.start_requested", version, meta);
+                self.tasks_changed = true;
+            }
         }
         Ok(jobs)
     }

@@ -237,12 +237,20 @@ async fn workers_reconnect_after_postgres_restarts_mid_run() {
     };
     let h = Harness::real_time().await;
     let dir = tempfile::tempdir().unwrap();
-    let ids = create_diamonds(&h.engine, 300).await;
-    let mut fleet = Fleet::new(&h, dir.path(), 5_000, 10);
+    let ids = create_diamonds(&h.engine, 600).await;
+    let mut fleet = Fleet::new(&h, dir.path(), 5_000, 20);
     fleet.start(2);
-    std::thread::sleep(Duration::from_millis(700));
-    let done_before = h.engine.list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(10_000), ..Default::default() }).await.unwrap().len();
-    assert!(done_before < ids.len(), "restart must happen mid-run");
+    // Restart as soon as the first tasks are done: mid-run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = h.engine.list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(10_000), ..Default::default() }).await.unwrap().len();
+        assert!(done < ids.len(), "restart must happen mid-run");
+        if done > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no task completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{pgbin}/pg_ctl"), "-D", &pgdata, "-m", "fast", "-w", "restart"])
         .stdout(Stdio::null())

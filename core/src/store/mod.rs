@@ -139,7 +139,7 @@ pub struct TaskUpdate {
     pub completed_at: Option<i64>,
 }
 
-/// A step just claimed.
+/// A step just claimed, with what the job needs of its task (read, not locked).
 #[derive(Debug, Clone)]
 pub struct ClaimedStep {
     pub step_id: i64,
@@ -148,6 +148,9 @@ pub struct ClaimedStep {
     pub attempts: i64,
     pub version: i64,
     pub lease_expires_at: i64,
+    pub named_task_id: i64,
+    pub task_state: TaskState,
+    pub context: String,
 }
 
 /// What to claim.
@@ -262,8 +265,6 @@ pub trait StoreTx: Send {
 
     /// Reads task rows (locking them where the database can).
     async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>>;
-    /// Reads the contexts of tasks: (task_id, context JSON).
-    async fn contexts(&mut self, task_ids: &[i64]) -> Result<Vec<(i64, String)>>;
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>>;
     /// How many steps of the task are `in_progress`.
     async fn count_running(&mut self, task_id: i64) -> Result<i64>;
@@ -282,6 +283,11 @@ pub trait StoreTx: Send {
     async fn park(&mut self, task_ids: &[i64], now: i64) -> Result<()>;
     /// Makes parked steps of these tasks claimable again.
     async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()>;
+
+    /// Moves the tasks still `pending` to `in_progress`; returns (task_id, new version) of
+    /// those moved. Takes the row locks of pending tasks only, so claims never wait on tasks
+    /// another worker is settling.
+    async fn start_tasks(&mut self, task_ids: &[i64], now: i64) -> Result<Vec<(i64, i64)>>;
 
     /// Claims ready steps: `in_progress`, attempts + 1, lease set, ready_at cleared.
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>>;

@@ -88,6 +88,9 @@ impl PgStore {
             .max_connections(opts.max_connections.unwrap_or(8))
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // A broken connection fails its statement and the caller retries: no ping per
+            // transaction (a round trip each).
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
@@ -551,15 +554,6 @@ impl StoreTx for PgTx {
         .collect()
     }
 
-    async fn contexts(&mut self, task_ids: &[i64]) -> Result<Vec<(i64, String)>> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        let rows = sqlx::query("SELECT task_id, context::text FROM tasks WHERE task_id = ANY($1)")
-            .bind(task_ids)
-            .fetch_all(&mut *self.conn)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
-    }
-
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -704,12 +698,16 @@ impl StoreTx for PgTx {
                SELECT s.step_id FROM steps s \
                WHERE s.ready_at IS NOT NULL AND s.ready_at <= $1 AND ($2::text[] IS NULL OR s.handler = ANY($2)) \
                ORDER BY s.priority DESC, s.ready_at, s.step_id \
-               LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE steps s SET state = 'in_progress', attempts = s.attempts + 1, ready_at = NULL, \
-               claimed_by = $4, lease_expires_at = $5, last_attempted_at = $1, updated_at = $1, \
-               version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END \
-             FROM c WHERE s.step_id = c.step_id \
-             RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at",
+               LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             u AS ( \
+               UPDATE steps s SET state = 'in_progress', attempts = s.attempts + 1, ready_at = NULL, \
+                 claimed_by = $4, lease_expires_at = $5, last_attempted_at = $1, updated_at = $1, \
+                 version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END \
+               FROM c WHERE s.step_id = c.step_id \
+               RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at) \
+             SELECT u.step_id, u.task_id, u.position, u.attempts, u.version, u.lease_expires_at, \
+               t.named_task_id, t.state, t.context::text \
+             FROM u JOIN tasks t ON t.task_id = u.task_id",
         )
         .bind(spec.now)
         .bind(handlers_param(spec.handlers))
@@ -727,9 +725,25 @@ impl StoreTx for PgTx {
                     attempts: r.try_get(3)?,
                     version: r.try_get(4)?,
                     lease_expires_at: r.try_get(5)?,
+                    named_task_id: r.try_get(6)?,
+                    task_state: task_state(r.try_get::<&str, _>(7)?)?,
+                    context: r.try_get(8)?,
                 })
             })
             .collect()
+    }
+
+    async fn start_tasks(&mut self, task_ids: &[i64], now: i64) -> Result<Vec<(i64, i64)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let rows = sqlx::query(
+            "UPDATE tasks SET state = 'in_progress', version = version + 1, updated_at = $2 \
+             WHERE task_id = ANY($1) AND state = 'pending' RETURNING task_id, version",
+        )
+        .bind(task_ids)
+        .bind(now)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>> {

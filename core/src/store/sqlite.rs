@@ -17,6 +17,7 @@
 //! would rather sort). The parent-results query uses `CROSS JOIN`, SQLite's way to fix a join
 //! order, for the same reason.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -634,15 +635,6 @@ impl StoreTx for SqliteTx {
         Ok(out)
     }
 
-    async fn contexts(&mut self, task_ids: &[i64]) -> Result<Vec<(i64, String)>> {
-        let mut out = Vec::with_capacity(task_ids.len());
-        for chunk in task_ids.chunks(CHUNK) {
-            let sql = format!("SELECT task_id, context FROM tasks WHERE task_id IN ({})", list(chunk.len()));
-            out.extend(query_rows(&self.c, &sql, params_from_iter(chunk), |r| Ok((r.get(0)?, r.get(1)?)))?);
-        }
-        Ok(out)
-    }
-
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>> {
         query_rows(
             &self.c,
@@ -803,7 +795,7 @@ impl StoreTx for SqliteTx {
                ORDER BY s.priority DESC, s.ready_at, s.step_id LIMIT ?) \
              RETURNING step_id, task_id, position, attempts, version, lease_expires_at"
         );
-        query_rows(&self.c, &sql, params_from_iter(p), |r| {
+        let mut steps = query_rows(&self.c, &sql, params_from_iter(p), |r| {
             Ok(ClaimedStep {
                 step_id: r.get(0)?,
                 task_id: r.get(1)?,
@@ -811,8 +803,51 @@ impl StoreTx for SqliteTx {
                 attempts: r.get(3)?,
                 version: r.get(4)?,
                 lease_expires_at: r.get(5)?,
+                named_task_id: 0,
+                task_state: TaskState::Pending,
+                context: String::new(),
             })
-        })
+        })?;
+        if steps.is_empty() {
+            return Ok(steps);
+        }
+        let mut ids: Vec<i64> = steps.iter().map(|s| s.task_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut tasks: HashMap<i64, (i64, TaskState, String)> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT task_id, named_task_id, state, context FROM tasks WHERE task_id IN ({})",
+                list(chunk.len())
+            );
+            for (id, named, state, ctx) in query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, task_state(&r.get::<_, String>(2)?)?, r.get::<_, String>(3)?))
+            })? {
+                tasks.insert(id, (named, state, ctx));
+            }
+        }
+        for s in &mut steps {
+            let (named, state, ctx) = tasks.get(&s.task_id).cloned().ok_or_else(|| Error::Corrupt(format!("step {} has no task", s.step_id)))?;
+            s.named_task_id = named;
+            s.task_state = state;
+            s.context = ctx;
+        }
+        Ok(steps)
+    }
+
+    async fn start_tasks(&mut self, task_ids: &[i64], now: i64) -> Result<Vec<(i64, i64)>> {
+        let mut out = Vec::new();
+        for chunk in task_ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE tasks SET state = 'in_progress', version = version + 1, updated_at = ? \
+                 WHERE task_id IN ({}) AND state = 'pending' RETURNING task_id, version",
+                list(chunk.len())
+            );
+            let mut p = vec![Sql::Integer(now)];
+            p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
+            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| Ok((r.get(0)?, r.get(1)?)))?);
+        }
+        Ok(out)
     }
 
     async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>> {
