@@ -22,7 +22,7 @@ fi
 export DATABASE_URL
 
 step "Rust: unit, scenario, template and CLI tests on SQLite (and the CLI on PostgreSQL)"
-cargo test --workspace --locked
+cargo test --workspace --locked --exclude tasker-py   # the extension is built by pip below
 
 step "Rust: the conformance suite on PostgreSQL"
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates
@@ -30,5 +30,18 @@ TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --t
 step "Rust: multi-process tests on PostgreSQL (workers, kill -9, server restart, SIGTERM)"
 # One at a time: one of them restarts the server.
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --test multiprocess -- --include-ignored --test-threads 1
+
+VENV=${TASKER_VENV:-$PWD/target/venv}
+step "Python: pip install ./bindings-python into $VENV (maturin builds the extension)"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "pytest>=7"
+"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps ./bindings-python
+
+step "Python: pytest on SQLite"
+(cd bindings-python && "$VENV/bin/python" -m pytest -q tests)
+
+step "Python: pytest on PostgreSQL"
+(cd bindings-python && TASKER_TEST_BACKEND=postgres "$VENV/bin/python" -m pytest -q tests)
 
 step "all tests passed"

@@ -1,0 +1,455 @@
+"""Tasker: workflow orchestration with a Rust core.
+
+A task is a DAG of steps defined in YAML; each step runs a handler. Tasker persists every state
+change (SQLite by default, PostgreSQL to scale out), runs independent steps in parallel, retries
+failures with backoff and recovers the steps of crashed workers.
+
+    import tasker
+
+    engine = tasker.Engine()                     # $TASKER_DATABASE_URL, else ./tasker.db
+    engine.register_template("order.yaml")
+
+    @engine.handler("charge_payment")
+    def charge(step):
+        return {"charged": step.results["validate_order"]["total"]}
+
+    task_id = engine.create_task("order", {"order_id": 7})
+    print(engine.run_until_complete(task_id)["status"])
+
+This module holds no orchestration rule: retries, readiness, leases and finalization are the
+Rust core's. It runs your handlers (plain functions on a thread pool, ``async def`` functions on
+an asyncio loop) and hands their outcomes back to the core in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import inspect
+import json
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from . import _tasker
+from ._tasker import (
+    ConflictError,
+    DatabaseError,
+    NotFoundError,
+    TaskerError as Error,
+    TemplateError,
+    TimeoutError,
+    ValidationError,
+)
+
+__all__ = [
+    "Engine",
+    "Step",
+    "Error",
+    "TemplateError",
+    "ValidationError",
+    "NotFoundError",
+    "ConflictError",
+    "DatabaseError",
+    "TimeoutError",
+    "RetryableError",
+    "PermanentError",
+]
+
+JSON = Any
+Handler = Callable[["Step"], Union[JSON, Awaitable[JSON]]]
+
+
+class RetryableError(Exception):
+    """Raise from a handler to fail this attempt; the step is retried while attempts remain.
+
+    ``retry_after`` (seconds) replaces the step's backoff for this retry (capped by the engine).
+    """
+
+    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """Raise from a handler to fail the step for good: it is never retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Step:
+    """What a handler receives.
+
+    Attributes: ``task_id``, ``name`` (the step's name), ``handler``, ``attempt`` (1 for the
+    first), ``max_attempts``, ``context`` (the task's context), ``config`` (the step's
+    ``handler_config``) and ``results`` (parent step name -> its results).
+    """
+
+    __slots__ = ("task_id", "step_id", "name", "handler", "attempt", "max_attempts", "context", "config", "results")
+
+    def __init__(self, job: Tuple[Any, ...]) -> None:
+        (self.task_id, self.step_id, self.attempt, _position, self.name, self.handler, self.max_attempts,
+         context, results, config, _timeout) = job
+        self.context: Dict[str, Any] = json.loads(context)
+        self.results: Dict[str, Any] = json.loads(results)
+        self.config: Dict[str, Any] = json.loads(config)
+
+    def __repr__(self) -> str:
+        return f"Step(task_id={self.task_id}, name={self.name!r}, attempt={self.attempt}/{self.max_attempts})"
+
+
+def _failure(kind: str, message: str, retry_after: Optional[float] = None, detail: Any = None) -> str:
+    f: Dict[str, Any] = {"message": message, "kind": kind}
+    if retry_after is not None:
+        f["retry_after_seconds"] = float(retry_after)
+    if detail is not None:
+        f["detail"] = detail
+    return json.dumps(f)
+
+
+def _outcome(fn: Callable[[], Any]) -> Tuple[bool, str]:
+    """Runs a handler call and turns its result or exception into (ok, payload_json)."""
+    try:
+        value = fn()
+    except RetryableError as e:
+        return False, _failure("retryable", e.message, e.retry_after)
+    except PermanentError as e:
+        return False, _failure("permanent", e.message)
+    except Exception as e:  # any other exception: a retryable failure, traceback kept
+        return False, _failure(
+            "retryable",
+            f"{type(e).__name__}: {e}",
+            detail={"exception": type(e).__name__, "traceback": traceback.format_exc()},
+        )
+    try:
+        return True, json.dumps(value)
+    except (TypeError, ValueError) as e:
+        return False, _failure("permanent", f"the handler returned a value that is not JSON: {e}")
+
+
+class _AsyncLoop:
+    """An asyncio event loop on its own thread, for ``async def`` handlers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tasker-asyncio", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Awaitable[Any]) -> "cf.Future[Any]":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+_FINISHED = {"complete", "error", "cancelled", "resolved_manually"}
+
+
+class Engine:
+    """A Tasker engine on a database.
+
+    ``url``: ``sqlite://PATH`` or ``postgres://USER@HOST:PORT/DB``; ``None`` reads
+    ``$TASKER_DATABASE_URL`` and falls back to ``sqlite://tasker.db``. ``environment`` selects
+    templates' ``environments.<name>`` overrides; ``schema`` (PostgreSQL) keeps Tasker's tables
+    in their own schema; ``lease_seconds`` is how long a claimed step is held before another
+    worker may take it over; ``listen=False`` polls instead of LISTEN/NOTIFY.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        environment: Optional[str] = None,
+        schema: Optional[str] = None,
+        lease_seconds: float = 30.0,
+        listen: bool = True,
+    ) -> None:
+        self._core = _tasker.Core(url, environment, schema, lease_seconds, listen)
+        self._lease = lease_seconds
+        self._handlers: Dict[str, Handler] = {}
+        self._subscribers: Dict[str, List[Callable[[Dict[str, Any]], Any]]] = {}
+        self.worker_id: str = _tasker.Core.new_worker_id()
+
+    # ---- templates ---------------------------------------------------------------------
+
+    def register_template(self, src: Union[str, "os.PathLike[str]", Mapping[str, Any]]) -> str:
+        """Registers a template from YAML text, a file path, or a dict; returns
+        ``namespace.name@version``. The same key with a different body is a ``TemplateError``."""
+        if isinstance(src, Mapping):
+            try:
+                text = json.dumps(src)
+            except (TypeError, ValueError) as e:
+                raise TemplateError(f"template is not JSON-able: {e}") from None
+            return self._core.register_template_json(text)
+        if isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and src.endswith((".yaml", ".yml", ".json"))):
+            path = Path(src)
+            if not path.exists():
+                raise TemplateError(f"template file {path}: No such file or directory")
+            return self._core.register_template_file(str(path))
+        if isinstance(src, str):
+            return self._core.register_template_yaml(src)
+        raise TypeError(f"register_template takes YAML text, a path or a dict, not {type(src).__name__}")
+
+    # ---- handlers and events -----------------------------------------------------------
+
+    def handler(self, name: str) -> Callable[[Handler], Handler]:
+        """Registers a function (``def`` or ``async def``) as the handler ``name``: steps whose
+        ``handler_class`` is ``name`` run it. Its return value (JSON-able) is the step's results."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("handler name must be a non-empty string")
+
+        def register(fn: Handler) -> Handler:
+            if not callable(fn):
+                raise TypeError(f"handler {name!r} must be callable")
+            self._handlers[name] = fn
+            return fn
+
+        return register
+
+    def on(self, event: str) -> Callable[[Callable[[Dict[str, Any]], Any]], Callable[[Dict[str, Any]], Any]]:
+        """Subscribes a function to a lifecycle event (``"step.failed"``, ``"task.completed"``,
+        ...; ``"*"`` for all). Subscribers run in the worker's loop thread after the transaction
+        that made the transition commits, with the event as a dict."""
+        names = set(_tasker.Core.event_names())
+        if event != "*" and event not in names:
+            raise ValueError(f"unknown event {event!r}; known: {', '.join(sorted(names))}")
+
+        def register(fn: Callable[[Dict[str, Any]], Any]) -> Callable[[Dict[str, Any]], Any]:
+            self._subscribers.setdefault(event, []).append(fn)
+            self._core.subscribe()
+            return fn
+
+        return register
+
+    def _dispatch_events(self) -> None:
+        if not self._subscribers:
+            return
+        for raw in self._core.drain_events():
+            ev = json.loads(raw)
+            for fn in self._subscribers.get(ev.get("name"), []) + self._subscribers.get("*", []):
+                try:
+                    fn(ev)
+                except Exception:  # a subscriber never breaks the worker
+                    traceback.print_exc()
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    def create_task(
+        self,
+        name: str,
+        context: Optional[Mapping[str, Any]] = None,
+        *,
+        namespace: Optional[str] = None,
+        version: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        initiator: Optional[str] = None,
+        source_system: Optional[str] = None,
+        reason: Optional[str] = None,
+        tags: Optional[Sequence[str]] = None,
+        bypass_steps: Optional[Sequence[str]] = None,
+        priority: int = 0,
+    ) -> int:
+        """Creates a task of template ``name`` (latest version unless ``version``); returns its
+        id. A repeated ``idempotency_key`` returns the first task's id."""
+        req: Dict[str, Any] = {"name": name, "context": {} if context is None else context, "priority": priority}
+        for k, v in (("namespace", namespace), ("version", version), ("idempotency_key", idempotency_key),
+                     ("initiator", initiator), ("source_system", source_system), ("reason", reason)):
+            if v is not None:
+                req[k] = v
+        if tags is not None:
+            req["tags"] = list(tags)
+        if bypass_steps is not None:
+            req["bypass_steps"] = list(bypass_steps)
+        try:
+            text = json.dumps(req)
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"task {name}: context is not JSON-able: {e}") from None
+        return self._core.create_task(text)
+
+    def get_task(self, task_id: int) -> Dict[str, Any]:
+        """The task's snapshot: ``{id, name, namespace, version, status, context, steps: [{name,
+        status, attempts, results, error, ...}], ...}``."""
+        return json.loads(self._core.get_task(task_id))
+
+    def list_tasks(self, *, status: Optional[str] = None, name: Optional[str] = None,
+                   namespace: Optional[str] = None, limit: int = 100, offset: int = 0) -> List[Dict[str, Any]]:
+        """Tasks, newest first."""
+        return json.loads(self._core.list_tasks(status, name, namespace, limit, offset))
+
+    def cancel_task(self, task_id: int) -> None:
+        self._core.cancel_task(task_id)
+
+    def retry_step(self, task_id: int, step_name: str) -> None:
+        self._core.retry_step(task_id, step_name)
+
+    def resolve_step_manually(self, task_id: int, step_name: str, results: Any = None) -> None:
+        try:
+            text = json.dumps(results)
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"results are not JSON-able: {e}") from None
+        self._core.resolve_step_manually(task_id, step_name, text)
+
+    # ---- running -----------------------------------------------------------------------
+
+    def run_until_complete(self, task_id: int, timeout: Optional[float] = None, *, concurrency: int = 8) -> Dict[str, Any]:
+        """Runs this process's handlers until the task is finished (``complete``, ``error``,
+        ``cancelled``); returns its snapshot. Raises ``tasker.TimeoutError`` after ``timeout``
+        seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._run(concurrency, task_id=task_id, deadline=deadline)
+        return self.get_task(task_id)
+
+    def run_worker(self, concurrency: int = 8, until_idle: bool = False) -> None:
+        """Runs this process's handlers for every task in the database. Returns when nothing is
+        left to do (``until_idle``) or on Ctrl-C, after the steps in flight finish."""
+        self._run(concurrency, until_idle=until_idle)
+
+    def _names(self) -> List[str]:
+        names = set(self._handlers)
+        names.update(_tasker.Core.builtin_names())
+        return sorted(names)
+
+    def _submit(self, job: Tuple[Any, ...], pool: cf.ThreadPoolExecutor, aloop: List[Optional[_AsyncLoop]]) -> "cf.Future[Tuple[bool, str]]":
+        handler = job[5]
+        fn = self._handlers.get(handler)
+        if fn is None:  # a built-in (command, http) this process has no handler of its own for
+            return pool.submit(self._core.run_builtin, job)
+        if inspect.iscoroutinefunction(fn):
+            if aloop[0] is None:
+                aloop[0] = _AsyncLoop()
+
+            async def run_async() -> Tuple[bool, str]:
+                step = Step(job)
+                try:
+                    value = await fn(step)  # type: ignore[misc]
+                except BaseException:
+                    exc = _exception_outcome()
+                    return exc
+                return _outcome(lambda: value)
+
+            return aloop[0].submit(run_async())
+        return pool.submit(lambda: _outcome(lambda: fn(Step(job))))
+
+    def _run(self, concurrency: int, *, until_idle: bool = False, task_id: Optional[int] = None,
+             deadline: Optional[float] = None) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        names = self._names()
+        depth = 3 * concurrency
+        window = 0.002
+        pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tasker-step")
+        aloop: List[Optional[_AsyncLoop]] = [None]
+        running: Dict["cf.Future[Tuple[bool, str]]", Tuple[Tuple[Any, ...], float]] = {}
+        reports: List[Tuple[int, int, int, int, bool, str]] = []
+        first_report: Optional[float] = None
+        last_beat = time.monotonic()
+        stopping = False
+        work_maybe = True
+
+        def collect(done: Sequence["cf.Future[Tuple[bool, str]]"]) -> None:
+            nonlocal first_report
+            for f in done:
+                job, _started = running.pop(f)
+                try:
+                    ok, payload = f.result()
+                except BaseException as e:  # the runner itself failed
+                    ok, payload = False, _failure("retryable", f"{type(e).__name__}: {e}")
+                reports.append((job[0], job[1], job[2], job[3], ok, payload))
+                if first_report is None:
+                    first_report = time.monotonic()
+
+        def expire_timeouts() -> None:
+            now = time.monotonic()
+            for f, (job, started) in list(running.items()):
+                limit = job[10]
+                if limit is not None and now - started > limit:
+                    running.pop(f)
+                    f.cancel()
+                    reports.append((job[0], job[1], job[2], job[3], False,
+                                    _failure("timeout", f"timed out after {limit:.3f} s (timeout_seconds)")))
+
+        try:
+            while True:
+                try:
+                    collect([f for f in list(running) if f.done()])
+                    expire_timeouts()
+                    room = 0 if stopping else max(0, depth - len(running))
+                    if reports and running and first_report is not None and time.monotonic() - first_report < window:
+                        done, _ = cf.wait(list(running), timeout=window, return_when=cf.FIRST_COMPLETED)
+                        collect(list(done))
+                        continue
+                    if reports or (room and work_maybe):
+                        wait = 0.0 if (reports or running) else 0.1
+                        jobs = self._core.cycle(reports, room, names, self.worker_id, wait)
+                        reports = []
+                        first_report = None
+                        self._dispatch_events()
+                        work_maybe = bool(jobs) or not running
+                        now = time.monotonic()
+                        for job in jobs:
+                            running[self._submit(job, pool, aloop)] = (job, now)
+                        if jobs:
+                            continue
+                    if running and time.monotonic() - last_beat > self._lease / 3:
+                        self._core.heartbeat([(j[0], j[1], j[2], j[3]) for j, _ in running.values()])
+                        last_beat = time.monotonic()
+                    if stopping and not running and not reports:
+                        return
+                    if not running and not reports and not stopping:
+                        if task_id is not None and self._core.task_state(task_id) in _FINISHED:
+                            return
+                        if until_idle and self._core.is_idle(names):
+                            return
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"task {task_id} did not finish in time")
+                    if running:
+                        done, _ = cf.wait(list(running), timeout=0.1, return_when=cf.FIRST_COMPLETED)
+                        collect(list(done))
+                    else:
+                        work_maybe = True
+                        if stopping:
+                            return
+                except KeyboardInterrupt:
+                    # Ctrl-C: claim nothing more; let the steps in flight finish and record them.
+                    stopping = True
+        finally:
+            if running:
+                done, _ = cf.wait(list(running), timeout=max(self._lease - 1.0, 1.0))
+                collect(list(done))
+            if reports:
+                try:
+                    self._core.cycle(reports, 0, names, self.worker_id, 0.0)
+                except Error:
+                    traceback.print_exc()
+            self._dispatch_events()
+            pool.shutdown(wait=False, cancel_futures=True)
+            if aloop[0] is not None:
+                aloop[0].close()
+
+
+def _exception_outcome() -> Tuple[bool, str]:
+    """The outcome for the exception being handled (inside an ``except`` block)."""
+    import sys
+
+    e = sys.exc_info()[1]
+    if isinstance(e, RetryableError):
+        return False, _failure("retryable", e.message, e.retry_after)
+    if isinstance(e, PermanentError):
+        return False, _failure("permanent", e.message)
+    if isinstance(e, asyncio.CancelledError):
+        return False, _failure("retryable", "the handler was cancelled")
+    assert e is not None
+    return False, _failure(
+        "retryable",
+        f"{type(e).__name__}: {e}",
+        detail={"exception": type(e).__name__, "traceback": traceback.format_exc()},
+    )

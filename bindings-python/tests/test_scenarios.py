@@ -1,0 +1,358 @@
+"""The core's conformance scenarios through Python handlers."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import tasker
+
+DIAMOND = """
+name: diamond
+step_templates:
+  - {name: a}
+  - {name: b, depends_on_step: a}
+  - {name: c, depends_on_step: a}
+  - {name: d, depends_on_steps: [b, c]}
+"""
+
+FLAKY = """
+name: flaky
+step_templates:
+  - name: fetch
+    default_retry_limit: 3
+    backoff: {base_seconds: 0.05, multiplier: 1, jitter: 0}
+  - {name: store, depends_on_step: fetch}
+"""
+
+
+def step(task, name):
+    return next(s for s in task["steps"] if s["name"] == name)
+
+
+def register_diamond(engine):
+    engine.register_template(DIAMOND)
+
+    @engine.handler("a")
+    def a(s):
+        return {"v": s.context["seed"] + 1}
+
+    @engine.handler("b")
+    def b(s):
+        return {"v": s.results["a"]["v"] * 2}
+
+    @engine.handler("c")
+    def c(s):
+        return {"v": s.results["a"]["v"] * 3}
+
+    @engine.handler("d")
+    def d(s):
+        return {"v": s.results["b"]["v"] + s.results["c"]["v"], "saw": sorted(s.results)}
+
+
+def test_diamond_with_sync_handlers_computes_checkable_values(engine):
+    register_diamond(engine)
+    task_id = engine.create_task("diamond", {"seed": 4})
+    task = engine.run_until_complete(task_id, timeout=30)
+    assert task["status"] == "complete"
+    assert step(task, "d")["results"] == {"v": 25, "saw": ["b", "c"]}
+    assert all(s["attempts"] == 1 for s in task["steps"])
+
+
+def test_linear_and_tree_shapes(engine):
+    engine.register_template("""
+name: chain
+step_templates:
+  - {name: s1, handler_class: inc}
+  - {name: s2, handler_class: inc, depends_on_step: s1}
+  - {name: s3, handler_class: inc, depends_on_step: s2}
+  - {name: leaf1, handler_class: inc, depends_on_step: s3}
+  - {name: leaf2, handler_class: inc, depends_on_step: s3}
+""")
+
+    @engine.handler("inc")
+    def inc(s):
+        return {"x": sum(r["x"] for r in s.results.values()) + 1 if s.results else 1}
+
+    task = engine.run_until_complete(engine.create_task("chain"), timeout=30)
+    assert [step(task, n)["results"]["x"] for n in ("s1", "s2", "s3", "leaf1", "leaf2")] == [1, 2, 3, 4, 4]
+
+
+def test_async_and_sync_handlers_mix_in_one_process(engine):
+    engine.register_template(DIAMOND)
+    threads = set()
+
+    @engine.handler("a")
+    async def a(s):
+        await asyncio.sleep(0.01)
+        threads.add(threading.current_thread().name)
+        return {"v": 1}
+
+    @engine.handler("b")
+    def b(s):
+        threads.add(threading.current_thread().name)
+        return {"v": s.results["a"]["v"] + 1}
+
+    @engine.handler("c")
+    async def c(s):
+        return {"v": s.results["a"]["v"] + 2}
+
+    @engine.handler("d")
+    def d(s):
+        return {"v": s.results["b"]["v"] + s.results["c"]["v"]}
+
+    ids = [engine.create_task("diamond", {"i": i}) for i in range(5)]
+    engine.run_worker(concurrency=4, until_idle=True)
+    for i in ids:
+        t = engine.get_task(i)
+        assert t["status"] == "complete"
+        assert step(t, "d")["results"] == {"v": 5}
+    assert "tasker-asyncio" in threads
+    assert any(n.startswith("tasker-step") for n in threads)
+
+
+def test_flaky_step_retries_then_succeeds(engine):
+    engine.register_template(FLAKY)
+    calls = []
+
+    @engine.handler("fetch")
+    def fetch(s):
+        calls.append(s.attempt)
+        if s.attempt < 3:
+            raise tasker.RetryableError(f"flake {s.attempt}")
+        return {"n": s.attempt}
+
+    @engine.handler("store")
+    def store(s):
+        return {"saw": s.results["fetch"]["n"]}
+
+    task = engine.run_until_complete(engine.create_task("flaky"), timeout=30)
+    assert task["status"] == "complete"
+    assert calls == [1, 2, 3]
+    assert step(task, "fetch")["attempts"] == 3
+    assert step(task, "store")["results"] == {"saw": 3}
+
+
+def test_retryable_error_retry_after_is_honoured(engine):
+    engine.register_template(FLAKY)
+    starts = []
+
+    @engine.handler("fetch")
+    def fetch(s):
+        starts.append(time.monotonic())
+        if s.attempt == 1:
+            raise tasker.RetryableError("rate limited", retry_after=0.6)
+        return 1
+
+    engine.handler("store")(lambda s: None)
+    task = engine.run_until_complete(engine.create_task("flaky"), timeout=30)
+    assert task["status"] == "complete"
+    assert starts[1] - starts[0] >= 0.55, starts
+
+
+def test_permanent_error_is_never_retried_and_blocks_the_task(engine):
+    engine.register_template(FLAKY)
+
+    @engine.handler("fetch")
+    def fetch(s):
+        raise tasker.PermanentError("card declined")
+
+    engine.handler("store")(lambda s: pytest.fail("downstream must not run"))
+    task = engine.run_until_complete(engine.create_task("flaky"), timeout=30)
+    assert task["status"] == "error"
+    f = step(task, "fetch")
+    assert (f["attempts"], f["error"]["kind"], f["error"]["message"]) == (1, "permanent", "card declined")
+    assert step(task, "store")["status"] == "pending"
+
+
+def test_retry_limit_exhausted_fails_the_task(engine):
+    engine.register_template(FLAKY)
+
+    @engine.handler("fetch")
+    def fetch(s):
+        raise tasker.RetryableError("still down")
+
+    engine.handler("store")(lambda s: None)
+    task = engine.run_until_complete(engine.create_task("flaky"), timeout=30)
+    assert task["status"] == "error"
+    assert step(task, "fetch")["attempts"] == 3
+
+
+def test_an_exception_in_the_thread_pool_is_a_retryable_failure_with_its_traceback(engine):
+    engine.register_template("name: boom\nstep_templates:\n  - {name: boom, default_retry_limit: 2, backoff: {base_seconds: 0}}\n")
+
+    @engine.handler("boom")
+    def boom(s):
+        if s.attempt == 1:
+            {}["missing"]
+        return "ok"
+
+    task_id = engine.create_task("boom")
+    seen = []
+    engine.on("step.failed")(lambda ev: seen.append(ev))
+    task = engine.run_until_complete(task_id, timeout=30)
+    assert task["status"] == "complete"
+    assert step(task, "boom")["attempts"] == 2
+    assert seen and seen[0]["metadata"]["error"] == "KeyError: 'missing'"
+    assert seen[0]["metadata"]["kind"] == "retryable"
+
+
+def test_failed_step_shows_exception_and_traceback(engine):
+    engine.register_template("name: boom\nstep_templates:\n  - {name: boom, default_retryable: false}\n")
+
+    @engine.handler("boom")
+    def boom(s):
+        raise ValueError("bad input 42")
+
+    task = engine.run_until_complete(engine.create_task("boom"), timeout=30)
+    err = step(task, "boom")["error"]
+    assert err["message"] == "ValueError: bad input 42"
+    assert err["detail"]["exception"] == "ValueError"
+    assert "raise ValueError" in err["detail"]["traceback"]
+
+
+def test_a_non_json_return_fails_the_step_with_a_clear_message(engine):
+    engine.register_template("name: bad\nstep_templates:\n  - {name: bad}\n")
+    engine.handler("bad")(lambda s: {"when": object()})
+    task = engine.run_until_complete(engine.create_task("bad"), timeout=30)
+    err = step(task, "bad")["error"]
+    assert err["kind"] == "permanent"
+    assert "not JSON" in err["message"]
+
+
+def test_cancel_retry_and_resolve(engine):
+    engine.register_template(FLAKY)
+
+    @engine.handler("fetch")
+    def fetch(s):
+        raise tasker.PermanentError("down")
+
+    engine.handler("store")(lambda s: {"stored": s.results["fetch"]})
+    t1 = engine.create_task("flaky")
+    engine.run_until_complete(t1, timeout=30)
+    engine.resolve_step_manually(t1, "fetch", {"by": "hand"})
+    task = engine.run_until_complete(t1, timeout=30)
+    assert task["status"] == "complete"
+    assert step(task, "store")["results"] == {"stored": {"by": "hand"}}
+
+    t2 = engine.create_task("flaky")
+    engine.run_until_complete(t2, timeout=30)
+    engine.handler("fetch")(lambda s: {"fixed": True})
+    engine.retry_step(t2, "fetch")
+    assert engine.run_until_complete(t2, timeout=30)["status"] == "complete"
+
+    t3 = engine.create_task("flaky")
+    engine.cancel_task(t3)
+    assert engine.get_task(t3)["status"] == "cancelled"
+    with pytest.raises(tasker.ConflictError, match="already cancelled"):
+        engine.cancel_task(t3)
+    with pytest.raises(tasker.ConflictError, match="it is cancelled"):
+        engine.retry_step(t3, "fetch")
+    with pytest.raises(tasker.NotFoundError, match='no step named "nope"'):
+        engine.retry_step(engine.create_task("flaky"), "nope")
+    with pytest.raises(tasker.NotFoundError):
+        engine.get_task(999999)
+
+
+def test_idempotency_and_bypass(engine):
+    engine.register_template("""
+name: skip
+step_templates:
+  - {name: audit, skippable: true}
+  - {name: charge}
+""")
+    engine.handler("charge")(lambda s: "charged")
+    engine.handler("audit")(lambda s: pytest.fail("bypassed"))
+    a = engine.create_task("skip", {"n": 1}, idempotency_key="k", bypass_steps=["audit"])
+    b = engine.create_task("skip", {"n": 2}, idempotency_key="k")
+    assert a == b
+    task = engine.run_until_complete(a, timeout=30)
+    assert task["status"] == "complete"
+    assert step(task, "audit")["status"] == "resolved_manually"
+    with pytest.raises(tasker.ValidationError, match="not skippable"):
+        engine.create_task("skip", bypass_steps=["charge"])
+    assert len(engine.list_tasks()) == 1
+    assert engine.list_tasks(status="complete")[0]["id"] == a
+
+
+def test_schema_violations_are_listed(engine):
+    engine.register_template("""
+name: order
+schema:
+  type: object
+  required: [order_id]
+  properties:
+    order_id: {type: integer}
+    email: {type: string}
+step_templates:
+  - {name: a}
+""")
+    with pytest.raises(tasker.ValidationError) as e:
+        engine.create_task("order", {"order_id": "x", "email": 5})
+    msg = str(e.value)
+    assert "/order_id" in msg and "/email" in msg
+    with pytest.raises(tasker.ValidationError, match="not JSON-able"):
+        engine.create_task("order", {"order_id": object()})
+
+
+@pytest.mark.parametrize(
+    "yaml, message",
+    [
+        ("name: t\nstep_templates:\n  - {name: a\n", "YAML syntax error at line"),
+        ("name: t\nstep_templates: []\n", "has no steps"),
+        ("name: t\nstep_templates:\n  - {name: a}\n  - {name: a}\n", 'step name "a" appears more than once'),
+        ("name: t\nstep_templates:\n  - {name: a, depends_on_step: z}\n", 'depends on unknown step "z"'),
+        ("name: t\nstep_templates:\n  - {name: a, depends_on_step: b}\n  - {name: b, depends_on_step: a}\n", "dependency cycle: a -> b -> a"),
+        ("name: t\nstep_templates:\n  - {name: a, default_retry_limit: 0}\n", "default_retry_limit must be at least 1"),
+        ("name: t\nversion: nope\nstep_templates:\n  - {name: a}\n", "is not a semantic version"),
+    ],
+)
+def test_bad_templates_raise_template_error(engine, yaml, message):
+    with pytest.raises(tasker.TemplateError, match=message):
+        engine.register_template(yaml)
+
+
+def test_templates_from_a_dict_and_a_path(engine, tmp_path):
+    key = engine.register_template({"name": "d", "version": "1.0.0", "steps": [{"name": "x", "handler": {"callable": "x"}}]})
+    assert key == "default.d@1.0.0"
+    p = tmp_path / "t.yaml"
+    p.write_text("name: f\nstep_templates:\n  - {name: y}\n")
+    assert engine.register_template(p) == "default.f@0.1.0"
+    assert engine.register_template(str(p)) == "default.f@0.1.0"
+    with pytest.raises(tasker.TemplateError, match="No such file"):
+        engine.register_template(tmp_path / "missing.yaml")
+    with pytest.raises(tasker.TemplateError, match="different body"):
+        engine.register_template({"name": "d", "version": "1.0.0", "steps": [{"name": "other"}]})
+
+
+def test_builtin_command_steps_run_beside_python_handlers(engine):
+    engine.register_template("""
+name: mixed
+step_templates:
+  - name: shell
+    handler_class: command
+    handler_config: {command: ["sh", "-c", "echo '{\\"from\\": \\"sh\\"}'"]}
+  - {name: py, depends_on_step: shell}
+""")
+    engine.handler("py")(lambda s: {"got": s.results["shell"]})
+    task = engine.run_until_complete(engine.create_task("mixed"), timeout=30)
+    assert task["status"] == "complete"
+    assert step(task, "py")["results"] == {"got": {"from": "sh"}}
+
+
+def test_events_reach_subscribers_once_per_transition(engine):
+    register_diamond(engine)
+    seen = []
+    engine.on("*")(lambda ev: seen.append(ev["name"]))
+    with pytest.raises(ValueError, match="unknown event"):
+        engine.on("step.exploded")
+    engine.run_until_complete(engine.create_task("diamond", {"seed": 0}), timeout=30)
+    assert seen.count("step.completed") == 4
+    assert seen.count("task.completed") == 1
+
+
+def test_run_until_complete_times_out(engine):
+    engine.register_template("name: stuck\nstep_templates:\n  - {name: nobody_handles_this}\n")
+    with pytest.raises(tasker.TimeoutError):
+        engine.run_until_complete(engine.create_task("stuck"), timeout=0.3)
