@@ -162,6 +162,14 @@ impl Core {
         block(py, move || async move { e.create_task(req).await })
     }
 
+    /// Creates many tasks in one transaction (all or none) from a JSON list of task requests.
+    fn create_tasks(&self, py: Python<'_>, requests_json: &str) -> PyResult<Vec<i64>> {
+        let reqs: Vec<TaskRequest> = serde_json::from_str(requests_json)
+            .map_err(|e| ValidationError::new_err(format!("task requests: {e}")))?;
+        let e = self.engine.clone();
+        block(py, move || async move { e.create_tasks(reqs).await })
+    }
+
     fn get_task(&self, py: Python<'_>, task_id: i64) -> PyResult<String> {
         let e = self.engine.clone();
         block(py, move || async move { e.get_task(task_id).await.map(|t| json_text(&t)) })

@@ -356,3 +356,26 @@ def test_run_until_complete_times_out(engine):
     engine.register_template("name: stuck\nstep_templates:\n  - {name: nobody_handles_this}\n")
     with pytest.raises(tasker.TimeoutError):
         engine.run_until_complete(engine.create_task("stuck"), timeout=0.3)
+
+
+def test_bulk_create_wait_from_another_thread_and_stop(engine):
+    engine.register_template("name: job\nstep_templates:\n  - {name: noop}\n")
+    engine.handler("noop")(lambda s: {"i": s.context["i"]})
+    ids = engine.create_tasks([{"name": "job", "context": {"i": i}} for i in range(50)])
+    assert len(set(ids)) == 50
+    with pytest.raises(tasker.ValidationError):
+        engine.create_tasks([{"name": "job", "contxt": {}}])
+    worker = threading.Thread(target=engine.run_worker, kwargs={"concurrency": 4})
+    worker.start()
+    try:
+        for i, tid in enumerate(ids):
+            assert step(engine.wait_for_task(tid, timeout=30), "noop")["results"] == {"i": i}
+        late = engine.create_task("job", {"i": 99})
+        assert engine.wait_for_task(late, timeout=30)["status"] == "complete"
+    finally:
+        engine.stop()
+        worker.join(timeout=30)
+    assert not worker.is_alive(), "stop() ends run_worker"
+    engine.register_template("name: idle\nstep_templates:\n  - {name: nobody}\n")
+    with pytest.raises(tasker.TimeoutError):
+        engine.wait_for_task(engine.create_task("idle"), timeout=0.3)

@@ -178,6 +178,7 @@ class Engine:
         self._handlers: Dict[str, Handler] = {}
         self._subscribers: Dict[str, List[Callable[[Dict[str, Any]], Any]]] = {}
         self.worker_id: str = _tasker.Core.new_worker_id()
+        self._stop = threading.Event()
 
     # ---- templates ---------------------------------------------------------------------
 
@@ -274,6 +275,31 @@ class Engine:
         except (TypeError, ValueError) as e:
             raise ValidationError(f"task {name}: context is not JSON-able: {e}") from None
         return self._core.create_task(text)
+
+    def create_tasks(self, requests: Sequence[Mapping[str, Any]]) -> List[int]:
+        """Creates many tasks in one transaction (all or none). Each request is a dict with the
+        keywords of ``create_task`` (``name`` and ``context`` included); returns their ids."""
+        try:
+            text = json.dumps([{"context": {}, **r} for r in requests])
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"task requests are not JSON-able: {e}") from None
+        return self._core.create_tasks(text)
+
+    def wait_for_task(self, task_id: int, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Waits until the task is finished (another thread or process runs it) and returns its
+        snapshot. Raises ``tasker.TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                raise TimeoutError(f"task {task_id} did not finish within {timeout} s")
+            if self._core.wait_for_task(task_id, left) in _FINISHED:
+                return self.get_task(task_id)
+
+    def stop(self) -> None:
+        """Asks a running ``run_worker`` (in another thread) to stop: it claims nothing more and
+        returns once the steps in flight finish."""
+        self._stop.set()
 
     def get_task(self, task_id: int) -> Dict[str, Any]:
         """The task's snapshot: ``{id, name, namespace, version, status, context, steps: [{name,
@@ -377,9 +403,12 @@ class Engine:
                     reports.append((job[0], job[1], job[2], job[3], False,
                                     _failure("timeout", f"timed out after {limit:.3f} s (timeout_seconds)")))
 
+        self._stop.clear()
         try:
             while True:
                 try:
+                    if self._stop.is_set():
+                        stopping = True
                     collect([f for f in list(running) if f.done()])
                     expire_timeouts()
                     room = 0 if stopping else max(0, depth - len(running))
