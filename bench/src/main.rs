@@ -42,7 +42,8 @@ struct Args {
 }
 
 fn arg_value(it: &mut impl Iterator<Item = String>, flag: &str) -> String {
-    it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")))
+    it.next()
+        .unwrap_or_else(|| die(&format!("{flag} needs a value")))
 }
 
 fn parse_args() -> Args {
@@ -61,12 +62,31 @@ fn parse_args() -> Args {
             "--backend" => a.backend = arg_value(&mut it, &arg),
             "--pg-url" => a.pg_url = Some(arg_value(&mut it, &arg)),
             "--workload" | "-w" => {
-                a.workloads = arg_value(&mut it, &arg).split(',').map(|s| s.trim().to_uppercase()).collect()
+                a.workloads = arg_value(&mut it, &arg)
+                    .split(',')
+                    .map(|s| s.trim().to_uppercase())
+                    .collect()
             }
-            "--reps" => a.reps = arg_value(&mut it, &arg).parse().unwrap_or_else(|_| die("--reps takes a number")),
-            "--workers" => a.workers = arg_value(&mut it, &arg).parse().unwrap_or_else(|_| die("--workers takes a number")),
-            "--durability" => a.durability = arg_value(&mut it, &arg).parse().unwrap_or_else(|e: String| die(&e)),
-            "--scale" => a.scale = arg_value(&mut it, &arg).parse().unwrap_or_else(|_| die("--scale takes a number")),
+            "--reps" => {
+                a.reps = arg_value(&mut it, &arg)
+                    .parse()
+                    .unwrap_or_else(|_| die("--reps takes a number"))
+            }
+            "--workers" => {
+                a.workers = arg_value(&mut it, &arg)
+                    .parse()
+                    .unwrap_or_else(|_| die("--workers takes a number"))
+            }
+            "--durability" => {
+                a.durability = arg_value(&mut it, &arg)
+                    .parse()
+                    .unwrap_or_else(|e: String| die(&e))
+            }
+            "--scale" => {
+                a.scale = arg_value(&mut it, &arg)
+                    .parse()
+                    .unwrap_or_else(|_| die("--scale takes a number"))
+            }
             "-h" | "--help" => {
                 println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F]");
                 std::process::exit(0);
@@ -85,7 +105,9 @@ fn parse_args() -> Args {
     }
     for w in &a.workloads {
         if !["W1", "W2", "W3", "W4", "RSS"].contains(&w.as_str()) {
-            die(&format!("unknown workload {w:?}: expected W1, W2, W3, W4, RSS"));
+            die(&format!(
+                "unknown workload {w:?}: expected W1, W2, W3, W4, RSS"
+            ));
         }
     }
     a
@@ -108,18 +130,35 @@ struct Db {
 fn fresh_db(a: &Args) -> Db {
     if a.backend == "postgres" {
         let schema = format!("bench_{}_{:08x}", std::process::id(), rand_u32());
-        return Db { _dir: None, url: a.pg_url.clone().unwrap(), schema: Some(schema) };
+        return Db {
+            _dir: None,
+            url: a.pg_url.clone().unwrap(),
+            schema: Some(schema),
+        };
     }
-    let base = std::env::var("TASKER_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
-    let dir = tempfile::Builder::new().prefix("tasker-bench").tempdir_in(base).expect("tempdir");
+    let base = std::env::var("TASKER_BENCH_DIR")
+        .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+    let dir = tempfile::Builder::new()
+        .prefix("tasker-bench")
+        .tempdir_in(base)
+        .expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    Db { _dir: Some(dir), url, schema: None }
+    Db {
+        _dir: Some(dir),
+        url,
+        schema: None,
+    }
 }
 
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     h.finish() as u32
 }
 
@@ -134,15 +173,22 @@ impl Db {
 
     async fn drop(self) {
         if let Some(s) = &self.schema {
-            let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE"))).execute(&mut c).await.expect("drop schema");
+            let mut c = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE")))
+                .execute(&mut c)
+                .await
+                .expect("drop schema");
         }
     }
 
     /// (first attempt start, last completion) in epoch ms, from the database.
     async fn span_ms(&self) -> (i64, i64) {
         let s = self.schema.as_deref().expect("postgres");
-        let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+        let mut c = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect");
         let row: (Option<i64>, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT MIN(last_attempted_at), MAX(processed_at) FROM {s}.steps"
         )))
@@ -206,11 +252,21 @@ fn handlers(w: &str, first: &FirstStart) -> Registry {
                 f.mark();
                 async move { Ok(json!({"wf": s.context["wf"], "a": 1})) }
             });
-            reg.register_fn("B", |s| async move { Ok(json!({"wf": s.results["A"]["wf"], "b": 2})) });
-            reg.register_fn("C", |s| async move { Ok(json!({"wf": s.results["A"]["wf"], "c": 3})) });
+            reg.register_fn("B", |s| async move {
+                Ok(json!({"wf": s.results["A"]["wf"], "b": 2}))
+            });
+            reg.register_fn("C", |s| async move {
+                Ok(json!({"wf": s.results["A"]["wf"], "c": 3}))
+            });
             reg.register_fn("D", |s| async move {
-                if s.results["B"]["b"] != 2 || s.results["C"]["c"] != 3 || s.results["B"]["wf"] != s.context["wf"] {
-                    return Err(HandlerError::permanent(format!("D saw wrong inputs: {:?}", s.results)));
+                if s.results["B"]["b"] != 2
+                    || s.results["C"]["c"] != 3
+                    || s.results["B"]["wf"] != s.context["wf"]
+                {
+                    return Err(HandlerError::permanent(format!(
+                        "D saw wrong inputs: {:?}",
+                        s.results
+                    )));
                 }
                 Ok(json!({"wf": s.context["wf"], "d": 4}))
             });
@@ -219,7 +275,13 @@ fn handlers(w: &str, first: &FirstStart) -> Registry {
             reg.register_fn("step", move |s| {
                 f.mark();
                 async move {
-                    let x = s.results.values().next().map(|v| v["x"].as_i64().unwrap()).unwrap_or(0) + 1;
+                    let x = s
+                        .results
+                        .values()
+                        .next()
+                        .map(|v| v["x"].as_i64().unwrap())
+                        .unwrap_or(0)
+                        + 1;
                     if s.step_name == format!("s{CHAIN_LEN}") && x != CHAIN_LEN as i64 {
                         return Err(HandlerError::permanent(format!("chain ended at x = {x}")));
                     }
@@ -233,8 +295,18 @@ fn handlers(w: &str, first: &FirstStart) -> Registry {
 }
 
 fn worker(engine: &Engine, reg: Registry) -> Worker {
-    let prefetch = std::env::var("TASKER_PREFETCH").ok().and_then(|v| v.parse().ok());
-    Worker::new(engine.clone(), reg, WorkerOptions { concurrency: CONCURRENCY, prefetch, ..Default::default() })
+    let prefetch = std::env::var("TASKER_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    Worker::new(
+        engine.clone(),
+        reg,
+        WorkerOptions {
+            concurrency: CONCURRENCY,
+            prefetch,
+            ..Default::default()
+        },
+    )
 }
 
 /// Submits the workload's tasks; returns (count of steps, submit seconds).
@@ -245,9 +317,16 @@ async fn submit(w: &str, engine: &Engine, scale: f64) -> (usize, f64) {
     let t0 = Instant::now();
     let steps = match w {
         "W1" | "RSS" => {
-            let n = if w == "RSS" { 100_000 } else { (20_000.0 * scale) as usize };
+            let n = if w == "RSS" {
+                100_000
+            } else {
+                (20_000.0 * scale) as usize
+            };
             for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-                let reqs = chunk.iter().map(|i| TaskRequest::new("job", json!({"i": i}))).collect();
+                let reqs = chunk
+                    .iter()
+                    .map(|i| TaskRequest::new("job", json!({"i": i})))
+                    .collect();
                 engine.create_tasks(reqs).await.unwrap();
             }
             n
@@ -255,14 +334,20 @@ async fn submit(w: &str, engine: &Engine, scale: f64) -> (usize, f64) {
         "W2" => {
             let n = (2_000.0 * scale) as usize;
             for i in 0..n {
-                engine.create_task(TaskRequest::new("diamond", json!({"wf": i}))).await.unwrap();
+                engine
+                    .create_task(TaskRequest::new("diamond", json!({"wf": i})))
+                    .await
+                    .unwrap();
             }
             4 * n
         }
         "W4" => {
             let n = ((20.0 * scale) as usize).max(1);
             for i in 0..n {
-                engine.create_task(TaskRequest::new("chain", json!({"wf": i}))).await.unwrap();
+                engine
+                    .create_task(TaskRequest::new("chain", json!({"wf": i})))
+                    .await
+                    .unwrap();
             }
             n * CHAIN_LEN
         }
@@ -288,7 +373,10 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
         m.insert("steps_per_s", steps as f64 / secs);
         m.insert("steps_per_transaction", steps as f64 / stats.cycles as f64);
         if a.backend == "postgres" {
-            m.insert("round_trips_per_step", (engine.database_statements() - statements0) as f64 / steps as f64);
+            m.insert(
+                "round_trips_per_step",
+                (engine.database_statements() - statements0) as f64 / steps as f64,
+            );
         }
     } else {
         let mut children = Vec::new();
@@ -298,15 +386,26 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
         let mut statements = 0u64;
         for c in children {
             let out = c.wait_with_output().expect("worker");
-            assert!(out.status.success(), "worker failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "worker failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             statements += parse_field(&out.stdout, "statements") as u64;
         }
         let (t0, t1) = db.span_ms().await;
-        m.insert("steps_per_s", steps as f64 * 1000.0 / (t1 - t0).max(1) as f64);
+        m.insert(
+            "steps_per_s",
+            steps as f64 * 1000.0 / (t1 - t0).max(1) as f64,
+        );
         m.insert("round_trips_per_step", statements as f64 / steps as f64);
     }
     let done = engine
-        .list_tasks(&tasker_core::TaskFilter { state: Some(TaskState::Complete), limit: Some(1_000_000), ..Default::default() })
+        .list_tasks(&tasker_core::TaskFilter {
+            state: Some(TaskState::Complete),
+            limit: Some(1_000_000),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .len();
@@ -332,13 +431,19 @@ fn spawn_worker(a: &Args, db: &Db, w: &str, i: usize, for_ms: Option<u64>) -> st
         cmd.args(["--for-ms", &ms.to_string()]);
     }
     let _ = a;
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn worker")
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn worker")
 }
 
 fn parse_field(stdout: &[u8], key: &str) -> f64 {
     let text = String::from_utf8_lossy(stdout);
     text.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
+        .find_map(|kv| {
+            kv.strip_prefix(&format!("{key}="))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or_else(|| panic!("worker printed no {key}: {text}"))
 }
 
@@ -365,8 +470,14 @@ async fn latency(a: &Args) -> Metrics {
     let mut lat = Vec::with_capacity(n);
     for i in 0..(n + 10) {
         let t0 = Instant::now();
-        let id = engine.create_task(TaskRequest::new("job", json!({"i": i}))).await.unwrap();
-        let t = engine.wait_for_task(id, Some(Duration::from_secs(30))).await.unwrap();
+        let id = engine
+            .create_task(TaskRequest::new("job", json!({"i": i})))
+            .await
+            .unwrap();
+        let t = engine
+            .wait_for_task(id, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
         let dt = t0.elapsed();
         assert_eq!(t.status, TaskState::Complete);
         if i >= 10 {
@@ -382,7 +493,8 @@ async fn latency(a: &Args) -> Metrics {
         let _ = c.wait();
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| lat[((p / 100.0 * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
+    let pct =
+        |p: f64| lat[((p / 100.0 * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
     let m = BTreeMap::from([
         ("p50_ms", pct(50.0)),
         ("p95_ms", pct(95.0)),
@@ -399,10 +511,19 @@ async fn rss(a: &Args) -> Metrics {
     let db = fresh_db(a);
     let engine = db.open(a.durability).await;
     submit("RSS", &engine, 1.0).await;
-    let out = spawn_worker(a, &db, "RSS", 0, Some(3000)).wait_with_output().expect("worker");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spawn_worker(a, &db, "RSS", 0, Some(3000))
+        .wait_with_output()
+        .expect("worker");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = BTreeMap::from([
-        ("worker_peak_rss_mb", parse_field(&out.stdout, "vmhwm_kb") / 1024.0),
+        (
+            "worker_peak_rss_mb",
+            parse_field(&out.stdout, "vmhwm_kb") / 1024.0,
+        ),
         ("steps_done_in_3s", parse_field(&out.stdout, "completed")),
     ]);
     drop(engine);
@@ -417,15 +538,25 @@ async fn baseline(a: &Args) -> Metrics {
     let t0;
     if let Some(s) = &db.schema {
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {s}"))).execute(&mut c).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE {s}.t (id BIGSERIAL PRIMARY KEY, v TEXT)"))).execute(&mut c).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {s}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {s}.t (id BIGSERIAL PRIMARY KEY, v TEXT)"
+        )))
+        .execute(&mut c)
+        .await
+        .unwrap();
         t0 = Instant::now();
         for i in 0..n {
-            sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {s}.t (v) VALUES ($1)")))
-                .bind(format!("{{\"i\":{i}}}"))
-                .execute(&mut c)
-                .await
-                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {s}.t (v) VALUES ($1)"
+            )))
+            .bind(format!("{{\"i\":{i}}}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
         }
     } else {
         let sync = match a.durability {
@@ -433,13 +564,28 @@ async fn baseline(a: &Args) -> Metrics {
             Durability::Normal => "NORMAL",
             Durability::Off => "OFF",
         };
-        let mut c = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.unwrap();
-        sqlx::query("PRAGMA journal_mode=WAL").execute(&mut c).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA synchronous={sync}"))).execute(&mut c).await.unwrap();
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").execute(&mut c).await.unwrap();
+        let mut c = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url))
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA journal_mode=WAL")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA synchronous={sync}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            .execute(&mut c)
+            .await
+            .unwrap();
         t0 = Instant::now();
         for i in 0..n {
-            sqlx::query("INSERT INTO t (v) VALUES (?)").bind(format!("{{\"i\":{i}}}")).execute(&mut c).await.unwrap();
+            sqlx::query("INSERT INTO t (v) VALUES (?)")
+                .bind(format!("{{\"i\":{i}}}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
         }
     }
     let m = BTreeMap::from([("commits_per_s", n as f64 / t0.elapsed().as_secs_f64())]);
@@ -449,7 +595,11 @@ async fn baseline(a: &Args) -> Metrics {
 
 /// `--worker-mode W --db URL [--schema S] [--for-ms N]`: a worker process for one workload.
 async fn worker_mode(args: Vec<String>) {
-    let get = |k: &str| args.iter().position(|a| a == k).map(|i| args[i + 1].clone());
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .map(|i| args[i + 1].clone())
+    };
     let w = get("--worker-mode").unwrap();
     let mut o = EngineOptions::default().url(get("--db").unwrap());
     if let Some(s) = get("--schema") {
@@ -474,13 +624,21 @@ async fn worker_mode(args: Vec<String>) {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next())
         .unwrap_or("0");
-    println!("statements={} completed={} vmhwm_kb={hwm}", engine.database_statements(), stats.completed);
+    println!(
+        "statements={} completed={} vmhwm_kb={hwm}",
+        engine.database_statements(),
+        stats.completed
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +665,12 @@ async fn main() {
             results.entry(cell.clone()).or_default().push(m);
         }
     }
-    let base = median(results["BASELINE"].iter().map(|m| m["commits_per_s"]).collect());
+    let base = median(
+        results["BASELINE"]
+            .iter()
+            .map(|m| m["commits_per_s"])
+            .collect(),
+    );
     println!(
         "# tasker-bench: {} ({}), Rust no-op handlers, {} worker(s) x concurrency {CONCURRENCY}, medians of {} reps",
         args.backend,
@@ -520,16 +683,31 @@ async fn main() {
         for k in keys {
             let vals: Vec<f64> = reps.iter().map(|m| m[k]).collect();
             let med = median(vals.clone());
-            let ratio = if k == "steps_per_s" { format!("  ({:.1}x baseline commits/s)", med / base) } else { String::new() };
-            println!("{cell} {k} {} [reps: {}]{ratio}", num(med), vals.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "));
+            let ratio = if k == "steps_per_s" {
+                format!("  ({:.1}x baseline commits/s)", med / base)
+            } else {
+                String::new()
+            };
+            println!(
+                "{cell} {k} {} [reps: {}]{ratio}",
+                num(med),
+                vals.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", ")
+            );
         }
     }
 }
 
 fn num(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") }
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 fn fmt(m: &Metrics) -> String {
-    m.iter().map(|(k, v)| format!("{k}={}", num(*v))).collect::<Vec<_>>().join(" ")
+    m.iter()
+        .map(|(k, v)| format!("{k}={}", num(*v)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -15,13 +15,48 @@ use tasker_core::{
 };
 use tokio::sync::broadcast;
 
-create_exception!(_tasker, TaskerError, PyException, "Base class of every error Tasker raises.");
-create_exception!(_tasker, TemplateError, TaskerError, "A template that cannot be accepted.");
-create_exception!(_tasker, ValidationError, TaskerError, "Bad input: task request, context, results, options.");
-create_exception!(_tasker, NotFoundError, TaskerError, "No such task, step or template.");
-create_exception!(_tasker, ConflictError, TaskerError, "The task's or step's state does not allow this.");
-create_exception!(_tasker, DatabaseError, TaskerError, "The database failed or is unreachable.");
-create_exception!(_tasker, TimeoutError, TaskerError, "A wait ran out of time.");
+create_exception!(
+    _tasker,
+    TaskerError,
+    PyException,
+    "Base class of every error Tasker raises."
+);
+create_exception!(
+    _tasker,
+    TemplateError,
+    TaskerError,
+    "A template that cannot be accepted."
+);
+create_exception!(
+    _tasker,
+    ValidationError,
+    TaskerError,
+    "Bad input: task request, context, results, options."
+);
+create_exception!(
+    _tasker,
+    NotFoundError,
+    TaskerError,
+    "No such task, step or template."
+);
+create_exception!(
+    _tasker,
+    ConflictError,
+    TaskerError,
+    "The task's or step's state does not allow this."
+);
+create_exception!(
+    _tasker,
+    DatabaseError,
+    TaskerError,
+    "The database failed or is unreachable."
+);
+create_exception!(
+    _tasker,
+    TimeoutError,
+    TaskerError,
+    "A wait ran out of time."
+);
 
 fn err(e: Error) -> PyErr {
     let m = e.to_string();
@@ -64,7 +99,19 @@ fn json_text(v: &impl serde::Serialize) -> String {
 
 /// A claimed job as a tuple: (task_id, step_id, attempt, position, step_name, handler,
 /// max_attempts, context_json, results_json, config_json, timeout_seconds).
-type JobTuple = (i64, i64, u32, u32, String, String, u32, String, String, String, Option<f64>);
+type JobTuple = (
+    i64,
+    i64,
+    u32,
+    u32,
+    String,
+    String,
+    u32,
+    String,
+    String,
+    String,
+    Option<f64>,
+);
 
 fn job_tuple(j: Job) -> JobTuple {
     (
@@ -88,10 +135,16 @@ type ReportTuple = (i64, i64, u32, u32, bool, String);
 
 fn report(r: ReportTuple) -> PyResult<Report> {
     let (task_id, step_id, attempt, position, ok, payload) = r;
-    let key = JobKey { task_id, step_id, attempt, position };
+    let key = JobKey {
+        task_id,
+        step_id,
+        attempt,
+        position,
+    };
     let outcome = if ok {
         Outcome::Complete(
-            serde_json::from_str(&payload).map_err(|e| ValidationError::new_err(format!("step results are not JSON: {e}")))?,
+            serde_json::from_str(&payload)
+                .map_err(|e| ValidationError::new_err(format!("step results are not JSON: {e}")))?,
         )
     } else {
         Outcome::Failed(
@@ -123,7 +176,9 @@ impl Core {
         listen: bool,
     ) -> PyResult<Self> {
         if !(lease_seconds.is_finite() && lease_seconds >= 0.1) {
-            return Err(ValidationError::new_err(format!("lease_seconds must be at least 0.1, got {lease_seconds}")));
+            return Err(ValidationError::new_err(format!(
+                "lease_seconds must be at least 0.1, got {lease_seconds}"
+            )));
         }
         let opts = EngineOptions {
             url,
@@ -134,24 +189,38 @@ impl Core {
             ..Default::default()
         };
         let engine = block(py, move || Engine::open_with(opts))?;
-        Ok(Core { engine, builtins: Registry::with_builtins(), events: Mutex::new(None) })
+        Ok(Core {
+            engine,
+            builtins: Registry::with_builtins(),
+            events: Mutex::new(None),
+        })
     }
 
     fn register_template_yaml(&self, py: Python<'_>, text: &str) -> PyResult<String> {
         let e = self.engine.clone();
         let text = text.to_owned();
-        block(py, move || async move { e.register_template_yaml(&text).await })
+        block(
+            py,
+            move || async move { e.register_template_yaml(&text).await },
+        )
     }
 
     fn register_template_file(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<String> {
         let e = self.engine.clone();
-        block(py, move || async move { e.register_template_file(&path).await })
+        block(
+            py,
+            move || async move { e.register_template_file(&path).await },
+        )
     }
 
     fn register_template_json(&self, py: Python<'_>, text: &str) -> PyResult<String> {
-        let doc: Value = serde_json::from_str(text).map_err(|e| TemplateError::new_err(format!("template is not JSON-able: {e}")))?;
+        let doc: Value = serde_json::from_str(text)
+            .map_err(|e| TemplateError::new_err(format!("template is not JSON-able: {e}")))?;
         let e = self.engine.clone();
-        block(py, move || async move { e.register_template_value(doc).await })
+        block(
+            py,
+            move || async move { e.register_template_value(doc).await },
+        )
     }
 
     /// Creates a task from a JSON task request; returns its id.
@@ -172,12 +241,18 @@ impl Core {
 
     fn get_task(&self, py: Python<'_>, task_id: i64) -> PyResult<String> {
         let e = self.engine.clone();
-        block(py, move || async move { e.get_task(task_id).await.map(|t| json_text(&t)) })
+        block(py, move || async move {
+            e.get_task(task_id).await.map(|t| json_text(&t))
+        })
     }
 
     fn task_state(&self, py: Python<'_>, task_id: i64) -> PyResult<String> {
         let e = self.engine.clone();
-        block(py, move || async move { e.get_task_state(task_id).await.map(|s| s.as_str().to_owned()) })
+        block(py, move || async move {
+            e.get_task_state(task_id)
+                .await
+                .map(|s| s.as_str().to_owned())
+        })
     }
 
     #[pyo3(signature = (status=None, name=None, namespace=None, limit=100, offset=0))]
@@ -191,11 +266,22 @@ impl Core {
         offset: i64,
     ) -> PyResult<String> {
         let state = status
-            .map(|s| s.parse::<TaskState>().map_err(|m| ValidationError::new_err(format!("status: {m}"))))
+            .map(|s| {
+                s.parse::<TaskState>()
+                    .map_err(|m| ValidationError::new_err(format!("status: {m}")))
+            })
             .transpose()?;
-        let f = TaskFilter { state, name, namespace, limit: Some(limit), offset: Some(offset) };
+        let f = TaskFilter {
+            state,
+            name,
+            namespace,
+            limit: Some(limit),
+            offset: Some(offset),
+        };
         let e = self.engine.clone();
-        block(py, move || async move { e.list_tasks(&f).await.map(|l| json_text(&l)) })
+        block(py, move || async move {
+            e.list_tasks(&f).await.map(|l| json_text(&l))
+        })
     }
 
     fn cancel_task(&self, py: Python<'_>, task_id: i64) -> PyResult<()> {
@@ -205,13 +291,25 @@ impl Core {
 
     fn retry_step(&self, py: Python<'_>, task_id: i64, step: String) -> PyResult<()> {
         let e = self.engine.clone();
-        block(py, move || async move { e.retry_step(task_id, &step).await })
+        block(
+            py,
+            move || async move { e.retry_step(task_id, &step).await },
+        )
     }
 
-    fn resolve_step_manually(&self, py: Python<'_>, task_id: i64, step: String, results_json: &str) -> PyResult<()> {
-        let results: Value = serde_json::from_str(results_json).map_err(|e| ValidationError::new_err(format!("results: {e}")))?;
+    fn resolve_step_manually(
+        &self,
+        py: Python<'_>,
+        task_id: i64,
+        step: String,
+        results_json: &str,
+    ) -> PyResult<()> {
+        let results: Value = serde_json::from_str(results_json)
+            .map_err(|e| ValidationError::new_err(format!("results: {e}")))?;
         let e = self.engine.clone();
-        block(py, move || async move { e.resolve_step_manually(task_id, &step, results).await })
+        block(py, move || async move {
+            e.resolve_step_manually(task_id, &step, results).await
+        })
     }
 
     /// Records outcomes and claims up to `claim` jobs (handlers in `handlers`) in one
@@ -226,11 +324,16 @@ impl Core {
         wait_seconds: f64,
     ) -> PyResult<Vec<JobTuple>> {
         let reports: Vec<Report> = reports.into_iter().map(report).collect::<PyResult<_>>()?;
-        let c = Claim { worker_id, max: claim, handlers: Some(handlers) };
+        let c = Claim {
+            worker_id,
+            max: claim,
+            handlers: Some(handlers),
+        };
         let e = self.engine.clone();
         let jobs = block(py, move || async move {
             if reports.is_empty() && claim > 0 {
-                e.poll(&c, Duration::from_secs_f64(wait_seconds.clamp(0.0, 5.0))).await
+                e.poll(&c, Duration::from_secs_f64(wait_seconds.clamp(0.0, 5.0)))
+                    .await
             } else {
                 let claim = (claim > 0).then_some(&c);
                 e.report(&reports, claim).await.map(|cy| cy.jobs)
@@ -242,13 +345,34 @@ impl Core {
     /// Runs a built-in handler (`command`, `http`) for a job; returns (ok, payload_json) as
     /// `cycle` takes it. Blocks without the GIL.
     fn run_builtin(&self, py: Python<'_>, job: JobTuple) -> PyResult<(bool, String)> {
-        let (task_id, step_id, attempt, position, step_name, handler, max_attempts, ctx, res, cfg, timeout) = job;
+        let (
+            task_id,
+            step_id,
+            attempt,
+            position,
+            step_name,
+            handler,
+            max_attempts,
+            ctx,
+            res,
+            cfg,
+            timeout,
+        ) = job;
         let Some(h) = self.builtins.get(&handler) else {
-            return Err(NotFoundError::new_err(format!("{handler:?} is not a built-in handler")));
+            return Err(NotFoundError::new_err(format!(
+                "{handler:?} is not a built-in handler"
+            )));
         };
-        let parse = |s: &str| serde_json::from_str::<Value>(s).map_err(|e| ValidationError::new_err(e.to_string()));
+        let parse = |s: &str| {
+            serde_json::from_str::<Value>(s).map_err(|e| ValidationError::new_err(e.to_string()))
+        };
         let job = Job {
-            key: JobKey { task_id, step_id, attempt, position },
+            key: JobKey {
+                task_id,
+                step_id,
+                attempt,
+                position,
+            },
             step_name,
             handler,
             max_attempts,
@@ -287,8 +411,15 @@ impl Core {
 
     /// Extends the leases of running jobs: [(task_id, step_id, attempt, position)].
     fn heartbeat(&self, py: Python<'_>, keys: Vec<(i64, i64, u32, u32)>) -> PyResult<u64> {
-        let keys: Vec<JobKey> =
-            keys.into_iter().map(|(task_id, step_id, attempt, position)| JobKey { task_id, step_id, attempt, position }).collect();
+        let keys: Vec<JobKey> = keys
+            .into_iter()
+            .map(|(task_id, step_id, attempt, position)| JobKey {
+                task_id,
+                step_id,
+                attempt,
+                position,
+            })
+            .collect();
         let e = self.engine.clone();
         block(py, move || async move { e.heartbeat(&keys).await })
     }
@@ -307,7 +438,10 @@ impl Core {
             rt().block_on(async move {
                 match e.wait_for_task(task_id, Some(t)).await {
                     Ok(s) => Ok(s.status.as_str().to_owned()),
-                    Err(Error::Timeout(_)) => e.get_task_state(task_id).await.map(|s| s.as_str().to_owned()),
+                    Err(Error::Timeout(_)) => e
+                        .get_task_state(task_id)
+                        .await
+                        .map(|s| s.as_str().to_owned()),
                     Err(x) => Err(x),
                 }
             })

@@ -18,11 +18,21 @@ use tasker_core::{
 };
 
 #[derive(Parser)]
-#[command(name = "tasker", version, about = "Run workflows defined in YAML: DAGs of steps with retries, persisted in SQLite or PostgreSQL.")]
+#[command(
+    name = "tasker",
+    version,
+    about = "Run workflows defined in YAML: DAGs of steps with retries, persisted in SQLite or PostgreSQL."
+)]
 struct Cli {
     /// Database URL: sqlite://PATH (embedded, one process) or postgres://USER@HOST:PORT/DB
     /// (many worker processes).
-    #[arg(long, global = true, env = "TASKER_DATABASE_URL", default_value = "sqlite://tasker.db", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TASKER_DATABASE_URL",
+        default_value = "sqlite://tasker.db",
+        hide_env_values = true
+    )]
     db: String,
     /// PostgreSQL: use (and create) this schema.
     #[arg(long, global = true, env = "TASKER_SCHEMA")]
@@ -154,18 +164,28 @@ struct Failure {
 
 impl Failure {
     fn input(message: impl Into<String>) -> Failure {
-        Failure { code: 2, message: message.into() }
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
     }
 }
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match e {
-            Error::Template(_) | Error::Validation(_) | Error::NotFound(_) | Error::Conflict(_) | Error::UnsupportedUrl(_) => 2,
+            Error::Template(_)
+            | Error::Validation(_)
+            | Error::NotFound(_)
+            | Error::Conflict(_)
+            | Error::UnsupportedUrl(_) => 2,
             Error::IllegalTaskTransition { .. } | Error::IllegalStepTransition { .. } => 2,
             _ => 1,
         };
-        Failure { code, message: e.to_string() }
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -190,7 +210,10 @@ fn main() -> ExitCode {
 
 async fn open(cli: &Cli) -> Result<Engine, Failure> {
     if !(cli.lease_seconds.is_finite() && cli.lease_seconds >= 0.1) {
-        return Err(Failure::input(format!("--lease-seconds must be at least 0.1, got {}", cli.lease_seconds)));
+        return Err(Failure::input(format!(
+            "--lease-seconds must be at least 0.1, got {}",
+            cli.lease_seconds
+        )));
     }
     let mut opts = EngineOptions::default()
         .url(&cli.db)
@@ -219,14 +242,13 @@ impl Failure {
 fn json_arg(flag: &str, raw: &str) -> Result<Value, Failure> {
     let (text, source) = match raw.strip_prefix('@') {
         Some(path) => (
-            std::fs::read_to_string(path).map_err(|e| Failure::input(format!("{flag}: cannot read {path}: {e}")))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| Failure::input(format!("{flag}: cannot read {path}: {e}")))?,
             path.to_owned(),
         ),
         None => (raw.to_owned(), flag.to_owned()),
     };
-    serde_json::from_str(&text).map_err(|e| {
-        Failure::input(format!("{source}: invalid JSON: {e}"))
-    })
+    serde_json::from_str(&text).map_err(|e| Failure::input(format!("{source}: invalid JSON: {e}")))
 }
 
 fn load_template(path: &Path, env: Option<&str>) -> Result<TaskTemplate, Failure> {
@@ -241,7 +263,10 @@ fn load_template(path: &Path, env: Option<&str>) -> Result<TaskTemplate, Failure
 async fn dispatch(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Run(args) => run(&cli, args).await,
-        Command::Worker { concurrency, until_idle } => worker(&cli, *concurrency, *until_idle).await,
+        Command::Worker {
+            concurrency,
+            until_idle,
+        } => worker(&cli, *concurrency, *until_idle).await,
         Command::Templates(TemplatesCmd::Register { files }) => {
             let mut parsed = Vec::new();
             for f in files {
@@ -263,9 +288,16 @@ async fn dispatch(cli: Cli) -> Outcome {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Create { name, version, namespace, input } => {
+        Command::Create {
+            name,
+            version,
+            namespace,
+            input,
+        } => {
             let engine = open(&cli).await?;
-            let id = engine.create_task(request(name, namespace.clone(), version.clone(), input)?).await?;
+            let id = engine
+                .create_task(request(name, namespace.clone(), version.clone(), input)?)
+                .await?;
             println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
@@ -279,10 +311,19 @@ async fn dispatch(cli: Cli) -> Outcome {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::List { status, name, namespace, limit, json } => {
+        Command::List {
+            status,
+            name,
+            namespace,
+            limit,
+            json,
+        } => {
             let state = status
                 .as_deref()
-                .map(|s| s.parse::<TaskState>().map_err(|e| Failure::input(format!("--status: {e}"))))
+                .map(|s| {
+                    s.parse::<TaskState>()
+                        .map_err(|e| Failure::input(format!("--status: {e}")))
+                })
                 .transpose()?;
             if *limit < 0 {
                 return Err(Failure::input(format!("--limit must be >= 0, got {limit}")));
@@ -316,13 +357,19 @@ async fn dispatch(cli: Cli) -> Outcome {
             println!("step {step} of task {task_id} will be retried");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Resolve { task_id, step, results } => {
+        Command::Resolve {
+            task_id,
+            step,
+            results,
+        } => {
             let results = match results {
                 Some(r) => json_arg("--results", r)?,
                 None => Value::Null,
             };
             let engine = open(&cli).await?;
-            engine.resolve_step_manually(*task_id, step, results).await?;
+            engine
+                .resolve_step_manually(*task_id, step, results)
+                .await?;
             println!("step {step} of task {task_id} resolved manually");
             Ok(ExitCode::SUCCESS)
         }
@@ -331,10 +378,15 @@ async fn dispatch(cli: Cli) -> Outcome {
                 Ok(id) => {
                     let engine = open(&cli).await?;
                     let task = engine.get_task(id).await?;
-                    let t = engine.template(Some(&task.namespace), &task.name, Some(&task.version)).await?;
+                    let t = engine
+                        .template(Some(&task.namespace), &task.name, Some(&task.version))
+                        .await?;
                     diagram::mermaid(&t, Some(&task))
                 }
-                Err(_) => diagram::mermaid(&load_template(Path::new(target), cli.environment.as_deref())?, None),
+                Err(_) => diagram::mermaid(
+                    &load_template(Path::new(target), cli.environment.as_deref())?,
+                    None,
+                ),
             };
             print!("{text}");
             Ok(ExitCode::SUCCESS)
@@ -347,7 +399,12 @@ async fn dispatch(cli: Cli) -> Outcome {
     }
 }
 
-fn request(name: &str, namespace: Option<String>, version: Option<String>, input: &TaskInput) -> Result<TaskRequest, Failure> {
+fn request(
+    name: &str,
+    namespace: Option<String>,
+    version: Option<String>,
+    input: &TaskInput,
+) -> Result<TaskRequest, Failure> {
     let context = match &input.context {
         Some(c) => json_arg("--context", c)?,
         None => Value::Object(Default::default()),
@@ -394,9 +451,17 @@ async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
         )));
     }
     let engine = open(cli).await?;
-    let req = request(&template.name, Some(template.namespace.clone()), Some(template.version.to_string()), &args.input)?;
-    let max_attempts: std::collections::HashMap<String, u32> =
-        template.steps.iter().map(|s| (s.name.clone(), s.max_attempts)).collect();
+    let req = request(
+        &template.name,
+        Some(template.namespace.clone()),
+        Some(template.version.to_string()),
+        &args.input,
+    )?;
+    let max_attempts: std::collections::HashMap<String, u32> = template
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.max_attempts))
+        .collect();
     let total = template.steps.len();
     engine.register_template(template).await?;
     let events = engine.subscribe();
@@ -404,9 +469,13 @@ async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
     let worker = Worker::new(
         engine.clone(),
         builtin_registry(),
-        WorkerOptions { concurrency: args.concurrency.max(1), ..Default::default() },
+        WorkerOptions {
+            concurrency: args.concurrency.max(1),
+            ..Default::default()
+        },
     );
-    let progress = (!args.json).then(|| output::Progress::start(task_id, total, max_attempts, events));
+    let progress =
+        (!args.json).then(|| output::Progress::start(task_id, total, max_attempts, events));
     let stop = worker.shutdown_handle();
     let interrupted = tokio::spawn(async move {
         stop_signal().await;
@@ -427,7 +496,10 @@ async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
         TaskState::Complete => ExitCode::SUCCESS,
         TaskState::Error | TaskState::Cancelled | TaskState::ResolvedManually => ExitCode::from(1),
         _ => {
-            eprintln!("tasker: interrupted; task {task_id} is {} (continue it with `tasker worker`)", task.status);
+            eprintln!(
+                "tasker: interrupted; task {task_id} is {} (continue it with `tasker worker`)",
+                task.status
+            );
             ExitCode::from(130)
         }
     })
@@ -438,7 +510,10 @@ async fn worker(cli: &Cli, concurrency: usize, until_idle: bool) -> Outcome {
     let worker = std::sync::Arc::new(Worker::new(
         engine,
         builtin_registry(),
-        WorkerOptions { concurrency: concurrency.max(1), ..Default::default() },
+        WorkerOptions {
+            concurrency: concurrency.max(1),
+            ..Default::default()
+        },
     ));
     let stop = worker.shutdown_handle();
     let signals = tokio::spawn(async move {
@@ -447,7 +522,11 @@ async fn worker(cli: &Cli, concurrency: usize, until_idle: bool) -> Outcome {
         stop.shutdown();
     });
     let w = worker.clone();
-    let stats = if until_idle { w.run_until_idle().await? } else { w.run().await? };
+    let stats = if until_idle {
+        w.run_until_idle().await?
+    } else {
+        w.run().await?
+    };
     signals.abort();
     eprintln!(
         "tasker: worker stopped: {} steps completed, {} attempts failed",

@@ -82,14 +82,25 @@ impl State {
         if self.tty {
             let _ = write!(out, "\r\x1b[2K");
         }
-        let _ = writeln!(out, "[{:>7.3}s] {text}", self.started.elapsed().as_secs_f64());
+        let _ = writeln!(
+            out,
+            "[{:>7.3}s] {text}",
+            self.started.elapsed().as_secs_f64()
+        );
         if self.tty {
             let mut status = format!("{}/{} steps done", self.done.len(), self.total);
             if !self.running.is_empty() {
-                status.push_str(&format!(" | running: {}", self.running.iter().cloned().collect::<Vec<_>>().join(", ")));
+                status.push_str(&format!(
+                    " | running: {}",
+                    self.running.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
             }
             if !self.retrying.is_empty() {
-                let r: Vec<String> = self.retrying.iter().map(|(s, at)| format!("{s} at {at}")).collect();
+                let r: Vec<String> = self
+                    .retrying
+                    .iter()
+                    .map(|(s, at)| format!("{s} at {at}"))
+                    .collect();
                 status.push_str(&format!(" | retrying: {}", r.join(", ")));
             }
             let _ = write!(out, "{status}");
@@ -125,18 +136,31 @@ impl State {
             }
             "step.resolved_manually" => {
                 self.done.insert(step.clone());
-                self.line(&format!("{step}: resolved ({})", e.metadata["reason"].as_str().unwrap_or("manually")));
+                self.line(&format!(
+                    "{step}: resolved ({})",
+                    e.metadata["reason"].as_str().unwrap_or("manually")
+                ));
             }
             "step.failed" => {
                 self.running.remove(&step);
-                let msg = e.metadata["error"].as_str().unwrap_or("failed").lines().next().unwrap_or_default().to_owned();
+                let msg = e.metadata["error"]
+                    .as_str()
+                    .unwrap_or("failed")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 let next = e.metadata["next_attempt_at"].as_str().map(local_time);
                 match next {
                     Some(at) => {
                         self.retrying.insert(step.clone(), at.clone());
-                        self.line(&format!("{step}: attempt {attempt}/{max} failed: {msg}; next attempt at {at}"));
+                        self.line(&format!(
+                            "{step}: attempt {attempt}/{max} failed: {msg}; next attempt at {at}"
+                        ));
                     }
-                    None => self.line(&format!("{step}: attempt {attempt}/{max} failed: {msg}; no attempts left")),
+                    None => self.line(&format!(
+                        "{step}: attempt {attempt}/{max} failed: {msg}; no attempts left"
+                    )),
                 }
             }
             "step.cancelled" => {
@@ -150,7 +174,11 @@ impl State {
 
 fn local_time(rfc3339: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(rfc3339)
-        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S%.3f").to_string())
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%H:%M:%S%.3f")
+                .to_string()
+        })
         .unwrap_or_else(|_| rfc3339.to_owned())
 }
 
@@ -167,11 +195,20 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         cells
             .into_iter()
             .enumerate()
-            .map(|(i, c)| if i + 1 == n { c } else { format!("{c:<w$}", w = width[i]) })
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<w$}", w = width[i])
+                }
+            })
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!("{}", fmt(header.iter().map(|h| h.to_string()).collect()).trim_end());
+    println!(
+        "{}",
+        fmt(header.iter().map(|h| h.to_string()).collect()).trim_end()
+    );
     for r in rows {
         println!("{}", fmt(r).trim_end());
     }
@@ -179,7 +216,10 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 
 /// The task's state and a table of its steps.
 pub fn task_summary(t: &TaskSnapshot) {
-    println!("task {} {}.{}@{}: {}", t.id, t.namespace, t.name, t.version, t.status);
+    println!(
+        "task {} {}.{}@{}: {}",
+        t.id, t.namespace, t.name, t.version, t.status
+    );
     table(
         &["STEP", "STATUS", "ATTEMPTS", "DURATION", "ERROR"],
         t.steps
@@ -189,7 +229,9 @@ pub fn task_summary(t: &TaskSnapshot) {
                     s.name.clone(),
                     s.status.to_string(),
                     format!("{}/{}", s.attempts, s.max_attempts),
-                    s.duration_ms.map(|d| format!("{:.3}s", d as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
+                    s.duration_ms
+                        .map(|d| format!("{:.3}s", d as f64 / 1000.0))
+                        .unwrap_or_else(|| "-".into()),
                     s.error
                         .as_ref()
                         .and_then(|e| e["message"].as_str())

@@ -18,7 +18,9 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn db(&self) -> String {
@@ -49,7 +51,10 @@ impl Env {
         let out = self.tasker(&args);
         let text = String::from_utf8_lossy(&out.stdout);
         let v = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("stdout is not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "stdout is not JSON ({e}): {text}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         (out.status.code().unwrap(), v)
     }
@@ -64,30 +69,52 @@ fn stdout(o: &Output) -> String {
 }
 
 fn step<'v>(task: &'v Value, name: &str) -> &'v Value {
-    task["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no step {name}"))
+    task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}"))
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 #[test]
 fn the_offline_example_runs_with_a_retry_and_progress() {
     let env = Env::new();
     let example = repo().join("examples/cli/etl_pipeline.yaml");
-    let out = env.tasker(&["run", example.to_str().unwrap(), "--context", r#"{"region": "emea"}"#]);
+    let out = env.tasker(&[
+        "run",
+        example.to_str().unwrap(),
+        "--context",
+        r#"{"region": "emea"}"#,
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("load_warehouse: attempt 1/3 failed: exit code 75: warehouse busy"), "{text}");
+    assert!(
+        text.contains("load_warehouse: attempt 1/3 failed: exit code 75: warehouse busy"),
+        "{text}"
+    );
     assert!(text.contains("next attempt at"), "{text}");
-    assert!(text.contains("task 1 examples.etl_pipeline@1.0.0: complete"), "{text}");
+    assert!(
+        text.contains("task 1 examples.etl_pipeline@1.0.0: complete"),
+        "{text}"
+    );
     assert!(text.contains("STEP") && text.contains("ATTEMPTS"), "{text}");
 
     let status = env.tasker(&["status", "1", "--json"]);
     let t: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(t["status"], "complete");
     assert_eq!(step(&t, "load_warehouse")["attempts"], 2);
-    assert_eq!(step(&t, "load_warehouse")["results"], json!({"loaded": true, "total": 100, "customers": 3, "attempt": 2}));
+    assert_eq!(
+        step(&t, "load_warehouse")["results"],
+        json!({"loaded": true, "total": 100, "customers": 3, "attempt": 2})
+    );
     assert_eq!(step(&t, "extract")["results"]["rows"], 4);
     assert_eq!(step(&t, "report")["results"], "daily report sent");
 }
@@ -114,7 +141,14 @@ fn the_example_runs_on_postgresql_with_a_worker_process() {
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(step(&t, "load_warehouse")["attempts"], 2);
     // A task created here and finished by a separate worker process.
-    let id = stdout(&tasker(&["create", "etl_pipeline", "--namespace", "examples"])).trim().to_owned();
+    let id = stdout(&tasker(&[
+        "create",
+        "etl_pipeline",
+        "--namespace",
+        "examples",
+    ]))
+    .trim()
+    .to_owned();
     let out = tasker(&["worker", "--until-idle", "--poll-only"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let t: Value = serde_json::from_slice(&tasker(&["status", &id, "--json"]).stdout).unwrap();
@@ -127,10 +161,27 @@ fn json_output_has_the_snapshot_shape() {
     let f = env.file("echo.yaml", "name: echo\nstep_templates:\n  - name: hello\n    handler_class: command\n    handler_config: {command: [\"echo\", \"hi there\"]}\n");
     let (code, t) = env.run_json(&f, &["--context", r#"{"who": "you"}"#]);
     assert_eq!(code, 0);
-    for key in ["id", "name", "namespace", "version", "status", "context", "steps", "created_at", "completed_at"] {
+    for key in [
+        "id",
+        "name",
+        "namespace",
+        "version",
+        "status",
+        "context",
+        "steps",
+        "created_at",
+        "completed_at",
+    ] {
         assert!(t.get(key).is_some(), "missing {key} in {t}");
     }
-    assert_eq!((t["name"].clone(), t["namespace"].clone(), t["version"].clone()), (json!("echo"), json!("default"), json!("0.1.0")));
+    assert_eq!(
+        (
+            t["name"].clone(),
+            t["namespace"].clone(),
+            t["version"].clone()
+        ),
+        (json!("echo"), json!("default"), json!("0.1.0"))
+    );
     assert_eq!(t["context"], json!({"who": "you"}));
     let s = step(&t, "hello");
     for key in ["name", "status", "attempts", "results", "error"] {
@@ -157,7 +208,10 @@ step_templates:
       command: ["cat"]
 "#,
     );
-    let (code, t) = env.run_json(&f, &["--context", r#"{"k": "it's \"quoted\" $(rm -rf /)"}"#]);
+    let (code, t) = env.run_json(
+        &f,
+        &["--context", r#"{"k": "it's \"quoted\" $(rm -rf /)"}"#],
+    );
     assert_eq!(code, 0);
     let input = &step(&t, "second")["results"];
     assert_eq!(input["step"], "second");
@@ -239,7 +293,11 @@ step_templates:
     let t0 = Instant::now();
     let (code, t) = env.run_json(&f, &[]);
     assert_eq!(code, 0);
-    assert!(t0.elapsed() >= Duration::from_millis(700), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
     let id = t["id"].to_string();
     let hist = env.tasker(&["status", &id, "--json"]);
     assert!(hist.status.success());
@@ -275,7 +333,15 @@ step_templates:
     // Dead means gone, or a zombie waiting for init to reap it.
     let running = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().chars().next() != Some('Z'))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .chars()
+                    .next()
+                    != Some('Z')
+            })
             .unwrap_or(false)
     };
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -292,45 +358,96 @@ fn bad_input_exits_2_and_names_the_place() {
     let out = env.tasker(&["run", syntax.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains(&format!("{}:4:1", syntax.display())) || err.contains(&format!("{}:", syntax.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:4:1", syntax.display()))
+            || err.contains(&format!("{}:", syntax.display())),
+        "{err}"
+    );
     assert!(err.contains("YAML syntax error"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
     let cycle = env.file("cycle.yaml", "name: c\nstep_templates:\n  - {name: a, depends_on_step: b, handler_class: command, handler_config: {command: 'true'}}\n  - {name: b, depends_on_step: a, handler_class: command, handler_config: {command: 'true'}}\n");
     let out = env.tasker(&["run", cycle.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("dependency cycle: a -> b -> a"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dependency cycle: a -> b -> a"),
+        "{}",
+        stderr(&out)
+    );
 
     let url = env.file("url.yaml", "name: u\nstep_templates:\n  - name: call\n    handler_class: http\n    handler_config: {url: 'not a url/{{context.id}}'}\n");
     let out = env.tasker(&["run", url.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("step \"call\": handler_config.url: invalid URL"), "{err}");
+    assert!(
+        err.contains("step \"call\": handler_config.url: invalid URL"),
+        "{err}"
+    );
 
     let cmd = env.file("cmd.yaml", "name: k\nstep_templates:\n  - name: x\n    handler_class: command\n    handler_config: {cmd: ls}\n");
     let out = env.tasker(&["run", cmd.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("step \"x\": handler_config: unknown field `cmd`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("step \"x\": handler_config: unknown field `cmd`"),
+        "{}",
+        stderr(&out)
+    );
 
     let schema = env.file("schema.yaml", "name: s\nschema: {type: object, required: [id], properties: {id: {type: integer}}}\nstep_templates:\n  - {name: x, handler_class: command, handler_config: {command: 'true'}}\n");
-    let out = env.tasker(&["run", schema.to_str().unwrap(), "--context", r#"{"id": "seven"}"#]);
+    let out = env.tasker(&[
+        "run",
+        schema.to_str().unwrap(),
+        "--context",
+        r#"{"id": "seven"}"#,
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("/id: \"seven\" is not of type \"integer\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/id: \"seven\" is not of type \"integer\""),
+        "{}",
+        stderr(&out)
+    );
     let out = env.tasker(&["run", schema.to_str().unwrap(), "--context", "{nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--context: invalid JSON"), "{}", stderr(&out));
-    let out = env.tasker(&["run", schema.to_str().unwrap(), "--context", "@missing.json"]);
+    assert!(
+        stderr(&out).contains("--context: invalid JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.tasker(&[
+        "run",
+        schema.to_str().unwrap(),
+        "--context",
+        "@missing.json",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read missing.json"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read missing.json"),
+        "{}",
+        stderr(&out)
+    );
 
-    let foreign = env.file("foreign.yaml", "name: f\nstep_templates:\n  - {name: x, handler_class: MyApp::Charge}\n");
+    let foreign = env.file(
+        "foreign.yaml",
+        "name: f\nstep_templates:\n  - {name: x, handler_class: MyApp::Charge}\n",
+    );
     let out = env.tasker(&["run", foreign.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("x (handler \"MyApp::Charge\")"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("x (handler \"MyApp::Charge\")"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_tasker")).args(["--db", "mysql://x", "list"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["--db", "mysql://x", "list"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--db: unsupported database URL"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--db: unsupported database URL"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!stderr(&out).contains("panicked"));
 }
 
@@ -370,7 +487,9 @@ step_templates:
     let out = env.tasker(&["create", "ops", "--context", "{}"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_owned();
-    let cancel_me = stdout(&env.tasker(&["create", "ops", "--version", "2.0.0"])).trim().to_owned();
+    let cancel_me = stdout(&env.tasker(&["create", "ops", "--version", "2.0.0"]))
+        .trim()
+        .to_owned();
     let out = env.tasker(&["cancel", &cancel_me]);
     assert_eq!(stdout(&out).trim(), format!("task {cancel_me} cancelled"));
 
@@ -379,7 +498,10 @@ step_templates:
     assert!(out.status.success(), "{}", stderr(&out));
     let t: Value = serde_json::from_slice(&env.tasker(&["status", &id, "--json"]).stdout).unwrap();
     assert_eq!(t["status"], "error");
-    assert_eq!(step(&t, "second")["error"]["message"], "exit code 1: no go file");
+    assert_eq!(
+        step(&t, "second")["error"]["message"],
+        "exit code 1: no go file"
+    );
 
     let out = env.tasker(&["list", "--status", "error", "--json"]);
     let errs: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -392,7 +514,10 @@ step_templates:
 
     let diagram = stdout(&env.tasker(&["diagram", &id]));
     assert!(diagram.starts_with("flowchart TD"), "{diagram}");
-    assert!(diagram.contains("s0 --> s1") && diagram.contains("style s1 fill:#c62828"), "{diagram}");
+    assert!(
+        diagram.contains("s0 --> s1") && diagram.contains("style s1 fill:#c62828"),
+        "{diagram}"
+    );
     let out = env.tasker(&["diagram", f.to_str().unwrap()]);
     assert!(stdout(&out).contains("s1 --> s2"));
 
@@ -410,13 +535,24 @@ step_templates:
     let out = env.tasker(&["resolve", &id2, "first", "--results", r#"{"by": "hand"}"#]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.tasker(&["status", &id2]);
-    assert!(stdout(&out).contains("first   resolved_manually"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("first   resolved_manually"),
+        "{}",
+        stdout(&out)
+    );
     let out = env.tasker(&["retry", &id2, "first"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("only a step in error can be retried"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("only a step in error can be retried"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.tasker(&["status", "424242"]);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(stderr(&out).trim(), "tasker: error: task 424242 does not exist");
+    assert_eq!(
+        stderr(&out).trim(),
+        "tasker: error: task 424242 does not exist"
+    );
 }
 
 #[test]
@@ -433,7 +569,10 @@ fn idempotency_key_returns_the_same_task() {
 fn worker_stops_cleanly_on_sigterm() {
     let env = Env::new();
     let f = env.file("w.yaml", "name: w\nstep_templates:\n  - {name: x, handler_class: command, handler_config: {command: 'sleep 0.3; echo done'}}\n");
-    assert!(env.tasker(&["templates", "register", f.to_str().unwrap()]).status.success());
+    assert!(env
+        .tasker(&["templates", "register", f.to_str().unwrap()])
+        .status
+        .success());
     let id = stdout(&env.tasker(&["create", "w"])).trim().to_owned();
     let child = Command::new(env!("CARGO_BIN_EXE_tasker"))
         .args(["--db", &env.db(), "worker"])
@@ -443,7 +582,8 @@ fn worker_stops_cleanly_on_sigterm() {
     // Wait until the step is running, then ask the worker to stop: it finishes the step first.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let t: Value = serde_json::from_slice(&env.tasker(&["status", &id, "--json"]).stdout).unwrap();
+        let t: Value =
+            serde_json::from_slice(&env.tasker(&["status", &id, "--json"]).stdout).unwrap();
         if step(&t, "x")["status"] == "in_progress" {
             break;
         }
@@ -453,13 +593,21 @@ fn worker_stops_cleanly_on_sigterm() {
     unsafe_kill(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("1 steps completed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 steps completed"),
+        "{}",
+        stderr(&out)
+    );
     let t: Value = serde_json::from_slice(&env.tasker(&["status", &id, "--json"]).stdout).unwrap();
     assert_eq!(t["status"], "complete");
 }
 
 fn unsafe_kill(pid: u32, sig: &str) {
-    assert!(Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 // ---- http ------------------------------------------------------------------------------------
@@ -507,11 +655,19 @@ impl Server {
                         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
                     }
                 }
-                let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 let mut body = vec![0; len];
                 reader.read_exact(&mut body).unwrap();
                 let path = target.split('?').next().unwrap().to_owned();
-                log.lock().unwrap().push((method, target.clone(), headers, String::from_utf8_lossy(&body).into_owned()));
+                log.lock().unwrap().push((
+                    method,
+                    target.clone(),
+                    headers,
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
                 let reply = {
                     let script = script.lock().unwrap();
                     let mut counts = counts.lock().unwrap();
@@ -522,7 +678,10 @@ impl Server {
                     r.unwrap_or((404, vec![], "no such path".into()))
                 };
                 let (status, extra, body) = reply;
-                let mut resp = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                let mut resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
                 for (k, v) in extra {
                     resp.push_str(&format!("{k}: {v}\r\n"));
                 }
@@ -535,31 +694,75 @@ impl Server {
     }
 
     fn hits(&self, path: &str) -> usize {
-        self.seen.lock().unwrap().iter().filter(|r| r.1.split('?').next() == Some(path)).count()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.1.split('?').next() == Some(path))
+            .count()
     }
 }
 
 fn ok(body: &str) -> Reply {
-    (200, vec![("Content-Type".into(), "application/json".into())], body.into())
+    (
+        200,
+        vec![("Content-Type".into(), "application/json".into())],
+        body.into(),
+    )
 }
 
 #[test]
 fn http_steps_cover_success_retry_after_and_permanent_statuses() {
     let server = Server::start(HashMap::from([
         ("/orders/42", vec![ok(r#"{"id": 42, "total": 99.5}"#)]),
-        ("/charge", vec![(429, vec![("Retry-After".into(), "1".into())], "slow down".into()), ok(r#"{"charged": true}"#)]),
-        ("/notify", vec![(503, vec![], "maintenance".into()), (200, vec![], "sent".into())]),
+        (
+            "/charge",
+            vec![
+                (
+                    429,
+                    vec![("Retry-After".into(), "1".into())],
+                    "slow down".into(),
+                ),
+                ok(r#"{"charged": true}"#),
+            ],
+        ),
+        (
+            "/notify",
+            vec![
+                (503, vec![], "maintenance".into()),
+                (200, vec![], "sent".into()),
+            ],
+        ),
     ]));
     let env = Env::new();
     let example = repo().join("examples/cli/http_order.yaml");
     let t0 = Instant::now();
-    let (code, t) = env.run_json(&example, &["--context", &format!(r#"{{"base_url": "http://127.0.0.1:{}", "order_id": 42, "token": "s3cret"}}"#, server.port)]);
+    let (code, t) = env.run_json(
+        &example,
+        &[
+            "--context",
+            &format!(
+                r#"{{"base_url": "http://127.0.0.1:{}", "order_id": 42, "token": "s3cret"}}"#,
+                server.port
+            ),
+        ],
+    );
     assert_eq!(code, 0, "{t}");
-    assert!(t0.elapsed() >= Duration::from_millis(950), "Retry-After: 1 not honoured: {:?}", t0.elapsed());
-    assert_eq!(step(&t, "fetch_order")["results"], json!({"id": 42, "total": 99.5}));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        step(&t, "fetch_order")["results"],
+        json!({"id": 42, "total": 99.5})
+    );
     assert_eq!(step(&t, "charge")["results"], json!({"charged": true}));
     assert_eq!(step(&t, "charge")["attempts"], 2);
-    assert_eq!(step(&t, "notify")["results"], json!({"status": 200, "body": "sent"}));
+    assert_eq!(
+        step(&t, "notify")["results"],
+        json!({"status": 200, "body": "sent"})
+    );
     assert_eq!(step(&t, "notify")["attempts"], 2);
     assert_eq!(server.hits("/charge"), 2);
     let seen = server.seen.lock().unwrap();
@@ -567,15 +770,23 @@ fn http_steps_cover_success_retry_after_and_permanent_statuses() {
     assert_eq!(charge.0, "POST");
     assert_eq!(charge.2["authorization"], "Bearer s3cret");
     let body: Value = serde_json::from_str(&charge.3).unwrap();
-    assert_eq!(body, json!({"order_id": 42, "amount": 99.5, "note": "order 42"}));
+    assert_eq!(
+        body,
+        json!({"order_id": 42, "amount": 99.5, "note": "order 42"})
+    );
 }
 
 #[test]
 fn http_retry_after_as_an_http_date_is_honoured() {
-    let when = (chrono::Utc::now() + chrono::Duration::seconds(2)).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let when = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
     let server = Server::start(HashMap::from([(
         "/x",
-        vec![(429, vec![("Retry-After".into(), when)], "later".into()), ok("{\"ok\": 1}")],
+        vec![
+            (429, vec![("Retry-After".into(), when)], "later".into()),
+            ok("{\"ok\": 1}"),
+        ],
     )]));
     let env = Env::new();
     let f = env.file(
@@ -586,7 +797,11 @@ fn http_retry_after_as_an_http_date_is_honoured() {
     let (code, t) = env.run_json(&f, &[]);
     assert_eq!(code, 0);
     assert_eq!(step(&t, "x")["attempts"], 2);
-    assert!(t0.elapsed() >= Duration::from_millis(900), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -609,10 +824,20 @@ step_templates:
     let (code, t) = env.run_json(&f, &[]);
     assert_eq!(code, 1);
     let m = step(&t, "missing");
-    assert_eq!((m["attempts"].clone(), m["error"]["kind"].clone()), (json!(1), json!("permanent")));
-    assert!(m["error"]["message"].as_str().unwrap().contains("HTTP 404"), "{m}");
+    assert_eq!(
+        (m["attempts"].clone(), m["error"]["kind"].clone()),
+        (json!(1), json!("permanent"))
+    );
+    assert!(
+        m["error"]["message"].as_str().unwrap().contains("HTTP 404"),
+        "{m}"
+    );
 
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let f = env.file(
         "refused.yaml",
         &format!(
@@ -622,6 +847,15 @@ step_templates:
     let (code, t) = env.run_json(&f, &[]);
     assert_eq!(code, 1);
     let d = step(&t, "down");
-    assert_eq!((d["attempts"].clone(), d["error"]["kind"].clone()), (json!(2), json!("retryable")));
-    assert!(d["error"]["message"].as_str().unwrap().contains("request failed"), "{d}");
+    assert_eq!(
+        (d["attempts"].clone(), d["error"]["kind"].clone()),
+        (json!(2), json!("retryable"))
+    );
+    assert!(
+        d["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request failed"),
+        "{d}"
+    );
 }

@@ -22,7 +22,9 @@ fn shape(name: &str) -> Vec<(usize, usize)> {
         _ => {
             let mut x: u64 = 42;
             let mut next = || {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (x >> 33) as usize
             };
             let mut edges = Vec::new();

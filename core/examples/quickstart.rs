@@ -6,20 +6,33 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tasker_core::{Engine, EngineOptions, HandlerError, Registry, TaskRequest, Worker, WorkerOptions};
+use tasker_core::{
+    Engine, EngineOptions, HandlerError, Registry, TaskRequest, Worker, WorkerOptions,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = std::env::temp_dir().join(format!("tasker-quickstart-{}.db", std::process::id()));
-    let engine = Engine::open_with(EngineOptions::default().url(format!("sqlite://{}", db.display()))).await?;
-    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/templates/order_fulfillment.yaml");
+    let engine =
+        Engine::open_with(EngineOptions::default().url(format!("sqlite://{}", db.display())))
+            .await?;
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/templates/order_fulfillment.yaml"
+    );
     let key = engine.register_template_file(template.as_ref()).await?;
     println!("registered {key}");
 
     let mut handlers = Registry::new();
     handlers.register_fn("validate_order", |step| async move {
-        let items = step.context["items"].as_array().cloned().unwrap_or_default();
-        let total: f64 = items.iter().map(|i| i["qty"].as_f64().unwrap_or(0.0) * i["price"].as_f64().unwrap_or(0.0)).sum();
+        let items = step.context["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let total: f64 = items
+            .iter()
+            .map(|i| i["qty"].as_f64().unwrap_or(0.0) * i["price"].as_f64().unwrap_or(0.0))
+            .sum();
         Ok(json!({"order_id": step.context["order_id"], "total": total}))
     });
     handlers.register_fn("reserve_inventory", |step| async move {
@@ -48,10 +61,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("created task {task_id}");
 
     let worker = Worker::new(engine.clone(), handlers, WorkerOptions::default());
-    let task = worker.run_until_complete(task_id, Some(Duration::from_secs(30))).await?;
+    let task = worker
+        .run_until_complete(task_id, Some(Duration::from_secs(30)))
+        .await?;
     println!("task {} is {}", task.id, task.status);
     for s in &task.steps {
-        println!("  {:<18} {:<10} attempts={} results={}", s.name, s.status.as_str(), s.attempts, s.results);
+        println!(
+            "  {:<18} {:<10} attempts={} results={}",
+            s.name,
+            s.status.as_str(),
+            s.attempts,
+            s.results
+        );
     }
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));

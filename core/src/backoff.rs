@@ -39,16 +39,28 @@ impl Backoff {
     pub fn validate(&self) -> Result<(), String> {
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
         if !finite_nonneg(self.base_seconds) {
-            return Err(format!("backoff.base_seconds must be >= 0, got {}", self.base_seconds));
+            return Err(format!(
+                "backoff.base_seconds must be >= 0, got {}",
+                self.base_seconds
+            ));
         }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
-            return Err(format!("backoff.multiplier must be >= 1, got {}", self.multiplier));
+            return Err(format!(
+                "backoff.multiplier must be >= 1, got {}",
+                self.multiplier
+            ));
         }
         if !finite_nonneg(self.max_seconds) {
-            return Err(format!("backoff.max_seconds must be >= 0, got {}", self.max_seconds));
+            return Err(format!(
+                "backoff.max_seconds must be >= 0, got {}",
+                self.max_seconds
+            ));
         }
         if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
-            return Err(format!("backoff.jitter must be in [0, 1), got {}", self.jitter));
+            return Err(format!(
+                "backoff.jitter must be in [0, 1), got {}",
+                self.jitter
+            ));
         }
         Ok(())
     }
@@ -65,7 +77,10 @@ impl Backoff {
 
     /// The [min, max] range `delay_ms` can return, for tests and diagnostics.
     pub fn delay_bounds_ms(&self, failed_attempts: u32) -> (i64, i64) {
-        (self.delay_ms(failed_attempts, 0.0), self.delay_ms(failed_attempts, 1.0))
+        (
+            self.delay_ms(failed_attempts, 0.0),
+            self.delay_ms(failed_attempts, 1.0),
+        )
     }
 }
 
@@ -118,9 +133,15 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_named() {
-        let b = Backoff { multiplier: 0.5, ..Backoff::default() };
+        let b = Backoff {
+            multiplier: 0.5,
+            ..Backoff::default()
+        };
         assert!(b.validate().unwrap_err().contains("backoff.multiplier"));
-        let b = Backoff { jitter: 1.5, ..Backoff::default() };
+        let b = Backoff {
+            jitter: 1.5,
+            ..Backoff::default()
+        };
         assert!(b.validate().unwrap_err().contains("backoff.jitter"));
     }
 }

@@ -63,12 +63,20 @@ pub fn check_template(t: &TaskTemplate) -> Result<(), TemplateError> {
                 let c = HttpConfig::parse(&s.handler_config).map_err(err)?;
                 // Placeholders are filled at run time; the rest must already form a URL.
                 let probe = replace_placeholders_at(&c.url, |_, at_start| {
-                    Ok(if at_start { "http://placeholder".into() } else { "x".into() })
+                    Ok(if at_start {
+                        "http://placeholder".into()
+                    } else {
+                        "x".into()
+                    })
                 })
                 .map_err(|m| err(format!("handler_config.url: {m}")))?;
                 check_url(&probe).map_err(|m| err(format!("handler_config.url: {m}")))?;
-                reqwest::Method::from_bytes(c.method.as_bytes())
-                    .map_err(|_| err(format!("handler_config.method: {:?} is not an HTTP method", c.method)))?;
+                reqwest::Method::from_bytes(c.method.as_bytes()).map_err(|_| {
+                    err(format!(
+                        "handler_config.method: {:?} is not an HTTP method",
+                        c.method
+                    ))
+                })?;
             }
             _ => {}
         }
@@ -113,8 +121,12 @@ impl CommandConfig {
     fn parse(v: &Value) -> Result<CommandConfig, String> {
         let c: CommandConfig = serde_json::from_value(v.clone()).map_err(config_error)?;
         match &c.command {
-            CommandSpec::Argv(a) if a.is_empty() => Err("handler_config.command: the argument list is empty".into()),
-            CommandSpec::Shell(s) if s.trim().is_empty() => Err("handler_config.command: the command is empty".into()),
+            CommandSpec::Argv(a) if a.is_empty() => {
+                Err("handler_config.command: the argument list is empty".into())
+            }
+            CommandSpec::Shell(s) if s.trim().is_empty() => {
+                Err("handler_config.command: the command is empty".into())
+            }
             _ => Ok(c),
         }
     }
@@ -199,10 +211,9 @@ impl StepHandler for CommandHandler {
             let _ = stdin.write_all(&bytes).await;
             let _ = stdin.shutdown().await;
         });
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| HandlerError::retryable(format!("command {program:?} failed to run: {e}")))?;
+        let out = child.wait_with_output().await.map_err(|e| {
+            HandlerError::retryable(format!("command {program:?} failed to run: {e}"))
+        })?;
         killer.0 = None;
         let _ = writer.await;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -229,10 +240,18 @@ impl StepHandler for CommandHandler {
         let detail = reported
             .as_ref()
             .and_then(|m| m.get("error"))
-            .map(|e| e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string()))
+            .map(|e| {
+                e.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| e.to_string())
+            })
             .unwrap_or_else(|| {
                 let t = tail(&stderr);
-                if t.is_empty() { "(no output on stderr)".to_owned() } else { t }
+                if t.is_empty() {
+                    "(no output on stderr)".to_owned()
+                } else {
+                    t
+                }
             });
         let message = format!("{how}: {detail}");
         if code.is_some_and(|c| cfg.permanent_exit_codes.contains(&c)) {
@@ -244,7 +263,10 @@ impl StepHandler for CommandHandler {
             .and_then(Value::as_f64)
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        Err(HandlerError::Retryable { message, retry_after })
+        Err(HandlerError::Retryable {
+            message,
+            retry_after,
+        })
     }
 }
 
@@ -273,7 +295,9 @@ impl HttpConfig {
         let c: HttpConfig = serde_json::from_value(v.clone()).map_err(config_error)?;
         if let Some(t) = c.timeout_seconds {
             if !(t.is_finite() && t > 0.0) {
-                return Err(format!("handler_config.timeout_seconds must be > 0, got {t}"));
+                return Err(format!(
+                    "handler_config.timeout_seconds must be > 0, got {t}"
+                ));
             }
         }
         Ok(c)
@@ -299,7 +323,10 @@ impl Default for HttpHandler {
 }
 
 /// Replaces every `{{path}}` in `s` with `f(path)`.
-fn replace_placeholders(s: &str, mut f: impl FnMut(&str) -> Result<String, String>) -> Result<String, String> {
+fn replace_placeholders(
+    s: &str,
+    mut f: impl FnMut(&str) -> Result<String, String>,
+) -> Result<String, String> {
     replace_placeholders_at(s, |p, _| f(p))
 }
 
@@ -314,7 +341,9 @@ fn replace_placeholders_at(
         out.push_str(&rest[..i]);
         let at_start = out.is_empty();
         let after = &rest[i + 2..];
-        let j = after.find("}}").ok_or_else(|| format!("unclosed {{{{ in {s:?}"))?;
+        let j = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed {{{{ in {s:?}"))?;
         out.push_str(&f(after[..j].trim(), at_start)?);
         rest = &after[j + 2..];
     }
@@ -336,7 +365,9 @@ fn lookup<'v>(scope: &'v Value, path: &str) -> Result<&'v Value, String> {
     let mut parts = path.split('.');
     let root = parts.next().unwrap_or_default();
     if root != "context" && root != "results" {
-        return Err(format!("{{{{{path}}}}}: placeholders start with context. or results."));
+        return Err(format!(
+            "{{{{{path}}}}}: placeholders start with context. or results."
+        ));
     }
     let mut cur = &scope[root];
     for p in parts {
@@ -381,7 +412,11 @@ fn fill_body(v: &Value, scope: &Value) -> Result<Value, String> {
                 Value::String(replace_placeholders(s, |p| lookup(scope, p).map(as_text))?)
             }
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| fill_body(x, scope)).collect::<Result<_, _>>()?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| fill_body(x, scope))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, x)| Ok((k.clone(), fill_body(x, scope)?)))
@@ -398,7 +433,8 @@ pub fn parse_retry_after(v: &str) -> Option<f64> {
         return (s.is_finite() && s >= 0.0).then_some(s);
     }
     let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let secs = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
+    let secs =
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
     Some(secs.max(0.0))
 }
 
@@ -407,15 +443,24 @@ impl StepHandler for HttpHandler {
     async fn call(&self, step: &StepContext) -> Result<Value, HandlerError> {
         let cfg = HttpConfig::parse(&step.config).map_err(HandlerError::permanent)?;
         let scope = json!({"context": *step.context, "results": step.results});
-        let url = fill_url(&cfg.url, &scope).map_err(|m| HandlerError::permanent(format!("handler_config.url: {m}")))?;
-        let url = check_url(&url).map_err(|m| HandlerError::permanent(format!("handler_config.url: {m}")))?;
+        let url = fill_url(&cfg.url, &scope)
+            .map_err(|m| HandlerError::permanent(format!("handler_config.url: {m}")))?;
+        let url = check_url(&url)
+            .map_err(|m| HandlerError::permanent(format!("handler_config.url: {m}")))?;
         let method = reqwest::Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| HandlerError::permanent(format!("handler_config.method: {:?} is not an HTTP method", cfg.method)))?;
+            .map_err(|_| {
+                HandlerError::permanent(format!(
+                    "handler_config.method: {:?} is not an HTTP method",
+                    cfg.method
+                ))
+            })?;
         let mut req = self.client.request(method.clone(), url.clone());
         let mut has_content_type = false;
         for (name, value) in &cfg.headers {
-            let value = replace_placeholders(value, |p| lookup(&scope, p).map(as_text))
-                .map_err(|m| HandlerError::permanent(format!("handler_config.headers.{name}: {m}")))?;
+            let value =
+                replace_placeholders(value, |p| lookup(&scope, p).map(as_text)).map_err(|m| {
+                    HandlerError::permanent(format!("handler_config.headers.{name}: {m}"))
+                })?;
             if value.contains(['\r', '\n']) {
                 return Err(HandlerError::permanent(format!(
                     "handler_config.headers.{name}: the value contains a line break"
@@ -435,7 +480,8 @@ impl StepHandler for HttpHandler {
                 req = req.body(text);
             }
             Some(b) => {
-                let body = fill_body(b, &scope).map_err(|m| HandlerError::permanent(format!("handler_config.body: {m}")))?;
+                let body = fill_body(b, &scope)
+                    .map_err(|m| HandlerError::permanent(format!("handler_config.body: {m}")))?;
                 if !has_content_type {
                     req = req.header("content-type", "application/json");
                 }
@@ -446,20 +492,21 @@ impl StepHandler for HttpHandler {
             req = req.timeout(Duration::from_secs_f64(t));
         }
         let what = format!("{method} {}", redact(&url));
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| HandlerError::retryable(format!("{what}: request failed: {}", error_chain(&e))))?;
+        let resp = req.send().await.map_err(|e| {
+            HandlerError::retryable(format!("{what}: request failed: {}", error_chain(&e)))
+        })?;
         let status = resp.status();
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| HandlerError::retryable(format!("{what}: reading the response failed: {}", error_chain(&e))))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            HandlerError::retryable(format!(
+                "{what}: reading the response failed: {}",
+                error_chain(&e)
+            ))
+        })?;
         let text = String::from_utf8_lossy(&bytes);
         if status.is_success() {
             return Ok(serde_json::from_slice(&bytes)
@@ -512,23 +559,35 @@ mod tests {
         let scope = json!({"context": {"q": "a b/c?d"}, "results": {"s": {"id": 7}}});
         let url = fill_url("http://h/x/{{context.q}}?id={{ results.s.id }}", &scope).unwrap();
         assert_eq!(url, "http://h/x/a%20b%2Fc%3Fd?id=7");
-        let scope = json!({"context": {"base": "http://127.0.0.1:9/api", "q": "a/b"}, "results": {}});
-        assert_eq!(fill_url("{{context.base}}/x/{{context.q}}", &scope).unwrap(), "http://127.0.0.1:9/api/x/a%2Fb");
-        let err = replace_placeholders("{{context.nope}}", |p| lookup(&scope, p).map(as_text)).unwrap_err();
+        let scope =
+            json!({"context": {"base": "http://127.0.0.1:9/api", "q": "a/b"}, "results": {}});
+        assert_eq!(
+            fill_url("{{context.base}}/x/{{context.q}}", &scope).unwrap(),
+            "http://127.0.0.1:9/api/x/a%2Fb"
+        );
+        let err = replace_placeholders("{{context.nope}}", |p| lookup(&scope, p).map(as_text))
+            .unwrap_err();
         assert!(err.contains("context.nope is not set"), "{err}");
     }
 
     #[test]
     fn a_whole_string_placeholder_in_a_body_keeps_its_json_type() {
         let scope = json!({"context": {"n": 5, "name": "x\"y"}, "results": {}});
-        let body = fill_body(&json!({"n": "{{context.n}}", "msg": "hi {{context.name}}"}), &scope).unwrap();
+        let body = fill_body(
+            &json!({"n": "{{context.n}}", "msg": "hi {{context.name}}"}),
+            &scope,
+        )
+        .unwrap();
         assert_eq!(body, json!({"n": 5, "msg": "hi x\"y"}));
     }
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
         assert_eq!(parse_retry_after("120"), Some(120.0));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0.0));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(0.0)
+        );
         let future = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
         let s = parse_retry_after(&future).unwrap();
         assert!((28.0..=30.0).contains(&s), "{s}");

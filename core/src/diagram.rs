@@ -19,7 +19,9 @@ fn style(state: StepState) -> &'static str {
 
 /// Text safe inside a quoted Mermaid label.
 fn label(s: &str) -> String {
-    s.replace('"', "#quot;").replace('<', "#lt;").replace('>', "#gt;")
+    s.replace('"', "#quot;")
+        .replace('<', "#lt;")
+        .replace('>', "#gt;")
 }
 
 /// A `flowchart TD` of the template's steps (edges run from a step to the steps that depend
@@ -34,8 +36,17 @@ pub fn mermaid(template: &TaskTemplate, task: Option<&TaskSnapshot>) -> String {
     for (i, s) in template.steps.iter().enumerate() {
         let mut text = label(&s.name);
         if let Some(step) = task.and_then(|t| t.step(&s.name)) {
-            let _ = write!(text, "<br/>{} · attempts {}/{}", step.status, step.attempts, step.max_attempts);
-            if let Some(msg) = step.error.as_ref().and_then(|e| e.get("message")).and_then(|m| m.as_str()) {
+            let _ = write!(
+                text,
+                "<br/>{} · attempts {}/{}",
+                step.status, step.attempts, step.max_attempts
+            );
+            if let Some(msg) = step
+                .error
+                .as_ref()
+                .and_then(|e| e.get("message"))
+                .and_then(|m| m.as_str())
+            {
                 if step.status == StepState::Error {
                     let short: String = msg.chars().take(60).collect();
                     let _ = write!(text, "<br/>{}", label(&short));

@@ -383,7 +383,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("store", &self.inner.store).finish()
+        f.debug_struct("Engine")
+            .field("store", &self.inner.store)
+            .finish()
     }
 }
 
@@ -403,7 +405,11 @@ impl Engine {
         let url = opts
             .url
             .clone()
-            .or_else(|| std::env::var("TASKER_DATABASE_URL").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("TASKER_DATABASE_URL")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or_else(|| DEFAULT_URL.to_owned());
         let work = Arc::new(Notify::new());
         let tasks_changed = Arc::new(Notify::new());
@@ -413,7 +419,10 @@ impl Engine {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pg = PgStore::open(
                 &url,
-                &PgOptions { schema: opts.schema.clone(), max_connections: opts.max_connections },
+                &PgOptions {
+                    schema: opts.schema.clone(),
+                    max_connections: opts.max_connections,
+                },
             )
             .await?;
             if opts.listen {
@@ -658,9 +667,15 @@ impl Engine {
     pub async fn create_tasks(&self, reqs: Vec<TaskRequest>) -> Result<Vec<i64>> {
         let mut prepared = Vec::with_capacity(reqs.len());
         for (i, req) in reqs.into_iter().enumerate() {
-            let where_ = if i == 0 { String::new() } else { format!(" (request {i})") };
+            let where_ = if i == 0 {
+                String::new()
+            } else {
+                format!(" (request {i})")
+            };
             prepared.push(self.prepare(req).await.map_err(|e| match e {
-                Error::Validation(m) if !where_.is_empty() => Error::Validation(format!("{m}{where_}")),
+                Error::Validation(m) if !where_.is_empty() => {
+                    Error::Validation(format!("{m}{where_}"))
+                }
                 other => other,
             })?);
         }
@@ -676,7 +691,9 @@ impl Engine {
 
     async fn prepare(&self, req: TaskRequest) -> Result<Prepared> {
         if req.name.trim().is_empty() {
-            return Err(Error::Validation("task request: name must not be empty".into()));
+            return Err(Error::Validation(
+                "task request: name must not be empty".into(),
+            ));
         }
         let (template_id, template) = self
             .resolve_template(req.namespace.as_deref(), &req.name, req.version.as_deref())
@@ -767,7 +784,12 @@ impl Engine {
                         status: s.state,
                         attempts: s.attempts,
                         max_attempts: s.retry_limit,
-                        results: s.results.as_deref().map(parse_json).transpose()?.unwrap_or(Value::Null),
+                        results: s
+                            .results
+                            .as_deref()
+                            .map(parse_json)
+                            .transpose()?
+                            .unwrap_or(Value::Null),
                         error: s.error.as_deref().map(parse_json).transpose()?,
                         depends_on: st.map(|t| t.depends_on.clone()).unwrap_or_default(),
                         next_attempt_at: match s.state {
@@ -803,7 +825,9 @@ impl Engine {
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
         if let Some(l) = filter.limit {
             if l < 0 {
-                return Err(Error::Validation(format!("list tasks: limit must be >= 0, got {l}")));
+                return Err(Error::Validation(format!(
+                    "list tasks: limit must be >= 0, got {l}"
+                )));
             }
         }
         Ok(self
@@ -855,7 +879,11 @@ impl Engine {
 
     /// Waits until the task is `complete`, `error`, `cancelled` or `resolved_manually` and
     /// returns its snapshot. `timeout` is real time.
-    pub async fn wait_for_task(&self, task_id: i64, timeout: Option<Duration>) -> Result<TaskSnapshot> {
+    pub async fn wait_for_task(
+        &self,
+        task_id: i64,
+        timeout: Option<Duration>,
+    ) -> Result<TaskSnapshot> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let notified = self.inner.tasks_changed.notified();
@@ -887,7 +915,11 @@ impl Engine {
     /// Records outcomes and claims the next jobs in one transaction. Also returns expired leases
     /// to the claimable pool (at most every 500 ms of engine time).
     pub async fn report(&self, reports: &[Report], claim: Option<&Claim>) -> Result<Cycle> {
-        let span = debug_span!("tasker.report", reports = reports.len(), claim = claim.map(|c| c.max));
+        let span = debug_span!(
+            "tasker.report",
+            reports = reports.len(),
+            claim = claim.map(|c| c.max)
+        );
         async move {
             let now = self.now();
             // A claim alone need not reach the disk before the handler runs: lost in a crash,
@@ -905,7 +937,10 @@ impl Engine {
             };
             cx.finish().await?;
             if !stale.is_empty() {
-                debug!(count = stale.len(), "reports for attempts that were taken over were ignored");
+                debug!(
+                    count = stale.len(),
+                    "reports for attempts that were taken over were ignored"
+                );
             }
             Ok(Cycle { jobs, stale })
         }
@@ -925,7 +960,10 @@ impl Engine {
             if !cycle.jobs.is_empty() || left.is_zero() {
                 return Ok(cycle.jobs);
             }
-            let nap = self.time_to_next_work(claim.handlers.as_deref()).await?.min(left);
+            let nap = self
+                .time_to_next_work(claim.handlers.as_deref())
+                .await?
+                .min(left);
             let _ = tokio::time::timeout(nap, notified).await;
         }
     }
@@ -951,7 +989,13 @@ impl Engine {
     /// Records one successful attempt.
     pub async fn complete(&self, key: JobKey, results: Value) -> Result<bool> {
         let c = self
-            .report(&[Report { key, outcome: Outcome::Complete(results) }], None)
+            .report(
+                &[Report {
+                    key,
+                    outcome: Outcome::Complete(results),
+                }],
+                None,
+            )
             .await?;
         Ok(c.stale.is_empty())
     }
@@ -959,7 +1003,13 @@ impl Engine {
     /// Records one failed attempt.
     pub async fn fail(&self, key: JobKey, failure: StepFailure) -> Result<bool> {
         let c = self
-            .report(&[Report { key, outcome: Outcome::Failed(failure) }], None)
+            .report(
+                &[Report {
+                    key,
+                    outcome: Outcome::Failed(failure),
+                }],
+                None,
+            )
             .await?;
         Ok(c.stale.is_empty())
     }
@@ -987,10 +1037,17 @@ impl Engine {
         let mut cx = TxCx::begin(self, self.now()).await?;
         let task = cx.task(task_id).await?;
         if task.state.is_finished() {
-            return Err(Error::Conflict(format!("cannot cancel task {task_id}: it is already {}", task.state)));
+            return Err(Error::Conflict(format!(
+                "cannot cancel task {task_id}: it is already {}",
+                task.state
+            )));
         }
         if TaskState::event(Some(task.state), TaskState::Cancelled).is_none() {
-            return Err(Error::IllegalTaskTransition { task_id, from: task.state, to: TaskState::Cancelled });
+            return Err(Error::IllegalTaskTransition {
+                task_id,
+                from: task.state,
+                to: TaskState::Cancelled,
+            });
         }
         let template = cx.template(task.named_task_id).await?;
         let steps = cx.tx.task_steps(task_id).await?;
@@ -1020,7 +1077,11 @@ impl Engine {
             }
         }
         cx.apply_step_updates(task_id, updates).await?;
-        cx.set_task_states(task_id, &[TaskState::Cancelled], json!({"reason": "cancelled_by_operator"}))?;
+        cx.set_task_states(
+            task_id,
+            &[TaskState::Cancelled],
+            json!({"reason": "cancelled_by_operator"}),
+        )?;
         cx.finish().await
     }
 
@@ -1054,7 +1115,12 @@ impl Engine {
         };
         cx.apply_step_updates(
             task_id,
-            vec![(update, s.name.clone(), 0, json!({"reason": "retried_by_operator", "previous_attempts": s.attempts}))],
+            vec![(
+                update,
+                s.name.clone(),
+                0,
+                json!({"reason": "retried_by_operator", "previous_attempts": s.attempts}),
+            )],
         )
         .await?;
         cx.work = true;
@@ -1063,7 +1129,12 @@ impl Engine {
     }
 
     /// Marks a pending or failed step `resolved_manually` with `results`; its children may run.
-    pub async fn resolve_step_manually(&self, task_id: i64, step_name: &str, results: Value) -> Result<()> {
+    pub async fn resolve_step_manually(
+        &self,
+        task_id: i64,
+        step_name: &str,
+        results: Value,
+    ) -> Result<()> {
         let mut cx = TxCx::begin(self, self.now()).await?;
         let task = cx.task(task_id).await?;
         cx.require_active(&task, "resolve a step of")?;
@@ -1090,8 +1161,16 @@ impl Engine {
             processed_at: Some(cx.now),
             transitions: 1,
         };
-        cx.apply_step_updates(task_id, vec![(update, s.name.clone(), s.attempts, json!({"reason": "resolved_by_operator"}))])
-            .await?;
+        cx.apply_step_updates(
+            task_id,
+            vec![(
+                update,
+                s.name.clone(),
+                s.attempts,
+                json!({"reason": "resolved_by_operator"}),
+            )],
+        )
+        .await?;
         let template = cx.template(task.named_task_id).await?;
         let decs: Vec<(i64, i32, i64)> = template.steps[s.position as usize]
             .children
@@ -1195,7 +1274,11 @@ impl<'e> TxCx<'e> {
     }
 
     async fn load_tasks(&mut self, ids: &[i64]) -> Result<()> {
-        let missing: Vec<i64> = ids.iter().copied().filter(|id| !self.tasks.contains_key(id)).collect();
+        let missing: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.tasks.contains_key(id))
+            .collect();
         if !missing.is_empty() {
             for row in self.tx.lock_tasks(&missing).await? {
                 self.blocked_before.insert(row.task_id, row.steps_blocked);
@@ -1206,7 +1289,10 @@ impl<'e> TxCx<'e> {
     }
 
     fn require_active(&self, task: &TaskRow, what: &str) -> Result<()> {
-        if matches!(task.state, TaskState::Pending | TaskState::InProgress | TaskState::Error) {
+        if matches!(
+            task.state,
+            TaskState::Pending | TaskState::InProgress | TaskState::Error
+        ) {
             Ok(())
         } else {
             Err(Error::Conflict(format!(
@@ -1232,7 +1318,10 @@ impl<'e> TxCx<'e> {
         let row = self.tasks.get_mut(&task_id).expect("task loaded");
         row.steps_done += d_done;
         row.steps_blocked += d_blocked;
-        let u = self.pending.entry(task_id).or_insert_with(|| TaskUpdate { task_id, ..Default::default() });
+        let u = self.pending.entry(task_id).or_insert_with(|| TaskUpdate {
+            task_id,
+            ..Default::default()
+        });
         u.d_done += d_done;
         u.d_blocked += d_blocked;
     }
@@ -1272,19 +1361,26 @@ impl<'e> TxCx<'e> {
         updates: Vec<(StepUpdate, String, i64, Value)>,
     ) -> Result<HashSet<i64>> {
         let rows: Vec<StepUpdate> = updates.iter().map(|u| u.0.clone()).collect();
-        let applied: HashMap<i64, i64> = self.tx.update_steps(&rows, self.now).await?.into_iter().collect();
+        let applied: HashMap<i64, i64> = self
+            .tx
+            .update_steps(&rows, self.now)
+            .await?
+            .into_iter()
+            .collect();
         for (u, name, attempt, meta) in updates {
             let Some(&version) = applied.get(&u.step_id) else {
                 return Err(Error::Conflict(format!(
                     "step {name:?} of task {task_id} changed while the operation ran; try again"
                 )));
             };
-            let event = StepState::event(Some(u.expect_state), u.state).ok_or(Error::IllegalStepTransition {
-                task_id,
-                step: name.clone(),
-                from: u.expect_state,
-                to: u.state,
-            })?;
+            let event = StepState::event(Some(u.expect_state), u.state).ok_or(
+                Error::IllegalStepTransition {
+                    task_id,
+                    step: name.clone(),
+                    from: u.expect_state,
+                    to: u.state,
+                },
+            )?;
             self.push_change(
                 task_id,
                 Some((u.step_id, &name, attempt as u32)),
@@ -1302,10 +1398,17 @@ impl<'e> TxCx<'e> {
     fn set_task_states(&mut self, task_id: i64, path: &[TaskState], metadata: Value) -> Result<()> {
         let row = self.tasks.get_mut(&task_id).expect("task loaded");
         let mut from = row.state;
-        let u = self.pending.entry(task_id).or_insert_with(|| TaskUpdate { task_id, ..Default::default() });
+        let u = self.pending.entry(task_id).or_insert_with(|| TaskUpdate {
+            task_id,
+            ..Default::default()
+        });
         let mut changes = Vec::new();
         for &to in path {
-            let event = TaskState::event(Some(from), to).ok_or(Error::IllegalTaskTransition { task_id, from, to })?;
+            let event = TaskState::event(Some(from), to).ok_or(Error::IllegalTaskTransition {
+                task_id,
+                from,
+                to,
+            })?;
             row.version += 1;
             u.transitions += 1;
             u.state = Some(to);
@@ -1317,7 +1420,15 @@ impl<'e> TxCx<'e> {
         }
         row.state = from;
         for (f, t, e, v) in changes {
-            self.push_change(task_id, None, Some(f.as_str()), t.as_str(), e, v, metadata.clone());
+            self.push_change(
+                task_id,
+                None,
+                Some(f.as_str()),
+                t.as_str(),
+                e,
+                v,
+                metadata.clone(),
+            );
         }
         self.tasks_changed = true;
         Ok(())
@@ -1336,15 +1447,24 @@ impl<'e> TxCx<'e> {
             && self.tx.count_running(task_id).await? == 0;
         let (path, meta): (&[TaskState], Value) = match row.state {
             Pending | InProgress if all_done => (
-                if row.state == Pending { &[InProgress, Complete] } else { &[Complete] },
+                if row.state == Pending {
+                    &[InProgress, Complete]
+                } else {
+                    &[Complete]
+                },
                 json!({"steps_total": row.steps_total}),
             ),
             Pending | InProgress if blocked_and_idle => (
                 &[Error],
                 json!({"error_message": "steps_in_error_state", "failed_steps_count": row.steps_blocked}),
             ),
-            Error if all_done => (&[Pending, InProgress, Complete], json!({"steps_total": row.steps_total})),
-            Error if row.steps_blocked <= 0 => (&[Pending], json!({"reason": "unblocked_by_operator"})),
+            Error if all_done => (
+                &[Pending, InProgress, Complete],
+                json!({"steps_total": row.steps_total}),
+            ),
+            Error if row.steps_blocked <= 0 => {
+                (&[Pending], json!({"reason": "unblocked_by_operator"}))
+            }
             _ => return Ok(()),
         };
         if path.contains(&Pending) {
@@ -1372,7 +1492,8 @@ impl<'e> TxCx<'e> {
             let before = self.blocked_before.get(id).copied().unwrap_or(0);
             if row.steps_blocked > 0 {
                 park.push(*id);
-            } else if before > 0 && matches!(row.state, TaskState::Pending | TaskState::InProgress) {
+            } else if before > 0 && matches!(row.state, TaskState::Pending | TaskState::InProgress)
+            {
                 unpark.push(*id);
             }
         }
@@ -1396,7 +1517,14 @@ impl<'e> TxCx<'e> {
             let rows: Vec<TransitionRow> = self.changes.iter().map(|c| c.row.clone()).collect();
             self.tx.insert_transitions(&rows).await?;
         }
-        let TxCx { engine, tx, changes, work, tasks_changed, .. } = self;
+        let TxCx {
+            engine,
+            tx,
+            changes,
+            work,
+            tasks_changed,
+            ..
+        } = self;
         tx.commit(work, tasks_changed).await?;
         let inner = &engine.inner;
         if inner.events.receiver_count() > 0 {
@@ -1460,7 +1588,11 @@ impl<'e> TxCx<'e> {
                     position: i as i32,
                     name: &s.name,
                     handler: &s.handler,
-                    state: if p.bypass[i] { StepState::ResolvedManually } else { StepState::Pending },
+                    state: if p.bypass[i] {
+                        StepState::ResolvedManually
+                    } else {
+                        StepState::Pending
+                    },
                     retry_limit: s.max_attempts as i64,
                     remaining_parents: remaining,
                     ready_at: (!p.bypass[i] && remaining == 0).then_some(now),
@@ -1471,10 +1603,26 @@ impl<'e> TxCx<'e> {
             .collect();
         let mut ids = self.tx.insert_steps(task_id, &steps, now).await?;
         ids.sort_unstable();
-        self.push_change(task_id, None, None, "pending", "task.initialize_requested", 1, json!({}));
+        self.push_change(
+            task_id,
+            None,
+            None,
+            "pending",
+            "task.initialize_requested",
+            1,
+            json!({}),
+        );
         for (pos, step_id) in ids {
             let s = &t.steps[pos as usize];
-            self.push_change(task_id, Some((step_id, &s.name, 0)), None, "pending", "step.initialize_requested", 1, json!({}));
+            self.push_change(
+                task_id,
+                Some((step_id, &s.name, 0)),
+                None,
+                "pending",
+                "step.initialize_requested",
+                1,
+                json!({}),
+            );
             if p.bypass[pos as usize] {
                 self.push_change(
                     task_id,
@@ -1600,10 +1748,21 @@ impl<'e> TxCx<'e> {
                     meta
                 }
             };
-            plans.push(Plan { key: r.key, template, update, meta, blocked });
+            plans.push(Plan {
+                key: r.key,
+                template,
+                update,
+                meta,
+                blocked,
+            });
         }
         let updates: Vec<StepUpdate> = plans.iter().map(|p| p.update.clone()).collect();
-        let applied: HashMap<i64, i64> = self.tx.update_steps(&updates, self.now).await?.into_iter().collect();
+        let applied: HashMap<i64, i64> = self
+            .tx
+            .update_steps(&updates, self.now)
+            .await?
+            .into_iter()
+            .collect();
         let mut decs: HashMap<(i64, i32), i64> = HashMap::new();
         let mut touched = Vec::new();
         for p in plans {
@@ -1614,7 +1773,8 @@ impl<'e> TxCx<'e> {
             let task_id = p.key.task_id;
             let st = &p.template.steps[p.key.position as usize];
             let to = p.update.state;
-            let event = StepState::event(Some(StepState::InProgress), to).expect("in_progress -> outcome is legal");
+            let event = StepState::event(Some(StepState::InProgress), to)
+                .expect("in_progress -> outcome is legal");
             self.push_change(
                 task_id,
                 Some((p.key.step_id, &st.name, p.key.attempt)),
@@ -1638,7 +1798,8 @@ impl<'e> TxCx<'e> {
             touched.push(task_id);
         }
         if !decs.is_empty() {
-            let decs: Vec<(i64, i32, i64)> = decs.into_iter().map(|((t, p), c)| (t, p, c)).collect();
+            let decs: Vec<(i64, i32, i64)> =
+                decs.into_iter().map(|((t, p), c)| (t, p, c)).collect();
             if self.tx.decrement_parents(&decs, self.now).await? > 0 {
                 self.work = true;
             }
@@ -1658,7 +1819,10 @@ impl<'e> TxCx<'e> {
         if expired.is_empty() {
             return Ok(Vec::new());
         }
-        tracing::info!(count = expired.len(), "re-queueing steps whose lease expired");
+        tracing::info!(
+            count = expired.len(),
+            "re-queueing steps whose lease expired"
+        );
         let reports: Vec<Report> = expired
             .into_iter()
             .map(|(step_id, task_id, position, attempts)| Report {
@@ -1726,7 +1890,11 @@ impl<'e> TxCx<'e> {
         let mut parent_results: HashMap<(i64, i32), (String, Value)> = HashMap::new();
         if !keys.is_empty() {
             for (t, p, name, res) in self.tx.results(&keys).await? {
-                let v = res.as_deref().map(parse_json).transpose()?.unwrap_or(Value::Null);
+                let v = res
+                    .as_deref()
+                    .map(parse_json)
+                    .transpose()?
+                    .unwrap_or(Value::Null);
                 parent_results.insert((t, p), (name, v));
             }
         }
@@ -1737,7 +1905,15 @@ impl<'e> TxCx<'e> {
             let attempt = s.attempts as u32;
             let step = Some((s.step_id, st.name.as_str(), attempt));
             if attempt > 1 {
-                self.push_change(s.task_id, step, Some("error"), "pending", "step.retry_requested", s.version - 1, json!({"attempt": attempt}));
+                self.push_change(
+                    s.task_id,
+                    step,
+                    Some("error"),
+                    "pending",
+                    "step.retry_requested",
+                    s.version - 1,
+                    json!({"attempt": attempt}),
+                );
             }
             self.push_change(
                 s.task_id,
@@ -1749,7 +1925,11 @@ impl<'e> TxCx<'e> {
                 json!({"attempt": attempt, "worker": c.worker_id}),
             );
             // A task this transaction holds is known exactly; any other is as the claim read it.
-            let state = self.tasks.get(&s.task_id).map(|t| t.state).unwrap_or(s.task_state);
+            let state = self
+                .tasks
+                .get(&s.task_id)
+                .map(|t| t.state)
+                .unwrap_or(s.task_state);
             if state == TaskState::Pending {
                 starting.push(s.task_id);
             }
@@ -1760,7 +1940,12 @@ impl<'e> TxCx<'e> {
                 }
             }
             jobs.push(Job {
-                key: JobKey { task_id: s.task_id, step_id: s.step_id, attempt, position: s.position as u32 },
+                key: JobKey {
+                    task_id: s.task_id,
+                    step_id: s.step_id,
+                    attempt,
+                    position: s.position as u32,
+                },
                 step_name: st.name.clone(),
                 handler: st.handler.clone(),
                 max_attempts: st.max_attempts,
@@ -1773,14 +1958,28 @@ impl<'e> TxCx<'e> {
         }
         starting.sort_unstable();
         starting.dedup();
-        let (held, other): (Vec<i64>, Vec<i64>) = starting.into_iter().partition(|t| self.tasks.contains_key(t));
+        let (held, other): (Vec<i64>, Vec<i64>) = starting
+            .into_iter()
+            .partition(|t| self.tasks.contains_key(t));
         for t in held {
-            self.set_task_states(t, &[TaskState::InProgress], json!({"reason": "step_claimed"}))?;
+            self.set_task_states(
+                t,
+                &[TaskState::InProgress],
+                json!({"reason": "step_claimed"}),
+            )?;
         }
         if !other.is_empty() {
             for (task_id, version) in self.tx.start_tasks(&other, self.now).await? {
                 let meta = json!({"reason": "step_claimed"});
-                self.push_change(task_id, None, Some("pending"), "in_progress", "task.start_requested", version, meta);
+                self.push_change(
+                    task_id,
+                    None,
+                    Some("pending"),
+                    "in_progress",
+                    "task.start_requested",
+                    version,
+                    meta,
+                );
                 self.tasks_changed = true;
             }
         }

@@ -43,7 +43,9 @@ pub enum TemplateError {
         /// The steps on the cycle in order, the first repeated at the end.
         cycle: Vec<String>,
     },
-    #[error("template {template}: step {step:?}: default_retry_limit must be at least 1, got {limit}")]
+    #[error(
+        "template {template}: step {step:?}: default_retry_limit must be at least 1, got {limit}"
+    )]
     RetryLimit {
         template: String,
         step: String,
@@ -122,7 +124,9 @@ impl Error {
                 "illegal_transition"
             }
             Error::Conflict(_) => "conflict",
-            Error::Database(_) | Error::Sqlite(_) | Error::Migration(_) | Error::Corrupt(_) => "database",
+            Error::Database(_) | Error::Sqlite(_) | Error::Migration(_) | Error::Corrupt(_) => {
+                "database"
+            }
             Error::UnsupportedUrl(_) => "validation",
             Error::Timeout(_) => "timeout",
             Error::Shutdown => "shutdown",

@@ -21,9 +21,9 @@
 pub mod backoff;
 pub mod builtin;
 pub mod clock;
+pub mod diagram;
 pub mod engine;
 pub mod error;
-pub mod diagram;
 pub mod events;
 pub mod readiness;
 pub mod state;
@@ -41,4 +41,7 @@ pub use events::Event;
 pub use state::{StepState, TaskState};
 pub use store::sqlite::Durability;
 pub use template::TaskTemplate;
-pub use worker::{HandlerError, Registry, RunStats, ShutdownHandle, StepContext, StepHandler, Worker, WorkerOptions};
+pub use worker::{
+    HandlerError, Registry, RunStats, ShutdownHandle, StepContext, StepHandler, Worker,
+    WorkerOptions,
+};

@@ -29,7 +29,10 @@ impl Readiness {
     }
 
     /// Full computation from `n` nodes and (parent, child) edges.
-    pub fn from_edges(n: usize, edges: impl IntoIterator<Item = (usize, usize)>) -> (Readiness, Vec<usize>) {
+    pub fn from_edges(
+        n: usize,
+        edges: impl IntoIterator<Item = (usize, usize)>,
+    ) -> (Readiness, Vec<usize>) {
         let mut remaining = vec![0u32; n];
         let mut children = vec![Vec::new(); n];
         for (p, c) in edges {
@@ -38,7 +41,12 @@ impl Readiness {
         }
         let ready = (0..n).filter(|&i| remaining[i] == 0).collect();
         (
-            Readiness { remaining, children, done: vec![false; n], completed: 0 },
+            Readiness {
+                remaining,
+                children,
+                done: vec![false; n],
+                completed: 0,
+            },
             ready,
         )
     }

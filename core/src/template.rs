@@ -186,12 +186,11 @@ impl TaskTemplate {
                 message: "must not be empty".into(),
             });
         }
-        let version =
-            semver::Version::parse(&def.version).map_err(|e| TemplateError::Version {
-                template: def.name.clone(),
-                version: def.version.clone(),
-                message: e.to_string(),
-            })?;
+        let version = semver::Version::parse(&def.version).map_err(|e| TemplateError::Version {
+            template: def.name.clone(),
+            version: def.version.clone(),
+            message: e.to_string(),
+        })?;
         if def.steps.is_empty() {
             return Err(TemplateError::EmptySteps { template });
         }
@@ -287,12 +286,12 @@ impl TaskTemplate {
         }
         let validator = match &def.schema {
             None | Some(Value::Null) => None,
-            Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(|e| {
-                TemplateError::Schema {
+            Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
+                |e| TemplateError::Schema {
                     template: template.clone(),
                     message: e.to_string(),
-                }
-            })?)),
+                },
+            )?)),
         };
         Ok(TaskTemplate {
             name: def.name.clone(),
@@ -335,7 +334,11 @@ impl TaskTemplate {
             .iter_errors(context)
             .map(|e| {
                 let path = e.instance_path().to_string();
-                let path = if path.is_empty() { "/".to_owned() } else { path };
+                let path = if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                };
                 format!("{path}: {e}")
             })
             .collect();
@@ -429,11 +432,7 @@ fn strip_location(msg: &str) -> String {
 /// into the base steps with the same name (unknown names are ignored, as in the original), its
 /// other keys into the top level.
 fn apply_environment(doc: &mut Value, env: &str) {
-    let Some(overrides) = doc
-        .get("environments")
-        .and_then(|e| e.get(env))
-        .cloned()
-    else {
+    let Some(overrides) = doc.get("environments").and_then(|e| e.get(env)).cloned() else {
         return;
     };
     let Value::Object(overrides) = overrides else {
@@ -556,7 +555,10 @@ impl LegacyRaw {
     fn into_definition(self) -> Result<Definition, TemplateError> {
         if let Some(named) = &self.named_steps {
             for (i, s) in self.step_templates.iter().enumerate() {
-                let deps = s.depends_on_step.iter().chain(s.depends_on_steps.iter().flatten());
+                let deps = s
+                    .depends_on_step
+                    .iter()
+                    .chain(s.depends_on_steps.iter().flatten());
                 for n in std::iter::once(&s.name).chain(deps) {
                     if !named.contains(n) {
                         return Err(TemplateError::Shape {
@@ -580,7 +582,11 @@ impl LegacyRaw {
                 .into_iter()
                 .map(|s| {
                     let mut deps: Vec<String> = Vec::new();
-                    for d in s.depends_on_step.into_iter().chain(s.depends_on_steps.into_iter().flatten()) {
+                    for d in s
+                        .depends_on_step
+                        .into_iter()
+                        .chain(s.depends_on_steps.into_iter().flatten())
+                    {
                         if !deps.contains(&d) {
                             deps.push(d);
                         }

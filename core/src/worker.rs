@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::engine::{Claim, Engine, FailureKind, Job, JobKey, Outcome, Report, StepFailure, TaskSnapshot};
+use crate::engine::{
+    Claim, Engine, FailureKind, Job, JobKey, Outcome, Report, StepFailure, TaskSnapshot,
+};
 use crate::error::{Error, Result};
 
 /// What a handler receives: the claimed job (task id, step name, attempt, context, config,
@@ -39,10 +41,16 @@ pub enum HandlerError {
 
 impl HandlerError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        HandlerError::Retryable { message: message.into(), retry_after: None }
+        HandlerError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn retry_after(message: impl Into<String>, after: Duration) -> Self {
-        HandlerError::Retryable { message: message.into(), retry_after: Some(after) }
+        HandlerError::Retryable {
+            message: message.into(),
+            retry_after: Some(after),
+        }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         HandlerError::Permanent(message.into())
@@ -51,7 +59,10 @@ impl HandlerError {
     /// The engine-side failure for this error.
     pub fn into_failure(self) -> StepFailure {
         match self {
-            HandlerError::Retryable { message, retry_after } => StepFailure {
+            HandlerError::Retryable {
+                message,
+                retry_after,
+            } => StepFailure {
                 message,
                 kind: FailureKind::Retryable,
                 retry_after_seconds: retry_after.map(|d| d.as_secs_f64()),
@@ -126,7 +137,8 @@ impl Registry {
         Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
     {
         let boxed = move |s: StepContext| -> BoxFut { Box::pin(f(s)) };
-        self.handlers.insert(name.into(), Arc::new(FnHandler(boxed)));
+        self.handlers
+            .insert(name.into(), Arc::new(FnHandler(boxed)));
         self
     }
 
@@ -218,7 +230,12 @@ struct Running {
 impl Worker {
     pub fn new(engine: Engine, registry: Registry, opts: WorkerOptions) -> Worker {
         let (stop_tx, _) = watch::channel(false);
-        Worker { engine, registry: Arc::new(registry), opts, stop_tx }
+        Worker {
+            engine,
+            registry: Arc::new(registry),
+            opts,
+            stop_tx,
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -241,14 +258,20 @@ impl Worker {
     }
 
     /// Runs until the task is finished (`complete`, `error`, `cancelled`) and returns it.
-    pub async fn run_until_complete(&self, task_id: i64, timeout: Option<Duration>) -> Result<TaskSnapshot> {
+    pub async fn run_until_complete(
+        &self,
+        task_id: i64,
+        timeout: Option<Duration>,
+    ) -> Result<TaskSnapshot> {
         let run = self.run_mode(Mode::UntilTask(task_id));
         match timeout {
             None => run.await?,
             Some(t) => match tokio::time::timeout(t, run).await {
                 Ok(r) => r?,
                 Err(_) => {
-                    return Err(Error::Timeout(format!("task {task_id} did not finish within {t:?}")))
+                    return Err(Error::Timeout(format!(
+                        "task {task_id} did not finish within {t:?}"
+                    )))
                 }
             },
         };
@@ -306,7 +329,11 @@ impl Worker {
                 running.insert(key.step_id, Running { key, abort });
             }
             let outstanding = running.len() + queue.len();
-            let room = if stopping_since.is_some() { 0 } else { depth.saturating_sub(outstanding) };
+            let room = if stopping_since.is_some() {
+                0
+            } else {
+                depth.saturating_sub(outstanding)
+            };
 
             if !reports.is_empty() {
                 // Gather: let the other claimed steps finish so one transaction records them
@@ -321,7 +348,10 @@ impl Worker {
                 }
             }
             if !reports.is_empty() || (room > 0 && work_maybe) {
-                let claim = (room > 0).then(|| Claim { max: room, ..claim_base.clone() });
+                let claim = (room > 0).then(|| Claim {
+                    max: room,
+                    ..claim_base.clone()
+                });
                 if claim.is_some() {
                     // Arm before claiming: work announced after this claim's snapshot wakes us.
                     armed = Box::pin(engine.work_notified());
@@ -354,8 +384,11 @@ impl Worker {
                 continue;
             }
             if last_heartbeat.elapsed() >= heartbeat_every && outstanding > 0 {
-                let keys: Vec<JobKey> =
-                    running.values().map(|r| r.key).chain(queue.iter().map(|j| j.key)).collect();
+                let keys: Vec<JobKey> = running
+                    .values()
+                    .map(|r| r.key)
+                    .chain(queue.iter().map(|j| j.key))
+                    .collect();
                 if let Err(e) = engine.heartbeat(&keys).await {
                     warn!(error = %e, "heartbeat failed");
                 }
@@ -371,7 +404,8 @@ impl Worker {
                         reports.push(Report {
                             key: r.key,
                             outcome: Outcome::Failed(
-                                StepFailure::retryable("worker shut down before the step finished").retry_after(0.0),
+                                StepFailure::retryable("worker shut down before the step finished")
+                                    .retry_after(0.0),
                             ),
                         });
                     }
@@ -379,7 +413,8 @@ impl Worker {
                         reports.push(Report {
                             key: j.key,
                             outcome: Outcome::Failed(
-                                StepFailure::retryable("worker shut down before the step started").retry_after(0.0),
+                                StepFailure::retryable("worker shut down before the step started")
+                                    .retry_after(0.0),
                             ),
                         });
                     }
@@ -462,7 +497,10 @@ impl Worker {
                         };
                         match joined {
                             None => Outcome::Failed(StepFailure {
-                                message: format!("timed out after {:.3} s (timeout_seconds)", timeout.unwrap().as_secs_f64()),
+                                message: format!(
+                                    "timed out after {:.3} s (timeout_seconds)",
+                                    timeout.unwrap().as_secs_f64()
+                                ),
                                 kind: FailureKind::Timeout,
                                 retry_after_seconds: None,
                                 detail: None,
@@ -470,13 +508,19 @@ impl Worker {
                             Some(Ok(Ok(v))) => Outcome::Complete(v),
                             Some(Ok(Err(e))) => Outcome::Failed(e.into_failure()),
                             Some(Err(panic)) => Outcome::Failed(
-                                StepFailure::retryable(format!("handler panicked: {}", panic_message(panic)))
-                                    .detail(json!({"panic": true})),
+                                StepFailure::retryable(format!(
+                                    "handler panicked: {}",
+                                    panic_message(panic)
+                                ))
+                                .detail(json!({"panic": true})),
                             ),
                         }
                     }
                 };
-                debug!(ok = matches!(outcome, Outcome::Complete(_)), "step finished");
+                debug!(
+                    ok = matches!(outcome, Outcome::Complete(_)),
+                    "step finished"
+                );
                 let _ = tx.send(Report { key, outcome });
             }
             .instrument(span),
@@ -492,7 +536,10 @@ struct CatchUnwind<F: ?Sized>(Pin<Box<F>>);
 
 impl<F: Future + ?Sized> Future for CatchUnwind<F> {
     type Output = std::result::Result<F::Output, Panic>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         let inner = self.0.as_mut();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,

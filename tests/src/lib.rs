@@ -29,12 +29,15 @@ pub fn backend() -> String {
 pub fn fresh_options(dir: &std::path::Path) -> EngineOptions {
     match backend().as_str() {
         "postgres" => {
-            let url = std::env::var("DATABASE_URL")
-                .expect("TASKER_TEST_BACKEND=postgres needs DATABASE_URL (scripts/test.sh starts a server)");
+            let url = std::env::var("DATABASE_URL").expect(
+                "TASKER_TEST_BACKEND=postgres needs DATABASE_URL (scripts/test.sh starts a server)",
+            );
             let schema = format!("t_{}_{:08x}", std::process::id(), rand_u32());
             EngineOptions::default().url(url).schema(schema)
         }
-        "sqlite" => EngineOptions::default().url(format!("sqlite://{}", dir.join("tasker.db").display())),
+        "sqlite" => {
+            EngineOptions::default().url(format!("sqlite://{}", dir.join("tasker.db").display()))
+        }
         other => panic!("TASKER_TEST_BACKEND={other:?}: expected sqlite or postgres"),
     }
 }
@@ -42,7 +45,12 @@ pub fn fresh_options(dir: &std::path::Path) -> EngineOptions {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     h.finish() as u32
 }
 
@@ -60,7 +68,12 @@ impl Harness {
         opts.url = fresh.url;
         opts.schema = fresh.schema;
         let engine = Engine::open_with(opts.clone()).await.expect("open engine");
-        Harness { engine, clock, opts, _dir: dir }
+        Harness {
+            engine,
+            clock,
+            opts,
+            _dir: dir,
+        }
     }
 
     /// Like [`Harness::new`] but on the system clock, for tests with other processes.
@@ -68,21 +81,34 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let opts = fresh_options(dir.path());
         let engine = Engine::open_with(opts.clone()).await.expect("open engine");
-        Harness { engine, clock: ManualClock::default(), opts, _dir: dir }
+        Harness {
+            engine,
+            clock: ManualClock::default(),
+            opts,
+            _dir: dir,
+        }
     }
 
     /// The database URL and (PostgreSQL) schema, for other processes.
     pub fn url(&self) -> (String, Option<String>) {
-        (self.opts.url.clone().unwrap_or_default(), self.opts.schema.clone())
+        (
+            self.opts.url.clone().unwrap_or_default(),
+            self.opts.schema.clone(),
+        )
     }
 
     /// A second engine on the same database (as another process would open it).
     pub async fn reopen(&self) -> Engine {
-        Engine::open_with(self.opts.clone()).await.expect("reopen engine")
+        Engine::open_with(self.opts.clone())
+            .await
+            .expect("reopen engine")
     }
 
     pub async fn register(&self, yaml: &str) -> String {
-        self.engine.register_template_yaml(yaml).await.expect("register template")
+        self.engine
+            .register_template_yaml(yaml)
+            .await
+            .expect("register template")
     }
 
     pub fn advance(&self, d: Duration) {
@@ -118,7 +144,10 @@ pub async fn drive(engine: &Engine, registry: &Registry) -> usize {
                 Ok(v) => Outcome::Complete(v),
                 Err(e) => Outcome::Failed(e.into_failure()),
             };
-            reports.push(Report { key: job.key, outcome });
+            reports.push(Report {
+                key: job.key,
+                outcome,
+            });
         }
     }
 }

@@ -33,14 +33,27 @@ struct Fleet {
 impl Fleet {
     fn new(h: &Harness, dir: &Path, lease_ms: u64, sleep_ms: u64) -> Fleet {
         let (db, schema) = h.url();
-        Fleet { db, schema, log: dir.join("runs.log"), lease_ms, sleep_ms, workers: Vec::new(), spawned: 0 }
+        Fleet {
+            db,
+            schema,
+            log: dir.join("runs.log"),
+            lease_ms,
+            sleep_ms,
+            workers: Vec::new(),
+            spawned: 0,
+        }
     }
 
     fn spawn(&mut self) -> Child {
         self.spawned += 1;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasker-test-worker"));
         cmd.args(["--db", &self.db, "--log", self.log.to_str().unwrap()])
-            .args(["--lease-ms", &self.lease_ms.to_string(), "--sleep-ms", &self.sleep_ms.to_string()])
+            .args([
+                "--lease-ms",
+                &self.lease_ms.to_string(),
+                "--sleep-ms",
+                &self.sleep_ms.to_string(),
+            ])
             .args(["--worker-id", &format!("w{}", self.spawned)])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -63,7 +76,10 @@ impl Fleet {
         for w in &mut self.workers {
             loop {
                 if let Some(status) = w.try_wait().unwrap() {
-                    assert!(status.success() || status.code().is_none(), "worker failed: {status}");
+                    assert!(
+                        status.success() || status.code().is_none(),
+                        "worker failed: {status}"
+                    );
                     break;
                 }
                 if Instant::now() > deadline {
@@ -99,9 +115,18 @@ fn runs(log: &Path) -> HashMap<(i64, String), Vec<Run>> {
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         assert_eq!(f.len(), 6, "torn log line {line:?}");
-        let (task, step, attempt, pid, t): (i64, String, u32, u32, u128) =
-            (f[1].parse().unwrap(), f[2].to_owned(), f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap());
-        let run = out.entry((task, step)).or_default().entry((attempt, pid)).or_default();
+        let (task, step, attempt, pid, t): (i64, String, u32, u32, u128) = (
+            f[1].parse().unwrap(),
+            f[2].to_owned(),
+            f[3].parse().unwrap(),
+            f[4].parse().unwrap(),
+            f[5].parse().unwrap(),
+        );
+        let run = out
+            .entry((task, step))
+            .or_default()
+            .entry((attempt, pid))
+            .or_default();
         match f[0] {
             "start" => run.start = t,
             "end" => run.end = Some(t),
@@ -121,7 +146,10 @@ async fn create_diamonds(engine: &Engine, n: usize) -> Vec<i64> {
     engine.register_template_yaml(DIAMOND).await.unwrap();
     let mut ids = Vec::with_capacity(n);
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let reqs = chunk.iter().map(|i| TaskRequest::new("diamond", json!({"wf": i}))).collect();
+        let reqs = chunk
+            .iter()
+            .map(|i| TaskRequest::new("diamond", json!({"wf": i})))
+            .collect();
         ids.extend(engine.create_tasks(reqs).await.unwrap());
     }
     ids
@@ -134,7 +162,11 @@ async fn create_diamonds(engine: &Engine, n: usize) -> Vec<i64> {
 async fn verify(engine: &Engine, ids: &[i64], log: &Path) -> usize {
     let runs = runs(log);
     let complete = engine
-        .list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(ids.len() as i64 + 10), ..Default::default() })
+        .list_tasks(&TaskFilter {
+            state: Some(TaskState::Complete),
+            limit: Some(ids.len() as i64 + 10),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .len();
@@ -147,7 +179,11 @@ async fn verify(engine: &Engine, ids: &[i64], log: &Path) -> usize {
         if t.steps.iter().any(|s| s.attempts > 1) {
             for r in engine.transitions(id).await.unwrap() {
                 if r.to_state == "error" {
-                    assert!(r.metadata.contains("lease_expired"), "task {id}: unexpected failure {}", r.metadata);
+                    assert!(
+                        r.metadata.contains("lease_expired"),
+                        "task {id}: unexpected failure {}",
+                        r.metadata
+                    );
                     *expired.entry(r.step_id.unwrap()).or_default() += 1;
                 }
             }
@@ -156,7 +192,10 @@ async fn verify(engine: &Engine, ids: &[i64], log: &Path) -> usize {
             assert_eq!(s.status, StepState::Complete);
             let rs = runs.get(&(id, s.name.clone())).cloned().unwrap_or_default();
             let lost = expired.get(&s.id).copied().unwrap_or(0);
-            let what = format!("task {id} step {}: {} attempts, {lost} expired, runs {rs:?}", s.name, s.attempts);
+            let what = format!(
+                "task {id} step {}: {} attempts, {lost} expired, runs {rs:?}",
+                s.name, s.attempts
+            );
             assert!(rs.iter().any(|r| r.end.is_some()), "{what}");
             assert!(rs.len() as i64 <= s.attempts, "{what}");
             assert_eq!(s.attempts, lost + 1, "{what}");
@@ -208,22 +247,41 @@ async fn kill_9_in_a_loop_loses_no_task_and_dead_workers_steps_rerun_after_lease
         i += 1;
         if victim.try_wait().unwrap().is_some() {
             // Finished on its own: nothing left for it. Restart only while work remains.
-            let left = h.engine.list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(10_000), ..Default::default() }).await.unwrap().len();
+            let left = h
+                .engine
+                .list_tasks(&TaskFilter {
+                    state: Some(TaskState::Complete),
+                    limit: Some(10_000),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len();
             if left == ids.len() {
                 break;
             }
         } else {
-            assert!(Command::new("kill").args(["-9", &victim.id().to_string()]).status().unwrap().success());
+            assert!(Command::new("kill")
+                .args(["-9", &victim.id().to_string()])
+                .status()
+                .unwrap()
+                .success());
             victim.wait().unwrap();
             kills += 1;
         }
         let replacement = fleet.spawn();
         fleet.workers[(i - 1) % 4] = replacement;
     }
-    assert!(kills >= 20, "only {kills} kills happened: the run finished too fast to test recovery");
+    assert!(
+        kills >= 20,
+        "only {kills} kills happened: the run finished too fast to test recovery"
+    );
     fleet.wait(Duration::from_secs(180));
     let expired = verify(&h.engine, &ids, &fleet.log).await;
-    assert!(expired > 0, "the killed workers held steps: some attempts must have expired");
+    assert!(
+        expired > 0,
+        "the killed workers held steps: some attempts must have expired"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +290,10 @@ async fn workers_reconnect_after_postgres_restarts_mid_run() {
     if !postgres_or_skip("restart") {
         return;
     }
-    let (Ok(pgdata), Ok(pgbin)) = (std::env::var("TASKER_PGDATA"), std::env::var("TASKER_PGBIN")) else {
+    let (Ok(pgdata), Ok(pgbin)) = (
+        std::env::var("TASKER_PGDATA"),
+        std::env::var("TASKER_PGBIN"),
+    ) else {
         panic!("this test restarts the server: it needs TASKER_PGDATA and TASKER_PGBIN (scripts/test.sh sets them)");
     };
     let h = Harness::real_time().await;
@@ -243,7 +304,16 @@ async fn workers_reconnect_after_postgres_restarts_mid_run() {
     // Restart as soon as the first tasks are done: mid-run.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let done = h.engine.list_tasks(&TaskFilter { state: Some(TaskState::Complete), limit: Some(10_000), ..Default::default() }).await.unwrap().len();
+        let done = h
+            .engine
+            .list_tasks(&TaskFilter {
+                state: Some(TaskState::Complete),
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len();
         assert!(done < ids.len(), "restart must happen mid-run");
         if done > 0 {
             break;
@@ -252,7 +322,18 @@ async fn workers_reconnect_after_postgres_restarts_mid_run() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{pgbin}/pg_ctl"), "-D", &pgdata, "-m", "fast", "-w", "restart"])
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{pgbin}/pg_ctl"),
+            "-D",
+            &pgdata,
+            "-m",
+            "fast",
+            "-w",
+            "restart",
+        ])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -291,19 +372,33 @@ async fn sigterm_lets_in_flight_steps_finish_and_leaves_no_lease() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let pid = fleet.workers[0].id();
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let status = fleet.workers[0].wait().unwrap();
     assert!(status.success(), "graceful stop exits 0: {status}");
     let log = runs(&fleet.log);
     for ((task, step), rs) in &log {
-        assert!(rs.iter().all(|r| r.end.is_some()), "task {task} step {step} was cut off: {rs:?}");
+        assert!(
+            rs.iter().all(|r| r.end.is_some()),
+            "task {task} step {step} was cut off: {rs:?}"
+        );
     }
     let mut running = 0;
     for &id in &ids {
         let t = h.engine.get_task(id).await.unwrap();
-        running += t.steps.iter().filter(|s| s.status == StepState::InProgress).count();
+        running += t
+            .steps
+            .iter()
+            .filter(|s| s.status == StepState::InProgress)
+            .count();
     }
-    assert_eq!(running, 0, "no step left in progress (no lease left behind)");
+    assert_eq!(
+        running, 0,
+        "no step left in progress (no lease left behind)"
+    );
     // A new worker finishes the rest; every step ran exactly once.
     fleet.workers.clear();
     fleet.start(1);

@@ -12,7 +12,9 @@ use tasker_core::{
 };
 
 fn int(v: &Value, path: &str) -> i64 {
-    v.pointer(path).and_then(Value::as_i64).unwrap_or_else(|| panic!("{path} in {v}"))
+    v.pointer(path)
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| panic!("{path} in {v}"))
 }
 
 /// Handlers for the shape tests: every step returns `{"v": 1 + sum of its parents' v}`, plus
@@ -21,9 +23,21 @@ fn summing_registry(names: &[&str]) -> Registry {
     let mut r = Registry::new();
     for n in names {
         r.register_fn(*n, |step| async move {
-            let seed = step.context.get("seed").and_then(Value::as_i64).unwrap_or(0);
-            let parents: i64 = step.results.values().map(|p| p["v"].as_i64().unwrap()).sum();
-            let base = if step.results.is_empty() { seed } else { parents };
+            let seed = step
+                .context
+                .get("seed")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let parents: i64 = step
+                .results
+                .values()
+                .map(|p| p["v"].as_i64().unwrap())
+                .sum();
+            let base = if step.results.is_empty() {
+                seed
+            } else {
+                parents
+            };
             Ok(json!({"v": base + 1}))
         });
     }
@@ -44,12 +58,19 @@ step_templates:
 "#,
     )
     .await;
-    let id = h.engine.create_task(TaskRequest::new("linear", json!({"seed": 10}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("linear", json!({"seed": 10})))
+        .await
+        .unwrap();
     assert_eq!(h.drive(&summing_registry(&["inc"])).await, 4);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(int(&t.step("d").unwrap().results, "/v"), 14);
-    assert!(t.steps.iter().all(|s| s.status == StepState::Complete && s.attempts == 1));
+    assert!(t
+        .steps
+        .iter()
+        .all(|s| s.status == StepState::Complete && s.attempts == 1));
     assert!(t.completed_at.is_some());
 }
 
@@ -67,7 +88,11 @@ step_templates:
 "#,
     )
     .await;
-    let id = h.engine.create_task(TaskRequest::new("diamond", json!({"seed": 1}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("diamond", json!({"seed": 1})))
+        .await
+        .unwrap();
     h.drive(&summing_registry(&["s"])).await;
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
@@ -103,8 +128,16 @@ step_templates:
 "#,
     )
     .await;
-    let tree = h.engine.create_task(TaskRequest::new("tree", json!({"seed": 0}))).await.unwrap();
-    let mixed = h.engine.create_task(TaskRequest::new("mixed", json!({"seed": 5}))).await.unwrap();
+    let tree = h
+        .engine
+        .create_task(TaskRequest::new("tree", json!({"seed": 0})))
+        .await
+        .unwrap();
+    let mixed = h
+        .engine
+        .create_task(TaskRequest::new("mixed", json!({"seed": 5})))
+        .await
+        .unwrap();
     h.drive(&summing_registry(&["s"])).await;
     let t = h.engine.get_task(tree).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
@@ -143,7 +176,9 @@ fn flaky_registry(failures: u32, retry_after: Option<Duration>) -> (Registry, Ar
             }
         }
     });
-    r.register_fn("ok", |step| async move { Ok(json!({"saw": step.results["fetch"]["fetched"]})) });
+    r.register_fn("ok", |step| async move {
+        Ok(json!({"saw": step.results["fetch"]["fetched"]}))
+    });
     (r, calls)
 }
 
@@ -151,7 +186,11 @@ fn flaky_registry(failures: u32, retry_after: Option<Duration>) -> (Registry, Ar
 async fn flaky_step_fails_twice_then_succeeds_respecting_backoff() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let (reg, calls) = flaky_registry(2, None);
 
     assert_eq!(h.drive(&reg).await, 1);
@@ -159,7 +198,11 @@ async fn flaky_step_fails_twice_then_succeeds_respecting_backoff() {
     let fetch = t.step("fetch").unwrap();
     assert_eq!((fetch.status, fetch.attempts), (StepState::Error, 1));
     assert_eq!(fetch.error.as_ref().unwrap()["message"], "flake 1");
-    assert_eq!(t.status, TaskState::InProgress, "a retryable failure does not fail the task");
+    assert_eq!(
+        t.status,
+        TaskState::InProgress,
+        "a retryable failure does not fail the task"
+    );
 
     // First backoff: 2 s ±10 %. Not before 1.8 s, surely by 2.2 s.
     h.advance(Duration::from_millis(1_790));
@@ -170,12 +213,20 @@ async fn flaky_step_fails_twice_then_succeeds_respecting_backoff() {
     h.advance(Duration::from_millis(3_590));
     assert_eq!(h.drive(&reg).await, 0);
     h.advance(Duration::from_millis(820));
-    assert_eq!(h.drive(&reg).await, 2, "third attempt succeeds and its child runs");
+    assert_eq!(
+        h.drive(&reg).await,
+        2,
+        "third attempt succeeds and its child runs"
+    );
 
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("fetch").unwrap().attempts, 3);
-    assert_eq!(t.step("fetch").unwrap().error, None, "a later success clears the error");
+    assert_eq!(
+        t.step("fetch").unwrap().error,
+        None,
+        "a later success clears the error"
+    );
     assert_eq!(t.step("store").unwrap().results, json!({"saw": 3}));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
@@ -210,16 +261,26 @@ async fn flaky_step_fails_twice_then_succeeds_respecting_backoff() {
 async fn handler_retry_after_wins_over_backoff() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let (reg, _) = flaky_registry(1, Some(Duration::from_secs(7)));
     assert_eq!(h.drive(&reg).await, 1);
     let t = h.engine.get_task(id).await.unwrap();
-    assert_eq!(t.step("fetch").unwrap().error.as_ref().unwrap()["retry_after_seconds"], 7.0);
+    assert_eq!(
+        t.step("fetch").unwrap().error.as_ref().unwrap()["retry_after_seconds"],
+        7.0
+    );
     h.advance(Duration::from_millis(6_999));
     assert_eq!(h.drive(&reg).await, 0, "retry_after 7 s not honoured");
     h.advance(Duration::from_millis(1));
     assert_eq!(h.drive(&reg).await, 2);
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Complete);
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Complete
+    );
 }
 
 #[tokio::test]
@@ -230,7 +291,10 @@ async fn retry_after_is_capped_by_max_server_backoff() {
     })
     .await;
     h.register(FLAKY).await;
-    h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    h.engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let (reg, _) = flaky_registry(1, Some(Duration::from_secs(3600)));
     h.drive(&reg).await;
     h.advance(Duration::from_secs(10));
@@ -241,10 +305,18 @@ async fn retry_after_is_capped_by_max_server_backoff() {
 async fn exhausted_retries_fail_the_task_and_downstream_never_starts() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let (reg, calls) = flaky_registry(100, Some(Duration::ZERO));
     let mut events = h.engine.subscribe();
-    assert_eq!(h.drive(&reg).await, 3, "retry limit 3 = three attempts in all");
+    assert_eq!(
+        h.drive(&reg).await,
+        3,
+        "retry limit 3 = three attempts in all"
+    );
     h.advance(Duration::from_secs(3600));
     assert_eq!(h.drive(&reg).await, 0);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -265,9 +337,15 @@ async fn exhausted_retries_fail_the_task_and_downstream_never_starts() {
 async fn permanent_error_is_never_retried() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let mut reg = Registry::new();
-    reg.register_fn("flaky", |_| async { Err(HandlerError::permanent("card declined")) });
+    reg.register_fn("flaky", |_| async {
+        Err(HandlerError::permanent("card declined"))
+    });
     assert_eq!(h.drive(&reg).await, 1);
     h.advance(Duration::from_secs(3600));
     assert_eq!(h.drive(&reg).await, 0);
@@ -286,36 +364,62 @@ async fn not_retryable_means_exactly_one_attempt() {
         "name: once\nstep_templates:\n  - {name: a, default_retryable: false, default_retry_limit: 5}\n",
     )
     .await;
-    let id = h.engine.create_task(TaskRequest::new("once", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("once", json!({})))
+        .await
+        .unwrap();
     let mut reg = Registry::new();
     reg.register_fn("a", |_| async { Err(HandlerError::retryable("boom")) });
     assert_eq!(h.drive(&reg).await, 1);
     h.advance(Duration::from_secs(60));
     assert_eq!(h.drive(&reg).await, 0);
     let t = h.engine.get_task(id).await.unwrap();
-    assert_eq!((t.status, t.step("a").unwrap().max_attempts), (TaskState::Error, 1));
+    assert_eq!(
+        (t.status, t.step("a").unwrap().max_attempts),
+        (TaskState::Error, 1)
+    );
 }
 
 #[tokio::test]
 async fn operator_retry_step_then_the_task_completes() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let mut failing = Registry::new();
-    failing.register_fn("flaky", |_| async { Err(HandlerError::permanent("upstream down")) });
+    failing.register_fn("flaky", |_| async {
+        Err(HandlerError::permanent("upstream down"))
+    });
     h.drive(&failing).await;
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Error);
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Error
+    );
 
     // Retrying a step that is not in error is refused with a reason.
     let err = h.engine.retry_step(id, "store").await.unwrap_err();
-    assert!(err.to_string().contains("only a step in error can be retried"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("only a step in error can be retried"),
+        "{err}"
+    );
     let err = h.engine.retry_step(id, "nope").await.unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 
     h.engine.retry_step(id, "fetch").await.unwrap();
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Pending);
-    assert_eq!((t.step("fetch").unwrap().status, t.step("fetch").unwrap().attempts), (StepState::Pending, 0));
+    assert_eq!(
+        (
+            t.step("fetch").unwrap().status,
+            t.step("fetch").unwrap().attempts
+        ),
+        (StepState::Pending, 0)
+    );
     let (ok, _) = flaky_registry(0, None);
     assert_eq!(h.drive(&ok).await, 2);
     let t = h.engine.get_task(id).await.unwrap();
@@ -327,28 +431,53 @@ async fn operator_retry_step_then_the_task_completes() {
 async fn operator_resolves_a_failed_step_and_its_children_run() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let (reg, _) = flaky_registry(100, Some(Duration::ZERO));
     h.drive(&reg).await;
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Error);
-    h.engine.resolve_step_manually(id, "fetch", json!({"fetched": 42})).await.unwrap();
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Pending);
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Error
+    );
+    h.engine
+        .resolve_step_manually(id, "fetch", json!({"fetched": 42}))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Pending
+    );
     assert_eq!(h.drive(&reg).await, 1);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("fetch").unwrap().status, StepState::ResolvedManually);
     assert_eq!(t.step("store").unwrap().results, json!({"saw": 42}));
     // A finished task refuses further operator changes.
-    let err = h.engine.resolve_step_manually(id, "store", json!(null)).await.unwrap_err();
+    let err = h
+        .engine
+        .resolve_step_manually(id, "store", json!(null))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("it is complete"), "{err}");
 }
 
 #[tokio::test]
 async fn resolving_the_last_open_step_completes_the_task() {
     let h = Harness::new().await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    let id = h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
-    h.engine.resolve_step_manually(id, "only", json!({"by": "hand"})).await.unwrap();
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
+    h.engine
+        .resolve_step_manually(id, "only", json!({"by": "hand"}))
+        .await
+        .unwrap();
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("only").unwrap().results, json!({"by": "hand"}));
@@ -367,8 +496,16 @@ step_templates:
 "#,
     )
     .await;
-    let id = h.engine.create_task(TaskRequest::new("fanout", json!({}))).await.unwrap();
-    let claim = Claim { worker_id: "w".into(), max: 1, handlers: Some(vec!["a".into()]) };
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("fanout", json!({})))
+        .await
+        .unwrap();
+    let claim = Claim {
+        worker_id: "w".into(),
+        max: 1,
+        handlers: Some(vec!["a".into()]),
+    };
     let jobs = h.engine.report(&[], Some(&claim)).await.unwrap().jobs;
     assert_eq!(jobs.len(), 1);
     h.engine.cancel_task(id).await.unwrap();
@@ -378,12 +515,26 @@ step_templates:
     assert_eq!(t.step("b").unwrap().status, StepState::Cancelled);
     assert_eq!(t.step("c").unwrap().status, StepState::Cancelled);
     // The in-flight step finishes and its result is kept; nothing new starts.
-    assert!(h.engine.complete(jobs[0].key, json!({"late": true})).await.unwrap());
+    assert!(h
+        .engine
+        .complete(jobs[0].key, json!({"late": true}))
+        .await
+        .unwrap());
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Cancelled);
     assert_eq!(t.step("a").unwrap().results, json!({"late": true}));
-    let any = Claim { worker_id: "w".into(), max: 10, handlers: None };
-    assert!(h.engine.report(&[], Some(&any)).await.unwrap().jobs.is_empty());
+    let any = Claim {
+        worker_id: "w".into(),
+        max: 10,
+        handlers: None,
+    };
+    assert!(h
+        .engine
+        .report(&[], Some(&any))
+        .await
+        .unwrap()
+        .jobs
+        .is_empty());
     let err = h.engine.cancel_task(id).await.unwrap_err();
     assert!(err.to_string().contains("it is already cancelled"), "{err}");
 }
@@ -406,29 +557,61 @@ step_templates:
         .create_task(TaskRequest::new("skip", json!({})).bypass(&["charge"]))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("step \"charge\" cannot be bypassed: it is not skippable"), "{err}");
-    let err = h.engine.create_task(TaskRequest::new("skip", json!({})).bypass(&["nah"])).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("step \"charge\" cannot be bypassed: it is not skippable"),
+        "{err}"
+    );
+    let err = h
+        .engine
+        .create_task(TaskRequest::new("skip", json!({})).bypass(&["nah"]))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("unknown step \"nah\""), "{err}");
 
-    let id = h.engine.create_task(TaskRequest::new("skip", json!({})).bypass(&["audit"])).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("skip", json!({})).bypass(&["audit"]))
+        .await
+        .unwrap();
     let mut reg = Registry::new();
-    reg.register_fn("audit", |_| async { panic!("a bypassed step must not run") });
+    reg.register_fn("audit", |_| async {
+        panic!("a bypassed step must not run")
+    });
     reg.register_fn("charge", |_| async { Ok(json!("charged")) });
-    reg.register_fn("ship", |s| async move { Ok(json!({"audit": s.results["audit"], "charge": s.results["charge"]})) });
+    reg.register_fn("ship", |s| async move {
+        Ok(json!({"audit": s.results["audit"], "charge": s.results["charge"]}))
+    });
     assert_eq!(h.drive(&reg).await, 2);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("audit").unwrap().status, StepState::ResolvedManually);
-    assert_eq!(t.step("ship").unwrap().results, json!({"audit": null, "charge": "charged"}));
+    assert_eq!(
+        t.step("ship").unwrap().results,
+        json!({"audit": null, "charge": "charged"})
+    );
 }
 
 #[tokio::test]
 async fn idempotency_key_returns_the_existing_task() {
     let h = Harness::new().await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    let a = h.engine.create_task(TaskRequest::new("one", json!({"n": 1})).idempotency_key("order-7")).await.unwrap();
-    let b = h.engine.create_task(TaskRequest::new("one", json!({"n": 2})).idempotency_key("order-7")).await.unwrap();
-    let c = h.engine.create_task(TaskRequest::new("one", json!({"n": 1})).idempotency_key("order-8")).await.unwrap();
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    let a = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({"n": 1})).idempotency_key("order-7"))
+        .await
+        .unwrap();
+    let b = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({"n": 2})).idempotency_key("order-7"))
+        .await
+        .unwrap();
+    let c = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({"n": 1})).idempotency_key("order-8"))
+        .await
+        .unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
     let all = h.engine.list_tasks(&TaskFilter::default()).await.unwrap();
@@ -439,20 +622,54 @@ async fn idempotency_key_returns_the_existing_task() {
 #[tokio::test]
 async fn expired_lease_makes_the_step_claimable_again_and_counts_the_attempt() {
     let h = Harness::with(|o| o.lease(Duration::from_secs(30))).await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    let id = h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
-    let claim = Claim { worker_id: "doomed".into(), max: 1, handlers: None };
-    let first = h.engine.report(&[], Some(&claim)).await.unwrap().jobs.remove(0);
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
+    let claim = Claim {
+        worker_id: "doomed".into(),
+        max: 1,
+        handlers: None,
+    };
+    let first = h
+        .engine
+        .report(&[], Some(&claim))
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
     // The worker "dies". Before the lease runs out nobody else gets the step.
     h.advance(Duration::from_secs(29));
-    let other = Claim { worker_id: "rescuer".into(), ..claim.clone() };
-    assert!(h.engine.report(&[], Some(&other)).await.unwrap().jobs.is_empty());
+    let other = Claim {
+        worker_id: "rescuer".into(),
+        ..claim.clone()
+    };
+    assert!(h
+        .engine
+        .report(&[], Some(&other))
+        .await
+        .unwrap()
+        .jobs
+        .is_empty());
     h.advance(Duration::from_secs(2));
-    let second = h.engine.report(&[], Some(&other)).await.unwrap().jobs.remove(0);
+    let second = h
+        .engine
+        .report(&[], Some(&other))
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
     assert_eq!(second.attempt(), 2);
     // The dead worker's late report is ignored; the rescuer's counts.
     assert!(!h.engine.complete(first.key, json!("zombie")).await.unwrap());
-    assert!(h.engine.complete(second.key, json!("rescued")).await.unwrap());
+    assert!(h
+        .engine
+        .complete(second.key, json!("rescued"))
+        .await
+        .unwrap());
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("only").unwrap().results, json!("rescued"));
@@ -472,14 +689,34 @@ async fn expired_lease_makes_the_step_claimable_again_and_counts_the_attempt() {
 #[tokio::test]
 async fn heartbeat_keeps_the_lease() {
     let h = Harness::with(|o| o.lease(Duration::from_secs(30))).await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
-    let claim = Claim { worker_id: "slow".into(), max: 1, handlers: None };
-    let job = h.engine.report(&[], Some(&claim)).await.unwrap().jobs.remove(0);
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    h.engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
+    let claim = Claim {
+        worker_id: "slow".into(),
+        max: 1,
+        handlers: None,
+    };
+    let job = h
+        .engine
+        .report(&[], Some(&claim))
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
     for _ in 0..4 {
         h.advance(Duration::from_secs(20));
         assert_eq!(h.engine.heartbeat(&[job.key]).await.unwrap(), 1);
-        assert!(h.engine.report(&[], Some(&claim)).await.unwrap().jobs.is_empty());
+        assert!(h
+            .engine
+            .report(&[], Some(&claim))
+            .await
+            .unwrap()
+            .jobs
+            .is_empty());
     }
     assert!(h.engine.complete(job.key, json!(1)).await.unwrap());
 }
@@ -497,7 +734,11 @@ step_templates:
 "#,
     )
     .await;
-    let id = h.engine.create_task(TaskRequest::new("slow", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("slow", json!({})))
+        .await
+        .unwrap();
     let mut reg = Registry::new();
     reg.register_fn("slow", |step| async move {
         if step.attempt() == 1 {
@@ -506,11 +747,17 @@ step_templates:
         Ok(json!({"attempt": step.attempt()}))
     });
     let worker = Worker::new(h.engine.clone(), reg, WorkerOptions::default());
-    let t = worker.run_until_complete(id, Some(Duration::from_secs(5))).await.unwrap();
+    let t = worker
+        .run_until_complete(id, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("slow").unwrap().results, json!({"attempt": 2}));
     let hist = h.engine.transitions(id).await.unwrap();
-    let timeout = hist.iter().find(|r| r.to_state == "error").expect("a failed attempt");
+    let timeout = hist
+        .iter()
+        .find(|r| r.to_state == "error")
+        .expect("a failed attempt");
     let meta: Value = serde_json::from_str(&timeout.metadata).unwrap();
     assert_eq!(meta["kind"], "timeout", "{meta}");
 }
@@ -531,11 +778,18 @@ step_templates:
     .await;
     let ids = h
         .engine
-        .create_tasks((0..20).map(|i| TaskRequest::new("diamond", json!({"i": i}))).collect())
+        .create_tasks(
+            (0..20)
+                .map(|i| TaskRequest::new("diamond", json!({"i": i})))
+                .collect(),
+        )
         .await
         .unwrap();
     let mut reg = Registry::new();
-    reg.register_fn("a", |s| async move { Ok(json!({"i": s.context["i"], "a": 1})) });
+    reg.register_fn(
+        "a",
+        |s| async move { Ok(json!({"i": s.context["i"], "a": 1})) },
+    );
     reg.register_fn("b", |s| async move {
         if s.attempt() == 1 {
             panic!("b blew up on its first attempt");
@@ -547,9 +801,19 @@ step_templates:
         let sum = s.results["b"]["b"].as_i64().unwrap() + s.results["c"]["c"].as_i64().unwrap();
         Ok(json!({"sum": sum}))
     });
-    let worker = Worker::new(h.engine.clone(), reg, WorkerOptions { concurrency: 4, ..Default::default() });
+    let worker = Worker::new(
+        h.engine.clone(),
+        reg,
+        WorkerOptions {
+            concurrency: 4,
+            ..Default::default()
+        },
+    );
     // The manual clock does not move, and b's backoff is zero, so retries are immediate.
-    let stats = tokio::time::timeout(Duration::from_secs(20), worker.run_until_idle()).await.unwrap().unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(20), worker.run_until_idle())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stats.completed, 80);
     assert_eq!(stats.failed, 20);
     for id in ids {
@@ -564,8 +828,13 @@ step_templates:
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_steps() {
     let h = Harness::new().await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    let id = h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let started_tx = std::sync::Mutex::new(Some(started_tx));
     let mut reg = Registry::new();
@@ -596,7 +865,11 @@ async fn every_transition_emits_exactly_one_event_after_commit() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
     let mut rx = h.engine.subscribe();
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({})))
+        .await
+        .unwrap();
     let (reg, _) = flaky_registry(1, Some(Duration::ZERO));
     h.drive(&reg).await;
     let rows = h.engine.transitions(id).await.unwrap();
@@ -616,7 +889,10 @@ async fn every_transition_emits_exactly_one_event_after_commit() {
         "step.completed",
         "task.completed",
     ] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     assert_eq!(names.iter().filter(|n| **n == "task.completed").count(), 1);
     let failed = events.iter().find(|e| e.name == "step.failed").unwrap();
@@ -628,50 +904,114 @@ async fn every_transition_emits_exactly_one_event_after_commit() {
 #[tokio::test]
 async fn stale_and_foreign_reports_change_nothing() {
     let h = Harness::new().await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    let id = h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
-    let claim = Claim { worker_id: "w".into(), max: 1, handlers: None };
-    let job = h.engine.report(&[], Some(&claim)).await.unwrap().jobs.remove(0);
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
+    let claim = Claim {
+        worker_id: "w".into(),
+        max: 1,
+        handlers: None,
+    };
+    let job = h
+        .engine
+        .report(&[], Some(&claim))
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
     assert!(h.engine.complete(job.key, json!(1)).await.unwrap());
     // A duplicate report of the same attempt is ignored, not applied twice.
-    let dup = Report { key: job.key, outcome: Outcome::Failed(StepFailure::retryable("late")) };
+    let dup = Report {
+        key: job.key,
+        outcome: Outcome::Failed(StepFailure::retryable("late")),
+    };
     let c = h.engine.report(&[dup], None).await.unwrap();
     assert_eq!(c.stale, vec![job.key]);
     let t = h.engine.get_task(id).await.unwrap();
-    assert_eq!((t.status, t.step("only").unwrap().attempts), (TaskState::Complete, 1));
+    assert_eq!(
+        (t.status, t.step("only").unwrap().attempts),
+        (TaskState::Complete, 1)
+    );
     assert_eq!(FailureKind::Retryable, StepFailure::retryable("x").kind);
 }
 
 #[tokio::test]
 async fn list_tasks_filters_by_status_and_name() {
     let h = Harness::new().await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    h.register("name: two\nstep_templates:\n  - {name: only}\n").await;
-    let a = h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
-    h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
-    h.engine.create_task(TaskRequest::new("two", json!({}))).await.unwrap();
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    h.register("name: two\nstep_templates:\n  - {name: only}\n")
+        .await;
+    let a = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
+    h.engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
+    h.engine
+        .create_task(TaskRequest::new("two", json!({})))
+        .await
+        .unwrap();
     h.engine.cancel_task(a).await.unwrap();
-    let f = |state, name: Option<&str>| TaskFilter { state, name: name.map(Into::into), ..Default::default() };
+    let f = |state, name: Option<&str>| TaskFilter {
+        state,
+        name: name.map(Into::into),
+        ..Default::default()
+    };
     assert_eq!(h.engine.list_tasks(&f(None, None)).await.unwrap().len(), 3);
-    assert_eq!(h.engine.list_tasks(&f(None, Some("one"))).await.unwrap().len(), 2);
-    let cancelled = h.engine.list_tasks(&f(Some(TaskState::Cancelled), None)).await.unwrap();
+    assert_eq!(
+        h.engine
+            .list_tasks(&f(None, Some("one")))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let cancelled = h
+        .engine
+        .list_tasks(&f(Some(TaskState::Cancelled), None))
+        .await
+        .unwrap();
     assert_eq!(cancelled.iter().map(|t| t.id).collect::<Vec<_>>(), vec![a]);
-    let limited = h.engine.list_tasks(&TaskFilter { limit: Some(1), ..Default::default() }).await.unwrap();
+    let limited = h
+        .engine
+        .list_tasks(&TaskFilter {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 1);
 }
 
 #[tokio::test]
 async fn wait_for_task_returns_when_a_worker_finishes_it() {
     let h = Harness::new().await;
-    h.register("name: one\nstep_templates:\n  - {name: only}\n").await;
-    let id = h.engine.create_task(TaskRequest::new("one", json!({}))).await.unwrap();
+    h.register("name: one\nstep_templates:\n  - {name: only}\n")
+        .await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
     let mut reg = Registry::new();
     reg.register_fn("only", |_| async { Ok(json!(1)) });
     let worker = Arc::new(Worker::new(h.engine.clone(), reg, WorkerOptions::default()));
     let stop = worker.shutdown_handle();
     let w = worker.clone();
     let run = tokio::spawn(async move { w.run().await });
-    let t = h.engine.wait_for_task(id, Some(Duration::from_secs(5))).await.unwrap();
+    let t = h
+        .engine
+        .wait_for_task(id, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
     assert_eq!(t.status, TaskState::Complete);
     stop.shutdown();
     run.await.unwrap().unwrap();
@@ -683,10 +1023,17 @@ async fn wait_for_task_returns_when_a_worker_finishes_it() {
 async fn state_survives_reopening_the_database() {
     let h = Harness::new().await;
     h.register(FLAKY).await;
-    let id = h.engine.create_task(TaskRequest::new("flaky", json!({"k": "v"}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("flaky", json!({"k": "v"})))
+        .await
+        .unwrap();
     let again = h.reopen().await;
     let t = again.get_task(id).await.unwrap();
-    assert_eq!((t.status, t.context.clone()), (TaskState::Pending, json!({"k": "v"})));
+    assert_eq!(
+        (t.status, t.context.clone()),
+        (TaskState::Pending, json!({"k": "v"}))
+    );
     assert_eq!(again.templates().await.unwrap().len(), 1);
 }
 
@@ -704,29 +1051,79 @@ step_templates:
 "#,
     )
     .await;
-    let id = h.engine.create_task(TaskRequest::new("blocked", json!({}))).await.unwrap();
-    let any = Claim { worker_id: "w".into(), max: 10, handlers: None };
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("blocked", json!({})))
+        .await
+        .unwrap();
+    let any = Claim {
+        worker_id: "w".into(),
+        max: 10,
+        handlers: None,
+    };
     let jobs = h.engine.report(&[], Some(&any)).await.unwrap().jobs;
     assert_eq!(jobs.len(), 3, "bad, slow and later start");
     let key = |n: &str| jobs.iter().find(|j| j.step_name == n).unwrap().key;
     // `later` fails retryably (waits 10 s), `bad` fails for good: the task is blocked, `slow` is in flight.
-    let fail = |k, f| Report { key: k, outcome: Outcome::Failed(f) };
+    let fail = |k, f| Report {
+        key: k,
+        outcome: Outcome::Failed(f),
+    };
     let c = h
         .engine
-        .report(&[fail(key("later"), StepFailure::retryable("soon")), fail(key("bad"), StepFailure::permanent("no"))], Some(&any))
+        .report(
+            &[
+                fail(key("later"), StepFailure::retryable("soon")),
+                fail(key("bad"), StepFailure::permanent("no")),
+            ],
+            Some(&any),
+        )
         .await
         .unwrap();
     assert!(c.jobs.is_empty());
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::InProgress, "a step is still in flight");
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::InProgress,
+        "a step is still in flight"
+    );
     // `slow` finishes: its child would be ready, but the task is blocked; then the task fails.
-    let c = h.engine.report(&[Report { key: key("slow"), outcome: Outcome::Complete(json!(1)) }], Some(&any)).await.unwrap();
+    let c = h
+        .engine
+        .report(
+            &[Report {
+                key: key("slow"),
+                outcome: Outcome::Complete(json!(1)),
+            }],
+            Some(&any),
+        )
+        .await
+        .unwrap();
     assert!(c.jobs.is_empty(), "nothing new starts in a blocked task");
     h.advance(Duration::from_secs(60));
-    assert!(h.engine.report(&[], Some(&any)).await.unwrap().jobs.is_empty(), "not even after the backoff");
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Error);
+    assert!(
+        h.engine
+            .report(&[], Some(&any))
+            .await
+            .unwrap()
+            .jobs
+            .is_empty(),
+        "not even after the backoff"
+    );
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Error
+    );
     // The operator retries `bad`: everything waiting becomes claimable again.
     h.engine.retry_step(id, "bad").await.unwrap();
-    let mut names: Vec<String> = h.engine.report(&[], Some(&any)).await.unwrap().jobs.into_iter().map(|j| j.step_name).collect();
+    let mut names: Vec<String> = h
+        .engine
+        .report(&[], Some(&any))
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.step_name)
+        .collect();
     names.sort();
     assert_eq!(names, ["bad", "later", "next"]);
 }

@@ -18,17 +18,27 @@ fn yaml_syntax_error_reports_line_and_column() {
         }
         other => panic!("expected a syntax error, got {other:?}"),
     }
-    assert!(e.to_string().starts_with("template YAML syntax error at line 5, column"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("template YAML syntax error at line 5, column"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_types_and_unknown_keys_name_the_path() {
     let e = parse_err("name: t\nstep_templates:\n  - name: a\n    default_retry_limit: lots\n");
     let msg = e.to_string();
-    assert!(msg.contains("template t: step_templates[0].default_retry_limit:"), "{msg}");
+    assert!(
+        msg.contains("template t: step_templates[0].default_retry_limit:"),
+        "{msg}"
+    );
     let e = parse_err("name: t\nstep_templates:\n  - name: a\n    depends_on: [b]\n");
     let msg = e.to_string();
-    assert!(msg.contains("step_templates[0]") && msg.contains("unknown field `depends_on`"), "{msg}");
+    assert!(
+        msg.contains("step_templates[0]") && msg.contains("unknown field `depends_on`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -43,7 +53,10 @@ fn duplicate_step_names_are_rejected() {
 #[test]
 fn unknown_dependency_is_named() {
     let e = parse_err("name: t\nstep_templates:\n  - {name: a, depends_on_step: ghost}\n");
-    assert_eq!(e.to_string(), "template default.t@0.1.0: step \"a\" depends on unknown step \"ghost\"");
+    assert_eq!(
+        e.to_string(),
+        "template default.t@0.1.0: step \"a\" depends on unknown step \"ghost\""
+    );
 }
 
 #[test]
@@ -51,9 +64,15 @@ fn dependency_cycle_lists_the_steps_in_order() {
     let e = parse_err(
         "name: loop\nstep_templates:\n  - {name: start}\n  - {name: a, depends_on_steps: [start, c]}\n  - {name: b, depends_on_step: a}\n  - {name: c, depends_on_step: b}\n",
     );
-    assert_eq!(e.to_string(), "template default.loop@0.1.0: dependency cycle: a -> c -> b -> a");
+    assert_eq!(
+        e.to_string(),
+        "template default.loop@0.1.0: dependency cycle: a -> c -> b -> a"
+    );
     let e = parse_err("name: self\nstep_templates:\n  - {name: a, depends_on_step: a}\n");
-    assert_eq!(e.to_string(), "template default.self@0.1.0: dependency cycle: a -> a");
+    assert_eq!(
+        e.to_string(),
+        "template default.self@0.1.0: dependency cycle: a -> a"
+    );
 }
 
 #[test]
@@ -69,21 +88,36 @@ fn retry_limit_below_one_is_rejected() {
 fn bad_version_is_rejected() {
     let e = parse_err("name: t\nversion: '1.2'\nstep_templates:\n  - {name: a}\n");
     assert!(matches!(e, TemplateError::Version { .. }), "{e:?}");
-    assert!(e.to_string().starts_with("template t: version \"1.2\" is not a semantic version"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("template t: version \"1.2\" is not a semantic version"),
+        "{e}"
+    );
 }
 
 #[test]
 fn empty_step_list_is_rejected() {
     let e = parse_err("name: t\nstep_templates: []\n");
-    assert_eq!(e.to_string(), "template default.t@0.1.0: has no steps (step_templates / steps is empty)");
+    assert_eq!(
+        e.to_string(),
+        "template default.t@0.1.0: has no steps (step_templates / steps is empty)"
+    );
 }
 
 #[test]
 fn bad_backoff_and_timeout_are_named() {
     let e = parse_err("name: t\nstep_templates:\n  - {name: a, backoff: {multiplier: 0.5}}\n");
-    assert!(e.to_string().contains("step \"a\": backoff.multiplier must be >= 1"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("step \"a\": backoff.multiplier must be >= 1"),
+        "{e}"
+    );
     let e = parse_err("name: t\nstep_templates:\n  - {name: a, timeout_seconds: -1}\n");
-    assert!(e.to_string().contains("step \"a\": timeout_seconds must be > 0"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("step \"a\": timeout_seconds must be > 0"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -126,12 +160,21 @@ step_templates:
     .unwrap();
     assert_eq!(t.key(), "shop.order_process@1.2.3");
     let v = &t.steps[0];
-    assert_eq!((v.handler.as_str(), v.retryable, v.max_attempts), ("Shop::Validate", false, 1));
+    assert_eq!(
+        (v.handler.as_str(), v.retryable, v.max_attempts),
+        ("Shop::Validate", false, 1)
+    );
     assert_eq!(*v.handler_config, json!({"strict": true}));
     let c = &t.steps[1];
-    assert_eq!((c.max_attempts, c.timeout_seconds, c.backoff.multiplier), (5, Some(12.5), 3.0));
+    assert_eq!(
+        (c.max_attempts, c.timeout_seconds, c.backoff.multiplier),
+        (5, Some(12.5), 3.0)
+    );
     let s = &t.steps[2];
-    assert_eq!((s.handler.as_str(), s.skippable, s.parents.clone()), ("ship", true, vec![1, 0]));
+    assert_eq!(
+        (s.handler.as_str(), s.skippable, s.parents.clone()),
+        ("ship", true, vec![1, 0])
+    );
     assert_eq!(t.levels(), vec![0, 1, 2]);
 }
 
@@ -153,7 +196,10 @@ environments:
     let prod = TaskTemplate::from_yaml(yaml, None).unwrap();
     assert_eq!(prod.steps[0].handler_config["url"], "https://prod.example");
     let test = TaskTemplate::from_yaml(yaml, Some("test")).unwrap();
-    assert_eq!(*test.steps[0].handler_config, json!({"url": "http://127.0.0.1:9", "timeout": 5}));
+    assert_eq!(
+        *test.steps[0].handler_config,
+        json!({"url": "http://127.0.0.1:9", "timeout": 5})
+    );
     assert_eq!(test.steps.len(), 1);
 }
 
@@ -180,8 +226,18 @@ steps:
     assert_eq!(t.key(), "data.etl@2.0.0");
     assert_eq!(t.steps[0].handler, "Data::Extract");
     assert_eq!(*t.steps[0].handler_config, json!({"source": "s3"}));
-    assert_eq!((t.steps[0].max_attempts, t.steps[0].backoff.base_seconds, t.steps[0].backoff.max_seconds), (4, 0.25, 5.0));
-    assert_eq!((t.steps[1].max_attempts, t.steps[1].parents.clone()), (1, vec![0]));
+    assert_eq!(
+        (
+            t.steps[0].max_attempts,
+            t.steps[0].backoff.base_seconds,
+            t.steps[0].backoff.max_seconds
+        ),
+        (4, 0.25, 5.0)
+    );
+    assert_eq!(
+        (t.steps[1].max_attempts, t.steps[1].parents.clone()),
+        (1, vec![0])
+    );
 }
 
 #[tokio::test]
@@ -189,7 +245,11 @@ async fn registering_a_different_body_under_the_same_version_is_an_error() {
     let h = Harness::new().await;
     let a = "name: t\nversion: 1.0.0\nstep_templates:\n  - {name: a}\n";
     assert_eq!(h.register(a).await, "default.t@1.0.0");
-    assert_eq!(h.register(a).await, "default.t@1.0.0", "same body again is fine");
+    assert_eq!(
+        h.register(a).await,
+        "default.t@1.0.0",
+        "same body again is fine"
+    );
     let err = h
         .engine
         .register_template_yaml("name: t\nversion: 1.0.0\nstep_templates:\n  - {name: b}\n")
@@ -205,15 +265,37 @@ async fn registering_a_different_body_under_the_same_version_is_an_error() {
 async fn latest_picks_the_highest_semantic_version() {
     let h = Harness::new().await;
     for v in ["0.9.0", "0.10.0", "0.2.0"] {
-        h.register(&format!("name: t\nversion: {v}\nstep_templates:\n  - {{name: a}}\n")).await;
+        h.register(&format!(
+            "name: t\nversion: {v}\nstep_templates:\n  - {{name: a}}\n"
+        ))
+        .await;
     }
-    let id = h.engine.create_task(TaskRequest::new("t", json!({}))).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("t", json!({})))
+        .await
+        .unwrap();
     assert_eq!(h.engine.get_task(id).await.unwrap().version, "0.10.0");
-    let id = h.engine.create_task(TaskRequest::new("t", json!({})).version("0.2.0")).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("t", json!({})).version("0.2.0"))
+        .await
+        .unwrap();
     assert_eq!(h.engine.get_task(id).await.unwrap().version, "0.2.0");
-    let err = h.engine.create_task(TaskRequest::new("t", json!({})).version("9.9.9")).await.unwrap_err();
-    assert_eq!(err.to_string(), "template default.t has no version \"9.9.9\" (registered: 0.10.0, 0.2.0, 0.9.0)");
-    let err = h.engine.create_task(TaskRequest::new("nope", json!({}))).await.unwrap_err();
+    let err = h
+        .engine
+        .create_task(TaskRequest::new("t", json!({})).version("9.9.9"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "template default.t has no version \"9.9.9\" (registered: 0.10.0, 0.2.0, 0.9.0)"
+    );
+    let err = h
+        .engine
+        .create_task(TaskRequest::new("nope", json!({})))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 }
 
@@ -241,20 +323,44 @@ step_templates:
     .await;
     let err = h
         .engine
-        .create_task(TaskRequest::new("order", json!({"order_id": "x", "customer": {}, "items": ["ok", 3]})))
+        .create_task(TaskRequest::new(
+            "order",
+            json!({"order_id": "x", "customer": {}, "items": ["ok", 3]}),
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Validation(_)));
     let msg = err.to_string();
-    assert!(msg.starts_with("task default.order@0.1.0: context does not match the template's schema:"), "{msg}");
+    assert!(
+        msg.starts_with("task default.order@0.1.0: context does not match the template's schema:"),
+        "{msg}"
+    );
     for path in ["/order_id:", "/customer:", "/items/1:"] {
         assert!(msg.contains(path), "{path} missing from {msg}");
     }
-    let err = h.engine.create_task(TaskRequest::new("order", json!([1, 2]))).await.unwrap_err();
-    assert!(err.to_string().contains("context must be a JSON object, got an array"), "{err}");
-    assert!(h.engine.list_tasks(&Default::default()).await.unwrap().is_empty(), "nothing created");
+    let err = h
+        .engine
+        .create_task(TaskRequest::new("order", json!([1, 2])))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("context must be a JSON object, got an array"),
+        "{err}"
+    );
+    assert!(
+        h.engine
+            .list_tasks(&Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing created"
+    );
     h.engine
-        .create_task(TaskRequest::new("order", json!({"order_id": 1, "customer": {"email": "a@b"}})))
+        .create_task(TaskRequest::new(
+            "order",
+            json!({"order_id": 1, "customer": {"email": "a@b"}}),
+        ))
         .await
         .unwrap();
 }
@@ -265,8 +371,16 @@ fn template_files_report_their_path() {
     let p = dir.path().join("bad.yaml");
     std::fs::write(&p, "name: t\nstep_templates:\n  - {name: a\n").unwrap();
     let e = TaskTemplate::from_path(&p, None).unwrap_err().to_string();
-    assert!(e.starts_with(&format!("template file {}:", p.display())), "{e}");
+    assert!(
+        e.starts_with(&format!("template file {}:", p.display())),
+        "{e}"
+    );
     assert!(e.contains("YAML syntax error"), "{e}");
-    let missing = TaskTemplate::from_path(&dir.path().join("none.yaml"), None).unwrap_err().to_string();
-    assert!(missing.contains("none.yaml") && missing.contains("No such file"), "{missing}");
+    let missing = TaskTemplate::from_path(&dir.path().join("none.yaml"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("none.yaml") && missing.contains("No such file"),
+        "{missing}"
+    );
 }

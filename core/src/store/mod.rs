@@ -212,8 +212,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>>;
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>>;
     /// Tasks matching the filter, newest first, with (namespace, name, version).
-    async fn list_tasks(&self, filter: &TaskFilter)
-        -> Result<Vec<(TaskDetail, String, String, String)>>;
+    async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<Vec<(TaskDetail, String, String, String)>>;
     /// The earliest `ready_at` among claimable steps (with these handlers), if any.
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>>;
     /// The earliest lease expiry among running steps, if any.
@@ -273,8 +275,7 @@ pub trait StoreTx: Send {
     async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>>;
     /// Decrements `remaining_parents` of (task_id, position) by count; steps that reach zero
     /// while `pending` get `ready_at = now`. Returns how many became ready.
-    async fn decrement_parents(&mut self, decrements: &[(i64, i32, i64)], now: i64)
-        -> Result<u64>;
+    async fn decrement_parents(&mut self, decrements: &[(i64, i32, i64)], now: i64) -> Result<u64>;
     /// Applies counter deltas and state changes.
     async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<()>;
 
@@ -292,7 +293,10 @@ pub trait StoreTx: Send {
     /// Claims ready steps: `in_progress`, attempts + 1, lease set, ready_at cleared.
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>>;
     /// Results of (task_id, position) steps: (task_id, position, name, results JSON).
-    async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>>;
+    async fn results(
+        &mut self,
+        keys: &[(i64, i32)],
+    ) -> Result<Vec<(i64, i32, String, Option<String>)>>;
     /// Running steps whose lease expired before `now`: (step_id, task_id, position, attempts).
     async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64, i32, i64)>>;
     /// Extends the leases of running steps still at the given attempt; returns how many.

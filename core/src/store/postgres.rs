@@ -56,8 +56,11 @@ pub struct PgStore {
 fn check_schema(s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 48
-        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
@@ -77,9 +80,14 @@ impl PgStore {
             .statement_cache_capacity(256);
         if let Some(schema) = &opts.schema {
             check_schema(schema)?;
-            let admin = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect.clone())
+                .await?;
             admin
-                .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}"
+                )))
                 .await?;
             admin.close().await;
             connect = connect.options([("search_path", schema.as_str())]);
@@ -94,7 +102,11 @@ impl PgStore {
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool, channel: channel(opts.schema.as_deref()), statements: Arc::default() })
+        Ok(PgStore {
+            pool,
+            channel: channel(opts.schema.as_deref()),
+            statements: Arc::default(),
+        })
     }
 
     /// Listens for notifications from every process: steps ready (wakes `work`) and task state
@@ -118,7 +130,10 @@ impl PgStore {
                         continue;
                     }
                 };
-                if let Err(e) = listener.listen_all([channel.as_str(), tasks_channel.as_str()]).await {
+                if let Err(e) = listener
+                    .listen_all([channel.as_str(), tasks_channel.as_str()])
+                    .await
+                {
                     tracing::warn!(error = %e, "LISTEN failed; retrying");
                     tokio::time::sleep(backoff).await;
                     continue;
@@ -155,7 +170,8 @@ fn step_state(s: &str) -> Result<StepState> {
     s.parse().map_err(Error::Corrupt)
 }
 
-const TASK_COLS: &str = "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version";
+const TASK_COLS: &str =
+    "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version";
 
 fn task_row(r: &PgRow) -> Result<TaskRow> {
     Ok(TaskRow {
@@ -246,7 +262,12 @@ impl Store for PgStore {
         let mut conn = self.pool.acquire().await?;
         conn.execute("BEGIN").await?;
         self.statements.fetch_add(1, Ordering::Relaxed);
-        Ok(Box::new(PgTx { conn, open: true, channel: self.channel.clone(), statements: self.statements.clone() }))
+        Ok(Box::new(PgTx {
+            conn,
+            open: true,
+            channel: self.channel.clone(),
+            statements: self.statements.clone(),
+        }))
     }
 
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
@@ -263,13 +284,15 @@ impl Store for PgStore {
 
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(template_row)
-            .transpose()
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(template_row)
+        .transpose()
     }
 
     async fn task(&self, task_id: i64) -> Result<Option<Detail>> {
@@ -296,13 +319,15 @@ impl Store for PgStore {
 
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position")))
-            .bind(task_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(step_row)
-            .collect()
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position"
+        )))
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(step_row)
+        .collect()
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Detail>> {
@@ -337,9 +362,11 @@ impl Store for PgStore {
 
     async fn next_lease_expiry(&self) -> Result<Option<i64>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        Ok(sqlx::query_scalar("SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     fn statements(&self) -> u64 {
@@ -365,7 +392,11 @@ impl Store for PgStore {
                 Ok(TransitionRow {
                     task_id: r.try_get(0)?,
                     step_id: r.try_get(1)?,
-                    from_state: from.as_deref().map(step_state).transpose()?.map(StepState::as_str),
+                    from_state: from
+                        .as_deref()
+                        .map(step_state)
+                        .transpose()?
+                        .map(StepState::as_str),
                     to_state: step_state(r.try_get::<&str, _>(3)?)?.as_str(),
                     metadata: r.try_get(4)?,
                     sort_key: r.try_get(5)?,
@@ -381,6 +412,19 @@ struct PgTx {
     open: bool,
     channel: String,
     statements: Arc<AtomicU64>,
+}
+
+impl PgTx {
+    /// Parking and unparking: `sql` takes `$1` = now and `$2` = the task ids.
+    async fn move_ready(&mut self, task_ids: &[i64], now: i64, sql: &'static str) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(sql)
+            .bind(now)
+            .bind(task_ids)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
 }
 
 impl Drop for PgTx {
@@ -404,12 +448,19 @@ impl StoreTx for PgTx {
             sql.push_str(&format!("SELECT pg_notify('{}_tasks', ''); ", self.channel));
         }
         sql.push_str("COMMIT");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *self.conn)
+            .await?;
         self.open = false;
         Ok(())
     }
 
-    async fn find_template(&mut self, namespace: &str, name: &str, version: &str) -> Result<Option<TemplateRow>> {
+    async fn find_template(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<TemplateRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE namespace = $1 AND name = $2 AND version = $3"
@@ -455,9 +506,14 @@ impl StoreTx for PgTx {
                 let row = self
                     .find_template(namespace, name, version)
                     .await?
-                    .ok_or_else(|| Error::Corrupt("template vanished during registration".into()))?;
+                    .ok_or_else(|| {
+                        Error::Corrupt("template vanished during registration".into())
+                    })?;
                 if row.definition_hash != definition_hash {
-                    return Err(crate::error::TemplateError::Conflict { key: format!("{namespace}.{name}@{version}") }.into());
+                    return Err(crate::error::TemplateError::Conflict {
+                        key: format!("{namespace}.{name}@{version}"),
+                    }
+                    .into());
                 }
                 Ok(row.named_task_id)
             }
@@ -466,21 +522,25 @@ impl StoreTx for PgTx {
 
     async fn template_by_id(&mut self, id: i64) -> Result<Option<TemplateRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1")))
-            .bind(id)
-            .fetch_optional(&mut *self.conn)
-            .await?
-            .as_ref()
-            .map(template_row)
-            .transpose()
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *self.conn)
+        .await?
+        .as_ref()
+        .map(template_row)
+        .transpose()
     }
 
     async fn task_by_idempotency_key(&mut self, key: &str) -> Result<Option<i64>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        Ok(sqlx::query_scalar("SELECT task_id FROM tasks WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&mut *self.conn)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT task_id FROM tasks WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(&mut *self.conn)
+                .await?,
+        )
     }
 
     async fn insert_task(&mut self, t: &NewTask<'_>) -> Result<i64> {
@@ -516,7 +576,12 @@ impl StoreTx for PgTx {
         }
     }
 
-    async fn insert_steps(&mut self, task_id: i64, steps: &[NewStep<'_>], now: i64) -> Result<Vec<(i32, i64)>> {
+    async fn insert_steps(
+        &mut self,
+        task_id: i64,
+        steps: &[NewStep<'_>],
+        now: i64,
+    ) -> Result<Vec<(i32, i64)>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
             "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, created_at, updated_at) \
@@ -538,7 +603,9 @@ impl StoreTx for PgTx {
         .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
         .fetch_all(&mut *self.conn)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)? as i32, r.try_get(1)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)? as i32, r.try_get(1)?)))
+            .collect()
     }
 
     async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>> {
@@ -569,10 +636,12 @@ impl StoreTx for PgTx {
 
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE task_id = $1 AND state = 'in_progress'")
-            .bind(task_id)
-            .fetch_one(&mut *self.conn)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM steps WHERE task_id = $1 AND state = 'in_progress'",
+        )
+        .bind(task_id)
+        .fetch_one(&mut *self.conn)
+        .await?)
     }
 
     async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>> {
@@ -613,7 +682,9 @@ impl StoreTx for PgTx {
         .bind(updates.iter().map(|u| u.expect_attempts).collect::<Vec<_>>())
         .fetch_all(&mut *self.conn)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     async fn decrement_parents(&mut self, decs: &[(i64, i32, i64)], now: i64) -> Result<u64> {
@@ -666,29 +737,23 @@ impl StoreTx for PgTx {
     }
 
     async fn park(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(
+        self.move_ready(
+            task_ids,
+            now,
             "UPDATE steps SET parked_ready_at = ready_at, ready_at = NULL, updated_at = $1 \
              WHERE task_id = ANY($2) AND ready_at IS NOT NULL",
         )
-        .bind(now)
-        .bind(task_ids)
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(
+        self.move_ready(
+            task_ids,
+            now,
             "UPDATE steps SET ready_at = parked_ready_at, parked_ready_at = NULL, updated_at = $1 \
              WHERE task_id = ANY($2) AND parked_ready_at IS NOT NULL AND state IN ('pending', 'error')",
         )
-        .bind(now)
-        .bind(task_ids)
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>> {
@@ -743,10 +808,15 @@ impl StoreTx for PgTx {
         .bind(now)
         .fetch_all(&mut *self.conn)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
-    async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>> {
+    async fn results(
+        &mut self,
+        keys: &[(i64, i32)],
+    ) -> Result<Vec<(i64, i32, String, Option<String>)>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -761,7 +831,14 @@ impl StoreTx for PgTx {
         .fetch_all(&mut *self.conn)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as i32, r.try_get(2)?, r.try_get(3)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<i64, _>(1)? as i32,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                ))
+            })
             .collect()
     }
 
@@ -778,7 +855,14 @@ impl StoreTx for PgTx {
         .fetch_all(&mut *self.conn)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? as i32, r.try_get(3)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get::<i64, _>(2)? as i32,
+                    r.try_get(3)?,
+                ))
+            })
             .collect()
     }
 
@@ -806,7 +890,8 @@ impl StoreTx for PgTx {
         if rows.is_empty() {
             return Ok(());
         }
-        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) = rows.iter().partition(|r| r.step_id.is_some());
+        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) =
+            rows.iter().partition(|r| r.step_id.is_some());
         // Both tables in one round trip.
         sqlx::query(
             "WITH t AS ( \

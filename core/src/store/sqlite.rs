@@ -55,7 +55,9 @@ impl FromStr for Durability {
             "full" => Ok(Durability::Full),
             "normal" => Ok(Durability::Normal),
             "off" => Ok(Durability::Off),
-            other => Err(format!("unknown durability {other:?}: expected full, normal or off")),
+            other => Err(format!(
+                "unknown durability {other:?}: expected full, normal or off"
+            )),
         }
     }
 }
@@ -116,7 +118,9 @@ fn path_of(url: &str) -> Result<(String, bool)> {
         .ok_or_else(|| Error::UnsupportedUrl(url.to_owned()))?;
     let path = rest.split('?').next().unwrap_or_default();
     if path.is_empty() {
-        return Err(Error::Validation(format!("bad SQLite URL {url:?}: no file path (use sqlite://PATH or sqlite::memory:)")));
+        return Err(Error::Validation(format!(
+            "bad SQLite URL {url:?}: no file path (use sqlite://PATH or sqlite::memory:)"
+        )));
     }
     Ok((path.to_owned(), path == ":memory:"))
 }
@@ -140,10 +144,15 @@ impl SqliteStore {
         let write = if memory {
             // sqlx cannot reach a private in-memory database: share one through a named
             // in-memory URI that both open.
-            let name = format!("file:tasker-mem-{:016x}?mode=memory&cache=shared", rand::random::<u64>());
+            let name = format!(
+                "file:tasker-mem-{:016x}?mode=memory&cache=shared",
+                rand::random::<u64>()
+            );
             let keep = Connection::open_with_flags(
                 &name,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_URI,
             )?;
             configure(&keep, durability, true)?;
             run_migrations(&format!("sqlite:{name}")).await?;
@@ -164,9 +173,16 @@ impl SqliteStore {
             run_migrations(&format!("sqlite://{path}")).await?;
             c
         };
-        let read = if memory { Readers::Shared } else { Readers::Own(Mutex::new(Vec::new()), path) };
+        let read = if memory {
+            Readers::Shared
+        } else {
+            Readers::Own(Mutex::new(Vec::new()), path)
+        };
         Ok(SqliteStore {
-            write: Arc::new(tokio::sync::Mutex::new(WriteConn { c: write, sync: durability })),
+            write: Arc::new(tokio::sync::Mutex::new(WriteConn {
+                c: write,
+                sync: durability,
+            })),
             read: Arc::new(read),
             durability,
         })
@@ -217,11 +233,15 @@ async fn run_migrations(url: &str) -> Result<()> {
 }
 
 fn task_state(s: &str) -> rusqlite::Result<TaskState> {
-    s.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 fn step_state(s: &str) -> rusqlite::Result<StepState> {
-    s.parse().map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 const TASK_COLS: &str =
@@ -354,9 +374,7 @@ fn next_ready_at_sql(handlers: Option<&[String]>) -> (String, Vec<Sql>) {
     let mut p = Vec::new();
     let filter = handler_filter(handlers, &mut p);
     (
-        format!(
-            "SELECT MIN(s.ready_at) FROM steps AS s WHERE s.ready_at IS NOT NULL{filter}"
-        ),
+        format!("SELECT MIN(s.ready_at) FROM steps AS s WHERE s.ready_at IS NOT NULL{filter}"),
         p,
     )
 }
@@ -367,13 +385,20 @@ impl Store for SqliteStore {
         let mut guard = self.write.clone().lock_owned().await;
         // A transaction that may be lost on power failure without harm (a claim: the step stays
         // claimable) skips the fsync; the next durable commit syncs the WAL up to it.
-        let want = if durable { self.durability } else { Durability::Off };
+        let want = if durable {
+            self.durability
+        } else {
+            Durability::Off
+        };
         if guard.sync != want {
             guard.c.pragma_update(None, "synchronous", want.pragma())?;
             guard.sync = want;
         }
         guard.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Box::new(SqliteTx { c: guard, open: true }))
+        Ok(Box::new(SqliteTx {
+            c: guard,
+            open: true,
+        }))
     }
 
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
@@ -390,9 +415,11 @@ impl Store for SqliteStore {
 
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
         self.read(|c| {
-            Ok(c.prepare_cached(&format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = ?"))?
-                .query_row([id], template_row)
-                .optional()?)
+            Ok(c.prepare_cached(&format!(
+                "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = ?"
+            ))?
+            .query_row([id], template_row)
+            .optional()?)
         })
         .await
     }
@@ -410,9 +437,11 @@ impl Store for SqliteStore {
 
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT state FROM tasks WHERE task_id = ?")?
-                .query_row([task_id], |r| task_state(&r.get::<_, String>(0)?))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT state FROM tasks WHERE task_id = ?")?
+                    .query_row([task_id], |r| task_state(&r.get::<_, String>(0)?))
+                    .optional()?,
+            )
         })
         .await
     }
@@ -449,19 +478,25 @@ impl Store for SqliteStore {
         sql.push_str(" ORDER BY t.task_id DESC LIMIT ? OFFSET ?");
         p.push(Sql::Integer(f.limit.unwrap_or(100)));
         p.push(Sql::Integer(f.offset.unwrap_or(0)));
-        self.read(|c| query_rows(c, &sql, params_from_iter(p), task_detail)).await
+        self.read(|c| query_rows(c, &sql, params_from_iter(p), task_detail))
+            .await
     }
 
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {
         let (sql, p) = next_ready_at_sql(handlers);
-        self.read(|c| Ok(c.prepare_cached(&sql)?.query_row(params_from_iter(p), |r| r.get(0))?))
-            .await
+        self.read(|c| {
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params_from_iter(p), |r| r.get(0))?)
+        })
+        .await
     }
 
     async fn next_lease_expiry(&self) -> Result<Option<i64>> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'")?
-                .query_row([], |r| r.get(0))?)
+            Ok(c.prepare_cached(
+                "SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'",
+            )?
+            .query_row([], |r| r.get(0))?)
         })
         .await
     }
@@ -500,6 +535,22 @@ struct SqliteTx {
     open: bool,
 }
 
+impl SqliteTx {
+    /// `UPDATE steps SET {set} WHERE task_id IN (...) AND {cond}`: parking and unparking.
+    fn move_ready(&mut self, task_ids: &[i64], now: i64, set: &str, cond: &str) -> Result<()> {
+        for chunk in task_ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE steps SET {set}, updated_at = ? WHERE task_id IN ({}) AND {cond}",
+                list(chunk.len())
+            );
+            let mut p = vec![Sql::Integer(now)];
+            p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
+            self.c.prepare_cached(&sql)?.execute(params_from_iter(p))?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for SqliteTx {
     fn drop(&mut self) {
         if self.open {
@@ -521,7 +572,12 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
-    async fn find_template(&mut self, namespace: &str, name: &str, version: &str) -> Result<Option<TemplateRow>> {
+    async fn find_template(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<TemplateRow>> {
         Ok(self
             .c
             .prepare_cached(&format!(
@@ -553,7 +609,9 @@ impl StoreTx for SqliteTx {
     async fn template_by_id(&mut self, id: i64) -> Result<Option<TemplateRow>> {
         Ok(self
             .c
-            .prepare_cached(&format!("SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = ?"))?
+            .prepare_cached(&format!(
+                "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = ?"
+            ))?
             .query_row([id], template_row)
             .optional()?)
     }
@@ -596,7 +654,12 @@ impl StoreTx for SqliteTx {
             )?)
     }
 
-    async fn insert_steps(&mut self, task_id: i64, steps: &[NewStep<'_>], now: i64) -> Result<Vec<(i32, i64)>> {
+    async fn insert_steps(
+        &mut self,
+        task_id: i64,
+        steps: &[NewStep<'_>],
+        now: i64,
+    ) -> Result<Vec<(i32, i64)>> {
         let mut out = Vec::with_capacity(steps.len());
         for chunk in steps.chunks(CHUNK) {
             let sql = format!(
@@ -621,7 +684,9 @@ impl StoreTx for SqliteTx {
                     Sql::Integer(now),
                 ]);
             }
-            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| Ok((r.get(0)?, r.get(1)?)))?);
+            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?);
         }
         Ok(out)
     }
@@ -629,8 +694,16 @@ impl StoreTx for SqliteTx {
     async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>> {
         let mut out = Vec::with_capacity(task_ids.len());
         for chunk in task_ids.chunks(CHUNK) {
-            let sql = format!("SELECT {TASK_COLS} FROM tasks WHERE task_id IN ({})", list(chunk.len()));
-            out.extend(query_rows(&self.c, &sql, params_from_iter(chunk), task_row)?);
+            let sql = format!(
+                "SELECT {TASK_COLS} FROM tasks WHERE task_id IN ({})",
+                list(chunk.len())
+            );
+            out.extend(query_rows(
+                &self.c,
+                &sql,
+                params_from_iter(chunk),
+                task_row,
+            )?);
         }
         Ok(out)
     }
@@ -647,7 +720,9 @@ impl StoreTx for SqliteTx {
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {
         Ok(self
             .c
-            .prepare_cached("SELECT COUNT(*) FROM steps WHERE task_id = ? AND state = 'in_progress'")?
+            .prepare_cached(
+                "SELECT COUNT(*) FROM steps WHERE task_id = ? AND state = 'in_progress'",
+            )?
             .query_row([task_id], |r| r.get(0))?)
     }
 
@@ -689,7 +764,9 @@ impl StoreTx for SqliteTx {
                     opt_i64(u.expect_attempts),
                 ]);
             }
-            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| Ok((r.get(0)?, r.get(1)?)))?);
+            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?);
         }
         Ok(out)
     }
@@ -709,10 +786,16 @@ impl StoreTx for SqliteTx {
             let mut p = Vec::with_capacity(1 + chunk.len() * 3);
             p.push(Sql::Integer(now));
             for (t, pos, n) in chunk {
-                p.extend([Sql::Integer(*t), Sql::Integer(*pos as i64), Sql::Integer(*n)]);
+                p.extend([
+                    Sql::Integer(*t),
+                    Sql::Integer(*pos as i64),
+                    Sql::Integer(*n),
+                ]);
             }
             let sql = number_placeholders(&sql, 2);
-            for became_ready in query_rows(&self.c, &sql, params_from_iter(p), |r| r.get::<_, bool>(0))? {
+            for became_ready in
+                query_rows(&self.c, &sql, params_from_iter(p), |r| r.get::<_, bool>(0))?
+            {
                 ready += became_ready as u64;
             }
         }
@@ -749,31 +832,21 @@ impl StoreTx for SqliteTx {
     }
 
     async fn park(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
-        for chunk in task_ids.chunks(CHUNK) {
-            let sql = format!(
-                "UPDATE steps SET parked_ready_at = ready_at, ready_at = NULL, updated_at = ? \
-                 WHERE task_id IN ({}) AND ready_at IS NOT NULL",
-                list(chunk.len())
-            );
-            let mut p = vec![Sql::Integer(now)];
-            p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
-            self.c.prepare_cached(&sql)?.execute(params_from_iter(p))?;
-        }
-        Ok(())
+        self.move_ready(
+            task_ids,
+            now,
+            "parked_ready_at = ready_at, ready_at = NULL",
+            "ready_at IS NOT NULL",
+        )
     }
 
     async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
-        for chunk in task_ids.chunks(CHUNK) {
-            let sql = format!(
-                "UPDATE steps SET ready_at = parked_ready_at, parked_ready_at = NULL, updated_at = ? \
-                 WHERE task_id IN ({}) AND parked_ready_at IS NOT NULL AND state IN ('pending', 'error')",
-                list(chunk.len())
-            );
-            let mut p = vec![Sql::Integer(now)];
-            p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
-            self.c.prepare_cached(&sql)?.execute(params_from_iter(p))?;
-        }
-        Ok(())
+        self.move_ready(
+            task_ids,
+            now,
+            "ready_at = parked_ready_at, parked_ready_at = NULL",
+            "parked_ready_at IS NOT NULL AND state IN ('pending', 'error')",
+        )
     }
 
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>> {
@@ -820,14 +893,24 @@ impl StoreTx for SqliteTx {
                 "SELECT task_id, named_task_id, state, context FROM tasks WHERE task_id IN ({})",
                 list(chunk.len())
             );
-            for (id, named, state, ctx) in query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, task_state(&r.get::<_, String>(2)?)?, r.get::<_, String>(3)?))
-            })? {
+            for (id, named, state, ctx) in
+                query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        task_state(&r.get::<_, String>(2)?)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })?
+            {
                 tasks.insert(id, (named, state, ctx));
             }
         }
         for s in &mut steps {
-            let (named, state, ctx) = tasks.get(&s.task_id).cloned().ok_or_else(|| Error::Corrupt(format!("step {} has no task", s.step_id)))?;
+            let (named, state, ctx) = tasks
+                .get(&s.task_id)
+                .cloned()
+                .ok_or_else(|| Error::Corrupt(format!("step {} has no task", s.step_id)))?;
             s.named_task_id = named;
             s.task_state = state;
             s.context = ctx;
@@ -845,12 +928,17 @@ impl StoreTx for SqliteTx {
             );
             let mut p = vec![Sql::Integer(now)];
             p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
-            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| Ok((r.get(0)?, r.get(1)?)))?);
+            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?);
         }
         Ok(out)
     }
 
-    async fn results(&mut self, keys: &[(i64, i32)]) -> Result<Vec<(i64, i32, String, Option<String>)>> {
+    async fn results(
+        &mut self,
+        keys: &[(i64, i32)],
+    ) -> Result<Vec<(i64, i32, String, Option<String>)>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
@@ -858,7 +946,9 @@ impl StoreTx for SqliteTx {
                  CROSS JOIN steps AS s ON s.task_id = v.column1 AND s.position = v.column2",
                 placeholders(chunk.len(), 2)
             );
-            let p = chunk.iter().flat_map(|(t, pos)| [Sql::Integer(*t), Sql::Integer(*pos as i64)]);
+            let p = chunk
+                .iter()
+                .flat_map(|(t, pos)| [Sql::Integer(*t), Sql::Integer(*pos as i64)]);
             out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?);
@@ -885,14 +975,19 @@ impl StoreTx for SqliteTx {
                 placeholders(chunk.len(), 2)
             );
             let mut p = vec![Sql::Integer(until), Sql::Integer(now)];
-            p.extend(chunk.iter().flat_map(|(s, a)| [Sql::Integer(*s), Sql::Integer(*a)]));
+            p.extend(
+                chunk
+                    .iter()
+                    .flat_map(|(s, a)| [Sql::Integer(*s), Sql::Integer(*a)]),
+            );
             n += self.c.prepare_cached(&sql)?.execute(params_from_iter(p))? as u64;
         }
         Ok(n)
     }
 
     async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()> {
-        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) = rows.iter().partition(|r| r.step_id.is_some());
+        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) =
+            rows.iter().partition(|r| r.step_id.is_some());
         for chunk in tasks.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO task_transitions (task_id, from_state, to_state, metadata, sort_key, created_at) VALUES {}",

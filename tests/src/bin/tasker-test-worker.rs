@@ -26,7 +26,10 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn now_us() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
 }
 
 struct Log(std::fs::File);
@@ -50,16 +53,26 @@ impl Log {
 async fn main() {
     let db = arg("--db").expect("--db URL");
     let log_path = arg("--log").expect("--log FILE");
-    let lease_ms: u64 = arg("--lease-ms").map(|v| v.parse().unwrap()).unwrap_or(30_000);
+    let lease_ms: u64 = arg("--lease-ms")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(30_000);
     let sleep_ms: u64 = arg("--sleep-ms").map(|v| v.parse().unwrap()).unwrap_or(0);
-    let concurrency: usize = arg("--concurrency").map(|v| v.parse().unwrap()).unwrap_or(8);
+    let concurrency: usize = arg("--concurrency")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(8);
     let prefetch: Option<usize> = arg("--prefetch").map(|v| v.parse().unwrap());
-    let mut opts = EngineOptions::default().url(db).lease(Duration::from_millis(lease_ms));
+    let mut opts = EngineOptions::default()
+        .url(db)
+        .lease(Duration::from_millis(lease_ms));
     if let Some(s) = arg("--schema") {
         opts = opts.schema(s);
     }
     let engine = Engine::open_with(opts).await.expect("open engine");
-    let log = Arc::new(Log(std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("open log")));
+    let log = Arc::new(Log(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("open log")));
     let mut reg = Registry::new();
     for name in ["A", "B", "C", "D"] {
         let log = log.clone();
@@ -68,7 +81,8 @@ async fn main() {
             async move {
                 log.line("start", &step);
                 if sleep_ms > 0 {
-                    let jitter = (step.key.step_id as u64 * 7919 + step.attempt() as u64) % (sleep_ms + 1);
+                    let jitter =
+                        (step.key.step_id as u64 * 7919 + step.attempt() as u64) % (sleep_ms + 1);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
                 let out = match step.step_name.as_str() {
