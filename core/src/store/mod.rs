@@ -242,6 +242,7 @@ pub trait StoreTx: Send {
         name: &str,
         version: &str,
     ) -> Result<Option<TemplateRow>>;
+    #[allow(clippy::too_many_arguments)]
     async fn insert_template(
         &mut self,
         namespace: &str,

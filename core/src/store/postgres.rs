@@ -475,6 +475,7 @@ impl StoreTx for PgTx {
         .transpose()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn insert_template(
         &mut self,
         namespace: &str,

@@ -587,6 +587,7 @@ impl StoreTx for SqliteTx {
             .optional()?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn insert_template(
         &mut self,
         namespace: &str,
