@@ -85,6 +85,13 @@ def test_two_python_worker_processes_share_postgresql(engine, db, tmp_path):
     assert log.read_text().split().count("start") == 40
 
 
+def test_the_readme_quickstart_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "examples/python/quickstart.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "HELLO WORLD!"
+
+
 def test_the_python_example_runs(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "examples/python/orders.py")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
