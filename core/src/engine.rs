@@ -1512,11 +1512,9 @@ impl<'e> TxCx<'e> {
     /// Flushes, writes the transition rows, commits, then announces.
     async fn finish(mut self) -> Result<()> {
         self.repark().await?;
-        self.flush().await?;
-        if !self.changes.is_empty() {
-            let rows: Vec<TransitionRow> = self.changes.iter().map(|c| c.row.clone()).collect();
-            self.tx.insert_transitions(&rows).await?;
-        }
+        let ups: Vec<TaskUpdate> = self.pending.drain().map(|(_, u)| u).collect();
+        let rows: Vec<TransitionRow> = self.changes.iter().map(|c| c.row.clone()).collect();
+        self.tx.write_final(&ups, &rows, self.now).await?;
         let TxCx {
             engine,
             tx,
@@ -1559,24 +1557,21 @@ impl<'e> TxCx<'e> {
         }
         let t = &p.template;
         let done = p.bypass.iter().filter(|b| **b).count() as i64;
-        let task_id = self
-            .tx
-            .insert_task(&NewTask {
-                named_task_id: p.template_id,
-                state: TaskState::Pending,
-                context: &p.context,
-                initiator: &p.initiator,
-                source_system: &p.source_system,
-                reason: &p.reason,
-                tags: &p.tags,
-                bypass_steps: &p.bypass_names,
-                idempotency_key: p.idempotency_key.as_deref(),
-                steps_total: t.steps.len() as i64,
-                steps_done: done,
-                version: 1,
-                now: self.now,
-            })
-            .await?;
+        let new_task = NewTask {
+            named_task_id: p.template_id,
+            state: TaskState::Pending,
+            context: &p.context,
+            initiator: &p.initiator,
+            source_system: &p.source_system,
+            reason: &p.reason,
+            tags: &p.tags,
+            bypass_steps: &p.bypass_names,
+            idempotency_key: p.idempotency_key.as_deref(),
+            steps_total: t.steps.len() as i64,
+            steps_done: done,
+            version: 1,
+            now: self.now,
+        };
         let now = self.now;
         let steps: Vec<NewStep> = t
             .steps
@@ -1601,7 +1596,7 @@ impl<'e> TxCx<'e> {
                 }
             })
             .collect();
-        let mut ids = self.tx.insert_steps(task_id, &steps, now).await?;
+        let (task_id, mut ids) = self.tx.insert_task_with_steps(&new_task, &steps).await?;
         ids.sort_unstable();
         self.push_change(
             task_id,

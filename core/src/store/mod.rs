@@ -304,4 +304,33 @@ pub trait StoreTx: Send {
     async fn extend_leases(&mut self, steps: &[(i64, i64)], until: i64, now: i64) -> Result<u64>;
 
     async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()>;
+
+    /// Inserts a task and its steps; returns the task id and (position, step_id). A store may
+    /// do it in one statement.
+    async fn insert_task_with_steps(
+        &mut self,
+        task: &NewTask<'_>,
+        steps: &[NewStep<'_>],
+    ) -> Result<(i64, Vec<(i32, i64)>)> {
+        let id = self.insert_task(task).await?;
+        let ids = self.insert_steps(id, steps, task.now).await?;
+        Ok((id, ids))
+    }
+
+    /// The last writes of a transaction: task counter/state updates and transition rows. A store
+    /// may do both in one statement.
+    async fn write_final(
+        &mut self,
+        updates: &[TaskUpdate],
+        transitions: &[TransitionRow],
+        now: i64,
+    ) -> Result<()> {
+        if !updates.is_empty() {
+            self.update_tasks(updates, now).await?;
+        }
+        if !transitions.is_empty() {
+            self.insert_transitions(transitions).await?;
+        }
+        Ok(())
+    }
 }

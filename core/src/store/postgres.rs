@@ -886,6 +886,123 @@ impl StoreTx for PgTx {
         .rows_affected())
     }
 
+    async fn insert_task_with_steps(
+        &mut self,
+        t: &NewTask<'_>,
+        steps: &[NewStep<'_>],
+    ) -> Result<(i64, Vec<(i32, i64)>)> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        // One round trip: the task row, then its steps from the returned id.
+        let rows = sqlx::query(
+            "WITH t AS ( \
+               INSERT INTO tasks (named_task_id, state, context, initiator, source_system, reason, tags, bypass_steps, \
+                 idempotency_key, steps_total, steps_done, version, requested_at, created_at, updated_at) \
+               VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $13, $13) \
+               ON CONFLICT (idempotency_key) DO NOTHING RETURNING task_id) \
+             INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, created_at, updated_at) \
+             SELECT t.task_id, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, $13, $13 \
+             FROM t, UNNEST($14::bigint[], $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[]) \
+               AS v(position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version) \
+             RETURNING task_id, position, step_id",
+        )
+        .bind(t.named_task_id)
+        .bind(t.state.as_str())
+        .bind(t.context)
+        .bind(t.initiator)
+        .bind(t.source_system)
+        .bind(t.reason)
+        .bind(t.tags)
+        .bind(t.bypass_steps)
+        .bind(t.idempotency_key)
+        .bind(t.steps_total)
+        .bind(t.steps_done)
+        .bind(t.version)
+        .bind(t.now)
+        .bind(steps.iter().map(|s| s.position as i64).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.name).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.handler).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.state.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.retry_limit).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.remaining_parents).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.ready_at).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
+        .fetch_all(&mut *self.conn)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Err(Error::Conflict(format!(
+                "a task with idempotency key {:?} was created concurrently; retry to get its id",
+                t.idempotency_key.unwrap_or_default()
+            )));
+        };
+        let task_id: i64 = first.try_get(0)?;
+        let ids = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>(1)? as i32, r.try_get(2)?)))
+            .collect::<Result<_>>()?;
+        Ok((task_id, ids))
+    }
+
+    async fn write_final(
+        &mut self,
+        updates: &[TaskUpdate],
+        rows: &[TransitionRow],
+        now: i64,
+    ) -> Result<()> {
+        if updates.is_empty() || rows.is_empty() {
+            if !updates.is_empty() {
+                self.update_tasks(updates, now).await?;
+            }
+            if !rows.is_empty() {
+                self.insert_transitions(rows).await?;
+            }
+            return Ok(());
+        }
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut ups: Vec<&TaskUpdate> = updates.iter().collect();
+        ups.sort_by_key(|u| u.task_id);
+        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) =
+            rows.iter().partition(|r| r.step_id.is_some());
+        // Counters and states, and both transition tables, in one round trip.
+        sqlx::query(
+            "WITH u AS ( \
+               UPDATE tasks t SET steps_done = t.steps_done + v.d_done, steps_blocked = t.steps_blocked + v.d_blocked, \
+                 state = COALESCE(v.state, t.state), version = t.version + v.transitions, \
+                 completed_at = COALESCE(v.completed_at, t.completed_at), updated_at = $1 \
+               FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
+                 AS v(task_id, d_done, d_blocked, state, transitions, completed_at) \
+               WHERE t.task_id = v.task_id), \
+             tt AS ( \
+               INSERT INTO task_transitions (task_id, from_state, to_state, metadata, sort_key, created_at) \
+               SELECT * FROM UNNEST($8::bigint[], $9::text[], $10::text[], $11::jsonb[], $12::bigint[], $13::bigint[])) \
+             INSERT INTO step_transitions (step_id, task_id, from_state, to_state, metadata, sort_key, created_at) \
+             SELECT * FROM UNNEST($14::bigint[], $15::bigint[], $16::text[], $17::text[], $18::jsonb[], $19::bigint[], $20::bigint[])",
+        )
+        .bind(now)
+        .bind(ups.iter().map(|u| u.task_id).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.d_done).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.d_blocked).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.state.map(|s| s.as_str())).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.transitions).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.completed_at).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.task_id).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.from_state).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.to_state).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.sort_key).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.step_id.unwrap_or_default()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.task_id).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.from_state).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.to_state).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.sort_key).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         if rows.is_empty() {
