@@ -1473,16 +1473,6 @@ impl<'e> TxCx<'e> {
         self.set_task_states(task_id, path, meta)
     }
 
-    /// Writes the pending counter deltas and state changes.
-    async fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let ups: Vec<TaskUpdate> = self.pending.drain().map(|(_, u)| u).collect();
-        self.tx.update_tasks(&ups, self.now).await?;
-        Ok(())
-    }
-
     /// Parks the claimable steps of blocked tasks, so no claim starts them, and makes them
     /// claimable again once a task is unblocked.
     async fn repark(&mut self) -> Result<()> {
@@ -1835,8 +1825,10 @@ impl<'e> TxCx<'e> {
 
     /// Claims ready steps and builds their jobs.
     async fn claim(&mut self, c: &Claim) -> Result<Vec<Job>> {
+        // Park first: a task blocked by this transaction's outcomes must not have its steps
+        // claimed. The claim reads only the steps table, so counter updates can wait for the
+        // transaction's final write.
         self.repark().await?;
-        self.flush().await?;
         let lease_until = self.now + self.engine.inner.opts.lease.as_millis() as i64;
         let claimed = self
             .tx
