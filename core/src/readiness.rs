@@ -16,15 +16,12 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Full computation from the template: counters and the initial ready set.
+    /// Full computation from the template's petgraph DAG: counters and the initial ready set.
     pub fn new(template: &TaskTemplate) -> (Readiness, Vec<usize>) {
+        use petgraph::visit::EdgeRef;
         Self::from_edges(
-            template.steps.len(),
-            template
-                .steps
-                .iter()
-                .enumerate()
-                .flat_map(|(i, s)| s.parents.iter().map(move |&p| (p, i))),
+            template.graph.node_count(),
+            template.graph.edge_references().map(|e| (e.source().index(), e.target().index())),
         )
     }
 
@@ -79,6 +76,21 @@ impl Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_come_from_the_template_graph() {
+        let t = TaskTemplate::from_yaml(
+            "name: d\nstep_templates:\n  - {name: a}\n  - {name: b, depends_on_step: a}\n  - {name: c, depends_on_steps: [a, b]}\n",
+            None,
+        )
+        .unwrap();
+        let (mut r, ready) = Readiness::new(&t);
+        assert_eq!(ready, vec![0]);
+        assert_eq!((r.remaining_parents(1), r.remaining_parents(2)), (1, 2));
+        let mut next = Vec::new();
+        r.complete(0, &mut next);
+        assert_eq!(next, vec![1]);
+    }
 
     #[test]
     fn diamond_becomes_ready_in_order() {
