@@ -21,7 +21,10 @@ impl Readiness {
         use petgraph::visit::EdgeRef;
         Self::from_edges(
             template.graph.node_count(),
-            template.graph.edge_references().map(|e| (e.source().index(), e.target().index())),
+            template
+                .graph
+                .edge_references()
+                .map(|e| (e.source().index(), e.target().index())),
         )
     }
 
