@@ -25,6 +25,7 @@ pub mod diagram;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod protocol;
 pub mod readiness;
 pub mod state;
 pub mod store;

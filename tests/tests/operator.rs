@@ -26,7 +26,9 @@ step_templates:
 fn always_failing() -> Registry {
     let mut r = Registry::new();
     for n in ["a", "b"] {
-        r.register_fn(n, |_| async { Err(HandlerError::retryable("always fails")) });
+        r.register_fn(n, |_| async {
+            Err(HandlerError::retryable("always fails"))
+        });
     }
     r.register_fn("c", |_| async { Ok(json!("c ran")) });
     r
@@ -35,7 +37,9 @@ fn always_failing() -> Registry {
 fn all_succeed() -> Registry {
     let mut r = Registry::new();
     for n in ["a", "b", "c"] {
-        r.register_fn(n, move |step| async move { Ok(json!(format!("{} ok", step.step_name))) });
+        r.register_fn(n, move |step| async move {
+            Ok(json!(format!("{} ok", step.step_name)))
+        });
     }
     r
 }
@@ -97,7 +101,10 @@ async fn resolving_a_parked_step_keeps_a_task_with_an_exhausted_step_in_error() 
 
     // Retrying `a` unblocks the task; `c` runs once `a` succeeds.
     h.engine.retry_step(id, "a").await.unwrap();
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Pending);
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Pending
+    );
     assert_eq!(h.drive(&all_succeed()).await, 2, "a, then c");
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
@@ -120,9 +127,16 @@ async fn retrying_a_parked_step_keeps_the_task_blocked_until_the_exhausted_one_i
     );
 
     h.engine.retry_step(id, "a").await.unwrap();
-    assert_eq!(h.engine.get_task(id).await.unwrap().status, TaskState::Pending);
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Pending
+    );
     let (names, jobs) = claim_names(&h).await;
-    assert_eq!(names, ["a", "b"], "both run again at once, with fresh attempts");
+    assert_eq!(
+        names,
+        ["a", "b"],
+        "both run again at once, with fresh attempts"
+    );
     assert!(jobs.iter().all(|j| j.key.attempt == 1));
     let reports = jobs
         .into_iter()
@@ -167,13 +181,21 @@ async fn resolving_the_exhausted_step_unblocks_and_the_parked_one_runs_after_its
         .await
         .unwrap();
     let t = h.engine.get_task(id).await.unwrap();
-    assert_eq!(t.status, TaskState::Pending, "nothing is exhausted any more");
+    assert_eq!(
+        t.status,
+        TaskState::Pending,
+        "nothing is exhausted any more"
+    );
     assert!(
         claim_names(&h).await.0.is_empty(),
         "`b` keeps its backoff: it is not due yet"
     );
     h.advance(Duration::from_secs(61));
-    assert_eq!(h.drive(&all_succeed()).await, 2, "b (second attempt), then c");
+    assert_eq!(
+        h.drive(&all_succeed()).await,
+        2,
+        "b (second attempt), then c"
+    );
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("b").unwrap().attempts, 2);

@@ -66,6 +66,8 @@ pub struct StepRow {
     pub retry_limit: i64,
     pub remaining_parents: i64,
     pub ready_at: Option<i64>,
+    /// Where `ready_at` waits while the task is blocked by another step (parked).
+    pub parked_ready_at: Option<i64>,
     pub claimed_by: Option<String>,
     pub lease_expires_at: Option<i64>,
     pub results: Option<String>,
@@ -73,6 +75,14 @@ pub struct StepRow {
     pub last_attempted_at: Option<i64>,
     pub processed_at: Option<i64>,
     pub version: i64,
+}
+
+impl StepRow {
+    /// Out of attempts: blocks its task until an operator acts
+    /// ([`crate::engine::decide::is_exhausted`]).
+    pub fn is_exhausted(&self) -> bool {
+        crate::engine::decide::is_exhausted(self.state, self.ready_at, self.parked_ready_at)
+    }
 }
 
 /// A new task to insert.

@@ -214,7 +214,7 @@ fn task_detail(r: &PgRow) -> Result<Detail> {
 }
 
 const STEP_COLS: &str = "step_id, task_id, position, name, handler, state, attempts, retry_limit, remaining_parents, ready_at, \
-     claimed_by, lease_expires_at, results::text, error::text, last_attempted_at, processed_at, version";
+     claimed_by, lease_expires_at, results::text, error::text, last_attempted_at, processed_at, version, parked_ready_at";
 
 fn step_row(r: &PgRow) -> Result<StepRow> {
     Ok(StepRow {
@@ -235,6 +235,7 @@ fn step_row(r: &PgRow) -> Result<StepRow> {
         last_attempted_at: r.try_get(14)?,
         processed_at: r.try_get(15)?,
         version: r.try_get(16)?,
+        parked_ready_at: r.try_get(17)?,
     })
 }
 
@@ -655,7 +656,7 @@ impl StoreTx for PgTx {
                attempts = COALESCE(v.attempts, s.attempts), \
                results = CASE WHEN v.set_results THEN v.results::jsonb ELSE s.results END, \
                error = CASE WHEN v.set_error THEN v.error::jsonb ELSE s.error END, \
-               ready_at = v.ready_at, \
+               ready_at = v.ready_at, parked_ready_at = NULL, \
                processed_at = COALESCE(v.processed_at, s.processed_at), \
                version = s.version + v.transitions, \
                claimed_by = CASE WHEN v.state = 'in_progress' THEN s.claimed_by END, \

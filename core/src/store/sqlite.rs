@@ -288,7 +288,7 @@ fn task_detail(r: &Row) -> rusqlite::Result<Detail> {
 }
 
 const STEP_COLS: &str = "step_id, task_id, position, name, handler, state, attempts, retry_limit, remaining_parents, ready_at, \
-     claimed_by, lease_expires_at, results, error, last_attempted_at, processed_at, version";
+     claimed_by, lease_expires_at, results, error, last_attempted_at, processed_at, version, parked_ready_at";
 
 fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
     Ok(StepRow {
@@ -309,6 +309,7 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
         last_attempted_at: r.get(14)?,
         processed_at: r.get(15)?,
         version: r.get(16)?,
+        parked_ready_at: r.get(17)?,
     })
 }
 
@@ -735,7 +736,7 @@ impl StoreTx for SqliteTx {
                    attempts = COALESCE(v.column3, steps.attempts), \
                    results = CASE WHEN v.column4 THEN v.column5 ELSE steps.results END, \
                    error = CASE WHEN v.column6 THEN v.column7 ELSE steps.error END, \
-                   ready_at = v.column8, \
+                   ready_at = v.column8, parked_ready_at = NULL, \
                    processed_at = COALESCE(v.column9, steps.processed_at), \
                    version = steps.version + v.column10, \
                    claimed_by = CASE WHEN v.column2 = 'in_progress' THEN steps.claimed_by END, \

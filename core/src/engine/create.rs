@@ -1,0 +1,263 @@
+//! Task creation: validating a request against its template and inserting the task with its
+//! steps (bypassed steps resolved, roots claimable) in one transaction.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::tx::TxCx;
+use super::{json_kind, Engine};
+use crate::error::{Error, Result};
+use crate::state::{StepState, TaskState};
+use crate::store::{NewStep, NewTask, TaskRow};
+use crate::template::TaskTemplate;
+
+/// A request to create a task. Everything but `name` is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskRequest {
+    pub name: String,
+    /// Default `default`.
+    pub namespace: Option<String>,
+    /// Default: the highest registered version.
+    pub version: Option<String>,
+    /// A JSON object (null means `{}`), validated against the template's schema.
+    pub context: Value,
+    pub initiator: Option<String>,
+    pub source_system: Option<String>,
+    pub reason: Option<String>,
+    pub tags: Vec<String>,
+    /// Skippable steps to resolve at creation (`resolved_manually`, results null).
+    pub bypass_steps: Vec<String>,
+    /// A second request with the same key returns the first task instead of creating one.
+    pub idempotency_key: Option<String>,
+    /// Steps of higher-priority tasks are claimed first (default 0); equal priorities go
+    /// oldest first.
+    pub priority: i32,
+}
+
+impl TaskRequest {
+    pub fn new(name: impl Into<String>, context: Value) -> Self {
+        TaskRequest {
+            name: name.into(),
+            context,
+            ..Default::default()
+        }
+    }
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.version = Some(v.into());
+        self
+    }
+    pub fn idempotency_key(mut self, k: impl Into<String>) -> Self {
+        self.idempotency_key = Some(k.into());
+        self
+    }
+    pub fn bypass(mut self, steps: &[&str]) -> Self {
+        self.bypass_steps = steps.iter().map(|s| s.to_string()).collect();
+        self
+    }
+}
+
+impl Engine {
+    /// Creates a task; returns its id (the existing task's id for a repeated idempotency key).
+    pub async fn create_task(&self, req: TaskRequest) -> Result<i64> {
+        Ok(self.create_tasks(vec![req]).await?[0])
+    }
+
+    /// Creates many tasks in one transaction (all or none); ids in request order.
+    pub async fn create_tasks(&self, reqs: Vec<TaskRequest>) -> Result<Vec<i64>> {
+        let mut prepared = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.into_iter().enumerate() {
+            let where_ = if i == 0 {
+                String::new()
+            } else {
+                format!(" (request {i})")
+            };
+            prepared.push(self.prepare(req).await.map_err(|e| match e {
+                Error::Validation(m) if !where_.is_empty() => {
+                    Error::Validation(format!("{m}{where_}"))
+                }
+                other => other,
+            })?);
+        }
+        let now = self.now();
+        let mut cx = TxCx::begin(self, now).await?;
+        let mut ids = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            ids.push(cx.insert_task(p).await?);
+        }
+        cx.finish().await?;
+        Ok(ids)
+    }
+
+    async fn prepare(&self, req: TaskRequest) -> Result<Prepared> {
+        if req.name.trim().is_empty() {
+            return Err(Error::Validation(
+                "task request: name must not be empty".into(),
+            ));
+        }
+        let (template_id, template) = self
+            .resolve_template(req.namespace.as_deref(), &req.name, req.version.as_deref())
+            .await?;
+        let context = match req.context {
+            Value::Null => Value::Object(Map::new()),
+            Value::Object(m) => Value::Object(m),
+            other => {
+                return Err(Error::Validation(format!(
+                    "task {}: context must be a JSON object, got {}",
+                    template.key(),
+                    json_kind(&other)
+                )))
+            }
+        };
+        if let Err(errs) = template.validate_context(&context) {
+            return Err(Error::Validation(format!(
+                "task {}: context does not match the template's schema:\n  {}",
+                template.key(),
+                errs.join("\n  ")
+            )));
+        }
+        let mut bypass = vec![false; template.steps.len()];
+        for name in &req.bypass_steps {
+            let Some(i) = template.step_index(name) else {
+                return Err(Error::Validation(format!(
+                    "task {}: bypass_steps names unknown step {name:?}",
+                    template.key()
+                )));
+            };
+            if !template.steps[i].skippable {
+                return Err(Error::Validation(format!(
+                    "task {}: step {name:?} cannot be bypassed: it is not skippable",
+                    template.key()
+                )));
+            }
+            bypass[i] = true;
+        }
+        Ok(Prepared {
+            template_id,
+            template,
+            context: serde_json::to_string(&context).expect("json"),
+            initiator: req.initiator.unwrap_or_else(|| "unknown".into()),
+            source_system: req.source_system.unwrap_or_else(|| "unknown".into()),
+            reason: req.reason.unwrap_or_else(|| "unknown".into()),
+            tags: serde_json::to_string(&req.tags).expect("json"),
+            bypass_names: serde_json::to_string(&req.bypass_steps).expect("json"),
+            bypass,
+            idempotency_key: req.idempotency_key,
+            priority: req.priority,
+        })
+    }
+}
+
+struct Prepared {
+    template_id: i64,
+    template: Arc<TaskTemplate>,
+    context: String,
+    initiator: String,
+    source_system: String,
+    reason: String,
+    tags: String,
+    bypass_names: String,
+    bypass: Vec<bool>,
+    idempotency_key: Option<String>,
+    priority: i32,
+}
+
+impl TxCx<'_> {
+    async fn insert_task(&mut self, p: &Prepared) -> Result<i64> {
+        if let Some(k) = &p.idempotency_key {
+            if let Some(id) = self.tx.task_by_idempotency_key(k).await? {
+                return Ok(id);
+            }
+        }
+        let t = &p.template;
+        let done = p.bypass.iter().filter(|b| **b).count() as i64;
+        let new_task = NewTask {
+            named_task_id: p.template_id,
+            state: TaskState::Pending,
+            context: &p.context,
+            initiator: &p.initiator,
+            source_system: &p.source_system,
+            reason: &p.reason,
+            tags: &p.tags,
+            bypass_steps: &p.bypass_names,
+            idempotency_key: p.idempotency_key.as_deref(),
+            steps_total: t.steps.len() as i64,
+            steps_done: done,
+            version: 1,
+            now: self.now,
+        };
+        let now = self.now;
+        let steps: Vec<NewStep> = t
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let remaining = s.parents.iter().filter(|&&q| !p.bypass[q]).count() as i64;
+                NewStep {
+                    position: i as i32,
+                    name: &s.name,
+                    handler: &s.handler,
+                    state: if p.bypass[i] {
+                        StepState::ResolvedManually
+                    } else {
+                        StepState::Pending
+                    },
+                    retry_limit: s.max_attempts as i64,
+                    remaining_parents: remaining,
+                    ready_at: (!p.bypass[i] && remaining == 0).then_some(now),
+                    priority: p.priority,
+                    version: if p.bypass[i] { 2 } else { 1 },
+                }
+            })
+            .collect();
+        let (task_id, mut ids) = self.tx.insert_task_with_steps(&new_task, &steps).await?;
+        ids.sort_unstable();
+        let event = TaskState::event(None, TaskState::Pending).expect("initial task state");
+        self.push_change(
+            task_id,
+            None,
+            None,
+            TaskState::Pending.as_str(),
+            event,
+            1,
+            json!({}),
+        );
+        for (pos, step_id) in ids {
+            let s = &t.steps[pos as usize];
+            let step = (step_id, s.name.as_str(), 0);
+            self.push_new_step(task_id, step, StepState::Pending, 1, json!({}));
+            if p.bypass[pos as usize] {
+                self.push_step_change(
+                    task_id,
+                    Some(step),
+                    StepState::Pending,
+                    StepState::ResolvedManually,
+                    2,
+                    json!({"reason": "bypassed"}),
+                )?;
+            }
+        }
+        self.tasks.insert(
+            task_id,
+            TaskRow {
+                task_id,
+                named_task_id: p.template_id,
+                state: TaskState::Pending,
+                steps_total: t.steps.len() as i64,
+                steps_done: done,
+                steps_blocked: 0,
+                version: 1,
+            },
+        );
+        self.settle(task_id).await?;
+        self.work = true;
+        self.tasks_changed = true;
+        Ok(task_id)
+    }
+}

@@ -1,0 +1,214 @@
+//! The engine's decisions that need no database, as pure functions: is a step out of attempts,
+//! what a failed attempt does to its step, what a task settles to. The transaction code in the
+//! sibling modules asks these and executes the answer; the tables in the tests below are the
+//! specification.
+
+use serde_json::{json, Value};
+
+use crate::protocol::FailureKind;
+use crate::state::{StepState, TaskState};
+
+/// True when a step is out of attempts and blocks its task until an operator acts.
+///
+/// An `error` step that will run again has a time at which it becomes claimable: `ready_at`, or
+/// `parked_ready_at` while its task is blocked by another step. Only an `error` step with
+/// neither is exhausted. (Looking at `ready_at` alone mistakes a parked step for an exhausted
+/// one: issue 8.)
+pub fn is_exhausted(state: StepState, ready_at: Option<i64>, parked_ready_at: Option<i64>) -> bool {
+    state == StepState::Error && ready_at.is_none() && parked_ready_at.is_none()
+}
+
+/// What a failed attempt does to its step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureEffect {
+    /// The task was cancelled while the attempt ran: the step is cancelled.
+    Cancel,
+    /// The step goes to `error` and runs again after its backoff (or the `retry_after`).
+    Retry,
+    /// The step goes to `error` for good (out of attempts, or a permanent failure): its task is
+    /// blocked.
+    Exhaust,
+    /// The job was handed back before its handler started (a worker shutting down): the attempt
+    /// is given back and the step is claimable at once.
+    Release,
+}
+
+/// Decides [`FailureEffect`] for attempt number `attempt` (1 = the first) of a step allowed
+/// `max_attempts`.
+pub fn failure_effect(
+    kind: FailureKind,
+    attempt: u32,
+    max_attempts: u32,
+    task_cancelled: bool,
+) -> FailureEffect {
+    if task_cancelled {
+        return FailureEffect::Cancel;
+    }
+    match kind {
+        FailureKind::Released => FailureEffect::Release,
+        FailureKind::Permanent => FailureEffect::Exhaust,
+        _ if attempt >= max_attempts => FailureEffect::Exhaust,
+        _ => FailureEffect::Retry,
+    }
+}
+
+/// A task's state and counters, as [`settle_path`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub state: TaskState,
+    pub steps_total: i64,
+    /// Steps `complete` or `resolved_manually`.
+    pub steps_done: i64,
+    /// Steps out of attempts ([`is_exhausted`]).
+    pub steps_blocked: i64,
+}
+
+impl TaskCounts {
+    /// True when [`settle_path`] needs to know how many steps are in flight (only a blocked,
+    /// running task asks: it fails once nothing is in flight).
+    pub fn needs_running_count(&self) -> bool {
+        matches!(self.state, TaskState::Pending | TaskState::InProgress)
+            && self.steps_done < self.steps_total
+            && self.steps_blocked > 0
+    }
+}
+
+/// The task transitions a change of counters calls for, with the transition metadata; `None`
+/// when the task stays as it is. `running` is the number of steps in flight when
+/// [`TaskCounts::needs_running_count`] says it is needed (else ignored).
+///
+/// * every step done: `complete` (through `in_progress`, and from `error` through `pending`);
+/// * a step exhausted and nothing in flight: `error`;
+/// * an `error` task with nothing exhausted any more (an operator acted): back to `pending`.
+pub fn settle_path(c: &TaskCounts, running: Option<i64>) -> Option<(&'static [TaskState], Value)> {
+    use TaskState::*;
+    let all_done = c.steps_done >= c.steps_total;
+    let completed = || json!({"steps_total": c.steps_total});
+    match c.state {
+        Pending if all_done => Some((&[InProgress, Complete], completed())),
+        InProgress if all_done => Some((&[Complete], completed())),
+        Pending | InProgress if c.needs_running_count() && running == Some(0) => Some((
+            &[Error],
+            json!({"error_message": "steps_in_error_state", "failed_steps_count": c.steps_blocked}),
+        )),
+        Error if all_done => Some((&[Pending, InProgress, Complete], completed())),
+        Error if c.steps_blocked <= 0 => {
+            Some((&[Pending], json!({"reason": "unblocked_by_operator"})))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FailureKind as K;
+    use StepState as S;
+    use TaskState::*;
+
+    #[test]
+    fn only_an_error_step_with_no_time_to_run_again_is_exhausted() {
+        let table = [
+            (S::Error, None, None, true),
+            (S::Error, Some(5), None, false), // waiting for its backoff
+            (S::Error, None, Some(5), false), // parked while its task is blocked
+            (S::Pending, None, None, false),
+            (S::InProgress, None, None, false),
+            (S::Complete, None, None, false),
+            (S::Cancelled, None, None, false),
+            (S::ResolvedManually, None, None, false),
+        ];
+        for (state, ready, parked, want) in table {
+            assert_eq!(
+                is_exhausted(state, ready, parked),
+                want,
+                "{state} {ready:?} {parked:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failure_effects() {
+        use FailureEffect::*;
+        let table = [
+            // kind, attempt, max, cancelled -> effect
+            (K::Retryable, 1, 3, false, Retry),
+            (K::Retryable, 3, 3, false, Exhaust),
+            (K::Retryable, 4, 3, false, Exhaust),
+            (K::Permanent, 1, 3, false, Exhaust),
+            (K::Timeout, 1, 2, false, Retry),
+            (K::Timeout, 2, 2, false, Exhaust),
+            (K::LeaseExpired, 1, 2, false, Retry),
+            (K::LeaseExpired, 2, 2, false, Exhaust),
+            (K::WorkerShutdown, 1, 2, false, Retry),
+            (K::WorkerShutdown, 2, 2, false, Exhaust),
+            (K::Released, 1, 1, false, Release),
+            (K::Released, 3, 3, false, Release),
+            (K::Permanent, 1, 3, true, Cancel),
+            (K::Released, 1, 3, true, Cancel),
+            (K::Retryable, 1, 3, true, Cancel),
+        ];
+        for (kind, attempt, max, cancelled, want) in table {
+            assert_eq!(
+                failure_effect(kind, attempt, max, cancelled),
+                want,
+                "{kind:?} attempt {attempt}/{max} cancelled={cancelled}"
+            );
+        }
+    }
+
+    fn counts(state: TaskState, total: i64, done: i64, blocked: i64) -> TaskCounts {
+        TaskCounts {
+            state,
+            steps_total: total,
+            steps_done: done,
+            steps_blocked: blocked,
+        }
+    }
+
+    #[test]
+    fn settle_paths() {
+        let none: Option<&[TaskState]> = None;
+        let table: [(TaskCounts, Option<i64>, Option<&[TaskState]>); 13] = [
+            (
+                counts(Pending, 3, 3, 0),
+                None,
+                Some(&[InProgress, Complete]),
+            ),
+            (counts(InProgress, 3, 3, 0), None, Some(&[Complete])),
+            (counts(InProgress, 3, 1, 0), None, none),
+            (counts(InProgress, 3, 1, 1), Some(1), none), // blocked, a step still in flight
+            (counts(InProgress, 3, 1, 1), Some(0), Some(&[Error])),
+            (counts(Pending, 3, 0, 1), Some(0), Some(&[Error])),
+            (counts(Error, 3, 1, 1), None, none), // still exhausted
+            (counts(Error, 3, 1, 0), None, Some(&[Pending])), // operator unblocked it
+            (
+                counts(Error, 3, 3, 0),
+                None,
+                Some(&[Pending, InProgress, Complete]),
+            ),
+            (counts(Error, 3, 1, 2), None, none),
+            (counts(Complete, 3, 3, 0), None, none),
+            (counts(Cancelled, 3, 1, 1), Some(0), none),
+            (counts(ResolvedManually, 3, 1, 0), None, none),
+        ];
+        for (c, running, want) in table {
+            let running = if c.needs_running_count() {
+                running
+            } else {
+                None
+            };
+            let got = settle_path(&c, running).map(|(p, _)| p);
+            assert_eq!(got, want, "{c:?} running={running:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_blocked_running_task_needs_the_running_count() {
+        assert!(counts(InProgress, 3, 1, 1).needs_running_count());
+        assert!(counts(Pending, 3, 1, 1).needs_running_count());
+        assert!(!counts(InProgress, 3, 1, 0).needs_running_count());
+        assert!(!counts(InProgress, 3, 3, 1).needs_running_count());
+        assert!(!counts(Error, 3, 1, 1).needs_running_count());
+    }
+}

@@ -1,0 +1,199 @@
+//! The engine: every orchestration decision lives here, one module per kind of decision.
+//!
+//! Hosts (the Rust [`crate::worker`], the language bindings through [`crate::host`]) speak the
+//! poll/complete protocol through plain data ([`crate::protocol`]):
+//!
+//! 1. [`Engine::poll`] (or [`Engine::report`] with a [`Claim`]) claims ready steps as [`Job`]s,
+//!    each with a lease ([`claim`]);
+//! 2. the host runs the handler;
+//! 3. [`Engine::report`] records [`Report`]s (results or failures) and, **in the same
+//!    transaction**, marks children ready, settles the task, writes the transition rows, and
+//!    claims the next jobs ([`report`], [`settle`]).
+//!
+//! Modules: [`options`] (how an engine is opened), [`templates`] (registering and finding
+//! templates), [`create`] (task creation), [`query`] (snapshots, listings, waiting),
+//! [`report`] (recording outcomes, leases), [`claim`], [`operator`] (cancel, retry, resolve),
+//! [`settle`] (what a task becomes; parking), [`decide`] (the decisions that need no database,
+//! as pure functions), and `tx` (the bookkeeping of one write transaction).
+//!
+//! Nothing here calls back into a host: events are pulled from [`Engine::subscribe`].
+
+mod claim;
+mod create;
+pub mod decide;
+mod operator;
+mod options;
+mod query;
+mod report;
+mod settle;
+mod templates;
+mod tx;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use tokio::sync::{broadcast, Notify};
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::store::postgres::{PgOptions, PgStore};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::template::TaskTemplate;
+
+pub use crate::protocol::{Claim, Cycle, FailureKind, Job, JobKey, Outcome, Report, StepFailure};
+pub use crate::store::TaskFilter;
+pub use create::TaskRequest;
+pub use options::{EngineOptions, DEFAULT_URL};
+pub use query::{StepSnapshot, TaskSnapshot, TaskSummary};
+
+#[derive(Default)]
+struct Templates {
+    by_id: HashMap<i64, Arc<TaskTemplate>>,
+    ids: HashMap<(String, String, String), i64>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    opts: EngineOptions,
+    templates: RwLock<Templates>,
+    contexts: Mutex<HashMap<i64, Arc<Value>>>,
+    events: broadcast::Sender<Arc<Event>>,
+    /// Woken when steps may have become claimable (new tasks, completions, retries; on
+    /// PostgreSQL also NOTIFY from other processes).
+    work: Arc<Notify>,
+    /// Woken when a task changed state (on PostgreSQL also in other processes).
+    tasks_changed: Arc<Notify>,
+    last_reap_ms: AtomicI64,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(l) = &self.listener {
+            l.abort();
+        }
+    }
+}
+
+/// A handle on the engine; cheap to clone and share across tasks and threads.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.inner.store)
+            .finish()
+    }
+}
+
+/// Cap on contexts kept parsed in memory (contexts never change after creation).
+const CONTEXT_CACHE: usize = 20_000;
+/// How often (engine clock) a poll also looks for expired leases.
+const REAP_EVERY_MS: i64 = 500;
+
+impl Engine {
+    /// Opens the database at `url` (see [`EngineOptions::url`]) with default options.
+    pub async fn open(url: &str) -> Result<Engine> {
+        Self::open_with(EngineOptions::default().url(url)).await
+    }
+
+    /// Opens and migrates the database.
+    pub async fn open_with(opts: EngineOptions) -> Result<Engine> {
+        let url = opts
+            .url
+            .clone()
+            .or_else(|| {
+                std::env::var("TASKER_DATABASE_URL")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let work = Arc::new(Notify::new());
+        let tasks_changed = Arc::new(Notify::new());
+        let mut listener = None;
+        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::open(&url, opts.durability).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pg = PgStore::open(
+                &url,
+                &PgOptions {
+                    schema: opts.schema.clone(),
+                    max_connections: opts.max_connections,
+                },
+            )
+            .await?;
+            if opts.listen {
+                listener = Some(pg.listen(work.clone(), tasks_changed.clone()));
+            }
+            Arc::new(pg)
+        } else {
+            return Err(Error::UnsupportedUrl(url));
+        };
+        let (events, _) = broadcast::channel(opts.event_capacity.max(16));
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                clock: opts.clock.clone(),
+                opts,
+                templates: RwLock::default(),
+                contexts: Mutex::default(),
+                events,
+                work,
+                tasks_changed,
+                last_reap_ms: AtomicI64::new(i64::MIN),
+                listener,
+            }),
+        };
+        engine.refresh_templates().await?;
+        Ok(engine)
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.opts
+    }
+
+    /// Subscribes to lifecycle events (exactly one per transition, after commit).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.events.subscribe()
+    }
+
+    /// A fresh worker identity: `pid:random`.
+    pub fn new_worker_id() -> String {
+        format!("{}:{:08x}", std::process::id(), rand::random::<u32>())
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_json(s: &str) -> Result<Value> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("stored JSON is invalid: {e}")))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,164 @@
+//! Operator actions: cancel a task, retry a failed step, resolve a step by hand.
+
+use serde_json::{json, Value};
+
+use super::tx::TxCx;
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::state::{StepState, TaskState};
+use crate::store::StepUpdate;
+
+impl Engine {
+    /// Cancels the task: steps not yet started are cancelled; steps in flight finish and their
+    /// results are saved.
+    pub async fn cancel_task(&self, task_id: i64) -> Result<()> {
+        let mut cx = TxCx::begin(self, self.now()).await?;
+        let task = cx.task(task_id).await?;
+        if task.state.is_finished() {
+            return Err(Error::Conflict(format!(
+                "cannot cancel task {task_id}: it is already {}",
+                task.state
+            )));
+        }
+        if TaskState::event(Some(task.state), TaskState::Cancelled).is_none() {
+            return Err(Error::IllegalTaskTransition {
+                task_id,
+                from: task.state,
+                to: TaskState::Cancelled,
+            });
+        }
+        let template = cx.template(task.named_task_id).await?;
+        let steps = cx.tx.task_steps(task_id).await?;
+        let mut updates = Vec::new();
+        for s in &steps {
+            if matches!(s.state, StepState::Pending | StepState::Error) {
+                if s.is_exhausted() {
+                    cx.adjust(task_id, 0, -1);
+                }
+                updates.push((
+                    StepUpdate {
+                        step_id: s.step_id,
+                        expect_state: s.state,
+                        expect_attempts: None,
+                        state: StepState::Cancelled,
+                        attempts: None,
+                        results: None,
+                        error: None,
+                        ready_at: None,
+                        processed_at: None,
+                        transitions: 1,
+                    },
+                    template.steps[s.position as usize].name.clone(),
+                    s.attempts,
+                    json!({"reason": "task_cancelled"}),
+                ));
+            }
+        }
+        cx.apply_step_updates(task_id, updates).await?;
+        cx.set_task_states(
+            task_id,
+            &[TaskState::Cancelled],
+            json!({"reason": "cancelled_by_operator"}),
+        )?;
+        cx.finish().await
+    }
+
+    /// Gives a failed step a fresh set of attempts and puts the task back to work.
+    pub async fn retry_step(&self, task_id: i64, step_name: &str) -> Result<()> {
+        let mut cx = TxCx::begin(self, self.now()).await?;
+        let task = cx.task(task_id).await?;
+        cx.require_active(&task, "retry a step of")?;
+        let s = cx.step_named(task_id, step_name).await?;
+        if s.state != StepState::Error {
+            return Err(Error::Conflict(format!(
+                "step {step_name:?} of task {task_id} is {}; only a step in error can be retried",
+                s.state
+            )));
+        }
+        if s.is_exhausted() {
+            cx.adjust(task_id, 0, -1);
+        }
+        let now = cx.now;
+        let update = StepUpdate {
+            step_id: s.step_id,
+            expect_state: StepState::Error,
+            expect_attempts: Some(s.attempts),
+            state: StepState::Pending,
+            attempts: Some(0),
+            results: None,
+            error: Some(None),
+            ready_at: (s.remaining_parents <= 0).then_some(now),
+            processed_at: None,
+            transitions: 1,
+        };
+        cx.apply_step_updates(
+            task_id,
+            vec![(
+                update,
+                s.name.clone(),
+                0,
+                json!({"reason": "retried_by_operator", "previous_attempts": s.attempts}),
+            )],
+        )
+        .await?;
+        cx.work = true;
+        cx.settle(task_id).await?;
+        cx.finish().await
+    }
+
+    /// Marks a pending or failed step `resolved_manually` with `results`; its children may run.
+    pub async fn resolve_step_manually(
+        &self,
+        task_id: i64,
+        step_name: &str,
+        results: Value,
+    ) -> Result<()> {
+        let mut cx = TxCx::begin(self, self.now()).await?;
+        let task = cx.task(task_id).await?;
+        cx.require_active(&task, "resolve a step of")?;
+        let s = cx.step_named(task_id, step_name).await?;
+        if !matches!(s.state, StepState::Pending | StepState::Error) {
+            return Err(Error::Conflict(format!(
+                "step {step_name:?} of task {task_id} is {}; only a pending or failed step can be resolved manually",
+                s.state
+            )));
+        }
+        if s.is_exhausted() {
+            cx.adjust(task_id, 0, -1);
+        }
+        cx.adjust(task_id, 1, 0);
+        let update = StepUpdate {
+            step_id: s.step_id,
+            expect_state: s.state,
+            expect_attempts: Some(s.attempts),
+            state: StepState::ResolvedManually,
+            attempts: None,
+            results: Some(Some(serde_json::to_string(&results).expect("json"))),
+            error: Some(None),
+            ready_at: None,
+            processed_at: Some(cx.now),
+            transitions: 1,
+        };
+        cx.apply_step_updates(
+            task_id,
+            vec![(
+                update,
+                s.name.clone(),
+                s.attempts,
+                json!({"reason": "resolved_by_operator"}),
+            )],
+        )
+        .await?;
+        let template = cx.template(task.named_task_id).await?;
+        let decs: Vec<(i64, i32, i64)> = template.steps[s.position as usize]
+            .children
+            .iter()
+            .map(|&c| (task_id, c as i32, 1))
+            .collect();
+        if !decs.is_empty() && cx.tx.decrement_parents(&decs, cx.now).await? > 0 {
+            cx.work = true;
+        }
+        cx.settle(task_id).await?;
+        cx.finish().await
+    }
+}

@@ -1,0 +1,84 @@
+//! How an engine is opened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backoff::DEFAULT_MAX_SERVER_BACKOFF_SECONDS;
+use crate::clock::{Clock, SystemClock};
+use crate::store::sqlite::Durability;
+
+/// The default database when none is configured: `./tasker.db`.
+pub const DEFAULT_URL: &str = "sqlite://tasker.db";
+
+/// How an engine is opened.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// `sqlite://PATH` or `sqlite::memory:`. `None`: `$TASKER_DATABASE_URL`, else [`DEFAULT_URL`].
+    pub url: Option<String>,
+    /// SQLite commit durability (default: fsync at every commit).
+    pub durability: Durability,
+    /// Selects `environments.<env>` overrides when templates are registered.
+    pub environment: Option<String>,
+    /// How long a claim holds a step before another worker may take it over.
+    pub lease: Duration,
+    /// Cap on a handler's `retry_after`.
+    pub max_server_backoff_seconds: f64,
+    /// Capacity of the event channel per subscriber.
+    pub event_capacity: usize,
+    pub clock: Arc<dyn Clock>,
+    /// PostgreSQL: use (and create) this schema.
+    pub schema: Option<String>,
+    /// PostgreSQL: wake up on `NOTIFY` from other processes (default). Turn off behind a
+    /// connection pooler that cannot LISTEN; workers then poll (at least once a second).
+    pub listen: bool,
+    /// PostgreSQL: connections in the pool (default 8).
+    pub max_connections: Option<u32>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            url: None,
+            durability: Durability::Full,
+            environment: None,
+            lease: Duration::from_secs(30),
+            max_server_backoff_seconds: DEFAULT_MAX_SERVER_BACKOFF_SECONDS,
+            event_capacity: 4096,
+            clock: Arc::new(SystemClock),
+            schema: None,
+            listen: true,
+            max_connections: None,
+        }
+    }
+}
+
+impl EngineOptions {
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    pub fn environment(mut self, env: impl Into<String>) -> Self {
+        self.environment = Some(env.into());
+        self
+    }
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+}

@@ -1,0 +1,241 @@
+//! Reading tasks back: snapshots, listings, states, transition history, waiting for a task.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{parse_json, Engine};
+use crate::clock::format_ms;
+use crate::error::{Error, Result};
+use crate::state::{StepState, TaskState};
+use crate::store::{TaskFilter, TransitionRow};
+use crate::template::TaskTemplate;
+
+/// A task as `get_task` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSnapshot {
+    pub id: i64,
+    pub name: String,
+    pub namespace: String,
+    pub version: String,
+    pub status: TaskState,
+    pub context: Value,
+    pub initiator: String,
+    pub source_system: String,
+    pub reason: String,
+    pub tags: Value,
+    pub bypass_steps: Value,
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub completed_at: Option<String>,
+    pub steps: Vec<StepSnapshot>,
+}
+
+impl TaskSnapshot {
+    pub fn step(&self, name: &str) -> Option<&StepSnapshot> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// A step inside a [`TaskSnapshot`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StepSnapshot {
+    pub id: i64,
+    pub name: String,
+    pub handler: String,
+    pub status: StepState,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub results: Value,
+    /// The last failure: `{message, kind, attempt, retry_after_seconds?, detail?}`.
+    pub error: Option<Value>,
+    pub depends_on: Vec<String>,
+    /// When a step waiting for a retry becomes claimable.
+    pub next_attempt_at: Option<String>,
+    pub last_attempted_at: Option<String>,
+    pub completed_at: Option<String>,
+    /// How long the last attempt ran, for a step that finished by running.
+    pub duration_ms: Option<i64>,
+}
+
+/// One line of a task listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSummary {
+    pub id: i64,
+    pub name: String,
+    pub namespace: String,
+    pub version: String,
+    pub status: TaskState,
+    pub steps_total: i64,
+    pub steps_done: i64,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+}
+
+impl Engine {
+    /// The task's snapshot.
+    pub async fn get_task(&self, task_id: i64) -> Result<TaskSnapshot> {
+        let (d, ns, name, version) = self
+            .inner
+            .store
+            .task(task_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {task_id} does not exist")))?;
+        let template = self.template_by_id(d.row.named_task_id).await?;
+        let steps = self.inner.store.steps(task_id).await?;
+        Ok(TaskSnapshot {
+            id: d.row.task_id,
+            name,
+            namespace: ns,
+            version,
+            status: d.row.state,
+            context: parse_json(&d.context)?,
+            initiator: d.initiator,
+            source_system: d.source_system,
+            reason: d.reason,
+            tags: parse_json(&d.tags)?,
+            bypass_steps: parse_json(&d.bypass_steps)?,
+            idempotency_key: d.idempotency_key,
+            created_at: format_ms(d.created_at),
+            updated_at: format_ms(d.updated_at),
+            completed_at: d.completed_at.map(format_ms),
+            steps: steps
+                .into_iter()
+                .map(|s| {
+                    let st = template.steps.get(s.position as usize);
+                    Ok(StepSnapshot {
+                        id: s.step_id,
+                        name: s.name,
+                        handler: s.handler,
+                        status: s.state,
+                        attempts: s.attempts,
+                        max_attempts: s.retry_limit,
+                        results: s
+                            .results
+                            .as_deref()
+                            .map(parse_json)
+                            .transpose()?
+                            .unwrap_or(Value::Null),
+                        error: s.error.as_deref().map(parse_json).transpose()?,
+                        depends_on: st.map(|t| t.depends_on.clone()).unwrap_or_default(),
+                        next_attempt_at: match s.state {
+                            StepState::Error => s.ready_at.map(format_ms),
+                            _ => None,
+                        },
+                        last_attempted_at: s.last_attempted_at.map(format_ms),
+                        completed_at: s.processed_at.map(format_ms),
+                        duration_ms: match (s.state, s.last_attempted_at, s.processed_at) {
+                            (StepState::Complete, Some(a), Some(b)) => Some((b - a).max(0)),
+                            _ => None,
+                        },
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    pub(super) async fn template_by_id(&self, id: i64) -> Result<Arc<TaskTemplate>> {
+        if let Some(t) = self.inner.templates.read().unwrap().by_id.get(&id) {
+            return Ok(t.clone());
+        }
+        let row = self
+            .inner
+            .store
+            .template_by_id(id)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("missing template {id}")))?;
+        self.cache_template_row(row)
+    }
+
+    /// Tasks matching `filter`, newest first (default limit 100).
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSummary>> {
+        if let Some(l) = filter.limit {
+            if l < 0 {
+                return Err(Error::Validation(format!(
+                    "list tasks: limit must be >= 0, got {l}"
+                )));
+            }
+        }
+        Ok(self
+            .inner
+            .store
+            .list_tasks(filter)
+            .await?
+            .into_iter()
+            .map(|(d, namespace, name, version)| TaskSummary {
+                id: d.row.task_id,
+                name,
+                namespace,
+                version,
+                status: d.row.state,
+                steps_total: d.row.steps_total,
+                steps_done: d.row.steps_done,
+                created_at: format_ms(d.created_at),
+                completed_at: d.completed_at.map(format_ms),
+            })
+            .collect())
+    }
+
+    /// Statements sent to the database by this engine so far (PostgreSQL: one round trip
+    /// each); 0 on SQLite, where statements are function calls.
+    pub fn database_statements(&self) -> u64 {
+        self.inner.store.statements()
+    }
+
+    /// The task's state.
+    pub async fn get_task_state(&self, task_id: i64) -> Result<TaskState> {
+        self.inner
+            .store
+            .task_state(task_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {task_id} does not exist")))
+    }
+
+    /// True when nothing is claimable now or later for these handlers and no step is running
+    /// anywhere.
+    pub async fn is_idle(&self, handlers: Option<&[String]>) -> Result<bool> {
+        Ok(self.inner.store.next_ready_at(handlers).await?.is_none()
+            && self.inner.store.next_lease_expiry().await?.is_none())
+    }
+
+    /// Transition rows of a task and its steps, oldest first.
+    pub async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>> {
+        self.inner.store.transitions(task_id).await
+    }
+
+    /// Waits until the task is `complete`, `error`, `cancelled` or `resolved_manually` and
+    /// returns its snapshot. `timeout` is real time.
+    pub async fn wait_for_task(
+        &self,
+        task_id: i64,
+        timeout: Option<Duration>,
+    ) -> Result<TaskSnapshot> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let notified = self.inner.tasks_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.inner.store.task_state(task_id).await? {
+                None => return Err(Error::NotFound(format!("task {task_id} does not exist"))),
+                Some(s) if s.is_terminal() => return self.get_task(task_id).await,
+                Some(_) => {}
+            }
+            // A missed notification (or a backend without them) costs at most 250 ms.
+            let mut nap = Duration::from_millis(250);
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout(format!(
+                        "task {task_id} did not finish within {:?}",
+                        timeout.unwrap()
+                    )));
+                }
+                nap = nap.min(left);
+            }
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! What a task becomes once its counters change ([`super::decide::settle_path`] decides), and
+//! parking: the claimable steps of a blocked task are hidden from claims until it is unblocked.
+
+use super::decide;
+use super::tx::TxCx;
+use crate::error::Result;
+use crate::state::TaskState;
+
+impl TxCx<'_> {
+    /// Moves the task on if its counters say so: complete when every step is done; error when
+    /// a step is out of attempts and nothing is in flight; back to pending when an operator
+    /// unblocked it.
+    pub(super) async fn settle(&mut self, task_id: i64) -> Result<()> {
+        let row = &self.tasks[&task_id];
+        let counts = decide::TaskCounts {
+            state: row.state,
+            steps_total: row.steps_total,
+            steps_done: row.steps_done,
+            steps_blocked: row.steps_blocked,
+        };
+        let running = if counts.needs_running_count() {
+            Some(self.tx.count_running(task_id).await?)
+        } else {
+            None
+        };
+        let Some((path, meta)) = decide::settle_path(&counts, running) else {
+            return Ok(());
+        };
+        if path.contains(&TaskState::Pending) {
+            self.work = true;
+        }
+        self.set_task_states(task_id, path, meta)
+    }
+
+    /// Parks the claimable steps of blocked tasks, so no claim starts them, and makes them
+    /// claimable again once a task is unblocked.
+    pub(super) async fn repark(&mut self) -> Result<()> {
+        let mut park = Vec::new();
+        let mut unpark = Vec::new();
+        for (id, row) in &self.tasks {
+            let before = self.blocked_before.get(id).copied().unwrap_or(0);
+            if row.steps_blocked > 0 {
+                park.push(*id);
+            } else if before > 0 && matches!(row.state, TaskState::Pending | TaskState::InProgress)
+            {
+                unpark.push(*id);
+            }
+        }
+        if !park.is_empty() {
+            park.sort_unstable();
+            self.tx.park(&park, self.now).await?;
+        }
+        if !unpark.is_empty() {
+            unpark.sort_unstable();
+            self.tx.unpark(&unpark, self.now).await?;
+            self.work = true;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The wire types of the poll/complete protocol between the engine and its hosts: what a host
+//! asks for ([`Claim`]), what it receives ([`Job`]), what it hands back ([`Report`] of an
+//! [`Outcome`]). Every binding converts these and nothing else; they serialize with serde so a
+//! host may also take them as JSON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Identifies one claimed attempt of a step: what a host hands back with its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobKey {
+    pub task_id: i64,
+    pub step_id: i64,
+    pub attempt: u32,
+    /// The step's index in its template.
+    pub position: u32,
+}
+
+/// A claimed step, ready to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub key: JobKey,
+    pub step_name: String,
+    pub handler: String,
+    pub max_attempts: u32,
+    /// The task's context.
+    pub context: Arc<Value>,
+    /// Parent step name -> its results.
+    pub results: Map<String, Value>,
+    /// The step's `handler_config`.
+    pub config: Arc<Value>,
+    /// Per-attempt time limit (`timeout_seconds`).
+    pub timeout: Option<Duration>,
+    pub lease_expires_at_ms: i64,
+}
+
+impl Job {
+    pub fn task_id(&self) -> i64 {
+        self.key.task_id
+    }
+    pub fn attempt(&self) -> u32 {
+        self.key.attempt
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Retried while attempts remain, after backoff.
+    Retryable,
+    /// Never retried.
+    Permanent,
+    /// The attempt ran past `timeout_seconds`; retryable.
+    Timeout,
+    /// The worker's lease ran out (it died or stopped heartbeating); retryable.
+    LeaseExpired,
+    /// The worker shut down while the handler ran; retryable at once, the attempt counts.
+    WorkerShutdown,
+    /// The worker shut down before the handler started: the attempt is given back and the
+    /// step is claimable at once.
+    Released,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepFailure {
+    pub message: String,
+    pub kind: FailureKind,
+    /// Seconds to wait before the next attempt (wins over backoff; capped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<f64>,
+    /// Extra detail stored with the error (exception class, traceback, exit code, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+impl StepFailure {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        StepFailure {
+            message: message.into(),
+            kind: FailureKind::Retryable,
+            retry_after_seconds: None,
+            detail: None,
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StepFailure {
+            kind: FailureKind::Permanent,
+            ..StepFailure::retryable(message)
+        }
+    }
+    pub fn retry_after(mut self, seconds: f64) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+    pub fn detail(mut self, detail: Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// The attempt ran past its `timeout_seconds` (counted from the handler's start).
+    pub fn timeout(limit: Duration) -> Self {
+        StepFailure {
+            message: format!(
+                "timed out after {:.3} s (timeout_seconds)",
+                limit.as_secs_f64()
+            ),
+            kind: FailureKind::Timeout,
+            retry_after_seconds: None,
+            detail: None,
+        }
+    }
+
+    /// The worker stopped before the attempt finished (`started`) or before it began.
+    pub fn worker_shutdown(started: bool) -> Self {
+        if started {
+            StepFailure {
+                message: "worker_shutdown: the worker stopped before the step finished".into(),
+                kind: FailureKind::WorkerShutdown,
+                retry_after_seconds: Some(0.0),
+                detail: None,
+            }
+        } else {
+            StepFailure {
+                message: "worker_shutdown: the worker stopped before the step started".into(),
+                kind: FailureKind::Released,
+                retry_after_seconds: Some(0.0),
+                detail: None,
+            }
+        }
+    }
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Complete(Value),
+    Failed(StepFailure),
+}
+
+/// An outcome for a claimed attempt.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub key: JobKey,
+    pub outcome: Outcome,
+}
+
+/// What to claim in a [`Engine::report`] or [`Engine::poll`].
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub worker_id: String,
+    pub max: usize,
+    /// Only steps whose handler is one of these (None: any).
+    pub handlers: Option<Vec<String>>,
+}
+
+/// The answer of [`Engine::report`].
+#[derive(Debug, Default)]
+pub struct Cycle {
+    /// Newly claimed jobs.
+    pub jobs: Vec<Job>,
+    /// Reports that no longer applied (the lease had expired and the step was taken over, or
+    /// it was already settled); their outcome was not recorded.
+    pub stale: Vec<JobKey>,
+}
