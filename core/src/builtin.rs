@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::TemplateError;
 use crate::template::TaskTemplate;
-use crate::worker::{HandlerError, Registry, StepContext, StepHandler};
+use crate::handler::{HandlerError, Registry, StepContext, StepHandler};
 
 pub const COMMAND: &str = "command";
 pub const HTTP: &str = "http";

@@ -111,6 +111,9 @@ pub enum Error {
     Timeout(String),
     #[error("the engine is shutting down")]
     Shutdown,
+    /// A bug in Tasker (a panic in its own loop); the message says where.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -130,6 +133,44 @@ impl Error {
             Error::UnsupportedUrl(_) => "validation",
             Error::Timeout(_) => "timeout",
             Error::Shutdown => "shutdown",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// True for errors that may pass once the database is back (connection refused or lost,
+    /// pool exhausted, a server shutting down or starting up, a busy SQLite file): a running
+    /// worker waits them out. Errors that are the database's real answer (bad data, a broken
+    /// constraint, a missing table, a decoding bug) are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database(e) => match e {
+                sqlx::Error::Database(d) => !d.code().is_some_and(|c| {
+                    // 22 data exception, 23 integrity violation, 42 syntax error or access
+                    // rule violation: retrying gives the same answer.
+                    c.starts_with("22") || c.starts_with("23") || c.starts_with("42")
+                }),
+                sqlx::Error::Configuration(_)
+                | sqlx::Error::InvalidArgument(_)
+                | sqlx::Error::RowNotFound
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::Encode(_)
+                | sqlx::Error::Decode(_) => false,
+                _ => true,
+            },
+            Error::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::DiskFull
+                )
+            ),
+            _ => false,
         }
     }
 }

@@ -33,7 +33,25 @@ pub struct Event {
     pub at_ms: i64,
 }
 
+/// The name of the marker a slow subscriber receives in place of the events it missed.
+pub const LAGGED: &str = "events.lagged";
+
 impl Event {
+    /// The marker for `missed` events dropped because the subscriber fell behind.
+    pub fn lagged(missed: u64) -> Event {
+        Event {
+            name: LAGGED,
+            task_id: 0,
+            step_id: None,
+            step_name: None,
+            from_state: None,
+            to_state: "",
+            attempt: None,
+            metadata: serde_json::json!({"missed": missed}),
+            at_ms: 0,
+        }
+    }
+
     pub fn is_task_event(&self) -> bool {
         self.step_id.is_none()
     }

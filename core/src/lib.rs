@@ -12,7 +12,11 @@
 //! * [`store`]: persistence (SQLite now; one trait for every backend);
 //! * [`engine`]: every orchestration decision: create, claim, complete, fail, cancel, retry,
 //!   resolve, finalization;
-//! * [`worker`]: a poll loop for Rust handlers with a concurrency limit and graceful shutdown;
+//! * [`protocol`]: the wire types between the engine and hosts (claims, jobs, outcomes);
+//! * [`host`]: the host driver, the one worker loop every language uses (prefetch, batching,
+//!   heartbeats, timeouts, database outages, graceful shutdown, built-in handlers, events);
+//! * [`handler`]: Rust handlers, the registry, and `execute` (timeout, panics);
+//! * [`worker`]: the host driver with Rust handlers;
 //! * [`readiness`]: the counter rule in memory, for analysis and benchmarks;
 //! * [`events`]: lifecycle events for in-process subscribers;
 //! * [`builtin`]: the `command` and `http` step handlers every host gets;
@@ -25,6 +29,8 @@ pub mod diagram;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod handler;
+pub mod host;
 pub mod protocol;
 pub mod readiness;
 pub mod state;
@@ -42,7 +48,6 @@ pub use events::Event;
 pub use state::{StepState, TaskState};
 pub use store::sqlite::Durability;
 pub use template::TaskTemplate;
-pub use worker::{
-    HandlerError, Registry, RunStats, ShutdownHandle, StepContext, StepHandler, Worker,
-    WorkerOptions,
-};
+pub use handler::{execute, HandlerError, Registry, StepContext, StepHandler};
+pub use host::{HostBatch, HostDriver, HostOptions, RunMode, RunStats, ShutdownHandle};
+pub use worker::{Worker, WorkerOptions};

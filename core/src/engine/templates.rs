@@ -32,6 +32,8 @@ impl Engine {
     /// Registers a template; returns its key `namespace.name@version`. Registering the same key
     /// again with an identical definition is a no-op; with a different one, an error.
     pub async fn register_template(&self, t: TaskTemplate) -> Result<String> {
+        // A broken `command` or `http` config is refused here, whichever host registers it.
+        crate::builtin::check_template(&t)?;
         let key = t.key();
         let body = t.canonical_json();
         let hash = hex(&Sha256::digest(body.as_bytes()));
