@@ -10,8 +10,8 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use serde_json::Value;
 use tasker_core::{
-    Claim, Engine, EngineOptions, Error, Event, FailureKind, Job, JobKey, Outcome, Registry,
-    Report, StepFailure, TaskFilter, TaskRequest, TaskState,
+    handler, host, Engine, EngineOptions, Error, Event, HostDriver, HostOptions, Job, JobKey,
+    Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
 };
 use tokio::sync::broadcast;
 
@@ -66,7 +66,8 @@ fn err(e: Error) -> PyErr {
         "not_found" => NotFoundError::new_err(m),
         "conflict" | "illegal_transition" => ConflictError::new_err(m),
         "timeout" => TimeoutError::new_err(m),
-        _ => DatabaseError::new_err(m),
+        "database" => DatabaseError::new_err(m),
+        _ => TaskerError::new_err(m),
     }
 }
 
@@ -97,8 +98,8 @@ fn json_text(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("json")
 }
 
-/// A claimed job as a tuple: (task_id, step_id, attempt, position, step_name, handler,
-/// max_attempts, context_json, results_json, config_json, timeout_seconds).
+/// A job as a tuple: (task_id, step_id, attempt, position, step_name, handler, max_attempts,
+/// context_json, results_json, config_json). The first four are its key.
 type JobTuple = (
     i64,
     i64,
@@ -110,56 +111,97 @@ type JobTuple = (
     String,
     String,
     String,
-    Option<f64>,
 );
 
-fn job_tuple(j: Job) -> JobTuple {
+type KeyTuple = (i64, i64, u32, u32);
+
+fn job_tuple(j: &Job) -> JobTuple {
     (
         j.key.task_id,
         j.key.step_id,
         j.key.attempt,
         j.key.position,
-        j.step_name,
-        j.handler,
+        j.step_name.clone(),
+        j.handler.clone(),
         j.max_attempts,
         json_text(&*j.context),
         json_text(&j.results),
         json_text(&*j.config),
-        j.timeout.map(|d| d.as_secs_f64()),
     )
 }
 
-/// An outcome from Python: (task_id, step_id, attempt, position, ok, payload_json), where the
-/// payload is the results (ok) or `{message, kind, retry_after_seconds?, detail?}`.
-type ReportTuple = (i64, i64, u32, u32, bool, String);
-
-fn report(r: ReportTuple) -> PyResult<Report> {
-    let (task_id, step_id, attempt, position, ok, payload) = r;
-    let key = JobKey {
+fn job_key((task_id, step_id, attempt, position): KeyTuple) -> JobKey {
+    JobKey {
         task_id,
         step_id,
         attempt,
         position,
-    };
-    let outcome = if ok {
-        Outcome::Complete(
-            serde_json::from_str(&payload)
-                .map_err(|e| ValidationError::new_err(format!("step results are not JSON: {e}")))?,
-        )
-    } else {
-        Outcome::Failed(
-            serde_json::from_str::<StepFailure>(&payload)
-                .map_err(|e| ValidationError::new_err(format!("bad failure report: {e}")))?,
-        )
-    };
-    Ok(Report { key, outcome })
+    }
+}
+
+/// A running worker loop (tasker-core's host driver) for this process's handlers. The Python
+/// side only runs handlers: it asks `next` for jobs, reports `started` and `finished`.
+#[pyclass(frozen, module = "tasker._tasker")]
+struct Driver {
+    driver: HostDriver,
+}
+
+#[pymethods]
+impl Driver {
+    /// Waits (without the GIL) up to `wait_seconds` for jobs to start or for the run to end.
+    /// Returns (jobs, done).
+    fn next(&self, py: Python<'_>, wait_seconds: f64) -> (Vec<JobTuple>, bool) {
+        let wait = Duration::from_secs_f64(wait_seconds.clamp(0.0, 60.0));
+        let batch = py.detach(|| rt().block_on(self.driver.next(wait)));
+        (batch.jobs.iter().map(job_tuple).collect(), batch.done)
+    }
+
+    /// The handler of this job starts now (its timeout counts from here).
+    fn started(&self, key: KeyTuple) {
+        self.driver.started(job_key(key));
+    }
+
+    /// The handler finished: `ok` with the results as JSON text, or a failure
+    /// `{message, kind, retry_after_seconds?, detail?}` as JSON text.
+    fn finished(&self, key: KeyTuple, ok: bool, payload: &str) {
+        let outcome = if ok {
+            match serde_json::from_str(payload) {
+                Ok(v) => Outcome::Complete(v),
+                Err(e) => Outcome::Failed(handler::not_json(e)),
+            }
+        } else {
+            match serde_json::from_str::<StepFailure>(payload) {
+                Ok(f) => Outcome::Failed(f),
+                Err(e) => Outcome::Failed(StepFailure::retryable(format!(
+                    "the handler's failure could not be read: {e}"
+                ))),
+            }
+        };
+        self.driver.finished(job_key(key), outcome);
+    }
+
+    /// The handler returned a value that does not convert to JSON (`reason` says why).
+    fn finished_not_json(&self, key: KeyTuple, reason: &str) {
+        self.driver
+            .finished(job_key(key), Outcome::Failed(handler::not_json(reason)));
+    }
+
+    /// Stops claiming; running handlers get the grace period, then are reported.
+    fn shutdown(&self) {
+        self.driver.shutdown();
+    }
+
+    /// Waits for the run to end: (completed, failed, stale, cycles).
+    fn join(&self, py: Python<'_>) -> PyResult<(u64, u64, u64, u64)> {
+        let s = block(py, || self.driver.join())?;
+        Ok((s.completed, s.failed, s.stale, s.cycles))
+    }
 }
 
 /// The engine, opened on a database.
 #[pyclass(frozen, module = "tasker._tasker")]
 struct Core {
     engine: Engine,
-    builtins: Registry,
     events: Mutex<Option<broadcast::Receiver<Arc<Event>>>>,
 }
 
@@ -191,7 +233,6 @@ impl Core {
         let engine = block(py, move || Engine::open_with(opts))?;
         Ok(Core {
             engine,
-            builtins: Registry::with_builtins(),
             events: Mutex::new(None),
         })
     }
@@ -312,122 +353,47 @@ impl Core {
         })
     }
 
-    /// Records outcomes and claims up to `claim` jobs (handlers in `handlers`) in one
-    /// transaction. With nothing to report, waits up to `wait_seconds` for work.
-    fn cycle(
+    /// Starts the worker loop for `handlers` (run by Python) plus the built-in handlers (run
+    /// in Rust). `mode`: "forever", "until_idle" or "until_task" (with `task_id`).
+    #[pyo3(signature = (handlers, concurrency, mode, task_id=None, worker_id=None, shutdown_grace=30.0))]
+    fn start_driver(
         &self,
-        py: Python<'_>,
-        reports: Vec<ReportTuple>,
-        claim: usize,
         handlers: Vec<String>,
-        worker_id: String,
-        wait_seconds: f64,
-    ) -> PyResult<Vec<JobTuple>> {
-        let reports: Vec<Report> = reports.into_iter().map(report).collect::<PyResult<_>>()?;
-        let c = Claim {
-            worker_id,
-            max: claim,
-            handlers: Some(handlers),
-        };
-        let e = self.engine.clone();
-        let jobs = block(py, move || async move {
-            if reports.is_empty() && claim > 0 {
-                e.poll(&c, Duration::from_secs_f64(wait_seconds.clamp(0.0, 5.0)))
-                    .await
-            } else {
-                let claim = (claim > 0).then_some(&c);
-                e.report(&reports, claim).await.map(|cy| cy.jobs)
-            }
-        })?;
-        Ok(jobs.into_iter().map(job_tuple).collect())
-    }
-
-    /// Runs a built-in handler (`command`, `http`) for a job; returns (ok, payload_json) as
-    /// `cycle` takes it. Blocks without the GIL.
-    fn run_builtin(&self, py: Python<'_>, job: JobTuple) -> PyResult<(bool, String)> {
-        let (
-            task_id,
-            step_id,
-            attempt,
-            position,
-            step_name,
-            handler,
-            max_attempts,
-            ctx,
-            res,
-            cfg,
-            timeout,
-        ) = job;
-        let Some(h) = self.builtins.get(&handler) else {
-            return Err(NotFoundError::new_err(format!(
-                "{handler:?} is not a built-in handler"
+        concurrency: usize,
+        mode: &str,
+        task_id: Option<i64>,
+        worker_id: Option<String>,
+        shutdown_grace: f64,
+    ) -> PyResult<Driver> {
+        if concurrency < 1 {
+            return Err(ValidationError::new_err(format!(
+                "concurrency must be at least 1, got {concurrency}"
             )));
+        }
+        let mode = match (mode, task_id) {
+            ("forever", _) => RunMode::Forever,
+            ("until_idle", _) => RunMode::UntilIdle,
+            ("until_task", Some(id)) => RunMode::UntilTask(id),
+            _ => {
+                return Err(ValidationError::new_err(format!(
+                    "unknown run mode {mode:?} (task_id {task_id:?})"
+                )))
+            }
         };
-        let parse = |s: &str| {
-            serde_json::from_str::<Value>(s).map_err(|e| ValidationError::new_err(e.to_string()))
+        let mut opts = HostOptions {
+            concurrency,
+            mode,
+            host_handlers: handlers,
+            shutdown_grace: Duration::from_secs_f64(shutdown_grace.clamp(0.0, 86_400.0)),
+            ..Default::default()
         };
-        let job = Job {
-            key: JobKey {
-                task_id,
-                step_id,
-                attempt,
-                position,
-            },
-            step_name,
-            handler,
-            max_attempts,
-            context: Arc::new(parse(&ctx)?),
-            results: match parse(&res)? {
-                Value::Object(m) => m,
-                _ => Default::default(),
-            },
-            config: Arc::new(parse(&cfg)?),
-            timeout: timeout.map(Duration::from_secs_f64),
-            lease_expires_at_ms: 0,
-        };
-        let out = py.detach(|| {
-            rt().block_on(async {
-                let run = h.call(&job);
-                match job.timeout {
-                    Some(t) => tokio::time::timeout(t, run).await.map_err(|_| t),
-                    None => Ok(run.await),
-                }
-            })
-        });
-        Ok(match out {
-            Ok(Ok(v)) => (true, json_text(&v)),
-            Ok(Err(e)) => (false, json_text(&e.into_failure())),
-            Err(t) => (
-                false,
-                json_text(&StepFailure {
-                    message: format!("timed out after {:.3} s (timeout_seconds)", t.as_secs_f64()),
-                    kind: FailureKind::Timeout,
-                    retry_after_seconds: None,
-                    detail: None,
-                }),
-            ),
+        if let Some(w) = worker_id {
+            opts.worker_id = w;
+        }
+        let _rt = rt().enter();
+        Ok(Driver {
+            driver: HostDriver::start(self.engine.clone(), Registry::with_builtins(), opts),
         })
-    }
-
-    /// Extends the leases of running jobs: [(task_id, step_id, attempt, position)].
-    fn heartbeat(&self, py: Python<'_>, keys: Vec<(i64, i64, u32, u32)>) -> PyResult<u64> {
-        let keys: Vec<JobKey> = keys
-            .into_iter()
-            .map(|(task_id, step_id, attempt, position)| JobKey {
-                task_id,
-                step_id,
-                attempt,
-                position,
-            })
-            .collect();
-        let e = self.engine.clone();
-        block(py, move || async move { e.heartbeat(&keys).await })
-    }
-
-    /// True when nothing is claimable now or later for these handlers and nothing runs anywhere.
-    fn is_idle(&self, py: Python<'_>, handlers: Vec<String>) -> PyResult<bool> {
-        let e = self.engine.clone();
-        block(py, move || async move { e.is_idle(Some(&handlers)).await })
     }
 
     /// Waits (without the GIL) up to `seconds` for the task to finish; returns its state.
@@ -459,20 +425,11 @@ impl Core {
 
     /// Events since the last call, as JSON objects, oldest first.
     fn drain_events(&self) -> Vec<String> {
-        let mut out = Vec::new();
         let mut g = self.events.lock().unwrap();
-        if let Some(rx) = g.as_mut() {
-            loop {
-                match rx.try_recv() {
-                    Ok(e) => out.push(json_text(&*e)),
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        out.push(format!("{{\"name\":\"events.lagged\",\"missed\":{n}}}"))
-                    }
-                    Err(_) => break,
-                }
-            }
+        match g.as_mut() {
+            Some(rx) => host::drain_events(rx).iter().map(|e| json_text(&**e)).collect(),
+            None => Vec::new(),
         }
-        out
     }
 
     #[staticmethod]
@@ -495,6 +452,7 @@ impl Core {
 fn _tasker(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Core>()?;
+    m.add_class::<Driver>()?;
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("ValidationError", py.get_type::<ValidationError>())?;

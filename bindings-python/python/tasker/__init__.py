@@ -28,6 +28,7 @@ import concurrent.futures as cf
 import inspect
 import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -95,7 +96,7 @@ class Step:
 
     def __init__(self, job: Tuple[Any, ...]) -> None:
         (self.task_id, self.step_id, self.attempt, _position, self.name, self.handler, self.max_attempts,
-         context, results, config, _timeout) = job
+         context, results, config) = job
         self.context: Dict[str, Any] = json.loads(context)
         self.results: Dict[str, Any] = json.loads(results)
         self.config: Dict[str, Any] = json.loads(config)
@@ -111,26 +112,6 @@ def _failure(kind: str, message: str, retry_after: Optional[float] = None, detai
     if detail is not None:
         f["detail"] = detail
     return json.dumps(f)
-
-
-def _outcome(fn: Callable[[], Any]) -> Tuple[bool, str]:
-    """Runs a handler call and turns its result or exception into (ok, payload_json)."""
-    try:
-        value = fn()
-    except RetryableError as e:
-        return False, _failure("retryable", e.message, e.retry_after)
-    except PermanentError as e:
-        return False, _failure("permanent", e.message)
-    except Exception as e:  # any other exception: a retryable failure, traceback kept
-        return False, _failure(
-            "retryable",
-            f"{type(e).__name__}: {e}",
-            detail={"exception": type(e).__name__, "traceback": traceback.format_exc()},
-        )
-    try:
-        return True, json.dumps(value)
-    except (TypeError, ValueError) as e:
-        return False, _failure("permanent", f"the handler returned a value that is not JSON: {e}")
 
 
 class _AsyncLoop:
@@ -174,7 +155,6 @@ class Engine:
         listen: bool = True,
     ) -> None:
         self._core = _tasker.Core(url, environment, schema, lease_seconds, listen)
-        self._lease = lease_seconds
         self._handlers: Dict[str, Handler] = {}
         self._subscribers: Dict[str, List[Callable[[Dict[str, Any]], Any]]] = {}
         self.worker_id: str = _tasker.Core.new_worker_id()
@@ -339,145 +319,101 @@ class Engine:
         left to do (``until_idle``) or on Ctrl-C, after the steps in flight finish."""
         self._run(concurrency, until_idle=until_idle)
 
-    def _names(self) -> List[str]:
-        names = set(self._handlers)
-        names.update(_tasker.Core.builtin_names())
-        return sorted(names)
-
-    def _submit(self, job: Tuple[Any, ...], pool: cf.ThreadPoolExecutor, aloop: List[Optional[_AsyncLoop]]) -> "cf.Future[Tuple[bool, str]]":
-        handler = job[5]
-        fn = self._handlers.get(handler)
-        if fn is None:  # a built-in (command, http) this process has no handler of its own for
-            return pool.submit(self._core.run_builtin, job)
-        if inspect.iscoroutinefunction(fn):
-            if aloop[0] is None:
-                aloop[0] = _AsyncLoop()
-
-            async def run_async() -> Tuple[bool, str]:
-                step = Step(job)
-                try:
-                    value = await fn(step)  # type: ignore[misc]
-                except BaseException:
-                    exc = _exception_outcome()
-                    return exc
-                return _outcome(lambda: value)
-
-            return aloop[0].submit(run_async())
-        return pool.submit(lambda: _outcome(lambda: fn(Step(job))))
-
     def _run(self, concurrency: int, *, until_idle: bool = False, task_id: Optional[int] = None,
              deadline: Optional[float] = None) -> None:
+        """Runs handlers for the core's host driver, which decides everything else (claims,
+        batching, heartbeats, timeouts, database outages, shutdown, built-in handlers)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        names = self._names()
-        depth = 3 * concurrency
-        window = 0.002
+        mode = "until_task" if task_id is not None else "until_idle" if until_idle else "forever"
+        driver = self._core.start_driver(sorted(self._handlers), concurrency, mode, task_id, self.worker_id)
         pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tasker-step")
-        aloop: List[Optional[_AsyncLoop]] = [None]
-        running: Dict["cf.Future[Tuple[bool, str]]", Tuple[Tuple[Any, ...], float]] = {}
-        reports: List[Tuple[int, int, int, int, bool, str]] = []
-        first_report: Optional[float] = None
-        last_beat = time.monotonic()
-        stopping = False
-        work_maybe = True
-
-        def collect(done: Sequence["cf.Future[Tuple[bool, str]]"]) -> None:
-            nonlocal first_report
-            for f in done:
-                job, _started = running.pop(f)
-                try:
-                    ok, payload = f.result()
-                except BaseException as e:  # the runner itself failed
-                    ok, payload = False, _failure("retryable", f"{type(e).__name__}: {e}")
-                reports.append((job[0], job[1], job[2], job[3], ok, payload))
-                if first_report is None:
-                    first_report = time.monotonic()
-
-        def expire_timeouts() -> None:
-            now = time.monotonic()
-            for f, (job, started) in list(running.items()):
-                limit = job[10]
-                if limit is not None and now - started > limit:
-                    running.pop(f)
-                    f.cancel()
-                    reports.append((job[0], job[1], job[2], job[3], False,
-                                    _failure("timeout", f"timed out after {limit:.3f} s (timeout_seconds)")))
-
+        aloop: Optional[_AsyncLoop] = None
+        timed_out = False
         self._stop.clear()
         try:
             while True:
                 try:
-                    if self._stop.is_set():
-                        stopping = True
-                    collect([f for f in list(running) if f.done()])
-                    expire_timeouts()
-                    room = 0 if stopping else max(0, depth - len(running))
-                    if reports and running and first_report is not None and time.monotonic() - first_report < window:
-                        done, _ = cf.wait(list(running), timeout=window, return_when=cf.FIRST_COMPLETED)
-                        collect(list(done))
-                        continue
-                    if reports or (room and work_maybe):
-                        wait = 0.0 if (reports or running) else 0.1
-                        jobs = self._core.cycle(reports, room, names, self.worker_id, wait)
-                        reports = []
-                        first_report = None
-                        self._dispatch_events()
-                        work_maybe = bool(jobs) or not running
-                        now = time.monotonic()
-                        for job in jobs:
-                            running[self._submit(job, pool, aloop)] = (job, now)
-                        if jobs:
-                            continue
-                    if running and time.monotonic() - last_beat > self._lease / 3:
-                        self._core.heartbeat([(j[0], j[1], j[2], j[3]) for j, _ in running.values()])
-                        last_beat = time.monotonic()
-                    if stopping and not running and not reports:
-                        return
-                    if not running and not reports and not stopping:
-                        if task_id is not None and self._core.task_state(task_id) in _FINISHED:
-                            return
-                        if until_idle and self._core.is_idle(names):
-                            return
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(f"task {task_id} did not finish in time")
-                    if running:
-                        done, _ = cf.wait(list(running), timeout=0.1, return_when=cf.FIRST_COMPLETED)
-                        collect(list(done))
-                    else:
-                        work_maybe = True
-                        if stopping:
-                            return
+                    jobs, done = driver.next(0.1)
+                    for job in jobs:
+                        fn = self._handlers[job[5]]
+                        if inspect.iscoroutinefunction(fn):
+                            if aloop is None:
+                                aloop = _AsyncLoop()
+                            aloop.submit(_run_async(driver, fn, job))
+                        else:
+                            pool.submit(_run_sync, driver, fn, job)
+                    self._dispatch_events()
+                    if done:
+                        break
+                    if self._stop.is_set() or (deadline is not None and not timed_out and time.monotonic() > deadline):
+                        timed_out = not self._stop.is_set()
+                        driver.shutdown()
                 except KeyboardInterrupt:
-                    # Ctrl-C: claim nothing more; let the steps in flight finish and record them.
-                    stopping = True
+                    # Ctrl-C: claim nothing more; steps in flight finish (or are reported after
+                    # the grace period), steps not started are handed back.
+                    driver.shutdown()
+            driver.join()
         finally:
-            if running:
-                done, _ = cf.wait(list(running), timeout=max(self._lease - 1.0, 1.0))
-                collect(list(done))
-            if reports:
-                try:
-                    self._core.cycle(reports, 0, names, self.worker_id, 0.0)
-                except Error:
-                    traceback.print_exc()
+            driver.shutdown()
             self._dispatch_events()
             pool.shutdown(wait=False, cancel_futures=True)
-            if aloop[0] is not None:
-                aloop[0].close()
+            if aloop is not None:
+                aloop.close()
+        if timed_out:
+            raise TimeoutError(f"task {task_id} did not finish in time")
 
 
-def _exception_outcome() -> Tuple[bool, str]:
-    """The outcome for the exception being handled (inside an ``except`` block)."""
-    import sys
+def _key(job: Tuple[Any, ...]) -> Tuple[int, int, int, int]:
+    return (job[0], job[1], job[2], job[3])
 
+
+def _finish(driver: Any, job: Tuple[Any, ...], ok: bool, value: Any) -> None:
+    """Hands a handler's outcome to the driver: results as JSON, or the failure."""
+    if not ok:
+        driver.finished(_key(job), False, value)
+        return
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError) as e:
+        driver.finished_not_json(_key(job), str(e))
+        return
+    driver.finished(_key(job), True, text)
+
+
+def _run_sync(driver: Any, fn: Handler, job: Tuple[Any, ...]) -> None:
+    driver.started(_key(job))
+    try:
+        value = fn(Step(job))
+    except BaseException:
+        _finish(driver, job, False, _exception_failure())
+        return
+    _finish(driver, job, True, value)
+
+
+async def _run_async(driver: Any, fn: Handler, job: Tuple[Any, ...]) -> None:
+    driver.started(_key(job))
+    try:
+        value = await fn(Step(job))  # type: ignore[misc]
+    except BaseException:
+        _finish(driver, job, False, _exception_failure())
+        return
+    _finish(driver, job, True, value)
+
+
+def _exception_failure() -> str:
+    """The failure (JSON) for the exception being handled (inside an ``except`` block): a
+    ``RetryableError`` or ``PermanentError`` as raised, anything else retryable with its class
+    and traceback kept."""
     e = sys.exc_info()[1]
     if isinstance(e, RetryableError):
-        return False, _failure("retryable", e.message, e.retry_after)
+        return _failure("retryable", e.message, e.retry_after)
     if isinstance(e, PermanentError):
-        return False, _failure("permanent", e.message)
+        return _failure("permanent", e.message)
     if isinstance(e, asyncio.CancelledError):
-        return False, _failure("retryable", "the handler was cancelled")
+        return _failure("retryable", "the handler was cancelled")
     assert e is not None
-    return False, _failure(
+    return _failure(
         "retryable",
         f"{type(e).__name__}: {e}",
         detail={"exception": type(e).__name__, "traceback": traceback.format_exc()},
