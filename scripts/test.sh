@@ -25,7 +25,7 @@ step "Rust: unit, scenario, template and CLI tests on SQLite (and the CLI on Pos
 cargo test --workspace --locked --exclude tasker-py   # the extension is built by pip below
 
 step "Rust: the conformance suite on PostgreSQL"
-TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator
 
 step "Rust: multi-process tests on PostgreSQL (workers, kill -9, server restart, SIGTERM)"
 # One at a time: one of them restarts the server.

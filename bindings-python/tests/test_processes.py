@@ -29,17 +29,19 @@ WORKER = textwrap.dedent("""
         return {"pid": os.getpid()}
 
     print("ready", flush=True)
-    engine.run_worker(concurrency=2, until_idle=(sys.argv[5] == "idle"))
+    grace = float(sys.argv[6]) if len(sys.argv) > 6 else 30.0
+    engine.run_worker(concurrency=2, until_idle=(sys.argv[5] == "idle"), shutdown_grace=grace)
     print("stopped cleanly", flush=True)
+    os._exit(0)  # a handler thread still sleeping past the grace must not hold the exit
 """)
 
 
-def spawn(tmp_path, db, sleep, mode):
+def spawn(tmp_path, db, sleep, mode, grace=30.0):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     log = tmp_path / "runs.log"
     return subprocess.Popen(
-        [sys.executable, str(script), db["url"], db.get("schema") or "", str(log), str(sleep), mode],
+        [sys.executable, str(script), db["url"], db.get("schema") or "", str(log), str(sleep), mode, str(grace)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ), log
 
@@ -64,6 +66,79 @@ def test_ctrl_c_during_run_worker_lets_in_flight_steps_finish(engine, db, tmp_pa
     engine.handler("slow")(lambda s: {"pid": os.getpid()})
     engine.run_worker(until_idle=True)
     assert all(engine.get_task(i)["status"] == "complete" for i in ids)
+
+
+def test_ctrl_c_past_the_grace_reports_unfinished_steps_instead_of_leaving_them_to_the_lease(engine, db, tmp_path):
+    engine.register_template("name: slow\nstep_templates:\n  - {name: slow, default_retry_limit: 3}\n")
+    ids = [engine.create_task("slow") for _ in range(6)]
+    proc, log = spawn(tmp_path, db, 30, "forever", grace=0.5)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.time() + 20
+    while not (log.exists() and log.read_text().count("start") == 2):
+        assert time.time() < deadline, "two steps did not start"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "stopped cleanly" in out
+    steps = [engine.get_task(i)["steps"][0] for i in ids]
+    running = [s for s in steps if s["error"] and s["error"]["kind"] == "worker_shutdown"]
+    # The two that ran were reported (the attempt counts), the rest were never spent.
+    assert len(running) == 2, steps
+    for s in running:
+        assert (s["status"], s["attempts"]) == ("error", 1), s
+        assert s["error"]["message"].startswith("worker_shutdown"), s
+    others = [s for s in steps if s not in running]
+    assert all((s["status"], s["attempts"]) == ("pending", 0) for s in others), others
+    # Nothing waits for a lease: a new worker runs every step at once.
+    engine.handler("slow")(lambda s: {"pid": os.getpid()})
+    started = time.monotonic()
+    engine.run_worker(until_idle=True)
+    assert time.monotonic() - started < 10, "steps waited for a lease to expire"
+    assert all(engine.get_task(i)["status"] == "complete" for i in ids)
+
+
+OUTAGE_WORKER = textwrap.dedent("""
+    import sys, time, tasker
+    engine = tasker.Engine(sys.argv[1], schema=sys.argv[2])
+
+    @engine.handler("tick")
+    def tick(step):
+        time.sleep(0.01)
+        return step.context["i"]
+
+    print("ready", flush=True)
+    engine.run_worker(concurrency=4, until_idle=True)
+    print("done", flush=True)
+""")
+
+
+@pytest.mark.skipif(BACKEND != "postgres" or not os.environ.get("TASKER_PGDATA"),
+                    reason="stops the PostgreSQL server of scripts/test.sh (TASKER_PGDATA, TASKER_PGBIN)")
+def test_a_python_worker_rides_out_postgresql_stopped_longer_than_the_pool_timeout(engine, db, tmp_path):
+    engine.register_template("name: tick\nstep_templates:\n  - {name: tick}\n")
+    ids = engine.create_tasks([{"name": "tick", "context": {"i": i}} for i in range(600)])
+    script = tmp_path / "outage_worker.py"
+    script.write_text(OUTAGE_WORKER)
+    proc = subprocess.Popen([sys.executable, str(script), db["url"], db["schema"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    pg_ctl = [ "runuser", "-u", "postgres", "--", os.path.join(os.environ["TASKER_PGBIN"], "pg_ctl"),
+               "-D", os.environ["TASKER_PGDATA"], "-w"]
+    time.sleep(0.5)
+    subprocess.run(pg_ctl + ["-m", "fast", "stop"], check=True, capture_output=True)
+    try:
+        time.sleep(15)  # longer than the pool's 10 s connection timeout
+        assert proc.poll() is None, f"the worker died while the database was away: {proc.stderr.read()}"
+    finally:
+        subprocess.run(pg_ctl + ["-l", os.path.join(os.path.dirname(os.environ["TASKER_PGDATA"]), "server.log"), "start"],
+                       check=True, capture_output=True)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert out.split()[-1] == "done", out
+    engine2 = tasker.Engine(**db)
+    states = [engine2.get_task(i)["status"] for i in ids]
+    assert states.count("complete") == 600, {s: states.count(s) for s in set(states)}
 
 
 @pytest.mark.skipif(BACKEND != "postgres", reason="several worker processes need PostgreSQL (TASKER_TEST_BACKEND=postgres)")

@@ -379,3 +379,63 @@ def test_bulk_create_wait_from_another_thread_and_stop(engine):
     engine.register_template("name: idle\nstep_templates:\n  - {name: nobody}\n")
     with pytest.raises(tasker.TimeoutError):
         engine.wait_for_task(engine.create_task("idle"), timeout=0.3)
+
+
+def test_a_queued_step_does_not_time_out_before_its_handler_starts(engine):
+    # Six steps of 0.3 s each, one at a time, each allowed 0.5 s: counted from the claim, the
+    # later ones would time out while they wait; counted from the handler's start, none does.
+    engine.register_template({"name": "queue", "steps": [
+        {"name": f"s{i}", "handler": {"callable": "nap"}, "timeout_seconds": 0.5} for i in range(6)
+    ] + [{"name": "too_slow", "handler": {"callable": "long_nap"}, "timeout_seconds": 0.2,
+          "retry": {"max_attempts": 1}}]})
+    engine.handler("nap")(lambda s: time.sleep(0.3) or "rested")
+    engine.handler("long_nap")(lambda s: time.sleep(1.0) or "late")
+    task = engine.run_until_complete(engine.create_task("queue"), timeout=60, concurrency=1)
+    for i in range(6):
+        assert (step(task, f"s{i}")["status"], step(task, f"s{i}")["attempts"]) == ("complete", 1), task
+    slow = step(task, "too_slow")
+    assert slow["status"] == "error" and slow["error"]["kind"] == "timeout", slow
+    assert "timed out after 0.200 s" in slow["error"]["message"]
+
+
+def test_events_carry_every_transition_of_a_run_in_order(engine):
+    engine.register_template("name: flaky_once\nsteps:\n  - {name: f, retry: {max_attempts: 2}}\n  - {name: g, dependencies: [f]}\n")
+    calls = []
+
+    @engine.handler("f")
+    def f(step):
+        calls.append(step.attempt)
+        if step.attempt == 1:
+            raise tasker.RetryableError("first try fails", retry_after=0)
+        return 1
+
+    engine.handler("g")(lambda s: 2)
+    seen = []
+    engine.on("*")(lambda ev: seen.append((ev["name"], ev.get("step_name"), ev.get("attempt"))))
+    failed = []
+    engine.on("step.failed")(lambda ev: failed.append(ev["metadata"]["error"]))
+    tid = engine.create_task("flaky_once")
+    engine.run_until_complete(tid, timeout=30)
+    names = [n for n, _, _ in seen]
+    expected = [
+        ("task.initialize_requested", None, None),
+        ("step.initialize_requested", "f", 0),
+        ("step.initialize_requested", "g", 0),
+        ("step.execution_requested", "f", 1),
+        ("task.start_requested", None, None),
+        ("step.failed", "f", 1),
+        ("step.retry_requested", "f", 2),
+        ("step.execution_requested", "f", 2),
+        ("step.completed", "f", 2),
+        ("step.execution_requested", "g", 1),
+        ("step.completed", "g", 1),
+        ("task.completed", None, None),
+    ]
+    assert sorted(seen, key=str) == sorted(expected, key=str), seen
+    # Order within a task: each step's own events come in transition order.
+    for name in ("f", "g"):
+        mine = [n for n, s, _ in seen if s == name]
+        assert mine == [n for n, s, _ in expected if s == name], mine
+    assert names.index("task.completed") == len(names) - 1
+    assert failed == ["first try fails"]
+    assert calls == [1, 2]

@@ -218,23 +218,12 @@ impl HostDriver {
         batch
     }
 
-    /// Events since the last call (a subscriber too slow for the channel gets an
-    /// `events.lagged` marker).
+    /// Events since the last call (when [`HostOptions::events`]).
     pub fn drain_events(&self) -> Vec<Arc<Event>> {
-        let mut out = Vec::new();
-        let mut g = self.events.lock().unwrap();
-        if let Some(rx) = g.as_mut() {
-            loop {
-                match rx.try_recv() {
-                    Ok(e) => out.push(e),
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        out.push(Arc::new(Event::lagged(n)))
-                    }
-                    Err(_) => break,
-                }
-            }
+        match self.events.lock().unwrap().as_mut() {
+            Some(rx) => drain_events(rx),
+            None => Vec::new(),
         }
-        out
     }
 
     /// The handler of this job has started: its timeout counts from now.
@@ -270,6 +259,19 @@ impl HostDriver {
             .unwrap_or_else(|e| Err(Error::Internal(format!("the worker loop failed: {e}"))));
         *g = None;
         r
+    }
+}
+
+/// Every event waiting in `rx`, oldest first; a subscriber too slow for the channel gets an
+/// `events.lagged` marker in place of what it missed.
+pub fn drain_events(rx: &mut broadcast::Receiver<Arc<Event>>) -> Vec<Arc<Event>> {
+    let mut out = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(e) => out.push(e),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => out.push(Arc::new(Event::lagged(n))),
+            Err(_) => return out,
+        }
     }
 }
 

@@ -314,19 +314,23 @@ class Engine:
         self._run(concurrency, task_id=task_id, deadline=deadline)
         return self.get_task(task_id)
 
-    def run_worker(self, concurrency: int = 8, until_idle: bool = False) -> None:
+    def run_worker(self, concurrency: int = 8, until_idle: bool = False, *, shutdown_grace: float = 30.0) -> None:
         """Runs this process's handlers for every task in the database. Returns when nothing is
-        left to do (``until_idle``) or on Ctrl-C, after the steps in flight finish."""
-        self._run(concurrency, until_idle=until_idle)
+        left to do (``until_idle``), or on Ctrl-C or ``stop()``: steps not started yet are handed
+        back at once (their attempt is not spent), steps in flight get ``shutdown_grace``
+        seconds to finish and are then reported as ``worker_shutdown`` failures (retried at
+        once by any worker). Python cannot interrupt a running thread: a handler still running
+        then finishes in the background, its outcome ignored."""
+        self._run(concurrency, until_idle=until_idle, shutdown_grace=shutdown_grace)
 
     def _run(self, concurrency: int, *, until_idle: bool = False, task_id: Optional[int] = None,
-             deadline: Optional[float] = None) -> None:
+             deadline: Optional[float] = None, shutdown_grace: float = 30.0) -> None:
         """Runs handlers for the core's host driver, which decides everything else (claims,
         batching, heartbeats, timeouts, database outages, shutdown, built-in handlers)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         mode = "until_task" if task_id is not None else "until_idle" if until_idle else "forever"
-        driver = self._core.start_driver(sorted(self._handlers), concurrency, mode, task_id, self.worker_id)
+        driver = self._core.start_driver(sorted(self._handlers), concurrency, mode, task_id, self.worker_id, shutdown_grace)
         pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tasker-step")
         aloop: Optional[_AsyncLoop] = None
         timed_out = False
