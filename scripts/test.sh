@@ -21,8 +21,11 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 export DATABASE_URL
 
-step "Rust: unit, scenario, template and CLI tests on SQLite (and the CLI on PostgreSQL)"
+step "Rust: unit, scenario, template and CLI tests on SQLite"
 cargo test --workspace --locked --exclude tasker-py   # the extension is built by pip below
+
+step "Rust: the CLI on PostgreSQL (a worker process beside the CLI)"
+cargo test --locked -p tasker-cli --test cli -- --ignored
 
 step "Rust: the conformance suite on PostgreSQL"
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator

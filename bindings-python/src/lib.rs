@@ -427,7 +427,10 @@ impl Core {
     fn drain_events(&self) -> Vec<String> {
         let mut g = self.events.lock().unwrap();
         match g.as_mut() {
-            Some(rx) => host::drain_events(rx).iter().map(|e| json_text(&**e)).collect(),
+            Some(rx) => host::drain_events(rx)
+                .iter()
+                .map(|e| json_text(&**e))
+                .collect(),
             None => Vec::new(),
         }
     }

@@ -227,6 +227,8 @@ async fn open(cli: &Cli) -> Result<Engine, Failure> {
     }
     Engine::open_with(opts).await.map_err(|e| match e {
         Error::UnsupportedUrl(_) | Error::Validation(_) => Failure::input(format!("--db: {e}")),
+        // Names the server and the driver's reason already.
+        e @ Error::Connect { .. } => Failure::from(e),
         other => Failure::from(other).with_prefix(&format!("cannot open database {}", cli.db)),
     })
 }

@@ -120,11 +120,10 @@ fn the_offline_example_runs_with_a_retry_and_progress() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL: DATABASE_URL=... cargo test -p tasker-cli -- --ignored (scripts/test.sh runs it)"]
 fn the_example_runs_on_postgresql_with_a_worker_process() {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        eprintln!("skipped: DATABASE_URL is not set (scripts/test.sh starts a PostgreSQL)");
-        return;
-    };
+    let url = std::env::var("DATABASE_URL")
+        .expect("this test needs DATABASE_URL (scripts/test.sh starts a PostgreSQL)");
     let env = Env::new();
     let schema = format!("cli_{}", std::process::id());
     let example = repo().join("examples/cli/etl_pipeline.yaml");
@@ -858,4 +857,35 @@ step_templates:
             .contains("request failed"),
         "{d}"
     );
+}
+
+#[test]
+fn an_unreachable_database_is_reported_at_once_with_the_drivers_reason() {
+    let env = Env::new();
+    for (url, reason) in [
+        ("postgres://app@127.0.0.1:1/x", "Connection refused"),
+        (
+            "postgres://app@nosuchhost.invalid:5432/x",
+            "nosuchhost.invalid",
+        ),
+    ] {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_tasker"))
+            .args(["--db", url, "status", "1"])
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(reason), "{url}: {err}");
+        assert!(
+            !err.contains("pool timed out"),
+            "{url}: the real cause is hidden: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: took {:?} to fail",
+            started.elapsed()
+        );
+    }
 }

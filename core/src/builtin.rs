@@ -26,8 +26,8 @@ use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::TemplateError;
-use crate::template::TaskTemplate;
 use crate::handler::{HandlerError, Registry, StepContext, StepHandler};
+use crate::template::TaskTemplate;
 
 pub const COMMAND: &str = "command";
 pub const HTTP: &str = "http";

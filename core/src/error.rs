@@ -99,6 +99,14 @@ pub enum Error {
     Conflict(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Opening the database failed: the driver's own reason (refused, unknown host, bad
+    /// password, missing database), at once.
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
@@ -127,9 +135,11 @@ impl Error {
                 "illegal_transition"
             }
             Error::Conflict(_) => "conflict",
-            Error::Database(_) | Error::Sqlite(_) | Error::Migration(_) | Error::Corrupt(_) => {
-                "database"
-            }
+            Error::Database(_)
+            | Error::Connect { .. }
+            | Error::Sqlite(_)
+            | Error::Migration(_)
+            | Error::Corrupt(_) => "database",
             Error::UnsupportedUrl(_) => "validation",
             Error::Timeout(_) => "timeout",
             Error::Shutdown => "shutdown",

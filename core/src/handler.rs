@@ -153,7 +153,6 @@ impl Registry {
     }
 }
 
-
 /// Runs `handler` for `job` and turns what happens into the attempt's [`Outcome`]: its value
 /// (complete), its [`HandlerError`] (failed), a panic (a retryable failure naming the panic), the
 /// job's `timeout` running out (counted from this call: the handler's start), or no handler at
@@ -173,7 +172,9 @@ pub async fn execute(handler: Option<Arc<dyn StepHandler>>, job: Job) -> Outcome
         Some(t) => tokio::time::timeout(t, fut).await.ok(),
     };
     match joined {
-        None => Outcome::Failed(StepFailure::timeout(timeout.expect("timed out with a limit"))),
+        None => Outcome::Failed(StepFailure::timeout(
+            timeout.expect("timed out with a limit"),
+        )),
         Some(Ok(Ok(v))) => Outcome::Complete(v),
         Some(Ok(Err(e))) => Outcome::Failed(e.into_failure()),
         Some(Err(panic)) => Outcome::Failed(

@@ -328,7 +328,12 @@ impl DriverLoop {
             Msg::Finished(key, outcome) => {
                 if running.get(&key.step_id).is_some_and(|r| r.key == key) {
                     running.remove(&key.step_id);
-                    debug!(task_id = key.task_id, step_id = key.step_id, ok = matches!(outcome, Outcome::Complete(_)), "step finished");
+                    debug!(
+                        task_id = key.task_id,
+                        step_id = key.step_id,
+                        ok = matches!(outcome, Outcome::Complete(_)),
+                        "step finished"
+                    );
                     out.push(key, outcome);
                 }
             }

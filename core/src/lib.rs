@@ -45,9 +45,9 @@ pub use engine::{
 };
 pub use error::{Error, Result, TemplateError};
 pub use events::Event;
+pub use handler::{execute, HandlerError, Registry, StepContext, StepHandler};
+pub use host::{HostBatch, HostDriver, HostOptions, RunMode, RunStats, ShutdownHandle};
 pub use state::{StepState, TaskState};
 pub use store::sqlite::Durability;
 pub use template::TaskTemplate;
-pub use handler::{execute, HandlerError, Registry, StepContext, StepHandler};
-pub use host::{HostBatch, HostDriver, HostOptions, RunMode, RunStats, ShutdownHandle};
 pub use worker::{Worker, WorkerOptions};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tasker_conformance::Harness;
 use tasker_core::{
-    Claim, Error, FailureKind, HandlerError, Outcome, Registry, Report, StepFailure, StepState,
-    TaskFilter, TaskRequest, TaskState, Worker, WorkerOptions,
+    Claim, Error, HandlerError, Outcome, Registry, Report, StepFailure, StepState, TaskFilter,
+    TaskRequest, TaskState, Worker, WorkerOptions,
 };
 
 fn int(v: &Value, path: &str) -> i64 {
@@ -936,7 +936,59 @@ async fn stale_and_foreign_reports_change_nothing() {
         (t.status, t.step("only").unwrap().attempts),
         (TaskState::Complete, 1)
     );
-    assert_eq!(FailureKind::Retryable, StepFailure::retryable("x").kind);
+
+    // Foreign reports: an attempt of a task that does not exist, and a wrong attempt number of
+    // a running step. Both are refused as stale; nothing changes.
+    let id2 = h
+        .engine
+        .create_task(TaskRequest::new("one", json!({})))
+        .await
+        .unwrap();
+    let running = h
+        .engine
+        .report(&[], Some(&claim))
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
+    let unknown_task = tasker_core::JobKey {
+        task_id: 987_654,
+        ..running.key
+    };
+    let wrong_attempt = tasker_core::JobKey {
+        attempt: running.key.attempt + 1,
+        ..running.key
+    };
+    let c = h
+        .engine
+        .report(
+            &[
+                Report {
+                    key: unknown_task,
+                    outcome: Outcome::Complete(json!("forged")),
+                },
+                Report {
+                    key: wrong_attempt,
+                    outcome: Outcome::Failed(StepFailure::permanent("forged")),
+                },
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.stale, vec![unknown_task, wrong_attempt]);
+    let t2 = h.engine.get_task(id2).await.unwrap();
+    let only = t2.step("only").unwrap();
+    assert_eq!(
+        (t2.status, only.status, only.attempts, only.error.clone()),
+        (TaskState::InProgress, StepState::InProgress, 1, None)
+    );
+    // The real report still applies.
+    assert!(h.engine.complete(running.key, json!(2)).await.unwrap());
+    assert_eq!(
+        h.engine.get_task(id2).await.unwrap().status,
+        TaskState::Complete
+    );
 }
 
 #[tokio::test]

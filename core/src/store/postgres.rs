@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{Executor, PgPool, Postgres, Row};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::Notify;
 
 use super::*;
@@ -78,20 +78,28 @@ impl PgStore {
             .map_err(|e| Error::Validation(format!("bad PostgreSQL URL: {e}")))?
             .application_name("tasker")
             .statement_cache_capacity(256);
+        // One direct connection first: an unreachable server, an unknown host, a bad password
+        // or a missing database is reported at once with the driver's own error, not after the
+        // pool's acquire timeout as "pool timed out".
+        let target = format!(
+            "{}:{}/{}",
+            connect.get_host(),
+            connect.get_port(),
+            connect.get_database().unwrap_or("")
+        );
+        let mut first = PgConnection::connect_with(&connect)
+            .await
+            .map_err(|source| Error::Connect { target, source })?;
         if let Some(schema) = &opts.schema {
             check_schema(schema)?;
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(connect.clone())
-                .await?;
-            admin
+            first
                 .execute(sqlx::AssertSqlSafe(format!(
                     "CREATE SCHEMA IF NOT EXISTS {schema}"
                 )))
                 .await?;
-            admin.close().await;
             connect = connect.options([("search_path", schema.as_str())]);
         }
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.unwrap_or(8))
             .min_connections(1)
