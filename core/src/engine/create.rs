@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::decide;
 use super::tx::TxCx;
 use super::{json_kind, Engine};
 use crate::error::{Error, Result};
@@ -96,6 +97,11 @@ impl Engine {
     }
 
     async fn prepare(&self, req: TaskRequest) -> Result<Prepared> {
+        if let Some(path) = decide::nul_path(&serde_json::to_value(&req).expect("json")) {
+            return Err(Error::Validation(format!(
+                "task request: the string at {path} contains a NUL character (\\u0000), which cannot be stored"
+            )));
+        }
         if req.name.trim().is_empty() {
             return Err(Error::Validation(
                 "task request: name must not be empty".into(),

@@ -99,6 +99,57 @@ pub fn settle_path(c: &TaskCounts, running: Option<i64>) -> Option<(&'static [Ta
     }
 }
 
+/// The JSON path of the first string or key holding a NUL character (`\u0000`), which
+/// PostgreSQL cannot store in `jsonb` (SQLite can): such a value is refused on every backend so
+/// that both behave alike.
+pub fn nul_path(v: &Value) -> Option<String> {
+    fn walk(v: &Value, path: &mut String) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().enumerate().any(|(i, x)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(x, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(m) => m.iter().any(|(k, x)| {
+                let len = path.len();
+                // Shown with the NUL written out, so the path itself is storable.
+                path.push_str(&format!(".{}", k.replace('\0', "\\u0000")));
+                let found = k.contains('\0') || walk(x, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::from("$");
+    walk(v, &mut path).then_some(path)
+}
+
+/// Replaces NUL characters in every string and key (for text Tasker must store whatever it
+/// holds, such as a failure's message or detail).
+pub fn strip_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+        Value::Array(a) => a.iter_mut().for_each(strip_nul),
+        Value::Object(m) if m.keys().any(|k| k.contains('\0')) => {
+            let old = std::mem::take(m);
+            for (k, mut x) in old {
+                strip_nul(&mut x);
+                m.insert(k.replace('\0', "\u{fffd}"), x);
+            }
+        }
+        Value::Object(m) => m.values_mut().for_each(strip_nul),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +251,23 @@ mod tests {
             };
             let got = settle_path(&c, running).map(|(p, _)| p);
             assert_eq!(got, want, "{c:?} running={running:?}");
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_found_by_path_and_stripped() {
+        let table = [
+            (json!("plain"), None),
+            (json!("a\u{0}b"), Some("$")),
+            (json!({"a": [1, {"b": "x\u{0}"}]}), Some("$.a[1].b")),
+            (json!({"k\u{0}": 1}), Some("$.k\\u0000")),
+            (json!([null, 2.5, true]), None),
+        ];
+        for (v, want) in table {
+            assert_eq!(nul_path(&v).as_deref(), want, "{v}");
+            let mut w = v.clone();
+            strip_nul(&mut w);
+            assert_eq!(nul_path(&w), None, "{w}");
         }
     }
 

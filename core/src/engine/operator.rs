@@ -113,6 +113,11 @@ impl Engine {
         step_name: &str,
         results: Value,
     ) -> Result<()> {
+        if let Some(path) = super::decide::nul_path(&results) {
+            return Err(Error::Validation(format!(
+                "results: the string at {path} contains a NUL character (\\u0000), which cannot be stored"
+            )));
+        }
         let mut cx = TxCx::begin(self, self.now()).await?;
         let task = cx.task(task_id).await?;
         cx.require_active(&task, "resolve a step of")?;

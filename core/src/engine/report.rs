@@ -183,7 +183,17 @@ impl TxCx<'_> {
                 transitions: 1,
             };
             let mut blocked = false;
-            let meta = match &r.outcome {
+            // A result PostgreSQL cannot store fails the step here, alike on every backend,
+            // instead of failing the whole batch's transaction.
+            let unstorable = match &r.outcome {
+                Outcome::Complete(v) => decide::nul_path(v).map(|path| {
+                    Outcome::Failed(StepFailure::permanent(format!(
+                        "the handler's results cannot be stored: the string at {path} contains a NUL character (\\u0000)"
+                    )))
+                }),
+                Outcome::Failed(_) => None,
+            };
+            let meta = match unstorable.as_ref().unwrap_or(&r.outcome) {
                 Outcome::Complete(v) => {
                     update.results = Some(Some(serde_json::to_string(v).expect("json")));
                     update.error = Some(None);
@@ -233,7 +243,7 @@ impl TxCx<'_> {
                     }
                     let mut meta = json!({
                         "attempt": attempt,
-                        "error": f.message,
+                        "error": f.message.replace('\0', "\u{fffd}"),
                         "kind": f.kind,
                         "attempts_exhausted": effect == FailureEffect::Exhaust,
                     });
@@ -338,7 +348,8 @@ impl TxCx<'_> {
     }
 }
 
-/// The stored `error` of a step: `{message, kind, attempt, at, retry_after_seconds?, detail?}`.
+/// The stored `error` of a step: `{message, kind, attempt, at, retry_after_seconds?, detail?}`
+/// (NUL characters replaced: a failure is always recorded).
 fn failure_json(f: &StepFailure, attempt: u32, now: i64) -> String {
     let mut err = json!({
         "message": f.message,
@@ -352,5 +363,6 @@ fn failure_json(f: &StepFailure, attempt: u32, now: i64) -> String {
     if let Some(d) = &f.detail {
         err["detail"] = d.clone();
     }
+    decide::strip_nul(&mut err);
     err.to_string()
 }

@@ -34,8 +34,16 @@ impl Engine {
     pub async fn register_template(&self, t: TaskTemplate) -> Result<String> {
         // A broken `command` or `http` config is refused here, whichever host registers it.
         crate::builtin::check_template(&t)?;
-        let key = t.key();
         let body = t.canonical_json();
+        if body.contains("\\u0000") {
+            return Err(TemplateError::Shape {
+                template: t.key(),
+                path: "$".into(),
+                message: "contains a NUL character (\\u0000), which cannot be stored".into(),
+            }
+            .into());
+        }
+        let key = t.key();
         let hash = hex(&Sha256::digest(body.as_bytes()));
         let version = t.version.to_string();
         let mut tx = self.inner.store.begin(true).await?;
