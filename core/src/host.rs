@@ -30,8 +30,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::engine::Engine;
@@ -135,7 +135,7 @@ pub struct HostDriver {
     jobs: tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>,
     events: Mutex<Option<broadcast::Receiver<Arc<Event>>>>,
     stop: ShutdownHandle,
-    task: tokio::sync::Mutex<Option<JoinHandle<Result<RunStats>>>>,
+    task: tokio::sync::Mutex<Option<oneshot::Receiver<Result<RunStats>>>>,
 }
 
 impl Drop for HostDriver {
@@ -153,13 +153,13 @@ impl HostDriver {
         Self::start_with_stop(engine, registry, opts, ShutdownHandle(stop_tx), stop_rx)
     }
 
-    pub(crate) fn start_with_stop(
+    fn build(
         engine: Engine,
         mut registry: Registry,
         opts: HostOptions,
         stop: ShutdownHandle,
         stop_rx: watch::Receiver<bool>,
-    ) -> HostDriver {
+    ) -> (HostDriver, DriverLoop) {
         for n in &opts.host_handlers {
             registry.remove(n);
         }
@@ -171,7 +171,6 @@ impl HostDriver {
         let events = opts.events.then(|| engine.subscribe());
         let (msgs_tx, msgs_rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-        let span = info_span!("tasker.worker", worker = %opts.worker_id, mode = ?opts.mode);
         let lp = DriverLoop {
             claim: Claim {
                 worker_id: opts.worker_id.clone(),
@@ -187,14 +186,58 @@ impl HostDriver {
             jobs_tx,
             stop_rx,
         };
-        let task = tokio::spawn(lp.run().instrument(span));
-        HostDriver {
+        let driver = HostDriver {
             msgs: msgs_tx,
             jobs: tokio::sync::Mutex::new(jobs_rx),
             events: Mutex::new(events),
             stop,
-            task: tokio::sync::Mutex::new(Some(task)),
+            task: tokio::sync::Mutex::new(None),
+        };
+        (driver, lp)
+    }
+
+    pub(crate) fn start_with_stop(
+        engine: Engine,
+        registry: Registry,
+        opts: HostOptions,
+        stop: ShutdownHandle,
+        stop_rx: watch::Receiver<bool>,
+    ) -> HostDriver {
+        let (mut driver, lp) = Self::build(engine, registry, opts, stop, stop_rx);
+        let (tx, rx) = oneshot::channel();
+        let fut = async move {
+            let _ = tx.send(lp.run_instrumented().await);
+        };
+        let rt = tokio::runtime::Handle::current();
+        match rt.runtime_flavor() {
+            // The loop runs on a thread of its own: on SQLite its statements (and fsyncs) run
+            // on the calling thread, and must not hold up the runtime's workers, which run the
+            // driver's own handlers and the PostgreSQL listener.
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                std::thread::Builder::new()
+                    .name("tasker-driver".into())
+                    .spawn(move || rt.block_on(fut))
+                    .expect("spawn the driver thread");
+            }
+            _ => {
+                tokio::spawn(fut);
+            }
         }
+        driver.task = tokio::sync::Mutex::new(Some(rx));
+        driver
+    }
+
+    /// Runs the loop in the caller's task to the end (a host with no handlers of its own: the
+    /// Rust [`crate::Worker`]).
+    pub(crate) async fn run_inline(
+        engine: Engine,
+        registry: Registry,
+        opts: HostOptions,
+        stop: ShutdownHandle,
+        stop_rx: watch::Receiver<bool>,
+    ) -> Result<RunStats> {
+        let (_driver, lp) = Self::build(engine, registry, opts, stop, stop_rx);
+        lp.run_instrumented().await
     }
 
     /// Waits up to `wait` for jobs to start (all that are ready, at least one) or for the run to
@@ -251,12 +294,14 @@ impl HostDriver {
     /// further call answers [`Error::Shutdown`].
     pub async fn join(&self) -> Result<RunStats> {
         let mut g = self.task.lock().await;
-        let Some(handle) = g.as_mut() else {
+        let Some(rx) = g.as_mut() else {
             return Err(Error::Shutdown);
         };
-        let r = handle
-            .await
-            .unwrap_or_else(|e| Err(Error::Internal(format!("the worker loop failed: {e}"))));
+        let r = rx.await.unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the worker loop stopped without an answer (it panicked)".into(),
+            ))
+        });
         *g = None;
         r
     }
@@ -407,6 +452,12 @@ impl DriverLoop {
             out.push(key, Outcome::Failed(StepFailure::timeout(t)));
         }
         next
+    }
+
+    async fn run_instrumented(self) -> Result<RunStats> {
+        let span =
+            info_span!("tasker.worker", worker = %self.opts.worker_id, mode = ?self.opts.mode);
+        self.run().instrument(span).await
     }
 
     async fn run(mut self) -> Result<RunStats> {

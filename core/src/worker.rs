@@ -75,13 +75,13 @@ impl Worker {
 
     /// Runs until [`ShutdownHandle::shutdown`].
     pub async fn run(&self) -> Result<RunStats> {
-        self.start(RunMode::Forever).join().await
+        self.run_inline(RunMode::Forever).await
     }
 
     /// Runs until there is nothing left to do: nothing claimable now or later for these
     /// handlers, nothing running anywhere.
     pub async fn run_until_idle(&self) -> Result<RunStats> {
-        self.start(RunMode::UntilIdle).join().await
+        self.run_inline(RunMode::UntilIdle).await
     }
 
     /// Runs until the task is finished (`complete`, `error`, `cancelled`) and returns it. After
@@ -92,15 +92,23 @@ impl Worker {
         task_id: i64,
         timeout: Option<Duration>,
     ) -> Result<TaskSnapshot> {
-        let driver = self.start(RunMode::UntilTask(task_id));
+        let run = self.run_inline(RunMode::UntilTask(task_id));
         match timeout {
             None => {
-                driver.join().await?;
+                run.await?;
             }
             Some(t) => {
-                if tokio::time::timeout(t, driver.join()).await.is_err() {
-                    driver.shutdown();
-                    driver.join().await?;
+                tokio::pin!(run);
+                if tokio::time::timeout(t, &mut run).await.is_err() {
+                    // Stop gracefully: the run reports what it holds before it ends. The stop is
+                    // this call's own: a later run of this worker starts afresh.
+                    let stopped_before = *self.stop_tx.borrow();
+                    self.shutdown_handle().shutdown();
+                    let r = run.await;
+                    if !stopped_before {
+                        self.stop_tx.send_replace(false);
+                    }
+                    r?;
                     return Err(Error::Timeout(format!(
                         "task {task_id} did not finish within {t:?}"
                     )));
@@ -110,7 +118,7 @@ impl Worker {
         self.engine.get_task(task_id).await
     }
 
-    fn start(&self, mode: RunMode) -> HostDriver {
+    async fn run_inline(&self, mode: RunMode) -> Result<RunStats> {
         let o = &self.opts;
         let opts = HostOptions {
             worker_id: o.worker_id.clone(),
@@ -123,12 +131,13 @@ impl Worker {
             host_handlers: Vec::new(),
             events: false,
         };
-        HostDriver::start_with_stop(
+        HostDriver::run_inline(
             self.engine.clone(),
             self.registry.clone(),
             opts,
             self.shutdown_handle(),
             self.stop_tx.subscribe(),
         )
+        .await
     }
 }
