@@ -36,18 +36,7 @@ impl Engine {
                     cx.adjust(task_id, 0, -1);
                 }
                 updates.push((
-                    StepUpdate {
-                        step_id: s.step_id,
-                        expect_state: s.state,
-                        expect_attempts: None,
-                        state: StepState::Cancelled,
-                        attempts: None,
-                        results: None,
-                        error: None,
-                        ready_at: None,
-                        processed_at: None,
-                        transitions: 1,
-                    },
+                    StepUpdate::new(s.step_id, s.state, StepState::Cancelled),
                     template.steps[s.position as usize].name.clone(),
                     s.attempts,
                     json!({"reason": "task_cancelled"}),
@@ -80,16 +69,11 @@ impl Engine {
         }
         let now = cx.now;
         let update = StepUpdate {
-            step_id: s.step_id,
-            expect_state: StepState::Error,
             expect_attempts: Some(s.attempts),
-            state: StepState::Pending,
             attempts: Some(0),
-            results: None,
             error: Some(None),
             ready_at: (s.remaining_parents <= 0).then_some(now),
-            processed_at: None,
-            transitions: 1,
+            ..StepUpdate::new(s.step_id, StepState::Error, StepState::Pending)
         };
         cx.apply_step_updates(
             task_id,
@@ -133,16 +117,11 @@ impl Engine {
         }
         cx.adjust(task_id, 1, 0);
         let update = StepUpdate {
-            step_id: s.step_id,
-            expect_state: s.state,
             expect_attempts: Some(s.attempts),
-            state: StepState::ResolvedManually,
-            attempts: None,
             results: Some(Some(serde_json::to_string(&results).expect("json"))),
             error: Some(None),
-            ready_at: None,
             processed_at: Some(cx.now),
-            transitions: 1,
+            ..StepUpdate::new(s.step_id, s.state, StepState::ResolvedManually)
         };
         cx.apply_step_updates(
             task_id,

@@ -171,16 +171,8 @@ impl TxCx<'_> {
             };
             let attempt = r.key.attempt;
             let mut update = StepUpdate {
-                step_id: r.key.step_id,
-                expect_state: StepState::InProgress,
                 expect_attempts: Some(attempt as i64),
-                state: StepState::Complete,
-                attempts: None,
-                results: None,
-                error: None,
-                ready_at: None,
-                processed_at: None,
-                transitions: 1,
+                ..StepUpdate::new(r.key.step_id, StepState::InProgress, StepState::Complete)
             };
             let mut blocked = false;
             // A result PostgreSQL cannot store fails the step here, alike on every backend,

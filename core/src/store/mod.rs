@@ -138,6 +138,24 @@ pub struct StepUpdate {
     pub transitions: i64,
 }
 
+impl StepUpdate {
+    /// `from -> to` for one step, changing nothing else (set the other fields on the result).
+    pub fn new(step_id: i64, from: StepState, to: StepState) -> StepUpdate {
+        StepUpdate {
+            step_id,
+            expect_state: from,
+            expect_attempts: None,
+            state: to,
+            attempts: None,
+            results: None,
+            error: None,
+            ready_at: None,
+            processed_at: None,
+            transitions: 1,
+        }
+    }
+}
+
 /// Counter deltas and an optional new state for one task.
 #[derive(Debug, Clone, Default)]
 pub struct TaskUpdate {
