@@ -99,7 +99,7 @@ fn json_text(v: &impl serde::Serialize) -> String {
 }
 
 /// A job as a tuple: (task_id, step_id, attempt, position, step_name, handler, max_attempts,
-/// context_json, results_json, config_json). The first four are its key.
+/// context_json, results_json, config_json, custom_events). The first four are its key.
 type JobTuple = (
     i64,
     i64,
@@ -111,6 +111,7 @@ type JobTuple = (
     String,
     String,
     String,
+    Vec<String>,
 );
 
 type KeyTuple = (i64, i64, u32, u32);
@@ -127,6 +128,7 @@ fn job_tuple(j: &Job) -> JobTuple {
         json_text(&*j.context),
         json_text(&j.results),
         json_text(&*j.config),
+        j.custom_events.to_vec(),
     )
 }
 
@@ -208,7 +210,7 @@ struct Core {
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (url=None, environment=None, schema=None, lease_seconds=30.0, listen=true))]
+    #[pyo3(signature = (url=None, environment=None, schema=None, lease_seconds=30.0, listen=true, strict_templates=false))]
     fn new(
         py: Python<'_>,
         url: Option<String>,
@@ -216,6 +218,7 @@ impl Core {
         schema: Option<String>,
         lease_seconds: f64,
         listen: bool,
+        strict_templates: bool,
     ) -> PyResult<Self> {
         if !(lease_seconds.is_finite() && lease_seconds >= 0.1) {
             return Err(ValidationError::new_err(format!(
@@ -227,6 +230,7 @@ impl Core {
             environment,
             schema,
             listen,
+            strict_templates,
             lease: Duration::from_secs_f64(lease_seconds),
             ..Default::default()
         };
@@ -415,6 +419,23 @@ impl Core {
         .map_err(err)
     }
 
+    /// Publishes a custom event from a running job (its key, step name and the events its
+    /// template declares, as the job tuple gave them).
+    fn publish_custom_event(
+        &self,
+        key: KeyTuple,
+        step_name: &str,
+        declared: Vec<String>,
+        name: &str,
+        payload_json: &str,
+    ) -> PyResult<()> {
+        let payload: Value = serde_json::from_str(payload_json)
+            .map_err(|e| ValidationError::new_err(format!("custom event {name}: payload: {e}")))?;
+        self.engine
+            .publish_custom_event_for(job_key(key), step_name, &declared, name, payload)
+            .map_err(err)
+    }
+
     /// Starts collecting lifecycle events for `drain_events`.
     fn subscribe(&self) {
         let mut g = self.events.lock().unwrap();
@@ -438,6 +459,12 @@ impl Core {
     #[staticmethod]
     fn event_names() -> Vec<&'static str> {
         tasker_core::state::all_event_names()
+    }
+
+    /// Checks a subscription: `*`, a lifecycle event or a custom event name.
+    #[staticmethod]
+    fn check_subscription(name: &str) -> PyResult<()> {
+        tasker_core::events::check_subscription(name).map_err(ValidationError::new_err)
     }
 
     #[staticmethod]

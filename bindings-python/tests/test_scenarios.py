@@ -322,6 +322,14 @@ def test_templates_from_a_dict_and_a_path(engine, tmp_path):
     assert engine.register_template(str(p)) == "default.f@0.1.0"
     with pytest.raises(tasker.TemplateError, match="No such file"):
         engine.register_template(tmp_path / "missing.yaml")
+    # A changed body under the same version is a new revision that new tasks use.
+    assert engine.register_template({"name": "d", "version": "1.0.0", "steps": [{"name": "other"}]}) == "default.d@1.0.0"
+    assert [s["name"] for s in engine.get_task(engine.create_task("d"))["steps"]] == ["other"]
+
+
+def test_strict_templates_refuse_a_changed_body(db):
+    engine = tasker.Engine(**db, strict_templates=True)
+    engine.register_template({"name": "d", "version": "1.0.0", "steps": [{"name": "x"}]})
     with pytest.raises(tasker.TemplateError, match="different body"):
         engine.register_template({"name": "d", "version": "1.0.0", "steps": [{"name": "other"}]})
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use tasker_core::{
-    builtin, diagram, Engine, EngineOptions, Error, Registry, TaskFilter, TaskRequest, TaskState,
-    TaskTemplate, TemplateError, Worker, WorkerOptions,
+    builtin, diagram, Engine, EngineOptions, Error, Registration, Registry, TaskFilter,
+    TaskRequest, TaskState, TaskTemplate, TemplateError, Worker, WorkerOptions,
 };
 
 #[derive(Parser)]
@@ -46,6 +46,10 @@ struct Cli {
     /// Template environment: applies `environments.<NAME>` overrides.
     #[arg(long = "env", global = true, value_name = "NAME")]
     environment: Option<String>,
+    /// Refuse a changed template body under an already registered version (by default it
+    /// becomes a new revision that new tasks use).
+    #[arg(long, global = true, env = "TASKER_STRICT_TEMPLATES")]
+    strict_templates: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -218,6 +222,7 @@ async fn open(cli: &Cli) -> Result<Engine, Failure> {
     let mut opts = EngineOptions::default()
         .url(&cli.db)
         .listen(!cli.poll_only)
+        .strict_templates(cli.strict_templates)
         .lease(Duration::from_secs_f64(cli.lease_seconds));
     if let Some(env) = &cli.environment {
         opts = opts.environment(env);
@@ -262,6 +267,18 @@ fn load_template(path: &Path, env: Option<&str>) -> Result<TaskTemplate, Failure
     Ok(t)
 }
 
+/// Registers a template, saying on stderr when a changed body became a new revision.
+async fn register(engine: &Engine, t: TaskTemplate) -> Result<Registration, Failure> {
+    let r = engine.register_template_revision(t).await?;
+    if let Some(prev) = r.replaced_revision {
+        eprintln!(
+            "tasker: template {} changed without a version bump: registered as revision {}; new tasks use it, tasks created before keep revision {prev} (--strict-templates refuses this)",
+            r.key, r.revision
+        );
+    }
+    Ok(r)
+}
+
 async fn dispatch(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Run(args) => run(&cli, args).await,
@@ -276,7 +293,8 @@ async fn dispatch(cli: Cli) -> Outcome {
             }
             let engine = open(&cli).await?;
             for t in parsed {
-                println!("registered {}", engine.register_template(t).await?);
+                let r = register(&engine, t).await?;
+                println!("registered {} (revision {})", r.key, r.revision);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -465,7 +483,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
         .map(|s| (s.name.clone(), s.max_attempts))
         .collect();
     let total = template.steps.len();
-    engine.register_template(template).await?;
+    register(&engine, template).await?;
     let events = engine.subscribe();
     let task_id = engine.create_task(req).await?;
     let worker = Worker::new(

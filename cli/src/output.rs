@@ -113,7 +113,7 @@ impl State {
             return;
         }
         let Some(step) = e.step_name.clone() else {
-            match e.name {
+            match e.name.as_ref() {
                 "task.completed" => self.line("task complete"),
                 "task.failed" => self.line("task failed: a step ran out of attempts"),
                 "task.cancelled" => self.line("task cancelled"),
@@ -123,7 +123,7 @@ impl State {
         };
         let max = self.max_attempts.get(&step).copied().unwrap_or(1);
         let attempt = e.attempt.unwrap_or(0);
-        match e.name {
+        match e.name.as_ref() {
             "step.execution_requested" => {
                 self.retrying.remove(&step);
                 self.running.insert(step.clone());
@@ -266,12 +266,18 @@ pub fn tasks_table(tasks: &[TaskSummary]) {
 
 pub fn templates_table(list: &[TemplateSummary]) {
     table(
-        &["TEMPLATE", "STEPS", "DESCRIPTION"],
+        &["TEMPLATE", "REVISION", "STEPS", "REGISTERED", "DESCRIPTION"],
         list.iter()
             .map(|t| {
                 vec![
                     format!("{}.{}@{}", t.namespace, t.name, t.version),
+                    format!(
+                        "{}{}",
+                        t.revision,
+                        if t.current { " (current)" } else { "" }
+                    ),
                     t.steps.to_string(),
+                    t.registered_at.clone(),
                     t.description.clone().unwrap_or_default(),
                 ]
             })

@@ -477,7 +477,7 @@ step_templates:
     let out = env.tasker(&["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.tasker(&["templates", "register", f.to_str().unwrap()]);
-    assert_eq!(stdout(&out).trim(), "registered default.ops@2.0.0");
+    assert_eq!(stdout(&out).trim(), "registered default.ops@2.0.0 (revision 1)");
     let out = env.tasker(&["templates", "list", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["name"], "ops");
@@ -888,4 +888,48 @@ fn an_unreachable_database_is_reported_at_once_with_the_drivers_reason() {
             started.elapsed()
         );
     }
+}
+
+#[test]
+fn editing_a_template_without_a_version_bump_makes_a_new_revision() {
+    let env = Env::new();
+    let yaml = |n: u32| {
+        format!("name: iterate\nstep_templates:\n  - {{name: a, handler_class: command, handler_config: {{command: \"printf {n}\"}}}}\n")
+    };
+    let p = env.file("p.yaml", &yaml(1));
+    let (code, t) = env.run_json(&p, &[]);
+    assert_eq!((code, step(&t, "a")["results"].clone()), (0, json!(1)));
+    std::fs::write(&p, yaml(2)).unwrap();
+    let out = env.tasker(&["run", p.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("registered as revision 2"),
+        "the new revision is announced: {}",
+        stderr(&out)
+    );
+    let t: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(step(&t, "a")["results"], json!(2), "the new body ran");
+    let list = env.tasker(&["templates", "list", "--json"]);
+    let list: Value = serde_json::from_str(&stdout(&list)).unwrap();
+    let revs: Vec<(i64, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["revision"].as_i64().unwrap(),
+                t["current"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(revs, [(1, false), (2, true)]);
+    // Strict mode refuses the next edit with the reason, exit 2.
+    std::fs::write(&p, yaml(3)).unwrap();
+    let out = env.tasker(&["--strict-templates", "run", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("strict templates are on"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -65,7 +65,8 @@ pub enum TemplateError {
         step: String,
         message: String,
     },
-    #[error("template {key} is already registered with a different body; register it under a new version")]
+    /// Only with strict templates; otherwise a changed body becomes a new revision.
+    #[error("template {key} is already registered with a different body; register it under a new version (strict templates are on)")]
     Conflict { key: String },
     #[error("template file {path}: {message}")]
     Io { path: String, message: String },

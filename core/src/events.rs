@@ -7,23 +7,27 @@
 //! than the channel capacity loses the oldest events and is told how many (`Lagged`); the
 //! transition rows in the database remain the complete record.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::Value;
 
 /// One lifecycle event.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
-    /// e.g. `step.completed`, `task.failed` (reference §2.2 / §2.3).
-    pub name: &'static str,
+    /// e.g. `step.completed`, `task.failed` (reference §2.2 / §2.3), or a custom event a
+    /// template declared (`order.fulfilled`).
+    pub name: Cow<'static, str>,
     pub task_id: i64,
     /// Set for step events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_name: Option<String>,
-    /// `None` for the initial transition.
+    /// `None` for the initial transition (and for custom events).
     pub from_state: Option<&'static str>,
-    pub to_state: &'static str,
+    /// `None` for custom events.
+    pub to_state: Option<&'static str>,
     /// The step's attempt number (step events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
@@ -40,12 +44,12 @@ impl Event {
     /// The marker for `missed` events dropped because the subscriber fell behind.
     pub fn lagged(missed: u64) -> Event {
         Event {
-            name: LAGGED,
+            name: Cow::Borrowed(LAGGED),
             task_id: 0,
             step_id: None,
             step_name: None,
             from_state: None,
-            to_state: "",
+            to_state: None,
             attempt: None,
             metadata: serde_json::json!({"missed": missed}),
             at_ms: 0,
@@ -54,5 +58,78 @@ impl Event {
 
     pub fn is_task_event(&self) -> bool {
         self.step_id.is_none()
+    }
+
+    /// True for an event a handler published (not a state transition).
+    pub fn is_custom(&self) -> bool {
+        self.to_state.is_none() && self.name != LAGGED
+    }
+}
+
+/// Namespaces a custom event may not use (the reference's rule): they belong to the engine.
+pub const RESERVED_EVENT_NAMESPACES: [&str; 5] =
+    ["task", "step", "workflow", "observability", "test"];
+
+/// Checks the name of a custom event (reference §7.3): it contains a `.`, is not a lifecycle
+/// event, and its namespace (before the first `.`) is not one of
+/// [`RESERVED_EVENT_NAMESPACES`]. The error says which rule it breaks.
+pub fn check_custom_event_name(name: &str) -> Result<(), String> {
+    let Some((ns, _)) = name.split_once('.') else {
+        return Err(format!(
+            "{name:?} must contain a '.' (a namespace, then the event: \"order.fulfilled\")"
+        ));
+    };
+    if crate::state::all_event_names().contains(&name) {
+        return Err(format!("{name:?} is a lifecycle event of the engine"));
+    }
+    if RESERVED_EVENT_NAMESPACES.contains(&ns) {
+        return Err(format!(
+            "{name:?}: the namespace {ns:?} is reserved for the engine ({})",
+            RESERVED_EVENT_NAMESPACES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a subscription pattern: `*`, a lifecycle event, or a valid custom event name.
+pub fn check_subscription(name: &str) -> Result<(), String> {
+    if name == "*" || crate::state::all_event_names().contains(&name) {
+        return Ok(());
+    }
+    check_custom_event_name(name).map_err(|why| {
+        format!("unknown event {name:?}: not a lifecycle event, and not a custom event name: {why}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_event_names_follow_the_reference_rules() {
+        for ok in [
+            "order.fulfilled",
+            "analytics.report.ready",
+            "payments.charge_declined",
+        ] {
+            assert_eq!(check_custom_event_name(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("fulfilled", "must contain a '.'"),
+            ("step.completed", "lifecycle event"),
+            ("task.custom_thing", "reserved"),
+            ("workflow.x", "reserved"),
+            ("observability.x", "reserved"),
+            ("test.x", "reserved"),
+        ] {
+            let e = check_custom_event_name(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(check_subscription("*").is_ok());
+        assert!(check_subscription("step.failed").is_ok());
+        assert!(check_subscription("order.fulfilled").is_ok());
+        assert!(check_subscription("step.exploded")
+            .unwrap_err()
+            .contains("unknown event"));
     }
 }

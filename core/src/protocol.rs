@@ -34,6 +34,9 @@ pub struct Job {
     pub config: Arc<Value>,
     /// Per-attempt time limit (`timeout_seconds`).
     pub timeout: Option<Duration>,
+    /// The custom events the template declares: what the handler may publish
+    /// ([`crate::Engine::publish_custom_event`]).
+    pub custom_events: Arc<Vec<String>>,
     pub lease_expires_at_ms: i64,
 }
 

@@ -39,6 +39,25 @@ pub struct Definition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
     pub steps: Vec<StepDefinition>,
+    /// Events the template declares and its handlers may publish (reference §7.3): the
+    /// template's own list and its steps' lists, merged by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_events: Vec<CustomEvent>,
+    /// Fields of the original format kept for its Ruby classes (`task_handler_class`,
+    /// `module_namespace`, `named_steps`, `concurrent`, `default_dependent_system`) and
+    /// descriptive fields of the newer one (`metadata`, ...): no effect here, but stored and
+    /// shown so nothing is silently lost.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub compat: Map<String, Value>,
+}
+
+/// A custom event a template declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomEvent {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// One step of a [`Definition`].
@@ -76,6 +95,8 @@ pub struct TaskTemplate {
     /// Edges run parent -> child; node `i` is `steps[i]`.
     pub graph: DiGraph<usize, ()>,
     validator: Option<Arc<jsonschema::Validator>>,
+    /// Names of the declared custom events (shared with every job of this template).
+    pub custom_event_names: Arc<Vec<String>>,
     definition: Definition,
 }
 
@@ -168,7 +189,7 @@ impl TaskTemplate {
         };
         let def = if new_shape {
             let raw: NewRaw = serde_path_to_error::deserialize(value).map_err(shape_err)?;
-            raw.into_definition()
+            raw.into_definition()?
         } else {
             let raw: LegacyRaw = serde_path_to_error::deserialize(value).map_err(shape_err)?;
             raw.into_definition()?
@@ -284,14 +305,26 @@ impl TaskTemplate {
                 steps[p].children.push(i);
             }
         }
+        for (i, e) in def.custom_events.iter().enumerate() {
+            crate::events::check_custom_event_name(&e.name).map_err(|message| {
+                TemplateError::Shape {
+                    template: template.clone(),
+                    path: format!("custom_events[{i}].name"),
+                    message,
+                }
+            })?;
+        }
         let validator = match &def.schema {
             None | Some(Value::Null) => None,
-            Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
-                |e| TemplateError::Schema {
-                    template: template.clone(),
-                    message: e.to_string(),
-                },
-            )?)),
+            Some(schema) => Some(Arc::new(
+                jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(schema)
+                    .map_err(|e| TemplateError::Schema {
+                        template: template.clone(),
+                        message: e.to_string(),
+                    })?,
+            )),
         };
         Ok(TaskTemplate {
             name: def.name.clone(),
@@ -302,6 +335,9 @@ impl TaskTemplate {
             steps,
             graph,
             validator,
+            custom_event_names: Arc::new(
+                def.custom_events.iter().map(|e| e.name.clone()).collect(),
+            ),
             definition: def,
         })
     }
@@ -324,8 +360,22 @@ impl TaskTemplate {
         self.steps.iter().position(|s| s.name == name)
     }
 
-    /// Validates a task context against the template's JSON Schema. The error lists every
-    /// violation with its JSON path.
+    /// Fills in the `default`s the template's schema declares for properties the context
+    /// lacks, nested objects included (as the original engine's `insert_defaults`). A default
+    /// is only inserted where the schema says `properties`, into an object.
+    pub fn complete_context(&self, context: &mut Value) {
+        if let Some(schema) = &self.schema {
+            insert_defaults(schema, context);
+        }
+    }
+
+    /// True when the template declares the custom event `name`.
+    pub fn declares_event(&self, name: &str) -> bool {
+        self.custom_event_names.iter().any(|n| n == name)
+    }
+
+    /// Validates a task context against the template's JSON Schema (standard `format`s
+    /// included). The error lists every violation with its JSON path.
     pub fn validate_context(&self, context: &Value) -> Result<(), Vec<String>> {
         let Some(v) = &self.validator else {
             return Ok(());
@@ -407,6 +457,32 @@ fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+/// See [`TaskTemplate::complete_context`].
+fn insert_defaults(schema: &Value, value: &mut Value) {
+    if let (Some(props), Value::Object(obj)) = (
+        schema.get("properties").and_then(Value::as_object),
+        &mut *value,
+    ) {
+        for (key, sub) in props {
+            // As the original: an absent property with a default gets it; an absent one
+            // without is not created (its nested defaults apply once it is given).
+            if !obj.contains_key(key) {
+                if let Some(d) = sub.get("default") {
+                    obj.insert(key.clone(), d.clone());
+                }
+            }
+            if let Some(v) = obj.get_mut(key) {
+                insert_defaults(sub, v);
+            }
+        }
+    }
+    if let Some(Value::Array(subs)) = schema.get("allOf") {
+        for sub in subs {
+            insert_defaults(sub, value);
+        }
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -501,21 +577,20 @@ struct LegacyRaw {
     step_templates: Vec<LegacyStep>,
     #[serde(default)]
     named_steps: Option<Vec<String>>,
-    // Accepted for compatibility with tasker-engine files; they have no effect here.
+    #[serde(default)]
+    custom_events: Option<Vec<CustomEvent>>,
+    // Overrides are merged before parsing (`apply_environment`).
     #[serde(default)]
     #[allow(dead_code)]
     environments: Option<Map<String, Value>>,
+    // Kept for the original's Ruby classes; no effect here, stored and shown (`compat`).
     #[serde(default)]
-    #[allow(dead_code)]
     module_namespace: Option<Value>,
     #[serde(default)]
-    #[allow(dead_code)]
     task_handler_class: Option<Value>,
     #[serde(default)]
-    #[allow(dead_code)]
     concurrent: Option<bool>,
     #[serde(default)]
-    #[allow(dead_code)]
     default_dependent_system: Option<Value>,
 }
 
@@ -544,15 +619,13 @@ struct LegacyStep {
     #[serde(default)]
     timeout_seconds: Option<f64>,
     #[serde(default)]
-    #[allow(dead_code)]
     dependent_system: Option<Value>,
     #[serde(default)]
-    #[allow(dead_code)]
-    custom_events: Option<Value>,
+    custom_events: Option<Vec<CustomEvent>>,
 }
 
 impl LegacyRaw {
-    fn into_definition(self) -> Result<Definition, TemplateError> {
+    fn into_definition(mut self) -> Result<Definition, TemplateError> {
         if let Some(named) = &self.named_steps {
             for (i, s) in self.step_templates.iter().enumerate() {
                 let deps = s
@@ -570,6 +643,33 @@ impl LegacyRaw {
                 }
             }
         }
+        let mut compat = Map::new();
+        let mut keep = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                compat.insert(k.to_owned(), v);
+            }
+        };
+        keep("named_steps", self.named_steps.clone().map(Value::from));
+        keep("module_namespace", self.module_namespace);
+        keep("task_handler_class", self.task_handler_class);
+        keep("concurrent", self.concurrent.map(Value::from));
+        keep("default_dependent_system", self.default_dependent_system);
+        let mut custom_events = Vec::new();
+        let dependent: Map<String, Value> = self
+            .step_templates
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.dependent_system.clone()?)))
+            .collect();
+        if !dependent.is_empty() {
+            compat.insert("dependent_systems".into(), Value::Object(dependent));
+        }
+        for e in self.custom_events.into_iter().flatten().chain(
+            self.step_templates
+                .iter_mut()
+                .flat_map(|s| s.custom_events.take().into_iter().flatten()),
+        ) {
+            merge_event(&mut custom_events, e);
+        }
         Ok(Definition {
             namespace: self
                 .namespace_name
@@ -577,6 +677,8 @@ impl LegacyRaw {
             version: self.version.unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
             description: self.description,
             schema: self.schema,
+            custom_events,
+            compat,
             steps: self
                 .step_templates
                 .into_iter()
@@ -613,6 +715,7 @@ impl LegacyRaw {
 // ---- the newer tasker-core shape ---------------------------------------------------------------
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewRaw {
     name: String,
     #[serde(default, alias = "namespace")]
@@ -624,11 +727,30 @@ struct NewRaw {
     #[serde(default, alias = "input_schema")]
     schema: Option<Value>,
     steps: Vec<NewStep>,
+    #[serde(default)]
+    custom_events: Option<Vec<CustomEvent>>,
+    // Overrides are merged before parsing (`apply_environment`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    environments: Option<Map<String, Value>>,
+    // Descriptive: stored and shown (`compat`), no effect.
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    task_handler: Option<Value>,
+    #[serde(default)]
+    system_dependencies: Option<Value>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewStep {
     name: String,
+    /// `standard` (default). The newer format's `decision` and `deferred_convergence` steps
+    /// create branches at run time: refused until dynamic workflows exist, never run as
+    /// plain steps.
+    #[serde(default, rename = "type")]
+    step_type: Option<String>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -643,9 +765,12 @@ struct NewStep {
     skippable: Option<bool>,
     #[serde(default)]
     backoff: Option<Backoff>,
+    #[serde(default)]
+    custom_events: Option<Vec<CustomEvent>>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewHandler {
     callable: String,
     #[serde(default)]
@@ -653,6 +778,7 @@ struct NewHandler {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewRetry {
     #[serde(default)]
     retryable: Option<bool>,
@@ -664,9 +790,53 @@ struct NewRetry {
     max_backoff_ms: Option<f64>,
 }
 
+/// Adds `e` to `list` unless an event of that name is there (a description fills a missing one).
+fn merge_event(list: &mut Vec<CustomEvent>, e: CustomEvent) {
+    match list.iter_mut().find(|x| x.name == e.name) {
+        Some(x) => {
+            if x.description.is_none() {
+                x.description = e.description;
+            }
+        }
+        None => list.push(e),
+    }
+}
+
 impl NewRaw {
-    fn into_definition(self) -> Definition {
-        Definition {
+    fn into_definition(mut self) -> Result<Definition, TemplateError> {
+        for (i, s) in self.steps.iter().enumerate() {
+            if let Some(t) = s.step_type.as_deref().filter(|t| *t != "standard") {
+                return Err(TemplateError::Shape {
+                    template: self.name.clone(),
+                    path: format!("steps[{i}].type"),
+                    message: format!(
+                        "step {:?} is a {t:?} step; only \"standard\" steps are supported (decision and convergence steps of dynamic workflows are not, and will not be run as plain steps)",
+                        s.name
+                    ),
+                });
+            }
+        }
+        let mut compat = Map::new();
+        for (k, v) in [
+            ("metadata", self.metadata.take()),
+            ("task_handler", self.task_handler.take()),
+            ("system_dependencies", self.system_dependencies.take()),
+        ] {
+            if let Some(v) = v {
+                compat.insert(k.to_owned(), v);
+            }
+        }
+        let mut custom_events = Vec::new();
+        for e in self.custom_events.take().into_iter().flatten().chain(
+            self.steps
+                .iter_mut()
+                .flat_map(|s| s.custom_events.take().into_iter().flatten()),
+        ) {
+            merge_event(&mut custom_events, e);
+        }
+        Ok(Definition {
+            custom_events,
+            compat,
             namespace: self
                 .namespace_name
                 .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
@@ -709,7 +879,7 @@ impl NewRaw {
                 })
                 .collect(),
             name: self.name,
-        }
+        })
     }
 }
 
@@ -722,14 +892,22 @@ pub fn latest_version<'a>(versions: impl IntoIterator<Item = &'a str>) -> Option
         .map(|(_, v)| v)
 }
 
-/// Summary of a registered template, for listings.
+/// Summary of a registered template revision, for listings.
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateSummary {
     pub namespace: String,
     pub name: String,
     pub version: String,
+    /// 1, then one more each time a changed body was registered under this version.
+    pub revision: i64,
+    /// The revision new tasks of this version use.
+    pub current: bool,
     pub description: Option<String>,
     pub steps: usize,
+    pub custom_events: Vec<CustomEvent>,
+    /// Fields kept from the template's format with no effect here (see [`Definition::compat`]).
+    pub compat: Map<String, Value>,
+    pub registered_at: String,
 }
 
 /// Lists step names per level, for diagrams and analysis.

@@ -60,7 +60,7 @@ async fn a_host_runs_a_task_through_next_started_and_finished() {
     let mut events = Vec::new();
     loop {
         let b = d.next(Duration::from_millis(100)).await;
-        events.extend(b.events.iter().map(|e| e.name));
+        events.extend(b.events.iter().map(|e| e.name.to_string()));
         for job in b.jobs {
             d.started(job.key);
             let sum: i64 = job.results.values().map(|v| v.as_i64().unwrap()).sum();
@@ -79,7 +79,7 @@ async fn a_host_runs_a_task_through_next_started_and_finished() {
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("b").unwrap().results, json!(40));
     assert_eq!(events.iter().filter(|n| **n == "step.completed").count(), 2);
-    assert_eq!(events.last(), Some(&"task.completed"));
+    assert_eq!(events.last().map(String::as_str), Some("task.completed"));
 }
 
 #[tokio::test]

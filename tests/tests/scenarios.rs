@@ -327,7 +327,7 @@ async fn exhausted_retries_fail_the_task_and_downstream_never_starts() {
     assert_eq!(t.step("fetch").unwrap().next_attempt_at, None);
     let mut names = Vec::new();
     while let Ok(e) = events.try_recv() {
-        names.push(e.name);
+        names.push(e.name.to_string());
     }
     assert_eq!(names.iter().filter(|n| **n == "step.failed").count(), 3);
     assert_eq!(names.iter().filter(|n| **n == "task.failed").count(), 1);
@@ -878,7 +878,7 @@ async fn every_transition_emits_exactly_one_event_after_commit() {
         events.push(e);
     }
     assert_eq!(events.len(), rows.len());
-    let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_ref()).collect();
     for expected in [
         "task.initialize_requested",
         "task.start_requested",

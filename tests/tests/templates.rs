@@ -241,15 +241,87 @@ steps:
 }
 
 #[tokio::test]
-async fn registering_a_different_body_under_the_same_version_is_an_error() {
+async fn a_changed_body_under_the_same_version_is_a_new_revision_and_running_tasks_keep_theirs() {
     let h = Harness::new().await;
     let a = "name: t\nversion: 1.0.0\nstep_templates:\n  - {name: a}\n";
-    assert_eq!(h.register(a).await, "default.t@1.0.0");
+    let b = "name: t\nversion: 1.0.0\nstep_templates:\n  - {name: b}\n";
+    let reg = |src: &'static str| {
+        let e = h.engine.clone();
+        async move {
+            e.register_template_revision(TaskTemplate::from_yaml(src, None).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let r1 = reg(a).await;
     assert_eq!(
-        h.register(a).await,
-        "default.t@1.0.0",
-        "same body again is fine"
+        (r1.key.as_str(), r1.revision, r1.replaced_revision),
+        ("default.t@1.0.0", 1, None)
     );
+    assert_eq!(reg(a).await, r1, "the same body again is a no-op");
+    let old_task = h
+        .engine
+        .create_task(TaskRequest::new("t", json!({})))
+        .await
+        .unwrap();
+    // Edited without a version bump (what a Rails app does when it boots after an edit).
+    let r2 = reg(b).await;
+    assert_eq!((r2.revision, r2.replaced_revision), (2, Some(1)));
+    let new_task = h
+        .engine
+        .create_task(TaskRequest::new("t", json!({})))
+        .await
+        .unwrap();
+    let step_names = |id| {
+        let e = h.engine.clone();
+        async move {
+            e.get_task(id)
+                .await
+                .unwrap()
+                .steps
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        step_names(old_task).await,
+        ["a"],
+        "a task keeps the body it was created with"
+    );
+    assert_eq!(
+        step_names(new_task).await,
+        ["b"],
+        "new tasks use the latest revision"
+    );
+    // Another engine on the same database sees both revisions, the latest current.
+    let other = h.reopen().await;
+    let list: Vec<(String, i64, bool)> = other
+        .templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.version, t.revision, t.current))
+        .collect();
+    assert_eq!(
+        list,
+        [
+            ("1.0.0".to_owned(), 1, false),
+            ("1.0.0".to_owned(), 2, true)
+        ]
+    );
+    let id = other
+        .create_task(TaskRequest::new("t", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(step_names(id).await, ["b"]);
+}
+
+#[tokio::test]
+async fn strict_templates_refuse_a_changed_body_under_the_same_version() {
+    let h = Harness::with(|o| o.strict_templates(true)).await;
+    h.register("name: t\nversion: 1.0.0\nstep_templates:\n  - {name: a}\n")
+        .await;
     let err = h
         .engine
         .register_template_yaml("name: t\nversion: 1.0.0\nstep_templates:\n  - {name: b}\n")
@@ -257,7 +329,7 @@ async fn registering_a_different_body_under_the_same_version_is_an_error() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "template default.t@1.0.0 is already registered with a different body; register it under a new version"
+        "template default.t@1.0.0 is already registered with a different body; register it under a new version (strict templates are on)"
     );
 }
 

@@ -92,14 +92,30 @@ class Step:
     ``handler_config``) and ``results`` (parent step name -> its results).
     """
 
-    __slots__ = ("task_id", "step_id", "name", "handler", "attempt", "max_attempts", "context", "config", "results")
+    __slots__ = ("task_id", "step_id", "name", "handler", "attempt", "max_attempts", "context", "config",
+                 "results", "custom_events", "_key", "_publish")
 
-    def __init__(self, job: Tuple[Any, ...]) -> None:
+    def __init__(self, job: Tuple[Any, ...], publish: Optional[Callable[..., None]] = None) -> None:
         (self.task_id, self.step_id, self.attempt, _position, self.name, self.handler, self.max_attempts,
-         context, results, config) = job
+         context, results, config, custom_events) = job
         self.context: Dict[str, Any] = json.loads(context)
         self.results: Dict[str, Any] = json.loads(results)
         self.config: Dict[str, Any] = json.loads(config)
+        self.custom_events: List[str] = list(custom_events)
+        self._key = (job[0], job[1], job[2], job[3])
+        self._publish = publish
+
+    def publish_custom_event(self, name: str, payload: Any = None) -> None:
+        """Publishes a custom event the template declares (``custom_events``) to every
+        subscriber (``@engine.on(name)``) at once. An undeclared name raises
+        ``tasker.ValidationError``."""
+        if self._publish is None:
+            raise RuntimeError("this step is not running in a worker")
+        try:
+            text = json.dumps(payload)
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"custom event {name}: payload is not JSON-able: {e}") from None
+        self._publish(self._key, self.name, self.custom_events, name, text)
 
     def __repr__(self) -> str:
         return f"Step(task_id={self.task_id}, name={self.name!r}, attempt={self.attempt}/{self.max_attempts})"
@@ -142,7 +158,9 @@ class Engine:
     ``$TASKER_DATABASE_URL`` and falls back to ``sqlite://tasker.db``. ``environment`` selects
     templates' ``environments.<name>`` overrides; ``schema`` (PostgreSQL) keeps Tasker's tables
     in their own schema; ``lease_seconds`` is how long a claimed step is held before another
-    worker may take it over; ``listen=False`` polls instead of LISTEN/NOTIFY.
+    worker may take it over; ``listen=False`` polls instead of LISTEN/NOTIFY;
+    ``strict_templates=True`` refuses a changed template body under an already registered
+    version (by default it becomes a new revision that new tasks use).
     """
 
     def __init__(
@@ -153,8 +171,9 @@ class Engine:
         schema: Optional[str] = None,
         lease_seconds: float = 30.0,
         listen: bool = True,
+        strict_templates: bool = False,
     ) -> None:
-        self._core = _tasker.Core(url, environment, schema, lease_seconds, listen)
+        self._core = _tasker.Core(url, environment, schema, lease_seconds, listen, strict_templates)
         self._handlers: Dict[str, Handler] = {}
         self._subscribers: Dict[str, List[Callable[[Dict[str, Any]], Any]]] = {}
         self.worker_id: str = _tasker.Core.new_worker_id()
@@ -164,7 +183,8 @@ class Engine:
 
     def register_template(self, src: Union[str, "os.PathLike[str]", Mapping[str, Any]]) -> str:
         """Registers a template from YAML text, a file path, or a dict; returns
-        ``namespace.name@version``. The same key with a different body is a ``TemplateError``."""
+        ``namespace.name@version``. A changed body under a registered version becomes a new
+        revision that new tasks use (running tasks keep theirs), unless ``strict_templates``."""
         if isinstance(src, Mapping):
             try:
                 text = json.dumps(src)
@@ -198,11 +218,12 @@ class Engine:
 
     def on(self, event: str) -> Callable[[Callable[[Dict[str, Any]], Any]], Callable[[Dict[str, Any]], Any]]:
         """Subscribes a function to a lifecycle event (``"step.failed"``, ``"task.completed"``,
-        ...; ``"*"`` for all). Subscribers run in the worker's loop thread after the transaction
+        ...), a custom event a template declares (``"order.fulfilled"``), or ``"*"`` for all. Subscribers run in the worker's loop thread after the transaction
         that made the transition commits, with the event as a dict."""
-        names = set(_tasker.Core.event_names())
-        if event != "*" and event not in names:
-            raise ValueError(f"unknown event {event!r}; known: {', '.join(sorted(names))}")
+        try:
+            _tasker.Core.check_subscription(event)
+        except ValidationError as e:
+            raise ValueError(str(e)) from None
 
         def register(fn: Callable[[Dict[str, Any]], Any]) -> Callable[[Dict[str, Any]], Any]:
             self._subscribers.setdefault(event, []).append(fn)
@@ -333,6 +354,7 @@ class Engine:
         driver = self._core.start_driver(sorted(self._handlers), concurrency, mode, task_id, self.worker_id, shutdown_grace)
         pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tasker-step")
         aloop: Optional[_AsyncLoop] = None
+        publish = self._core.publish_custom_event
         timed_out = False
         self._stop.clear()
         try:
@@ -344,9 +366,9 @@ class Engine:
                         if inspect.iscoroutinefunction(fn):
                             if aloop is None:
                                 aloop = _AsyncLoop()
-                            aloop.submit(_run_async(driver, fn, job))
+                            aloop.submit(_run_async(driver, fn, Step(job, publish)))
                         else:
-                            pool.submit(_run_sync, driver, fn, job)
+                            pool.submit(_run_sync, driver, fn, job, publish)
                     self._dispatch_events()
                     if done:
                         break
@@ -372,37 +394,37 @@ def _key(job: Tuple[Any, ...]) -> Tuple[int, int, int, int]:
     return (job[0], job[1], job[2], job[3])
 
 
-def _finish(driver: Any, job: Tuple[Any, ...], ok: bool, value: Any) -> None:
+def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -> None:
     """Hands a handler's outcome to the driver: results as JSON, or the failure."""
     if not ok:
-        driver.finished(_key(job), False, value)
+        driver.finished(key, False, value)
         return
     try:
         text = json.dumps(value)
     except (TypeError, ValueError) as e:
-        driver.finished_not_json(_key(job), str(e))
+        driver.finished_not_json(key, str(e))
         return
-    driver.finished(_key(job), True, text)
+    driver.finished(key, True, text)
 
 
-def _run_sync(driver: Any, fn: Handler, job: Tuple[Any, ...]) -> None:
+def _run_sync(driver: Any, fn: Handler, job: Tuple[Any, ...], publish: Callable[..., None]) -> None:
     driver.started(_key(job))
     try:
-        value = fn(Step(job))
+        value = fn(Step(job, publish))
     except BaseException:
-        _finish(driver, job, False, _exception_failure())
+        _finish(driver, _key(job), False, _exception_failure())
         return
-    _finish(driver, job, True, value)
+    _finish(driver, _key(job), True, value)
 
 
-async def _run_async(driver: Any, fn: Handler, job: Tuple[Any, ...]) -> None:
-    driver.started(_key(job))
+async def _run_async(driver: Any, fn: Handler, step: Step) -> None:
+    driver.started(step._key)
     try:
-        value = await fn(Step(job))  # type: ignore[misc]
+        value = await fn(step)  # type: ignore[misc]
     except BaseException:
-        _finish(driver, job, False, _exception_failure())
+        _finish(driver, step._key, False, _exception_failure())
         return
-    _finish(driver, job, True, value)
+    _finish(driver, step._key, True, value)
 
 
 def _exception_failure() -> str:

@@ -130,6 +130,7 @@ impl TxCx<'_> {
                 results,
                 config: st.handler_config.clone(),
                 timeout: st.timeout_seconds.map(Duration::from_secs_f64),
+                custom_events: t.custom_event_names.clone(),
                 lease_expires_at_ms: s.lease_expires_at,
             });
         }

@@ -110,7 +110,7 @@ impl Engine {
         let (template_id, template) = self
             .resolve_template(req.namespace.as_deref(), &req.name, req.version.as_deref())
             .await?;
-        let context = match req.context {
+        let mut context = match req.context {
             Value::Null => Value::Object(Map::new()),
             Value::Object(m) => Value::Object(m),
             other => {
@@ -121,6 +121,9 @@ impl Engine {
                 )))
             }
         };
+        // The schema's defaults are filled in first and stored with the task, as the original
+        // engine's `insert_defaults` did: handlers see the completed context.
+        template.complete_context(&mut context);
         if let Err(errs) = template.validate_context(&context) {
             return Err(Error::Validation(format!(
                 "task {}: context does not match the template's schema:\n  {}",

@@ -49,11 +49,15 @@ pub use crate::store::TaskFilter;
 pub use create::TaskRequest;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{StepSnapshot, TaskSnapshot, TaskSummary};
+pub use templates::Registration;
 
 #[derive(Default)]
 struct Templates {
     by_id: HashMap<i64, Arc<TaskTemplate>>,
-    ids: HashMap<(String, String, String), i64>,
+    /// (namespace, name, version) -> (revision, id) of the latest revision known here.
+    ids: HashMap<(String, String, String), (i64, i64)>,
+    /// id -> (revision, created_at).
+    revisions: HashMap<i64, (i64, i64)>,
 }
 
 struct Inner {

@@ -33,6 +33,9 @@ pub struct EngineOptions {
     pub listen: bool,
     /// PostgreSQL: connections in the pool (default 8).
     pub max_connections: Option<u32>,
+    /// Refuse a changed template body under an already registered version (default: it
+    /// becomes a new revision that new tasks use).
+    pub strict_templates: bool,
 }
 
 impl Default for EngineOptions {
@@ -48,6 +51,7 @@ impl Default for EngineOptions {
             schema: None,
             listen: true,
             max_connections: None,
+            strict_templates: false,
         }
     }
 }
@@ -75,6 +79,10 @@ impl EngineOptions {
     }
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
+        self
+    }
+    pub fn strict_templates(mut self, strict: bool) -> Self {
+        self.strict_templates = strict;
         self
     }
     pub fn listen(mut self, listen: bool) -> Self {

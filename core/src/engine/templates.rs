@@ -10,6 +10,18 @@ use crate::error::{Error, Result, TemplateError};
 use crate::store::{StoreTx, TemplateRow};
 use crate::template::{latest_version, TaskTemplate, TemplateSummary, DEFAULT_NAMESPACE};
 
+/// What [`Engine::register_template_revision`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Registration {
+    /// `namespace.name@version`.
+    pub key: String,
+    /// The revision of `key` that holds this body.
+    pub revision: i64,
+    /// When the body was new under an existing version: the revision it replaces for new
+    /// tasks.
+    pub replaced_revision: Option<i64>,
+}
+
 impl Engine {
     /// Parses YAML text with the engine's environment and registers it.
     pub async fn register_template_yaml(&self, src: &str) -> Result<String> {
@@ -29,9 +41,18 @@ impl Engine {
         self.register_template(t).await
     }
 
-    /// Registers a template; returns its key `namespace.name@version`. Registering the same key
-    /// again with an identical definition is a no-op; with a different one, an error.
+    /// Registers a template; returns its key `namespace.name@version`. Registering the same
+    /// body again is a no-op. A changed body under the same version becomes a new *revision*
+    /// (see [`Engine::register_template_revision`]), or is refused with
+    /// [`EngineOptions::strict_templates`](super::EngineOptions).
     pub async fn register_template(&self, t: TaskTemplate) -> Result<String> {
+        Ok(self.register_template_revision(t).await?.key)
+    }
+
+    /// [`Engine::register_template`], saying which revision the body is and whether it was
+    /// new. New tasks of `namespace.name@version` use its latest revision; a task keeps the
+    /// exact body it was created with.
+    pub async fn register_template_revision(&self, t: TaskTemplate) -> Result<Registration> {
         // A broken `command` or `http` config is refused here, whichever host registers it.
         crate::builtin::check_template(&t)?;
         let body = t.canonical_json();
@@ -47,11 +68,18 @@ impl Engine {
         let hash = hex(&Sha256::digest(body.as_bytes()));
         let version = t.version.to_string();
         let mut tx = self.inner.store.begin(true).await?;
-        let id = match tx.find_template(&t.namespace, &t.name, &version).await? {
-            Some(row) if row.definition_hash == hash => row.named_task_id,
-            Some(_) => return Err(TemplateError::Conflict { key }.into()),
-            None => {
+        let latest = tx.find_template(&t.namespace, &t.name, &version).await?;
+        let (id, revision, created, previous) = match latest {
+            Some(row) if row.definition_hash == hash => {
+                (row.named_task_id, row.revision, row.created_at, None)
+            }
+            Some(row) if self.inner.opts.strict_templates => {
+                let _ = row;
+                return Err(TemplateError::Conflict { key }.into());
+            }
+            latest => {
                 let now = self.now();
+                let revision = latest.as_ref().map_or(1, |r| r.revision + 1);
                 let id = tx
                     .insert_template(
                         &t.namespace,
@@ -61,32 +89,84 @@ impl Engine {
                         &body,
                         &hash,
                         now,
+                        revision,
                     )
                     .await?;
                 tx.commit(false, false).await?;
-                id
+                if let Some(prev) = &latest {
+                    tracing::warn!(
+                        template = %key,
+                        revision,
+                        "template {key} changed without a version bump: registered as revision {revision}; new tasks use it, tasks created before keep revision {}",
+                        prev.revision
+                    );
+                }
+                (id, revision, now, latest.map(|r| r.revision))
             }
         };
-        let mut reg = self.inner.templates.write().unwrap();
-        reg.ids
-            .insert((t.namespace.clone(), t.name.clone(), version), id);
-        reg.by_id.insert(id, Arc::new(t));
-        Ok(key)
+        self.cache_template(
+            t.namespace.clone(),
+            t.name.clone(),
+            version,
+            id,
+            revision,
+            created,
+            Arc::new(t),
+        );
+        Ok(Registration {
+            key,
+            revision,
+            replaced_revision: previous,
+        })
     }
 
-    /// Every registered template.
+    fn cache_template(
+        &self,
+        namespace: String,
+        name: String,
+        version: String,
+        id: i64,
+        revision: i64,
+        created_at: i64,
+        t: Arc<TaskTemplate>,
+    ) {
+        let mut reg = self.inner.templates.write().unwrap();
+        let slot = reg
+            .ids
+            .entry((namespace, name, version))
+            .or_insert((revision, id));
+        if revision >= slot.0 {
+            *slot = (revision, id);
+        }
+        reg.revisions.insert(id, (revision, created_at));
+        reg.by_id.insert(id, t);
+    }
+
+    /// Every registered template, each revision of a version on its own line (oldest first).
     pub async fn templates(&self) -> Result<Vec<TemplateSummary>> {
         self.refresh_templates().await?;
         let reg = self.inner.templates.read().unwrap();
         let mut out: Vec<TemplateSummary> = reg
             .by_id
-            .values()
-            .map(|t| TemplateSummary {
-                namespace: t.namespace.clone(),
-                name: t.name.clone(),
-                version: t.version.to_string(),
-                description: t.description.clone(),
-                steps: t.steps.len(),
+            .iter()
+            .map(|(id, t)| {
+                let (revision, created_at) = reg.revisions.get(id).copied().unwrap_or((1, 0));
+                let latest = reg
+                    .ids
+                    .get(&(t.namespace.clone(), t.name.clone(), t.version.to_string()))
+                    .is_some_and(|(_, l)| l == id);
+                TemplateSummary {
+                    namespace: t.namespace.clone(),
+                    name: t.name.clone(),
+                    version: t.version.to_string(),
+                    revision,
+                    current: latest,
+                    description: t.description.clone(),
+                    steps: t.steps.len(),
+                    custom_events: t.definition().custom_events.clone(),
+                    compat: t.definition().compat.clone(),
+                    registered_at: crate::clock::format_ms(created_at),
+                }
             })
             .collect();
         out.sort_by(|a, b| {
@@ -97,6 +177,7 @@ impl Engine {
                         .ok()
                         .cmp(&semver::Version::parse(&b.version).ok())
                 })
+                .then(a.revision.cmp(&b.revision))
         });
         Ok(out)
     }
@@ -129,10 +210,15 @@ impl Engine {
         let def = serde_json::from_str(&row.definition)
             .map_err(|e| Error::Corrupt(format!("template {}: {e}", row.named_task_id)))?;
         let t = Arc::new(TaskTemplate::from_definition(def)?);
-        let mut reg = self.inner.templates.write().unwrap();
-        reg.ids
-            .insert((row.namespace, row.name, row.version), row.named_task_id);
-        reg.by_id.insert(row.named_task_id, t.clone());
+        self.cache_template(
+            row.namespace,
+            row.name,
+            row.version,
+            row.named_task_id,
+            row.revision,
+            row.created_at,
+            t.clone(),
+        );
         Ok(t)
     }
 
@@ -153,7 +239,7 @@ impl Engine {
             )?
             .to_owned(),
         };
-        let id = *reg
+        let (_, id) = *reg
             .ids
             .get(&(namespace.to_owned(), name.to_owned(), version))?;
         Some((id, reg.by_id.get(&id)?.clone()))

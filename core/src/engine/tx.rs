@@ -329,12 +329,12 @@ impl<'e> TxCx<'e> {
         if inner.events.receiver_count() > 0 {
             for c in changes {
                 let _ = inner.events.send(Arc::new(Event {
-                    name: c.event,
+                    name: std::borrow::Cow::Borrowed(c.event),
                     task_id: c.row.task_id,
                     step_id: c.row.step_id,
                     step_name: c.step_name,
                     from_state: c.row.from_state,
-                    to_state: c.row.to_state,
+                    to_state: Some(c.row.to_state),
                     attempt: c.attempt,
                     metadata: c.metadata,
                     at_ms: c.row.created_at,

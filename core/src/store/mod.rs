@@ -224,6 +224,9 @@ pub struct TemplateRow {
     pub version: String,
     pub definition: String,
     pub definition_hash: String,
+    /// 1, then one more each time a changed body is registered under the same version.
+    pub revision: i64,
+    pub created_at: i64,
 }
 
 /// A database behind the engine.
@@ -264,6 +267,7 @@ pub trait StoreTx: Send {
     /// steps became claimable (`work_ready`) or that a task changed state (`task_changed`).
     async fn commit(self: Box<Self>, work_ready: bool, task_changed: bool) -> Result<()>;
 
+    /// The latest revision of a template version.
     async fn find_template(
         &mut self,
         namespace: &str,
@@ -280,6 +284,7 @@ pub trait StoreTx: Send {
         definition: &str,
         definition_hash: &str,
         now: i64,
+        revision: i64,
     ) -> Result<i64>;
 
     async fn template_by_id(&mut self, named_task_id: i64) -> Result<Option<TemplateRow>>;

@@ -247,7 +247,8 @@ fn step_row(r: &PgRow) -> Result<StepRow> {
     })
 }
 
-const TEMPLATE_COLS: &str = "named_task_id, namespace, name, version, definition, definition_hash";
+const TEMPLATE_COLS: &str =
+    "named_task_id, namespace, name, version, definition, definition_hash, revision, created_at";
 
 fn template_row(r: &PgRow) -> Result<TemplateRow> {
     Ok(TemplateRow {
@@ -257,6 +258,8 @@ fn template_row(r: &PgRow) -> Result<TemplateRow> {
         version: r.try_get(3)?,
         definition: r.try_get(4)?,
         definition_hash: r.try_get(5)?,
+        revision: r.try_get::<i32, _>(6)? as i64,
+        created_at: r.try_get(7)?,
     })
 }
 
@@ -282,7 +285,7 @@ impl Store for PgStore {
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TEMPLATE_COLS} FROM named_tasks ORDER BY namespace, name, named_task_id"
+            "SELECT {TEMPLATE_COLS} FROM named_tasks ORDER BY namespace, name, version, revision"
         )))
         .fetch_all(&self.pool)
         .await?
@@ -472,7 +475,7 @@ impl StoreTx for PgTx {
     ) -> Result<Option<TemplateRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE namespace = $1 AND name = $2 AND version = $3"
+            "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE namespace = $1 AND name = $2 AND version = $3 ORDER BY revision DESC LIMIT 1"
         )))
         .bind(namespace)
         .bind(name)
@@ -494,12 +497,13 @@ impl StoreTx for PgTx {
         definition: &str,
         definition_hash: &str,
         now: i64,
+        revision: i64,
     ) -> Result<i64> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         // Two processes registering the same template at once: the second sees the first's row.
         let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (namespace, name, version) DO NOTHING RETURNING named_task_id",
+            "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (namespace, name, version, revision) DO NOTHING RETURNING named_task_id",
         )
         .bind(namespace)
         .bind(name)
@@ -508,6 +512,7 @@ impl StoreTx for PgTx {
         .bind(definition)
         .bind(definition_hash)
         .bind(now)
+        .bind(revision as i32)
         .fetch_optional(&mut *self.conn)
         .await?;
         match id {
@@ -520,10 +525,10 @@ impl StoreTx for PgTx {
                         Error::Corrupt("template vanished during registration".into())
                     })?;
                 if row.definition_hash != definition_hash {
-                    return Err(crate::error::TemplateError::Conflict {
-                        key: format!("{namespace}.{name}@{version}"),
-                    }
-                    .into());
+                    // Another process registered a different body as this revision meanwhile.
+                    return Err(Error::Conflict(format!(
+                        "template {namespace}.{name}@{version} revision {revision} was registered by another process with a different body at the same moment; register again"
+                    )));
                 }
                 Ok(row.named_task_id)
             }

@@ -313,7 +313,8 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
     })
 }
 
-const TEMPLATE_COLS: &str = "named_task_id, namespace, name, version, definition, definition_hash";
+const TEMPLATE_COLS: &str =
+    "named_task_id, namespace, name, version, definition, definition_hash, revision, created_at";
 
 fn template_row(r: &Row) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
@@ -323,6 +324,8 @@ fn template_row(r: &Row) -> rusqlite::Result<TemplateRow> {
         version: r.get(3)?,
         definition: r.get(4)?,
         definition_hash: r.get(5)?,
+        revision: r.get(6)?,
+        created_at: r.get(7)?,
     })
 }
 
@@ -406,7 +409,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             query_rows(
                 c,
-                &format!("SELECT {TEMPLATE_COLS} FROM named_tasks ORDER BY namespace, name, named_task_id"),
+                &format!("SELECT {TEMPLATE_COLS} FROM named_tasks ORDER BY namespace, name, version, revision"),
                 [],
                 template_row,
             )
@@ -582,7 +585,7 @@ impl StoreTx for SqliteTx {
         Ok(self
             .c
             .prepare_cached(&format!(
-                "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE namespace = ? AND name = ? AND version = ?"
+                "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE namespace = ? AND name = ? AND version = ? ORDER BY revision DESC LIMIT 1"
             ))?
             .query_row(params![namespace, name, version], template_row)
             .optional()?)
@@ -598,14 +601,15 @@ impl StoreTx for SqliteTx {
         definition: &str,
         definition_hash: &str,
         now: i64,
+        revision: i64,
     ) -> Result<i64> {
         Ok(self
             .c
             .prepare_cached(
-                "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING named_task_id",
+                "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at, revision) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING named_task_id",
             )?
-            .query_row(params![namespace, name, version, description, definition, definition_hash, now], |r| r.get(0))?)
+            .query_row(params![namespace, name, version, description, definition, definition_hash, now, revision], |r| r.get(0))?)
     }
 
     async fn template_by_id(&mut self, id: i64) -> Result<Option<TemplateRow>> {
