@@ -28,7 +28,7 @@ step "Rust: the CLI on PostgreSQL (a worker process beside the CLI)"
 cargo test --locked -p tasker-cli --test cli -- --ignored
 
 step "Rust: the conformance suite on PostgreSQL"
-TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator --test host --test fuzz
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator --test host --test fuzz --test original_templates
 
 step "Rust: multi-process tests on PostgreSQL (workers, kill -9, server restart, SIGTERM)"
 # One at a time: one of them restarts the server.

@@ -477,7 +477,10 @@ step_templates:
     let out = env.tasker(&["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.tasker(&["templates", "register", f.to_str().unwrap()]);
-    assert_eq!(stdout(&out).trim(), "registered default.ops@2.0.0 (revision 1)");
+    assert_eq!(
+        stdout(&out).trim(),
+        "registered default.ops@2.0.0 (revision 1)"
+    );
     let out = env.tasker(&["templates", "list", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["name"], "ops");

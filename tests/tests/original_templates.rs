@@ -1,0 +1,369 @@
+//! Templates in the original tasker-engine format (`tests/fixtures/original/`, written for
+//! these tests to exercise every field of that format) register and behave as there: custom
+//! events, schema defaults, formats, names with a slash, environments, the fields kept for the
+//! original's Ruby classes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tasker_conformance::Harness;
+use tasker_core::{Engine, Error, HandlerError, Registry, TaskRequest, TaskState, TaskTemplate};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/original")
+        .join(name)
+}
+
+async fn register(h: &Harness, name: &str, env: Option<&str>) -> String {
+    let t = TaskTemplate::from_path(&fixture(name), env).unwrap_or_else(|e| panic!("{name}: {e}"));
+    h.engine.register_template(t).await.unwrap()
+}
+
+/// Handlers for every `handler_class` of the fixtures: each returns its step name and sees
+/// its parents; the checkout's payment step publishes its declared event.
+fn registry(engine: &Engine, seen: Arc<Mutex<Vec<(String, Value)>>>) -> Registry {
+    let mut r = Registry::new();
+    for class in [
+        "Ecommerce::StepHandlers::ValidateCartHandler",
+        "Ecommerce::StepHandlers::UpdateInventoryHandler",
+        "Ecommerce::StepHandlers::GiftNoteHandler",
+        "Ecommerce::StepHandlers::ConfirmOrderHandler",
+        "DataPipeline::StepHandlers::ExtractOrdersHandler",
+        "DataPipeline::StepHandlers::ExtractUsersHandler",
+        "DataPipeline::StepHandlers::TransformMetricsHandler",
+        "ApiTask::StepHandler::CartFetchStepHandler",
+        "ApiTask::StepHandler::ProductsFetchStepHandler",
+        "ApiTask::StepHandler::ProductsValidateStepHandler",
+    ] {
+        let seen = seen.clone();
+        r.register_fn(class, move |step| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((step.step_name.clone(), (*step.config).clone()));
+                Ok(json!({"step": step.step_name, "parents": step.results.keys().collect::<Vec<_>>()}))
+            }
+        });
+    }
+    let e = engine.clone();
+    r.register_fn(
+        "Ecommerce::StepHandlers::ProcessPaymentHandler",
+        move |step| {
+            let e = e.clone();
+            async move {
+                e.publish_custom_event(&step, "payment.charged", json!({"amount": 42}))
+                    .map_err(|err| HandlerError::permanent(err.to_string()))?;
+                // Not declared by this template: refused with the list of what it declares.
+                let refused = e
+                    .publish_custom_event(&step, "analytics.report_ready", json!({}))
+                    .unwrap_err();
+                Ok(json!({"refused": refused.to_string()}))
+            }
+        },
+    );
+    let e = engine.clone();
+    r.register_fn(
+        "DataPipeline::StepHandlers::GenerateReportHandler",
+        move |step| {
+            let e = e.clone();
+            async move {
+                e.publish_custom_event(&step, "analytics.report_ready", json!({"rows": 3}))
+                    .map_err(|err| HandlerError::permanent(err.to_string()))?;
+                Ok(json!({"context_seen": *step.context}))
+            }
+        },
+    );
+    r
+}
+
+#[tokio::test]
+async fn the_fixture_templates_register_and_run_on_this_backend() {
+    let h = Harness::new().await;
+    assert_eq!(
+        register(&h, "ecommerce_checkout.yaml", None).await,
+        "ecommerce.process_order@1.2.0"
+    );
+    assert_eq!(
+        register(&h, "customer_analytics.yaml", None).await,
+        "data_pipeline.customer_analytics@1.0.0"
+    );
+    assert_eq!(
+        register(&h, "api_integration.yaml", Some("test")).await,
+        "api_tests.api_task/integration_yaml_example@0.1.0"
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let reg = registry(&h.engine, seen.clone());
+    let mut events = h.engine.subscribe();
+
+    let order = h
+        .engine
+        .create_task(
+            TaskRequest::new(
+                "process_order",
+                json!({"cart_items": [{"product_id": 1, "quantity": 2, "price": 9.5}],
+                       "customer_info": {"email": "ada@example.com"}}),
+            )
+            .namespace("ecommerce")
+            .bypass(&["send_gift_note"]),
+        )
+        .await
+        .unwrap();
+    let analytics = h
+        .engine
+        .create_task(
+            TaskRequest::new(
+                "customer_analytics",
+                json!({"date_range": {"start_date": "2026-01-01", "end_date": "2026-01-31"},
+                       "notify": {}}),
+            )
+            .namespace("data_pipeline"),
+        )
+        .await
+        .unwrap();
+    let api = h
+        .engine
+        .create_task(
+            TaskRequest::new("api_task/integration_yaml_example", json!({"cart_id": 1}))
+                .namespace("api_tests"),
+        )
+        .await
+        .unwrap();
+    h.drive(&reg).await;
+
+    // The checkout: every step ran in order, the bypassed one did not, events published once.
+    let t = h.engine.get_task(order).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{t:#?}");
+    assert_eq!(
+        t.context["currency"], "USD",
+        "a top-level default was filled in"
+    );
+    assert_eq!(
+        t.context["customer_info"]["newsletter"], false,
+        "a nested default too"
+    );
+    let confirm = &t.step("confirm_order").unwrap().results;
+    let mut parents: Vec<&str> = confirm["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    parents.sort();
+    assert_eq!(
+        parents,
+        ["process_payment", "send_gift_note", "update_inventory"]
+    );
+    let refused = t.step("process_payment").unwrap().results["refused"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        refused.contains("declares only order.confirmed, payment.charged")
+            || refused.contains("declares only payment.charged, order.confirmed"),
+        "{refused}"
+    );
+
+    // Analytics: the handler saw the completed context.
+    let t = h.engine.get_task(analytics).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete);
+    let ctx = &t.step("generate_report").unwrap().results["context_seen"];
+    assert_eq!(ctx["force_refresh"], false);
+    assert_eq!(ctx["processing_mode"], "standard");
+    assert_eq!(
+        ctx["date_range"]["timezone"], "UTC",
+        "nested default inside a given object"
+    );
+    assert_eq!(ctx["notify"]["channel"], "#analytics");
+    assert_eq!(
+        h.engine.get_task(analytics).await.unwrap().context,
+        *ctx,
+        "stored as completed"
+    );
+
+    // The API example: the name with a slash works, the `test` environment's config applied.
+    let t = h.engine.get_task(api).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete);
+    assert_eq!(t.name, "api_task/integration_yaml_example");
+    let cfg = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(s, _)| s == "fetch_cart")
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(cfg["url"], "http://test.ecommerce.com/api/cart");
+    assert_eq!(cfg["params"], json!({"cart_id": 1, "test_mode": true}));
+
+    // Custom events: each delivered exactly once, with its payload.
+    let mut custom = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.is_custom() {
+            custom.push((e.name.to_string(), e.task_id, e.metadata["payload"].clone()));
+        }
+    }
+    custom.sort_by_key(|c| c.0.clone());
+    assert_eq!(
+        custom,
+        [
+            (
+                "analytics.report_ready".to_owned(),
+                analytics,
+                json!({"rows": 3})
+            ),
+            ("payment.charged".to_owned(), order, json!({"amount": 42})),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_original_fields_are_kept_and_listed() {
+    let h = Harness::new().await;
+    register(&h, "ecommerce_checkout.yaml", None).await;
+    register(&h, "customer_analytics.yaml", None).await;
+    let list = h.engine.templates().await.unwrap();
+    let order = list.iter().find(|t| t.name == "process_order").unwrap();
+    assert_eq!(order.compat["task_handler_class"], "OrderProcessingHandler");
+    assert_eq!(order.compat["module_namespace"], "Ecommerce");
+    assert_eq!(order.compat["concurrent"], true);
+    assert_eq!(order.compat["default_dependent_system"], "ecommerce_system");
+    assert_eq!(order.compat["named_steps"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        order.compat["dependent_systems"]["process_payment"],
+        "payment_gateway"
+    );
+    let names: Vec<&str> = order
+        .custom_events
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(names, ["payment.charged", "order.confirmed"]);
+    let analytics = list
+        .iter()
+        .find(|t| t.name == "customer_analytics")
+        .unwrap();
+    assert_eq!(analytics.custom_events.len(), 2);
+    assert_eq!(
+        analytics.custom_events[0].description.as_deref(),
+        Some("The report has been generated")
+    );
+}
+
+#[tokio::test]
+async fn every_standard_format_is_checked_and_each_violation_is_listed_by_path() {
+    let h = Harness::new().await;
+    h.register(
+        r#"
+name: formats
+schema:
+  type: object
+  properties:
+    d: {type: string, format: date}
+    dt: {type: string, format: date-time}
+    t: {type: string, format: time}
+    e: {type: string, format: email}
+    u: {type: string, format: uri}
+    id: {type: string, format: uuid}
+    ip: {type: string, format: ipv4}
+    ip6: {type: string, format: ipv6}
+    host: {type: string, format: hostname}
+step_templates:
+  - {name: only}
+"#,
+    )
+    .await;
+    let good = json!({"d": "2026-11-26", "dt": "2026-11-26T10:00:00Z", "t": "10:00:00Z",
+        "e": "ada@example.com", "u": "https://example.com/x", "id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
+        "ip": "127.0.0.1", "ip6": "::1", "host": "example.com"});
+    h.engine
+        .create_task(TaskRequest::new("formats", good.clone()))
+        .await
+        .expect("valid values pass");
+    for (field, bad) in [
+        ("d", "not-a-date"),
+        ("dt", "2026-13-45 25:00"),
+        ("t", "25:61"),
+        ("e", "no-at-sign"),
+        ("u", "not a uri"),
+        ("id", "1234"),
+        ("ip", "999.1.1.1"),
+        ("ip6", "not:an:ip::::x"),
+        ("host", "-bad-.example..com"),
+    ] {
+        let mut ctx = good.clone();
+        ctx[field] = json!(bad);
+        let err = h
+            .engine
+            .create_task(TaskRequest::new("formats", ctx))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Validation(_)), "{field}: {err}");
+        assert!(
+            err.to_string().contains(&format!("/{field}:")),
+            "{field}: {err}"
+        );
+    }
+    // Several at once: each listed.
+    let err = h
+        .engine
+        .create_task(TaskRequest::new("formats", json!({"d": "x", "e": "y"})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/d:") && err.contains("/e:"), "{err}");
+}
+
+#[tokio::test]
+async fn custom_event_names_follow_the_originals_rules() {
+    let h = Harness::new().await;
+    for (name, why) in [
+        ("fulfilled", "must contain a '.'"),
+        ("step.completed", "lifecycle event"),
+        ("task.mine", "reserved"),
+    ] {
+        let err = h
+            .engine
+            .register_template_yaml(&format!(
+                "name: ev\ncustom_events: [{{name: {name}}}]\nstep_templates:\n  - {{name: a}}\n"
+            ))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("custom_events[0].name") && err.contains(why),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_newer_format_step_type_other_than_standard_is_refused_and_unknown_fields_too() {
+    let h = Harness::new().await;
+    for t in ["decision", "deferred_convergence"] {
+        let err = h
+            .engine
+            .register_template_yaml(&format!(
+                "name: dyn\nsteps:\n  - {{name: a}}\n  - {{name: choose, type: {t}, dependencies: [a]}}\n"
+            ))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("steps[1].type") && err.contains("\"choose\"") && err.contains(t),
+            "{err}"
+        );
+    }
+    h.register("name: ok\nsteps:\n  - {name: a, type: standard}\n")
+        .await;
+    let err = h
+        .engine
+        .register_template_yaml("name: dyn\nsteps:\n  - {name: a, batch_config: {size: 10}}\n")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch_config"),
+        "unknown fields are refused, not dropped: {err}"
+    );
+}
