@@ -447,3 +447,61 @@ def test_events_carry_every_transition_of_a_run_in_order(engine):
     assert names.index("task.completed") == len(names) - 1
     assert failed == ["first try fails"]
     assert calls == [1, 2]
+
+
+def test_custom_events_reach_subscribers_once_and_undeclared_ones_are_refused(engine):
+    engine.register_template("""
+name: notify
+custom_events:
+  - {name: order.shipped, description: the parcel left the warehouse}
+step_templates:
+  - {name: ship}
+""")
+    got = []
+    engine.on("order.shipped")(got.append)
+    with pytest.raises(ValueError, match="reserved"):
+        engine.on("task.mine")
+
+    @engine.handler("ship")
+    def ship(step):
+        step.publish_custom_event("order.shipped", {"carrier": "ups"})
+        try:
+            step.publish_custom_event("order.lost", {})
+        except tasker.ValidationError as e:
+            return {"refused": str(e)}
+        return {"refused": None}
+
+    task = engine.run_until_complete(engine.create_task("notify"), timeout=30)
+    assert task["status"] == "complete", task
+    assert "declares only order.shipped" in step(task, "ship")["results"]["refused"]
+    assert len(got) == 1, got
+    assert (got[0]["name"], got[0]["task_id"], got[0]["step_name"]) == ("order.shipped", task["id"], "ship")
+    assert got[0]["metadata"] == {"event_type": "custom", "payload": {"carrier": "ups"}}
+
+
+def test_schema_defaults_reach_the_handler_and_are_stored(engine):
+    engine.register_template("""
+name: report
+schema:
+  type: object
+  required: [date_range]
+  properties:
+    date_range:
+      type: object
+      properties:
+        start_date: {type: string, format: date}
+        timezone: {type: string, default: UTC}
+    force_refresh: {type: boolean, default: false}
+    processing_mode: {type: string, default: standard}
+step_templates:
+  - {name: build}
+""")
+    engine.handler("build")(lambda s: dict(s.context))
+    tid = engine.create_task("report", {"date_range": {"start_date": "2026-01-01"}})
+    task = engine.run_until_complete(tid, timeout=30)
+    want = {"date_range": {"start_date": "2026-01-01", "timezone": "UTC"}, "force_refresh": False,
+            "processing_mode": "standard"}
+    assert step(task, "build")["results"] == want
+    assert task["context"] == want
+    with pytest.raises(tasker.ValidationError, match="/date_range/start_date"):
+        engine.create_task("report", {"date_range": {"start_date": "not-a-date"}})
