@@ -127,8 +127,8 @@ impl Engine {
             Arc::new(SqliteStore::open(&url, opts.durability).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pg = PgStore::open(
-                &url,
-                &PgOptions {
+                url.clone(),
+                PgOptions {
                     schema: opts.schema.clone(),
                     max_connections: opts.max_connections,
                 },
@@ -200,4 +200,11 @@ fn json_kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The engine's futures are `Send`, so any async host (napi, a tokio task) can run them.
+#[allow(dead_code)]
+fn assert_engine_futures_are_send() {
+    fn is_send<T: Send>(_: T) {}
+    is_send(Engine::open_with(EngineOptions::default()));
 }

@@ -73,8 +73,8 @@ fn check_schema(s: &str) -> Result<()> {
 impl PgStore {
     /// Connects, creates the schema if asked, and applies the migrations (under PostgreSQL's
     /// advisory lock, so concurrent processes migrate once).
-    pub async fn open(url: &str, opts: &PgOptions) -> Result<PgStore> {
-        let mut connect = PgConnectOptions::from_str(url)
+    pub async fn open(url: String, opts: PgOptions) -> Result<PgStore> {
+        let mut connect = PgConnectOptions::from_str(&url)
             .map_err(|e| Error::Validation(format!("bad PostgreSQL URL: {e}")))?
             .application_name("tasker")
             .statement_cache_capacity(256);
@@ -109,7 +109,13 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(connect)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        {
+            // `run_direct` is `run` without its generic `Acquire`, whose higher-ranked lifetime
+            // makes the future unprovably `Send` (sqlx's own comment says so); async hosts
+            // such as napi need it `Send`.
+            let mut conn = pool.acquire().await?;
+            MIGRATOR.run_direct(None, &mut *conn, false).await?;
+        }
         Ok(PgStore {
             pool,
             channel: channel(opts.schema.as_deref()),

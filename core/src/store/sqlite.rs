@@ -226,7 +226,8 @@ async fn run_migrations(url: &str) -> Result<()> {
         .create_if_missing(true)
         .busy_timeout(Duration::from_secs(10));
     let mut conn = opts.connect().await?;
-    MIGRATOR.run(&mut conn).await?;
+    // `run_direct`: see the PostgreSQL store (keeps the future provably `Send`).
+    MIGRATOR.run_direct(None, &mut conn, false).await?;
     use sqlx::Connection as _;
     conn.close().await?;
     Ok(())

@@ -1,0 +1,177 @@
+// Types of the tasker package (the JS half, written by hand; native.d.ts is napi's output for
+// the native half, which this package does not expose directly).
+
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
+export type TaskState = 'pending' | 'in_progress' | 'complete' | 'error' | 'cancelled' | 'resolved_manually'
+
+export interface EngineOptions {
+  /** Selects the templates' `environments.<name>` overrides. */
+  environment?: string
+  /** PostgreSQL: keep Tasker's tables in this schema. */
+  schema?: string
+  /** How long a claimed step is held before another worker may take it over (default 30). */
+  leaseSeconds?: number
+  /** PostgreSQL: LISTEN for new work (default true); false behind poolers that cannot. */
+  listen?: boolean
+  /** Refuse a changed template body under a registered version (default: a new revision). */
+  strictTemplates?: boolean
+}
+
+export interface CreateTaskOptions {
+  namespace?: string
+  version?: string
+  idempotencyKey?: string
+  initiator?: string
+  sourceSystem?: string
+  reason?: string
+  tags?: string[]
+  bypassSteps?: string[]
+  priority?: number
+}
+
+export interface TaskRequest extends CreateTaskOptions {
+  name: string
+  context?: { [key: string]: Json }
+}
+
+export interface StepSnapshot {
+  id: number
+  name: string
+  handler: string
+  status: TaskState
+  attempts: number
+  max_attempts: number
+  results: Json
+  /** The last failure: {message, kind, attempt, at, retry_after_seconds?, detail?}. */
+  error: { message: string, kind: string, attempt: number, at: string, retry_after_seconds?: number, detail?: Json } | null
+  depends_on: string[]
+  next_attempt_at: string | null
+  last_attempted_at: string | null
+  completed_at: string | null
+  duration_ms: number | null
+}
+
+export interface TaskSnapshot {
+  id: number
+  name: string
+  namespace: string
+  version: string
+  status: TaskState
+  context: { [key: string]: Json }
+  initiator: string
+  source_system: string
+  reason: string
+  tags: string[]
+  bypass_steps: string[]
+  idempotency_key: string | null
+  created_at: string
+  updated_at: string
+  completed_at: string | null
+  steps: StepSnapshot[]
+}
+
+export interface TaskSummary {
+  id: number
+  name: string
+  namespace: string
+  version: string
+  status: TaskState
+  steps_total: number
+  steps_done: number
+  created_at: string
+  completed_at: string | null
+}
+
+export interface ListTasksOptions {
+  status?: TaskState
+  name?: string
+  namespace?: string
+  limit?: number
+  offset?: number
+}
+
+export interface TaskerEvent {
+  /** A lifecycle event (`step.completed`, ...) or a declared custom event. */
+  name: string
+  task_id: number
+  step_id?: number
+  step_name?: string
+  from_state: string | null
+  /** null for custom events. */
+  to_state: string | null
+  attempt?: number
+  metadata: { [key: string]: Json }
+  at_ms: number
+}
+
+/** What a handler receives. */
+export declare class Step {
+  readonly taskId: number
+  readonly stepId: number
+  /** The step's name. */
+  readonly name: string
+  readonly handler: string
+  /** 1 for the first attempt. */
+  readonly attempt: number
+  readonly maxAttempts: number
+  /** The task's context. */
+  readonly context: { [key: string]: Json }
+  /** The step's handler_config. */
+  readonly config: { [key: string]: Json }
+  /** Parent step name -> its results. */
+  readonly results: { [step: string]: Json }
+  /** The custom events the template declares. */
+  readonly customEvents: string[]
+  /** Publishes a declared custom event to every subscriber at once; throws ValidationError otherwise. */
+  publishCustomEvent(name: string, payload?: Json): void
+}
+
+export type Handler = (step: Step) => unknown | Promise<unknown>
+
+export interface RunWorkerOptions {
+  /** Handlers running at once (default 8). */
+  concurrency?: number
+  /** Resolve once nothing is left to do for this process's handlers. */
+  untilIdle?: boolean
+  /** Stops the worker gracefully when aborted (as SIGINT/SIGTERM do). */
+  signal?: AbortSignal
+  /** Seconds running steps may still finish after a stop (default 30). */
+  shutdownGrace?: number
+}
+
+export declare class Engine {
+  constructor(url?: string | null, options?: EngineOptions)
+  registerTemplate(src: string | object): Promise<string>
+  handler(name: string, fn: Handler): this
+  on(event: string, fn: (event: TaskerEvent) => void): this
+  createTask(name: string, context?: { [key: string]: Json }, options?: CreateTaskOptions): Promise<number>
+  createTasks(requests: TaskRequest[]): Promise<number[]>
+  getTask(id: number): Promise<TaskSnapshot>
+  listTasks(options?: ListTasksOptions): Promise<TaskSummary[]>
+  cancelTask(id: number): Promise<void>
+  retryStep(id: number, step: string): Promise<void>
+  resolveStepManually(id: number, step: string, results?: Json): Promise<void>
+  waitForTask(id: number, options?: { timeout?: number }): Promise<TaskSnapshot>
+  /** `timeout` in seconds. */
+  runUntilComplete(id: number, options?: { timeout?: number, concurrency?: number }): Promise<TaskSnapshot>
+  runWorker(options?: RunWorkerOptions): Promise<void>
+  stop(): void
+  close(): Promise<void>
+  static newWorkerId(): string
+}
+
+export declare class TaskerError extends Error {}
+export declare class TemplateError extends TaskerError {}
+export declare class ValidationError extends TaskerError {}
+export declare class NotFoundError extends TaskerError {}
+export declare class ConflictError extends TaskerError {}
+export declare class DatabaseError extends TaskerError {}
+export declare class TimeoutError extends TaskerError {}
+
+export declare class RetryableError extends Error {
+  constructor(message: string, options?: { retryAfter?: number })
+  readonly retryAfter: number | null
+}
+export declare class PermanentError extends Error {
+  constructor(message: string)
+}

@@ -1,0 +1,383 @@
+'use strict'
+/**
+ * Tasker: workflow orchestration with a Rust core.
+ *
+ * This module holds no orchestration rule: claims, retries, readiness, leases, timeouts,
+ * batching and finalization are the Rust core's (its host driver runs the worker loop off the
+ * JS thread). It runs your handlers as ordinary (async) functions on the JS thread and hands
+ * their outcomes back.
+ */
+const fs = require('node:fs')
+const path = require('node:path')
+const crypto = require('node:crypto')
+
+const native = require('./tasker.node')
+
+class TaskerError extends Error {
+  constructor (message) {
+    super(message)
+    this.name = this.constructor.name
+  }
+}
+class TemplateError extends TaskerError {}
+class ValidationError extends TaskerError {}
+class NotFoundError extends TaskerError {}
+class ConflictError extends TaskerError {}
+class DatabaseError extends TaskerError {}
+class TimeoutError extends TaskerError {}
+
+/** Throw from a handler to fail this attempt; retried while attempts remain. */
+class RetryableError extends Error {
+  constructor (message, options = {}) {
+    super(message)
+    this.name = 'RetryableError'
+    this.retryAfter = options.retryAfter ?? null
+  }
+}
+
+/** Throw from a handler to fail the step for good: it is never retried. */
+class PermanentError extends Error {
+  constructor (message) {
+    super(message)
+    this.name = 'PermanentError'
+  }
+}
+
+const KINDS = {
+  template: TemplateError,
+  validation: ValidationError,
+  not_found: NotFoundError,
+  conflict: ConflictError,
+  illegal_transition: ConflictError,
+  database: DatabaseError,
+  timeout: TimeoutError
+}
+
+/** Turns a native error (`[tasker:KIND] message`) into its TaskerError subclass. */
+function convert (e) {
+  const m = /^\[tasker:([a-z_]+)\] ([\s\S]*)$/.exec(e && e.message)
+  if (!m) return e
+  const Cls = KINDS[m[1]] || TaskerError
+  return new Cls(m[2])
+}
+
+async function call (promiseOrFn) {
+  try {
+    return await (typeof promiseOrFn === 'function' ? promiseOrFn() : promiseOrFn)
+  } catch (e) {
+    throw convert(e)
+  }
+}
+
+function jsonText (what, value, Err = ValidationError) {
+  let text
+  try {
+    text = JSON.stringify(value)
+  } catch (e) {
+    throw new Err(`${what} is not JSON: ${e.message}`)
+  }
+  if (text === undefined) throw new Err(`${what} is not JSON: ${typeof value}`)
+  return text
+}
+
+/** What a handler receives. */
+class Step {
+  constructor (job, core) {
+    this.taskId = job.taskId
+    this.stepId = job.stepId
+    this.name = job.name
+    this.handler = job.handler
+    this.attempt = job.attempt
+    this.maxAttempts = job.maxAttempts
+    this.context = JSON.parse(job.context)
+    this.results = JSON.parse(job.results)
+    this.config = JSON.parse(job.config)
+    this.customEvents = job.customEvents
+    Object.defineProperty(this, '_job', { value: job })
+    Object.defineProperty(this, '_core', { value: core })
+  }
+
+  /** Publishes a custom event the template declares, to every subscriber, at once. */
+  publishCustomEvent (name, payload = null) {
+    try {
+      this._core.publishCustomEvent(this._job, name, jsonText(`custom event ${name}: payload`, payload))
+    } catch (e) {
+      throw convert(e)
+    }
+  }
+}
+
+function failure (kind, message, retryAfter, detail) {
+  const f = { message, kind }
+  if (retryAfter !== null && retryAfter !== undefined) f.retry_after_seconds = Number(retryAfter)
+  if (detail !== undefined) f.detail = detail
+  return JSON.stringify(f)
+}
+
+/** The stored failure of a thrown value: RetryableError / PermanentError as thrown, any other
+ * error retryable with its class name, message and stack. */
+function failureOf (e) {
+  if (e instanceof PermanentError) return failure('permanent', e.message)
+  if (e instanceof RetryableError) return failure('retryable', e.message, e.retryAfter)
+  if (e instanceof Error) {
+    return failure('retryable', `${e.name}: ${e.message}`, null, { exception: e.name, stack: e.stack })
+  }
+  return failure('retryable', `a non-Error value was thrown: ${String(e)}`, null, { thrown: String(e) })
+}
+
+/** The handler's value as JSON text, or the reason it is not JSON. */
+function resultText (value) {
+  if (value === undefined) return { text: 'null' }
+  if (typeof value === 'function' || typeof value === 'symbol') return { notJson: `a ${typeof value}` }
+  try {
+    const text = JSON.stringify(value)
+    return text === undefined ? { notJson: typeof value } : { text }
+  } catch (e) {
+    return { notJson: e.message }
+  }
+}
+
+class Engine {
+  /**
+   * @param {string} [url] sqlite://PATH or postgres://USER@HOST:PORT/DB; default
+   *   $TASKER_DATABASE_URL, else sqlite://tasker.db
+   * @param {object} [options] {environment, schema, leaseSeconds, listen, strictTemplates}
+   */
+  constructor (url, options = {}) {
+    this._handlers = new Map()
+    this._subscribers = new Map()
+    this._stopping = null
+    this._opened = call(native.open({
+      url: url ?? undefined,
+      environment: options.environment,
+      schema: options.schema,
+      leaseSeconds: options.leaseSeconds,
+      listen: options.listen,
+      strictTemplates: options.strictTemplates
+    }))
+    // An engine that fails to open rejects its first call, not an unhandled promise.
+    this._opened.catch(() => {})
+  }
+
+  async _core () {
+    return this._opened
+  }
+
+  /** Registers a template from YAML text, a file path or an object; resolves to its key. */
+  async registerTemplate (src) {
+    const core = await this._core()
+    if (src !== null && typeof src === 'object') {
+      return call(core.registerTemplateJson(jsonText('template', src, TemplateError)))
+    }
+    if (typeof src !== 'string') throw new TypeError(`registerTemplate takes YAML text, a path or an object, not ${typeof src}`)
+    if (!src.includes('\n') && /\.(ya?ml|json)$/.test(src)) {
+      if (!fs.existsSync(src)) throw new TemplateError(`template file ${src}: No such file or directory`)
+      return call(core.registerTemplateFile(path.resolve(src)))
+    }
+    return call(core.registerTemplateYaml(src))
+  }
+
+  /** Registers `fn(step)` (it may return a value or a Promise) as the handler `name`. */
+  handler (name, fn) {
+    if (typeof name !== 'string' || !name) throw new TypeError('handler name must be a non-empty string')
+    if (typeof fn !== 'function') throw new TypeError(`handler ${name} must be a function`)
+    this._handlers.set(name, fn)
+    return this
+  }
+
+  /** Subscribes to a lifecycle event, a declared custom event, or '*'. */
+  on (event, fn) {
+    try {
+      native.Core.checkSubscription(event)
+    } catch (e) {
+      throw convert(e)
+    }
+    if (typeof fn !== 'function') throw new TypeError('on(event, fn): fn must be a function')
+    if (!this._subscribers.has(event)) this._subscribers.set(event, [])
+    this._subscribers.get(event).push(fn)
+    this._opened.then((core) => core.subscribe(), () => {})
+    return this
+  }
+
+  _dispatchEvents (core) {
+    if (this._subscribers.size === 0) return
+    for (const raw of core.drainEvents()) {
+      const ev = JSON.parse(raw)
+      for (const fn of [...(this._subscribers.get(ev.name) || []), ...(this._subscribers.get('*') || [])]) {
+        try {
+          fn(ev)
+        } catch (e) {
+          console.error('tasker: an event subscriber threw:', e)
+        }
+      }
+    }
+  }
+
+  static _request (name, context, options = {}) {
+    const req = { name, context: context ?? {} }
+    const map = {
+      namespace: 'namespace',
+      version: 'version',
+      idempotencyKey: 'idempotency_key',
+      initiator: 'initiator',
+      sourceSystem: 'source_system',
+      reason: 'reason',
+      tags: 'tags',
+      bypassSteps: 'bypass_steps',
+      priority: 'priority'
+    }
+    for (const [k, v] of Object.entries(options)) {
+      if (!(k in map)) throw new ValidationError(`createTask: unknown option ${k} (known: ${Object.keys(map).join(', ')})`)
+      if (v !== undefined && v !== null) req[map[k]] = v
+    }
+    return req
+  }
+
+  /** Creates a task; resolves to its id (the existing one for a repeated idempotencyKey). */
+  async createTask (name, context = {}, options = {}) {
+    const core = await this._core()
+    return call(core.createTask(jsonText(`task ${name}: request`, Engine._request(name, context, options))))
+  }
+
+  /** Creates many tasks in one transaction: [{name, context, ...options}]. */
+  async createTasks (requests) {
+    const core = await this._core()
+    const reqs = requests.map(({ name, context, ...options }) => Engine._request(name, context, options))
+    return call(core.createTasks(jsonText('task requests', reqs)))
+  }
+
+  async getTask (id) {
+    const core = await this._core()
+    return JSON.parse(await call(core.getTask(id)))
+  }
+
+  async listTasks (filter = {}) {
+    const core = await this._core()
+    return JSON.parse(await call(core.listTasks(jsonText('listTasks options', filter))))
+  }
+
+  async cancelTask (id) {
+    return call(async () => (await this._core()).cancelTask(id))
+  }
+
+  async retryStep (id, step) {
+    return call(async () => (await this._core()).retryStep(id, step))
+  }
+
+  async resolveStepManually (id, step, results = null) {
+    const core = await this._core()
+    return call(core.resolveStepManually(id, step, jsonText('results', results)))
+  }
+
+  /** Waits until another process or run finishes the task; resolves to its snapshot. */
+  async waitForTask (id, { timeout } = {}) {
+    const core = await this._core()
+    const deadline = timeout === undefined ? null : Date.now() + timeout * 1000
+    for (;;) {
+      const left = deadline === null ? 1 : Math.min(1, (deadline - Date.now()) / 1000)
+      if (left <= 0) throw new TimeoutError(`task ${id} did not finish within ${timeout} s`)
+      const state = await call(core.waitForTask(id, left))
+      if (['complete', 'error', 'cancelled', 'resolved_manually'].includes(state)) return this.getTask(id)
+    }
+  }
+
+  /** Runs this process's handlers until the task is finished; resolves to its snapshot. */
+  async runUntilComplete (id, { timeout, concurrency = 8 } = {}) {
+    await this._run({ concurrency, mode: 'until_task', taskId: id, timeout })
+    return this.getTask(id)
+  }
+
+  /**
+   * Runs this process's handlers for every task. Resolves when nothing is left
+   * (untilIdle), or after `signal` aborts or SIGINT/SIGTERM: steps not started are handed back,
+   * running ones get `shutdownGrace` seconds, then are reported as worker_shutdown.
+   */
+  async runWorker ({ concurrency = 8, untilIdle = false, signal, shutdownGrace = 30 } = {}) {
+    await this._run({ concurrency, mode: untilIdle ? 'until_idle' : 'forever', signal, shutdownGrace })
+  }
+
+  async _run ({ concurrency, mode, taskId, timeout, signal, shutdownGrace = 30 }) {
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new ValidationError(`concurrency must be an integer >= 1, got ${concurrency}`)
+    const core = await this._core()
+    const driver = await call(core.startDriver([...this._handlers.keys()], concurrency, mode, taskId, shutdownGrace))
+    let timedOut = false
+    const stop = () => driver.shutdown()
+    const timer = timeout === undefined ? null : setTimeout(() => { timedOut = true; stop() }, timeout * 1000)
+    if (signal) {
+      if (signal.aborted) stop()
+      else signal.addEventListener('abort', stop, { once: true })
+    }
+    this._stopping = stop
+    process.on('SIGINT', stop)
+    process.on('SIGTERM', stop)
+    try {
+      for (;;) {
+        const batch = await driver.next(100)
+        for (const job of batch.jobs) this._start(core, driver, job)
+        this._dispatchEvents(core)
+        if (batch.done) break
+      }
+      await call(driver.join())
+      this._dispatchEvents(core)
+    } finally {
+      process.off('SIGINT', stop)
+      process.off('SIGTERM', stop)
+      if (signal) signal.removeEventListener('abort', stop)
+      if (timer) clearTimeout(timer)
+      this._stopping = null
+    }
+    if (timedOut) throw new TimeoutError(`task ${taskId} did not finish within ${timeout} s`)
+  }
+
+  _start (core, driver, job) {
+    const fn = this._handlers.get(job.handler)
+    const k = [job.taskId, job.stepId, job.attempt, job.position]
+    driver.started(...k)
+    let result
+    try {
+      result = fn(new Step(job, core))
+    } catch (e) {
+      driver.finished(...k, false, failureOf(e))
+      return
+    }
+    Promise.resolve(result).then(
+      (value) => {
+        const r = resultText(value)
+        if (r.notJson !== undefined) driver.finishedNotJson(...k, r.notJson)
+        else driver.finished(...k, true, r.text)
+      },
+      (e) => driver.finished(...k, false, failureOf(e))
+    )
+  }
+
+  /** Asks a running runWorker to stop (as SIGINT does). */
+  stop () {
+    if (this._stopping) this._stopping()
+  }
+
+  /** Lets go of the engine: a running worker stops; nothing keeps the process alive. */
+  async close () {
+    this.stop()
+    this._handlers.clear()
+    this._subscribers.clear()
+  }
+
+  /** A fresh worker identity. */
+  static newWorkerId () {
+    return `${process.pid}:${crypto.randomBytes(4).toString('hex')}`
+  }
+}
+
+module.exports = {
+  Engine,
+  Step,
+  TaskerError,
+  TemplateError,
+  ValidationError,
+  NotFoundError,
+  ConflictError,
+  DatabaseError,
+  TimeoutError,
+  RetryableError,
+  PermanentError
+}

@@ -1,0 +1,17 @@
+// ESM entry: the same module as `require('tasker')`.
+import { createRequire } from 'node:module'
+const tasker = createRequire(import.meta.url)('./index.js')
+export const {
+  Engine,
+  Step,
+  TaskerError,
+  TemplateError,
+  ValidationError,
+  NotFoundError,
+  ConflictError,
+  DatabaseError,
+  TimeoutError,
+  RetryableError,
+  PermanentError
+} = tasker
+export default tasker

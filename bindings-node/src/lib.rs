@@ -1,0 +1,439 @@
+//! The native half of the `tasker` npm package (napi-rs). It converts types and nothing else:
+//! every decision is tasker-core's, every worker loop is core's host driver. Data crosses as
+//! JSON text (parsed by the JS half); every call that can wait returns a Promise and runs on
+//! napi's tokio runtime, never on the JS thread. Errors carry their kind as a `[tasker:KIND]`
+//! prefix that the JS half turns into `TaskerError` subclasses.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use serde_json::Value;
+use tasker_core::{
+    handler, host, Engine, EngineOptions, Error as CoreError, Event, HostDriver, HostOptions, Job,
+    JobKey, Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
+};
+use tokio::sync::broadcast;
+
+fn err(e: CoreError) -> napi::Error {
+    napi::Error::new(Status::GenericFailure, format!("[tasker:{}] {e}", e.kind()))
+}
+
+fn invalid(message: impl std::fmt::Display) -> napi::Error {
+    napi::Error::new(Status::InvalidArg, format!("[tasker:validation] {message}"))
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("json")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+/// How to open an engine.
+#[napi(object)]
+pub struct CoreOptions {
+    pub url: Option<String>,
+    pub environment: Option<String>,
+    pub schema: Option<String>,
+    pub lease_seconds: Option<f64>,
+    pub listen: Option<bool>,
+    pub strict_templates: Option<bool>,
+}
+
+/// A claimed job, as the JS half's `Step` is built from it.
+#[napi(object)]
+pub struct NativeJob {
+    pub task_id: i64,
+    pub step_id: i64,
+    pub attempt: u32,
+    pub position: u32,
+    pub name: String,
+    pub handler: String,
+    pub max_attempts: u32,
+    pub context: String,
+    pub results: String,
+    pub config: String,
+    pub custom_events: Vec<String>,
+}
+
+/// What `Driver.next` returns.
+#[napi(object)]
+pub struct NativeBatch {
+    pub jobs: Vec<NativeJob>,
+    pub done: bool,
+}
+
+/// What a run did.
+#[napi(object)]
+pub struct NativeStats {
+    pub completed: i64,
+    pub failed: i64,
+    pub stale: i64,
+    pub cycles: i64,
+}
+
+fn native_job(j: &Job) -> NativeJob {
+    NativeJob {
+        task_id: j.key.task_id,
+        step_id: j.key.step_id,
+        attempt: j.key.attempt,
+        position: j.key.position,
+        name: j.step_name.clone(),
+        handler: j.handler.clone(),
+        max_attempts: j.max_attempts,
+        context: json_text(&*j.context),
+        results: json_text(&j.results),
+        config: json_text(&*j.config),
+        custom_events: j.custom_events.to_vec(),
+    }
+}
+
+fn key(task_id: i64, step_id: i64, attempt: u32, position: u32) -> JobKey {
+    JobKey {
+        task_id,
+        step_id,
+        attempt,
+        position,
+    }
+}
+
+/// Opens (and migrates) the database.
+#[napi]
+pub async fn open(options: CoreOptions) -> Result<Core> {
+    let lease = options.lease_seconds.unwrap_or(30.0);
+    if !(lease.is_finite() && lease >= 0.1) {
+        return Err(invalid(format!(
+            "leaseSeconds must be at least 0.1, got {lease}"
+        )));
+    }
+    let opts = EngineOptions {
+        url: options.url,
+        environment: options.environment,
+        schema: options.schema,
+        listen: options.listen.unwrap_or(true),
+        strict_templates: options.strict_templates.unwrap_or(false),
+        lease: Duration::from_secs_f64(lease),
+        ..Default::default()
+    };
+    let engine = Engine::open_with(opts).await.map_err(err)?;
+    Ok(Core {
+        engine,
+        events: Arc::new(Mutex::new(None)),
+    })
+}
+
+/// The engine on a database.
+#[napi]
+pub struct Core {
+    engine: Engine,
+    events: Arc<Mutex<Option<broadcast::Receiver<Arc<Event>>>>>,
+}
+
+#[napi]
+impl Core {
+    #[napi]
+    pub async fn register_template_yaml(&self, text: String) -> Result<String> {
+        self.engine.register_template_yaml(&text).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn register_template_file(&self, path: String) -> Result<String> {
+        self.engine
+            .register_template_file(path.as_ref())
+            .await
+            .map_err(err)
+    }
+
+    #[napi]
+    pub async fn register_template_json(&self, text: String) -> Result<String> {
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| napi::Error::from_reason(format!("[tasker:template] template: {e}")))?;
+        self.engine.register_template_value(doc).await.map_err(err)
+    }
+
+    /// Creates a task from a JSON task request; resolves to its id.
+    #[napi]
+    pub async fn create_task(&self, request_json: String) -> Result<i64> {
+        let req: TaskRequest = parse("task request", &request_json)?;
+        self.engine.create_task(req).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn create_tasks(&self, requests_json: String) -> Result<Vec<i64>> {
+        let reqs: Vec<TaskRequest> = parse("task requests", &requests_json)?;
+        self.engine.create_tasks(reqs).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn get_task(&self, task_id: i64) -> Result<String> {
+        self.engine
+            .get_task(task_id)
+            .await
+            .map(|t| json_text(&t))
+            .map_err(err)
+    }
+
+    #[napi]
+    pub async fn list_tasks(&self, filter_json: String) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct F {
+            status: Option<String>,
+            name: Option<String>,
+            namespace: Option<String>,
+            limit: Option<i64>,
+            offset: Option<i64>,
+        }
+        let f: F = parse("listTasks options", &filter_json)?;
+        let state = f
+            .status
+            .map(|s| {
+                s.parse::<TaskState>()
+                    .map_err(|m| invalid(format!("status: {m}")))
+            })
+            .transpose()?;
+        let filter = TaskFilter {
+            state,
+            name: f.name,
+            namespace: f.namespace,
+            limit: Some(f.limit.unwrap_or(100)),
+            offset: Some(f.offset.unwrap_or(0)),
+        };
+        self.engine
+            .list_tasks(&filter)
+            .await
+            .map(|l| json_text(&l))
+            .map_err(err)
+    }
+
+    #[napi]
+    pub async fn cancel_task(&self, task_id: i64) -> Result<()> {
+        self.engine.cancel_task(task_id).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn retry_step(&self, task_id: i64, step: String) -> Result<()> {
+        self.engine.retry_step(task_id, &step).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn resolve_step_manually(
+        &self,
+        task_id: i64,
+        step: String,
+        results_json: String,
+    ) -> Result<()> {
+        let results: Value = parse("results", &results_json)?;
+        self.engine
+            .resolve_step_manually(task_id, &step, results)
+            .await
+            .map_err(err)
+    }
+
+    /// Waits up to `seconds` for the task to finish; resolves to its state then.
+    #[napi]
+    pub async fn wait_for_task(&self, task_id: i64, seconds: f64) -> Result<String> {
+        let t = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
+        match self.engine.wait_for_task(task_id, Some(t)).await {
+            Ok(s) => Ok(s.status.as_str().to_owned()),
+            Err(CoreError::Timeout(_)) => self
+                .engine
+                .get_task_state(task_id)
+                .await
+                .map(|s| s.as_str().to_owned())
+                .map_err(err),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Publishes a custom event from a running job.
+    #[napi]
+    pub fn publish_custom_event(
+        &self,
+        job: NativeJob,
+        name: String,
+        payload_json: String,
+    ) -> Result<()> {
+        let payload: Value = parse(&format!("custom event {name}: payload"), &payload_json)?;
+        self.engine
+            .publish_custom_event_for(
+                key(job.task_id, job.step_id, job.attempt, job.position),
+                &job.name,
+                &job.custom_events,
+                &name,
+                payload,
+            )
+            .map_err(err)
+    }
+
+    /// Starts collecting lifecycle events for `drainEvents`.
+    #[napi]
+    pub fn subscribe(&self) {
+        let mut g = self.events.lock().unwrap();
+        if g.is_none() {
+            *g = Some(self.engine.subscribe());
+        }
+    }
+
+    /// Events since the last call, as JSON objects, oldest first.
+    #[napi]
+    pub fn drain_events(&self) -> Vec<String> {
+        match self.events.lock().unwrap().as_mut() {
+            Some(rx) => host::drain_events(rx)
+                .iter()
+                .map(|e| json_text(&**e))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Starts the worker loop (core's host driver) for `handlers` (run in JS) plus the
+    /// built-in handlers (run in Rust). `mode`: "forever", "until_idle" or "until_task".
+    #[napi]
+    pub async fn start_driver(
+        &self,
+        handlers: Vec<String>,
+        concurrency: u32,
+        mode: String,
+        task_id: Option<i64>,
+        shutdown_grace_seconds: Option<f64>,
+    ) -> Result<Driver> {
+        if concurrency < 1 {
+            return Err(invalid(format!(
+                "concurrency must be at least 1, got {concurrency}"
+            )));
+        }
+        let mode = match (mode.as_str(), task_id) {
+            ("forever", _) => RunMode::Forever,
+            ("until_idle", _) => RunMode::UntilIdle,
+            ("until_task", Some(id)) => RunMode::UntilTask(id),
+            _ => {
+                return Err(invalid(format!(
+                    "unknown run mode {mode:?} (task {task_id:?})"
+                )))
+            }
+        };
+        let grace = shutdown_grace_seconds.unwrap_or(30.0).clamp(0.0, 86_400.0);
+        let opts = HostOptions {
+            concurrency: concurrency as usize,
+            mode,
+            host_handlers: handlers,
+            shutdown_grace: Duration::from_secs_f64(grace),
+            ..Default::default()
+        };
+        Ok(Driver {
+            driver: Arc::new(HostDriver::start(
+                self.engine.clone(),
+                Registry::with_builtins(),
+                opts,
+            )),
+        })
+    }
+
+    #[napi]
+    pub fn event_names() -> Vec<&'static str> {
+        tasker_core::state::all_event_names()
+    }
+
+    /// Checks a subscription: `*`, a lifecycle event or a custom event name.
+    #[napi]
+    pub fn check_subscription(name: String) -> Result<()> {
+        tasker_core::events::check_subscription(&name).map_err(invalid)
+    }
+}
+
+/// A running worker loop for this process's JS handlers.
+#[napi]
+pub struct Driver {
+    driver: Arc<HostDriver>,
+}
+
+#[napi]
+impl Driver {
+    /// Resolves (off the JS thread) with the jobs to start, once some are ready or after
+    /// `waitMs`; `done` when the run is over.
+    #[napi]
+    pub async fn next(&self, wait_ms: u32) -> Result<NativeBatch> {
+        let b = self
+            .driver
+            .next(Duration::from_millis(wait_ms as u64))
+            .await;
+        Ok(NativeBatch {
+            jobs: b.jobs.iter().map(native_job).collect(),
+            done: b.done,
+        })
+    }
+
+    /// The handler of this job starts now (its timeout counts from here).
+    #[napi]
+    pub fn started(&self, task_id: i64, step_id: i64, attempt: u32, position: u32) {
+        self.driver
+            .started(key(task_id, step_id, attempt, position));
+    }
+
+    /// The handler finished: `ok` with the results as JSON text, or a failure
+    /// `{message, kind, retry_after_seconds?, detail?}` as JSON text.
+    #[napi]
+    pub fn finished(
+        &self,
+        task_id: i64,
+        step_id: i64,
+        attempt: u32,
+        position: u32,
+        ok: bool,
+        payload: String,
+    ) {
+        let outcome = if ok {
+            match serde_json::from_str(&payload) {
+                Ok(v) => Outcome::Complete(v),
+                Err(e) => Outcome::Failed(handler::not_json(e)),
+            }
+        } else {
+            match serde_json::from_str::<StepFailure>(&payload) {
+                Ok(f) => Outcome::Failed(f),
+                Err(e) => Outcome::Failed(StepFailure::retryable(format!(
+                    "the handler's failure could not be read: {e}"
+                ))),
+            }
+        };
+        self.driver
+            .finished(key(task_id, step_id, attempt, position), outcome);
+    }
+
+    /// The handler's value does not convert to JSON (`reason` says why).
+    #[napi]
+    pub fn finished_not_json(
+        &self,
+        task_id: i64,
+        step_id: i64,
+        attempt: u32,
+        position: u32,
+        reason: String,
+    ) {
+        self.driver.finished(
+            key(task_id, step_id, attempt, position),
+            Outcome::Failed(handler::not_json(reason)),
+        );
+    }
+
+    /// Stops claiming; running handlers get the grace period, then are reported.
+    #[napi]
+    pub fn shutdown(&self) {
+        self.driver.shutdown();
+    }
+
+    /// Resolves when the run is over.
+    #[napi]
+    pub async fn join(&self) -> Result<NativeStats> {
+        let s = self.driver.join().await.map_err(err)?;
+        Ok(NativeStats {
+            completed: s.completed as i64,
+            failed: s.failed as i64,
+            stale: s.stale as i64,
+            cycles: s.cycles as i64,
+        })
+    }
+}
