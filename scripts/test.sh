@@ -47,4 +47,19 @@ step "Python: pytest on SQLite"
 step "Python: pytest on PostgreSQL"
 (cd bindings-python && TASKER_TEST_BACKEND=postgres "$VENV/bin/python" -m pytest -q tests)
 
+step "Node: npm install ./bindings-node (cargo builds the addon), TypeScript for the example"
+# The package's install script builds the addon; run it explicitly too, so a future npm that
+# holds back install scripts cannot leave a stale addon.
+node bindings-node/scripts/build.js
+npm install --no-save --no-package-lock --no-audit --no-fund ./bindings-node typescript@5 @types/node@20
+
+step "Node: tsc --noEmit on examples/node (the types cover the whole surface)"
+node_modules/.bin/tsc -p examples/node
+
+step "Node: node --test on SQLite"
+(cd bindings-node && TASKER_PYTHON="$VENV/bin/python" node --test test/*.test.mjs)
+
+step "Node: node --test on PostgreSQL (two workers and kill -9, a Python and a Node worker on one task)"
+(cd bindings-node && TASKER_PYTHON="$VENV/bin/python" TASKER_TEST_BACKEND=postgres node --test test/*.test.mjs)
+
 step "all tests passed"

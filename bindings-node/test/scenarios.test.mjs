@@ -1,0 +1,201 @@
+// The Python package's scenarios, in JavaScript, on the backend under test.
+import test from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import {
+  Engine, RetryableError, PermanentError, TaskerError, TemplateError, ValidationError,
+  NotFoundError, ConflictError, TimeoutError
+} from 'tasker'
+import { freshEngine, step } from './helpers.mjs'
+
+const DIAMOND = `
+name: diamond
+step_templates:
+  - {name: a, handler_class: sum}
+  - {name: b, handler_class: sum, depends_on_step: a}
+  - {name: c, handler_class: sum, depends_on_step: a}
+  - {name: d, handler_class: sum, depends_on_steps: [b, c]}
+`
+const sum = (s) => ({ v: 1 + (Object.keys(s.results).length ? Object.values(s.results).reduce((n, r) => n + r.v, 0) : s.context.seed) })
+
+test('a diamond with sync handlers computes checkable values', async () => {
+  const engine = freshEngine()
+  assert.equal(await engine.registerTemplate(DIAMOND), 'default.diamond@0.1.0')
+  engine.handler('sum', sum)
+  const t = await engine.runUntilComplete(await engine.createTask('diamond', { seed: 1 }), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(step(t, 'd').results, { v: 7 })
+})
+
+test('async and sync handlers mix; promises resolve on the JS thread', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate(DIAMOND)
+  engine.handler('sum', async (s) => { await new Promise((r) => setTimeout(r, 5)); return sum(s) })
+  const t = await engine.runUntilComplete(await engine.createTask('diamond', { seed: 10 }), { timeout: 30 })
+  assert.deepEqual(step(t, 'd').results, { v: 25 })
+})
+
+test('a flaky step retries honouring retryAfter, then succeeds', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate({ name: 'flaky', steps: [{ name: 'f', retry: { max_attempts: 3 } }] })
+  const seen = []
+  engine.handler('f', (s) => { seen.push(s.attempt); if (s.attempt < 3) throw new RetryableError(`try ${s.attempt}`, { retryAfter: 0.05 }); return 'ok' })
+  const t = await engine.runUntilComplete(await engine.createTask('flaky'), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(seen, [1, 2, 3])
+})
+
+test('a permanent error is never retried and blocks the task', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate({ name: 'perm', steps: [{ name: 'p' }, { name: 'after', dependencies: ['p'] }] })
+  let calls = 0
+  engine.handler('p', () => { calls++; throw new PermanentError('card declined') })
+  engine.handler('after', () => 'never')
+  const t = await engine.runUntilComplete(await engine.createTask('perm'), { timeout: 30 })
+  assert.equal(t.status, 'error')
+  assert.equal(calls, 1)
+  assert.deepEqual([step(t, 'p').error.kind, step(t, 'p').error.message], ['permanent', 'card declined'])
+  assert.equal(step(t, 'after').status, 'pending')
+})
+
+test('a thrown error or a rejected promise keeps its class, message and stack', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate({ name: 'boom', steps: [{ name: 's', retry: { max_attempts: 1 } }, { name: 'r', retry: { max_attempts: 1 } }] })
+  engine.handler('s', () => { throw new TypeError('bad input') })
+  engine.handler('r', async () => { throw new RangeError('out of range') })
+  const t = await engine.runUntilComplete(await engine.createTask('boom'), { timeout: 30 })
+  const s = step(t, 's').error
+  assert.equal(s.message, 'TypeError: bad input')
+  assert.equal(s.detail.exception, 'TypeError')
+  assert.match(s.detail.stack, /TypeError: bad input\n\s+at /)
+  assert.equal(step(t, 'r').error.detail.exception, 'RangeError')
+})
+
+test('a result that is not JSON fails the step with a clear message; the process survives', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate({ name: 'nj', steps: ['big', 'cycle', 'fn'].map((n) => ({ name: n, retry: { max_attempts: 1 } })) })
+  engine.handler('big', () => ({ n: 10n }))
+  engine.handler('cycle', () => { const o = {}; o.self = o; return o })
+  engine.handler('fn', () => () => 1)
+  const t = await engine.runUntilComplete(await engine.createTask('nj'), { timeout: 30 })
+  for (const n of ['big', 'cycle', 'fn']) {
+    const e = step(t, n).error
+    assert.equal(e.kind, 'permanent', n)
+    assert.match(e.message, /the handler returned a value that is not JSON/, n)
+  }
+  assert.match(step(t, 'big').error.message, /BigInt/)
+  assert.match(step(t, 'cycle').error.message, /circular/)
+})
+
+test('cancel, retry and resolve; errors are TaskerError subclasses', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate({ name: 'ops', steps: [{ name: 'x', retry: { max_attempts: 1 } }, { name: 'y', dependencies: ['x'] }] })
+  engine.handler('x', () => { throw new Error('down') })
+  engine.handler('y', (s) => ({ saw: s.results.x }))
+  const id = await engine.createTask('ops')
+  assert.equal((await engine.runUntilComplete(id, { timeout: 30 })).status, 'error')
+  await assert.rejects(engine.retryStep(id, 'y'), (e) => e instanceof ConflictError && e instanceof TaskerError)
+  await assert.rejects(engine.retryStep(id, 'nope'), NotFoundError)
+  await assert.rejects(engine.getTask(999999), NotFoundError)
+  await engine.resolveStepManually(id, 'x', { fixed: true })
+  const t = await engine.runUntilComplete(id, { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(step(t, 'y').results, { saw: { fixed: true } })
+  const id2 = await engine.createTask('ops')
+  await engine.cancelTask(id2)
+  assert.equal((await engine.getTask(id2)).status, 'cancelled')
+  await assert.rejects(engine.cancelTask(id2), ConflictError)
+  const listed = await engine.listTasks({ status: 'cancelled' })
+  assert.deepEqual(listed.map((t) => t.id), [id2])
+})
+
+test('idempotency keys, bypassed steps, schema violations, bad templates', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate(`
+name: order
+schema: {type: object, required: [n], properties: {n: {type: integer}, when: {type: string, format: date}, mode: {type: string, default: fast}}}
+step_templates:
+  - {name: gift, skippable: true}
+  - {name: pay}
+`)
+  const a = await engine.createTask('order', { n: 1 }, { idempotencyKey: 'k1', bypassSteps: ['gift'], tags: ['x'] })
+  assert.equal(await engine.createTask('order', { n: 2 }, { idempotencyKey: 'k1' }), a)
+  const t = await engine.getTask(a)
+  assert.equal(step(t, 'gift').status, 'resolved_manually')
+  assert.equal(t.context.mode, 'fast', 'schema defaults are filled in')
+  await assert.rejects(engine.createTask('order', { n: 'one', when: 'soon' }), (e) => e instanceof ValidationError && /\/n/.test(e.message) && /\/when/.test(e.message))
+  await assert.rejects(engine.createTask('order', {}, { nope: 1 }), /unknown option nope/)
+  await assert.rejects(engine.registerTemplate('name: bad\nstep_templates:\n  - {name: a, depends_on_step: zz}\n'), (e) => e instanceof TemplateError && /unknown step "zz"/.test(e.message))
+  await assert.rejects(engine.registerTemplate('name: [unclosed'), TemplateError)
+  await assert.rejects(engine.registerTemplate('/no/such/file.yaml'), /No such file/)
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tasker-node-tpl-'))
+  fs.writeFileSync(path.join(dir, 't.yaml'), 'name: f\nstep_templates:\n  - {name: y}\n')
+  assert.equal(await engine.registerTemplate(path.join(dir, 't.yaml')), 'default.f@0.1.0')
+})
+
+test('built-in command steps run beside JS handlers', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate(`
+name: mixed
+step_templates:
+  - {name: sh, handler_class: command, handler_config: {command: "printf '{\\"from\\": \\"sh\\"}'"}}
+  - {name: js, depends_on_step: sh}
+`)
+  engine.handler('js', (s) => ({ got: s.results.sh }))
+  const t = await engine.runUntilComplete(await engine.createTask('mixed'), { timeout: 30 })
+  assert.deepEqual(step(t, 'js').results, { got: { from: 'sh' } })
+})
+
+test('events reach subscribers once per transition; custom events too', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate(`
+name: ev
+custom_events: [{name: order.shipped}]
+step_templates:
+  - {name: ship}
+`)
+  const seen = []
+  const shipped = []
+  engine.on('*', (e) => seen.push(e.name))
+  engine.on('order.shipped', (e) => shipped.push(e.metadata.payload))
+  assert.throws(() => engine.on('step.exploded', () => {}), /unknown event/)
+  engine.handler('ship', (s) => {
+    s.publishCustomEvent('order.shipped', { carrier: 'ups' })
+    assert.throws(() => s.publishCustomEvent('order.lost'), (e) => e instanceof ValidationError && /declares only order.shipped/.test(e.message))
+    return 1
+  })
+  await engine.runUntilComplete(await engine.createTask('ev'), { timeout: 30 })
+  assert.deepEqual(shipped, [{ carrier: 'ups' }])
+  for (const n of ['task.initialize_requested', 'step.execution_requested', 'step.completed', 'task.completed']) {
+    assert.equal(seen.filter((x) => x === n).length, 1, n)
+  }
+})
+
+test('runUntilComplete times out with TimeoutError', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate('name: stuck\nstep_templates:\n  - {name: nobody_handles_this}\n')
+  await assert.rejects(engine.runUntilComplete(await engine.createTask('stuck'), { timeout: 0.3 }), TimeoutError)
+})
+
+test('createTasks, waitForTask while a worker runs, and an AbortSignal stops it', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate('name: job\nstep_templates:\n  - {name: noop}\n')
+  engine.handler('noop', (s) => ({ i: s.context.i }))
+  const ids = await engine.createTasks(Array.from({ length: 30 }, (_, i) => ({ name: 'job', context: { i } })))
+  const ac = new AbortController()
+  const worker = engine.runWorker({ concurrency: 4, signal: ac.signal })
+  for (const [i, id] of ids.entries()) assert.deepEqual(step(await engine.waitForTask(id, { timeout: 30 }), 'noop').results, { i })
+  ac.abort()
+  await worker
+  await assert.rejects(engine.waitForTask(await engine.createTask('job', { i: 99 }), { timeout: 0.3 }), TimeoutError)
+})
+
+test('a timeout counts from the handler start', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate({ name: 'slow', steps: [{ name: 's', timeout_seconds: 0.2, retry: { max_attempts: 1 } }] })
+  engine.handler('s', () => new Promise((resolve) => setTimeout(() => resolve('late'), 1000)))
+  const t = await engine.runUntilComplete(await engine.createTask('slow'), { timeout: 30 })
+  assert.equal(step(t, 's').error.kind, 'timeout')
+})
