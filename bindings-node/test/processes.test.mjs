@@ -192,3 +192,27 @@ test('the README quickstart example runs', () => {
   assert.equal(r.status, 0, r.stderr)
   assert.equal(r.stdout.trim(), 'HELLO WORLD!')
 }, { skip: !fs.existsSync(path.join(REPO, 'node_modules/tasker')) && 'npm install ./bindings-node at the repository root first (scripts/test.sh does)' })
+
+test('npm pack makes a tarball with the built addon that installs and runs without Rust', { skip: BACKEND === 'postgres' && 'backend-independent: runs in the SQLite pass' }, () => {
+  const dir = tmp()
+  const pack = spawnSync('npm', ['pack', '--pack-destination', dir, '--silent'], { cwd: PKG, encoding: 'utf8', timeout: 600_000 })
+  assert.equal(pack.status, 0, pack.stderr)
+  const tgz = path.join(dir, pack.stdout.trim().split('\n').pop())
+  const proj = path.join(dir, 'proj')
+  fs.mkdirSync(proj)
+  fs.writeFileSync(path.join(proj, 'package.json'), '{"name": "proj", "version": "1.0.0", "private": true}')
+  // No cargo on PATH: the tarball must not need it.
+  const env = { ...process.env, PATH: path.dirname(process.execPath) + ':/usr/bin:/bin' }
+  const inst = spawnSync('npm', ['install', '--no-audit', '--no-fund', tgz], { cwd: proj, encoding: 'utf8', env, timeout: 120_000 })
+  assert.equal(inst.status, 0, inst.stderr)
+  const db = path.join(proj, 't.db')
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', `
+import { Engine } from 'tasker'
+const e = new Engine('sqlite://${db}')
+await e.registerTemplate('name: one\\nstep_templates:\\n  - {name: only}\\n')
+e.handler('only', () => 41 + 1)
+console.log((await e.runUntilComplete(await e.createTask('one'))).steps[0].results)
+`], { cwd: proj, encoding: 'utf8', timeout: 60_000 })
+  assert.equal(run.status, 0, run.stderr)
+  assert.equal(run.stdout.trim(), '42')
+})
