@@ -8,8 +8,11 @@
 //!
 //! Each repetition runs on a fresh database (SQLite: a new file; PostgreSQL: a new schema,
 //! dropped afterwards). Every figure printed is the median over the repetitions. A baseline is
-//! measured in the same run: single-row durable commits per second on the same database, so
-//! figures can be read as ratios on a noisy machine.
+//! measured in the same run, through the driver the engine uses (rusqlite on SQLite, sqlx on
+//! PostgreSQL): single-row durable commits per second on the same database, so figures can be
+//! read as ratios on a noisy machine. The conditions (SQLite `synchronous`; PostgreSQL
+//! `fsync`, `synchronous_commit`, `full_page_writes`; prefetch, including `TASKER_PREFETCH`)
+//! are printed, and figures from a non-durable set-up are refused unless `--allow-unsafe`.
 //!
 //! With `--workers 1` (default) the worker runs in the benchmark process and the clock runs from
 //! the first handler start to the moment the worker finds nothing left. With `--workers N > 1`
@@ -39,6 +42,8 @@ struct Args {
     workers: usize,
     durability: Durability,
     scale: f64,
+    /// Report figures measured without durable commits (marked NOT DURABLE).
+    allow_unsafe: bool,
 }
 
 fn arg_value(it: &mut impl Iterator<Item = String>, flag: &str) -> String {
@@ -55,6 +60,7 @@ fn parse_args() -> Args {
         workers: 1,
         durability: Durability::Full,
         scale: 1.0,
+        allow_unsafe: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -87,8 +93,9 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| die("--scale takes a number"))
             }
+            "--allow-unsafe" => a.allow_unsafe = true,
             "-h" | "--help" => {
-                println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F]");
+                println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F] [--allow-unsafe]");
                 std::process::exit(0);
             }
             other => die(&format!("unknown argument {other:?} (try --help)")),
@@ -564,29 +571,23 @@ async fn baseline(a: &Args) -> Metrics {
             Durability::Normal => "NORMAL",
             Durability::Off => "OFF",
         };
-        let mut c = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url))
-            .await
-            .unwrap();
-        sqlx::query("PRAGMA journal_mode=WAL")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA synchronous={sync}")))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        t0 = Instant::now();
-        for i in 0..n {
-            sqlx::query("INSERT INTO t (v) VALUES (?)")
-                .bind(format!("{{\"i\":{i}}}"))
-                .execute(&mut c)
-                .await
+        let path = db.url.trim_start_matches("sqlite://").to_owned();
+        let (start, _) = tokio::task::spawn_blocking(move || {
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            c.pragma_update(None, "synchronous", sync).unwrap();
+            c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", [])
                 .unwrap();
-        }
+            let t0 = Instant::now();
+            let mut stmt = c.prepare("INSERT INTO t (v) VALUES (?1)").unwrap();
+            for i in 0..n {
+                stmt.execute([format!("{{\"i\":{i}}}")]).unwrap();
+            }
+            (t0, ())
+        })
+        .await
+        .unwrap();
+        t0 = start;
     }
     let m = BTreeMap::from([("commits_per_s", n as f64 / t0.elapsed().as_secs_f64())]);
     db.drop().await;
@@ -631,6 +632,54 @@ async fn worker_mode(args: Vec<String>) {
     );
 }
 
+/// What the figures were measured with, and whether every commit was durable.
+async fn conditions(a: &Args) -> (String, bool) {
+    let prefetch = std::env::var("TASKER_PREFETCH").ok();
+    let mut out = format!(
+        "worker concurrency {CONCURRENCY}, prefetch {}, batch window 1 ms",
+        match &prefetch {
+            Some(p) => format!("{p} (TASKER_PREFETCH)"),
+            None => format!("{} (default)", 2 * CONCURRENCY),
+        }
+    );
+    let durable;
+    if a.backend == "postgres" {
+        let mut c = sqlx::PgConnection::connect(a.pg_url.as_deref().unwrap())
+            .await
+            .unwrap_or_else(|e| die(&format!("--pg-url: {e}")));
+        let mut vals = Vec::new();
+        for name in [
+            "fsync",
+            "synchronous_commit",
+            "full_page_writes",
+            "wal_sync_method",
+        ] {
+            let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            vals.push(v);
+        }
+        let [fsync, sync_commit, fpw, method] = <[String; 4]>::try_from(vals).unwrap();
+        durable = fsync == "on" && sync_commit != "off" && fpw == "on";
+        out = format!(
+            "PostgreSQL fsync={fsync} synchronous_commit={sync_commit} full_page_writes={fpw} wal_sync_method={method}; {out}"
+        );
+    } else {
+        durable = matches!(a.durability, Durability::Full);
+        out = format!(
+            "SQLite WAL synchronous={:?}{}; {out}",
+            a.durability,
+            if durable {
+                " (commits that record outcomes or create tasks are fsynced; claim-only commits are not)"
+            } else {
+                ""
+            }
+        );
+    }
+    (out, durable)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let m = v.len() / 2;
@@ -649,6 +698,13 @@ async fn main() {
         return;
     }
     let args = parse_args();
+    let (conds, durable) = conditions(&args).await;
+    eprintln!("# conditions: {conds}");
+    if !durable && !args.allow_unsafe {
+        die(&format!(
+            "refusing to report figures measured without durable commits ({conds}); pass --allow-unsafe to measure anyway (they are then marked NOT DURABLE)"
+        ));
+    }
     let mut cells: Vec<String> = vec!["BASELINE".into()];
     cells.extend(args.workloads.iter().cloned());
     let mut results: BTreeMap<String, Vec<Metrics>> = BTreeMap::new();
@@ -672,12 +728,13 @@ async fn main() {
             .collect(),
     );
     println!(
-        "# tasker-bench: {} ({}), Rust no-op handlers, {} worker(s) x concurrency {CONCURRENCY}, medians of {} reps",
+        "# tasker-bench: {}, Rust no-op handlers, {} worker(s), medians of {} reps{}",
         args.backend,
-        if args.backend == "sqlite" { format!("{:?} durability", args.durability) } else { "server durability settings".into() },
         args.workers,
-        args.reps
+        args.reps,
+        if durable { "" } else { " -- NOT DURABLE" }
     );
+    println!("# conditions: {conds}");
     for (cell, reps) in &results {
         let keys: Vec<&str> = reps[0].keys().copied().collect();
         for k in keys {

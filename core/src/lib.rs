@@ -17,7 +17,6 @@
 //!   heartbeats, timeouts, database outages, graceful shutdown, built-in handlers, events);
 //! * [`handler`]: Rust handlers, the registry, and `execute` (timeout, panics);
 //! * [`worker`]: the host driver with Rust handlers;
-//! * [`readiness`]: the counter rule in memory, for analysis and benchmarks;
 //! * [`events`]: lifecycle events for in-process subscribers;
 //! * [`builtin`]: the `command` and `http` step handlers every host gets;
 //! * [`diagram`]: Mermaid flowcharts of templates and tasks.
@@ -32,7 +31,6 @@ pub mod events;
 pub mod handler;
 pub mod host;
 pub mod protocol;
-pub mod readiness;
 pub mod state;
 pub mod store;
 pub mod template;
