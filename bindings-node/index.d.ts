@@ -146,6 +146,8 @@ export declare class Engine {
   on(event: string, fn: (event: TaskerEvent) => void): this
   createTask(name: string, context?: { [key: string]: Json }, options?: CreateTaskOptions): Promise<number>
   createTasks(requests: TaskRequest[]): Promise<number[]>
+  /** What the database says commits get (PostgreSQL fsync/synchronous_commit/full_page_writes, SQLite synchronous). */
+  durability(): Promise<{ description: string, durable: boolean }>
   getTask(id: number): Promise<TaskSnapshot>
   listTasks(options?: ListTasksOptions): Promise<TaskSummary[]>
   cancelTask(id: number): Promise<void>

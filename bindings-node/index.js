@@ -246,6 +246,11 @@ class Engine {
     return call(core.createTasks(jsonText('task requests', reqs)))
   }
 
+  /** What the database says commits get: {description, durable}. */
+  async durability () {
+    return call(async () => (await this._core()).durability())
+  }
+
   async getTask (id) {
     const core = await this._core()
     return JSON.parse(await call(core.getTask(id)))

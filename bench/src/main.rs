@@ -642,41 +642,14 @@ async fn conditions(a: &Args) -> (String, bool) {
             None => format!("{} (default)", 2 * CONCURRENCY),
         }
     );
-    let durable;
-    if a.backend == "postgres" {
-        let mut c = sqlx::PgConnection::connect(a.pg_url.as_deref().unwrap())
-            .await
-            .unwrap_or_else(|e| die(&format!("--pg-url: {e}")));
-        let mut vals = Vec::new();
-        for name in [
-            "fsync",
-            "synchronous_commit",
-            "full_page_writes",
-            "wal_sync_method",
-        ] {
-            let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}")))
-                .fetch_one(&mut c)
-                .await
-                .unwrap();
-            vals.push(v);
-        }
-        let [fsync, sync_commit, fpw, method] = <[String; 4]>::try_from(vals).unwrap();
-        durable = fsync == "on" && sync_commit != "off" && fpw == "on";
-        out = format!(
-            "PostgreSQL fsync={fsync} synchronous_commit={sync_commit} full_page_writes={fpw} wal_sync_method={method}; {out}"
-        );
-    } else {
-        durable = matches!(a.durability, Durability::Full);
-        out = format!(
-            "SQLite WAL synchronous={:?}{}; {out}",
-            a.durability,
-            if durable {
-                " (commits that record outcomes or create tasks are fsynced; claim-only commits are not)"
-            } else {
-                ""
-            }
-        );
-    }
+    // Read from a fresh database by the engine itself: the conditions the figures get.
+    let db = fresh_db(a);
+    let engine = db.open(a.durability).await;
+    let report = engine.durability().await.unwrap();
+    drop(engine);
+    db.drop().await;
+    let durable = report.durable;
+    out = format!("{}; {out}", report.description);
     (out, durable)
 }
 

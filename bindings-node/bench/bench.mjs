@@ -14,9 +14,10 @@ import { Engine, PermanentError } from 'tasker'
 
 const CONCURRENCY = 10
 const CHAIN = 100
-const args = { backend: 'sqlite', pgUrl: process.env.DATABASE_URL, workload: 'W1,W2,W3,W4', reps: 3 }
+const args = { backend: 'sqlite', pgUrl: process.env.DATABASE_URL, workload: 'W1,W2,W3,W4', reps: 3, allowUnsafe: false }
 for (let i = 2; i < process.argv.length; i += 2) {
   const [k, v] = [process.argv[i], process.argv[i + 1]]
+  if (k === '--allow-unsafe') { args.allowUnsafe = true; i--; continue }
   if (k === '--backend') args.backend = v
   else if (k === '--pg-url') args.pgUrl = v
   else if (k === '--workload') args.workload = v
@@ -107,6 +108,14 @@ async function latency () {
   return { p50_ms: pct(50), p95_ms: pct(95), p99_ms: pct(99) }
 }
 
+const dur = await fresh().durability()
+const conditions = `${dur.description}; worker concurrency ${CONCURRENCY}, prefetch ${2 * CONCURRENCY}, batch window 1 ms`
+console.error(`# conditions: ${conditions}`)
+if (!dur.durable && !args.allowUnsafe) {
+  console.error(`refusing to report figures measured without durable commits (${dur.description}); pass --allow-unsafe`)
+  process.exit(2)
+}
+
 const results = new Map()
 for (let rep = 0; rep < args.reps; rep++) {
   for (const w of args.workload.split(',')) {
@@ -120,5 +129,6 @@ for (let rep = 0; rep < args.reps; rep++) {
   }
 }
 const median = (v) => { const s = [...v].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2 }
-console.log(`# node handlers, ${args.backend}, concurrency ${CONCURRENCY}, medians of ${args.reps}`)
+console.log(`# node handlers, ${args.backend}, medians of ${args.reps}${dur.durable ? '' : ' -- NOT DURABLE'}`)
+console.log(`# conditions: ${conditions}`)
 for (const [k, v] of [...results.entries()].sort()) console.log(`${k} ${median(v).toFixed(3)} [reps: ${v.map((x) => x.toFixed(3)).join(', ')}]`)

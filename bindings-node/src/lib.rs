@@ -66,6 +66,13 @@ pub struct NativeBatch {
     pub done: bool,
 }
 
+/// The durability commits get.
+#[napi(object)]
+pub struct NativeDurability {
+    pub description: String,
+    pub durable: bool,
+}
+
 /// What a run did.
 #[napi(object)]
 pub struct NativeStats {
@@ -231,6 +238,16 @@ impl Core {
             .resolve_step_manually(task_id, &step, results)
             .await
             .map_err(err)
+    }
+
+    /// The durability commits get, as the database reports it.
+    #[napi]
+    pub async fn durability(&self) -> Result<NativeDurability> {
+        let d = self.engine.durability().await.map_err(err)?;
+        Ok(NativeDurability {
+            description: d.description,
+            durable: d.durable,
+        })
     }
 
     /// Waits up to `seconds` for the task to finish; resolves to its state then.

@@ -137,9 +137,15 @@ def main():
     ap.add_argument("--mode", default="sync", choices=["sync", "async"])
     ap.add_argument("--workload", default="W1,W2,W3,W4")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--allow-unsafe", action="store_true", help="report figures from a non-durable database (marked NOT DURABLE)")
     args = ap.parse_args()
     if args.backend == "postgres" and not args.pg_url:
         sys.exit("--backend postgres needs --pg-url or DATABASE_URL")
+    d = tasker.Engine(**fresh(args)).durability()
+    conditions = f"{d['description']}; worker concurrency {CONCURRENCY}, prefetch {2 * CONCURRENCY}, batch window 1 ms"
+    print(f"# conditions: {conditions}", file=sys.stderr)
+    if not d["durable"] and not args.allow_unsafe:
+        sys.exit(f"refusing to report figures measured without durable commits ({d['description']}); pass --allow-unsafe")
     results = {}
     for rep in range(args.reps):
         for w in args.workload.split(","):
@@ -147,7 +153,8 @@ def main():
             print(f"rep {rep + 1} {w}: " + " ".join(f"{k}={v:.3f}" for k, v in m.items()), file=sys.stderr)
             for k, v in m.items():
                 results.setdefault((w, k), []).append(v)
-    print(f"# python {args.mode} handlers, {args.backend}, concurrency {CONCURRENCY}, medians of {args.reps}")
+    print(f"# python {args.mode} handlers, {args.backend}, medians of {args.reps}{'' if d['durable'] else ' -- NOT DURABLE'}")
+    print(f"# conditions: {conditions}")
     for (w, k), vals in sorted(results.items()):
         print(f"{w} {k} {statistics.median(vals):.3f} [reps: {', '.join(f'{v:.3f}' for v in vals)}]")
 

@@ -400,6 +400,14 @@ impl Core {
         })
     }
 
+    /// The durability commits get, as the database reports it: (description, durable).
+    fn durability(&self, py: Python<'_>) -> PyResult<(String, bool)> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.durability().await.map(|d| (d.description, d.durable))
+        })
+    }
+
     /// Waits (without the GIL) up to `seconds` for the task to finish; returns its state.
     fn wait_for_task(&self, py: Python<'_>, task_id: i64, seconds: f64) -> PyResult<String> {
         let e = self.engine.clone();

@@ -1179,3 +1179,34 @@ step_templates:
     names.sort();
     assert_eq!(names, ["bad", "later", "next"]);
 }
+
+#[tokio::test]
+async fn the_engine_reports_the_durability_its_commits_get() {
+    let h = Harness::new().await;
+    let d = h.engine.durability().await.unwrap();
+    match tasker_conformance::backend().as_str() {
+        "postgres" => {
+            let want = d.description.contains("fsync=on")
+                && !d.description.contains("synchronous_commit=off")
+                && d.description.contains("full_page_writes=on");
+            assert_eq!(d.durable, want, "{}", d.description);
+        }
+        _ => {
+            assert!(d.durable, "{}", d.description);
+            assert!(
+                d.description.contains("synchronous=FULL"),
+                "{}",
+                d.description
+            );
+            assert!(
+                d.description.contains("journal_mode=wal"),
+                "{}",
+                d.description
+            );
+        }
+    }
+    let h = Harness::with(|o| o.durability(tasker_core::Durability::Off)).await;
+    if tasker_conformance::backend() == "sqlite" {
+        assert!(!h.engine.durability().await.unwrap().durable);
+    }
+}

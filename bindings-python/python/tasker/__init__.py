@@ -302,6 +302,13 @@ class Engine:
         returns once the steps in flight finish."""
         self._stop.set()
 
+    def durability(self) -> Dict[str, Any]:
+        """What the database says commits get: ``{"description": ..., "durable": bool}``
+        (PostgreSQL ``fsync``/``synchronous_commit``/``full_page_writes``; SQLite
+        ``synchronous``)."""
+        description, durable = self._core.durability()
+        return {"description": description, "durable": durable}
+
     def get_task(self, task_id: int) -> Dict[str, Any]:
         """The task's snapshot: ``{id, name, namespace, version, status, context, steps: [{name,
         status, attempts, results, error, ...}], ...}``."""

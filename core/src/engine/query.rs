@@ -179,6 +179,13 @@ impl Engine {
             .collect())
     }
 
+    /// The durability commits get, as the database reports it (for benchmarks and health
+    /// checks): PostgreSQL's `fsync`, `synchronous_commit`, `full_page_writes`; SQLite's
+    /// `synchronous`.
+    pub async fn durability(&self) -> Result<crate::store::DurabilityReport> {
+        self.inner.store.durability().await
+    }
+
     /// Statements sent to the database by this engine so far (PostgreSQL: one round trip
     /// each); 0 on SQLite, where statements are function calls.
     pub fn database_statements(&self) -> u64 {

@@ -229,6 +229,15 @@ pub struct TemplateRow {
     pub created_at: i64,
 }
 
+/// What [`Store::durability`] found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DurabilityReport {
+    /// e.g. `PostgreSQL fsync=on synchronous_commit=on full_page_writes=on ...`.
+    pub description: String,
+    /// True when commits that record outcomes or create tasks are durable.
+    pub durable: bool,
+}
+
 /// A database behind the engine.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -251,6 +260,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>>;
     /// The earliest lease expiry among running steps, if any.
     async fn next_lease_expiry(&self) -> Result<Option<i64>>;
+    /// The durability commits get, read from the database itself: a description and whether
+    /// every commit that records outcomes reaches the disk.
+    async fn durability(&self) -> Result<DurabilityReport>;
     /// Statements sent to the database so far (PostgreSQL: round trips), for benchmarks; 0
     /// where not counted.
     fn statements(&self) -> u64 {

@@ -387,6 +387,29 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn durability(&self) -> Result<DurabilityReport> {
+        let mut vals = Vec::new();
+        for name in [
+            "fsync",
+            "synchronous_commit",
+            "full_page_writes",
+            "wal_sync_method",
+        ] {
+            let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+                .fetch_one(&self.pool)
+                .await?;
+            vals.push(v);
+        }
+        let durable = vals[0] == "on" && vals[1] != "off" && vals[2] == "on";
+        Ok(DurabilityReport {
+            description: format!(
+                "PostgreSQL fsync={} synchronous_commit={} full_page_writes={} wal_sync_method={}",
+                vals[0], vals[1], vals[2], vals[3]
+            ),
+            durable,
+        })
+    }
+
     fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }

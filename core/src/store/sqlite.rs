@@ -496,6 +496,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn durability(&self) -> Result<DurabilityReport> {
+        let journal: String = self
+            .read(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
+            .await?;
+        let durable = matches!(self.durability, Durability::Full);
+        Ok(DurabilityReport {
+            description: format!(
+                "SQLite journal_mode={journal} synchronous={}{}",
+                self.durability.pragma(),
+                if durable {
+                    " (commits that record outcomes or create tasks are fsynced; claim-only commits are not)"
+                } else {
+                    ""
+                }
+            ),
+            durable,
+        })
+    }
+
     async fn next_lease_expiry(&self) -> Result<Option<i64>> {
         self.read(|c| {
             Ok(c.prepare_cached(
