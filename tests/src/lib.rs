@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tasker_core::{Claim, Engine, EngineOptions, ManualClock, Outcome, Registry, Report};
+use tasker_core::{Claim, Engine, EngineOptions, Job, ManualClock, Outcome, Registry, Report};
 
 /// An engine on a throwaway database, with a clock tests move by hand.
 pub struct Harness {
@@ -109,6 +109,20 @@ impl Harness {
             .register_template_yaml(yaml)
             .await
             .expect("register template")
+    }
+
+    /// Claims up to `max` ready steps (any handler) as worker `worker`, nothing reported.
+    pub async fn claim(&self, worker: &str, max: usize) -> Vec<Job> {
+        let claim = Claim {
+            worker_id: worker.into(),
+            max,
+            handlers: None,
+        };
+        self.engine
+            .report(&[], Some(&claim))
+            .await
+            .expect("claim")
+            .jobs
     }
 
     pub fn advance(&self, d: Duration) {

@@ -221,13 +221,7 @@ fn arbitrary_handler_results_round_trip_through_the_store() {
                     .create_task(TaskRequest::new("pair", json!({})))
                     .await
                     .unwrap();
-                let job = h
-                    .engine
-                    .report(&[], Some(&claim))
-                    .await
-                    .unwrap()
-                    .jobs
-                    .remove(0);
+                let job = h.claim("fuzz", 1).await.remove(0);
                 assert_eq!(job.task_id(), id);
                 let c = h
                     .engine
@@ -293,18 +287,7 @@ async fn nul_characters_are_refused_with_their_path_and_failures_are_still_recor
         .create_task(TaskRequest::new("one", json!({})))
         .await
         .unwrap();
-    let claim = Claim {
-        worker_id: "nul".into(),
-        max: 1,
-        handlers: None,
-    };
-    let job = h
-        .engine
-        .report(&[], Some(&claim))
-        .await
-        .unwrap()
-        .jobs
-        .remove(0);
+    let job = h.claim("nul", 1).await.remove(0);
     h.engine
         .report(
             &[Report {

@@ -10,8 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use tasker_conformance::Harness;
 use tasker_core::{
-    Claim, HandlerError, Job, Outcome, Registry, Report, StepFailure, StepState, TaskRequest,
-    TaskState,
+    HandlerError, Job, Outcome, Registry, Report, StepFailure, StepState, TaskRequest, TaskState,
 };
 
 /// `a` has one attempt, `b` five with a minute of backoff, `c` needs both.
@@ -61,16 +60,8 @@ async fn blocked_with_a_parked_step(h: &Harness) -> i64 {
     id
 }
 
-fn any_claim() -> Claim {
-    Claim {
-        worker_id: "operator-test".into(),
-        max: 16,
-        handlers: None,
-    }
-}
-
 async fn claim_names(h: &Harness) -> (Vec<String>, Vec<Job>) {
-    let jobs = h.engine.report(&[], Some(&any_claim())).await.unwrap().jobs;
+    let jobs = h.claim("operator-test", 16).await;
     let mut names: Vec<String> = jobs.iter().map(|j| j.step_name.clone()).collect();
     names.sort();
     (names, jobs)
