@@ -495,33 +495,57 @@ impl StepHandler for HttpHandler {
         let resp = req.send().await.map_err(|e| {
             HandlerError::retryable(format!("{what}: request failed: {}", error_chain(&e)))
         })?;
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .map(str::to_owned);
         let bytes = resp.bytes().await.map_err(|e| {
             HandlerError::retryable(format!(
                 "{what}: reading the response failed: {}",
                 error_chain(&e)
             ))
         })?;
-        let text = String::from_utf8_lossy(&bytes);
-        if status.is_success() {
-            return Ok(serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| json!({"status": status.as_u16(), "body": text})));
-        }
-        let snippet: String = text.chars().take(300).collect();
-        let message = format!("{what}: HTTP {status}: {}", snippet.trim());
-        match status.as_u16() {
-            429 | 503 => Err(HandlerError::Retryable {
-                message,
-                retry_after: retry_after.map(Duration::from_secs_f64),
-            }),
-            400 | 401 | 403 | 404 | 422 => Err(HandlerError::permanent(message)),
-            _ => Err(HandlerError::retryable(message)),
-        }
+        classify_http_response(&what, status, retry_after.as_deref(), &bytes)
+    }
+}
+
+/// What an HTTP response means for the step that made it — the one rule shared by the built-in
+/// `http` handler and the bindings' API handlers (the Ruby gem's `Tasker::StepHandler::Api`):
+///
+/// - 2xx: success; the results are the body parsed as JSON, else `{status, body}` (text);
+/// - 429 and 503: retryable, after `Retry-After` (delta-seconds or an HTTP-date) when given;
+/// - 400, 401, 403, 404, 422: permanent;
+/// - anything else (other 5xx, 3xx, 1xx): retryable.
+///
+/// `what` names the request in the failure message (for example `GET http://host/path`).
+pub fn classify_http_response(
+    what: &str,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Value, HandlerError> {
+    let text = String::from_utf8_lossy(body);
+    if (200..300).contains(&status) {
+        return Ok(serde_json::from_slice(body)
+            .unwrap_or_else(|_| json!({"status": status, "body": text})));
+    }
+    let reason = reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let snippet: String = text.chars().take(300).collect();
+    let message = format!("{what}: HTTP {status} {reason}: {}", snippet.trim());
+    match status {
+        429 | 503 => Err(HandlerError::Retryable {
+            message,
+            retry_after: retry_after
+                .and_then(parse_retry_after)
+                .map(Duration::from_secs_f64),
+        }),
+        400 | 401 | 403 | 404 | 422 => Err(HandlerError::permanent(message)),
+        _ => Err(HandlerError::retryable(message)),
     }
 }
 
@@ -553,6 +577,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_responses_are_classified_by_status() {
+        let ok = classify_http_response("GET x", 201, None, br#"{"id": 7}"#).unwrap();
+        assert_eq!(ok, json!({"id": 7}));
+        let text = classify_http_response("GET x", 200, None, b"plain").unwrap();
+        assert_eq!(text, json!({"status": 200, "body": "plain"}));
+        for (status, retryable) in [(429, true), (503, true), (500, true), (302, true)] {
+            let e = classify_http_response("GET x", status, Some("7"), b"").unwrap_err();
+            let f = e.into_failure();
+            assert_eq!(f.kind == crate::protocol::FailureKind::Retryable, retryable);
+            let expect = matches!(status, 429 | 503).then_some(7.0);
+            assert_eq!(f.retry_after_seconds, expect, "status {status}");
+        }
+        for status in [400, 401, 403, 404, 422] {
+            let f = classify_http_response("GET x", status, None, b"no")
+                .unwrap_err()
+                .into_failure();
+            assert_eq!(f.kind, crate::protocol::FailureKind::Permanent);
+            assert!(
+                f.message.contains(&format!("HTTP {status} ")),
+                "{}",
+                f.message
+            );
+        }
+    }
 
     #[test]
     fn placeholders_are_escaped_for_the_url() {

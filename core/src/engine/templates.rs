@@ -182,6 +182,20 @@ impl Engine {
         Ok(out)
     }
 
+    /// Every handler name a registered template's step names (all revisions), sorted. A host
+    /// that resolves names itself (the Ruby gem maps `handler_class: "Payments::Charge"` to a
+    /// class) asks this to know which steps it can run.
+    pub async fn handler_names(&self) -> Result<Vec<String>> {
+        self.refresh_templates().await?;
+        let reg = self.inner.templates.read().unwrap();
+        let names: std::collections::BTreeSet<&str> = reg
+            .by_id
+            .values()
+            .flat_map(|t| t.steps.iter().map(|s| s.handler.as_str()))
+            .collect();
+        Ok(names.into_iter().map(str::to_owned).collect())
+    }
+
     /// The template `namespace.name@version` (latest version when `version` is None).
     pub async fn template(
         &self,

@@ -1,0 +1,282 @@
+# frozen_string_literal: true
+
+require "json"
+
+module Tasker
+  # The engine on a database. It holds no orchestration rule: claims, retries, readiness,
+  # leases, timeouts, batching and finalization are the Rust core's, whose host driver runs the
+  # worker loop on threads of its own. This class runs your handlers on a pool of Ruby threads
+  # and hands their outcomes back.
+  class Engine
+    TERMINAL = %w[complete error cancelled resolved_manually].freeze
+    CREATE_OPTIONS = %i[namespace version idempotency_key initiator source_system reason tags bypass_steps priority].freeze
+
+    # +url+: sqlite://PATH or postgres://USER@HOST:PORT/DB (default $TASKER_DATABASE_URL, else
+    # sqlite://tasker.db). +environment+ picks a template's +environments:+ overrides.
+    def initialize(url = nil, environment: nil, schema: nil, lease_seconds: nil, listen: nil, strict_templates: nil)
+      opts = { url: url, environment: environment, schema: schema, lease_seconds: lease_seconds,
+               listen: listen, strict_templates: strict_templates }.compact
+      @core = Native::Core.open(JSON.generate(opts))
+      @handlers = {}
+      @subscribers = Hash.new { |h, k| h[k] = [] }
+      @stop = nil
+      @lock = Mutex.new
+    end
+
+    # Registers a template from YAML text, a file path or a Hash; returns its key
+    # (+namespace.name@version+).
+    def register_template(src)
+      case src
+      when Hash then @core.register_template_json(Json.text("template", src))
+      when String, Pathname
+        text = src.to_s
+        if !text.include?("\n") && text.match?(/\.(ya?ml|json)\z/)
+          raise TemplateError, "template file #{text}: No such file or directory" unless File.exist?(text)
+
+          @core.register_template_file(File.expand_path(text))
+        else
+          @core.register_template_yaml(text)
+        end
+      else
+        raise ArgumentError, "register_template takes YAML text, a path or a Hash, not #{src.class}"
+      end
+    end
+
+    # Registers the handler +name+: a block taking a Tasker::Step, or a
+    # Tasker::StepHandler::Base subclass. A template's +handler_class+ naming such a class
+    # needs no registration: it is resolved with Object.const_get.
+    def handler(name, klass = nil, &block)
+      raise ArgumentError, "handler name must be a non-empty String" unless name.is_a?(String) && !name.empty?
+      raise ArgumentError, "handler #{name}: give a block or a class, not both" if klass && block
+
+      target = klass || block
+      raise ArgumentError, "handler #{name}: give a block or a Tasker::StepHandler::Base subclass" unless target
+      if target.is_a?(Class) && !(target <= StepHandler::Base)
+        raise ArgumentError, "handler #{name}: #{target} does not derive from Tasker::StepHandler::Base"
+      end
+
+      @handlers[name] = target
+      self
+    end
+
+    # Subscribes the block to a lifecycle event (+"step.completed"+), a declared custom event,
+    # or +"*"+; it receives the event as a Hash with string keys.
+    def on(event, &block)
+      raise ArgumentError, "on(#{event.inspect}) needs a block" unless block
+
+      Native.check_subscription(event.to_s)
+      @subscribers[event.to_s] << block
+      @core.subscribe
+      self
+    end
+
+    # Creates a task; returns its id (the existing one for a repeated +idempotency_key+).
+    def create_task(name, context = {}, **options)
+      @core.create_task(Json.text("task #{name}: request", request(name, context, options)))
+    end
+
+    # Creates many tasks in one transaction: +[{name:, context:, **options}]+; returns the ids.
+    def create_tasks(requests)
+      reqs = requests.map do |r|
+        r = r.transform_keys(&:to_sym)
+        request(r.delete(:name), r.delete(:context) || {}, r)
+      end
+      @core.create_tasks(Json.text("task requests", reqs))
+    end
+
+    # The task with its steps, as a Hash.
+    def get_task(id)
+      JSON.parse(@core.get_task(Integer(id)))
+    end
+
+    # Tasks, newest first: +status:+, +name:+, +namespace:+, +limit:+ (100), +offset:+ (0).
+    def list_tasks(status: nil, name: nil, namespace: nil, limit: nil, offset: nil)
+      f = { status: status&.to_s, name: name, namespace: namespace, limit: limit, offset: offset }.compact
+      JSON.parse(@core.list_tasks(JSON.generate(f)))
+    end
+
+    def cancel_task(id)
+      @core.cancel_task(Integer(id))
+      nil
+    end
+
+    def retry_step(id, step)
+      @core.retry_step(Integer(id), step.to_s)
+      nil
+    end
+
+    def resolve_step_manually(id, step, results = nil)
+      @core.resolve_step_manually(Integer(id), step.to_s, Json.text("results", results))
+      nil
+    end
+
+    # What the database says commits get: +{"description" => ..., "durable" => true/false}+.
+    def durability
+      description, durable = @core.durability
+      { "description" => description, "durable" => durable }
+    end
+
+    # Waits until another process or run finishes the task; returns its snapshot. Raises
+    # Tasker::TimeoutError after +timeout+ seconds.
+    def wait_for_task(id, timeout: nil)
+      deadline = timeout && now + timeout
+      loop do
+        left = deadline ? [1.0, deadline - now].min : 1.0
+        raise TimeoutError, "task #{id} did not finish within #{timeout} s" if left <= 0
+
+        return get_task(id) if TERMINAL.include?(@core.wait_for_task(Integer(id), left))
+      end
+    end
+
+    # Runs this process's handlers until the task is finished; returns its snapshot.
+    def run_until_complete(id, timeout: nil, concurrency: 8)
+      run(concurrency: concurrency, mode: "until_task", task_id: Integer(id), timeout: timeout)
+      get_task(id)
+    end
+
+    # Runs this process's handlers for every task: until nothing is left (+until_idle+), or until
+    # #stop, Ctrl-C or SIGTERM. Then steps not started are handed back, and running ones get
+    # +shutdown_grace+ seconds before they are reported as +worker_shutdown+.
+    # Returns +{"completed" =>, "failed" =>, "stale" =>, "cycles" =>}+.
+    def run_worker(concurrency: 8, until_idle: false, shutdown_grace: 30)
+      run(concurrency: concurrency, mode: until_idle ? "until_idle" : "forever", shutdown_grace: shutdown_grace)
+    end
+
+    # Asks a running #run_worker to stop, as Ctrl-C does (safe from any thread or a trap).
+    def stop
+      @stop&.call
+      nil
+    end
+
+    # The handler names this process runs: registered ones, and every template handler name
+    # that resolves to a Tasker::StepHandler::Base subclass.
+    def handler_names
+      names = @handlers.keys
+      @core.handler_names.each do |n|
+        names << n if !names.include?(n) && handler_class(n)
+      end
+      names
+    end
+
+    private
+
+    def now
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+
+    def request(name, context, options)
+      raise ValidationError, "create_task: the template name must be a String, got #{name.inspect}" unless name.is_a?(String) || name.is_a?(Symbol)
+
+      unknown = options.keys - CREATE_OPTIONS
+      raise ValidationError, "create_task: unknown option #{unknown.first} (known: #{CREATE_OPTIONS.join(', ')})" unless unknown.empty?
+
+      req = { "name" => name.to_s, "context" => context.nil? ? {} : context }
+      options.each { |k, v| req[k.to_s] = v unless v.nil? }
+      req
+    end
+
+    def handler_class(name)
+      return nil unless name.match?(/\A(::)?[A-Z]\w*(::[A-Z]\w*)*\z/)
+
+      k = Object.const_get(name)
+      k.is_a?(Class) && k <= StepHandler::Base ? k : nil
+    rescue NameError
+      nil
+    end
+
+    def run(concurrency:, mode:, task_id: nil, timeout: nil, shutdown_grace: 30)
+      raise ValidationError, "concurrency must be an Integer >= 1, got #{concurrency.inspect}" unless concurrency.is_a?(Integer) && concurrency >= 1
+
+      driver = @core.start_driver(handler_names, concurrency, mode, task_id, Float(shutdown_grace))
+      queue = Thread::Queue.new
+      pool = Array.new(concurrency) do |i|
+        Thread.new do
+          Thread.current.name = "tasker-handler-#{i}"
+          Thread.current.report_on_exception = false
+          while (job = queue.pop)
+            run_job(driver, job)
+          end
+        end
+      end
+      stopping = false
+      stop = lambda do
+        stopping = true
+        driver.shutdown
+      end
+      @lock.synchronize { @stop = stop }
+      deadline = timeout && now + timeout
+      timed_out = false
+      interrupts = 0
+      begin
+        loop do
+          jobs, done = driver.next(50)
+          jobs.each { |j| queue << j }
+          dispatch_events
+          break if done
+
+          if deadline && !stopping && now >= deadline
+            timed_out = true
+            stop.call
+          end
+        rescue Interrupt, SignalException => e
+          raise if stopping && (interrupts += 1) > 1 || !e.is_a?(Interrupt) && !%w[SIGTERM SIGINT].include?(e.message)
+
+          stop.call
+        end
+        stats = driver.join
+        dispatch_events
+      ensure
+        @lock.synchronize { @stop = nil }
+        queue.close
+        pool.each { |t| t.join(stopping ? 0 : nil) }
+      end
+      raise TimeoutError, "task #{task_id} did not finish within #{timeout} s" if timed_out
+
+      %w[completed failed stale cycles].zip(stats).to_h
+    end
+
+    def run_job(driver, job)
+      k = job[0, 4]
+      driver.started(*k)
+      begin
+        value = call_handler(job)
+      rescue Exception => e # rubocop:disable Lint/RescueException -- a handler must never take the worker down
+        driver.finished(*k, false, Failure.of(e))
+        raise if e.is_a?(NoMemoryError)
+
+        return
+      end
+      problem = Json.problem(value, "")
+      if problem
+        driver.finished_not_json(*k, "#{job[4]} returned a value that is not JSON: #{problem}")
+      else
+        driver.finished(*k, true, JSON.generate(value))
+      end
+    end
+
+    def call_handler(job)
+      step = Step.new(job, @core)
+      target = @handlers[step.handler] || handler_class(step.handler)
+      raise PermanentError, "no handler named #{step.handler} in this process" unless target
+
+      if target.is_a?(Class)
+        target.new(config: step.config).tasker_call(step)
+      else
+        target.call(step)
+      end
+    end
+
+    def dispatch_events
+      return if @subscribers.empty?
+
+      @core.drain_events.each do |raw|
+        ev = JSON.parse(raw)
+        (@subscribers.fetch(ev["name"], []) + @subscribers.fetch("*", [])).each do |fn|
+          fn.call(ev)
+        rescue StandardError => e
+          warn "tasker: an event subscriber raised #{e.class}: #{e.message}"
+        end
+      end
+    end
+  end
+end

@@ -1,0 +1,111 @@
+# frozen_string_literal: true
+
+require "json"
+
+module Tasker
+  # What a block handler receives.
+  #
+  # +task_id+, +step_id+, +name+ (the step's), +handler+, +attempt+ (1 for the first),
+  # +max_attempts+, +context+ (the task's context), +config+ (the step's +handler_config+),
+  # +results+ (each dependency's name => its results) and +custom_events+ (the names this step
+  # may publish). Hashes have string keys, as JSON gives them.
+  class Step
+    attr_reader :task_id, :step_id, :name, :handler, :attempt, :max_attempts,
+                :context, :results, :config, :custom_events
+
+    # +job+ is the array the native driver hands out.
+    def initialize(job, core = nil)
+      @task_id, @step_id, @attempt, @position, @name, @handler, @max_attempts,
+        context, results, config, @custom_events = job
+      @context = JSON.parse(context)
+      @results = JSON.parse(results)
+      @config = JSON.parse(config)
+      @job = job
+      @core = core
+    end
+
+    # Publishes a custom event the template declares (+custom_events+) to every subscriber
+    # (+engine.on(name)+) at once. An undeclared name raises Tasker::ValidationError.
+    def publish_custom_event(name, payload = nil)
+      raise Tasker::Error, "this step is not running in a worker" unless @core
+
+      @core.publish_custom_event(@job, name.to_s, Tasker::Json.text("custom event #{name}: payload", payload))
+    end
+
+    def inspect
+      "#<Tasker::Step task_id=#{@task_id} name=#{@name.inspect} attempt=#{@attempt}/#{@max_attempts}>"
+    end
+  end
+
+  # JSON conversions that refuse what JSON cannot hold instead of writing +to_s+ of it.
+  module Json
+    module_function
+
+    # +value+ as JSON text; raises Tasker::ValidationError naming +what+ and the offending path.
+    def text(what, value)
+      problem = problem(value, "")
+      raise ValidationError, "#{what} is not JSON: #{problem}" if problem
+
+      JSON.generate(value)
+    end
+
+    # Why +value+ is not JSON (nil when it is). Hash keys may be strings or symbols; values
+    # may be symbols (written as strings), as Rails code often returns them.
+    def problem(value, path)
+      case value
+      when nil, true, false, String, Integer, Symbol then nil
+      when Float then value.finite? ? nil : "#{at(path)} is #{value} (not a JSON number)"
+      when Array
+        value.each_with_index do |v, i|
+          p = problem(v, "#{path}[#{i}]")
+          return p if p
+        end
+        nil
+      when Hash
+        value.each do |k, v|
+          return "#{at(path)} has a #{k.class} key #{k.inspect} (keys must be strings or symbols)" unless k.is_a?(String) || k.is_a?(Symbol)
+
+          p = problem(v, "#{path}.#{k}")
+          return p if p
+        end
+        nil
+      else
+        "#{at(path)} is a #{value.class}"
+      end
+    end
+
+    def at(path)
+      path.empty? ? "the value" : path.delete_prefix(".")
+    end
+  end
+
+  # The stored failure of an exception, as the native driver reads it.
+  module Failure
+    module_function
+
+    BACKTRACE_LINES = 50
+
+    def of(error)
+      return error.failure_json if error.respond_to?(:failure_json)
+
+      case error
+      when PermanentError
+        detail = { "exception" => error.class.name, "context" => error.context }
+        detail["error_code"] = error.error_code if error.error_code
+        json("permanent", error.message, nil, detail)
+      when RetryableError
+        json("retryable", error.message, error.retry_after, { "exception" => error.class.name, "context" => error.context })
+      else
+        json("retryable", "#{error.class.name}: #{error.message}", nil,
+             { "exception" => error.class.name, "backtrace" => (error.backtrace || []).first(BACKTRACE_LINES) })
+      end
+    end
+
+    def json(kind, message, retry_after, detail)
+      f = { "message" => message.to_s, "kind" => kind }
+      f["retry_after_seconds"] = Float(retry_after) unless retry_after.nil?
+      f["detail"] = Json.problem(detail, "").nil? ? detail : { "unconvertible" => detail.inspect }
+      JSON.generate(f)
+    end
+  end
+end

@@ -1,0 +1,595 @@
+//! The native half of the `tasker` Ruby gem (magnus). It converts types and nothing else: every
+//! decision is tasker-core's, and the worker loop is core's host driver, running on a tokio
+//! runtime of its own. Data crosses as JSON text (parsed by the Ruby half).
+//!
+//! Threads: tokio threads never touch a Ruby object. A Ruby thread that waits for the core
+//! (every call that may block: opening, queries, `Driver#next`, `join`) releases the GVL with
+//! `rb_thread_call_without_gvl` and wakes up every 50 ms to run Ruby's pending interrupts, so
+//! Ctrl-C, `Thread#raise`, `Timeout.timeout` and other Ruby threads keep working.
+
+use std::ffi::c_void;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use magnus::{function, method, prelude::*, Error, ExceptionClass, RModule, Ruby};
+use serde_json::Value;
+use tasker_core::{
+    builtin, handler, host, Engine, EngineOptions, Error as CoreError, Event, HostDriver,
+    HostOptions, Job, JobKey, Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest,
+    TaskState,
+};
+use tokio::sync::broadcast;
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tasker-core")
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+/// Runs `f` with the GVL released. `f` must not touch Ruby; a panic in it aborts (it must not
+/// unwind through Ruby's C frames).
+fn without_gvl<F: FnOnce() -> R, R>(f: F) -> R {
+    struct Data<F, R> {
+        f: Option<F>,
+        r: Option<R>,
+    }
+    unsafe extern "C" fn call<F: FnOnce() -> R, R>(d: *mut c_void) -> *mut c_void {
+        let d = unsafe { &mut *(d as *mut Data<F, R>) };
+        let f = d.f.take().expect("called once");
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => d.r = Some(r),
+            Err(_) => std::process::abort(),
+        }
+        std::ptr::null_mut()
+    }
+    let mut d = Data {
+        f: Some(f),
+        r: None,
+    };
+    unsafe {
+        rb_sys::rb_thread_call_without_gvl(
+            Some(call::<F, R>),
+            &mut d as *mut _ as *mut c_void,
+            None,
+            std::ptr::null_mut(),
+        );
+    }
+    d.r.expect("ran")
+}
+
+/// Runs `fut` on the core's runtime and waits for it without the GVL, checking Ruby's
+/// interrupts every 50 ms (an interrupt that raises cancels `fut`).
+fn wait<T: Send + 'static>(
+    ruby: &Ruby,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, Error> {
+    let mut handle = rt().spawn(fut);
+    loop {
+        let r = without_gvl(|| {
+            rt().block_on(async {
+                tokio::time::timeout(Duration::from_millis(50), &mut handle).await
+            })
+        });
+        match r {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => {
+                return Err(Error::new(
+                    ruby.exception_runtime_error(),
+                    format!("tasker: internal error: {e}"),
+                ))
+            }
+            Err(_) => {
+                if let Err(e) = ruby.thread_check_ints() {
+                    handle.abort();
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// The `Tasker::...Error` class for a core error kind (defined by the Ruby half before it
+/// loads this library).
+fn error_class(ruby: &Ruby, kind: &str) -> ExceptionClass {
+    let name = match kind {
+        "template" => "TemplateError",
+        "validation" => "ValidationError",
+        "not_found" => "NotFoundError",
+        "conflict" | "illegal_transition" => "ConflictError",
+        "database" | "connect" => "DatabaseError",
+        "timeout" => "TimeoutError",
+        _ => "Error",
+    };
+    ruby.class_object()
+        .const_get::<_, RModule>("Tasker")
+        .and_then(|m| m.const_get::<_, ExceptionClass>(name))
+        .unwrap_or_else(|_| ruby.exception_runtime_error())
+}
+
+fn err(ruby: &Ruby, e: CoreError) -> Error {
+    Error::new(error_class(ruby, e.kind()), e.to_string())
+}
+
+fn invalid(ruby: &Ruby, message: impl std::fmt::Display) -> Error {
+    Error::new(error_class(ruby, "validation"), message.to_string())
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("json")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(ruby: &Ruby, what: &str, text: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| invalid(ruby, format!("{what}: {e}")))
+}
+
+/// A job as the Ruby half's `Tasker::Step` is built from it:
+/// `[task_id, step_id, attempt, position, name, handler, max_attempts, context_json,
+///   results_json, config_json, custom_events]`.
+type NativeJob = (
+    i64,
+    i64,
+    u32,
+    u32,
+    String,
+    String,
+    u32,
+    String,
+    String,
+    String,
+    Vec<String>,
+);
+
+fn native_job(j: &Job) -> NativeJob {
+    (
+        j.key.task_id,
+        j.key.step_id,
+        j.key.attempt,
+        j.key.position,
+        j.step_name.clone(),
+        j.handler.clone(),
+        j.max_attempts,
+        json_text(&*j.context),
+        json_text(&j.results),
+        json_text(&*j.config),
+        j.custom_events.to_vec(),
+    )
+}
+
+fn key(task_id: i64, step_id: i64, attempt: u32, position: u32) -> JobKey {
+    JobKey {
+        task_id,
+        step_id,
+        attempt,
+        position,
+    }
+}
+
+/// The engine on a database (`Tasker::Native::Core`).
+#[magnus::wrap(class = "Tasker::Native::Core", free_immediately, size)]
+struct Core {
+    engine: Engine,
+    events: Mutex<Option<broadcast::Receiver<Arc<Event>>>>,
+}
+
+impl Core {
+    /// Opens (and migrates) the database. `options_json`: `{url, environment, schema,
+    /// lease_seconds, listen, strict_templates}`.
+    fn open(ruby: &Ruby, options_json: String) -> Result<Core, Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct O {
+            url: Option<String>,
+            environment: Option<String>,
+            schema: Option<String>,
+            lease_seconds: Option<f64>,
+            listen: Option<bool>,
+            strict_templates: Option<bool>,
+        }
+        let o: O = parse(ruby, "Tasker::Engine options", &options_json)?;
+        let lease = o.lease_seconds.unwrap_or(30.0);
+        if !(lease.is_finite() && lease >= 0.1) {
+            return Err(invalid(
+                ruby,
+                format!("lease_seconds must be at least 0.1, got {lease}"),
+            ));
+        }
+        let opts = EngineOptions {
+            url: o.url,
+            environment: o.environment,
+            schema: o.schema,
+            listen: o.listen.unwrap_or(true),
+            strict_templates: o.strict_templates.unwrap_or(false),
+            lease: Duration::from_secs_f64(lease),
+            ..Default::default()
+        };
+        let engine = wait(ruby, Engine::open_with(opts))?.map_err(|e| err(ruby, e))?;
+        Ok(Core {
+            engine,
+            events: Mutex::new(None),
+        })
+    }
+
+    fn call<T: Send + 'static, F>(
+        &self,
+        ruby: &Ruby,
+        f: impl FnOnce(Engine) -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = tasker_core::Result<T>> + Send + 'static,
+    {
+        wait(ruby, f(self.engine.clone()))?.map_err(|e| err(ruby, e))
+    }
+
+    fn register_template_yaml(ruby: &Ruby, rb_self: &Self, text: String) -> Result<String, Error> {
+        rb_self.call(
+            ruby,
+            |e| async move { e.register_template_yaml(&text).await },
+        )
+    }
+
+    fn register_template_file(ruby: &Ruby, rb_self: &Self, path: String) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move {
+            e.register_template_file(path.as_ref()).await
+        })
+    }
+
+    fn register_template_json(ruby: &Ruby, rb_self: &Self, text: String) -> Result<String, Error> {
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::new(error_class(ruby, "template"), format!("template: {e}")))?;
+        rb_self.call(
+            ruby,
+            |e| async move { e.register_template_value(doc).await },
+        )
+    }
+
+    fn handler_names(ruby: &Ruby, rb_self: &Self) -> Result<Vec<String>, Error> {
+        rb_self.call(ruby, |e| async move { e.handler_names().await })
+    }
+
+    fn create_task(ruby: &Ruby, rb_self: &Self, request_json: String) -> Result<i64, Error> {
+        let req: TaskRequest = parse(ruby, "task request", &request_json)?;
+        rb_self.call(ruby, |e| async move { e.create_task(req).await })
+    }
+
+    fn create_tasks(ruby: &Ruby, rb_self: &Self, requests_json: String) -> Result<Vec<i64>, Error> {
+        let reqs: Vec<TaskRequest> = parse(ruby, "task requests", &requests_json)?;
+        rb_self.call(ruby, |e| async move { e.create_tasks(reqs).await })
+    }
+
+    fn get_task(ruby: &Ruby, rb_self: &Self, task_id: i64) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move {
+            e.get_task(task_id).await.map(|t| json_text(&t))
+        })
+    }
+
+    /// `filter_json`: `{status, name, namespace, limit, offset}`.
+    fn list_tasks(ruby: &Ruby, rb_self: &Self, filter_json: String) -> Result<String, Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct F {
+            status: Option<String>,
+            name: Option<String>,
+            namespace: Option<String>,
+            limit: Option<i64>,
+            offset: Option<i64>,
+        }
+        let f: F = parse(ruby, "list_tasks options", &filter_json)?;
+        let state = f
+            .status
+            .map(|s| {
+                s.parse::<TaskState>()
+                    .map_err(|m| invalid(ruby, format!("status: {m}")))
+            })
+            .transpose()?;
+        let filter = TaskFilter {
+            state,
+            name: f.name,
+            namespace: f.namespace,
+            limit: Some(f.limit.unwrap_or(100)),
+            offset: Some(f.offset.unwrap_or(0)),
+        };
+        rb_self.call(ruby, |e| async move {
+            e.list_tasks(&filter).await.map(|l| json_text(&l))
+        })
+    }
+
+    fn cancel_task(ruby: &Ruby, rb_self: &Self, task_id: i64) -> Result<(), Error> {
+        rb_self.call(ruby, |e| async move { e.cancel_task(task_id).await })
+    }
+
+    fn retry_step(ruby: &Ruby, rb_self: &Self, task_id: i64, step: String) -> Result<(), Error> {
+        rb_self.call(ruby, |e| async move { e.retry_step(task_id, &step).await })
+    }
+
+    fn resolve_step_manually(
+        ruby: &Ruby,
+        rb_self: &Self,
+        task_id: i64,
+        step: String,
+        results_json: String,
+    ) -> Result<(), Error> {
+        let results: Value = parse(ruby, "results", &results_json)?;
+        rb_self.call(ruby, |e| async move {
+            e.resolve_step_manually(task_id, &step, results).await
+        })
+    }
+
+    /// `[description, durable]`: the durability commits get, as the database reports it.
+    fn durability(ruby: &Ruby, rb_self: &Self) -> Result<(String, bool), Error> {
+        rb_self.call(ruby, |e| async move {
+            e.durability().await.map(|d| (d.description, d.durable))
+        })
+    }
+
+    /// Waits up to `seconds` for the task to finish; its state then.
+    fn wait_for_task(
+        ruby: &Ruby,
+        rb_self: &Self,
+        task_id: i64,
+        seconds: f64,
+    ) -> Result<String, Error> {
+        let t = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
+        rb_self.call(ruby, |e| async move {
+            match e.wait_for_task(task_id, Some(t)).await {
+                Ok(s) => Ok(s.status.as_str().to_owned()),
+                Err(CoreError::Timeout(_)) => e
+                    .get_task_state(task_id)
+                    .await
+                    .map(|s| s.as_str().to_owned()),
+                Err(other) => Err(other),
+            }
+        })
+    }
+
+    /// Publishes a custom event from a running job (`job`: the array `Driver#next` gave).
+    fn publish_custom_event(
+        ruby: &Ruby,
+        rb_self: &Self,
+        job: NativeJob,
+        name: String,
+        payload_json: String,
+    ) -> Result<(), Error> {
+        let payload: Value = parse(
+            ruby,
+            &format!("custom event {name}: payload"),
+            &payload_json,
+        )?;
+        rb_self
+            .engine
+            .publish_custom_event_for(
+                key(job.0, job.1, job.2, job.3),
+                &job.4,
+                &job.10,
+                &name,
+                payload,
+            )
+            .map_err(|e| err(ruby, e))
+    }
+
+    /// Starts collecting lifecycle events for `drain_events`.
+    fn subscribe(&self) {
+        let mut g = self.events.lock().unwrap();
+        if g.is_none() {
+            *g = Some(self.engine.subscribe());
+        }
+    }
+
+    /// Events since the last call, as JSON objects, oldest first.
+    fn drain_events(&self) -> Vec<String> {
+        match self.events.lock().unwrap().as_mut() {
+            Some(rx) => host::drain_events(rx)
+                .iter()
+                .map(|e| json_text(&**e))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Starts core's host driver for `handlers` (run in Ruby) plus the built-in handlers (run in
+    /// Rust). `mode`: "forever", "until_idle" or "until_task".
+    fn start_driver(
+        ruby: &Ruby,
+        rb_self: &Self,
+        handlers: Vec<String>,
+        concurrency: i64,
+        mode: String,
+        task_id: Option<i64>,
+        shutdown_grace_seconds: f64,
+    ) -> Result<Driver, Error> {
+        if concurrency < 1 {
+            return Err(invalid(
+                ruby,
+                format!("concurrency must be at least 1, got {concurrency}"),
+            ));
+        }
+        let mode = match (mode.as_str(), task_id) {
+            ("forever", _) => RunMode::Forever,
+            ("until_idle", _) => RunMode::UntilIdle,
+            ("until_task", Some(id)) => RunMode::UntilTask(id),
+            _ => return Err(invalid(ruby, format!("unknown run mode {mode:?}"))),
+        };
+        let opts = HostOptions {
+            concurrency: concurrency as usize,
+            mode,
+            host_handlers: handlers,
+            shutdown_grace: Duration::from_secs_f64(shutdown_grace_seconds.clamp(0.0, 86_400.0)),
+            ..Default::default()
+        };
+        let _guard = rt().enter();
+        Ok(Driver {
+            driver: Arc::new(HostDriver::start(
+                rb_self.engine.clone(),
+                Registry::with_builtins(),
+                opts,
+            )),
+        })
+    }
+}
+
+/// A running worker loop for this process's Ruby handlers (`Tasker::Native::Driver`).
+#[magnus::wrap(class = "Tasker::Native::Driver", free_immediately, size)]
+struct Driver {
+    driver: Arc<HostDriver>,
+}
+
+impl Driver {
+    /// `[jobs, done]`: the jobs to start, once some are ready or after `wait_ms`.
+    fn next(ruby: &Ruby, rb_self: &Self, wait_ms: u64) -> Result<(Vec<NativeJob>, bool), Error> {
+        let d = rb_self.driver.clone();
+        let b = wait(
+            ruby,
+            async move { d.next(Duration::from_millis(wait_ms)).await },
+        )?;
+        Ok((b.jobs.iter().map(native_job).collect(), b.done))
+    }
+
+    /// The handler of this job starts now (its timeout counts from here).
+    fn started(&self, task_id: i64, step_id: i64, attempt: u32, position: u32) {
+        self.driver
+            .started(key(task_id, step_id, attempt, position));
+    }
+
+    /// The handler finished: `ok` with the results as JSON text, or a failure
+    /// `{message, kind, retry_after_seconds?, detail?}` as JSON text.
+    fn finished(
+        &self,
+        task_id: i64,
+        step_id: i64,
+        attempt: u32,
+        position: u32,
+        ok: bool,
+        payload: String,
+    ) {
+        let outcome = if ok {
+            match serde_json::from_str(&payload) {
+                Ok(v) => Outcome::Complete(v),
+                Err(e) => Outcome::Failed(handler::not_json(e)),
+            }
+        } else {
+            match serde_json::from_str::<StepFailure>(&payload) {
+                Ok(f) => Outcome::Failed(f),
+                Err(e) => Outcome::Failed(StepFailure::retryable(format!(
+                    "the handler's failure could not be read: {e}"
+                ))),
+            }
+        };
+        self.driver
+            .finished(key(task_id, step_id, attempt, position), outcome);
+    }
+
+    /// The handler's value does not convert to JSON (`reason` says why).
+    fn finished_not_json(
+        &self,
+        task_id: i64,
+        step_id: i64,
+        attempt: u32,
+        position: u32,
+        reason: String,
+    ) {
+        self.driver.finished(
+            key(task_id, step_id, attempt, position),
+            Outcome::Failed(handler::not_json(reason)),
+        );
+    }
+
+    /// Stops claiming; running handlers get the grace period, then are reported.
+    fn shutdown(&self) {
+        self.driver.shutdown();
+    }
+
+    /// `[completed, failed, stale, cycles]` once the run is over.
+    fn join(ruby: &Ruby, rb_self: &Self) -> Result<(u64, u64, u64, u64), Error> {
+        let d = rb_self.driver.clone();
+        let s = wait(ruby, async move { d.join().await })?.map_err(|e| err(ruby, e))?;
+        Ok((
+            s.completed as u64,
+            s.failed as u64,
+            s.stale as u64,
+            s.cycles as u64,
+        ))
+    }
+}
+
+/// Every lifecycle event name.
+fn event_names() -> Vec<&'static str> {
+    tasker_core::state::all_event_names()
+}
+
+/// Checks a subscription: `*`, a lifecycle event or a custom event name.
+fn check_subscription(ruby: &Ruby, name: String) -> Result<(), Error> {
+    tasker_core::events::check_subscription(&name).map_err(|m| invalid(ruby, m))
+}
+
+/// Core's rule for an HTTP response (the built-in `http` handler's): `[true, results_json]` or
+/// `[false, failure_json]`.
+fn classify_http(
+    what: String,
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+) -> (bool, String) {
+    match builtin::classify_http_response(&what, status, retry_after.as_deref(), body.as_bytes()) {
+        Ok(v) => (true, json_text(&v)),
+        Err(e) => (false, json_text(&e.into_failure())),
+    }
+}
+
+#[magnus::init(name = "tasker")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    let tasker = ruby.define_module("Tasker")?;
+    let native = tasker.define_module("Native")?;
+    native.define_singleton_method("event_names", function!(event_names, 0))?;
+    native.define_singleton_method("check_subscription", function!(check_subscription, 1))?;
+    native.define_singleton_method("classify_http", function!(classify_http, 4))?;
+
+    let core = native.define_class("Core", ruby.class_object())?;
+    core.define_singleton_method("open", function!(Core::open, 1))?;
+    core.define_method(
+        "register_template_yaml",
+        method!(Core::register_template_yaml, 1),
+    )?;
+    core.define_method(
+        "register_template_file",
+        method!(Core::register_template_file, 1),
+    )?;
+    core.define_method(
+        "register_template_json",
+        method!(Core::register_template_json, 1),
+    )?;
+    core.define_method("handler_names", method!(Core::handler_names, 0))?;
+    core.define_method("create_task", method!(Core::create_task, 1))?;
+    core.define_method("create_tasks", method!(Core::create_tasks, 1))?;
+    core.define_method("get_task", method!(Core::get_task, 1))?;
+    core.define_method("list_tasks", method!(Core::list_tasks, 1))?;
+    core.define_method("cancel_task", method!(Core::cancel_task, 1))?;
+    core.define_method("retry_step", method!(Core::retry_step, 2))?;
+    core.define_method(
+        "resolve_step_manually",
+        method!(Core::resolve_step_manually, 3),
+    )?;
+    core.define_method("durability", method!(Core::durability, 0))?;
+    core.define_method("wait_for_task", method!(Core::wait_for_task, 2))?;
+    core.define_method(
+        "publish_custom_event",
+        method!(Core::publish_custom_event, 3),
+    )?;
+    core.define_method("subscribe", method!(Core::subscribe, 0))?;
+    core.define_method("drain_events", method!(Core::drain_events, 0))?;
+    core.define_method("start_driver", method!(Core::start_driver, 5))?;
+
+    let driver = native.define_class("Driver", ruby.class_object())?;
+    driver.define_method("next", method!(Driver::next, 1))?;
+    driver.define_method("started", method!(Driver::started, 4))?;
+    driver.define_method("finished", method!(Driver::finished, 6))?;
+    driver.define_method("finished_not_json", method!(Driver::finished_not_json, 5))?;
+    driver.define_method("shutdown", method!(Driver::shutdown, 0))?;
+    driver.define_method("join", method!(Driver::join, 0))?;
+    Ok(())
+}
