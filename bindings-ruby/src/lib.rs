@@ -9,7 +9,7 @@
 
 use std::ffi::c_void;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use magnus::{function, method, prelude::*, Error, ExceptionClass, RModule, Ruby};
@@ -21,16 +21,27 @@ use tasker_core::{
 };
 use tokio::sync::broadcast;
 
+/// The core's runtime for this process. A forked child (Puma, Unicorn, Spring, Sidekiq's
+/// swarm) inherits the parent's memory but not its threads, so a child builds its own runtime.
 fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tasker-core")
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
+    static RT: Mutex<Option<(u32, &'static tokio::runtime::Runtime)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut g = RT.lock().unwrap_or_else(|p| p.into_inner());
+    match *g {
+        Some((owner, rt)) if owner == pid => rt,
+        _ => {
+            let rt: &'static _ = Box::leak(Box::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("tasker-core")
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime"),
+            ));
+            *g = Some((pid, rt));
+            rt
+        }
+    }
 }
 
 /// Runs `f` with the GVL released. `f` must not touch Ruby; a panic in it aborts (it must not
@@ -175,6 +186,8 @@ fn key(task_id: i64, step_id: i64, attempt: u32, position: u32) -> JobKey {
 #[magnus::wrap(class = "Tasker::Native::Core", free_immediately, size)]
 struct Core {
     engine: Engine,
+    /// The process that opened it: its connections and tasks live on that process's runtime.
+    pid: u32,
     events: Mutex<Option<broadcast::Receiver<Arc<Event>>>>,
 }
 
@@ -212,8 +225,23 @@ impl Core {
         let engine = wait(ruby, Engine::open_with(opts))?.map_err(|e| err(ruby, e))?;
         Ok(Core {
             engine,
+            pid: std::process::id(),
             events: Mutex::new(None),
         })
+    }
+
+    /// Refuses an engine inherited through `fork`: its connections belong to the parent.
+    fn check_pid(&self, ruby: &Ruby) -> Result<(), Error> {
+        if self.pid == std::process::id() {
+            return Ok(());
+        }
+        Err(Error::new(
+            error_class(ruby, "error"),
+            format!(
+                "this Tasker::Engine was opened in process {} before a fork; open a new one in this process (Tasker.engine does so by itself)",
+                self.pid
+            ),
+        ))
     }
 
     fn call<T: Send + 'static, F>(
@@ -224,7 +252,13 @@ impl Core {
     where
         F: Future<Output = tasker_core::Result<T>> + Send + 'static,
     {
+        self.check_pid(ruby)?;
         wait(ruby, f(self.engine.clone()))?.map_err(|e| err(ruby, e))
+    }
+
+    /// Every registered template (each revision) as a JSON array.
+    fn templates(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move { e.templates().await.map(|t| json_text(&t)) })
     }
 
     fn register_template_yaml(ruby: &Ruby, rb_self: &Self, text: String) -> Result<String, Error> {
@@ -403,6 +437,7 @@ impl Core {
         task_id: Option<i64>,
         shutdown_grace_seconds: f64,
     ) -> Result<Driver, Error> {
+        rb_self.check_pid(ruby)?;
         if concurrency < 1 {
             return Err(invalid(
                 ruby,
@@ -564,6 +599,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         method!(Core::register_template_json, 1),
     )?;
     core.define_method("handler_names", method!(Core::handler_names, 0))?;
+    core.define_method("templates", method!(Core::templates, 0))?;
     core.define_method("create_task", method!(Core::create_task, 1))?;
     core.define_method("create_tasks", method!(Core::create_tasks, 1))?;
     core.define_method("get_task", method!(Core::get_task, 1))?;

@@ -142,6 +142,12 @@ module Tasker
       run(concurrency: concurrency, mode: until_idle ? "until_idle" : "forever", shutdown_grace: shutdown_grace)
     end
 
+    # Every registered template (each revision), as Hashes: namespace, name, version, revision,
+    # current, description, steps (count), registered_at.
+    def templates
+      JSON.parse(@core.templates)
+    end
+
     # Asks a running #run_worker to stop, as Ctrl-C does (safe from any thread or a trap).
     def stop
       @stop&.call
@@ -187,7 +193,9 @@ module Tasker
     def run(concurrency:, mode:, task_id: nil, timeout: nil, shutdown_grace: 30)
       raise ValidationError, "concurrency must be an Integer >= 1, got #{concurrency.inspect}" unless concurrency.is_a?(Integer) && concurrency >= 1
 
-      driver = @core.start_driver(handler_names, concurrency, mode, task_id, Float(shutdown_grace))
+      names = handler_names
+      driver = @core.start_driver(names, concurrency, mode, task_id, Float(shutdown_grace))
+      Tasker.logger.info("tasker: worker started (#{mode}, concurrency #{concurrency}, Ruby handlers: #{names.join(', ')})") if mode != "until_task"
       queue = Thread::Queue.new
       pool = Array.new(concurrency) do |i|
         Thread.new do
@@ -232,7 +240,9 @@ module Tasker
       end
       raise TimeoutError, "task #{task_id} did not finish within #{timeout} s" if timed_out
 
-      %w[completed failed stale cycles].zip(stats).to_h
+      stats = %w[completed failed stale cycles].zip(stats).to_h
+      Tasker.logger.info("tasker: worker stopped (#{stats.map { |k, v| "#{k} #{v}" }.join(', ')})") if mode != "until_task"
+      stats
     end
 
     def run_job(driver, job)
@@ -242,6 +252,7 @@ module Tasker
         value = call_handler(job)
       rescue Exception => e # rubocop:disable Lint/RescueException -- a handler must never take the worker down
         driver.finished(*k, false, Failure.of(e))
+        Tasker.logger.warn("tasker: step #{job[4]} of task #{job[0]} (attempt #{job[2]}/#{job[6]}) failed: #{e.class}: #{e.message}")
         raise if e.is_a?(NoMemoryError)
 
         return
@@ -274,7 +285,7 @@ module Tasker
         (@subscribers.fetch(ev["name"], []) + @subscribers.fetch("*", [])).each do |fn|
           fn.call(ev)
         rescue StandardError => e
-          warn "tasker: an event subscriber raised #{e.class}: #{e.message}"
+          Tasker.logger.error("tasker: an event subscriber of #{ev['name']} raised #{e.class}: #{e.message}")
         end
       end
     end

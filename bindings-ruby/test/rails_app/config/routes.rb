@@ -1,0 +1,6 @@
+# frozen_string_literal: true
+
+Rails.application.routes.draw do
+  post "/orders", to: "orders#create"
+  get "/orders/:id", to: "orders#show"
+end
