@@ -21,8 +21,18 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 export DATABASE_URL
 
+# Ruby: headers and libclang for the gem's native half (rb-sys runs bindgen), Rails 6.1,
+# Faraday and Bundler for the gem's Rails and API tests. All from Debian (no RubyGems registry).
+RUBY_PKGS="ruby-dev libclang-dev clang ruby-railties ruby-faraday ruby-bundler"
+missing=$(for p in $RUBY_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  step "installing Debian packages for the Ruby gem:" $missing
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
 step "Rust: unit, scenario, template and CLI tests on SQLite"
-cargo test --workspace --locked --exclude tasker-py   # the extension is built by pip below
+# The extensions are built by their packagers below (pip; the gem's rake build).
+cargo test --workspace --locked --exclude tasker-py --exclude tasker-ruby
 
 step "Rust: the CLI on PostgreSQL (a worker process beside the CLI)"
 cargo test --locked -p tasker-cli --test cli -- --ignored
@@ -61,5 +71,11 @@ step "Node: node --test on SQLite"
 
 step "Node: node --test on PostgreSQL (two workers and kill -9, a Python and a Node worker on one task)"
 (cd bindings-node && TASKER_PYTHON="$VENV/bin/python" TASKER_TEST_BACKEND=postgres node --test test/*.test.mjs)
+
+step "Ruby: rake build (cargo builds the extension), minitest on SQLite (the Rails app, the packed gem)"
+(cd bindings-ruby && rake build && TASKER_PYTHON="$VENV/bin/python" rake test)
+
+step "Ruby: minitest on PostgreSQL (two workers and kill -9, a Python and a Ruby worker on one task, Rails)"
+(cd bindings-ruby && TASKER_PYTHON="$VENV/bin/python" TASKER_TEST_BACKEND=postgres rake test)
 
 step "all tests passed"

@@ -99,4 +99,34 @@ class RailsTest < Minitest::Test
     # The new template is registered at boot next to the existing one.
     assert_match(/default\.shipping@0\.1\.0/, rails("tasker:templates"))
   end
+
+  def test_the_app_runs_on_the_packed_gem_installed_with_gem_install_and_on_a_bundler_path_gem
+    skip "backend-independent: runs in the SQLite pass" if postgres?
+    gem_home = File.join(@tmp, "gems")
+    pkg = File.join(@tmp, "pkg")
+    out, err, st = Open3.capture3({ "TASKER_GEM_PKG" => pkg }, "rake", "gem", chdir: File.expand_path("..", __dir__))
+    assert st.success?, "rake gem: #{out}#{err}"
+    gem = Dir[File.join(pkg, "tasker-*.gem")].first or flunk("no gem in #{pkg}: #{out}")
+    out, err, st = Open3.capture3({ "GEM_HOME" => gem_home }, "gem", "install", "--local", "--no-document", gem)
+    assert st.success?, "gem install: #{out}#{err}"
+    installed = env.merge("TASKER_GEM" => "installed", "GEM_HOME" => gem_home, "GEM_PATH" => "#{gem_home}:#{Gem.path.join(':')}")
+    out, err, st = Open3.capture3(installed, RbConfig.ruby, "bin/rails", "runner", 'puts $LOADED_FEATURES.grep(/tasker\.so/).first; puts Tasker.engine.templates.size', chdir: @app)
+    assert st.success?, err
+    assert_includes out, "#{gem_home}/gems/tasker-", "the installed gem's extension is loaded"
+
+    bundle = ENV["PATH"].split(":").map { |d| File.join(d, "bundle") }.find { |f| File.executable?(f) }
+    skip "bundler is not installed (apt-get install ruby-bundler; scripts/test.sh does)" unless bundle
+    File.write(File.join(@app, "Gemfile"), <<~GEMFILE)
+      source "https://rubygems.org" # not reached: every gem is installed (Debian) or a path
+      gem "railties", "~> 6.1"
+      gem "tasker", path: #{File.expand_path("..", __dir__).inspect}
+    GEMFILE
+    benv = env.merge("TASKER_GEM" => "installed", "BUNDLE_GEMFILE" => File.join(@app, "Gemfile"))
+    out, err, st = Open3.capture3(benv, bundle, "lock", "--local", chdir: @app)
+    assert st.success?, "bundle lock --local: #{out}#{err}"
+    out, err, st = Open3.capture3(benv, bundle, "exec", RbConfig.ruby, "bin/rails", "runner",
+                                  'puts Gem.loaded_specs["tasker"].full_gem_path; puts Tasker.engine.templates.size', chdir: @app)
+    assert st.success?, "bundle exec: #{out}#{err}"
+    assert_equal File.expand_path("..", __dir__), out.lines.first.chomp
+  end
 end

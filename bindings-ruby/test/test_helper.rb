@@ -8,6 +8,9 @@ require "securerandom"
 require "tmpdir"
 require "tasker"
 
+# Worker start/stop and failed-step lines go to TASKER_TEST_LOG when set (quiet otherwise).
+Tasker.logger = Logger.new(ENV.fetch("TASKER_TEST_LOG", File::NULL))
+
 module TaskerTestHelper
   BACKEND = ENV.fetch("TASKER_TEST_BACKEND", "sqlite")
 
