@@ -116,4 +116,21 @@ class ProcessesTest < Minitest::Test
     assert_equal echoed, step(task, "total")["results"]["echoed"]
     assert_equal({ "python_saw" => { "sum" => 6, "echoed" => echoed } }, step(task, "finish")["results"])
   end
+
+  EXAMPLES = File.expand_path("../../examples/ruby", __dir__)
+
+  def run_example(name)
+    skip "backend-independent: runs in the SQLite pass" if postgres?
+    out, err, st = Open3.capture3(RbConfig.ruby, "-I#{File.expand_path('../lib', __dir__)}", File.join(EXAMPLES, name), chdir: @tmp)
+    assert st.success?, err
+    out
+  end
+
+  def test_the_readme_quickstart_runs
+    assert_equal "HELLO WORLD!\n", run_example("quickstart.rb")
+  end
+
+  def test_the_orders_example_runs_seed_style_classes_with_a_retry
+    assert_equal "charge failed: gateway busy (retried)\ncomplete: charged 13, shipped by ups\n", run_example("orders.rb")
+  end
 end

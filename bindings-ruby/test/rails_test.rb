@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-# The Railtie in a minimal Rails 6.1 app (test/rails_app, Debian's railties, no Bundler): it
+# The Railtie in a minimal Rails 6.1 app (examples/rails, Debian's railties, no Bundler): it
 # boots, a controller creates a task, `bin/rails tasker:worker` runs the autoloaded handler
 # classes, a Notifications subscriber sees the events, and the generators make a workflow whose
 # generated test passes.
@@ -10,7 +10,7 @@ require "open3"
 class RailsTest < Minitest::Test
   include TaskerTestHelper
 
-  APP = File.expand_path("rails_app", __dir__)
+  APP = File.expand_path("../../examples/rails", __dir__)
   LIB = File.expand_path("../lib", __dir__)
 
   def setup

@@ -252,7 +252,8 @@ module Tasker
         value = call_handler(job)
       rescue Exception => e # rubocop:disable Lint/RescueException -- a handler must never take the worker down
         driver.finished(*k, false, Failure.of(e))
-        Tasker.logger.warn("tasker: step #{job[4]} of task #{job[0]} (attempt #{job[2]}/#{job[6]}) failed: #{e.class}: #{e.message}")
+        Tasker.logger.public_send(e.is_a?(RetryableError) ? :info : :warn,
+                                  "tasker: step #{job[4]} of task #{job[0]} (attempt #{job[2]}/#{job[6]}) failed: #{e.class}: #{e.message}")
         raise if e.is_a?(NoMemoryError)
 
         return
