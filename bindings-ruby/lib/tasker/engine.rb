@@ -227,7 +227,9 @@ module Tasker
             stop.call
           end
         rescue Interrupt, SignalException => e
-          raise if stopping && (interrupts += 1) > 1 || !e.is_a?(Interrupt) && !%w[SIGTERM SIGINT].include?(e.message)
+          # The first Ctrl-C or SIGTERM stops gracefully; a second one (or another signal) raises.
+          interrupts += 1
+          raise if interrupts > 1 || !(e.is_a?(Interrupt) || %w[SIGTERM SIGINT].include?(e.message))
 
           stop.call
         end
