@@ -11,8 +11,8 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::Value;
 use tasker_core::{
-    handler, host, Engine, EngineOptions, Error as CoreError, Event, HostDriver, HostOptions, Job,
-    JobKey, Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
+    host, Engine, EngineOptions, Error as CoreError, Event, HostDriver, HostOptions, Job, JobKey,
+    Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
 };
 use tokio::sync::broadcast;
 
@@ -403,19 +403,7 @@ impl Driver {
         ok: bool,
         payload: String,
     ) {
-        let outcome = if ok {
-            match serde_json::from_str(&payload) {
-                Ok(v) => Outcome::Complete(v),
-                Err(e) => Outcome::Failed(handler::not_json(e)),
-            }
-        } else {
-            match serde_json::from_str::<StepFailure>(&payload) {
-                Ok(f) => Outcome::Failed(f),
-                Err(e) => Outcome::Failed(StepFailure::retryable(format!(
-                    "the handler's failure could not be read: {e}"
-                ))),
-            }
-        };
+        let outcome = Outcome::from_host_json(ok, &payload);
         self.driver
             .finished(key(task_id, step_id, attempt, position), outcome);
     }
@@ -432,7 +420,7 @@ impl Driver {
     ) {
         self.driver.finished(
             key(task_id, step_id, attempt, position),
-            Outcome::Failed(handler::not_json(reason)),
+            Outcome::Failed(StepFailure::not_json(reason)),
         );
     }
 

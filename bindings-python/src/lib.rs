@@ -10,8 +10,8 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use serde_json::Value;
 use tasker_core::{
-    handler, host, Engine, EngineOptions, Error, Event, HostDriver, HostOptions, Job, JobKey,
-    Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
+    host, Engine, EngineOptions, Error, Event, HostDriver, HostOptions, Job, JobKey, Outcome,
+    Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
 };
 use tokio::sync::broadcast;
 
@@ -100,37 +100,9 @@ fn json_text(v: &impl serde::Serialize) -> String {
 
 /// A job as a tuple: (task_id, step_id, attempt, position, step_name, handler, max_attempts,
 /// context_json, results_json, config_json, custom_events). The first four are its key.
-type JobTuple = (
-    i64,
-    i64,
-    u32,
-    u32,
-    String,
-    String,
-    u32,
-    String,
-    String,
-    String,
-    Vec<String>,
-);
+type JobTuple = tasker_core::protocol::HostJob;
 
 type KeyTuple = (i64, i64, u32, u32);
-
-fn job_tuple(j: &Job) -> JobTuple {
-    (
-        j.key.task_id,
-        j.key.step_id,
-        j.key.attempt,
-        j.key.position,
-        j.step_name.clone(),
-        j.handler.clone(),
-        j.max_attempts,
-        json_text(&*j.context),
-        json_text(&j.results),
-        json_text(&*j.config),
-        j.custom_events.to_vec(),
-    )
-}
 
 fn job_key((task_id, step_id, attempt, position): KeyTuple) -> JobKey {
     JobKey {
@@ -155,7 +127,7 @@ impl Driver {
     fn next(&self, py: Python<'_>, wait_seconds: f64) -> (Vec<JobTuple>, bool) {
         let wait = Duration::from_secs_f64(wait_seconds.clamp(0.0, 60.0));
         let batch = py.detach(|| rt().block_on(self.driver.next(wait)));
-        (batch.jobs.iter().map(job_tuple).collect(), batch.done)
+        (batch.jobs.iter().map(Job::to_host).collect(), batch.done)
     }
 
     /// The handler of this job starts now (its timeout counts from here).
@@ -166,26 +138,14 @@ impl Driver {
     /// The handler finished: `ok` with the results as JSON text, or a failure
     /// `{message, kind, retry_after_seconds?, detail?}` as JSON text.
     fn finished(&self, key: KeyTuple, ok: bool, payload: &str) {
-        let outcome = if ok {
-            match serde_json::from_str(payload) {
-                Ok(v) => Outcome::Complete(v),
-                Err(e) => Outcome::Failed(handler::not_json(e)),
-            }
-        } else {
-            match serde_json::from_str::<StepFailure>(payload) {
-                Ok(f) => Outcome::Failed(f),
-                Err(e) => Outcome::Failed(StepFailure::retryable(format!(
-                    "the handler's failure could not be read: {e}"
-                ))),
-            }
-        };
+        let outcome = Outcome::from_host_json(ok, &payload);
         self.driver.finished(job_key(key), outcome);
     }
 
     /// The handler returned a value that does not convert to JSON (`reason` says why).
     fn finished_not_json(&self, key: KeyTuple, reason: &str) {
         self.driver
-            .finished(job_key(key), Outcome::Failed(handler::not_json(reason)));
+            .finished(job_key(key), Outcome::Failed(StepFailure::not_json(reason)));
     }
 
     /// Stops claiming; running handlers get the grace period, then are reported.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use magnus::{function, method, prelude::*, Error, ExceptionClass, RModule, Ruby};
 use serde_json::Value;
 use tasker_core::{
-    builtin, handler, host, Engine, EngineOptions, Error as CoreError, Event, HostDriver,
+    builtin, host, protocol::HostJob, Engine, EngineOptions, Error as CoreError, Event, HostDriver,
     HostOptions, Job, JobKey, Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest,
     TaskState,
 };
@@ -141,38 +141,8 @@ fn parse<T: serde::de::DeserializeOwned>(ruby: &Ruby, what: &str, text: &str) ->
     serde_json::from_str(text).map_err(|e| invalid(ruby, format!("{what}: {e}")))
 }
 
-/// A job as the Ruby half's `Tasker::Step` is built from it:
-/// `[task_id, step_id, attempt, position, name, handler, max_attempts, context_json,
-///   results_json, config_json, custom_events]`.
-type NativeJob = (
-    i64,
-    i64,
-    u32,
-    u32,
-    String,
-    String,
-    u32,
-    String,
-    String,
-    String,
-    Vec<String>,
-);
-
-fn native_job(j: &Job) -> NativeJob {
-    (
-        j.key.task_id,
-        j.key.step_id,
-        j.key.attempt,
-        j.key.position,
-        j.step_name.clone(),
-        j.handler.clone(),
-        j.max_attempts,
-        json_text(&*j.context),
-        json_text(&j.results),
-        json_text(&*j.config),
-        j.custom_events.to_vec(),
-    )
-}
+/// A job as the Ruby half's `Tasker::Step` is built from it (core's [`HostJob`] tuple).
+type NativeJob = HostJob;
 
 fn key(task_id: i64, step_id: i64, attempt: u32, position: u32) -> JobKey {
     JobKey {
@@ -491,7 +461,7 @@ impl Driver {
             let b = without_gvl(|| rt().block_on(d.next(slice)));
             left = left.saturating_sub(slice);
             if !b.jobs.is_empty() || b.done || left.is_zero() {
-                return Ok((b.jobs.iter().map(native_job).collect(), b.done));
+                return Ok((b.jobs.iter().map(Job::to_host).collect(), b.done));
             }
             ruby.thread_check_ints()?;
         }
@@ -514,19 +484,7 @@ impl Driver {
         ok: bool,
         payload: String,
     ) {
-        let outcome = if ok {
-            match serde_json::from_str(&payload) {
-                Ok(v) => Outcome::Complete(v),
-                Err(e) => Outcome::Failed(handler::not_json(e)),
-            }
-        } else {
-            match serde_json::from_str::<StepFailure>(&payload) {
-                Ok(f) => Outcome::Failed(f),
-                Err(e) => Outcome::Failed(StepFailure::retryable(format!(
-                    "the handler's failure could not be read: {e}"
-                ))),
-            }
-        };
+        let outcome = Outcome::from_host_json(ok, &payload);
         self.driver
             .finished(key(task_id, step_id, attempt, position), outcome);
     }
@@ -542,7 +500,7 @@ impl Driver {
     ) {
         self.driver.finished(
             key(task_id, step_id, attempt, position),
-            Outcome::Failed(handler::not_json(reason)),
+            Outcome::Failed(StepFailure::not_json(reason)),
         );
     }
 
@@ -555,12 +513,7 @@ impl Driver {
     fn join(ruby: &Ruby, rb_self: &Self) -> Result<(u64, u64, u64, u64), Error> {
         let d = rb_self.driver.clone();
         let s = wait(ruby, async move { d.join().await })?.map_err(|e| err(ruby, e))?;
-        Ok((
-            s.completed as u64,
-            s.failed as u64,
-            s.stale as u64,
-            s.cycles as u64,
-        ))
+        Ok((s.completed, s.failed, s.stale, s.cycles))
     }
 }
 

@@ -187,9 +187,7 @@ pub async fn execute(handler: Option<Arc<dyn StepHandler>>, job: Job) -> Outcome
 /// The failure of a handler whose result cannot be stored as JSON (a host language's value
 /// that does not convert); `reason` says why. Permanent: running it again returns the same.
 pub fn not_json(reason: impl std::fmt::Display) -> StepFailure {
-    StepFailure::permanent(format!(
-        "the handler returned a value that is not JSON: {reason}"
-    ))
+    StepFailure::not_json(reason)
 }
 
 type Panic = Box<dyn std::any::Any + Send>;

@@ -47,7 +47,42 @@ impl Job {
     pub fn attempt(&self) -> u32 {
         self.key.attempt
     }
+
+    /// The job as the bindings hand it to their language, JSON as text: see [`HostJob`].
+    pub fn to_host(&self) -> HostJob {
+        (
+            self.key.task_id,
+            self.key.step_id,
+            self.key.attempt,
+            self.key.position,
+            self.step_name.clone(),
+            self.handler.clone(),
+            self.max_attempts,
+            serde_json::to_string(&*self.context).expect("a JSON value serializes"),
+            serde_json::to_string(&self.results).expect("a JSON value serializes"),
+            serde_json::to_string(&*self.config).expect("a JSON value serializes"),
+            self.custom_events.to_vec(),
+        )
+    }
 }
+
+/// A [`Job`] as a binding passes it to its language (a tuple, which pyo3 and magnus convert
+/// natively): `(task_id, step_id, attempt, position, step_name, handler, max_attempts,
+/// context_json, results_json, config_json, custom_events)`. The first four are the
+/// [`JobKey`] the host hands back.
+pub type HostJob = (
+    i64,
+    i64,
+    u32,
+    u32,
+    String,
+    String,
+    u32,
+    String,
+    String,
+    String,
+    Vec<String>,
+);
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +140,14 @@ impl StepFailure {
         self
     }
 
+    /// A handler's result that cannot be stored as JSON (a host language's value that does not
+    /// convert); `reason` says why. Permanent: running it again returns the same.
+    pub fn not_json(reason: impl std::fmt::Display) -> Self {
+        StepFailure::permanent(format!(
+            "the handler returned a value that is not JSON: {reason}"
+        ))
+    }
+
     /// The attempt ran past its `timeout_seconds` (counted from the handler's start).
     pub fn timeout(limit: Duration) -> Self {
         StepFailure {
@@ -143,6 +186,27 @@ impl StepFailure {
 pub enum Outcome {
     Complete(Value),
     Failed(StepFailure),
+}
+
+impl Outcome {
+    /// The outcome a binding's host reports as JSON text: `ok` with the results, or a
+    /// [`StepFailure`] (`{message, kind, retry_after_seconds?, detail?}`). Text that does not
+    /// parse is itself the failure (the results: permanent, not JSON; the failure: retryable).
+    pub fn from_host_json(ok: bool, payload: &str) -> Outcome {
+        if ok {
+            match serde_json::from_str(payload) {
+                Ok(v) => Outcome::Complete(v),
+                Err(e) => Outcome::Failed(StepFailure::not_json(e)),
+            }
+        } else {
+            match serde_json::from_str::<StepFailure>(payload) {
+                Ok(f) => Outcome::Failed(f),
+                Err(e) => Outcome::Failed(StepFailure::retryable(format!(
+                    "the handler's failure could not be read: {e}"
+                ))),
+            }
+        }
+    }
 }
 
 /// An outcome for a claimed attempt.
