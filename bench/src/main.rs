@@ -409,6 +409,7 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
     }
     let done = engine
         .list_tasks(&tasker_core::TaskFilter {
+            oldest_first: false,
             state: Some(TaskState::Complete),
             limit: Some(1_000_000),
             ..Default::default()

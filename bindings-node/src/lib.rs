@@ -203,6 +203,7 @@ impl Core {
             })
             .transpose()?;
         let filter = TaskFilter {
+            oldest_first: false,
             state,
             name: f.name,
             namespace: f.namespace,

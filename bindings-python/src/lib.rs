@@ -277,6 +277,7 @@ impl Core {
             })
             .transpose()?;
         let f = TaskFilter {
+            oldest_first: false,
             state,
             name,
             namespace,

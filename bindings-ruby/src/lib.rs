@@ -296,6 +296,7 @@ impl Core {
             })
             .transpose()?;
         let filter = TaskFilter {
+            oldest_first: false,
             state,
             name: f.name,
             namespace: f.namespace,

@@ -351,6 +351,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             let engine = open(&cli).await?;
             let tasks = engine
                 .list_tasks(&TaskFilter {
+                    oldest_first: false,
                     state,
                     name: name.clone(),
                     namespace: namespace.clone(),

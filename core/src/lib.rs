@@ -39,7 +39,7 @@ pub mod worker;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     Claim, Cycle, Engine, EngineOptions, FailureKind, Job, JobKey, Outcome, Registration, Report,
-    StepFailure, StepSnapshot, TaskFilter, TaskRequest, TaskSnapshot, TaskSummary,
+    StateCounts, StepFailure, StepSnapshot, TaskFilter, TaskRequest, TaskSnapshot, TaskSummary,
 };
 pub use error::{Error, Result, TemplateError};
 pub use events::Event;

@@ -162,6 +162,7 @@ async fn verify(engine: &Engine, ids: &[i64], log: &Path) -> usize {
     let runs = runs(log);
     let complete = engine
         .list_tasks(&TaskFilter {
+            oldest_first: false,
             state: Some(TaskState::Complete),
             limit: Some(ids.len() as i64 + 10),
             ..Default::default()
@@ -249,6 +250,7 @@ async fn kill_9_in_a_loop_loses_no_task_and_dead_workers_steps_rerun_after_lease
             let left = h
                 .engine
                 .list_tasks(&TaskFilter {
+                    oldest_first: false,
                     state: Some(TaskState::Complete),
                     limit: Some(10_000),
                     ..Default::default()
@@ -306,6 +308,7 @@ async fn workers_reconnect_after_postgres_restarts_mid_run() {
         let done = h
             .engine
             .list_tasks(&TaskFilter {
+                oldest_first: false,
                 state: Some(TaskState::Complete),
                 limit: Some(10_000),
                 ..Default::default()

@@ -1035,12 +1035,41 @@ async fn list_tasks_filters_by_status_and_name() {
     let limited = h
         .engine
         .list_tasks(&TaskFilter {
+            oldest_first: false,
             limit: Some(1),
             ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(limited.len(), 1);
+    // Paging: the total ignores limit and offset; oldest first reverses the order.
+    let one = f(None, Some("one"));
+    assert_eq!(h.engine.count_tasks(&one).await.unwrap(), 2);
+    assert_eq!(
+        h.engine
+            .count_tasks(&f(Some(TaskState::Cancelled), None))
+            .await
+            .unwrap(),
+        1
+    );
+    let oldest = h
+        .engine
+        .list_tasks(&TaskFilter {
+            oldest_first: true,
+            offset: Some(1),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(oldest[0].id, a + 1);
+    let counts = h.engine.state_counts().await.unwrap();
+    assert_eq!(counts.tasks["cancelled"], 1);
+    assert_eq!(counts.tasks["pending"], 2);
+    assert_eq!(counts.tasks["complete"], 0);
+    assert_eq!(counts.steps["cancelled"], 1);
+    assert_eq!(counts.steps["pending"], 2);
+    assert_eq!((counts.in_backoff, counts.exhausted), (0, 0));
 }
 
 #[tokio::test]

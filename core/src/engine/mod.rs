@@ -45,7 +45,7 @@ use crate::store::Store;
 use crate::template::TaskTemplate;
 
 pub use crate::protocol::{Claim, Cycle, FailureKind, Job, JobKey, Outcome, Report, StepFailure};
-pub use crate::store::TaskFilter;
+pub use crate::store::{StateCounts, TaskFilter};
 pub use create::TaskRequest;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{StepSnapshot, TaskSnapshot, TaskSummary};

@@ -179,6 +179,21 @@ impl Engine {
             .collect())
     }
 
+    /// How many tasks match `filter` (its limit and offset ignored): the total of a paged
+    /// listing.
+    pub async fn count_tasks(&self, filter: &TaskFilter) -> Result<i64> {
+        self.inner.store.count_tasks(filter).await
+    }
+
+    /// Tasks and steps by state, failed steps in backoff and out of attempts: for health checks
+    /// and metrics (one statement).
+    pub async fn state_counts(&self) -> Result<crate::store::StateCounts> {
+        self.inner
+            .store
+            .state_counts(self.inner.clock.now_ms())
+            .await
+    }
+
     /// The durability commits get, as the database reports it (for benchmarks and health
     /// checks): PostgreSQL's `fsync`, `synchronous_commit`, `full_page_writes`; SQLite's
     /// `synchronous`.

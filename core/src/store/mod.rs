@@ -213,6 +213,55 @@ pub struct TaskFilter {
     pub namespace: Option<String>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
+    /// Oldest (lowest id) first; newest first by default.
+    pub oldest_first: bool,
+}
+
+/// Tasks and steps by state, in one statement for both backends (`?` = now, milliseconds):
+/// rows `(kind, state, count)` with kind `task`, `step`, `backoff` or `exhausted`.
+pub(crate) const STATE_COUNTS_SQL: &str = "\
+    SELECT 'task', state, count(*) FROM tasks GROUP BY state \
+    UNION ALL SELECT 'step', state, count(*) FROM steps GROUP BY state \
+    UNION ALL SELECT 'backoff', '', count(*) FROM steps WHERE state = 'error' AND ready_at > ? \
+    UNION ALL SELECT 'exhausted', '', count(*) FROM steps \
+      WHERE state = 'error' AND ready_at IS NULL AND parked_ready_at IS NULL";
+
+/// How many tasks and steps are in each state, for health and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StateCounts {
+    /// Task state name -> count (every state present, zeros included).
+    pub tasks: std::collections::BTreeMap<String, i64>,
+    /// Step state name -> count (every state present, zeros included).
+    pub steps: std::collections::BTreeMap<String, i64>,
+    /// Failed steps waiting for their next attempt (backoff).
+    pub in_backoff: i64,
+    /// Failed steps with no attempt left (their task is blocked or in error).
+    pub exhausted: i64,
+}
+
+impl StateCounts {
+    pub(crate) fn from_rows(rows: Vec<(String, String, i64)>) -> StateCounts {
+        let mut c = StateCounts {
+            tasks: TaskState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), 0))
+                .collect(),
+            steps: StepState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), 0))
+                .collect(),
+            ..Default::default()
+        };
+        for (kind, state, n) in rows {
+            match kind.as_str() {
+                "task" => *c.tasks.entry(state).or_default() += n,
+                "step" => *c.steps.entry(state).or_default() += n,
+                "backoff" => c.in_backoff += n,
+                _ => c.exhausted += n,
+            }
+        }
+        c
+    }
 }
 
 /// A registered template row.
@@ -256,6 +305,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         filter: &TaskFilter,
     ) -> Result<Vec<(TaskDetail, String, String, String)>>;
+    /// How many tasks match the filter (its limit and offset ignored).
+    async fn count_tasks(&self, filter: &TaskFilter) -> Result<i64>;
+    /// Tasks and steps by state (`now` decides what is still in backoff).
+    async fn state_counts(&self, now: i64) -> Result<StateCounts>;
     /// The earliest `ready_at` among claimable steps (with these handlers), if any.
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>>;
     /// The earliest lease expiry among running steps, if any.

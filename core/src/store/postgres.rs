@@ -24,6 +24,9 @@ use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::Notify;
 
 use super::*;
+
+/// The WHERE clause of a task listing: `$1` state, `$2` name, `$3` namespace (NULL: any).
+const TASK_FILTER: &str = "($1::text IS NULL OR t.state = $1) AND ($2::text IS NULL OR n.name = $2) AND ($3::text IS NULL OR n.namespace = $3)";
 use crate::error::Error;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -350,11 +353,10 @@ impl Store for PgStore {
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Detail>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
+        let order = if f.oldest_first { "ASC" } else { "DESC" };
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id \
-             WHERE ($1::text IS NULL OR t.state = $1) AND ($2::text IS NULL OR n.name = $2) \
-               AND ($3::text IS NULL OR n.namespace = $3) \
-             ORDER BY t.task_id DESC LIMIT $4 OFFSET $5"
+             WHERE {TASK_FILTER} ORDER BY t.task_id {order} LIMIT $4 OFFSET $5"
         )))
         .bind(f.state.map(|s| s.as_str()))
         .bind(f.name.as_deref())
@@ -366,6 +368,31 @@ impl Store for PgStore {
         .iter()
         .map(task_detail)
         .collect()
+    }
+
+    async fn count_tasks(&self, f: &TaskFilter) -> Result<i64> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE {TASK_FILTER}"
+        )))
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.name.as_deref())
+        .bind(f.namespace.as_deref())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn state_counts(&self, now: i64) -> Result<StateCounts> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(STATE_COUNTS_SQL.replace('?', "$1")))
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<(String, String, i64)>>>()?;
+        Ok(StateCounts::from_rows(rows))
     }
 
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {

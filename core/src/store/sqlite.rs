@@ -364,6 +364,25 @@ fn handler_filter(handlers: Option<&[String]>, params: &mut Vec<Sql>) -> String 
     }
 }
 
+/// The WHERE clause of a task listing and its parameters.
+fn task_filter(f: &TaskFilter) -> (String, Vec<Sql>) {
+    let mut sql = String::from("1 = 1");
+    let mut p: Vec<Sql> = Vec::new();
+    if let Some(s) = f.state {
+        sql.push_str(" AND t.state = ?");
+        p.push(text(s.as_str()));
+    }
+    if let Some(n) = &f.name {
+        sql.push_str(" AND n.name = ?");
+        p.push(text(n));
+    }
+    if let Some(ns) = &f.namespace {
+        sql.push_str(" AND n.namespace = ?");
+        p.push(text(ns));
+    }
+    (sql, p)
+}
+
 fn query_rows<T>(
     c: &Connection,
     sql: &str,
@@ -464,27 +483,39 @@ impl Store for SqliteStore {
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Detail>> {
-        let mut sql = format!(
-            "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE 1 = 1"
+        let (filter, mut p) = task_filter(f);
+        let order = if f.oldest_first { "ASC" } else { "DESC" };
+        let sql = format!(
+            "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE {filter} \
+             ORDER BY t.task_id {order} LIMIT ? OFFSET ?"
         );
-        let mut p: Vec<Sql> = Vec::new();
-        if let Some(s) = f.state {
-            sql.push_str(" AND t.state = ?");
-            p.push(text(s.as_str()));
-        }
-        if let Some(n) = &f.name {
-            sql.push_str(" AND n.name = ?");
-            p.push(text(n));
-        }
-        if let Some(ns) = &f.namespace {
-            sql.push_str(" AND n.namespace = ?");
-            p.push(text(ns));
-        }
-        sql.push_str(" ORDER BY t.task_id DESC LIMIT ? OFFSET ?");
         p.push(Sql::Integer(f.limit.unwrap_or(100)));
         p.push(Sql::Integer(f.offset.unwrap_or(0)));
         self.read(|c| query_rows(c, &sql, params_from_iter(p), task_detail))
             .await
+    }
+
+    async fn count_tasks(&self, f: &TaskFilter) -> Result<i64> {
+        let (filter, p) = task_filter(f);
+        let sql = format!(
+            "SELECT count(*) FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE {filter}"
+        );
+        self.read(|c| {
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params_from_iter(p), |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn state_counts(&self, now: i64) -> Result<StateCounts> {
+        let rows = self
+            .read(|c| {
+                query_rows(c, STATE_COUNTS_SQL, params![now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+            })
+            .await?;
+        Ok(StateCounts::from_rows(rows))
     }
 
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {
