@@ -120,6 +120,37 @@ enum Command {
     },
     /// Create or upgrade the database schema.
     Migrate,
+    /// Serve the REST API, health probes and Prometheus metrics over HTTP until SIGINT or
+    /// SIGTERM, then let in-flight requests finish.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+    /// Mount the API under this path (for example /tasker).
+    #[arg(long, default_value = "")]
+    base_path: String,
+    /// Require `Authorization: Bearer TOKEN` on every route but /health/live and /health/ready.
+    #[arg(long, env = "TASKER_API_TOKEN", hide_env_values = true, conflicts_with_all = ["jwt_secret", "jwt_public_key"])]
+    auth_token: Option<String>,
+    /// Require HS256 JWTs signed with this secret; their `permissions` claim lists the
+    /// `resource:action` strings each route needs.
+    #[arg(
+        long,
+        env = "TASKER_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// Require RS256 JWTs verified with this RSA public key (a PEM file, or PEM text).
+    #[arg(long, value_name = "PEM")]
+    jwt_public_key: Option<String>,
+    /// Allow serving without auth on an address other than loopback.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -412,6 +443,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => serve(&cli, args).await,
         Command::Migrate => {
             open(&cli).await?;
             println!("database {} is migrated", cli.db);
@@ -553,5 +585,54 @@ async fn worker(cli: &Cli, concurrency: usize, until_idle: bool) -> Outcome {
         "tasker: worker stopped: {} steps completed, {} attempts failed",
         stats.completed, stats.failed
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(cli: &Cli, args: &ServeArgs) -> Outcome {
+    let base_path = tasker_server::normalize_base_path(&args.base_path).map_err(Failure::input)?;
+    let auth = match (&args.auth_token, &args.jwt_secret, &args.jwt_public_key) {
+        (Some(t), _, _) if t.len() < 16 => {
+            return Err(Failure::input(
+                "--auth-token: use at least 16 characters (a random token, such as `openssl rand -hex 32`)",
+            ))
+        }
+        (Some(t), _, _) => tasker_server::Auth::Token(t.clone()),
+        (_, Some(s), _) if s.len() < 16 => {
+            return Err(Failure::input("--jwt-secret: use at least 16 characters"))
+        }
+        (_, Some(s), _) => tasker_server::Auth::jwt_secret(s),
+        (_, _, Some(pem)) => {
+            let text = if pem.trim_start().starts_with("-----BEGIN") {
+                pem.clone()
+            } else {
+                std::fs::read_to_string(pem)
+                    .map_err(|e| Failure::input(format!("--jwt-public-key: cannot read {pem}: {e}")))?
+            };
+            tasker_server::Auth::jwt_public_key(&text).map_err(Failure::input)?
+        }
+        _ => tasker_server::Auth::Off,
+    };
+    let engine = open(cli).await?;
+    let opts = tasker_server::ServeOptions {
+        bind: args.bind,
+        base_path,
+        auth,
+        insecure: args.insecure,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("tasker: stopping: finishing requests in flight");
+    };
+    tasker_server::serve(engine, opts, shutdown)
+        .await
+        .map_err(|m| Failure {
+            code: 1,
+            message: m,
+        })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -71,3 +71,81 @@ pub fn mermaid(template: &TaskTemplate, task: Option<&TaskSnapshot>) -> String {
     }
     out
 }
+
+/// A node of [`graph`]: one step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Node {
+    /// `s<position>`, as in the Mermaid text.
+    pub id: String,
+    pub name: String,
+    pub handler: String,
+    /// With a task: the step's state, attempts and id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<StepState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<i64>,
+    /// The Mermaid style of its state (`fill:...`), with a task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub style: Option<&'static str>,
+}
+
+/// An edge of [`graph`]: `from` provides for `to` (which depends on it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+    pub label: &'static str,
+}
+
+/// The diagram of [`mermaid`] as data: `{nodes, edges, direction, title}`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+    pub direction: &'static str,
+    pub title: String,
+}
+
+/// The same diagram as [`mermaid`], as data (the HTTP API's `task_diagrams.json`).
+pub fn graph(template: &TaskTemplate, task: Option<&TaskSnapshot>) -> Graph {
+    let nodes = template
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let step = task.and_then(|t| t.step(&s.name));
+            Node {
+                id: format!("s{i}"),
+                name: s.name.clone(),
+                handler: s.handler.clone(),
+                status: step.map(|x| x.status),
+                attempts: step.map(|x| x.attempts),
+                step_id: step.map(|x| x.id),
+                style: step.map(|x| style(x.status)),
+            }
+        })
+        .collect();
+    let edges = template
+        .steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            s.children.iter().map(move |&c| Edge {
+                from: format!("s{i}"),
+                to: format!("s{c}"),
+                label: "provides",
+            })
+        })
+        .collect();
+    Graph {
+        nodes,
+        edges,
+        direction: "TD",
+        title: match task {
+            Some(t) => format!("Task {}: {} ({})", t.id, template.key(), t.status),
+            None => template.key(),
+        },
+    }
+}

@@ -70,8 +70,23 @@ impl Engine {
         Ok(self.create_tasks(vec![req]).await?[0])
     }
 
+    /// Like [`Engine::create_task`], and says whether the task was created (`false`: the
+    /// idempotency key named an existing task, whose id this is).
+    pub async fn create_task_once(&self, req: TaskRequest) -> Result<(i64, bool)> {
+        Ok(self.create_tasks_once(vec![req]).await?[0])
+    }
+
     /// Creates many tasks in one transaction (all or none); ids in request order.
     pub async fn create_tasks(&self, reqs: Vec<TaskRequest>) -> Result<Vec<i64>> {
+        Ok(self
+            .create_tasks_once(reqs)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    async fn create_tasks_once(&self, reqs: Vec<TaskRequest>) -> Result<Vec<(i64, bool)>> {
         let mut prepared = Vec::with_capacity(reqs.len());
         for (i, req) in reqs.into_iter().enumerate() {
             let where_ = if i == 0 {
@@ -178,10 +193,11 @@ struct Prepared {
 }
 
 impl TxCx<'_> {
-    async fn insert_task(&mut self, p: &Prepared) -> Result<i64> {
+    /// Inserts the task; `(id, false)` when its idempotency key names an existing one.
+    async fn insert_task(&mut self, p: &Prepared) -> Result<(i64, bool)> {
         if let Some(k) = &p.idempotency_key {
             if let Some(id) = self.tx.task_by_idempotency_key(k).await? {
-                return Ok(id);
+                return Ok((id, false));
             }
         }
         let t = &p.template;
@@ -267,6 +283,6 @@ impl TxCx<'_> {
         self.settle(task_id).await?;
         self.work = true;
         self.tasks_changed = true;
-        Ok(task_id)
+        Ok((task_id, true))
     }
 }

@@ -1,0 +1,103 @@
+//! `/metrics`: Prometheus text. Counters come from the lifecycle events this process sees
+//! (transitions made here: tasks created, cancelled, retried or resolved over the API) and from
+//! the HTTP requests it answers; gauges of tasks and steps by state are read from the
+//! database at scrape time (one statement), so they cover every worker process.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tasker_core::Engine;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus recorder (installed once).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .expect("buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder (a host embedding the server) keeps its own; ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Counts the lifecycle events of this process by name (`tasker_events_total{event}`), step
+/// failures by kind, and lease expiries.
+pub fn count_events(engine: &Engine) {
+    let mut rx = engine.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    metrics::counter!("tasker_events_total", "event" => ev.name.to_string())
+                        .increment(1);
+                    if ev.name == "step.failed" {
+                        let kind = ev
+                            .metadata
+                            .get("kind")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or("retryable")
+                            .to_owned();
+                        if kind == "lease_expired" {
+                            metrics::counter!("tasker_lease_expiries_total").increment(1);
+                        }
+                        metrics::counter!("tasker_step_failures_total", "kind" => kind)
+                            .increment(1);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    metrics::counter!("tasker_events_dropped_total").increment(n);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
+/// Counts and times every request by method, route pattern and status.
+pub async fn track(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("tasker_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("tasker_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The exposition: scrape-time gauges from the database, then everything recorded.
+pub async fn render(st: &AppState) -> Result<String, ApiError> {
+    let started = Instant::now();
+    let c = st.engine.state_counts().await?;
+    for (state, n) in &c.tasks {
+        metrics::gauge!("tasker_tasks", "state" => state.clone()).set(*n as f64);
+    }
+    for (state, n) in &c.steps {
+        metrics::gauge!("tasker_steps", "state" => state.clone()).set(*n as f64);
+    }
+    metrics::gauge!("tasker_steps_in_backoff").set(c.in_backoff as f64);
+    metrics::gauge!("tasker_steps_exhausted").set(c.exhausted as f64);
+    metrics::gauge!("tasker_scrape_database_seconds").set(started.elapsed().as_secs_f64());
+    Ok(st.metrics.render())
+}

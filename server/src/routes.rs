@@ -1,0 +1,534 @@
+//! The handlers of every route (see `auth::ROUTES` for who may call them).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use tasker_core::{diagram, Engine, TaskFilter, TaskRequest, TaskSnapshot, TaskState};
+
+use crate::error::ApiError;
+use crate::views;
+use crate::AppState;
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn task_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::bad_request(format!("task id must be a positive integer, got {raw:?}"))
+    })
+}
+
+/// The query parameters, refusing any not in `known`.
+fn params(
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    known: &[&str],
+) -> Result<HashMap<String, String>, ApiError> {
+    let Query(q) = q?;
+    if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {k:?} (known: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(q)
+}
+
+fn int_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (0..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "query parameter {name} must be an integer from 0 to {max}, got {v:?}"
+            ))),
+        },
+    }
+}
+
+async fn snapshot_with_template(
+    engine: &Engine,
+    id: i64,
+) -> ApiResult<(
+    TaskSnapshot,
+    Option<std::sync::Arc<tasker_core::TaskTemplate>>,
+)> {
+    let t = engine.get_task(id).await?;
+    let template = engine
+        .template(Some(&t.namespace), &t.name, Some(&t.version))
+        .await
+        .ok();
+    Ok((t, template))
+}
+
+// ---- tasks ----
+
+pub async fn list_tasks(
+    State(st): State<AppState>,
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let q = params(
+        q,
+        &[
+            "status",
+            "name",
+            "namespace",
+            "limit",
+            "offset",
+            "sort_by",
+            "sort_order",
+        ],
+    )?;
+    let state = q
+        .get("status")
+        .map(|s| {
+            s.parse::<TaskState>()
+                .map_err(|m| ApiError::bad_request(format!("query parameter status: {m}")))
+        })
+        .transpose()?;
+    let limit = int_param(&q, "limit", 20, 1000)?;
+    let offset = int_param(&q, "offset", 0, i64::MAX)?;
+    match q.get("sort_by").map(String::as_str) {
+        None | Some("task_id" | "requested_at" | "created_at") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter sort_by: {other:?} is not supported (task_id, requested_at or created_at: the same order)"
+            )))
+        }
+    }
+    let oldest_first = match q.get("sort_order").map(String::as_str) {
+        None | Some("asc") => true,
+        Some("desc") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter sort_order must be asc or desc, got {other:?}"
+            )))
+        }
+    };
+    let filter = TaskFilter {
+        state,
+        name: q.get("name").cloned(),
+        namespace: q.get("namespace").cloned(),
+        limit: Some(limit),
+        offset: Some(offset),
+        oldest_first,
+    };
+    let (tasks, total) = tokio::try_join!(
+        st.engine.list_tasks(&filter),
+        st.engine.count_tasks(&filter)
+    )?;
+    Ok(Json(json!({
+        "tasks": tasks.iter().map(views::summary).collect::<Vec<_>>(),
+        "pagination": {"limit": limit, "offset": offset, "total": total},
+    }))
+    .into_response())
+}
+
+/// The create body: the original's OpenAPI shape, or the same wrapped in `{task: {...}}` (what
+/// its Rails controller received after parameter wrapping).
+fn task_request(body: Value) -> Result<TaskRequest, ApiError> {
+    let Value::Object(mut obj) = body else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "request body: expected a JSON object {name, context, ...}",
+        ));
+    };
+    if !obj.contains_key("name") {
+        if let Some(Value::Object(inner)) = obj.remove("task") {
+            obj = inner;
+        }
+    }
+    match obj.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => {}
+        Some(other) if !other.is_string() => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "name must be a string",
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid parameters: requires task name (name)",
+            ))
+        }
+    }
+    serde_json::from_value(Value::Object(obj)).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            format!("request body: {e}"),
+        )
+    })
+}
+
+pub async fn create_task(
+    State(st): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let req = task_request(body)?;
+    let (id, created) = st.engine.create_task_once(req).await?;
+    let (t, template) = snapshot_with_template(&st.engine, id).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"task": views::task(&t, template.as_deref())})),
+    )
+        .into_response())
+}
+
+pub async fn get_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let (t, template) = snapshot_with_template(&st.engine, task_id(&id)?).await?;
+    Ok(Json(json!({"task": views::task(&t, template.as_deref())})).into_response())
+}
+
+pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    st.engine.cancel_task(task_id(&id)?).await?;
+    Ok(Json(json!({"cancelled": true})).into_response())
+}
+
+pub async fn not_yet(Path(_): Path<HashMap<String, String>>) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "changing a task's reason/tags or a step's retry_limit, and cancelling one step, are not implemented yet",
+    )
+}
+
+pub async fn transitions(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = task_id(&id)?;
+    let t = st.engine.get_task(id).await?;
+    let names: HashMap<i64, &str> = t.steps.iter().map(|s| (s.id, s.name.as_str())).collect();
+    let rows = st.engine.transitions(id).await?;
+    let out: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "task_id": r.task_id,
+                "workflow_step_id": r.step_id,
+                "step_name": r.step_id.and_then(|s| names.get(&s).copied()),
+                "from_state": r.from_state,
+                "to_state": r.to_state,
+                "metadata": serde_json::from_str::<Value>(&r.metadata).unwrap_or(Value::Null),
+                "sort_key": r.sort_key,
+                "created_at": tasker_core::clock::format_ms(r.created_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"transitions": out})).into_response())
+}
+
+// ---- steps ----
+
+/// The step named `raw`, or whose id it is.
+fn find_step<'a>(
+    t: &'a TaskSnapshot,
+    raw: &str,
+) -> Result<&'a tasker_core::StepSnapshot, ApiError> {
+    t.steps
+        .iter()
+        .find(|s| s.name == raw)
+        .or_else(|| {
+            raw.parse::<i64>()
+                .ok()
+                .and_then(|id| t.steps.iter().find(|s| s.id == id))
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "task {} has no step named or numbered {raw:?}",
+                t.id
+            ))
+        })
+}
+
+pub async fn list_steps(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let (t, template) = snapshot_with_template(&st.engine, task_id(&id)?).await?;
+    let steps: Vec<Value> = t
+        .steps
+        .iter()
+        .map(|s| views::step(&t, s, template.as_deref()))
+        .collect();
+    Ok(Json(json!({"steps": steps})).into_response())
+}
+
+pub async fn get_step(
+    State(st): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> ApiResult {
+    let (t, template) = snapshot_with_template(&st.engine, task_id(&id)?).await?;
+    let s = find_step(&t, &step)?;
+    Ok(Json(json!({"step": views::step(&t, s, template.as_deref())})).into_response())
+}
+
+async fn step_after(st: &AppState, id: i64, name: &str) -> ApiResult {
+    let (t, template) = snapshot_with_template(&st.engine, id).await?;
+    let s = find_step(&t, name)?;
+    Ok(Json(json!({"step": views::step(&t, s, template.as_deref())})).into_response())
+}
+
+pub async fn retry_step(
+    State(st): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let name = find_step(&st.engine.get_task(id).await?, &step)?
+        .name
+        .clone();
+    st.engine.retry_step(id, &name).await?;
+    step_after(&st, id, &name).await
+}
+
+pub async fn resolve_step(
+    State(st): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let results = match body {
+        Ok(Json(Value::Object(mut m))) => {
+            if let Some(k) = m.keys().find(|k| k.as_str() != "results") {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation",
+                    format!("request body: unknown field {k:?} (expected {{\"results\": ...}})"),
+                ));
+            }
+            m.remove("results").unwrap_or(Value::Null)
+        }
+        Ok(Json(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "request body: expected a JSON object {\"results\": ...}",
+            ))
+        }
+        Err(JsonRejection::MissingJsonContentType(_)) => Value::Null,
+        Err(other) => return Err(other.into()),
+    };
+    let name = find_step(&st.engine.get_task(id).await?, &step)?
+        .name
+        .clone();
+    st.engine.resolve_step_manually(id, &name, results).await?;
+    step_after(&st, id, &name).await
+}
+
+// ---- diagrams ----
+
+/// `/tasks/:id/task_diagrams` (JSON) and `task_diagrams.json|.html|.mmd`.
+pub async fn diagram(
+    State(st): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> ApiResult {
+    let format = match file.as_str() {
+        "task_diagrams" | "task_diagrams.json" => "json",
+        "task_diagrams.html" => "html",
+        "task_diagrams.mmd" => "mmd",
+        _ => return Err(ApiError::not_found(format!("no route /tasks/{id}/{file}"))),
+    };
+    let (t, template) = snapshot_with_template(&st.engine, task_id(&id)?).await?;
+    let template = template
+        .ok_or_else(|| ApiError::not_found(format!("the template of task {} is gone", t.id)))?;
+    Ok(match format {
+        "json" => Json(diagram::graph(&template, Some(&t))).into_response(),
+        "mmd" => (
+            [(header::CONTENT_TYPE, "text/vnd.mermaid; charset=utf-8")],
+            diagram::mermaid(&template, Some(&t)),
+        )
+            .into_response(),
+        _ => Html(diagram_page(
+            &format!("Task {}: {}", t.id, template.key()),
+            &diagram::mermaid(&template, Some(&t)),
+        ))
+        .into_response(),
+    })
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// An HTML page with the Mermaid text; it renders when the browser can load Mermaid and shows
+/// the text otherwise (no CDN is required to read it).
+fn diagram_page(title: &str, mermaid: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body>\n<h1>{t}</h1>\n<pre class=\"mermaid\">\n{m}</pre>\n<script type=\"module\">try {{ const m = await import('https://cdn.jsdelivr.net/npm/mermaid@10/dist/mermaid.esm.min.mjs'); m.default.initialize({{startOnLoad: true}}); }} catch (e) {{}}</script>\n</body></html>\n",
+        t = escape_html(title),
+        m = escape_html(mermaid)
+    )
+}
+
+// ---- handlers (templates) ----
+
+pub async fn handlers(State(st): State<AppState>) -> ApiResult {
+    let list = st.engine.templates().await?;
+    let mut by_ns: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for t in list.iter() {
+        by_ns
+            .entry(t.namespace.as_str())
+            .or_default()
+            .insert(t.name.as_str());
+    }
+    let namespaces: Vec<Value> = by_ns
+        .iter()
+        .map(|(ns, names)| json!({"name": ns, "handler_count": names.len()}))
+        .collect();
+    Ok(Json(json!({"namespaces": namespaces, "total_namespaces": namespaces.len(), "generated_at": now()})).into_response())
+}
+
+pub async fn namespace_handlers(State(st): State<AppState>, Path(ns): Path<String>) -> ApiResult {
+    let list = st.engine.templates().await?;
+    let mut by_name: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for t in list.iter().filter(|t| t.namespace == ns && t.current) {
+        by_name
+            .entry(t.name.as_str())
+            .or_default()
+            .push(t.version.clone());
+    }
+    if by_name.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "namespace {ns:?} has no registered templates"
+        )));
+    }
+    let handlers: Vec<Value> = by_name
+        .iter()
+        .map(|(name, versions)| {
+            let latest = tasker_core::template::latest_version(versions.iter().map(String::as_str));
+            json!({"name": name, "namespace": ns, "versions": versions, "latest_version": latest, "handler_count": versions.len()})
+        })
+        .collect();
+    Ok(
+        Json(json!({"namespace": ns, "handlers": handlers, "total_handlers": handlers.len()}))
+            .into_response(),
+    )
+}
+
+pub async fn handler(
+    State(st): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let q = params(q, &["version"])?;
+    let version = q
+        .get("version")
+        .map(String::as_str)
+        .filter(|v| *v != "latest");
+    let t = st.engine.template(Some(&ns), &name, version).await?;
+    Ok(Json(json!({"handler": views::handler(&t), "generated_at": now()})).into_response())
+}
+
+// ---- health and metrics ----
+
+pub async fn live() -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+            (header::PRAGMA, "no-cache"),
+            (header::EXPIRES, "0"),
+        ],
+        Json(json!({"alive": true, "timestamp": now(), "service": "tasker"})),
+    )
+        .into_response()
+}
+
+pub async fn ready(State(st): State<AppState>) -> Response {
+    let started = Instant::now();
+    let check =
+        tokio::time::timeout(std::time::Duration::from_secs(5), st.engine.durability()).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (ok, message) = match check {
+        Ok(Ok(d)) => (true, format!("database answered ({})", d.description)),
+        Ok(Err(e)) => (false, format!("database check failed: {e}")),
+        Err(_) => (false, "database check timed out after 5 s".to_owned()),
+    };
+    let body = json!({
+        "ready": ok,
+        "checks": {"database": {"status": if ok { "healthy" } else { "unhealthy" }, "message": message, "response_time_ms": ms}},
+        "timestamp": now(),
+        "check_duration": ms,
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate")],
+        Json(body),
+    )
+        .into_response()
+}
+
+pub async fn status(State(st): State<AppState>) -> ApiResult {
+    let started = Instant::now();
+    let c = st.engine.state_counts().await?;
+    let total_tasks: i64 = c.tasks.values().sum();
+    let total_steps: i64 = c.steps.values().sum();
+    let rate = |n: i64, of: i64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+    let task_error_rate = rate(c.tasks["error"], total_tasks);
+    let step_error_rate = rate(c.steps["error"], total_steps);
+    let healthy = task_error_rate <= 0.5 && step_error_rate <= 0.5;
+    let mut tasks = Map::new();
+    tasks.insert("total".into(), total_tasks.into());
+    for (k, v) in &c.tasks {
+        tasks.insert(k.clone(), (*v).into());
+    }
+    let mut steps = Map::new();
+    steps.insert("total".into(), total_steps.into());
+    for (k, v) in &c.steps {
+        steps.insert(k.clone(), (*v).into());
+    }
+    let body = json!({
+        "healthy": healthy,
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "metrics": {
+            "tasks": tasks,
+            "steps": steps,
+            "retries": {"in_backoff": c.in_backoff, "exhausted_retries": c.exhausted},
+            "error_rates": {"tasks": task_error_rate, "steps": step_error_rate},
+        },
+        "timestamp": now(),
+        "generation_duration": started.elapsed().as_secs_f64(),
+    });
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((code, Json(body)).into_response())
+}
+
+pub async fn metrics(State(st): State<AppState>) -> ApiResult {
+    let text = crate::metrics::render(&st).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

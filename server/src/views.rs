@@ -1,0 +1,111 @@
+//! The JSON bodies: the original engine's serializers (task, step, handler), built from the
+//! core's snapshots.
+
+use serde_json::{json, Value};
+use tasker_core::{StepSnapshot, TaskSnapshot, TaskSummary, TaskTemplate};
+
+pub fn full_name(namespace: &str, name: &str, version: &str) -> String {
+    format!("{namespace}.{name}@{version}")
+}
+
+/// A step as `GET /tasks/:id/workflow_steps/:step` shows it.
+pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplate>) -> Value {
+    let children: Vec<&str> = task
+        .steps
+        .iter()
+        .filter(|o| o.depends_on.iter().any(|d| d == &s.name))
+        .map(|o| o.name.as_str())
+        .collect();
+    let st = template.and_then(|t| t.step_index(&s.name).map(|i| &t.steps[i]));
+    json!({
+        "workflow_step_id": s.id,
+        "task_id": task.id,
+        "name": s.name,
+        "handler": s.handler,
+        "status": s.status,
+        "attempts": s.attempts,
+        "retry_limit": s.max_attempts,
+        "retryable": st.map(|x| x.retryable),
+        "skippable": st.map(|x| x.skippable),
+        "results": s.results,
+        "error": s.error,
+        "parents": s.depends_on,
+        "children": children,
+        "processed_at": s.completed_at,
+        "next_attempt_at": s.next_attempt_at,
+        "last_attempted_at": s.last_attempted_at,
+        "duration_ms": s.duration_ms,
+    })
+}
+
+/// A task with its steps, as `GET /tasks/:id` shows it.
+pub fn task(t: &TaskSnapshot, template: Option<&TaskTemplate>) -> Value {
+    json!({
+        "task_id": t.id,
+        "name": t.name,
+        "namespace": t.namespace,
+        "version": t.version,
+        "full_name": full_name(&t.namespace, &t.name, &t.version),
+        "status": t.status,
+        "complete": t.status.as_str() == "complete",
+        "context": t.context,
+        "initiator": t.initiator,
+        "source_system": t.source_system,
+        "reason": t.reason,
+        "tags": t.tags,
+        "bypass_steps": t.bypass_steps,
+        "idempotency_key": t.idempotency_key,
+        "requested_at": t.created_at,
+        "updated_at": t.updated_at,
+        "completed_at": t.completed_at,
+        "workflow_steps": t.steps.iter().map(|s| step(t, s, template)).collect::<Vec<_>>(),
+    })
+}
+
+/// A line of `GET /tasks`.
+pub fn summary(t: &TaskSummary) -> Value {
+    json!({
+        "task_id": t.id,
+        "name": t.name,
+        "namespace": t.namespace,
+        "version": t.version,
+        "full_name": full_name(&t.namespace, &t.name, &t.version),
+        "status": t.status,
+        "complete": t.status.as_str() == "complete",
+        "steps_total": t.steps_total,
+        "steps_done": t.steps_done,
+        "requested_at": t.created_at,
+        "completed_at": t.completed_at,
+    })
+}
+
+/// A template as `GET /handlers/:namespace/:name` shows it.
+pub fn handler(t: &TaskTemplate) -> Value {
+    let levels = t.levels();
+    let mut order: Vec<usize> = (0..t.steps.len()).collect();
+    order.sort_by_key(|&i| (levels[i], i));
+    let version = t.version.to_string();
+    json!({
+        "name": t.name,
+        "namespace": t.namespace,
+        "version": version,
+        "full_name": full_name(&t.namespace, &t.name, &version),
+        "description": t.description,
+        "schema": t.schema,
+        "step_templates": t.steps.iter().map(|s| json!({
+            "name": s.name,
+            "handler_class": s.handler,
+            "handler_config": *s.handler_config,
+            "depends_on_steps": s.depends_on,
+            "default_retryable": s.retryable,
+            "default_retry_limit": s.max_attempts,
+            "skippable": s.skippable,
+            "timeout_seconds": s.timeout_seconds,
+        })).collect::<Vec<_>>(),
+        "dependency_graph": {
+            "nodes": t.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            "edges": t.steps.iter().flat_map(|s| s.depends_on.iter().map(move |d| json!({"from": d, "to": s.name}))).collect::<Vec<_>>(),
+            "execution_order": order.iter().map(|&i| t.steps[i].name.as_str()).collect::<Vec<_>>(),
+        },
+    })
+}
