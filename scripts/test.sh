@@ -34,8 +34,9 @@ step "Rust: unit, scenario, template and CLI tests on SQLite"
 # The extensions are built by their packagers below (pip; the gem's rake build).
 cargo test --workspace --locked --exclude tasker-py --exclude tasker-ruby
 
-step "Rust: the CLI on PostgreSQL (a worker process beside the CLI)"
+step "Rust: the CLI on PostgreSQL (a worker process beside the CLI), tasker serve on PostgreSQL"
 cargo test --locked -p tasker-cli --test cli -- --ignored
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-cli --test serve
 
 step "Rust: the conformance suite on PostgreSQL"
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator --test host --test fuzz --test original_templates

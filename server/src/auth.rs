@@ -121,14 +121,10 @@ pub const ROUTES: &[(&str, &str, Access)] = {
             "/tasks/{id}/workflow_steps/{step}/resolve",
             Permission("tasker.workflow_step:update"),
         ),
+        // task_diagrams, task_diagrams.json, .html, .mmd (other names: 404)
         (
             "GET",
-            "/tasks/{id}/task_diagrams",
-            Permission("tasker.task_diagram:index"),
-        ),
-        (
-            "GET",
-            "/tasks/{id}/task_diagrams/{format}",
+            "/tasks/{id}/{file}",
             Permission("tasker.task_diagram:index"),
         ),
         ("GET", "/handlers", Permission("tasker.handler:index")),

@@ -31,9 +31,61 @@ pub fn handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder (a host embedding the server) keeps its own; ours still renders.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
             handle
         })
         .clone()
+}
+
+/// The `# HELP` lines.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "tasker_tasks",
+        "Tasks by state, read from the database at scrape time."
+    );
+    describe_gauge!(
+        "tasker_steps",
+        "Steps by state, read from the database at scrape time."
+    );
+    describe_gauge!(
+        "tasker_steps_in_backoff",
+        "Failed steps waiting for their next attempt."
+    );
+    describe_gauge!(
+        "tasker_steps_exhausted",
+        "Failed steps with no attempt left (their task is blocked or in error)."
+    );
+    describe_gauge!(
+        "tasker_scrape_database_seconds",
+        Unit::Seconds,
+        "How long the scrape's database read took."
+    );
+    describe_counter!(
+        "tasker_events_total",
+        "Lifecycle events of transitions made by this process, by event name."
+    );
+    describe_counter!(
+        "tasker_step_failures_total",
+        "Failed attempts recorded by this process, by failure kind."
+    );
+    describe_counter!(
+        "tasker_lease_expiries_total",
+        "Attempts failed by this process because their lease ran out."
+    );
+    describe_counter!(
+        "tasker_events_dropped_total",
+        "Events this process's metrics missed because it fell behind."
+    );
+    describe_counter!(
+        "tasker_http_requests_total",
+        "HTTP requests answered, by method, route and status."
+    );
+    describe_histogram!(
+        "tasker_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by method and route."
+    );
 }
 
 /// Counts the lifecycle events of this process by name (`tasker_events_total{event}`), step

@@ -1,0 +1,869 @@
+//! `tasker serve` end to end over real HTTP: the real binary serving, workers as separate
+//! processes, on SQLite (default) or PostgreSQL (`TASKER_TEST_BACKEND=postgres` with
+//! `DATABASE_URL`; scripts/test.sh runs both).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tasker_server::auth::{Access, ROUTES};
+
+/// A fresh database of the backend under test.
+struct Db {
+    dir: tempfile::TempDir,
+    url: String,
+    schema: Option<String>,
+}
+
+impl Db {
+    fn new() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        if std::env::var("TASKER_TEST_BACKEND").as_deref() == Ok("postgres") {
+            let url = std::env::var("DATABASE_URL")
+                .expect("TASKER_TEST_BACKEND=postgres needs DATABASE_URL");
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            let schema = format!("srv_{}_{nanos}", std::process::id());
+            Db {
+                dir,
+                url,
+                schema: Some(schema),
+            }
+        } else {
+            let url = format!("sqlite://{}", dir.path().join("t.db").display());
+            Db {
+                dir,
+                url,
+                schema: None,
+            }
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tasker"));
+        c.arg("--db").arg(&self.url);
+        if let Some(s) = &self.schema {
+            c.args(["--schema", s, "--poll-only"]);
+        }
+        c.env_remove("TASKER_DATABASE_URL")
+            .env_remove("TASKER_API_TOKEN")
+            .env_remove("TASKER_JWT_SECRET")
+            .current_dir(self.dir.path());
+        c
+    }
+
+    fn tasker(&self, args: &[&str]) -> Output {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "tasker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn register(&self, yaml: &str) {
+        let p = self.dir.path().join(format!("t{}.yaml", yaml.len()));
+        std::fs::write(&p, yaml).unwrap();
+        self.tasker(&["templates", "register", p.to_str().unwrap()]);
+    }
+
+    /// Runs a worker process until nothing is left.
+    fn work(&self) {
+        self.tasker(&["worker", "--until-idle"]);
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A running `tasker serve`.
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    fn start(db: &Db, extra: &[&str]) -> Server {
+        let mut child = db
+            .command()
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("tasker: serving on ")
+            .unwrap_or_else(|| {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+                panic!("no serving line: {line:?} {err}")
+            })
+            .to_owned();
+        Server {
+            child,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body), None).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn step<'v>(task: &'v Value, name: &str) -> &'v Value {
+    task["workflow_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+}
+
+/// A diamond of `command` steps; `flaky` fails until the file `ok` exists in the test's folder.
+fn template(db: &Db) -> String {
+    format!(
+        r#"
+name: pipeline
+namespace_name: shop
+version: 1.0.0
+schema:
+  type: object
+  properties:
+    n: {{type: integer}}
+step_templates:
+  - name: fetch
+    handler_class: command
+    handler_config: {{command: ["sh", "-c", "echo '{{\"rows\": 3}}'"]}}
+  - name: flaky
+    handler_class: command
+    depends_on_step: fetch
+    default_retry_limit: 1
+    handler_config: {{command: ["sh", "-c", "test -f {ok} && echo '{{\"ok\": true}}'"]}}
+  - name: report
+    handler_class: command
+    depends_on_steps: [fetch, flaky]
+    handler_config: {{command: ["sh", "-c", "echo '{{\"done\": true}}'"]}}
+"#,
+        ok = db.path("ok").display()
+    )
+}
+
+#[tokio::test]
+async fn tasks_are_created_run_by_a_worker_process_shown_listed_and_paged() {
+    let db = Db::new();
+    db.register(&template(&db));
+    std::fs::write(db.path("ok"), "").unwrap();
+    let s = Server::start(&db, &[]);
+    let (code, created) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop", "version": "1.0.0", "context": {"n": 1}, "initiator": "api-test", "reason": "test", "tags": ["a"]}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let id = created["task"]["task_id"].as_i64().unwrap();
+    assert_eq!(created["task"]["full_name"], "shop.pipeline@1.0.0");
+    assert_eq!(created["task"]["status"], "pending");
+    assert_eq!(created["task"]["initiator"], "api-test");
+    // The Rails controller's wrapped form, with an idempotency key: created once, then 200.
+    let wrapped = json!({"task": {"name": "pipeline", "namespace": "shop", "context": {"n": 2}, "idempotency_key": "k-1"}});
+    let (c1, t1) = s.post("/tasks", wrapped.clone()).await;
+    let (c2, t2) = s.post("/tasks", wrapped).await;
+    assert_eq!((c1, c2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(t1["task"]["task_id"], t2["task"]["task_id"]);
+    for n in 3..6 {
+        s.post(
+            "/tasks",
+            json!({"name": "pipeline", "namespace": "shop", "context": {"n": n}}),
+        )
+        .await;
+    }
+
+    db.work();
+    let (code, shown) = s.get(&format!("/tasks/{id}")).await;
+    assert_eq!(code, StatusCode::OK);
+    let t = &shown["task"];
+    assert_eq!(t["status"], "complete", "{t}");
+    assert_eq!(t["complete"], true);
+    assert_eq!(step(t, "fetch")["results"], json!({"rows": 3}));
+    assert_eq!(step(t, "fetch")["children"], json!(["flaky", "report"]));
+    assert_eq!(step(t, "report")["parents"], json!(["fetch", "flaky"]));
+    assert_eq!(step(t, "flaky")["retry_limit"], 1);
+
+    let (_, page) = s.get("/tasks?limit=2&offset=1&sort_order=desc").await;
+    assert_eq!(
+        page["pagination"],
+        json!({"limit": 2, "offset": 1, "total": 5})
+    );
+    let ids: Vec<i64> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] > ids[1], "newest first: {ids:?}");
+    let (_, asc) = s.get("/tasks?limit=1").await;
+    assert_eq!(
+        asc["tasks"][0]["task_id"], id,
+        "oldest first by default, as the original"
+    );
+    let (_, done) = s
+        .get("/tasks?status=complete&namespace=shop&name=pipeline")
+        .await;
+    assert_eq!(done["pagination"]["total"], 5);
+    let (_, none) = s.get("/tasks?status=error").await;
+    assert_eq!(none["pagination"]["total"], 0);
+
+    let (_, steps) = s.get(&format!("/tasks/{id}/workflow_steps")).await;
+    assert_eq!(steps["steps"].as_array().unwrap().len(), 3);
+    let step_id = step(t, "report")["workflow_step_id"].as_i64().unwrap();
+    let (code, by_id) = s
+        .get(&format!("/tasks/{id}/workflow_steps/{step_id}"))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(by_id["step"]["name"], "report");
+    let (_, history) = s.get(&format!("/tasks/{id}/transitions")).await;
+    let to: Vec<&str> = history["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["step_name"] == "fetch")
+        .map(|r| r["to_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(to, ["pending", "in_progress", "complete"]);
+
+    let (code, graph) = s.get(&format!("/tasks/{id}/task_diagrams.json")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(graph["direction"], "TD");
+    assert_eq!(graph["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(graph["edges"].as_array().unwrap().len(), 3);
+    let (_, mmd) = s.get(&format!("/tasks/{id}/task_diagrams.mmd")).await;
+    assert!(mmd.as_str().unwrap().starts_with("flowchart TD"), "{mmd}");
+    let (_, html) = s.get(&format!("/tasks/{id}/task_diagrams.html")).await;
+    assert!(html.as_str().unwrap().contains("<pre class=\"mermaid\">"));
+
+    let (_, hs) = s.get("/handlers").await;
+    assert_eq!(
+        hs["namespaces"],
+        json!([{"name": "shop", "handler_count": 1}])
+    );
+    let (_, ns) = s.get("/handlers/shop").await;
+    assert_eq!(ns["handlers"][0]["versions"], json!(["1.0.0"]));
+    let (_, h) = s.get("/handlers/shop/pipeline?version=1.0.0").await;
+    assert_eq!(
+        h["handler"]["dependency_graph"]["execution_order"],
+        json!(["fetch", "flaky", "report"])
+    );
+}
+
+#[tokio::test]
+async fn operator_actions_retry_resolve_and_cancel_over_http() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let s = Server::start(&db, &[]);
+    let (_, a) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+        .await;
+    let (_, b) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+        .await;
+    let (a, b) = (
+        a["task"]["task_id"].as_i64().unwrap(),
+        b["task"]["task_id"].as_i64().unwrap(),
+    );
+    db.work(); // flaky fails (no `ok` file), both tasks end in error
+    let (_, ta) = s.get(&format!("/tasks/{a}")).await;
+    assert_eq!(ta["task"]["status"], "error");
+    assert_eq!(step(&ta["task"], "flaky")["status"], "error");
+
+    // retry after fixing the cause
+    std::fs::write(db.path("ok"), "").unwrap();
+    let (code, r) = s
+        .post(&format!("/tasks/{a}/workflow_steps/flaky/retry"), json!({}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{r}");
+    assert_eq!(r["step"]["status"], "pending");
+    // resolve by hand with results
+    let (code, r) = s
+        .post(
+            &format!("/tasks/{b}/workflow_steps/flaky/resolve"),
+            json!({"results": {"by": "ops"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{r}");
+    assert_eq!(r["step"]["status"], "resolved_manually");
+    db.work();
+    for id in [a, b] {
+        let (_, t) = s.get(&format!("/tasks/{id}")).await;
+        assert_eq!(t["task"]["status"], "complete", "{t}");
+    }
+    let (_, tb) = s.get(&format!("/tasks/{b}/workflow_steps/flaky")).await;
+    assert_eq!(tb["step"]["results"], json!({"by": "ops"}));
+
+    // cancel, then cancelling again conflicts
+    let (_, c) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+        .await;
+    let c = c["task"]["task_id"].as_i64().unwrap();
+    let (code, body) = s
+        .call(Method::DELETE, &format!("/tasks/{c}"), None, None)
+        .await;
+    assert_eq!((code, body), (StatusCode::OK, json!({"cancelled": true})));
+    let (code, body) = s
+        .call(Method::DELETE, &format!("/tasks/{c}"), None, None)
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    let (code, _) = s
+        .post(&format!("/tasks/{c}/workflow_steps/flaky/retry"), json!({}))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_own_status_and_a_json_error_naming_the_problem() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let s = Server::start(&db, &[]);
+    let (_, t) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+        .await;
+    let id = t["task"]["task_id"].as_i64().unwrap();
+    let raw = |m: Method, path: &str, ctype: Option<&str>, body: &str| {
+        let mut r = s
+            .http
+            .request(m, format!("{}{path}", s.base))
+            .body(body.to_owned());
+        if let Some(c) = ctype {
+            r = r.header("content-type", c);
+        }
+        r
+    };
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            raw(Method::POST, "/tasks", Some("application/json"), "{bad"),
+            StatusCode::BAD_REQUEST,
+            "Failed to parse",
+        ),
+        (
+            raw(Method::POST, "/tasks", None, "{}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        (
+            raw(Method::POST, "/tasks", Some("application/json"), "{}"),
+            StatusCode::BAD_REQUEST,
+            "requires task name",
+        ),
+        (
+            raw(Method::POST, "/tasks", Some("application/json"), "[1]"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expected a JSON object",
+        ),
+        (
+            raw(
+                Method::POST,
+                "/tasks",
+                Some("application/json"),
+                r#"{"name": "pipeline", "namespace": "shop", "contxt": {}}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field `contxt`",
+        ),
+        (
+            raw(
+                Method::POST,
+                "/tasks",
+                Some("application/json"),
+                r#"{"name": "pipeline", "namespace": "shop", "context": {"n": "x"}}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/n",
+        ),
+        (
+            raw(
+                Method::POST,
+                "/tasks",
+                Some("application/json"),
+                r#"{"name": "nope"}"#,
+            ),
+            StatusCode::NOT_FOUND,
+            "no template named \"nope\"",
+        ),
+        (
+            raw(Method::GET, "/tasks?limit=-1", None, ""),
+            StatusCode::BAD_REQUEST,
+            "limit",
+        ),
+        (
+            raw(Method::GET, "/tasks?status=done", None, ""),
+            StatusCode::BAD_REQUEST,
+            "status",
+        ),
+        (
+            raw(Method::GET, "/tasks?sort_by=name", None, ""),
+            StatusCode::BAD_REQUEST,
+            "sort_by",
+        ),
+        (
+            raw(Method::GET, "/tasks?sort_order=up", None, ""),
+            StatusCode::BAD_REQUEST,
+            "sort_order",
+        ),
+        (
+            raw(Method::GET, "/tasks?page=2", None, ""),
+            StatusCode::BAD_REQUEST,
+            "unknown query parameter \"page\"",
+        ),
+        (
+            raw(Method::GET, "/tasks/x1", None, ""),
+            StatusCode::BAD_REQUEST,
+            "task id must be a positive integer",
+        ),
+        (
+            raw(Method::GET, "/tasks/999999", None, ""),
+            StatusCode::NOT_FOUND,
+            "task 999999 does not exist",
+        ),
+        (
+            raw(
+                Method::GET,
+                &format!("/tasks/{id}/workflow_steps/nope"),
+                None,
+                "",
+            ),
+            StatusCode::NOT_FOUND,
+            "no step named or numbered \"nope\"",
+        ),
+        (
+            raw(
+                Method::GET,
+                &format!("/tasks/{id}/task_diagrams.pdf"),
+                None,
+                "",
+            ),
+            StatusCode::NOT_FOUND,
+            "no route",
+        ),
+        (
+            raw(
+                Method::POST,
+                &format!("/tasks/{id}/workflow_steps/fetch/retry"),
+                None,
+                "",
+            ),
+            StatusCode::CONFLICT,
+            "pending",
+        ),
+        (
+            raw(
+                Method::POST,
+                &format!("/tasks/{id}/workflow_steps/fetch/resolve"),
+                Some("application/json"),
+                r#"{"result": 1}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field \"result\"",
+        ),
+        (
+            raw(Method::GET, "/handlers/nowhere", None, ""),
+            StatusCode::NOT_FOUND,
+            "nowhere",
+        ),
+        (
+            raw(
+                Method::GET,
+                "/handlers/shop/pipeline?version=9.9.9",
+                None,
+                "",
+            ),
+            StatusCode::NOT_FOUND,
+            "9.9.9",
+        ),
+        (
+            raw(
+                Method::PATCH,
+                &format!("/tasks/{id}"),
+                Some("application/json"),
+                r#"{"reason": "x"}"#,
+            ),
+            StatusCode::NOT_IMPLEMENTED,
+            "not implemented yet",
+        ),
+        (
+            raw(Method::GET, "/no/such/route", None, ""),
+            StatusCode::NOT_FOUND,
+            "no such route",
+        ),
+    ];
+    for (req, want, needle) in cases {
+        let desc = format!("{:?}", req);
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{desc}: not JSON: {e}"));
+        assert_eq!(status, want, "{desc}: {body}");
+        let msg = body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{desc}: {body}"));
+        assert!(
+            msg.contains(needle),
+            "{desc}: {msg:?} should mention {needle:?}"
+        );
+        assert!(body["error"]["code"].is_string());
+    }
+}
+
+/// Every route of the access table with its placeholders filled.
+fn concrete(pattern: &str, task: i64) -> String {
+    pattern
+        .replace("{id}", &task.to_string())
+        .replace("{step}", "fetch")
+        .replace("{file}", "task_diagrams.json")
+        .replace("{namespace}", "shop")
+        .replace("{name}", "pipeline")
+}
+
+#[tokio::test]
+async fn every_route_needs_the_token_except_the_probes() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let token = "s3cret-token-0123456789";
+    let s = Server::start(&db, &["--auth-token", token, "--base-path", "/tasker"]);
+    assert!(s.base.ends_with("/tasker"));
+    let (code, t) = s
+        .call(
+            Method::POST,
+            "/tasks",
+            Some(json!({"name": "pipeline", "namespace": "shop"})),
+            Some(token),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{t}");
+    let id = t["task"]["task_id"].as_i64().unwrap();
+    for (method, pattern, access) in ROUTES {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let path = concrete(pattern, id);
+        let (anon, body) = s.call(m.clone(), &path, None, None).await;
+        let (wrong, _) = s
+            .call(m.clone(), &path, None, Some("s3cret-token-0123456780"))
+            .await;
+        if *access == Access::Public {
+            assert!(anon.is_success(), "{method} {path}: {anon} {body}");
+            continue;
+        }
+        assert_eq!(
+            anon,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token: {body}"
+        );
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(
+            wrong,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a wrong token"
+        );
+        let (ok, body) = s.call(m, &path, None, Some(token)).await;
+        assert!(
+            ok != StatusCode::UNAUTHORIZED && ok != StatusCode::FORBIDDEN,
+            "{method} {path} with the token: {ok} {body}"
+        );
+    }
+    // Outside the base path nothing is served.
+    let (code, _) = s
+        .http
+        .get(s.base.replace("/tasker", "/tasks"))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+fn jwt(secret: &str, permissions: &[&str], exp_offset: i64) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + exp_offset;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "ops", "permissions": permissions, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwt_permissions_are_checked_per_route_and_expiry_is_honoured() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let secret = "a-long-hs256-secret-for-tests";
+    let s = Server::start(&db, &["--jwt-secret", secret]);
+    let all: Vec<&str> = ROUTES
+        .iter()
+        .filter_map(|(_, _, a)| match a {
+            Access::Permission(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    let admin = jwt(secret, &all, 600);
+    let (_, t) = s
+        .call(
+            Method::POST,
+            "/tasks",
+            Some(json!({"name": "pipeline", "namespace": "shop"})),
+            Some(&admin),
+        )
+        .await;
+    let id = t["task"]["task_id"].as_i64().unwrap();
+    for (method, pattern, access) in ROUTES {
+        let Access::Permission(p) = access else {
+            continue;
+        };
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let path = concrete(pattern, id);
+        let others: Vec<&str> = all.iter().copied().filter(|x| x != p).collect();
+        let (code, body) = s
+            .call(m.clone(), &path, None, Some(&jwt(secret, &others, 600)))
+            .await;
+        assert_eq!(
+            code,
+            StatusCode::FORBIDDEN,
+            "{method} {path} without {p}: {body}"
+        );
+        assert!(body["error"]["message"].as_str().unwrap().contains(p));
+        let (code, body) = s.call(m, &path, None, Some(&jwt(secret, &[p], 600))).await;
+        assert!(
+            code != StatusCode::UNAUTHORIZED && code != StatusCode::FORBIDDEN,
+            "{method} {path} with {p}: {code} {body}"
+        );
+    }
+    let (code, body) = s
+        .call(Method::GET, "/tasks", None, Some(&jwt(secret, &all, -120)))
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "expired: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Expired"),
+        "{body}"
+    );
+    let (code, _) = s
+        .call(
+            Method::GET,
+            "/tasks",
+            None,
+            Some(&jwt("another-secret-of-length", &all, 600)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "wrong signature");
+    let (code, _) = s.get("/health/ready").await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rs256_tokens_are_verified_with_the_public_key() {
+    let db = Db::new();
+    let key = db.path("key.pem");
+    let public = db.path("public.pem");
+    let gen = Command::new("openssl")
+        .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
+        .output();
+    let Ok(out) = gen else {
+        panic!("openssl is needed to make an RSA key for this test")
+    };
+    assert!(out.status.success());
+    let out = Command::new("openssl")
+        .args([
+            "rsa",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = Server::start(&db, &["--jwt-public-key", public.to_str().unwrap()]);
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"permissions": ["tasker.task:index"], "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let (code, body) = s.call(Method::GET, "/tasks", None, Some(&token)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, _) = s.call(Method::GET, "/metrics", None, Some(&token)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let hs = jwt("a-long-hs256-secret-for-tests", &["tasker.task:index"], 600);
+    let (code, _) = s.call(Method::GET, "/tasks", None, Some(&hs)).await;
+    assert_eq!(
+        code,
+        StatusCode::UNAUTHORIZED,
+        "an HS256 token is refused by an RS256 server"
+    );
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_health_reports_counts() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let s = Server::start(&db, &[]);
+    for _ in 0..3 {
+        s.post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+            .await;
+    }
+    db.work(); // without the `ok` file: flaky fails, tasks end in error
+    let (code, health) = s.get("/health/status").await;
+    assert_eq!(
+        code,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "every task failed: unhealthy: {health}"
+    );
+    assert_eq!(health["metrics"]["tasks"]["error"], 3);
+    assert_eq!(health["metrics"]["steps"]["complete"], 3);
+    assert_eq!(health["metrics"]["retries"]["exhausted_retries"], 3);
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        parsed
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no sample {name} {label:?} in\n{text}"))
+    };
+    assert_eq!(value("tasker_tasks", Some(("state", "error"))), 3.0);
+    assert_eq!(value("tasker_steps", Some(("state", "pending"))), 3.0);
+    assert_eq!(value("tasker_steps_exhausted", None), 3.0);
+    assert_eq!(
+        value(
+            "tasker_events_total",
+            Some(("event", "task.initialize_requested"))
+        ),
+        3.0
+    );
+    assert!(value("tasker_http_requests_total", Some(("route", "/tasks"))) >= 3.0);
+    assert!(
+        parsed.docs.contains_key("tasker_tasks"),
+        "HELP lines: {:?}",
+        parsed.docs
+    );
+}
+
+#[tokio::test]
+async fn serving_without_auth_off_loopback_is_refused_and_sigterm_stops_cleanly() {
+    let db = Db::new();
+    let out = db
+        .command()
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("refusing to serve on 0.0.0.0:0 without auth"));
+    let out = db
+        .command()
+        .args(["serve", "--auth-token", "short"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a short token is refused");
+    let out = db
+        .command()
+        .args(["serve", "--base-path", "no-slash"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let mut s = Server::start(&db, &[]);
+    let (code, _) = s.get("/health/live").await;
+    assert_eq!(code, StatusCode::OK);
+    let pid = s.child.id();
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still serving 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
