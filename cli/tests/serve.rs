@@ -304,6 +304,44 @@ async fn tasks_are_created_run_by_a_worker_process_shown_listed_and_paged() {
 }
 
 #[tokio::test]
+async fn concurrent_creations_share_commits_and_a_bad_one_fails_alone() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let s = std::sync::Arc::new(Server::start(&db, &[]));
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        // Request 17 breaks the schema; it must not take the others down with it.
+        let n = if i == 17 {
+            json!("seventeen")
+        } else {
+            json!(i)
+        };
+        handles.push(tokio::spawn(async move {
+            s.post("/tasks", json!({"name": "pipeline", "namespace": "shop", "context": {"n": n}, "idempotency_key": format!("c-{i}")})).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (code, body) = h.await.unwrap();
+        if i == 17 {
+            assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains("/n"),
+                "{body}"
+            );
+        } else {
+            assert_eq!(code, StatusCode::CREATED, "{i}: {body}");
+            assert_eq!(body["task"]["context"]["n"], i);
+            ids.insert(body["task"]["task_id"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(ids.len(), 39);
+    let (_, page) = s.get("/tasks?limit=0").await;
+    assert_eq!(page["pagination"]["total"], 39);
+}
+
+#[tokio::test]
 async fn operator_actions_retry_resolve_and_cancel_over_http() {
     let db = Db::new();
     db.register(&template(&db));

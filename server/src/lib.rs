@@ -5,6 +5,7 @@
 //! table and its middleware), [`error`] (`{error: {code, message, details}}`), [`metrics`].
 
 pub mod auth;
+pub mod batch;
 pub mod error;
 pub mod metrics;
 pub mod routes;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub auth: Auth,
     pub base_path: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// `POST /tasks` goes through it (group commit).
+    pub creator: batch::Creator,
 }
 
 /// Checks a base path: empty, or `/segment[/segment...]` without a trailing slash.
@@ -67,6 +70,7 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         auth,
         base_path: base_path.to_owned(),
         metrics: metrics::handle(),
+        creator: batch::Creator::start(engine.clone()),
     };
     metrics::count_events(&engine);
     let not_yet = routes::not_yet;

@@ -182,7 +182,7 @@ pub async fn create_task(
 ) -> ApiResult {
     let Json(body) = body?;
     let req = task_request(body)?;
-    let (id, created) = st.engine.create_task_once(req).await?;
+    let (id, created) = st.creator.create(req).await?;
     let (t, template) = snapshot_with_template(&st.engine, id).await?;
     let status = if created {
         StatusCode::CREATED

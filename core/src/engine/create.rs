@@ -86,7 +86,9 @@ impl Engine {
             .collect())
     }
 
-    async fn create_tasks_once(&self, reqs: Vec<TaskRequest>) -> Result<Vec<(i64, bool)>> {
+    /// Like [`Engine::create_tasks`], and says of each task whether it was created (`false`:
+    /// its idempotency key named an existing task).
+    pub async fn create_tasks_once(&self, reqs: Vec<TaskRequest>) -> Result<Vec<(i64, bool)>> {
         let mut prepared = Vec::with_capacity(reqs.len());
         for (i, req) in reqs.into_iter().enumerate() {
             let where_ = if i == 0 {
