@@ -385,6 +385,33 @@ async fn operator_actions_retry_resolve_and_cancel_over_http() {
     let (_, tb) = s.get(&format!("/tasks/{b}/workflow_steps/flaky")).await;
     assert_eq!(tb["step"]["results"], json!({"by": "ops"}));
 
+    // reason and tags change, in any state
+    let (code, t) = s
+        .call(
+            Method::PATCH,
+            &format!("/tasks/{b}"),
+            Some(json!({"reason": "fixed by ops", "tags": ["ops", "manual"]})),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{t}");
+    assert_eq!(
+        (t["task"]["reason"].clone(), t["task"]["tags"].clone()),
+        (json!("fixed by ops"), json!(["ops", "manual"]))
+    );
+    let (_, t) = s
+        .call(
+            Method::PUT,
+            &format!("/tasks/{b}"),
+            Some(json!({"task": {"tags": []}})),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (t["task"]["reason"].clone(), t["task"]["tags"].clone()),
+        (json!("fixed by ops"), json!([]))
+    );
+
     // cancel, then cancelling again conflicts
     let (_, c) = s
         .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
@@ -568,12 +595,52 @@ async fn bad_requests_get_their_own_status_and_a_json_error_naming_the_problem()
         (
             raw(
                 Method::PATCH,
-                &format!("/tasks/{id}"),
+                &format!("/tasks/{id}/workflow_steps/fetch"),
                 Some("application/json"),
-                r#"{"reason": "x"}"#,
+                r#"{"retry_limit": 5}"#,
             ),
             StatusCode::NOT_IMPLEMENTED,
             "not implemented yet",
+        ),
+        (
+            raw(
+                Method::PATCH,
+                &format!("/tasks/{id}"),
+                Some("application/json"),
+                r#"{"status": "complete"}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "only reason and tags can change",
+        ),
+        (
+            raw(
+                Method::PATCH,
+                &format!("/tasks/{id}"),
+                Some("application/json"),
+                "{}",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give reason and/or tags",
+        ),
+        (
+            raw(
+                Method::PATCH,
+                &format!("/tasks/{id}"),
+                Some("application/json"),
+                r#"{"tags": "x"}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            raw(
+                Method::PATCH,
+                "/tasks/999999",
+                Some("application/json"),
+                r#"{"reason": "x"}"#,
+            ),
+            StatusCode::NOT_FOUND,
+            "999999",
         ),
         (
             raw(Method::GET, "/no/such/route", None, ""),

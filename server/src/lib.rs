@@ -83,8 +83,8 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         .route(
             "/tasks/{id}",
             get(routes::get_task)
-                .patch(not_yet)
-                .put(not_yet)
+                .patch(routes::update_task)
+                .put(routes::update_task)
                 .delete(routes::cancel_task),
         )
         .route("/tasks/{id}/transitions", get(routes::transitions))

@@ -206,11 +206,45 @@ pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> 
     Ok(Json(json!({"cancelled": true})).into_response())
 }
 
+/// `PATCH /tasks/:id`: only `reason` and `tags` change, as in the original.
+pub async fn update_task(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        reason: Option<String>,
+        tags: Option<Vec<String>>,
+    }
+    let id = task_id(&id)?;
+    let Json(body) = body?;
+    let c: Change = serde_json::from_value(match body {
+        Value::Object(mut m)
+            if !m.contains_key("reason") && !m.contains_key("tags") && m.contains_key("task") =>
+        {
+            m.remove("task").unwrap_or(Value::Null)
+        }
+        other => other,
+    })
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            format!("request body: {e} (only reason and tags can change)"),
+        )
+    })?;
+    st.engine.update_task(id, c.reason, c.tags).await?;
+    let (t, template) = snapshot_with_template(&st.engine, id).await?;
+    Ok(Json(json!({"task": views::task(&t, template.as_deref())})).into_response())
+}
+
 pub async fn not_yet(Path(_): Path<HashMap<String, String>>) -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "not_implemented",
-        "changing a task's reason/tags or a step's retry_limit, and cancelling one step, are not implemented yet",
+        "changing a step's retry_limit and cancelling one step are not implemented yet",
     )
 }
 

@@ -9,6 +9,35 @@ use crate::state::{StepState, TaskState};
 use crate::store::StepUpdate;
 
 impl Engine {
+    /// Changes a task's `reason` and/or `tags` (what the original engine's `PATCH /tasks/:id`
+    /// allowed); not a state change, no transition. Any state.
+    pub async fn update_task(
+        &self,
+        task_id: i64,
+        reason: Option<String>,
+        tags: Option<Vec<String>>,
+    ) -> Result<()> {
+        if reason.is_none() && tags.is_none() {
+            return Err(Error::Validation(format!(
+                "update task {task_id}: give reason and/or tags"
+            )));
+        }
+        let nul = |s: &str| s.contains('\0');
+        if reason.as_deref().is_some_and(nul) || tags.iter().flatten().any(|t| nul(t)) {
+            return Err(Error::Validation(format!(
+                "update task {task_id}: reason and tags must not contain NUL characters"
+            )));
+        }
+        let tags = tags.map(|t| serde_json::to_string(&t).expect("json"));
+        let mut cx = TxCx::begin(self, self.now()).await?;
+        cx.task(task_id).await?;
+        let now = cx.now;
+        cx.tx
+            .update_task_details(task_id, reason.as_deref(), tags.as_deref(), now)
+            .await?;
+        cx.finish().await
+    }
+
     /// Cancels the task: steps not yet started are cancelled; steps in flight finish and their
     /// results are saved.
     pub async fn cancel_task(&self, task_id: i64) -> Result<()> {

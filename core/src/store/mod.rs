@@ -369,6 +369,14 @@ pub trait StoreTx: Send {
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>>;
     /// How many steps of the task are `in_progress`.
     async fn count_running(&mut self, task_id: i64) -> Result<i64>;
+    /// Sets a task's `reason` and/or `tags` (JSON array text); not a state change.
+    async fn update_task_details(
+        &mut self,
+        task_id: i64,
+        reason: Option<&str>,
+        tags: Option<&str>,
+        now: i64,
+    ) -> Result<()>;
 
     /// Applies conditional step updates; returns (step_id, new version) of those applied.
     async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>>;

@@ -705,6 +705,26 @@ impl StoreTx for PgTx {
         .collect()
     }
 
+    async fn update_task_details(
+        &mut self,
+        task_id: i64,
+        reason: Option<&str>,
+        tags: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(
+            "UPDATE tasks SET reason = COALESCE($1, reason), tags = COALESCE($2::jsonb, tags), updated_at = $3 WHERE task_id = $4",
+        )
+        .bind(reason)
+        .bind(tags)
+        .bind(now)
+        .bind(task_id)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(sqlx::query_scalar(

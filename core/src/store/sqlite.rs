@@ -774,6 +774,21 @@ impl StoreTx for SqliteTx {
         )
     }
 
+    async fn update_task_details(
+        &mut self,
+        task_id: i64,
+        reason: Option<&str>,
+        tags: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "UPDATE tasks SET reason = COALESCE(?, reason), tags = COALESCE(?, tags), updated_at = ? WHERE task_id = ?",
+            )?
+            .execute(params![reason, tags, now, task_id])?;
+        Ok(())
+    }
+
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {
         Ok(self
             .c
