@@ -50,6 +50,10 @@ struct Cli {
     /// becomes a new revision that new tasks use).
     #[arg(long, global = true, env = "TASKER_STRICT_TEMPLATES")]
     strict_templates: bool,
+    /// Log lines on stderr: text or json (one JSON object per line). Which ones: TASKER_LOG
+    /// (for example `info` or `tasker_server=debug`; default `warn`).
+    #[arg(long, global = true, env = "TASKER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -226,8 +230,22 @@ impl From<Error> for Failure {
 
 type Outcome = Result<ExitCode, Failure>;
 
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TASKER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(&cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

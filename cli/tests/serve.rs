@@ -972,3 +972,48 @@ async fn serving_without_auth_off_loopback_is_refused_and_sigterm_stops_cleanly(
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_request() {
+    let db = Db::new();
+    let mut child = db
+        .command()
+        .env("TASKER_LOG", "tasker_server=info")
+        .args(["--log-format", "json", "serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("tasker: serving on ")
+        .unwrap()
+        .to_owned();
+    let code = reqwest::get(format!("{base}/tasks/77"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let logs: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let answered = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "answered")
+        .expect("a request line");
+    assert_eq!(answered["fields"]["status"], 404);
+    assert_eq!(answered["span"]["route"], "/tasks/{id}");
+    assert_eq!(answered["level"], "INFO");
+}

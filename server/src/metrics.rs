@@ -130,8 +130,16 @@ pub async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let resp = next.run(req).await;
+    let span = tracing::info_span!("request", method = %method, route = %route);
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = resp.status().as_u16().to_string();
+    span.in_scope(|| {
+        tracing::info!(
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "answered"
+        )
+    });
     metrics::counter!("tasker_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("tasker_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
