@@ -26,7 +26,10 @@ class RailsTest < Minitest::Test
   end
 
   def env
-    e = { "RAILS_ENV" => "test", "TASKER_GEM_LIB" => LIB, "TASKER_EVENTS_LOG" => File.join(@tmp, "events.log") }
+    # DATABASE_URL would make PostgreSQL the app's primary database (and Tasker's default):
+    # each case says which database it wants.
+    e = { "RAILS_ENV" => "test", "TASKER_GEM_LIB" => LIB, "TASKER_EVENTS_LOG" => File.join(@tmp, "events.log"),
+          "DATABASE_URL" => nil, "TASKER_DATABASE_URL" => nil, "TASKER_SCHEMA" => nil }
     e.merge!("TASKER_DATABASE_URL" => db[:url], "TASKER_SCHEMA" => db[:schema]) if postgres?
     e
   end
@@ -78,7 +81,7 @@ class RailsTest < Minitest::Test
 
   def test_on_an_app_whose_database_is_postgresql_tasker_uses_it_in_a_schema_of_its_own
     skip "needs PostgreSQL" unless postgres?
-    e = env.reject { |k, _| %w[TASKER_DATABASE_URL TASKER_SCHEMA].include?(k) }.merge("DATABASE_URL" => db[:url])
+    e = env.merge("TASKER_DATABASE_URL" => nil, "TASKER_SCHEMA" => nil, "DATABASE_URL" => db[:url])
     out, err, st = Open3.capture3(e, RbConfig.ruby, "bin/rails", "runner", "puts Tasker::Railtie.database_url.inspect; puts Tasker.engine.templates.size", chdir: @app)
     assert st.success?, err
     assert_equal [[db[:url], "tasker"].inspect], out.lines.first(1).map(&:chomp)
