@@ -1017,3 +1017,187 @@ async fn log_format_json_writes_one_json_object_per_request() {
     assert_eq!(answered["span"]["route"], "/tasks/{id}");
     assert_eq!(answered["level"], "INFO");
 }
+
+async fn gql(s: &Server, token: Option<&str>, query: &str, variables: Value) -> Value {
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/graphql",
+            Some(json!({"query": query, "variables": variables})),
+            token,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn graphql_queries_and_mutations_with_per_field_permissions() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let secret = "a-long-hs256-secret-for-graphql";
+    let s = Server::start(&db, &["--jwt-secret", secret]);
+    let perms = [
+        "tasker.task:index",
+        "tasker.task:show",
+        "tasker.task:create",
+        "tasker.task:update",
+        "tasker.task:cancel",
+        "tasker.workflow_step:show",
+        "tasker.workflow_step:retry",
+        "tasker.workflow_step:update",
+    ];
+    let admin = jwt(secret, &perms, 600);
+    let created = gql(
+        &s,
+        Some(&admin),
+        r#"mutation($ctx: JSON) { a: createTask(name: "pipeline", namespace: "shop", context: $ctx, tags: ["x"]) { taskId status }
+                                  b: createTask(name: "pipeline", namespace: "shop") { taskId } }"#,
+        json!({"ctx": {"n": 5}}),
+    )
+    .await;
+    let a = created["data"]["a"]["taskId"].as_i64().unwrap();
+    let b = created["data"]["b"]["taskId"].as_i64().unwrap();
+    assert_eq!(created["data"]["a"]["status"], "pending");
+    db.work(); // flaky fails: both tasks end in error
+    let q = gql(
+        &s,
+        Some(&admin),
+        r#"query($id: Int!) { tasksByStatus(status: "error", sortOrder: "asc") { taskId fullName context tags }
+                              task(taskId: $id) { status workflowSteps { name status attempts children error } }
+                              step(taskId: $id, stepId: "fetch") { status results parents children } }"#,
+        json!({"id": a}),
+    )
+    .await;
+    assert!(q["errors"].is_null(), "{q}");
+    assert_eq!(q["data"]["tasksByStatus"][0]["taskId"], a);
+    assert_eq!(q["data"]["tasksByStatus"][0]["context"], json!({"n": 5}));
+    assert_eq!(
+        q["data"]["tasksByStatus"][0]["fullName"],
+        "shop.pipeline@1.0.0"
+    );
+    assert_eq!(q["data"]["task"]["status"], "error");
+    assert_eq!(q["data"]["step"]["results"], json!({"rows": 3}));
+    assert_eq!(q["data"]["step"]["children"], json!(["flaky", "report"]));
+
+    std::fs::write(db.path("ok"), "").unwrap();
+    let m = gql(
+        &s,
+        Some(&admin),
+        r#"mutation($a: Int!, $b: Int!) { retryStep(taskId: $a, stepId: "flaky") { status }
+                                          resolveStep(taskId: $b, stepId: "flaky", results: {by: "gql"}) { status results }
+                                          updateTask(taskId: $b, reason: "ops") { taskId } }"#,
+        json!({"a": a, "b": b}),
+    )
+    .await;
+    assert!(m["errors"].is_null(), "{m}");
+    assert_eq!(m["data"]["retryStep"]["status"], "pending");
+    assert_eq!(
+        m["data"]["resolveStep"],
+        json!({"status": "resolved_manually", "results": {"by": "gql"}})
+    );
+    db.work();
+    let done = gql(&s, Some(&admin), "query($a: Int!, $b: Int!) { a: task(taskId: $a) { status } b: task(taskId: $b) { status reason } }", json!({"a": a, "b": b})).await;
+    assert_eq!(
+        done["data"],
+        json!({"a": {"status": "complete"}, "b": {"status": "complete", "reason": "ops"}})
+    );
+    let c = gql(
+        &s,
+        Some(&admin),
+        r#"mutation { createTask(name: "pipeline", namespace: "shop") { taskId } }"#,
+        json!({}),
+    )
+    .await;
+    let c = c["data"]["createTask"]["taskId"].as_i64().unwrap();
+    let cancelled = gql(
+        &s,
+        Some(&admin),
+        "mutation($c: Int!) { cancelTask(taskId: $c) { status } }",
+        json!({"c": c}),
+    )
+    .await;
+    assert_eq!(cancelled["data"]["cancelTask"]["status"], "cancelled");
+    let again = gql(
+        &s,
+        Some(&admin),
+        "mutation($c: Int!) { cancelTask(taskId: $c) { status } }",
+        json!({"c": c}),
+    )
+    .await;
+    assert_eq!(
+        again["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{again}"
+    );
+
+    // Per field: a reader may list but not create; a token is needed at all.
+    let reader = jwt(secret, &["tasker.task:index"], 600);
+    let r = gql(
+        &s,
+        Some(&reader),
+        r#"{ tasks(limit: 2) { taskId } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["data"]["tasks"].as_array().unwrap().len(), 2, "{r}");
+    let r = gql(
+        &s,
+        Some(&reader),
+        r#"mutation { createTask(name: "pipeline", namespace: "shop") { taskId } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "FORBIDDEN", "{r}");
+    assert!(r["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tasker.task:create"));
+    let r = gql(
+        &s,
+        Some(&reader),
+        "{ task(taskId: 1) { taskId } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    let (code, _) = s
+        .call(
+            Method::POST,
+            "/graphql",
+            Some(json!({"query": "{ tasks { taskId } }"})),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let bad = gql(
+        &s,
+        Some(&admin),
+        "{ tasks(limit: 500) { taskId } }",
+        json!({}),
+    )
+    .await;
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit must be 0 to 100"),
+        "{bad}"
+    );
+    let bad = gql(&s, Some(&admin), "{ nope }", json!({})).await;
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope"),
+        "{bad}"
+    );
+    let (code, _) = s
+        .call(
+            Method::POST,
+            "/graphql",
+            Some(json!({"querry": "{}"})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+}

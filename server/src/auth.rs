@@ -138,6 +138,8 @@ pub const ROUTES: &[(&str, &str, Access)] = {
             "/handlers/{namespace}/{name}",
             Permission("tasker.handler:show"),
         ),
+        // Each query and mutation checks its own permission (graphql.rs).
+        ("POST", "/graphql", Authenticated),
     ]
 };
 
@@ -155,10 +157,36 @@ struct Claims {
     permissions: Vec<String>,
 }
 
+/// Who is calling, as far as permissions go (GraphQL checks them per field).
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Auth off, or the static token: every permission.
+    All,
+    /// A JWT's `permissions` claim.
+    Permissions(Vec<String>),
+    /// No credentials (a public route).
+    Anonymous,
+}
+
+impl Principal {
+    pub fn allows(&self, permission: &str) -> bool {
+        match self {
+            Principal::All => true,
+            Principal::Permissions(p) => p.iter().any(|x| x == permission),
+            Principal::Anonymous => false,
+        }
+    }
+}
+
 /// The request's credentials checked against its route's rule.
-pub fn check(auth: &Auth, rule: Option<Access>, bearer: Option<&str>) -> Result<(), ApiError> {
+pub fn check(
+    auth: &Auth,
+    rule: Option<Access>,
+    bearer: Option<&str>,
+) -> Result<Principal, ApiError> {
     let rule = match (auth, rule) {
-        (_, Some(Access::Public)) | (Auth::Off, _) => return Ok(()),
+        (Auth::Off, _) => return Ok(Principal::All),
+        (_, Some(Access::Public)) => return Ok(Principal::Anonymous),
         (_, Some(r)) => r,
         // Not in the table: nobody may call it.
         (_, None) => {
@@ -176,10 +204,10 @@ pub fn check(auth: &Auth, rule: Option<Access>, bearer: Option<&str>) -> Result<
         ));
     };
     match auth {
-        Auth::Off => Ok(()),
+        Auth::Off => Ok(Principal::All),
         Auth::Token(expected) => {
             if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
-                Ok(())
+                Ok(Principal::All)
             } else {
                 Err(unauthorized("invalid token"))
             }
@@ -195,7 +223,7 @@ pub fn check(auth: &Auth, rule: Option<Access>, bearer: Option<&str>) -> Result<
                         format!("the token lacks the permission {p}"),
                     ))
                 }
-                _ => Ok(()),
+                _ => Ok(Principal::Permissions(data.claims.permissions)),
             }
         }
     }
@@ -204,7 +232,7 @@ pub fn check(auth: &Auth, rule: Option<Access>, bearer: Option<&str>) -> Result<
 /// The middleware: finds the route's rule and checks the bearer credentials.
 pub async fn authorize(
     State(st): State<crate::AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let pattern = req
@@ -225,6 +253,7 @@ pub async fn authorize(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    check(&st.auth, rule, bearer)?;
+    let principal = check(&st.auth, rule, bearer)?;
+    req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }

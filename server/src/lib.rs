@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod batch;
 pub mod error;
+pub mod graphql;
 pub mod metrics;
 pub mod routes;
 pub mod views;
@@ -40,6 +41,7 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// `POST /tasks` goes through it (group commit).
     pub creator: batch::Creator,
+    pub graphql: graphql::TaskerSchema,
 }
 
 /// Checks a base path: empty, or `/segment[/segment...]` without a trailing slash.
@@ -71,6 +73,7 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         base_path: base_path.to_owned(),
         metrics: metrics::handle(),
         creator: batch::Creator::start(engine.clone()),
+        graphql: graphql::schema(engine.clone()),
     };
     metrics::count_events(&engine);
     let not_yet = routes::not_yet;
@@ -108,6 +111,7 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         .route("/handlers", get(routes::handlers))
         .route("/handlers/{namespace}", get(routes::namespace_handlers))
         .route("/handlers/{namespace}/{name}", get(routes::handler))
+        .route("/graphql", post(graphql::handle))
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
             auth::authorize,
