@@ -83,12 +83,7 @@ impl Step {
             results: Json(s.results.clone()),
             error: s.error.clone().map(Json),
             parents: s.depends_on.clone(),
-            children: t
-                .steps
-                .iter()
-                .filter(|o| o.depends_on.iter().any(|d| d == &s.name))
-                .map(|o| o.name.clone())
-                .collect(),
+            children: t.children_of(&s.name),
             processed_at: s.completed_at.clone(),
             next_attempt_at: s.next_attempt_at.clone(),
             last_attempted_at: s.last_attempted_at.clone(),

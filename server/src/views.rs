@@ -1,8 +1,8 @@
 //! The JSON bodies: the original engine's serializers (task, step, handler), built from the
 //! core's snapshots.
 
-use serde_json::{json, Value};
-use tasker_core::{StepSnapshot, TaskSnapshot, TaskSummary, TaskTemplate};
+use serde_json::{json, Map, Value};
+use tasker_core::{StepSnapshot, TaskSnapshot, TaskState, TaskSummary, TaskTemplate};
 
 pub fn full_name(namespace: &str, name: &str, version: &str) -> String {
     format!("{namespace}.{name}@{version}")
@@ -10,12 +10,7 @@ pub fn full_name(namespace: &str, name: &str, version: &str) -> String {
 
 /// A step as `GET /tasks/:id/workflow_steps/:step` shows it.
 pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplate>) -> Value {
-    let children: Vec<&str> = task
-        .steps
-        .iter()
-        .filter(|o| o.depends_on.iter().any(|d| d == &s.name))
-        .map(|o| o.name.as_str())
-        .collect();
+    let children = task.children_of(&s.name);
     let st = template.and_then(|t| t.step_index(&s.name).map(|i| &t.steps[i]));
     json!({
         "workflow_step_id": s.id,
@@ -38,16 +33,46 @@ pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplat
     })
 }
 
+/// The fields a task line and a whole task share.
+#[allow(clippy::too_many_arguments)]
+fn head(
+    id: i64,
+    namespace: &str,
+    name: &str,
+    version: &str,
+    status: TaskState,
+    requested_at: &str,
+    completed_at: &Option<String>,
+) -> Map<String, Value> {
+    let v = json!({
+        "task_id": id,
+        "name": name,
+        "namespace": namespace,
+        "version": version,
+        "full_name": full_name(namespace, name, version),
+        "status": status,
+        "complete": status == TaskState::Complete,
+        "requested_at": requested_at,
+        "completed_at": completed_at,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object"),
+    }
+}
+
 /// A task with its steps, as `GET /tasks/:id` shows it.
 pub fn task(t: &TaskSnapshot, template: Option<&TaskTemplate>) -> Value {
-    json!({
-        "task_id": t.id,
-        "name": t.name,
-        "namespace": t.namespace,
-        "version": t.version,
-        "full_name": full_name(&t.namespace, &t.name, &t.version),
-        "status": t.status,
-        "complete": t.status.as_str() == "complete",
+    let mut m = head(
+        t.id,
+        &t.namespace,
+        &t.name,
+        &t.version,
+        t.status,
+        &t.created_at,
+        &t.completed_at,
+    );
+    let rest = json!({
         "context": t.context,
         "initiator": t.initiator,
         "source_system": t.source_system,
@@ -55,28 +80,29 @@ pub fn task(t: &TaskSnapshot, template: Option<&TaskTemplate>) -> Value {
         "tags": t.tags,
         "bypass_steps": t.bypass_steps,
         "idempotency_key": t.idempotency_key,
-        "requested_at": t.created_at,
         "updated_at": t.updated_at,
-        "completed_at": t.completed_at,
         "workflow_steps": t.steps.iter().map(|s| step(t, s, template)).collect::<Vec<_>>(),
-    })
+    });
+    if let Value::Object(r) = rest {
+        m.extend(r);
+    }
+    Value::Object(m)
 }
 
 /// A line of `GET /tasks`.
 pub fn summary(t: &TaskSummary) -> Value {
-    json!({
-        "task_id": t.id,
-        "name": t.name,
-        "namespace": t.namespace,
-        "version": t.version,
-        "full_name": full_name(&t.namespace, &t.name, &t.version),
-        "status": t.status,
-        "complete": t.status.as_str() == "complete",
-        "steps_total": t.steps_total,
-        "steps_done": t.steps_done,
-        "requested_at": t.created_at,
-        "completed_at": t.completed_at,
-    })
+    let mut m = head(
+        t.id,
+        &t.namespace,
+        &t.name,
+        &t.version,
+        t.status,
+        &t.created_at,
+        &t.completed_at,
+    );
+    m.insert("steps_total".into(), t.steps_total.into());
+    m.insert("steps_done".into(), t.steps_done.into());
+    Value::Object(m)
 }
 
 /// A template as `GET /handlers/:namespace/:name` shows it.

@@ -38,6 +38,15 @@ impl TaskSnapshot {
     pub fn step(&self, name: &str) -> Option<&StepSnapshot> {
         self.steps.iter().find(|s| s.name == name)
     }
+
+    /// The steps that depend on step `name` directly, in template order.
+    pub fn children_of(&self, name: &str) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter(|o| o.depends_on.iter().any(|d| d == name))
+            .map(|o| o.name.clone())
+            .collect()
+    }
 }
 
 /// A step inside a [`TaskSnapshot`].
