@@ -10,18 +10,28 @@ module Tasker
   # +results+ (each dependency's name => its results) and +custom_events+ (the names this step
   # may publish). Hashes have string keys, as JSON gives them.
   class Step
-    attr_reader :task_id, :step_id, :name, :handler, :attempt, :max_attempts,
-                :context, :results, :config, :custom_events
+    attr_reader :task_id, :step_id, :name, :handler, :attempt, :max_attempts, :custom_events
 
     # +job+ is the array the native driver hands out.
     def initialize(job, core = nil)
       @task_id, @step_id, @attempt, @position, @name, @handler, @max_attempts,
-        context, results, config, @custom_events = job
-      @context = JSON.parse(context)
-      @results = JSON.parse(results)
-      @config = JSON.parse(config)
+        @context_json, @results_json, @config_json, @custom_events = job
       @job = job
       @core = core
+    end
+
+    # The JSON texts are parsed on first use: a handler that never reads its config does not
+    # pay for it.
+    def context
+      @context ||= JSON.parse(@context_json)
+    end
+
+    def results
+      @results ||= JSON.parse(@results_json)
+    end
+
+    def config
+      @config ||= JSON.parse(@config_json)
     end
 
     # Publishes a custom event the template declares (+custom_events+) to every subscriber
