@@ -242,3 +242,252 @@ async fn retry_while_a_sibling_is_in_flight_keeps_the_task_running() {
         TaskState::Complete
     );
 }
+
+// ---- the original's step routes: PATCH retry_limit, DELETE (cancel one step) ----
+
+#[tokio::test]
+async fn raising_the_retry_limit_of_an_exhausted_step_runs_it_again_and_unblocks_the_task() {
+    let h = Harness::new().await;
+    let id = blocked_with_a_parked_step(&h).await;
+    // `a` (1 attempt) is out of attempts; `b` waits 60 s. Give `a` three attempts in all.
+    h.engine.set_step_retry_limit(id, "a", 3).await.unwrap();
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(
+        t.status,
+        TaskState::Pending,
+        "nothing is exhausted any more"
+    );
+    let a = t.step("a").unwrap();
+    assert_eq!(
+        (a.status, a.attempts, a.max_attempts),
+        (StepState::Error, 1, 3)
+    );
+    let (names, jobs) = claim_names(&h).await;
+    assert_eq!(names, ["a"], "a runs again at once; b keeps its backoff");
+    assert_eq!((jobs[0].key.attempt, jobs[0].max_attempts), (2, 3));
+    h.engine
+        .report(
+            &[Report {
+                key: jobs[0].key,
+                outcome: Outcome::Complete(json!("a ok")),
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+    h.advance(Duration::from_secs(61));
+    assert_eq!(h.drive(&all_succeed()).await, 2, "b, then c");
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Complete
+    );
+}
+
+#[tokio::test]
+async fn lowering_the_retry_limit_of_a_step_in_backoff_exhausts_it_and_fails_the_task() {
+    let h = Harness::new().await;
+    h.register(TWO_FAILING).await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("two_failing", json!({})))
+        .await
+        .unwrap();
+    let mut r = always_failing();
+    r.register_fn("a", |_| async { Ok(json!("a ok")) });
+    assert_eq!(h.drive(&r).await, 2);
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(
+        t.status,
+        TaskState::InProgress,
+        "b waits 60 s for attempt 2"
+    );
+    assert!(t.step("b").unwrap().next_attempt_at.is_some());
+
+    h.engine.set_step_retry_limit(id, "b", 1).await.unwrap();
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(
+        t.status,
+        TaskState::Error,
+        "b has no attempt left under the new limit"
+    );
+    let b = t.step("b").unwrap();
+    assert_eq!(
+        (b.status, b.max_attempts, b.next_attempt_at.clone()),
+        (StepState::Error, 1, None)
+    );
+    h.advance(Duration::from_secs(120));
+    assert!(claim_names(&h).await.0.is_empty(), "nothing runs");
+}
+
+#[tokio::test]
+async fn an_attempt_in_flight_is_judged_by_the_limit_set_while_it_ran() {
+    let h = Harness::new().await;
+    h.register(TWO_FAILING).await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("two_failing", json!({})))
+        .await
+        .unwrap();
+    let (_, jobs) = claim_names(&h).await;
+    let b = jobs.iter().find(|j| j.step_name == "b").unwrap();
+    assert_eq!(b.max_attempts, 5);
+    h.engine.set_step_retry_limit(id, "b", 1).await.unwrap();
+    h.engine
+        .report(
+            &[Report {
+                key: b.key,
+                outcome: Outcome::Failed(StepFailure::retryable("down")),
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+    let s = h
+        .engine
+        .get_task(id)
+        .await
+        .unwrap()
+        .step("b")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (s.status, s.next_attempt_at),
+        (StepState::Error, None),
+        "out of attempts under the limit set while it ran"
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_not_undone_by_a_higher_retry_limit() {
+    let h = Harness::new().await;
+    h.register("name: once\nstep_templates:\n  - {name: only, default_retry_limit: 3}\n")
+        .await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("once", json!({})))
+        .await
+        .unwrap();
+    let mut r = Registry::new();
+    r.register_fn("only", |_| async {
+        Err(HandlerError::permanent("bad card"))
+    });
+    assert_eq!(h.drive(&r).await, 1);
+    h.engine.set_step_retry_limit(id, "only", 10).await.unwrap();
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(
+        t.status,
+        TaskState::Error,
+        "a retry, not a limit, undoes a permanent failure"
+    );
+    assert_eq!(t.step("only").unwrap().max_attempts, 10);
+    assert!(claim_names(&h).await.0.is_empty());
+    // Out-of-range limits and unknown steps are refused, naming what is wrong.
+    let err = h
+        .engine
+        .set_step_retry_limit(id, "only", 0)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("retry_limit must be an integer from 1"),
+        "{err}"
+    );
+    let err = h
+        .engine
+        .set_step_retry_limit(id, "nope", 2)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no step named \"nope\""), "{err}");
+}
+
+/// `a -> b -> c`, and `d` on its own.
+const CHAIN_AND_ONE: &str = r#"
+name: chain_and_one
+step_templates:
+  - {name: a}
+  - {name: b, depends_on_step: a}
+  - {name: c, depends_on_step: b}
+  - {name: d}
+"#;
+
+#[tokio::test]
+async fn cancelling_a_step_cancels_its_dependents_and_the_task_completes_with_the_rest() {
+    let h = Harness::new().await;
+    h.register(CHAIN_AND_ONE).await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("chain_and_one", json!({})))
+        .await
+        .unwrap();
+    let mut events = h.engine.subscribe();
+    h.engine.cancel_step(id, "b").await.unwrap();
+    let t = h.engine.get_task(id).await.unwrap();
+    for (name, want) in [
+        ("a", StepState::Pending),
+        ("b", StepState::Cancelled),
+        ("c", StepState::Cancelled),
+        ("d", StepState::Pending),
+    ] {
+        assert_eq!(t.step(name).unwrap().status, want, "step {name}");
+    }
+    let mut cancelled = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.name == "step.cancelled" {
+            cancelled.push(e.step_name.clone().unwrap());
+        }
+    }
+    cancelled.sort();
+    assert_eq!(cancelled, ["b", "c"]);
+    let mut r = Registry::new();
+    for n in ["a", "b", "c", "d"] {
+        r.register_fn(n, move |_| async move { Ok(json!(n)) });
+    }
+    assert_eq!(h.drive(&r).await, 2, "only a and d run");
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(
+        t.status,
+        TaskState::Complete,
+        "cancelled steps count as finished"
+    );
+    // A finished step cannot be cancelled; a running one neither.
+    let err = h.engine.cancel_step(id, "a").await.unwrap_err();
+    assert!(
+        err.to_string().contains("it is complete") || err.to_string().contains("is complete"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_running_step_cannot_be_cancelled_but_an_exhausted_one_can_and_unblocks_the_task() {
+    let h = Harness::new().await;
+    h.register(TWO_FAILING).await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("two_failing", json!({})))
+        .await
+        .unwrap();
+    let (_, jobs) = claim_names(&h).await;
+    let err = h.engine.cancel_step(id, "a").await.unwrap_err();
+    assert!(err.to_string().contains("cancel the task"), "{err}");
+    // `a` fails for good, `b` succeeds: the task fails; cancelling `a` (and so `c`) completes it.
+    let reports: Vec<Report> = jobs
+        .iter()
+        .map(|j| Report {
+            key: j.key,
+            outcome: if j.step_name == "a" {
+                Outcome::Failed(StepFailure::retryable("down"))
+            } else {
+                Outcome::Complete(json!("b ok"))
+            },
+        })
+        .collect();
+    h.engine.report(&reports, None).await.unwrap();
+    assert_eq!(
+        h.engine.get_task(id).await.unwrap().status,
+        TaskState::Error
+    );
+    h.engine.cancel_step(id, "a").await.unwrap();
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete);
+    assert_eq!(t.step("c").unwrap().status, StepState::Cancelled);
+}

@@ -125,7 +125,7 @@ impl TxCx<'_> {
                 },
                 step_name: st.name.clone(),
                 handler: st.handler.clone(),
-                max_attempts: st.max_attempts,
+                max_attempts: s.retry_limit.clamp(0, u32::MAX as i64) as u32,
                 context: contexts.get(&s.task_id).cloned().unwrap_or_default(),
                 results,
                 config: st.handler_config.clone(),

@@ -52,12 +52,44 @@ pub fn failure_effect(
     }
 }
 
+/// What an operator's new `retry_limit` does to a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitEffect {
+    /// Nothing changes but the limit.
+    Keep,
+    /// A failed step waiting to run again has no attempt left under the new limit: it is out
+    /// of attempts now and blocks its task.
+    Exhaust,
+    /// An exhausted step has attempts left under the new limit: it runs again at once and
+    /// stops blocking its task. Not after a permanent failure (only a retry does that).
+    Unexhaust,
+}
+
+/// Decides [`LimitEffect`] for a step in `state` that has used `attempts`, is or is not
+/// [`is_exhausted`], failed permanently last time or not, given `new_limit` (total attempts).
+pub fn retry_limit_effect(
+    state: StepState,
+    attempts: i64,
+    exhausted: bool,
+    failed_permanently: bool,
+    new_limit: i64,
+) -> LimitEffect {
+    if state != StepState::Error {
+        return LimitEffect::Keep;
+    }
+    match (exhausted, attempts >= new_limit) {
+        (false, true) => LimitEffect::Exhaust,
+        (true, false) if !failed_permanently => LimitEffect::Unexhaust,
+        _ => LimitEffect::Keep,
+    }
+}
+
 /// A task's state and counters, as [`settle_path`] reads them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskCounts {
     pub state: TaskState,
     pub steps_total: i64,
-    /// Steps `complete` or `resolved_manually`.
+    /// Steps `complete` or `resolved_manually`, or cancelled by an operator.
     pub steps_done: i64,
     /// Steps out of attempts ([`is_exhausted`]).
     pub steps_blocked: i64,
@@ -174,6 +206,30 @@ mod tests {
                 is_exhausted(state, ready, parked),
                 want,
                 "{state} {ready:?} {parked:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_limit_effects() {
+        use LimitEffect::*;
+        let table = [
+            // state, attempts, exhausted, permanent, new limit -> effect
+            (S::Error, 3, true, false, 5, Unexhaust),
+            (S::Error, 3, true, false, 3, Keep),
+            (S::Error, 1, true, true, 5, Keep), // a permanent failure needs a retry
+            (S::Error, 2, false, false, 2, Exhaust),
+            (S::Error, 2, false, false, 1, Exhaust),
+            (S::Error, 1, false, false, 3, Keep),
+            (S::Pending, 0, false, false, 1, Keep),
+            (S::InProgress, 4, false, false, 2, Keep), // its report decides
+            (S::Complete, 1, false, false, 1, Keep),
+        ];
+        for (state, attempts, exhausted, permanent, limit, want) in table {
+            assert_eq!(
+                retry_limit_effect(state, attempts, exhausted, permanent, limit),
+                want,
+                "{state} attempts={attempts} exhausted={exhausted} permanent={permanent} limit={limit}"
             );
         }
     }

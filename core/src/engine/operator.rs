@@ -1,7 +1,9 @@
-//! Operator actions: cancel a task, retry a failed step, resolve a step by hand.
+//! Operator actions: cancel a task, retry a failed step, resolve a step by hand, cancel a
+//! step, change a step's retry limit.
 
 use serde_json::{json, Value};
 
+use super::decide::{self, LimitEffect};
 use super::tx::TxCx;
 use super::Engine;
 use crate::error::{Error, Result};
@@ -171,6 +173,123 @@ impl Engine {
         if !decs.is_empty() && cx.tx.decrement_parents(&decs, cx.now).await? > 0 {
             cx.work = true;
         }
+        cx.settle(task_id).await?;
+        cx.finish().await
+    }
+
+    /// The largest `retry_limit` an operator may set.
+    pub const MAX_RETRY_LIMIT: i64 = 10_000;
+
+    /// Sets a step's `retry_limit` (its total attempts, the first included), as the original
+    /// engine's `PATCH /tasks/:id/workflow_steps/:step` did. Failures recorded from now on,
+    /// including the one of an attempt in flight, are judged against it. A failed step waiting
+    /// for its next attempt that has none left under the new limit is out of attempts at once
+    /// (its task may go to `error`); an exhausted step given more attempts runs again at once
+    /// and stops blocking its task, unless its last failure was permanent (retry it instead).
+    /// [`decide::retry_limit_effect`] decides.
+    pub async fn set_step_retry_limit(
+        &self,
+        task_id: i64,
+        step_name: &str,
+        retry_limit: i64,
+    ) -> Result<()> {
+        if !(1..=Self::MAX_RETRY_LIMIT).contains(&retry_limit) {
+            return Err(Error::Validation(format!(
+                "retry_limit must be an integer from 1 to {}, got {retry_limit}",
+                Self::MAX_RETRY_LIMIT
+            )));
+        }
+        let mut cx = TxCx::begin(self, self.now()).await?;
+        cx.task(task_id).await?;
+        let s = cx.step_named(task_id, step_name).await?;
+        let failed_permanently = s
+            .error
+            .as_deref()
+            .and_then(|e| serde_json::from_str::<Value>(e).ok())
+            .is_some_and(|e| e["kind"] == "permanent");
+        let effect = decide::retry_limit_effect(
+            s.state,
+            s.attempts,
+            s.is_exhausted(),
+            failed_permanently,
+            retry_limit,
+        );
+        let now = cx.now;
+        let ready_at = match effect {
+            LimitEffect::Keep => None,
+            LimitEffect::Exhaust => Some(None),
+            LimitEffect::Unexhaust => Some(Some(now)),
+        };
+        cx.tx
+            .set_retry_limit(s.step_id, retry_limit, ready_at, now)
+            .await?;
+        if effect != LimitEffect::Keep {
+            let d_blocked = if effect == LimitEffect::Exhaust {
+                1
+            } else {
+                -1
+            };
+            cx.adjust(task_id, 0, d_blocked);
+            cx.work |= effect == LimitEffect::Unexhaust;
+            cx.settle(task_id).await?;
+        }
+        cx.finish().await
+    }
+
+    /// Cancels one step that has not run to the end (`pending`, or `error` between attempts),
+    /// with the steps that depend on it, directly or not: none of them will run. As in the
+    /// original engine, a cancelled step counts as finished for its task, which completes once
+    /// its other steps do. A running step cannot be cancelled (cancel its task: the attempt
+    /// finishes and nothing further starts).
+    pub async fn cancel_step(&self, task_id: i64, step_name: &str) -> Result<()> {
+        let mut cx = TxCx::begin(self, self.now()).await?;
+        let task = cx.task(task_id).await?;
+        cx.require_active(&task, "cancel a step of")?;
+        let s = cx.step_named(task_id, step_name).await?;
+        if !matches!(s.state, StepState::Pending | StepState::Error) {
+            return Err(Error::Conflict(format!(
+                "step {step_name:?} of task {task_id} is {}; only a pending or failed step can be cancelled{}",
+                s.state,
+                if s.state == StepState::InProgress {
+                    " (to stop a task while a step runs, cancel the task)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let template = cx.template(task.named_task_id).await?;
+        let mut doomed = vec![false; template.steps.len()];
+        let mut stack = vec![s.position as usize];
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut doomed[i], true) {
+                stack.extend(template.steps[i].children.iter().map(|&c| c as usize));
+            }
+        }
+        let steps = cx.tx.task_steps(task_id).await?;
+        let mut updates = Vec::new();
+        for r in &steps {
+            if !doomed[r.position as usize]
+                || !matches!(r.state, StepState::Pending | StepState::Error)
+            {
+                continue;
+            }
+            cx.adjust(task_id, 1, if r.is_exhausted() { -1 } else { 0 });
+            let meta = if r.step_id == s.step_id {
+                json!({"reason": "cancelled_by_operator"})
+            } else {
+                json!({"reason": "depends_on_cancelled_step", "cancelled_step": s.name})
+            };
+            updates.push((
+                StepUpdate {
+                    expect_attempts: Some(r.attempts),
+                    ..StepUpdate::new(r.step_id, r.state, StepState::Cancelled)
+                },
+                r.name.clone(),
+                r.attempts,
+                meta,
+            ));
+        }
+        cx.apply_step_updates(task_id, updates).await?;
         cx.settle(task_id).await?;
         cx.finish().await
     }

@@ -158,6 +158,18 @@ impl TxCx<'_> {
             meta: Value,
             blocked: bool,
         }
+        // A failure is judged against the step's own limit, which an operator may have changed
+        // (read only when the batch has failures: the happy path costs nothing).
+        let failing: Vec<i64> = reports
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+            .map(|r| r.key.step_id)
+            .collect();
+        let limits: HashMap<i64, i64> = if failing.is_empty() {
+            HashMap::new()
+        } else {
+            self.tx.retry_limits(&failing).await?.into_iter().collect()
+        };
         let mut plans = Vec::with_capacity(reports.len());
         for r in reports {
             let Some(task) = self.tasks.get(&r.key.task_id).cloned() else {
@@ -196,7 +208,9 @@ impl TxCx<'_> {
                     let effect = decide::failure_effect(
                         f.kind,
                         attempt,
-                        st.max_attempts,
+                        limits
+                            .get(&r.key.step_id)
+                            .map_or(st.max_attempts, |&l| l.clamp(0, u32::MAX as i64) as u32),
                         task.state == TaskState::Cancelled,
                     );
                     match effect {

@@ -174,6 +174,8 @@ pub struct ClaimedStep {
     pub task_id: i64,
     pub position: i32,
     pub attempts: i64,
+    /// The step's own limit (a template default an operator may have changed).
+    pub retry_limit: i64,
     pub version: i64,
     pub lease_expires_at: i64,
     pub named_task_id: i64,
@@ -405,6 +407,17 @@ pub trait StoreTx: Send {
         keys: &[(i64, i32)],
     ) -> Result<Vec<(i64, i32, String, Option<String>)>>;
     /// Running steps whose lease expired before `now`: (step_id, task_id, position, attempts).
+    /// The `retry_limit` of these steps (read only when a batch records failures).
+    async fn retry_limits(&mut self, step_ids: &[i64]) -> Result<Vec<(i64, i64)>>;
+    /// Sets a step's `retry_limit`; with `ready_at`, also when it becomes claimable (`None`:
+    /// never, it is out of attempts), clearing any parked time.
+    async fn set_retry_limit(
+        &mut self,
+        step_id: i64,
+        limit: i64,
+        ready_at: Option<Option<i64>>,
+        now: i64,
+    ) -> Result<()>;
     async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64, i32, i64)>>;
     /// Extends the leases of running steps still at the given attempt; returns how many.
     async fn extend_leases(&mut self, steps: &[(i64, i64)], until: i64, now: i64) -> Result<u64>;

@@ -778,6 +778,41 @@ impl StoreTx for PgTx {
             .collect()
     }
 
+    async fn retry_limits(&mut self, step_ids: &[i64]) -> Result<Vec<(i64, i64)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let rows = sqlx::query("SELECT step_id, retry_limit FROM steps WHERE step_id = ANY($1)")
+            .bind(step_ids)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    async fn set_retry_limit(
+        &mut self,
+        step_id: i64,
+        limit: i64,
+        ready_at: Option<Option<i64>>,
+        now: i64,
+    ) -> Result<()> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(
+            "UPDATE steps SET retry_limit = $2, \
+               ready_at = CASE WHEN $3 THEN $4 ELSE ready_at END, \
+               parked_ready_at = CASE WHEN $3 THEN NULL ELSE parked_ready_at END, \
+               updated_at = $5 WHERE step_id = $1",
+        )
+        .bind(step_id)
+        .bind(limit)
+        .bind(ready_at.is_some())
+        .bind(ready_at.flatten())
+        .bind(now)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
     async fn decrement_parents(&mut self, decs: &[(i64, i32, i64)], now: i64) -> Result<u64> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         if decs.is_empty() {
@@ -860,9 +895,9 @@ impl StoreTx for PgTx {
                  claimed_by = $4, lease_expires_at = $5, last_attempted_at = $1, updated_at = $1, \
                  version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END \
                FROM c WHERE s.step_id = c.step_id \
-               RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at) \
+               RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at, s.retry_limit) \
              SELECT u.step_id, u.task_id, u.position, u.attempts, u.version, u.lease_expires_at, \
-               t.named_task_id, t.state, t.context::text \
+               t.named_task_id, t.state, t.context::text, u.retry_limit \
              FROM u JOIN tasks t ON t.task_id = u.task_id",
         )
         .bind(spec.now)
@@ -884,6 +919,7 @@ impl StoreTx for PgTx {
                     named_task_id: r.try_get(6)?,
                     task_state: task_state(r.try_get::<&str, _>(7)?)?,
                     context: r.try_get(8)?,
+                    retry_limit: r.try_get(9)?,
                 })
             })
             .collect()

@@ -843,6 +843,44 @@ impl StoreTx for SqliteTx {
         Ok(out)
     }
 
+    async fn retry_limits(&mut self, step_ids: &[i64]) -> Result<Vec<(i64, i64)>> {
+        let mut out = Vec::with_capacity(step_ids.len());
+        for chunk in step_ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT step_id, retry_limit FROM steps WHERE step_id IN ({})",
+                list(chunk.len())
+            );
+            out.extend(query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn set_retry_limit(
+        &mut self,
+        step_id: i64,
+        limit: i64,
+        ready_at: Option<Option<i64>>,
+        now: i64,
+    ) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "UPDATE steps SET retry_limit = ?2, \
+                   ready_at = CASE WHEN ?3 THEN ?4 ELSE ready_at END, \
+                   parked_ready_at = CASE WHEN ?3 THEN NULL ELSE parked_ready_at END, \
+                   updated_at = ?5 WHERE step_id = ?1",
+            )?
+            .execute(params![
+                step_id,
+                limit,
+                ready_at.is_some(),
+                ready_at.flatten(),
+                now
+            ])?;
+        Ok(())
+    }
+
     async fn decrement_parents(&mut self, decs: &[(i64, i32, i64)], now: i64) -> Result<u64> {
         let mut ready = 0;
         for chunk in decs.chunks(CHUNK) {
@@ -938,7 +976,7 @@ impl StoreTx for SqliteTx {
              WHERE step_id IN (SELECT s.step_id FROM steps AS s INDEXED BY steps_claimable \
                WHERE s.ready_at IS NOT NULL AND s.ready_at <= ?{filter} \
                ORDER BY s.priority DESC, s.ready_at, s.step_id LIMIT ?) \
-             RETURNING step_id, task_id, position, attempts, version, lease_expires_at"
+             RETURNING step_id, task_id, position, attempts, version, lease_expires_at, retry_limit"
         );
         let mut steps = query_rows(&self.c, &sql, params_from_iter(p), |r| {
             Ok(ClaimedStep {
@@ -948,6 +986,7 @@ impl StoreTx for SqliteTx {
                 attempts: r.get(3)?,
                 version: r.get(4)?,
                 lease_expires_at: r.get(5)?,
+                retry_limit: r.get(6)?,
                 named_task_id: 0,
                 task_state: TaskState::Pending,
                 context: String::new(),
