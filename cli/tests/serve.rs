@@ -352,11 +352,14 @@ async fn operator_actions_retry_resolve_and_cancel_over_http() {
     let (_, b) = s
         .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
         .await;
-    let (a, b) = (
-        a["task"]["task_id"].as_i64().unwrap(),
-        b["task"]["task_id"].as_i64().unwrap(),
-    );
-    db.work(); // flaky fails (no `ok` file), both tasks end in error
+    let (_, d) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+        .await;
+    let (_, e) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+        .await;
+    let [a, b, d, e] = [a, b, d, e].map(|t| t["task"]["task_id"].as_i64().unwrap());
+    db.work(); // flaky fails (no `ok` file), every task ends in error
     let (_, ta) = s.get(&format!("/tasks/{a}")).await;
     assert_eq!(ta["task"]["status"], "error");
     assert_eq!(step(&ta["task"], "flaky")["status"], "error");
@@ -377,8 +380,61 @@ async fn operator_actions_retry_resolve_and_cancel_over_http() {
         .await;
     assert_eq!(code, StatusCode::OK, "{r}");
     assert_eq!(r["step"]["status"], "resolved_manually");
+    // a second attempt for d's flaky (named by its id), as the original's PATCH retry_limit
+    let (_, td) = s.get(&format!("/tasks/{d}")).await;
+    let flaky_id = step(&td["task"], "flaky")["workflow_step_id"]
+        .as_i64()
+        .unwrap();
+    let (code, r) = s
+        .call(
+            Method::PATCH,
+            &format!("/tasks/{d}/workflow_steps/{flaky_id}"),
+            Some(json!({"retry_limit": 2})),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{r}");
+    assert_eq!(
+        (
+            r["step"]["retry_limit"].clone(),
+            r["step"]["attempts"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    let (_, td) = s.get(&format!("/tasks/{d}")).await;
+    assert_eq!(
+        td["task"]["status"], "pending",
+        "flaky has an attempt left: d is unblocked"
+    );
+    // cancel e's flaky: it and `report`, which needs it, are cancelled; e completes
+    let (code, r) = s
+        .call(
+            Method::DELETE,
+            &format!("/tasks/{e}/workflow_steps/flaky"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((code, r), (StatusCode::OK, json!({"cancelled": true})));
+    let (_, te) = s.get(&format!("/tasks/{e}")).await;
+    assert_eq!(te["task"]["status"], "complete", "{te}");
+    assert_eq!(step(&te["task"], "report")["status"], "cancelled");
+    let (code, r) = s
+        .call(
+            Method::DELETE,
+            &format!("/tasks/{e}/workflow_steps/fetch"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{r}");
     db.work();
-    for id in [a, b] {
+    let (_, td) = s.get(&format!("/tasks/{d}/workflow_steps/flaky")).await;
+    assert_eq!(
+        (td["step"]["status"].clone(), td["step"]["attempts"].clone()),
+        (json!("complete"), json!(2))
+    );
+    for id in [a, b, d] {
         let (_, t) = s.get(&format!("/tasks/{id}")).await;
         assert_eq!(t["task"]["status"], "complete", "{t}");
     }
@@ -597,10 +653,40 @@ async fn bad_requests_get_their_own_status_and_a_json_error_naming_the_problem()
                 Method::PATCH,
                 &format!("/tasks/{id}/workflow_steps/fetch"),
                 Some("application/json"),
-                r#"{"retry_limit": 5}"#,
+                r#"{"retry_limit": 0}"#,
             ),
-            StatusCode::NOT_IMPLEMENTED,
-            "not implemented yet",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "retry_limit must be an integer from 1",
+        ),
+        (
+            raw(
+                Method::PATCH,
+                &format!("/tasks/{id}/workflow_steps/fetch"),
+                Some("application/json"),
+                r#"{"inputs": {"a": 1}}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "inputs cannot change",
+        ),
+        (
+            raw(
+                Method::PATCH,
+                &format!("/tasks/{id}/workflow_steps/fetch"),
+                Some("application/json"),
+                r#"{"retry_limit": "many"}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            raw(
+                Method::DELETE,
+                &format!("/tasks/{id}/workflow_steps/nope"),
+                None,
+                "",
+            ),
+            StatusCode::NOT_FOUND,
+            "\"nope\"",
         ),
         (
             raw(
@@ -1129,6 +1215,49 @@ async fn graphql_queries_and_mutations_with_per_field_permissions() {
         again["errors"][0]["extensions"]["code"], "CONFLICT",
         "{again}"
     );
+    // updateStep (retryLimit only) and cancelStep, which needs its own permission
+    let d = gql(
+        &s,
+        Some(&admin),
+        r#"mutation { createTask(name: "pipeline", namespace: "shop") { taskId } }"#,
+        json!({}),
+    )
+    .await;
+    let d = d["data"]["createTask"]["taskId"].as_i64().unwrap();
+    let up = gql(&s, Some(&admin), r#"mutation($d: Int!) { updateStep(taskId: $d, stepId: "flaky", retryLimit: 4) { name retryLimit } }"#, json!({"d": d})).await;
+    assert_eq!(
+        up["data"]["updateStep"],
+        json!({"name": "flaky", "retryLimit": 4}),
+        "{up}"
+    );
+    let bad = gql(&s, Some(&admin), r#"mutation($d: Int!) { updateStep(taskId: $d, stepId: "flaky", inputs: {a: 1}) { name } }"#, json!({"d": d})).await;
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("inputs cannot change"),
+        "{bad}"
+    );
+    let denied = gql(
+        &s,
+        Some(&admin),
+        r#"mutation($d: Int!) { cancelStep(taskId: $d, stepId: "report") { status } }"#,
+        json!({"d": d}),
+    )
+    .await;
+    assert_eq!(
+        denied["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{denied}"
+    );
+    let canceller = jwt(secret, &["tasker.workflow_step:cancel"], 600);
+    let ok = gql(
+        &s,
+        Some(&canceller),
+        r#"mutation($d: Int!) { cancelStep(taskId: $d, stepId: "report") { status } }"#,
+        json!({"d": d}),
+    )
+    .await;
+    assert_eq!(ok["data"]["cancelStep"]["status"], "cancelled", "{ok}");
 
     // Per field: a reader may list but not create; a token is needed at all.
     let reader = jwt(secret, &["tasker.task:index"], 600);

@@ -1,6 +1,6 @@
 //! `POST /graphql`: the original engine's queries (`tasks`, `tasksByStatus`, `task`, `step`)
-//! and mutations (`createTask`, `updateTask`, `cancelTask`, plus `retryStep` and
-//! `resolveStep`), each checking its own permission as the original's controller mapped them.
+//! and mutations (`createTask`, `updateTask`, `cancelTask`, `updateStep`, `cancelStep`, plus
+//! `retryStep` and `resolveStep`), each checking its own permission as the original's controller mapped them.
 //! Types come from the same core snapshots as the REST bodies.
 
 use async_graphql::{
@@ -364,6 +364,49 @@ impl MutationRoot {
         Ok(Task::from_snapshot(
             engine.get_task(task_id).await.map_err(core_err)?,
         ))
+    }
+
+    /// The original's `updateStep`: only `retryLimit` can change (steps read the task's
+    /// context; there are no per-step inputs).
+    async fn update_step(
+        &self,
+        ctx: &Context<'_>,
+        task_id: i64,
+        step_id: ID,
+        retry_limit: Option<i64>,
+        inputs: Option<Json<Value>>,
+    ) -> async_graphql::Result<Step> {
+        require(ctx, "tasker.workflow_step:update")?;
+        if inputs.is_some() {
+            return Err(async_graphql::Error::new(
+                "updateStep: inputs cannot change (steps read the task's context; there are no per-step inputs)",
+            ));
+        }
+        let Some(limit) = retry_limit else {
+            return Err(async_graphql::Error::new("updateStep: give retryLimit"));
+        };
+        let (_, name) = find_step(ctx, task_id, &step_id).await?;
+        ctx.data::<Engine>()?
+            .set_step_retry_limit(task_id, &name, limit)
+            .await
+            .map_err(core_err)?;
+        step_now(ctx, task_id, &name).await
+    }
+
+    /// The original's `cancelStep`: the step and the steps that depend on it are cancelled.
+    async fn cancel_step(
+        &self,
+        ctx: &Context<'_>,
+        task_id: i64,
+        step_id: ID,
+    ) -> async_graphql::Result<Step> {
+        require(ctx, "tasker.workflow_step:cancel")?;
+        let (_, name) = find_step(ctx, task_id, &step_id).await?;
+        ctx.data::<Engine>()?
+            .cancel_step(task_id, &name)
+            .await
+            .map_err(core_err)?;
+        step_now(ctx, task_id, &name).await
     }
 
     async fn retry_step(

@@ -76,7 +76,6 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         graphql: graphql::schema(engine.clone()),
     };
     metrics::count_events(&engine);
-    let not_yet = routes::not_yet;
     let api = Router::new()
         .route("/health/live", get(routes::live))
         .route("/health/ready", get(routes::ready))
@@ -95,9 +94,9 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         .route(
             "/tasks/{id}/workflow_steps/{step}",
             get(routes::get_step)
-                .patch(not_yet)
-                .put(not_yet)
-                .delete(not_yet),
+                .patch(routes::update_step)
+                .put(routes::update_step)
+                .delete(routes::cancel_step),
         )
         .route(
             "/tasks/{id}/workflow_steps/{step}/retry",

@@ -240,14 +240,6 @@ pub async fn update_task(
     Ok(Json(json!({"task": views::task(&t, template.as_deref())})).into_response())
 }
 
-pub async fn not_yet(Path(_): Path<HashMap<String, String>>) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "changing a step's retry_limit and cancelling one step are not implemented yet",
-    )
-}
-
 pub async fn transitions(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = task_id(&id)?;
     let t = st.engine.get_task(id).await?;
@@ -317,6 +309,67 @@ async fn step_after(st: &AppState, id: i64, name: &str) -> ApiResult {
     let (t, template) = snapshot_with_template(&st.engine, id).await?;
     let s = find_step(&t, name)?;
     Ok(Json(json!({"step": views::step(&t, s, template.as_deref())})).into_response())
+}
+
+/// `PATCH /tasks/:id/workflow_steps/:step`: only `retry_limit` changes (the original also took
+/// `inputs`; steps here read the task's context, so there are none).
+pub async fn update_step(
+    State(st): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        retry_limit: i64,
+    }
+    let id = task_id(&id)?;
+    let Json(body) = body?;
+    let body = match body {
+        Value::Object(mut m)
+            if !m.contains_key("retry_limit") && m.contains_key("workflow_step") =>
+        {
+            m.remove("workflow_step").unwrap_or(Value::Null)
+        }
+        other => other,
+    };
+    if body.get("inputs").is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "request body: inputs cannot change (steps read the task's context; there are no per-step inputs)",
+        ));
+    }
+    let c: Change = serde_json::from_value(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            format!(
+                "request body: {e} (expected {{\"retry_limit\": 1..{}}})",
+                Engine::MAX_RETRY_LIMIT
+            ),
+        )
+    })?;
+    let name = find_step(&st.engine.get_task(id).await?, &step)?
+        .name
+        .clone();
+    st.engine
+        .set_step_retry_limit(id, &name, c.retry_limit)
+        .await?;
+    step_after(&st, id, &name).await
+}
+
+/// `DELETE /tasks/:id/workflow_steps/:step`: cancels the step and the steps that depend on it.
+pub async fn cancel_step(
+    State(st): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> ApiResult {
+    let id = task_id(&id)?;
+    let name = find_step(&st.engine.get_task(id).await?, &step)?
+        .name
+        .clone();
+    st.engine.cancel_step(id, &name).await?;
+    Ok(Json(json!({"cancelled": true})).into_response())
 }
 
 pub async fn retry_step(
