@@ -5,6 +5,7 @@
 //! 130 interrupted.
 
 mod output;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -230,28 +231,24 @@ impl From<Error> for Failure {
 
 type Outcome = Result<ExitCode, Failure>;
 
-fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TASKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log_format);
+    let telemetry = match telemetry::init(&cli.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tasker: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(dispatch(cli)) {
+    let result = rt.block_on(dispatch(cli));
+    drop(rt);
+    telemetry.shutdown();
+    match result {
         Ok(code) => code,
         Err(f) => {
             let msg = f.message.replace('\n', "\n  ");

@@ -92,8 +92,13 @@ struct Server {
 
 impl Server {
     fn start(db: &Db, extra: &[&str]) -> Server {
+        Server::start_env(db, extra, &[])
+    }
+
+    fn start_env(db: &Db, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = db
             .command()
+            .envs(env.iter().copied())
             .args(["serve", "--bind", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -1329,4 +1334,121 @@ async fn graphql_queries_and_mutations_with_per_field_permissions() {
         )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
+}
+
+// ---- traces ----
+
+/// A local OTLP/HTTP endpoint: every `POST /v1/traces` body, decoded.
+async fn otlp_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        sink.lock().unwrap().extend(ss.spans);
+                    }
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), spans)
+}
+
+#[tokio::test]
+async fn otlp_traces_link_each_step_to_its_task_across_processes() {
+    let (endpoint, spans) = otlp_receiver().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let db = Db::new();
+    db.register(&template(&db));
+    std::fs::write(db.path("ok"), "").unwrap();
+    let s = Server::start_env(&db, &[], &env);
+    let (code, t) = s
+        .post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{t}");
+    let id = t["task"]["task_id"].as_i64().unwrap();
+    // The steps run in another process, which knows nothing of the server's spans.
+    let out = db
+        .command()
+        .envs(env)
+        .args(["worker", "--until-idle"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, t) = s.get(&format!("/tasks/{id}")).await;
+    assert_eq!(t["task"]["status"], "complete");
+    // SIGTERM: the server drains and exports what is left.
+    assert!(Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let attr = |sp: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        sp.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.clone())
+            .map(|v| format!("{:?}", v.value))
+    };
+    loop {
+        let got = spans.lock().unwrap().clone();
+        let task = got.iter().find(|sp| {
+            sp.name == "tasker.task"
+                && attr(sp, "tasker.task_id")
+                    == Some(format!(
+                        "{:?}",
+                        Some(
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(id)
+                        )
+                    ))
+        });
+        let steps: Vec<_> = got.iter().filter(|sp| sp.name == "tasker.step").collect();
+        let request = got.iter().find(|sp| sp.name == "POST /tasks");
+        let cycles = got.iter().filter(|sp| sp.name == "tasker.report").count();
+        if let (Some(task), 3, Some(request)) = (task, steps.len(), request) {
+            for st in &steps {
+                assert_eq!(st.trace_id, task.trace_id, "a step is in its task's trace");
+                assert_eq!(
+                    st.parent_span_id, task.span_id,
+                    "a step's span is a child of its task's"
+                );
+            }
+            assert_eq!(
+                task.links.first().map(|l| l.span_id.clone()),
+                Some(request.span_id.clone()),
+                "the task's span links to the request that created it"
+            );
+            assert!(cycles > 0, "worker cycles are traced");
+            assert!(got.iter().any(|sp| sp.name == "tasker.claim"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans received: {:?}",
+            got.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -409,7 +409,8 @@ impl DriverLoop {
             return;
         }
         let tx = self.msgs_tx.clone();
-        let span = tracing::debug_span!("tasker.step", task_id = key.task_id, step = %job.step_name, attempt = key.attempt);
+        let span = tracing::debug_span!("tasker.step", task_id = key.task_id, step = %job.step_name, handler = %job.handler, attempt = key.attempt);
+        crate::telemetry::step_of_task(&span, key.task_id, job.task_created_at_ms);
         let handle = tokio::spawn(
             async move {
                 let outcome = handler::execute(own, job).await;

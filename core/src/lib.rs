@@ -33,6 +33,7 @@ pub mod host;
 pub mod protocol;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 pub mod worker;
 

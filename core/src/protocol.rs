@@ -38,6 +38,9 @@ pub struct Job {
     /// ([`crate::Engine::publish_custom_event`]).
     pub custom_events: Arc<Vec<String>>,
     pub lease_expires_at_ms: i64,
+    /// When the task was created (engine clock, ms): with the task id, names its trace
+    /// ([`crate::telemetry::task_trace`]).
+    pub task_created_at_ms: i64,
 }
 
 impl Job {

@@ -2,14 +2,18 @@
 //! flight are created together in the next one (one durable commit for many tasks). A batch
 //! that fails (one bad request makes `create_tasks_once` refuse all of them) is retried one
 //! request at a time, so each request gets its own answer and nothing is lost.
+//!
+//! Traces: a lone request is created inside its own span; a batch runs in a
+//! `tasker.create_tasks` span linked to every request's span.
 
 use tasker_core::{Engine, Result, TaskRequest};
 use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, Span};
 
 /// At most this many requests share a transaction.
 const MAX_BATCH: usize = 64;
 
-type Job = (TaskRequest, oneshot::Sender<Result<(i64, bool)>>);
+type Job = (TaskRequest, oneshot::Sender<Result<(i64, bool)>>, Span);
 
 /// Hands creation requests to the batching task.
 #[derive(Clone)]
@@ -31,20 +35,24 @@ impl Creator {
                     }
                 }
                 if batch.len() == 1 {
-                    let (req, reply) = batch.pop().expect("one");
-                    let _ = reply.send(engine.create_task_once(req).await);
+                    let (req, reply, span) = batch.pop().expect("one");
+                    let _ = reply.send(engine.create_task_once(req).instrument(span).await);
                     continue;
                 }
-                let reqs: Vec<TaskRequest> = batch.iter().map(|(r, _)| r.clone()).collect();
-                match engine.create_tasks_once(reqs).await {
+                let span = tracing::info_span!("tasker.create_tasks", count = batch.len());
+                for (_, _, s) in &batch {
+                    tasker_core::telemetry::link(&span, s);
+                }
+                let reqs: Vec<TaskRequest> = batch.iter().map(|(r, _, _)| r.clone()).collect();
+                match engine.create_tasks_once(reqs).instrument(span).await {
                     Ok(ids) => {
-                        for ((_, reply), id) in batch.into_iter().zip(ids) {
+                        for ((_, reply, _), id) in batch.into_iter().zip(ids) {
                             let _ = reply.send(Ok(id));
                         }
                     }
                     Err(_) => {
-                        for (req, reply) in batch {
-                            let _ = reply.send(engine.create_task_once(req).await);
+                        for (req, reply, span) in batch {
+                            let _ = reply.send(engine.create_task_once(req).instrument(span).await);
                         }
                     }
                 }
@@ -57,7 +65,7 @@ impl Creator {
     pub async fn create(&self, req: TaskRequest) -> Result<(i64, bool)> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((req, reply))
+            .send((req, reply, Span::current()))
             .await
             .map_err(|_| tasker_core::Error::Internal("the task creator stopped".into()))?;
         rx.await.map_err(|_| {

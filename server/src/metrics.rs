@@ -130,8 +130,20 @@ pub async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let span = tracing::info_span!("request", method = %method, route = %route);
+    // `otel.*` and `http.*` fields follow OpenTelemetry's HTTP server conventions when the span
+    // is exported (`tasker serve` with OTEL_EXPORTER_OTLP_ENDPOINT).
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
     let status = resp.status().as_u16().to_string();
     span.in_scope(|| {
         tracing::info!(

@@ -132,6 +132,7 @@ impl TxCx<'_> {
                 timeout: st.timeout_seconds.map(Duration::from_secs_f64),
                 custom_events: t.custom_event_names.clone(),
                 lease_expires_at_ms: s.lease_expires_at,
+                task_created_at_ms: s.task_created_at,
             });
         }
         starting.sort_unstable();

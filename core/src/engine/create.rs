@@ -110,6 +110,11 @@ impl Engine {
             ids.push(cx.insert_task(p).await?);
         }
         cx.finish().await?;
+        for ((id, created), p) in ids.iter().zip(&prepared) {
+            if *created {
+                crate::telemetry::task_created(*id, now, &p.template.key());
+            }
+        }
         Ok(ids)
     }
 

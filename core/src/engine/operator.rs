@@ -262,7 +262,7 @@ impl Engine {
         let mut stack = vec![s.position as usize];
         while let Some(i) = stack.pop() {
             if !std::mem::replace(&mut doomed[i], true) {
-                stack.extend(template.steps[i].children.iter().map(|&c| c as usize));
+                stack.extend(template.steps[i].children.iter().copied());
             }
         }
         let steps = cx.tx.task_steps(task_id).await?;

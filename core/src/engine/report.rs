@@ -41,7 +41,11 @@ impl Engine {
                 stale.extend(cx.reap_expired().await?);
             }
             let jobs = match claim {
-                Some(c) if c.max > 0 => cx.claim(c).await?,
+                Some(c) if c.max > 0 => {
+                    cx.claim(c)
+                        .instrument(debug_span!("tasker.claim", max = c.max, worker = %c.worker_id))
+                        .await?
+                }
                 _ => Vec::new(),
             };
             cx.finish().await?;

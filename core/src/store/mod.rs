@@ -181,6 +181,7 @@ pub struct ClaimedStep {
     pub named_task_id: i64,
     pub task_state: TaskState,
     pub context: String,
+    pub task_created_at: i64,
 }
 
 /// What to claim.

@@ -897,7 +897,7 @@ impl StoreTx for PgTx {
                FROM c WHERE s.step_id = c.step_id \
                RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at, s.retry_limit) \
              SELECT u.step_id, u.task_id, u.position, u.attempts, u.version, u.lease_expires_at, \
-               t.named_task_id, t.state, t.context::text, u.retry_limit \
+               t.named_task_id, t.state, t.context::text, u.retry_limit, t.created_at \
              FROM u JOIN tasks t ON t.task_id = u.task_id",
         )
         .bind(spec.now)
@@ -920,6 +920,7 @@ impl StoreTx for PgTx {
                     task_state: task_state(r.try_get::<&str, _>(7)?)?,
                     context: r.try_get(8)?,
                     retry_limit: r.try_get(9)?,
+                    task_created_at: r.try_get(10)?,
                 })
             })
             .collect()

@@ -990,6 +990,7 @@ impl StoreTx for SqliteTx {
                 named_task_id: 0,
                 task_state: TaskState::Pending,
                 context: String::new(),
+                task_created_at: 0,
             })
         })?;
         if steps.is_empty() {
@@ -998,33 +999,36 @@ impl StoreTx for SqliteTx {
         let mut ids: Vec<i64> = steps.iter().map(|s| s.task_id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut tasks: HashMap<i64, (i64, TaskState, String)> = HashMap::with_capacity(ids.len());
+        let mut tasks: HashMap<i64, (i64, TaskState, String, i64)> =
+            HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT task_id, named_task_id, state, context FROM tasks WHERE task_id IN ({})",
+                "SELECT task_id, named_task_id, state, context, created_at FROM tasks WHERE task_id IN ({})",
                 list(chunk.len())
             );
-            for (id, named, state, ctx) in
+            for (id, named, state, ctx, created) in
                 query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i64>(1)?,
                         task_state(&r.get::<_, String>(2)?)?,
                         r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
                     ))
                 })?
             {
-                tasks.insert(id, (named, state, ctx));
+                tasks.insert(id, (named, state, ctx, created));
             }
         }
         for s in &mut steps {
-            let (named, state, ctx) = tasks
+            let (named, state, ctx, created) = tasks
                 .get(&s.task_id)
                 .cloned()
                 .ok_or_else(|| Error::Corrupt(format!("step {} has no task", s.step_id)))?;
             s.named_task_id = named;
             s.task_state = state;
             s.context = ctx;
+            s.task_created_at = created;
         }
         Ok(steps)
     }
