@@ -71,6 +71,10 @@ enum Command {
         /// Exit when nothing is left to do.
         #[arg(long)]
         until_idle: bool,
+        /// Serve this worker's metrics (cycle latency, steps claimed, step durations and
+        /// outcomes, lease expiries) as Prometheus text at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<std::net::SocketAddr>,
     },
     /// Register or list templates.
     #[command(subcommand)]
@@ -259,6 +263,11 @@ fn main() -> ExitCode {
 }
 
 async fn open(cli: &Cli) -> Result<Engine, Failure> {
+    open_with(cli, false).await
+}
+
+/// [`open`], recording metrics when `metrics` is set.
+async fn open_with(cli: &Cli, metrics: bool) -> Result<Engine, Failure> {
     if !(cli.lease_seconds.is_finite() && cli.lease_seconds >= 0.1) {
         return Err(Failure::input(format!(
             "--lease-seconds must be at least 0.1, got {}",
@@ -269,7 +278,8 @@ async fn open(cli: &Cli) -> Result<Engine, Failure> {
         .url(&cli.db)
         .listen(!cli.poll_only)
         .strict_templates(cli.strict_templates)
-        .lease(Duration::from_secs_f64(cli.lease_seconds));
+        .lease(Duration::from_secs_f64(cli.lease_seconds))
+        .metrics(metrics);
     if let Some(env) = &cli.environment {
         opts = opts.environment(env);
     }
@@ -331,7 +341,8 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Worker {
             concurrency,
             until_idle,
-        } => worker(&cli, *concurrency, *until_idle).await,
+            metrics_bind,
+        } => worker(&cli, *concurrency, *until_idle, *metrics_bind).await,
         Command::Templates(TemplatesCmd::Register { files }) => {
             let mut parsed = Vec::new();
             for f in files {
@@ -573,8 +584,24 @@ async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
     })
 }
 
-async fn worker(cli: &Cli, concurrency: usize, until_idle: bool) -> Outcome {
-    let engine = open(cli).await?;
+async fn worker(
+    cli: &Cli,
+    concurrency: usize,
+    until_idle: bool,
+    metrics_bind: Option<std::net::SocketAddr>,
+) -> Outcome {
+    let engine = open_with(cli, metrics_bind.is_some()).await?;
+    let _metrics = match metrics_bind {
+        Some(bind) => {
+            let (addr, task) = tasker_server::metrics::serve_metrics(bind)
+                .await
+                .map_err(Failure::input)?;
+            // Tests and scripts read this line to find the port of --metrics-bind 127.0.0.1:0.
+            println!("tasker: metrics on http://{addr}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let worker = std::sync::Arc::new(Worker::new(
         engine,
         builtin_registry(),
@@ -627,7 +654,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Outcome {
         }
         _ => tasker_server::Auth::Off,
     };
-    let engine = open(cli).await?;
+    let engine = open_with(cli, true).await?;
     let opts = tasker_server::ServeOptions {
         bind: args.bind,
         base_path,

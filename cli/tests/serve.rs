@@ -1010,6 +1010,10 @@ async fn metrics_parse_as_prometheus_text_and_health_reports_counts() {
         3.0
     );
     assert!(value("tasker_http_requests_total", Some(("route", "/tasks"))) >= 3.0);
+    assert_eq!(
+        value("tasker_tasks_created_total", Some(("name", "pipeline"))),
+        3.0
+    );
     assert!(
         parsed.docs.contains_key("tasker_tasks"),
         "HELP lines: {:?}",
@@ -1451,4 +1455,96 @@ async fn otlp_traces_link_each_step_to_its_task_across_processes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_worker_serves_its_cycle_latency_step_durations_and_outcomes_as_prometheus_text() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let s = Server::start(&db, &[]);
+    for _ in 0..2 {
+        s.post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+            .await;
+    }
+    let mut worker = db
+        .command()
+        .args(["worker", "--metrics-bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(worker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("tasker: metrics on ")
+        .unwrap_or_else(|| panic!("no metrics line: {line:?}"))
+        .to_owned();
+    // flaky has one attempt and no `ok` file: each task runs fetch (ok), flaky (exhausted).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if text.contains("outcome=\"exhausted\"") && text.contains("tasker_tasks_finished_total") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the outcomes:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        parsed
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in\n{text}"))
+            .value
+            .clone()
+    };
+    let count = |v: prometheus_parse::Value| match v {
+        prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) => n,
+        prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+        other => panic!("unexpected {other:?}"),
+    };
+    let outcome = |step: &str, o: &str| {
+        count(sample(
+            "tasker_step_outcomes_total",
+            &[
+                ("namespace", "shop"),
+                ("name", "pipeline"),
+                ("step", step),
+                ("outcome", o),
+            ],
+        ))
+    };
+    assert_eq!(outcome("fetch", "complete"), 2.0);
+    assert_eq!(outcome("flaky", "exhausted"), 2.0);
+    assert_eq!(count(sample("tasker_steps_claimed_total", &[])), 4.0);
+    assert_eq!(
+        count(sample(
+            "tasker_tasks_finished_total",
+            &[("name", "pipeline"), ("state", "error")]
+        )),
+        2.0
+    );
+    assert_eq!(
+        count(sample(
+            "tasker_step_duration_seconds",
+            &[("handler", "command"), ("outcome", "complete")]
+        )),
+        2.0,
+        "histogram buckets: the widest holds every run"
+    );
+    assert!(
+        count(sample(
+            "tasker_worker_cycle_seconds",
+            &[("part", "report_and_claim")]
+        )) >= 1.0
+    );
 }

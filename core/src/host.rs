@@ -329,6 +329,8 @@ struct Running {
     timeout: Option<Duration>,
     /// The driver's own task running the handler.
     abort: Option<AbortHandle>,
+    /// The handler's name, kept when the engine records metrics (step durations).
+    handler: Option<String>,
 }
 
 struct DriverLoop {
@@ -372,7 +374,19 @@ impl DriverLoop {
             }
             Msg::Finished(key, outcome) => {
                 if running.get(&key.step_id).is_some_and(|r| r.key == key) {
-                    running.remove(&key.step_id);
+                    let r = running.remove(&key.step_id).expect("present");
+                    if let (Some(handler), Some(started)) = (r.handler, r.started) {
+                        let outcome = match &outcome {
+                            Outcome::Complete(_) => "complete",
+                            Outcome::Failed(_) => "failed",
+                        };
+                        metrics::histogram!(
+                            "tasker_step_duration_seconds",
+                            "handler" => handler,
+                            "outcome" => outcome
+                        )
+                        .record(started.elapsed().as_secs_f64());
+                    }
                     debug!(
                         task_id = key.task_id,
                         step_id = key.step_id,
@@ -389,6 +403,7 @@ impl DriverLoop {
     /// on the host.
     fn dispatch(&self, job: Job, running: &mut HashMap<i64, Running>, out: &mut Pending) {
         let key = job.key;
+        let handler = self.engine.metrics_on().then(|| job.handler.clone());
         let own = self.registry.get(&job.handler);
         if own.is_none() && self.host_handlers.contains(&job.handler) {
             let timeout = job.timeout;
@@ -404,6 +419,7 @@ impl DriverLoop {
                     started: None,
                     timeout,
                     abort: None,
+                    handler,
                 },
             );
             return;
@@ -425,6 +441,7 @@ impl DriverLoop {
                 started: Some(Instant::now()),
                 timeout: None,
                 abort: Some(handle.abort_handle()),
+                handler,
             },
         );
     }

@@ -71,7 +71,33 @@ fn describe() {
     );
     describe_counter!(
         "tasker_lease_expiries_total",
-        "Attempts failed by this process because their lease ran out."
+        "Attempts this process failed because their lease ran out (the worker died or stalled)."
+    );
+    describe_histogram!(
+        "tasker_worker_cycle_seconds",
+        Unit::Seconds,
+        "One worker transaction: recording outcomes and/or claiming steps, by part."
+    );
+    describe_counter!(
+        "tasker_steps_claimed_total",
+        "Step attempts claimed by this process."
+    );
+    describe_counter!(
+        "tasker_step_outcomes_total",
+        "Attempts recorded by this process, by namespace, template, step and outcome (complete, retry, exhausted, cancelled, released)."
+    );
+    describe_histogram!(
+        "tasker_step_duration_seconds",
+        Unit::Seconds,
+        "Handler run time of the steps this process ran, by handler and outcome."
+    );
+    describe_counter!(
+        "tasker_tasks_created_total",
+        "Tasks created by this process, by namespace and template."
+    );
+    describe_counter!(
+        "tasker_tasks_finished_total",
+        "Tasks this process moved to complete or error, by namespace, template and state."
     );
     describe_counter!(
         "tasker_events_dropped_total",
@@ -88,8 +114,9 @@ fn describe() {
     );
 }
 
-/// Counts the lifecycle events of this process by name (`tasker_events_total{event}`), step
-/// failures by kind, and lease expiries.
+/// Counts the lifecycle events of this process by name (`tasker_events_total{event}`) and step
+/// failures by kind. (The engine itself records the rest when opened with
+/// `EngineOptions::metrics`: see [`describe`].)
 pub fn count_events(engine: &Engine) {
     let mut rx = engine.subscribe();
     tokio::spawn(async move {
@@ -105,9 +132,6 @@ pub fn count_events(engine: &Engine) {
                             .and_then(|k| k.as_str())
                             .unwrap_or("retryable")
                             .to_owned();
-                        if kind == "lease_expired" {
-                            metrics::counter!("tasker_lease_expiries_total").increment(1);
-                        }
                         metrics::counter!("tasker_step_failures_total", "kind" => kind)
                             .increment(1);
                     }
@@ -172,4 +196,35 @@ pub async fn render(st: &AppState) -> Result<String, ApiError> {
     metrics::gauge!("tasker_steps_exhausted").set(c.exhausted as f64);
     metrics::gauge!("tasker_scrape_database_seconds").set(started.elapsed().as_secs_f64());
     Ok(st.metrics.render())
+}
+
+/// Serves this process's metrics alone at `GET /metrics` on `bind` (`tasker worker
+/// --metrics-bind`): returns the bound address and the server's task.
+pub async fn serve_metrics(
+    bind: std::net::SocketAddr,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), String> {
+    let h = handle();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let h = h.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    h.render(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("--metrics-bind {bind}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
 }

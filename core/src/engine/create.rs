@@ -113,6 +113,14 @@ impl Engine {
         for ((id, created), p) in ids.iter().zip(&prepared) {
             if *created {
                 crate::telemetry::task_created(*id, now, &p.template.key());
+                if self.metrics_on() {
+                    metrics::counter!(
+                        "tasker_tasks_created_total",
+                        "namespace" => p.template.namespace.clone(),
+                        "name" => p.template.name.clone()
+                    )
+                    .increment(1);
+                }
             }
         }
         Ok(ids)

@@ -168,6 +168,11 @@ impl Engine {
         &self.inner.opts
     }
 
+    /// True when this engine records metrics ([`EngineOptions::metrics`]).
+    pub fn metrics_on(&self) -> bool {
+        self.inner.opts.metrics
+    }
+
     /// Subscribes to lifecycle events (exactly one per transition, after commit).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.inner.events.subscribe()

@@ -36,6 +36,11 @@ pub struct EngineOptions {
     /// Refuse a changed template body under an already registered version (default: it
     /// becomes a new revision that new tasks use).
     pub strict_templates: bool,
+    /// Record metrics through the `metrics` facade (worker cycle latency, steps claimed, step
+    /// outcomes and durations, tasks created and finished, lease expiries), for a process
+    /// that installs a recorder (`tasker serve`, `tasker worker --metrics-bind`). Off by
+    /// default: then nothing is recorded, not even labels built.
+    pub metrics: bool,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +57,7 @@ impl Default for EngineOptions {
             listen: true,
             max_connections: None,
             strict_templates: false,
+            metrics: false,
         }
     }
 }
@@ -83,6 +89,10 @@ impl EngineOptions {
     }
     pub fn strict_templates(mut self, strict: bool) -> Self {
         self.strict_templates = strict;
+        self
+    }
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
         self
     }
     pub fn listen(mut self, listen: bool) -> Self {

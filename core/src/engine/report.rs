@@ -29,6 +29,7 @@ impl Engine {
             reports = reports.len(),
             claim = claim.map(|c| c.max)
         );
+        let started = Instant::now();
         async move {
             let now = self.now();
             // A claim alone need not reach the disk before the handler runs: lost in a crash,
@@ -49,6 +50,18 @@ impl Engine {
                 _ => Vec::new(),
             };
             cx.finish().await?;
+            if self.metrics_on() {
+                let part = match (reports.is_empty(), claim.is_some_and(|c| c.max > 0)) {
+                    (false, true) => "report_and_claim",
+                    (false, false) => "report",
+                    _ => "claim",
+                };
+                metrics::histogram!("tasker_worker_cycle_seconds", "part" => part)
+                    .record(started.elapsed().as_secs_f64());
+                if !jobs.is_empty() {
+                    metrics::counter!("tasker_steps_claimed_total").increment(jobs.len() as u64);
+                }
+            }
             if !stale.is_empty() {
                 debug!(
                     count = stale.len(),
@@ -302,6 +315,24 @@ impl TxCx<'_> {
                 )?;
                 from = StepState::Error;
             }
+            if self.engine.metrics_on() {
+                let outcome = match to {
+                    StepState::Complete => "complete",
+                    StepState::Cancelled => "cancelled",
+                    StepState::Pending => "released",
+                    _ if p.blocked => "exhausted",
+                    _ if p.update.attempts.is_some() => "released",
+                    _ => "retry",
+                };
+                metrics::counter!(
+                    "tasker_step_outcomes_total",
+                    "namespace" => p.template.namespace.clone(),
+                    "name" => p.template.name.clone(),
+                    "step" => st.name.clone(),
+                    "outcome" => outcome
+                )
+                .increment(1);
+            }
             self.push_step_change(task_id, step, from, to, version, p.meta)?;
             let done = (to == StepState::Complete) as i64;
             self.adjust(task_id, done, p.blocked as i64);
@@ -342,6 +373,9 @@ impl TxCx<'_> {
             count = expired.len(),
             "re-queueing steps whose lease expired"
         );
+        if self.engine.metrics_on() {
+            metrics::counter!("tasker_lease_expiries_total").increment(expired.len() as u64);
+        }
         let reports: Vec<Report> = expired
             .into_iter()
             .map(|(step_id, task_id, position, attempts)| Report {

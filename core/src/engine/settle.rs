@@ -29,6 +29,18 @@ impl TxCx<'_> {
         if path.contains(&TaskState::Pending) {
             self.work = true;
         }
+        if self.engine.metrics_on() {
+            if let Some(&end @ (TaskState::Complete | TaskState::Error)) = path.last() {
+                let t = self.template(self.tasks[&task_id].named_task_id).await?;
+                metrics::counter!(
+                    "tasker_tasks_finished_total",
+                    "namespace" => t.namespace.clone(),
+                    "name" => t.name.clone(),
+                    "state" => end.as_str()
+                )
+                .increment(1);
+            }
+        }
         self.set_task_states(task_id, path, meta)
     }
 
