@@ -140,6 +140,7 @@ pub const ROUTES: &[(&str, &str, Access)] = {
         ),
         // Each query and mutation checks its own permission (graphql.rs).
         ("POST", "/graphql", Authenticated),
+        ("GET", "/openapi.json", Authenticated),
     ]
 };
 

@@ -4,7 +4,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tasker_core::Error;
 
 /// An error answer.
@@ -38,10 +38,33 @@ impl ApiError {
     }
 }
 
+/// What every 4xx/5xx answer carries.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `bad_request`, `validation`, `template`, `not_found`,
+    /// `conflict`, `unauthorized`, `forbidden`, `unsupported_media_type`,
+    /// `database_unavailable`, `internal`.
+    pub code: String,
+    /// Names what is wrong and where.
+    pub message: String,
+    /// Null, or more about the problem.
+    pub details: Value,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                details: self.details,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod error;
 pub mod graphql;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod views;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     /// `POST /tasks` goes through it (group commit).
     pub creator: batch::Creator,
     pub graphql: graphql::TaskerSchema,
+    /// `/openapi.json`, rendered once.
+    pub openapi: std::sync::Arc<String>,
 }
 
 /// Checks a base path: empty, or `/segment[/segment...]` without a trailing slash.
@@ -69,11 +72,16 @@ pub fn normalize_base_path(raw: &str) -> Result<String, String> {
 pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
     let st = AppState {
         engine: engine.clone(),
-        auth,
         base_path: base_path.to_owned(),
         metrics: metrics::handle(),
         creator: batch::Creator::start(engine.clone()),
         graphql: graphql::schema(engine.clone()),
+        openapi: std::sync::Arc::new(
+            openapi::document(base_path, auth.is_on())
+                .to_pretty_json()
+                .expect("the OpenAPI document serializes"),
+        ),
+        auth,
     };
     metrics::count_events(&engine);
     let api = Router::new()
@@ -111,6 +119,7 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         .route("/handlers/{namespace}", get(routes::namespace_handlers))
         .route("/handlers/{namespace}/{name}", get(routes::handler))
         .route("/graphql", post(graphql::handle))
+        .route("/openapi.json", get(routes::openapi))
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
             auth::authorize,

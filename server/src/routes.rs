@@ -8,11 +8,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tasker_core::{diagram, Engine, TaskFilter, TaskRequest, TaskSnapshot, TaskState};
 
 use crate::error::ApiError;
-use crate::views;
+use crate::error::ErrorBody;
+use crate::views::{self, *};
 use crate::AppState;
 
 type ApiResult<T = Response> = Result<T, ApiError>;
@@ -76,6 +77,18 @@ async fn snapshot_with_template(
 
 // ---- tasks ----
 
+/// Tasks, newest or oldest first, filtered and paged.
+#[utoipa::path(get, path = "/tasks", tag = "tasks",
+    params(
+        ("status" = Option<TaskState>, Query, description = "Only tasks in this state"),
+        ("name" = Option<String>, Query, description = "Only tasks of this template name"),
+        ("namespace" = Option<String>, Query, description = "Only tasks of this namespace"),
+        ("limit" = Option<i64>, Query, description = "At most this many (default 20, at most 1000)"),
+        ("offset" = Option<i64>, Query, description = "Skip this many"),
+        ("sort_by" = Option<String>, Query, description = "task_id, requested_at or created_at (the same order)"),
+        ("sort_order" = Option<String>, Query, description = "asc (default) or desc"),
+    ),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 pub async fn list_tasks(
     State(st): State<AppState>,
     q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -130,10 +143,14 @@ pub async fn list_tasks(
         st.engine.list_tasks(&filter),
         st.engine.count_tasks(&filter)
     )?;
-    Ok(Json(json!({
-        "tasks": tasks.iter().map(views::summary).collect::<Vec<_>>(),
-        "pagination": {"limit": limit, "offset": offset, "total": total},
-    }))
+    Ok(Json(TaskList {
+        tasks: tasks.iter().map(views::summary).collect(),
+        pagination: Pagination {
+            limit,
+            offset,
+            total,
+        },
+    })
     .into_response())
 }
 
@@ -176,6 +193,11 @@ fn task_request(body: Value) -> Result<TaskRequest, ApiError> {
     })
 }
 
+/// Creates a task (201), or answers with the task an idempotency key already names (200).
+#[utoipa::path(post, path = "/tasks", tag = "tasks",
+    request_body(content = TaskRequest, description = "The task; also accepted wrapped in {\"task\": {...}}"),
+    responses((status = 201, body = TaskEnvelope), (status = 200, body = TaskEnvelope, description = "The task an idempotency key already named"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such template"), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_task(
     State(st): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
@@ -191,36 +213,44 @@ pub async fn create_task(
     };
     Ok((
         status,
-        Json(json!({"task": views::task(&t, template.as_deref())})),
+        Json(TaskEnvelope {
+            task: views::task(&t, template.as_deref()),
+        }),
     )
         .into_response())
 }
 
+/// A task with its steps.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = i64, Path, description = "Task id")),
+    responses((status = 200, body = TaskEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let (t, template) = snapshot_with_template(&st.engine, task_id(&id)?).await?;
-    Ok(Json(json!({"task": views::task(&t, template.as_deref())})).into_response())
+    Ok(Json(TaskEnvelope {
+        task: views::task(&t, template.as_deref()),
+    })
+    .into_response())
 }
 
+/// Cancels a task: steps not started are cancelled, steps in flight finish.
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = i64, Path, description = "Task id")),
+    responses((status = 200, body = Cancelled), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Already finished")))]
 pub async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
     st.engine.cancel_task(task_id(&id)?).await?;
-    Ok(Json(json!({"cancelled": true})).into_response())
+    Ok(Json(Cancelled { cancelled: true }).into_response())
 }
 
-/// `PATCH /tasks/:id`: only `reason` and `tags` change, as in the original.
+/// `PATCH /tasks/:id` (also PUT): only `reason` and `tags` change, as in the original.
+#[utoipa::path(patch, path = "/tasks/{id}", tag = "tasks", params(("id" = i64, Path, description = "Task id")),
+    request_body(content = TaskChange, description = "Also accepted wrapped in {\"task\": {...}}"),
+    responses((status = 200, body = TaskEnvelope), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update_task(
     State(st): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Change {
-        reason: Option<String>,
-        tags: Option<Vec<String>>,
-    }
     let id = task_id(&id)?;
     let Json(body) = body?;
-    let c: Change = serde_json::from_value(match body {
+    let c: TaskChange = serde_json::from_value(match body {
         Value::Object(mut m)
             if !m.contains_key("reason") && !m.contains_key("tags") && m.contains_key("task") =>
         {
@@ -237,30 +267,36 @@ pub async fn update_task(
     })?;
     st.engine.update_task(id, c.reason, c.tags).await?;
     let (t, template) = snapshot_with_template(&st.engine, id).await?;
-    Ok(Json(json!({"task": views::task(&t, template.as_deref())})).into_response())
+    Ok(Json(TaskEnvelope {
+        task: views::task(&t, template.as_deref()),
+    })
+    .into_response())
 }
 
+/// The audit history of a task and its steps, in order.
+#[utoipa::path(get, path = "/tasks/{id}/transitions", tag = "tasks", params(("id" = i64, Path, description = "Task id")),
+    responses((status = 200, body = TransitionList), (status = 404, body = ErrorBody)))]
 pub async fn transitions(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = task_id(&id)?;
     let t = st.engine.get_task(id).await?;
     let names: HashMap<i64, &str> = t.steps.iter().map(|s| (s.id, s.name.as_str())).collect();
     let rows = st.engine.transitions(id).await?;
-    let out: Vec<Value> = rows
+    let transitions = rows
         .iter()
-        .map(|r| {
-            json!({
-                "task_id": r.task_id,
-                "workflow_step_id": r.step_id,
-                "step_name": r.step_id.and_then(|s| names.get(&s).copied()),
-                "from_state": r.from_state,
-                "to_state": r.to_state,
-                "metadata": serde_json::from_str::<Value>(&r.metadata).unwrap_or(Value::Null),
-                "sort_key": r.sort_key,
-                "created_at": tasker_core::clock::format_ms(r.created_at),
-            })
+        .map(|r| TransitionView {
+            task_id: r.task_id,
+            workflow_step_id: r.step_id,
+            step_name: r
+                .step_id
+                .and_then(|s| names.get(&s).map(|n| (*n).to_owned())),
+            from_state: r.from_state.map(str::to_owned),
+            to_state: r.to_state.to_owned(),
+            metadata: serde_json::from_str::<Value>(&r.metadata).unwrap_or(Value::Null),
+            sort_key: r.sort_key,
+            created_at: tasker_core::clock::format_ms(r.created_at),
         })
         .collect();
-    Ok(Json(json!({"transitions": out})).into_response())
+    Ok(Json(TransitionList { transitions }).into_response())
 }
 
 // ---- steps ----
@@ -286,43 +322,53 @@ fn find_step<'a>(
         })
 }
 
+/// The steps of a task.
+#[utoipa::path(get, path = "/tasks/{id}/workflow_steps", tag = "steps", params(("id" = i64, Path, description = "Task id")),
+    responses((status = 200, body = StepList), (status = 404, body = ErrorBody)))]
 pub async fn list_steps(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let (t, template) = snapshot_with_template(&st.engine, task_id(&id)?).await?;
-    let steps: Vec<Value> = t
+    let steps = t
         .steps
         .iter()
         .map(|s| views::step(&t, s, template.as_deref()))
         .collect();
-    Ok(Json(json!({"steps": steps})).into_response())
+    Ok(Json(StepList { steps }).into_response())
 }
 
+/// One step of a task.
+#[utoipa::path(get, path = "/tasks/{id}/workflow_steps/{step}", tag = "steps", params(("id" = i64, Path, description = "Task id"), ("step" = String, Path, description = "Step name or id")),
+    responses((status = 200, body = StepEnvelope), (status = 404, body = ErrorBody)))]
 pub async fn get_step(
     State(st): State<AppState>,
     Path((id, step)): Path<(String, String)>,
 ) -> ApiResult {
     let (t, template) = snapshot_with_template(&st.engine, task_id(&id)?).await?;
     let s = find_step(&t, &step)?;
-    Ok(Json(json!({"step": views::step(&t, s, template.as_deref())})).into_response())
+    Ok(Json(StepEnvelope {
+        step: views::step(&t, s, template.as_deref()),
+    })
+    .into_response())
 }
 
 async fn step_after(st: &AppState, id: i64, name: &str) -> ApiResult {
     let (t, template) = snapshot_with_template(&st.engine, id).await?;
     let s = find_step(&t, name)?;
-    Ok(Json(json!({"step": views::step(&t, s, template.as_deref())})).into_response())
+    Ok(Json(StepEnvelope {
+        step: views::step(&t, s, template.as_deref()),
+    })
+    .into_response())
 }
 
-/// `PATCH /tasks/:id/workflow_steps/:step`: only `retry_limit` changes (the original also took
-/// `inputs`; steps here read the task's context, so there are none).
+/// `PATCH /tasks/:id/workflow_steps/:step` (also PUT): only `retry_limit` changes (the original
+/// also took `inputs`; steps here read the task's context, so there are none).
+#[utoipa::path(patch, path = "/tasks/{id}/workflow_steps/{step}", tag = "steps", params(("id" = i64, Path, description = "Task id"), ("step" = String, Path, description = "Step name or id")),
+    request_body(content = StepChange, description = "Also accepted wrapped in {\"workflow_step\": {...}}"),
+    responses((status = 200, body = StepEnvelope), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update_step(
     State(st): State<AppState>,
     Path((id, step)): Path<(String, String)>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Change {
-        retry_limit: i64,
-    }
     let id = task_id(&id)?;
     let Json(body) = body?;
     let body = match body {
@@ -340,7 +386,7 @@ pub async fn update_step(
             "request body: inputs cannot change (steps read the task's context; there are no per-step inputs)",
         ));
     }
-    let c: Change = serde_json::from_value(body).map_err(|e| {
+    let c: StepChange = serde_json::from_value(body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation",
@@ -360,6 +406,8 @@ pub async fn update_step(
 }
 
 /// `DELETE /tasks/:id/workflow_steps/:step`: cancels the step and the steps that depend on it.
+#[utoipa::path(delete, path = "/tasks/{id}/workflow_steps/{step}", tag = "steps", params(("id" = i64, Path, description = "Task id"), ("step" = String, Path, description = "Step name or id")),
+    responses((status = 200, body = Cancelled), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The step is running or finished")))]
 pub async fn cancel_step(
     State(st): State<AppState>,
     Path((id, step)): Path<(String, String)>,
@@ -369,9 +417,12 @@ pub async fn cancel_step(
         .name
         .clone();
     st.engine.cancel_step(id, &name).await?;
-    Ok(Json(json!({"cancelled": true})).into_response())
+    Ok(Json(Cancelled { cancelled: true }).into_response())
 }
 
+/// Gives a failed step a fresh set of attempts.
+#[utoipa::path(post, path = "/tasks/{id}/workflow_steps/{step}/retry", tag = "steps", params(("id" = i64, Path, description = "Task id"), ("step" = String, Path, description = "Step name or id")),
+    responses((status = 200, body = StepEnvelope), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The step is not in error, or the task is finished")))]
 pub async fn retry_step(
     State(st): State<AppState>,
     Path((id, step)): Path<(String, String)>,
@@ -384,6 +435,10 @@ pub async fn retry_step(
     step_after(&st, id, &name).await
 }
 
+/// Marks a pending or failed step `resolved_manually` with results; its children may run.
+#[utoipa::path(post, path = "/tasks/{id}/workflow_steps/{step}/resolve", tag = "steps", params(("id" = i64, Path, description = "Task id"), ("step" = String, Path, description = "Step name or id")),
+    request_body(content = Resolution, description = "Optional: without a body the results are null"),
+    responses((status = 200, body = StepEnvelope), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn resolve_step(
     State(st): State<AppState>,
     Path((id, step)): Path<(String, String)>,
@@ -421,6 +476,11 @@ pub async fn resolve_step(
 // ---- diagrams ----
 
 /// `/tasks/:id/task_diagrams` (JSON) and `task_diagrams.json|.html|.mmd`.
+#[utoipa::path(get, path = "/tasks/{id}/{file}", tag = "tasks",
+    params(("id" = i64, Path, description = "Task id"), ("file" = String, Path, description = "task_diagrams, task_diagrams.json, task_diagrams.html or task_diagrams.mmd")),
+    responses((status = 200, description = "JSON {nodes, edges, direction, title}, an HTML page, or Mermaid text", content(
+        (Object = "application/json"), (String = "text/html"), (String = "text/vnd.mermaid"))),
+        (status = 404, body = ErrorBody)))]
 pub async fn diagram(
     State(st): State<AppState>,
     Path((id, file)): Path<(String, String)>,
@@ -468,6 +528,8 @@ fn diagram_page(title: &str, mermaid: &str) -> String {
 
 // ---- handlers (templates) ----
 
+/// The namespaces of the registered templates.
+#[utoipa::path(get, path = "/handlers", tag = "handlers", responses((status = 200, body = NamespaceList)))]
 pub async fn handlers(State(st): State<AppState>) -> ApiResult {
     let list = st.engine.templates().await?;
     let mut by_ns: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
@@ -478,13 +540,24 @@ pub async fn handlers(State(st): State<AppState>) -> ApiResult {
             .or_default()
             .insert(t.name.as_str());
     }
-    let namespaces: Vec<Value> = by_ns
+    let namespaces: Vec<NamespaceLine> = by_ns
         .iter()
-        .map(|(ns, names)| json!({"name": ns, "handler_count": names.len()}))
+        .map(|(ns, names)| NamespaceLine {
+            name: (*ns).to_owned(),
+            handler_count: names.len(),
+        })
         .collect();
-    Ok(Json(json!({"namespaces": namespaces, "total_namespaces": namespaces.len(), "generated_at": now()})).into_response())
+    Ok(Json(NamespaceList {
+        total_namespaces: namespaces.len(),
+        namespaces,
+        generated_at: now(),
+    })
+    .into_response())
 }
 
+/// The templates of a namespace and their versions.
+#[utoipa::path(get, path = "/handlers/{namespace}", tag = "handlers", params(("namespace" = String, Path)),
+    responses((status = 200, body = NamespaceHandlers), (status = 404, body = ErrorBody)))]
 pub async fn namespace_handlers(State(st): State<AppState>, Path(ns): Path<String>) -> ApiResult {
     let list = st.engine.templates().await?;
     let mut by_name: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
@@ -499,19 +572,31 @@ pub async fn namespace_handlers(State(st): State<AppState>, Path(ns): Path<Strin
             "namespace {ns:?} has no registered templates"
         )));
     }
-    let handlers: Vec<Value> = by_name
+    let handlers: Vec<HandlerLine> = by_name
         .iter()
-        .map(|(name, versions)| {
-            let latest = tasker_core::template::latest_version(versions.iter().map(String::as_str));
-            json!({"name": name, "namespace": ns, "versions": versions, "latest_version": latest, "handler_count": versions.len()})
+        .map(|(name, versions)| HandlerLine {
+            name: (*name).to_owned(),
+            namespace: ns.clone(),
+            latest_version: tasker_core::template::latest_version(
+                versions.iter().map(String::as_str),
+            )
+            .map(|v| v.to_string()),
+            handler_count: versions.len(),
+            versions: versions.clone(),
         })
         .collect();
-    Ok(
-        Json(json!({"namespace": ns, "handlers": handlers, "total_handlers": handlers.len()}))
-            .into_response(),
-    )
+    Ok(Json(NamespaceHandlers {
+        namespace: ns.clone(),
+        total_handlers: handlers.len(),
+        handlers,
+    })
+    .into_response())
 }
 
+/// A template: its steps, their settings and the dependency graph.
+#[utoipa::path(get, path = "/handlers/{namespace}/{name}", tag = "handlers",
+    params(("namespace" = String, Path), ("name" = String, Path), ("version" = Option<String>, Query, description = "A version, or latest (default)")),
+    responses((status = 200, body = HandlerEnvelope), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn handler(
     State(st): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
@@ -523,11 +608,17 @@ pub async fn handler(
         .map(String::as_str)
         .filter(|v| *v != "latest");
     let t = st.engine.template(Some(&ns), &name, version).await?;
-    Ok(Json(json!({"handler": views::handler(&t), "generated_at": now()})).into_response())
+    Ok(Json(HandlerEnvelope {
+        handler: views::handler(&t),
+        generated_at: now(),
+    })
+    .into_response())
 }
 
 // ---- health and metrics ----
 
+/// Liveness: the process answers (never needs auth).
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Live)))]
 pub async fn live() -> Response {
     (
         [
@@ -535,11 +626,18 @@ pub async fn live() -> Response {
             (header::PRAGMA, "no-cache"),
             (header::EXPIRES, "0"),
         ],
-        Json(json!({"alive": true, "timestamp": now(), "service": "tasker"})),
+        Json(Live {
+            alive: true,
+            timestamp: now(),
+            service: "tasker".into(),
+        }),
     )
         .into_response()
 }
 
+/// Readiness: the database answers within 5 s (never needs auth).
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses((status = 200, body = Ready), (status = 503, body = Ready, description = "The database is down")))]
 pub async fn ready(State(st): State<AppState>) -> Response {
     let started = Instant::now();
     let check =
@@ -550,12 +648,18 @@ pub async fn ready(State(st): State<AppState>) -> Response {
         Ok(Err(e)) => (false, format!("database check failed: {e}")),
         Err(_) => (false, "database check timed out after 5 s".to_owned()),
     };
-    let body = json!({
-        "ready": ok,
-        "checks": {"database": {"status": if ok { "healthy" } else { "unhealthy" }, "message": message, "response_time_ms": ms}},
-        "timestamp": now(),
-        "check_duration": ms,
-    });
+    let body = Ready {
+        ready: ok,
+        checks: Checks {
+            database: Check {
+                status: if ok { "healthy" } else { "unhealthy" }.into(),
+                message,
+                response_time_ms: ms,
+            },
+        },
+        timestamp: now(),
+        check_duration: ms,
+    };
     let code = if ok {
         StatusCode::OK
     } else {
@@ -569,6 +673,9 @@ pub async fn ready(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Tasks and steps by state, retries, error rates.
+#[utoipa::path(get, path = "/health/status", tag = "health",
+    responses((status = 200, body = Status), (status = 503, body = Status, description = "More than half of the tasks or steps are in error")))]
 pub async fn status(State(st): State<AppState>) -> ApiResult {
     let started = Instant::now();
     let c = st.engine.state_counts().await?;
@@ -578,28 +685,29 @@ pub async fn status(State(st): State<AppState>) -> ApiResult {
     let task_error_rate = rate(c.tasks["error"], total_tasks);
     let step_error_rate = rate(c.steps["error"], total_steps);
     let healthy = task_error_rate <= 0.5 && step_error_rate <= 0.5;
-    let mut tasks = Map::new();
-    tasks.insert("total".into(), total_tasks.into());
-    for (k, v) in &c.tasks {
-        tasks.insert(k.clone(), (*v).into());
-    }
-    let mut steps = Map::new();
-    steps.insert("total".into(), total_steps.into());
-    for (k, v) in &c.steps {
-        steps.insert(k.clone(), (*v).into());
-    }
-    let body = json!({
-        "healthy": healthy,
-        "status": if healthy { "healthy" } else { "unhealthy" },
-        "metrics": {
-            "tasks": tasks,
-            "steps": steps,
-            "retries": {"in_backoff": c.in_backoff, "exhausted_retries": c.exhausted},
-            "error_rates": {"tasks": task_error_rate, "steps": step_error_rate},
+    let with_total = |m: &std::collections::BTreeMap<String, i64>, total: i64| {
+        let mut out = m.clone();
+        out.insert("total".into(), total);
+        out
+    };
+    let body = Status {
+        healthy,
+        status: if healthy { "healthy" } else { "unhealthy" }.into(),
+        metrics: StatusMetrics {
+            tasks: with_total(&c.tasks, total_tasks),
+            steps: with_total(&c.steps, total_steps),
+            retries: Retries {
+                in_backoff: c.in_backoff,
+                exhausted_retries: c.exhausted,
+            },
+            error_rates: ErrorRates {
+                tasks: task_error_rate,
+                steps: step_error_rate,
+            },
         },
-        "timestamp": now(),
-        "generation_duration": started.elapsed().as_secs_f64(),
-    });
+        timestamp: now(),
+        generation_duration: started.elapsed().as_secs_f64(),
+    };
     let code = if healthy {
         StatusCode::OK
     } else {
@@ -608,6 +716,17 @@ pub async fn status(State(st): State<AppState>) -> ApiResult {
     Ok((code, Json(body)).into_response())
 }
 
+pub async fn openapi(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        st.openapi.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+/// Prometheus text: this process's counters and histograms, tasks and steps by state.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> ApiResult {
     let text = crate::metrics::render(&st).await?;
     Ok((

@@ -16,6 +16,7 @@ use crate::template::TaskTemplate;
 
 /// A request to create a task. Everything but `name` is optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskRequest {
     pub name: String,
