@@ -209,6 +209,7 @@ impl Core {
             namespace: f.namespace,
             limit: Some(f.limit.unwrap_or(100)),
             offset: Some(f.offset.unwrap_or(0)),
+            ..Default::default()
         };
         self.engine
             .list_tasks(&filter)

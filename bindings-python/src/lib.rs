@@ -283,6 +283,7 @@ impl Core {
             namespace,
             limit: Some(limit),
             offset: Some(offset),
+            ..Default::default()
         };
         let e = self.engine.clone();
         block(py, move || async move {

@@ -302,6 +302,7 @@ impl Core {
             namespace: f.namespace,
             limit: Some(f.limit.unwrap_or(100)),
             offset: Some(f.offset.unwrap_or(0)),
+            ..Default::default()
         };
         rb_self.call(ruby, |e| async move {
             e.list_tasks(&filter).await.map(|l| json_text(&l))

@@ -414,6 +414,7 @@ async fn dispatch(cli: Cli) -> Outcome {
                     namespace: namespace.clone(),
                     limit: Some(*limit),
                     offset: None,
+                    ..Default::default()
                 })
                 .await?;
             if *json {

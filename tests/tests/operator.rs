@@ -491,3 +491,113 @@ async fn a_running_step_cannot_be_cancelled_but_an_exhausted_one_can_and_unblock
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("c").unwrap().status, StepState::Cancelled);
 }
+
+// ---- reading back: creation-time ranges and analytics (the dashboard's reads) ----
+
+#[tokio::test]
+async fn creation_time_ranges_and_analytics_over_a_window() {
+    let h = Harness::new().await;
+    h.register("name: one\nstep_templates:\n  - {name: a}\n  - {name: b, depends_on_step: a}\n")
+        .await;
+    let t0 = tasker_core::Clock::now_ms(&h.clock);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(
+            h.engine
+                .create_task(TaskRequest::new("one", json!({})))
+                .await
+                .unwrap(),
+        );
+        h.advance(Duration::from_secs(60));
+    }
+    // Task k was created at t0 + k minutes.
+    for (k, at) in [
+        (0, t0 - 5),
+        (0, t0),
+        (1, t0 + 1),
+        (7, t0 + 7 * 60_000),
+        (19, t0 + 19 * 60_000),
+    ] {
+        assert_eq!(
+            h.engine.first_task_created_at(at).await.unwrap(),
+            Some(ids[k]),
+            "k={k}"
+        );
+    }
+    assert_eq!(
+        h.engine
+            .first_task_created_at(t0 + 20 * 60_000)
+            .await
+            .unwrap(),
+        None
+    );
+    let range = |from: Option<i64>, until: Option<i64>| tasker_core::TaskFilter {
+        created_from: from,
+        created_until: until,
+        limit: Some(100),
+        ..Default::default()
+    };
+    let f = range(Some(t0 + 5 * 60_000), Some(t0 + 8 * 60_000));
+    assert_eq!(h.engine.count_tasks(&f).await.unwrap(), 3);
+    let listed: Vec<i64> = h
+        .engine
+        .list_tasks(&f)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(listed, [ids[7], ids[6], ids[5]], "newest first");
+    assert_eq!(
+        h.engine
+            .count_tasks(&range(Some(t0 + 99 * 60_000), None))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        h.engine.count_tasks(&range(None, Some(t0))).await.unwrap(),
+        0
+    );
+
+    // Run the newest five: `a` fails once then succeeds, `b` succeeds.
+    let mut r = Registry::new();
+    r.register_fn("a", |step| async move {
+        if step.attempt() == 1 {
+            Err(HandlerError::retryable("flaky"))
+        } else {
+            Ok(json!("a"))
+        }
+    });
+    r.register_fn("b", |_| async { Ok(json!("b")) });
+    for id in &ids[..15] {
+        h.engine.cancel_task(*id).await.unwrap();
+    }
+    h.drive(&r).await;
+    h.advance(Duration::from_secs(3));
+    h.drive(&r).await;
+    let a = h
+        .engine
+        .analytics(Duration::from_secs(5 * 60 + 30), None, None)
+        .await
+        .unwrap();
+    assert_eq!(a.tasks_created, 5, "the tasks of the last 5.5 minutes");
+    assert_eq!((a.tasks_complete, a.tasks_error), (5, 0));
+    assert_eq!(a.completion_rate, 1.0);
+    assert_eq!(a.failing_steps[0].step, "a");
+    assert_eq!(a.failing_steps[0].failed_attempts, 5);
+    assert_eq!(a.slowest_steps.len(), 2);
+    assert_eq!(a.series.iter().map(|s| s.created).sum::<u64>(), 5);
+    let all = h
+        .engine
+        .analytics(Duration::from_secs(3600), None, None)
+        .await
+        .unwrap();
+    assert_eq!((all.tasks_created, all.tasks_cancelled), (20, 15));
+    let other = h
+        .engine
+        .analytics(Duration::from_secs(3600), Some("nope"), None)
+        .await
+        .unwrap();
+    assert_eq!(other.tasks_created, 0);
+}

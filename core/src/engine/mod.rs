@@ -18,6 +18,7 @@
 //!
 //! Nothing here calls back into a host: events are pulled from [`Engine::subscribe`].
 
+pub mod analytics;
 mod claim;
 mod create;
 pub mod decide;
@@ -46,6 +47,7 @@ use crate::template::TaskTemplate;
 
 pub use crate::protocol::{Claim, Cycle, FailureKind, Job, JobKey, Outcome, Report, StepFailure};
 pub use crate::store::{StateCounts, TaskFilter};
+pub use analytics::Analytics;
 pub use create::TaskRequest;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{StepSnapshot, TaskSnapshot, TaskSummary};

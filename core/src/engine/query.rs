@@ -10,7 +10,7 @@ use super::{parse_json, Engine};
 use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
-use crate::store::{TaskFilter, TransitionRow};
+use crate::store::{IdRange, TaskFilter, TransitionRow};
 use crate::template::TaskTemplate;
 
 /// A task as `get_task` shows it.
@@ -168,10 +168,11 @@ impl Engine {
                 )));
             }
         }
+        let ids = self.id_range(filter).await?;
         Ok(self
             .inner
             .store
-            .list_tasks(filter)
+            .list_tasks(filter, ids)
             .await?
             .into_iter()
             .map(|(d, namespace, name, version)| TaskSummary {
@@ -191,7 +192,47 @@ impl Engine {
     /// How many tasks match `filter` (its limit and offset ignored): the total of a paged
     /// listing.
     pub async fn count_tasks(&self, filter: &TaskFilter) -> Result<i64> {
-        self.inner.store.count_tasks(filter).await
+        let ids = self.id_range(filter).await?;
+        self.inner.store.count_tasks(filter, ids).await
+    }
+
+    /// The task ids a filter's creation times come to.
+    async fn id_range(&self, f: &TaskFilter) -> Result<IdRange> {
+        let mut ids = IdRange::default();
+        if let Some(t) = f.created_from {
+            // No task created since: an empty range.
+            ids.from = Some(self.first_task_created_at(t).await?.unwrap_or(i64::MAX));
+        }
+        if let Some(t) = f.created_until {
+            ids.until = self.first_task_created_at(t).await?;
+        }
+        Ok(ids)
+    }
+
+    /// The id of the first task created at or after `at` (epoch ms), if any: a binary search
+    /// over task ids, which grow with creation time (about log2(tasks) primary-key reads).
+    /// Two tasks created concurrently may be ordered by id a few milliseconds apart from their
+    /// creation times; at the boundary of a range the id order wins.
+    pub async fn first_task_created_at(&self, at: i64) -> Result<Option<i64>> {
+        let store = &self.inner.store;
+        let Some(max) = store.max_task_id().await? else {
+            return Ok(None);
+        };
+        match store.task_at_or_after(max).await? {
+            Some((_, c)) if c >= at => {}
+            _ => return Ok(None),
+        }
+        // The answer is a task id in (lo, hi].
+        let (mut lo, mut hi) = (0i64, max);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match store.task_at_or_after(mid).await? {
+                Some((_, c)) if c >= at => hi = mid,
+                Some((id, _)) if id < hi => lo = id,
+                _ => lo = mid,
+            }
+        }
+        Ok(store.task_at_or_after(hi).await?.map(|(id, _)| id))
     }
 
     /// Tasks and steps by state, failed steps in backoff and out of attempts: for health checks

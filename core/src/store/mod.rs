@@ -218,6 +218,37 @@ pub struct TaskFilter {
     pub offset: Option<i64>,
     /// Oldest (lowest id) first; newest first by default.
     pub oldest_first: bool,
+    /// Only tasks created at or after this time (epoch ms).
+    pub created_from: Option<i64>,
+    /// Only tasks created before this time (epoch ms).
+    pub created_until: Option<i64>,
+}
+
+/// Task ids `from..until` (either end open): what a filter's creation times come to. Task ids
+/// grow with creation time, so a time range is an id range, found by a binary search over the
+/// primary key ([`crate::Engine::first_task_created_at`]) instead of an index on `created_at`
+/// that every task creation would pay for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdRange {
+    pub from: Option<i64>,
+    pub until: Option<i64>,
+}
+
+/// One step of a task created in an analytics window, with its task
+/// ([`Store::analytics_rows`]).
+#[derive(Debug, Clone)]
+pub struct AnalyticsRow {
+    pub task_id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub task_state: TaskState,
+    pub task_created_at: i64,
+    pub task_completed_at: Option<i64>,
+    pub step: String,
+    pub step_state: StepState,
+    pub attempts: i64,
+    pub last_attempted_at: Option<i64>,
+    pub processed_at: Option<i64>,
 }
 
 /// Tasks and steps by state, in one statement for both backends (`?` = now, milliseconds):
@@ -303,15 +334,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn task(&self, task_id: i64) -> Result<Option<(TaskDetail, String, String, String)>>;
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>>;
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>>;
-    /// Tasks matching the filter, newest first, with (namespace, name, version).
+    /// Tasks matching the filter and within `ids`, newest first, with (namespace, name,
+    /// version). (The filter's creation times are already turned into `ids`.)
     async fn list_tasks(
         &self,
         filter: &TaskFilter,
+        ids: IdRange,
     ) -> Result<Vec<(TaskDetail, String, String, String)>>;
-    /// How many tasks match the filter (its limit and offset ignored).
-    async fn count_tasks(&self, filter: &TaskFilter) -> Result<i64>;
+    /// How many tasks match the filter and `ids` (its limit and offset ignored).
+    async fn count_tasks(&self, filter: &TaskFilter, ids: IdRange) -> Result<i64>;
+    /// The first task with an id at or above `id`: `(task_id, created_at)`.
+    async fn task_at_or_after(&self, id: i64) -> Result<Option<(i64, i64)>>;
+    /// The highest task id.
+    async fn max_task_id(&self) -> Result<Option<i64>>;
     /// Tasks and steps by state (`now` decides what is still in backoff).
     async fn state_counts(&self, now: i64) -> Result<StateCounts>;
+    /// The steps of the newest tasks with ids at or above `from_id` (at most `limit` rows),
+    /// with their tasks, for analytics.
+    async fn analytics_rows(&self, from_id: i64, limit: i64) -> Result<Vec<AnalyticsRow>>;
     /// The earliest `ready_at` among claimable steps (with these handlers), if any.
     async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>>;
     /// The earliest lease expiry among running steps, if any.

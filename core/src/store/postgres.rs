@@ -26,8 +26,14 @@ use tokio::sync::Notify;
 use super::*;
 
 /// The WHERE clause of a task listing: `$1` state, `$2` name, `$3` namespace (NULL: any).
-const TASK_FILTER: &str = "($1::text IS NULL OR t.state = $1) AND ($2::text IS NULL OR n.name = $2) AND ($3::text IS NULL OR n.namespace = $3)";
+const TASK_FILTER: &str = "($1::text IS NULL OR t.state = $1) AND ($2::text IS NULL OR n.name = $2) AND ($3::text IS NULL OR n.namespace = $3) \
+    AND ($6::bigint IS NULL OR t.task_id >= $6) AND ($7::bigint IS NULL OR t.task_id < $7)";
 use crate::error::Error;
+
+const ANALYTICS_SQL_PG: &str = "SELECT t.task_id, n.namespace, n.name, t.state, t.created_at, t.completed_at, \
+       s.name, s.state, s.attempts, s.last_attempted_at, s.processed_at \
+     FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id JOIN steps s ON s.task_id = t.task_id \
+     WHERE t.task_id >= $1 ORDER BY t.task_id DESC, s.position LIMIT $2";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -351,7 +357,7 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Detail>> {
+    async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<Detail>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let order = if f.oldest_first { "ASC" } else { "DESC" };
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -363,6 +369,8 @@ impl Store for PgStore {
         .bind(f.namespace.as_deref())
         .bind(f.limit.unwrap_or(100))
         .bind(f.offset.unwrap_or(0))
+        .bind(ids.from)
+        .bind(ids.until)
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -370,16 +378,65 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn count_tasks(&self, f: &TaskFilter) -> Result<i64> {
+    async fn count_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<i64> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE {TASK_FILTER}"
+            "SELECT count(*) FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id \
+             WHERE $4::bigint IS NULL AND $5::bigint IS NULL AND {TASK_FILTER}"
         )))
         .bind(f.state.map(|s| s.as_str()))
         .bind(f.name.as_deref())
         .bind(f.namespace.as_deref())
+        .bind(None::<i64>)
+        .bind(None::<i64>)
+        .bind(ids.from)
+        .bind(ids.until)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    async fn task_at_or_after(&self, id: i64) -> Result<Option<(i64, i64)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let row = sqlx::query(
+            "SELECT task_id, created_at FROM tasks WHERE task_id >= $1 ORDER BY task_id LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    async fn max_task_id(&self) -> Result<Option<i64>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        Ok(sqlx::query_scalar("SELECT max(task_id) FROM tasks")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn analytics_rows(&self, from_id: i64, limit: i64) -> Result<Vec<AnalyticsRow>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let rows = sqlx::query(ANALYTICS_SQL_PG)
+            .bind(from_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AnalyticsRow {
+                    task_id: r.try_get(0)?,
+                    namespace: r.try_get(1)?,
+                    name: r.try_get(2)?,
+                    task_state: task_state(r.try_get::<&str, _>(3)?)?,
+                    task_created_at: r.try_get(4)?,
+                    task_completed_at: r.try_get(5)?,
+                    step: r.try_get(6)?,
+                    step_state: step_state(r.try_get::<&str, _>(7)?)?,
+                    attempts: r.try_get(8)?,
+                    last_attempted_at: r.try_get(9)?,
+                    processed_at: r.try_get(10)?,
+                })
+            })
+            .collect()
     }
 
     async fn state_counts(&self, now: i64) -> Result<StateCounts> {

@@ -365,7 +365,7 @@ fn handler_filter(handlers: Option<&[String]>, params: &mut Vec<Sql>) -> String 
 }
 
 /// The WHERE clause of a task listing and its parameters.
-fn task_filter(f: &TaskFilter) -> (String, Vec<Sql>) {
+fn task_filter(f: &TaskFilter, ids: IdRange) -> (String, Vec<Sql>) {
     let mut sql = String::from("1 = 1");
     let mut p: Vec<Sql> = Vec::new();
     if let Some(s) = f.state {
@@ -379,6 +379,14 @@ fn task_filter(f: &TaskFilter) -> (String, Vec<Sql>) {
     if let Some(ns) = &f.namespace {
         sql.push_str(" AND n.namespace = ?");
         p.push(text(ns));
+    }
+    if let Some(id) = ids.from {
+        sql.push_str(" AND t.task_id >= ?");
+        p.push(Sql::Integer(id));
+    }
+    if let Some(id) = ids.until {
+        sql.push_str(" AND t.task_id < ?");
+        p.push(Sql::Integer(id));
     }
     (sql, p)
 }
@@ -482,8 +490,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Detail>> {
-        let (filter, mut p) = task_filter(f);
+    async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<Detail>> {
+        let (filter, mut p) = task_filter(f, ids);
         let order = if f.oldest_first { "ASC" } else { "DESC" };
         let sql = format!(
             "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE {filter} \
@@ -495,14 +503,62 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn count_tasks(&self, f: &TaskFilter) -> Result<i64> {
-        let (filter, p) = task_filter(f);
+    async fn count_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<i64> {
+        let (filter, p) = task_filter(f, ids);
         let sql = format!(
             "SELECT count(*) FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE {filter}"
         );
         self.read(|c| {
             Ok(c.prepare_cached(&sql)?
                 .query_row(params_from_iter(p), |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn task_at_or_after(&self, id: i64) -> Result<Option<(i64, i64)>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT task_id, created_at FROM tasks WHERE task_id >= ?1 ORDER BY task_id LIMIT 1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn max_task_id(&self) -> Result<Option<i64>> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT max(task_id) FROM tasks")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn analytics_rows(&self, from_id: i64, limit: i64) -> Result<Vec<AnalyticsRow>> {
+        self.read(|c| {
+            query_rows(
+                c,
+                "SELECT t.task_id, n.namespace, n.name, t.state, t.created_at, t.completed_at, \
+                   s.name, s.state, s.attempts, s.last_attempted_at, s.processed_at \
+                 FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id JOIN steps s ON s.task_id = t.task_id \
+                 WHERE t.task_id >= ?1 ORDER BY t.task_id DESC, s.position LIMIT ?2",
+                params![from_id, limit],
+                |r| {
+                    Ok(AnalyticsRow {
+                        task_id: r.get(0)?,
+                        namespace: r.get(1)?,
+                        name: r.get(2)?,
+                        task_state: task_state(&r.get::<_, String>(3)?)?,
+                        task_created_at: r.get(4)?,
+                        task_completed_at: r.get(5)?,
+                        step: r.get(6)?,
+                        step_state: step_state(&r.get::<_, String>(7)?)?,
+                        attempts: r.get(8)?,
+                        last_attempted_at: r.get(9)?,
+                        processed_at: r.get(10)?,
+                    })
+                },
+            )
         })
         .await
     }
