@@ -224,7 +224,7 @@ impl Engine {
             .into_values()
             .filter(|f| f.failed_attempts > 0)
             .collect();
-        failing.sort_by(|a, b| b.failed_attempts.cmp(&a.failed_attempts));
+        failing.sort_by_key(|f| std::cmp::Reverse(f.failed_attempts));
         failing.truncate(10);
         let finished = complete + error;
         let avg = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
