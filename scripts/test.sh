@@ -23,10 +23,11 @@ export DATABASE_URL
 
 # Ruby: headers and libclang for the gem's native half (rb-sys runs bindgen), Rails 6.1,
 # Faraday and Bundler for the gem's Rails and API tests. All from Debian (no RubyGems registry).
-RUBY_PKGS="ruby-dev libclang-dev clang ruby-railties ruby-faraday ruby-bundler"
+# The dashboard's browser tests: Debian's Chromium, driven by playwright-core (npm, no download).
+RUBY_PKGS="ruby-dev libclang-dev clang ruby-railties ruby-faraday ruby-bundler chromium"
 missing=$(for p in $RUBY_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
-  step "installing Debian packages for the Ruby gem:" $missing
+  step "installing Debian packages for the Ruby gem and the browser tests:" $missing
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
@@ -72,6 +73,10 @@ step "Node: node --test on SQLite"
 
 step "Node: node --test on PostgreSQL (two workers and kill -9, a Python and a Node worker on one task)"
 (cd bindings-node && TASKER_PYTHON="$VENV/bin/python" TASKER_TEST_BACKEND=postgres node --test test/*.test.mjs)
+
+step "Dashboard: npm install playwright-core; the dashboard in headless Chromium (Debian's) against tasker serve"
+(cd server/tests/browser && npm install --no-package-lock --no-audit --no-fund >/dev/null \
+  && TASKER_BIN="$PWD/../../../target/debug/tasker" npm test)
 
 step "Ruby: rake build (cargo builds the extension), minitest on SQLite (the Rails app, the packed gem)"
 (cd bindings-ruby && rake build && TASKER_PYTHON="$VENV/bin/python" rake test)

@@ -765,6 +765,7 @@ fn concrete(pattern: &str, task: i64) -> String {
         .replace("{id}", &task.to_string())
         .replace("{step}", "fetch")
         .replace("{file}", "task_diagrams.json")
+        .replace("{asset}", "app.js")
         .replace("{namespace}", "shop")
         .replace("{name}", "pipeline")
 }
@@ -1622,5 +1623,70 @@ async fn openapi_document_lists_every_route_and_real_bodies_match_its_schemas() 
     // A request body: the template's own type.
     assert!(
         doc["components"]["schemas"]["TaskRequest"]["properties"]["idempotency_key"].is_object()
+    );
+}
+
+// ---- analytics and time filters ----
+
+#[tokio::test]
+async fn analytics_and_creation_time_filters_over_http() {
+    let db = Db::new();
+    db.register(&template(&db));
+    let s = Server::start(&db, &[]);
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    for _ in 0..3 {
+        s.post("/tasks", json!({"name": "pipeline", "namespace": "shop"}))
+            .await;
+    }
+    db.work(); // flaky fails for good in each
+    let (code, p) = s.get("/analytics/performance").await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    let hour = &p["performance_trends"]["last_hour"];
+    assert_eq!(
+        (hour["tasks_created"].clone(), hour["tasks_error"].clone()),
+        (json!(3), json!(3))
+    );
+    assert_eq!(hour["error_rate"], 1.0);
+    assert_eq!(p["system_overview"]["unique_task_types_count"], 1);
+    let (code, b) = s
+        .get("/analytics/bottlenecks?period=1&namespace=shop")
+        .await;
+    assert_eq!(code, StatusCode::OK, "{b}");
+    assert_eq!(b["error_patterns"][0]["step"], "flaky");
+    assert_eq!(b["error_patterns"][0]["failed_attempts"], 3);
+    assert_eq!(
+        b["slowest_steps"][0]["count"], 3,
+        "fetch ran three times: {b}"
+    );
+    let (_, none) = s.get("/analytics/bottlenecks?name=other").await;
+    assert_eq!(none["analysis"]["tasks_created"], 0);
+    let (code, e) = s.get("/analytics/bottlenecks?period=0.5").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{e}");
+
+    let since = before.to_rfc3339();
+    let (_, l) = s
+        .get(&format!("/tasks?since={}", since.replace('+', "%2B")))
+        .await;
+    assert_eq!(l["pagination"]["total"], 3, "{l}");
+    let (_, l) = s
+        .get(&format!("/tasks?until={}", before.timestamp_millis()))
+        .await;
+    assert_eq!(l["pagination"]["total"], 0, "{l}");
+    let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let (_, l) = s
+        .get(&format!(
+            "/tasks?since={}&status=error",
+            later.timestamp_millis()
+        ))
+        .await;
+    assert_eq!(l["pagination"]["total"], 0);
+    let (code, e) = s.get("/tasks?since=yesterday").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("since must be an RFC 3339 time"),
+        "{e}"
     );
 }

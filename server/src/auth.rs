@@ -67,6 +67,8 @@ pub enum Access {
 pub const ROUTES: &[(&str, &str, Access)] = {
     use Access::*;
     &[
+        ("GET", "/", Public),
+        ("GET", "/assets/{asset}", Public),
         ("GET", "/health/live", Public),
         ("GET", "/health/ready", Public),
         (
@@ -141,6 +143,16 @@ pub const ROUTES: &[(&str, &str, Access)] = {
         // Each query and mutation checks its own permission (graphql.rs).
         ("POST", "/graphql", Authenticated),
         ("GET", "/openapi.json", Authenticated),
+        (
+            "GET",
+            "/analytics/performance",
+            Permission("tasker.analytics:index"),
+        ),
+        (
+            "GET",
+            "/analytics/bottlenecks",
+            Permission("tasker.analytics:index"),
+        ),
     ]
 };
 

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod dashboard;
 pub mod error;
 pub mod graphql;
 pub mod metrics;
@@ -85,6 +86,8 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
     };
     metrics::count_events(&engine);
     let api = Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{asset}", get(dashboard::asset))
         .route("/health/live", get(routes::live))
         .route("/health/ready", get(routes::ready))
         .route("/health/status", get(routes::status))
@@ -120,18 +123,25 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         .route("/handlers/{namespace}/{name}", get(routes::handler))
         .route("/graphql", post(graphql::handle))
         .route("/openapi.json", get(routes::openapi))
+        .route("/analytics/performance", get(routes::performance))
+        .route("/analytics/bottlenecks", get(routes::bottlenecks))
         .route_layer(axum::middleware::from_fn_with_state(
             st.clone(),
             auth::authorize,
         ))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { error::ApiError::not_found("no such route") })
-        .with_state(st);
+        .with_state(st.clone());
     if base_path.is_empty() {
         api
     } else {
         Router::new()
             .nest(base_path, api)
+            // The dashboard at `/base/` too (a nested `/` matches `/base` only).
+            .route(
+                &format!("{base_path}/"),
+                get(dashboard::index).with_state(st),
+            )
             .fallback(|| async { error::ApiError::not_found("no such route") })
     }
 }

@@ -37,12 +37,16 @@ use crate::routes;
         routes::ready,
         routes::status,
         routes::metrics,
+        routes::performance,
+        routes::bottlenecks,
         graphql_doc,
         openapi_doc,
+        crate::dashboard::index,
+        crate::dashboard::asset,
     ),
     tags(
         (name = "tasks"), (name = "steps"), (name = "handlers"), (name = "health"),
-        (name = "graphql"), (name = "meta")
+        (name = "graphql"), (name = "meta"), (name = "analytics"), (name = "dashboard")
     )
 )]
 struct ApiDoc;

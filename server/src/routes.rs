@@ -60,6 +60,23 @@ fn int_param(
     }
 }
 
+/// A time query parameter: RFC 3339 (`2026-11-26T10:00:00Z`) or epoch milliseconds.
+fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(v) = q.get(name) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "query parameter {name} must be an RFC 3339 time (2026-11-26T10:00:00Z) or epoch milliseconds, got {v:?}: {e}"
+            ))
+        })
+}
+
 async fn snapshot_with_template(
     engine: &Engine,
     id: i64,
@@ -87,6 +104,8 @@ async fn snapshot_with_template(
         ("offset" = Option<i64>, Query, description = "Skip this many"),
         ("sort_by" = Option<String>, Query, description = "task_id, requested_at or created_at (the same order)"),
         ("sort_order" = Option<String>, Query, description = "asc (default) or desc"),
+        ("since" = Option<String>, Query, description = "Only tasks created at or after this time (RFC 3339, or epoch milliseconds)"),
+        ("until" = Option<String>, Query, description = "Only tasks created before this time (RFC 3339, or epoch milliseconds)"),
     ),
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 pub async fn list_tasks(
@@ -103,6 +122,8 @@ pub async fn list_tasks(
             "offset",
             "sort_by",
             "sort_order",
+            "since",
+            "until",
         ],
     )?;
     let state = q
@@ -138,6 +159,8 @@ pub async fn list_tasks(
         limit: Some(limit),
         offset: Some(offset),
         oldest_first,
+        created_from: time_param(&q, "since")?,
+        created_until: time_param(&q, "until")?,
     };
     let (tasks, total) = tokio::try_join!(
         st.engine.list_tasks(&filter),
@@ -737,4 +760,76 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult {
         text,
     )
         .into_response())
+}
+
+// ---- analytics ----
+
+/// The figures of the last 1 h, 4 h and 24 h (the original's `/analytics/performance`).
+#[utoipa::path(get, path = "/analytics/performance", tag = "analytics",
+    responses((status = 200, body = Performance)))]
+pub async fn performance(State(st): State<AppState>) -> ApiResult {
+    let h = |n: u64| std::time::Duration::from_secs(n * 3600);
+    let (last_hour, last_4_hours, last_24_hours) = tokio::try_join!(
+        st.engine.analytics(h(1), None, None),
+        st.engine.analytics(h(4), None, None),
+        st.engine.analytics(h(24), None, None),
+    )?;
+    let templates = st.engine.templates().await?;
+    let namespaces: std::collections::BTreeSet<&str> =
+        templates.iter().map(|t| t.namespace.as_str()).collect();
+    let types: std::collections::BTreeSet<(&str, &str)> = templates
+        .iter()
+        .map(|t| (t.namespace.as_str(), t.name.as_str()))
+        .collect();
+    let c = st.engine.state_counts().await?;
+    let active = c.tasks.get("pending").copied().unwrap_or(0)
+        + c.tasks.get("in_progress").copied().unwrap_or(0);
+    Ok(Json(Performance {
+        system_overview: SystemOverview {
+            active_tasks_count: active,
+            total_namespaces_count: namespaces.len(),
+            unique_task_types_count: types.len(),
+            system_health_score: last_hour.completion_rate,
+        },
+        performance_trends: Trends {
+            last_hour,
+            last_4_hours,
+            last_24_hours,
+        },
+        generated_at: now(),
+    })
+    .into_response())
+}
+
+/// The slowest tasks and steps and the steps that fail most over `period` hours (the
+/// original's `/analytics/bottlenecks`).
+#[utoipa::path(get, path = "/analytics/bottlenecks", tag = "analytics",
+    params(
+        ("period" = Option<u64>, Query, description = "Hours (1 to 720, default 24)"),
+        ("namespace" = Option<String>, Query), ("name" = Option<String>, Query),
+    ),
+    responses((status = 200, body = Bottlenecks), (status = 400, body = ErrorBody)))]
+pub async fn bottlenecks(
+    State(st): State<AppState>,
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let q = params(q, &["period", "namespace", "name", "version"])?;
+    let period = int_param(&q, "period", 24, 720)?.max(1) as u64;
+    let a = st
+        .engine
+        .analytics(
+            std::time::Duration::from_secs(period * 3600),
+            q.get("namespace").map(String::as_str),
+            q.get("name").map(String::as_str),
+        )
+        .await?;
+    Ok(Json(Bottlenecks {
+        period_hours: period,
+        slowest_tasks: a.slowest_tasks.clone(),
+        slowest_steps: a.slowest_steps.clone(),
+        error_patterns: a.failing_steps.clone(),
+        analysis: a,
+        generated_at: now(),
+    })
+    .into_response())
 }

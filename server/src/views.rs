@@ -432,3 +432,43 @@ pub struct Status {
     pub timestamp: String,
     pub generation_duration: f64,
 }
+
+// ---- analytics ----
+
+pub use tasker_core::engine::analytics::{Analytics, DurationStat, FailureStat, Slice};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemOverview {
+    /// Tasks pending or in progress now.
+    pub active_tasks_count: i64,
+    pub total_namespaces_count: usize,
+    pub unique_task_types_count: usize,
+    /// Complete / (complete + error) over the last hour; 1 without data.
+    pub system_health_score: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Trends {
+    pub last_hour: Analytics,
+    pub last_4_hours: Analytics,
+    pub last_24_hours: Analytics,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Performance {
+    pub system_overview: SystemOverview,
+    pub performance_trends: Trends,
+    pub generated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Bottlenecks {
+    pub period_hours: u64,
+    pub slowest_tasks: Vec<DurationStat>,
+    pub slowest_steps: Vec<DurationStat>,
+    /// The steps that fail most.
+    pub error_patterns: Vec<FailureStat>,
+    /// Every figure of the period.
+    pub analysis: Analytics,
+    pub generated_at: String,
+}

@@ -1,0 +1,203 @@
+// The dashboard of `tasker serve` in a real headless browser (Debian's Chromium via
+// playwright-core): live list, a failed task's page, retry and resolve from the page, auth.
+// Screenshots go to target/browser-artifacts (TASKER_DOCS_SCREENSHOTS=1 also writes the two
+// under docs/ that the README shows).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync, copyFileSync } from 'node:fs';
+import { createHmac } from 'node:crypto';
+import { join } from 'node:path';
+import { Db, call, launch, artifacts, root } from './harness.mjs';
+
+const template = (db) => `
+name: pipeline
+namespace_name: shop
+version: 1.0.0
+step_templates:
+  - name: fetch
+    handler_class: command
+    handler_config: {command: ["sh", "-c", "echo '{\\"rows\\": 3}'"]}
+  - name: flaky
+    handler_class: command
+    depends_on_step: fetch
+    default_retry_limit: 1
+    handler_config: {command: ["sh", "-c", "test -f ${db.path('ok')} && echo '{\\"ok\\": true}' || (echo 'the upstream file is missing' >&2; exit 3)"]}
+  - name: report
+    handler_class: command
+    depends_on_steps: [fetch, flaky]
+    handler_config: {command: ["sh", "-c", "echo '{\\"done\\": true}'"]}
+`;
+
+let browser;
+const dbs = [];
+before(async () => { browser = await launch(); });
+after(async () => { await browser?.close(); for (const d of dbs) d.stop(); });
+
+function freshDb() {
+  const db = new Db();
+  dbs.push(db);
+  db.register(template(db));
+  return db;
+}
+
+async function create(base, token) {
+  const r = await call(base, 'POST', '/tasks', { name: 'pipeline', namespace: 'shop', context: { order: 7 } }, token);
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  return r.body.task.task_id;
+}
+
+async function page() {
+  const p = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+  p.on('pageerror', (e) => { throw e; });
+  return p;
+}
+
+const shot = (p, name) => p.screenshot({ path: join(artifacts(), name), fullPage: true });
+
+test('the list shows a task created over the API and its status changes live when a worker completes it', async () => {
+  const db = freshDb();
+  const base = await db.serve();
+  const p = await page();
+  await p.goto(base + '/');
+  await p.waitForSelector('#task-rows');
+  await p.evaluate(() => { window.notReloaded = true; });
+  const id = await create(base);
+  const row = p.locator(`tr[data-task="${id}"]`);
+  await row.waitFor();
+  assert.equal(await row.locator('.badge').textContent(), 'pending');
+  writeFileSync(db.path('ok'), '');
+  db.startWorker();
+  await p.waitForSelector(`tr[data-task="${id}"] .badge[data-state="complete"]`, { timeout: 20000 });
+  assert.equal(await p.evaluate(() => window.notReloaded), true, 'updated without a reload');
+  assert.match(await row.textContent(), /shop\.pipeline@1\.0\.0/);
+  assert.match(await row.textContent(), /3 \/ 3/);
+  await shot(p, 'tasks-list.png');
+  if (process.env.TASKER_DOCS_SCREENSHOTS) copyFileSync(join(artifacts(), 'tasks-list.png'), join(root, 'docs/dashboard-tasks.png'));
+  await p.close();
+});
+
+test("a failed task's page shows the error and the DAG with the failed step marked; retry from the page completes it", async () => {
+  const db = freshDb();
+  const base = await db.serve();
+  const id = await create(base);
+  db.work(); // flaky fails for good (one attempt, no `ok` file): the task is in error
+  const p = await page();
+  await p.goto(`${base}/#/tasks/${id}`);
+  await p.waitForSelector('.node[data-step="flaky"][data-state="error"]');
+  assert.equal(await p.getAttribute('.node[data-step="fetch"]', 'data-state'), 'complete');
+  assert.equal(await p.getAttribute('.node[data-step="report"]', 'data-state'), 'pending');
+  assert.equal(await p.locator('#task-status .badge').textContent(), 'error');
+  // The failed step is chosen first: its error and attempts are shown.
+  await p.waitForSelector('#step-panel .step-error');
+  assert.match(await p.locator('#step-panel .step-error').textContent(), /upstream file is missing|exit/);
+  assert.match(await p.locator('#step-panel').textContent(), /1 of 1/);
+  assert.match(await p.locator('#context').textContent(), /"order": 7/);
+  await p.waitForSelector('#history tr');
+  await shot(p, 'task-failed.png');
+  if (process.env.TASKER_DOCS_SCREENSHOTS) copyFileSync(join(artifacts(), 'task-failed.png'), join(root, 'docs/dashboard-task.png'));
+
+  writeFileSync(db.path('ok'), '');
+  db.startWorker();
+  await p.click('#retry-step');
+  await p.waitForSelector('#confirm[open]');
+  await p.click('#confirm-ok');
+  await p.waitForSelector('#task-status .badge[data-state="complete"]', { timeout: 20000 });
+  assert.equal(await p.getAttribute('.node[data-step="flaky"]', 'data-state'), 'complete');
+  assert.equal(await p.getAttribute('.node[data-step="report"]', 'data-state'), 'complete');
+  await shot(p, 'task-retried.png');
+  await p.close();
+});
+
+test('resolving with invalid JSON is refused; with valid JSON the step is resolved and the task completes', async () => {
+  const db = freshDb();
+  const base = await db.serve();
+  const id = await create(base);
+  db.work();
+  db.startWorker(); // runs `report` once flaky is resolved
+  const p = await page();
+  await p.goto(`${base}/#/tasks/${id}`);
+  await p.waitForSelector('.node[data-step="flaky"][data-state="error"]');
+  await p.click('.node[data-step="flaky"]');
+  await p.fill('#resolve-json', '{"fixed": tru');
+  assert.match(await p.locator('#resolve-error').textContent(), /Not valid JSON/);
+  await p.click('#resolve-step');
+  assert.equal(await p.locator('#confirm[open]').count(), 0, 'no confirmation for invalid JSON');
+  assert.equal(await p.getAttribute('#resolve-json', 'aria-invalid'), 'true');
+  const still = await call(base, 'GET', `/tasks/${id}/workflow_steps/flaky`);
+  assert.equal(still.body.step.status, 'error', 'nothing was sent');
+
+  await p.fill('#resolve-json', '{"fixed": true, "by": "ops"}');
+  assert.equal(await p.locator('#resolve-error').textContent(), '');
+  await p.click('#resolve-step');
+  await p.waitForSelector('#confirm[open]');
+  await p.click('#confirm-ok');
+  await p.waitForSelector('.node[data-step="flaky"][data-state="resolved_manually"]');
+  await p.waitForSelector('#task-status .badge[data-state="complete"]', { timeout: 20000 });
+  await p.click('.node[data-step="flaky"]');
+  assert.match(await p.locator('#step-panel .step-results').textContent(), /"by": "ops"/);
+  await p.close();
+});
+
+function jwt(secret, permissions) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = b64({ alg: 'HS256', typ: 'JWT' });
+  const body = b64({ sub: 'dash', permissions, exp: Math.floor(Date.now() / 1000) + 600 });
+  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
+test('with auth on, no data is shown before the token is given, and actions need their permission', async () => {
+  const db = freshDb();
+  const secret = 'dashboard-secret-0123456789';
+  const base = await db.serve(['--jwt-secret', secret]);
+  const admin = jwt(secret, ['tasker.task:create']);
+  const id = await create(base, admin);
+  db.work();
+  const p = await page();
+  await p.goto(`${base}/#/tasks/${id}`);
+  await p.waitForSelector('#login:not([hidden])');
+  assert.equal(await p.locator('.node').count(), 0);
+  assert.doesNotMatch(await p.locator('body').textContent(), /pipeline|flaky/, 'no task data before the token');
+  // A reader: sees the task, but retrying is refused by the server and the page says so.
+  const reader = jwt(secret, ['tasker.task:show', 'tasker.workflow_step:index', 'tasker.workflow_step:show']);
+  await p.fill('#token', reader);
+  await p.click('#login button[type=submit]');
+  await p.waitForSelector('.node[data-step="flaky"][data-state="error"]');
+  await p.click('#retry-step');
+  await p.click('#confirm-ok');
+  await p.waitForSelector('#status .error');
+  assert.match(await p.locator('#status').textContent(), /refused: you lack the permission/);
+  assert.equal((await call(base, 'GET', `/tasks/${id}`, undefined, admin.replace(/./, 'x'))).status, 401);
+  // The token is kept for the tab only.
+  assert.equal(await p.evaluate(() => sessionStorage.getItem('tasker.token')), reader);
+  assert.equal(await p.evaluate(() => localStorage.length), 0);
+  await p.close();
+});
+
+test('templates and analytics render from the API', async () => {
+  const db = freshDb();
+  const base = await db.serve();
+  await create(base);
+  await create(base);
+  db.work();
+  const p = await page();
+  await p.goto(`${base}/#/templates`);
+  await p.waitForSelector('.template .node[data-step="report"]');
+  assert.match(await p.locator('.template').first().textContent(), /shop\.pipeline@1\.0\.0/);
+  await p.goto(`${base}/#/analytics`);
+  await p.waitForSelector('#perf .card');
+  assert.match(await p.locator('#perf').textContent(), /Last 24 hours/);
+  await p.waitForSelector('#failing table');
+  assert.match(await p.locator('#failing').textContent(), /flaky/);
+  await shot(p, 'analytics.png');
+  // On a phone: the page reflows instead of scrolling sideways (wide tables scroll in place).
+  await p.setViewportSize({ width: 390, height: 844 });
+  await p.goto(`${base}/#/tasks`);
+  await p.waitForSelector('#task-rows tr[data-task]');
+  const wide = await p.evaluate(() => [...document.querySelectorAll('body *')]
+    .filter((el) => !el.closest('.table-wrap, .dag') && el.getBoundingClientRect().right > window.innerWidth + 1)
+    .map((el) => `${el.tagName}#${el.id}.${el.className} ${Math.round(el.getBoundingClientRect().right)}`));
+  assert.deepEqual(wide, [], 'no sideways scrolling: wide tables and graphs scroll in place');
+  await shot(p, 'tasks-phone.png');
+  await p.close();
+});
