@@ -75,7 +75,7 @@ step "Node: node --test on PostgreSQL (two workers and kill -9, a Python and a N
 (cd bindings-node && TASKER_PYTHON="$VENV/bin/python" TASKER_TEST_BACKEND=postgres node --test test/*.test.mjs)
 
 step "Dashboard: npm install playwright-core; the dashboard in headless Chromium (Debian's) against tasker serve"
-(cd server/tests/browser && npm install --no-package-lock --no-audit --no-fund >/dev/null \
+(cd server/tests/browser && npm ci --no-audit --no-fund >/dev/null \
   && TASKER_BIN="$PWD/../../../target/debug/tasker" npm test)
 
 step "Ruby: rake build (cargo builds the extension), minitest on SQLite (the Rails app, the packed gem)"
