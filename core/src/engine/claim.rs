@@ -22,6 +22,7 @@ impl TxCx<'_> {
         // transaction's final write.
         self.repark().await?;
         let lease_until = self.now + self.engine.inner.opts.lease.as_millis() as i64;
+        let held: Vec<i64> = self.tasks.keys().copied().collect();
         let claimed = self
             .tx
             .claim(&ClaimSpec {
@@ -30,6 +31,7 @@ impl TxCx<'_> {
                 handlers: c.handlers.as_deref(),
                 worker_id: &c.worker_id,
                 lease_until,
+                held_tasks: &held,
             })
             .await?;
         if claimed.is_empty() {
@@ -79,6 +81,7 @@ impl TxCx<'_> {
         }
         let mut jobs = Vec::with_capacity(claimed.len());
         let mut starting = Vec::new();
+        let mut started: Vec<(i64, i64)> = Vec::new();
         for (s, t) in claimed.iter().zip(templates) {
             let st = &t.steps[s.position as usize];
             let attempt = s.attempts as u32;
@@ -101,14 +104,17 @@ impl TxCx<'_> {
                 s.version,
                 json!({"attempt": attempt, "worker": c.worker_id}),
             )?;
-            // A task this transaction holds is known exactly; any other is as the claim read it.
-            let state = self
+            // A task this transaction holds starts here (its row is written at the end); the
+            // claim itself started any other that was still pending.
+            if self
                 .tasks
                 .get(&s.task_id)
-                .map(|t| t.state)
-                .unwrap_or(s.task_state);
-            if state == TaskState::Pending {
+                .is_some_and(|t| t.state == TaskState::Pending)
+            {
                 starting.push(s.task_id);
+            }
+            if let Some(version) = s.started_version {
+                started.push((s.task_id, version));
             }
             let mut results = Map::new();
             for &p in &st.parents {
@@ -137,27 +143,24 @@ impl TxCx<'_> {
         }
         starting.sort_unstable();
         starting.dedup();
-        let (held, other): (Vec<i64>, Vec<i64>) = starting
-            .into_iter()
-            .partition(|t| self.tasks.contains_key(t));
-        for t in held {
+        for t in starting {
             self.set_task_states(
                 t,
                 &[TaskState::InProgress],
                 json!({"reason": "step_claimed"}),
             )?;
         }
-        if !other.is_empty() {
-            for (task_id, version) in self.tx.start_tasks(&other, self.now).await? {
-                self.push_task_change(
-                    task_id,
-                    TaskState::Pending,
-                    TaskState::InProgress,
-                    version,
-                    json!({"reason": "step_claimed"}),
-                );
-                self.tasks_changed = true;
-            }
+        started.sort_unstable();
+        started.dedup();
+        for (task_id, version) in started {
+            self.push_task_change(
+                task_id,
+                TaskState::Pending,
+                TaskState::InProgress,
+                version,
+                json!({"reason": "step_claimed"}),
+            );
+            self.tasks_changed = true;
         }
         Ok(jobs)
     }

@@ -182,6 +182,9 @@ pub struct ClaimedStep {
     pub task_state: TaskState,
     pub context: String,
     pub task_created_at: i64,
+    /// Set when this claim moved the step's task (not held) from `pending` to `in_progress`:
+    /// the task's new version (on every claimed step of that task).
+    pub started_version: Option<i64>,
 }
 
 /// What to claim.
@@ -193,6 +196,9 @@ pub struct ClaimSpec<'a> {
     pub handlers: Option<&'a [String]>,
     pub worker_id: &'a str,
     pub lease_until: i64,
+    /// Tasks this transaction holds (locked and tracked by the engine): the claim leaves their
+    /// rows alone. Any other task of a claimed step still `pending` is started by the claim.
+    pub held_tasks: &'a [i64],
 }
 
 /// A transition row to insert.
@@ -435,12 +441,11 @@ pub trait StoreTx: Send {
     /// Makes parked steps of these tasks claimable again.
     async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()>;
 
-    /// Moves the tasks still `pending` to `in_progress`; returns (task_id, new version) of
-    /// those moved. Takes the row locks of pending tasks only, so claims never wait on tasks
-    /// another worker is settling.
-    async fn start_tasks(&mut self, task_ids: &[i64], now: i64) -> Result<Vec<(i64, i64)>>;
-
-    /// Claims ready steps: `in_progress`, attempts + 1, lease set, ready_at cleared.
+    /// Claims ready steps: `in_progress`, attempts + 1, lease set, ready_at cleared; and moves
+    /// their tasks that are not held and still `pending` to `in_progress`
+    /// ([`ClaimedStep::started_version`]), in the same statement where the backend can (one
+    /// round trip on PostgreSQL). Takes the row locks of pending tasks only, so claims never
+    /// wait on tasks another worker is settling.
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>>;
     /// Results of (task_id, position) steps: (task_id, position, name, results JSON).
     async fn results(

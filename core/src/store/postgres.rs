@@ -952,16 +952,21 @@ impl StoreTx for PgTx {
                  claimed_by = $4, lease_expires_at = $5, last_attempted_at = $1, updated_at = $1, \
                  version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END \
                FROM c WHERE s.step_id = c.step_id \
-               RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at, s.retry_limit) \
+               RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at, s.retry_limit), \
+             st AS ( \
+               UPDATE tasks t SET state = 'in_progress', version = t.version + 1, updated_at = $1 \
+               WHERE t.task_id IN (SELECT task_id FROM u) AND t.state = 'pending' AND NOT (t.task_id = ANY($6)) \
+               RETURNING t.task_id, t.version) \
              SELECT u.step_id, u.task_id, u.position, u.attempts, u.version, u.lease_expires_at, \
-               t.named_task_id, t.state, t.context::text, u.retry_limit, t.created_at \
-             FROM u JOIN tasks t ON t.task_id = u.task_id",
+               t.named_task_id, t.state, t.context::text, u.retry_limit, t.created_at, st.version \
+             FROM u JOIN tasks t ON t.task_id = u.task_id LEFT JOIN st ON st.task_id = u.task_id",
         )
         .bind(spec.now)
         .bind(handlers_param(spec.handlers))
         .bind(spec.max)
         .bind(spec.worker_id)
         .bind(spec.lease_until)
+        .bind(spec.held_tasks)
         .fetch_all(&mut *self.conn)
         .await?;
         rows.iter()
@@ -978,23 +983,9 @@ impl StoreTx for PgTx {
                     context: r.try_get(8)?,
                     retry_limit: r.try_get(9)?,
                     task_created_at: r.try_get(10)?,
+                    started_version: r.try_get(11)?,
                 })
             })
-            .collect()
-    }
-
-    async fn start_tasks(&mut self, task_ids: &[i64], now: i64) -> Result<Vec<(i64, i64)>> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        let rows = sqlx::query(
-            "UPDATE tasks SET state = 'in_progress', version = version + 1, updated_at = $2 \
-             WHERE task_id = ANY($1) AND state = 'pending' RETURNING task_id, version",
-        )
-        .bind(task_ids)
-        .bind(now)
-        .fetch_all(&mut *self.conn)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
 

@@ -1047,6 +1047,7 @@ impl StoreTx for SqliteTx {
                 task_state: TaskState::Pending,
                 context: String::new(),
                 task_created_at: 0,
+                started_version: None,
             })
         })?;
         if steps.is_empty() {
@@ -1086,24 +1087,31 @@ impl StoreTx for SqliteTx {
             s.context = ctx;
             s.task_created_at = created;
         }
-        Ok(steps)
-    }
-
-    async fn start_tasks(&mut self, task_ids: &[i64], now: i64) -> Result<Vec<(i64, i64)>> {
-        let mut out = Vec::new();
-        for chunk in task_ids.chunks(CHUNK) {
+        // Start the tasks of the claimed steps that are still pending and not held.
+        let mut start: Vec<i64> = steps
+            .iter()
+            .filter(|s| s.task_state == TaskState::Pending && !spec.held_tasks.contains(&s.task_id))
+            .map(|s| s.task_id)
+            .collect();
+        start.sort_unstable();
+        start.dedup();
+        let mut started: HashMap<i64, i64> = HashMap::with_capacity(start.len());
+        for chunk in start.chunks(CHUNK) {
             let sql = format!(
                 "UPDATE tasks SET state = 'in_progress', version = version + 1, updated_at = ? \
                  WHERE task_id IN ({}) AND state = 'pending' RETURNING task_id, version",
                 list(chunk.len())
             );
-            let mut p = vec![Sql::Integer(now)];
+            let mut p = vec![Sql::Integer(spec.now)];
             p.extend(chunk.iter().map(|t| Sql::Integer(*t)));
-            out.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| {
-                Ok((r.get(0)?, r.get(1)?))
+            started.extend(query_rows(&self.c, &sql, params_from_iter(p), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
             })?);
         }
-        Ok(out)
+        for s in &mut steps {
+            s.started_version = started.get(&s.task_id).copied();
+        }
+        Ok(steps)
     }
 
     async fn results(
