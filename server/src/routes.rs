@@ -373,6 +373,11 @@ pub async fn get_step(
     .into_response())
 }
 
+/// The name of the step of task `id` named or numbered `raw`.
+async fn step_name(st: &AppState, id: i64, raw: &str) -> Result<String, ApiError> {
+    Ok(find_step(&st.engine.get_task(id).await?, raw)?.name.clone())
+}
+
 async fn step_after(st: &AppState, id: i64, name: &str) -> ApiResult {
     let (t, template) = snapshot_with_template(&st.engine, id).await?;
     let s = find_step(&t, name)?;
@@ -419,9 +424,7 @@ pub async fn update_step(
             ),
         )
     })?;
-    let name = find_step(&st.engine.get_task(id).await?, &step)?
-        .name
-        .clone();
+    let name = step_name(&st, id, &step).await?;
     st.engine
         .set_step_retry_limit(id, &name, c.retry_limit)
         .await?;
@@ -436,9 +439,7 @@ pub async fn cancel_step(
     Path((id, step)): Path<(String, String)>,
 ) -> ApiResult {
     let id = task_id(&id)?;
-    let name = find_step(&st.engine.get_task(id).await?, &step)?
-        .name
-        .clone();
+    let name = step_name(&st, id, &step).await?;
     st.engine.cancel_step(id, &name).await?;
     Ok(Json(Cancelled { cancelled: true }).into_response())
 }
@@ -451,9 +452,7 @@ pub async fn retry_step(
     Path((id, step)): Path<(String, String)>,
 ) -> ApiResult {
     let id = task_id(&id)?;
-    let name = find_step(&st.engine.get_task(id).await?, &step)?
-        .name
-        .clone();
+    let name = step_name(&st, id, &step).await?;
     st.engine.retry_step(id, &name).await?;
     step_after(&st, id, &name).await
 }
@@ -489,9 +488,7 @@ pub async fn resolve_step(
         Err(JsonRejection::MissingJsonContentType(_)) => Value::Null,
         Err(other) => return Err(other.into()),
     };
-    let name = find_step(&st.engine.get_task(id).await?, &step)?
-        .name
-        .clone();
+    let name = step_name(&st, id, &step).await?;
     st.engine.resolve_step_manually(id, &name, results).await?;
     step_after(&st, id, &name).await
 }
