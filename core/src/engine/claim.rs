@@ -160,7 +160,6 @@ impl TxCx<'_> {
                 version,
                 json!({"reason": "step_claimed"}),
             );
-            self.tasks_changed = true;
         }
         Ok(jobs)
     }

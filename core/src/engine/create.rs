@@ -298,7 +298,6 @@ impl TxCx<'_> {
         );
         self.settle(task_id).await?;
         self.work = true;
-        self.tasks_changed = true;
         Ok((task_id, true))
     }
 }

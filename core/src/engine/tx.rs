@@ -34,6 +34,7 @@ pub(super) struct TxCx<'e> {
     pub(super) pending: HashMap<i64, TaskUpdate>,
     changes: Vec<Change>,
     pub(super) work: bool,
+    /// A task reached a terminal state ([`TaskState::is_terminal`]): wake its waiters.
     pub(super) tasks_changed: bool,
 }
 
@@ -306,7 +307,7 @@ impl<'e> TxCx<'e> {
                 metadata.clone(),
             );
         }
-        self.tasks_changed = true;
+        self.tasks_changed |= from.is_terminal();
         Ok(())
     }
 
