@@ -766,11 +766,19 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult {
     responses((status = 200, body = Performance)))]
 pub async fn performance(State(st): State<AppState>) -> ApiResult {
     let h = |n: u64| std::time::Duration::from_secs(n * 3600);
-    let (last_hour, last_4_hours, last_24_hours) = tokio::try_join!(
-        st.engine.analytics(h(1), None, None),
-        st.engine.analytics(h(4), None, None),
-        st.engine.analytics(h(24), None, None),
-    )?;
+    let mut w = st
+        .engine
+        .analytics_windows(&[h(1), h(4), h(24)], None, None)
+        .await?
+        .into_iter();
+    let (Some(last_hour), Some(last_4_hours), Some(last_24_hours)) = (w.next(), w.next(), w.next())
+    else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "analytics: three windows asked, fewer answered",
+        ));
+    };
     let templates = st.engine.templates().await?;
     let namespaces: std::collections::BTreeSet<&str> =
         templates.iter().map(|t| t.namespace.as_str()).collect();

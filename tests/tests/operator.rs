@@ -594,6 +594,18 @@ async fn creation_time_ranges_and_analytics_over_a_window() {
         .await
         .unwrap();
     assert_eq!((all.tasks_created, all.tasks_cancelled), (20, 15));
+    // Several windows from one read agree with one window at a time.
+    let both = h
+        .engine
+        .analytics_windows(
+            &[Duration::from_secs(5 * 60 + 30), Duration::from_secs(3600)],
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((both[0].tasks_created, both[1].tasks_created), (5, 20));
+    assert_eq!(both[0].failing_steps[0].failed_attempts, 5);
     let other = h
         .engine
         .analytics(Duration::from_secs(3600), Some("nope"), None)

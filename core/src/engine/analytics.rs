@@ -12,6 +12,7 @@ use super::Engine;
 use crate::clock::format_ms;
 use crate::error::Result;
 use crate::state::{StepState, TaskState};
+use crate::store::AnalyticsRow;
 
 /// At most this many step rows are read for one window (the newest tasks first).
 pub const MAX_ANALYTICS_ROWS: i64 = 200_000;
@@ -127,9 +128,21 @@ impl Engine {
         namespace: Option<&str>,
         name: Option<&str>,
     ) -> Result<Analytics> {
+        let mut all = self.analytics_windows(&[window], namespace, name).await?;
+        Ok(all.remove(0))
+    }
+
+    /// [`Engine::analytics`] for several windows from one read (of the widest), in the order
+    /// given.
+    pub async fn analytics_windows(
+        &self,
+        windows: &[Duration],
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<Analytics>> {
         let now = self.now();
-        let span = (window.as_millis() as i64).max(1);
-        let since = now - span;
+        let widest = windows.iter().max().copied().unwrap_or_default();
+        let since = now - (widest.as_millis() as i64).max(1);
         let mut rows = match self.first_task_created_at(since).await? {
             Some(from) => {
                 self.inner
@@ -144,119 +157,140 @@ impl Engine {
         rows.retain(|r| {
             namespace.is_none_or(|n| r.namespace == n) && name.is_none_or(|n| r.name == n)
         });
-        let slice_ms = (span / SLICES).max(1);
-        let mut series: Vec<Slice> = (0..SLICES)
-            .map(|i| Slice {
-                start: format_ms(since + i * slice_ms),
-                created: 0,
-                completed: 0,
-                failed: 0,
+        Ok(windows
+            .iter()
+            .map(|w| {
+                let span = (w.as_millis() as i64).max(1);
+                let since = now - span;
+                let mine: Vec<&AnalyticsRow> =
+                    rows.iter().filter(|r| r.task_created_at >= since).collect();
+                figures(&mine, *w, span, since, now, truncated)
             })
-            .collect();
-        let slot = |t: i64| (((t - since) / slice_ms).clamp(0, SLICES - 1)) as usize;
-        let (mut created, mut complete, mut error, mut cancelled, mut active) = (0, 0, 0, 0, 0);
-        let mut task_ms: BTreeMap<(String, String, Option<String>), Vec<f64>> = BTreeMap::new();
-        let mut step_ms = task_ms.clone();
-        let mut failing: BTreeMap<(String, String, String), FailureStat> = BTreeMap::new();
-        let (mut task_sum, mut task_n, mut step_sum, mut step_n) = (0.0, 0u64, 0.0, 0u64);
-        let mut last_task = None;
-        for r in &rows {
-            if last_task != Some(r.task_id) {
-                last_task = Some(r.task_id);
-                created += 1;
-                series[slot(r.task_created_at)].created += 1;
-                match r.task_state {
-                    TaskState::Complete => {
-                        complete += 1;
-                        if let Some(done) = r.task_completed_at {
-                            series[slot(done)].completed += 1;
-                            let ms = (done - r.task_created_at).max(0) as f64;
-                            task_sum += ms;
-                            task_n += 1;
-                            task_ms
-                                .entry((r.namespace.clone(), r.name.clone(), None))
-                                .or_default()
-                                .push(ms);
-                        }
+            .collect())
+    }
+}
+
+/// The figures of one window from its rows (steps with their tasks, grouped by task).
+fn figures(
+    rows: &[&AnalyticsRow],
+    window: Duration,
+    span: i64,
+    since: i64,
+    now: i64,
+    truncated: bool,
+) -> Analytics {
+    let slice_ms = (span / SLICES).max(1);
+    let mut series: Vec<Slice> = (0..SLICES)
+        .map(|i| Slice {
+            start: format_ms(since + i * slice_ms),
+            created: 0,
+            completed: 0,
+            failed: 0,
+        })
+        .collect();
+    let slot = |t: i64| (((t - since) / slice_ms).clamp(0, SLICES - 1)) as usize;
+    let (mut created, mut complete, mut error, mut cancelled, mut active) = (0, 0, 0, 0, 0);
+    let mut task_ms: BTreeMap<(String, String, Option<String>), Vec<f64>> = BTreeMap::new();
+    let mut step_ms = task_ms.clone();
+    let mut failing: BTreeMap<(String, String, String), FailureStat> = BTreeMap::new();
+    let (mut task_sum, mut task_n, mut step_sum, mut step_n) = (0.0, 0u64, 0.0, 0u64);
+    let mut last_task = None;
+    for r in rows {
+        if last_task != Some(r.task_id) {
+            last_task = Some(r.task_id);
+            created += 1;
+            series[slot(r.task_created_at)].created += 1;
+            match r.task_state {
+                TaskState::Complete => {
+                    complete += 1;
+                    if let Some(done) = r.task_completed_at {
+                        series[slot(done)].completed += 1;
+                        let ms = (done - r.task_created_at).max(0) as f64;
+                        task_sum += ms;
+                        task_n += 1;
+                        task_ms
+                            .entry((r.namespace.clone(), r.name.clone(), None))
+                            .or_default()
+                            .push(ms);
                     }
-                    TaskState::Error => {
-                        error += 1;
-                        series[slot(r.task_completed_at.unwrap_or(r.task_created_at))].failed += 1;
-                    }
-                    TaskState::Cancelled => cancelled += 1,
-                    TaskState::Pending | TaskState::InProgress => active += 1,
-                    TaskState::ResolvedManually => complete += 1,
                 }
-            }
-            if r.step_state == StepState::Complete {
-                if let (Some(start), Some(end)) = (r.last_attempted_at, r.processed_at) {
-                    let ms = (end - start).max(0) as f64;
-                    step_sum += ms;
-                    step_n += 1;
-                    step_ms
-                        .entry((r.namespace.clone(), r.name.clone(), Some(r.step.clone())))
-                        .or_default()
-                        .push(ms);
+                TaskState::Error => {
+                    error += 1;
+                    series[slot(r.task_completed_at.unwrap_or(r.task_created_at))].failed += 1;
                 }
-            }
-            let failed = match r.step_state {
-                StepState::Complete => (r.attempts - 1).max(0),
-                StepState::Error | StepState::Cancelled | StepState::ResolvedManually => r.attempts,
-                StepState::Pending | StepState::InProgress => (r.attempts - 1).max(0),
-            } as u64;
-            if r.attempts > 0 {
-                let f = failing
-                    .entry((r.namespace.clone(), r.name.clone(), r.step.clone()))
-                    .or_insert_with(|| FailureStat {
-                        namespace: r.namespace.clone(),
-                        name: r.name.clone(),
-                        step: r.step.clone(),
-                        failed_attempts: 0,
-                        in_error: 0,
-                        runs: 0,
-                    });
-                f.failed_attempts += failed;
-                f.in_error += (r.step_state == StepState::Error) as u64;
-                f.runs += 1;
+                TaskState::Cancelled => cancelled += 1,
+                TaskState::Pending | TaskState::InProgress => active += 1,
+                TaskState::ResolvedManually => complete += 1,
             }
         }
-        let mut failing: Vec<FailureStat> = failing
-            .into_values()
-            .filter(|f| f.failed_attempts > 0)
-            .collect();
-        failing.sort_by_key(|f| std::cmp::Reverse(f.failed_attempts));
-        failing.truncate(10);
-        let finished = complete + error;
-        let avg = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
-        Ok(Analytics {
-            window_seconds: window.as_secs(),
-            since: format_ms(since),
-            calculated_at: format_ms(now),
-            truncated,
-            tasks_created: created,
-            tasks_complete: complete,
-            tasks_error: error,
-            tasks_cancelled: cancelled,
-            tasks_active: active,
-            completion_rate: if finished == 0 {
-                1.0
-            } else {
-                complete as f64 / finished as f64
-            },
-            error_rate: if finished == 0 {
-                0.0
-            } else {
-                error as f64 / finished as f64
-            },
-            throughput_per_second: finished as f64 / (span as f64 / 1000.0),
-            avg_task_duration_ms: avg(task_sum, task_n),
-            steps_processed: step_n,
-            avg_step_duration_ms: avg(step_sum, step_n),
-            series,
-            slowest_tasks: durations(task_ms),
-            slowest_steps: durations(step_ms),
-            failing_steps: failing,
-        })
+        if r.step_state == StepState::Complete {
+            if let (Some(start), Some(end)) = (r.last_attempted_at, r.processed_at) {
+                let ms = (end - start).max(0) as f64;
+                step_sum += ms;
+                step_n += 1;
+                step_ms
+                    .entry((r.namespace.clone(), r.name.clone(), Some(r.step.clone())))
+                    .or_default()
+                    .push(ms);
+            }
+        }
+        let failed = match r.step_state {
+            StepState::Complete => (r.attempts - 1).max(0),
+            StepState::Error | StepState::Cancelled | StepState::ResolvedManually => r.attempts,
+            StepState::Pending | StepState::InProgress => (r.attempts - 1).max(0),
+        } as u64;
+        if r.attempts > 0 {
+            let f = failing
+                .entry((r.namespace.clone(), r.name.clone(), r.step.clone()))
+                .or_insert_with(|| FailureStat {
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                    step: r.step.clone(),
+                    failed_attempts: 0,
+                    in_error: 0,
+                    runs: 0,
+                });
+            f.failed_attempts += failed;
+            f.in_error += (r.step_state == StepState::Error) as u64;
+            f.runs += 1;
+        }
+    }
+    let mut failing: Vec<FailureStat> = failing
+        .into_values()
+        .filter(|f| f.failed_attempts > 0)
+        .collect();
+    failing.sort_by_key(|f| std::cmp::Reverse(f.failed_attempts));
+    failing.truncate(10);
+    let finished = complete + error;
+    let avg = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
+    Analytics {
+        window_seconds: window.as_secs(),
+        since: format_ms(since),
+        calculated_at: format_ms(now),
+        truncated,
+        tasks_created: created,
+        tasks_complete: complete,
+        tasks_error: error,
+        tasks_cancelled: cancelled,
+        tasks_active: active,
+        completion_rate: if finished == 0 {
+            1.0
+        } else {
+            complete as f64 / finished as f64
+        },
+        error_rate: if finished == 0 {
+            0.0
+        } else {
+            error as f64 / finished as f64
+        },
+        throughput_per_second: finished as f64 / (span as f64 / 1000.0),
+        avg_task_duration_ms: avg(task_sum, task_n),
+        steps_processed: step_n,
+        avg_step_duration_ms: avg(step_sum, step_n),
+        series,
+        slowest_tasks: durations(task_ms),
+        slowest_steps: durations(step_ms),
+        failing_steps: failing,
     }
 }
 
