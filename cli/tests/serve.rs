@@ -83,6 +83,25 @@ impl Db {
     }
 }
 
+/// What a child process announces on its first stdout line after `prefix` (the address it
+/// bound); panics with its stderr when the line is not there.
+fn announced(child: &mut Child, prefix: &str) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().strip_prefix(prefix) {
+        Some(rest) => rest.to_owned(),
+        None => {
+            let mut err = String::new();
+            if let Some(e) = child.stderr.as_mut() {
+                let _ = std::io::Read::read_to_string(e, &mut err);
+            }
+            panic!("expected {prefix:?}..., got {line:?}; stderr: {err}")
+        }
+    }
+}
+
 /// A running `tasker serve`.
 struct Server {
     child: Child,
@@ -105,19 +124,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("tasker: serving on ")
-            .unwrap_or_else(|| {
-                let mut err = String::new();
-                let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
-                panic!("no serving line: {line:?} {err}")
-            })
-            .to_owned();
+        let base = announced(&mut child, "tasker: serving on ");
         Server {
             child,
             base,
@@ -1080,15 +1087,7 @@ async fn log_format_json_writes_one_json_object_per_request() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("tasker: serving on ")
-        .unwrap()
-        .to_owned();
+    let base = announced(&mut child, "tasker: serving on ");
     let code = reqwest::get(format!("{base}/tasks/77"))
         .await
         .unwrap()
@@ -1474,15 +1473,7 @@ async fn a_worker_serves_its_cycle_latency_step_durations_and_outcomes_as_promet
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(worker.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("tasker: metrics on ")
-        .unwrap_or_else(|| panic!("no metrics line: {line:?}"))
-        .to_owned();
+    let url = announced(&mut worker, "tasker: metrics on ");
     // flaky has one attempt and no `ok` file: each task runs fetch (ok), flaky (exhausted).
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
