@@ -171,7 +171,10 @@ fn rand_u32() -> u32 {
 
 impl Db {
     async fn open(&self, d: Durability) -> Engine {
-        let mut o = EngineOptions::default().url(&self.url).durability(d);
+        let mut o = EngineOptions::default()
+            .url(&self.url)
+            .durability(d)
+            .planned_cycles(planned_cycles());
         if let Some(s) = &self.schema {
             o = o.schema(s);
         }
@@ -380,10 +383,15 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
         m.insert("steps_per_s", steps as f64 / secs);
         m.insert("steps_per_transaction", steps as f64 / stats.cycles as f64);
         if a.backend == "postgres" {
+            let statements = (engine.database_statements() - statements0) as f64;
+            m.insert("round_trips_per_step", statements / steps as f64);
             m.insert(
-                "round_trips_per_step",
-                (engine.database_statements() - statements0) as f64 / steps as f64,
+                "round_trips_per_transaction",
+                statements / stats.cycles.max(1) as f64,
             );
+            let (planned, refused) = engine.planned_cycles();
+            m.insert("planned_share", planned as f64 / stats.cycles.max(1) as f64);
+            m.insert("plans_refused", refused as f64);
         }
     } else {
         let mut children = Vec::new();
@@ -633,14 +641,29 @@ async fn worker_mode(args: Vec<String>) {
     );
 }
 
+/// PostgreSQL: worker cycles as one planned statement (default), or every cycle reading
+/// first (`TASKER_PLANNED_CYCLES=0`, for comparison).
+fn planned_cycles() -> bool {
+    std::env::var("TASKER_PLANNED_CYCLES").as_deref() != Ok("0")
+}
+
 /// What the figures were measured with, and whether every commit was durable.
 async fn conditions(a: &Args) -> (String, bool) {
     let prefetch = std::env::var("TASKER_PREFETCH").ok();
     let mut out = format!(
-        "worker concurrency {CONCURRENCY}, prefetch {}, batch window 1 ms",
+        "worker concurrency {CONCURRENCY}, prefetch {}, batch window 1 ms{}",
         match &prefetch {
             Some(p) => format!("{p} (TASKER_PREFETCH)"),
             None => format!("{} (default)", 2 * CONCURRENCY),
+        },
+        if a.backend == "postgres" {
+            if planned_cycles() {
+                ", planned cycles on (default)"
+            } else {
+                ", planned cycles off (TASKER_PLANNED_CYCLES=0)"
+            }
+        } else {
+            ""
         }
     );
     // Read from a fresh database by the engine itself: the conditions the figures get.

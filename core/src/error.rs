@@ -120,6 +120,11 @@ pub enum Error {
     Timeout(String),
     #[error("the engine is shutting down")]
     Shutdown,
+    /// A planned cycle no longer applies (a task or step changed since the engine saw it): the
+    /// engine runs the cycle again the general way. Never returned by a public call.
+    #[doc(hidden)]
+    #[error("internal: the planned cycle no longer applies")]
+    PlanStale,
     /// A bug in Tasker (a panic in its own loop); the message says where.
     #[error("internal error: {0}")]
     Internal(String),
@@ -144,7 +149,7 @@ impl Error {
             Error::UnsupportedUrl(_) => "validation",
             Error::Timeout(_) => "timeout",
             Error::Shutdown => "shutdown",
-            Error::Internal(_) => "internal",
+            Error::Internal(_) | Error::PlanStale => "internal",
         }
     }
 

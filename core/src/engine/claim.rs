@@ -8,11 +8,13 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::tx::TxCx;
+use super::Engine;
 use super::{parse_json, CONTEXT_CACHE};
 use crate::error::Result;
 use crate::protocol::{Claim, Job, JobKey};
 use crate::state::{StepState, TaskState};
-use crate::store::ClaimSpec;
+use crate::store::{ClaimSpec, ClaimedStep, TransitionRow};
+use crate::template::TaskTemplate;
 
 impl TxCx<'_> {
     /// Claims ready steps and builds their jobs.
@@ -21,27 +23,99 @@ impl TxCx<'_> {
         // claimed. The claim reads only the steps table, so counter updates can wait for the
         // transaction's final write.
         self.repark().await?;
-        let lease_until = self.now + self.engine.inner.opts.lease.as_millis() as i64;
         let held: Vec<i64> = self.tasks.keys().copied().collect();
         let claimed = self
             .tx
-            .claim(&ClaimSpec {
-                now: self.now,
-                max: c.max as i64,
-                handlers: c.handlers.as_deref(),
-                worker_id: &c.worker_id,
-                lease_until,
-                held_tasks: &held,
-            })
+            .claim(&self.engine.claim_spec(c, self.now, &held))
             .await?;
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
+        // Parents' results the claim did not return (SQLite, or steps stored before PostgreSQL
+        // kept their parents).
+        let mut keys = Vec::new();
+        let mut templates = Vec::with_capacity(claimed.len());
+        for s in &claimed {
+            let t = self.template(s.named_task_id).await?;
+            if s.parent_results.is_none() {
+                for &p in &t.steps[s.position as usize].parents {
+                    keys.push((s.task_id, p as i32));
+                }
+            }
+            templates.push(t);
+        }
+        let parents = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.tx.results(&keys).await?
+        };
+        let (jobs, announced) = self
+            .engine
+            .jobs_for(&claimed, &templates, c, parents, self.now)?;
+        self.announce_stored(announced);
+        // A task this transaction holds starts here (its row is written at the end); the claim
+        // itself started any other that was still pending.
+        let mut starting: Vec<i64> = claimed
+            .iter()
+            .filter(|s| {
+                self.tasks
+                    .get(&s.task_id)
+                    .is_some_and(|t| t.state == TaskState::Pending)
+            })
+            .map(|s| s.task_id)
+            .collect();
+        starting.sort_unstable();
+        starting.dedup();
+        for t in starting {
+            self.set_task_states(
+                t,
+                &[TaskState::InProgress],
+                json!({"reason": "step_claimed"}),
+            )?;
+        }
+        self.claimed.extend(claimed);
+        Ok(jobs)
+    }
+}
+
+/// A transition the store wrote, to announce: (row, event, step name, attempt, metadata).
+pub(super) type Stored = (
+    TransitionRow,
+    &'static str,
+    Option<String>,
+    Option<u32>,
+    Value,
+);
+
+impl Engine {
+    /// What to claim for `c` at `now`, leaving the `held` tasks' rows alone.
+    pub(super) fn claim_spec<'a>(&self, c: &'a Claim, now: i64, held: &'a [i64]) -> ClaimSpec<'a> {
+        ClaimSpec {
+            now,
+            max: c.max as i64,
+            handlers: c.handlers.as_deref(),
+            worker_id: &c.worker_id,
+            lease_until: now + self.inner.opts.lease.as_millis() as i64,
+            held_tasks: held,
+        }
+    }
+
+    /// The jobs of claimed steps (contexts parsed once per task and cached, parents' results
+    /// from the claim or from `parent_rows`), and the claim's transitions to announce (the
+    /// store wrote them).
+    pub(super) fn jobs_for(
+        &self,
+        claimed: &[ClaimedStep],
+        templates: &[Arc<TaskTemplate>],
+        c: &Claim,
+        parent_rows: Vec<(i64, i32, String, Option<String>)>,
+        now: i64,
+    ) -> Result<(Vec<Job>, Vec<Stored>)> {
         // Contexts never change after creation: keep them parsed.
         let mut contexts: HashMap<i64, Arc<Value>> = HashMap::new();
         {
-            let mut cache = self.engine.inner.contexts.lock().unwrap();
-            for s in &claimed {
+            let mut cache = self.inner.contexts.lock().unwrap();
+            for s in claimed {
                 if contexts.contains_key(&s.task_id) {
                     continue;
                 }
@@ -59,69 +133,72 @@ impl TxCx<'_> {
                 contexts.insert(s.task_id, v);
             }
         }
-        let mut templates = Vec::with_capacity(claimed.len());
-        let mut keys = Vec::new();
-        for s in &claimed {
-            let t = self.template(s.named_task_id).await?;
-            for &p in &t.steps[s.position as usize].parents {
-                keys.push((s.task_id, p as i32));
-            }
-            templates.push(t);
-        }
         let mut parent_results: HashMap<(i64, i32), (String, Value)> = HashMap::new();
-        if !keys.is_empty() {
-            for (t, p, name, res) in self.tx.results(&keys).await? {
-                let v = res
-                    .as_deref()
-                    .map(parse_json)
-                    .transpose()?
-                    .unwrap_or(Value::Null);
-                parent_results.insert((t, p), (name, v));
-            }
+        for (t, p, name, res) in parent_rows {
+            let v = res
+                .as_deref()
+                .map(parse_json)
+                .transpose()?
+                .unwrap_or(Value::Null);
+            parent_results.insert((t, p), (name, v));
         }
         let mut jobs = Vec::with_capacity(claimed.len());
-        let mut starting = Vec::new();
+        let mut announced = Vec::with_capacity(claimed.len());
         let mut started: Vec<(i64, i64)> = Vec::new();
         for (s, t) in claimed.iter().zip(templates) {
             let st = &t.steps[s.position as usize];
             let attempt = s.attempts as u32;
-            let step = Some((s.step_id, st.name.as_str(), attempt));
+            let mut step_row = |from: StepState, to: StepState, sort_key: i64, meta: Value| {
+                let event =
+                    StepState::event(Some(from), to).expect("a claim's transitions are legal");
+                announced.push((
+                    TransitionRow {
+                        task_id: s.task_id,
+                        step_id: Some(s.step_id),
+                        from_state: Some(from.as_str()),
+                        to_state: to.as_str(),
+                        metadata: String::new(),
+                        sort_key,
+                        created_at: now,
+                    },
+                    event,
+                    Some(st.name.clone()),
+                    Some(attempt),
+                    meta,
+                ));
+            };
             if attempt > 1 {
-                self.push_step_change(
-                    s.task_id,
-                    step,
+                step_row(
                     StepState::Error,
                     StepState::Pending,
                     s.version - 1,
                     json!({"attempt": attempt}),
-                )?;
+                );
             }
-            self.push_step_change(
-                s.task_id,
-                step,
+            step_row(
                 StepState::Pending,
                 StepState::InProgress,
                 s.version,
                 json!({"attempt": attempt, "worker": c.worker_id}),
-            )?;
-            // A task this transaction holds starts here (its row is written at the end); the
-            // claim itself started any other that was still pending.
-            if self
-                .tasks
-                .get(&s.task_id)
-                .is_some_and(|t| t.state == TaskState::Pending)
-            {
-                starting.push(s.task_id);
-            }
+            );
             if let Some(version) = s.started_version {
                 started.push((s.task_id, version));
             }
-            let mut results = Map::new();
-            for &p in &st.parents {
-                if let Some((name, v)) = parent_results.get(&(s.task_id, p as i32)) {
-                    results.insert(name.clone(), v.clone());
+            let results = match &s.parent_results {
+                Some(text) => match parse_json(text)? {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
+                None => {
+                    let mut results = Map::new();
+                    for &p in &st.parents {
+                        if let Some((name, v)) = parent_results.get(&(s.task_id, p as i32)) {
+                            results.insert(name.clone(), v.clone());
+                        }
+                    }
+                    results
                 }
-            }
+            };
             jobs.push(Job {
                 key: JobKey {
                     task_id: s.task_id,
@@ -141,26 +218,26 @@ impl TxCx<'_> {
                 task_created_at_ms: s.task_created_at,
             });
         }
-        starting.sort_unstable();
-        starting.dedup();
-        for t in starting {
-            self.set_task_states(
-                t,
-                &[TaskState::InProgress],
-                json!({"reason": "step_claimed"}),
-            )?;
-        }
         started.sort_unstable();
-        started.dedup();
+        started.dedup_by_key(|s| s.0);
         for (task_id, version) in started {
-            self.push_task_change(
-                task_id,
-                TaskState::Pending,
-                TaskState::InProgress,
-                version,
+            let (from, to) = (TaskState::Pending, TaskState::InProgress);
+            announced.push((
+                TransitionRow {
+                    task_id,
+                    step_id: None,
+                    from_state: Some(from.as_str()),
+                    to_state: to.as_str(),
+                    metadata: String::new(),
+                    sort_key: version,
+                    created_at: now,
+                },
+                TaskState::event(Some(from), to).expect("legal task transition"),
+                None,
+                None,
                 json!({"reason": "step_claimed"}),
-            );
+            ));
         }
-        Ok(jobs)
+        Ok((jobs, announced))
     }
 }

@@ -254,6 +254,7 @@ impl TxCx<'_> {
                     ready_at: (!p.bypass[i] && remaining == 0).then_some(now),
                     priority: p.priority,
                     version: if p.bypass[i] { 2 } else { 1 },
+                    parents: &s.parents,
                 }
             })
             .collect();

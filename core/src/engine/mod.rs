@@ -24,6 +24,7 @@ mod create;
 pub mod decide;
 mod operator;
 mod options;
+mod plan;
 mod query;
 mod report;
 mod settle;
@@ -31,7 +32,7 @@ mod templates;
 mod tx;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
@@ -78,6 +79,10 @@ struct Inner {
     tasks_changed: Arc<Notify>,
     last_reap_ms: AtomicI64,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Rows this engine saw at its last claims and commits, to plan cycles from.
+    known: Arc<Mutex<plan::Known>>,
+    /// Cycles executed as one planned statement, and plans the store refused.
+    planned: [AtomicU64; 2],
 }
 
 impl Drop for Inner {
@@ -158,6 +163,8 @@ impl Engine {
                 tasks_changed,
                 last_reap_ms: AtomicI64::new(i64::MIN),
                 listener,
+                known: Arc::default(),
+                planned: Default::default(),
             }),
         };
         engine.refresh_templates().await?;
@@ -175,6 +182,16 @@ impl Engine {
     /// True when this engine records metrics ([`EngineOptions::metrics`]).
     pub fn metrics_on(&self) -> bool {
         self.inner.opts.metrics
+    }
+
+    /// Worker cycles this engine sent as one planned statement, and plans the database
+    /// refused because a task or step had changed meanwhile (each then ran the general way):
+    /// for benchmarks and tests.
+    pub fn planned_cycles(&self) -> (u64, u64) {
+        (
+            self.inner.planned[0].load(Ordering::Relaxed),
+            self.inner.planned[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Subscribes to lifecycle events (exactly one per transition, after commit).

@@ -41,6 +41,10 @@ pub struct EngineOptions {
     /// that installs a recorder (`tasker serve`, `tasker worker --metrics-bind`). Off by
     /// default: then nothing is recorded, not even labels built.
     pub metrics: bool,
+    /// PostgreSQL: send a worker cycle as one planned statement when the engine already knows
+    /// the rows it decides from (default), falling back to a reading transaction when not
+    /// (`engine/plan.rs`). Off: every cycle reads first (for comparison and tests).
+    pub planned_cycles: bool,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +62,7 @@ impl Default for EngineOptions {
             max_connections: None,
             strict_templates: false,
             metrics: false,
+            planned_cycles: true,
         }
     }
 }
@@ -97,6 +102,10 @@ impl EngineOptions {
     }
     pub fn listen(mut self, listen: bool) -> Self {
         self.listen = listen;
+        self
+    }
+    pub fn planned_cycles(mut self, on: bool) -> Self {
+        self.planned_cycles = on;
         self
     }
 }

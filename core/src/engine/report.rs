@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use tracing::{debug, debug_span, Instrument};
 
 use super::decide::{self, FailureEffect};
-use super::tx::TxCx;
+use super::plan::PlanTx;
+use super::tx::{announce_stored, TxCx};
 use super::{Engine, REAP_EVERY_MS};
 use crate::backoff::retry_delay_ms;
 use crate::clock::format_ms;
@@ -32,24 +33,26 @@ impl Engine {
         let started = Instant::now();
         async move {
             let now = self.now();
-            // A claim alone need not reach the disk before the handler runs: lost in a crash,
-            // the step is simply claimable again. Outcomes always are durable.
-            let mut cx = TxCx::begin_with(self, now, !reports.is_empty()).await?;
-            let mut stale = cx.apply_reports(reports).await?;
             let last = self.inner.last_reap_ms.load(Ordering::Relaxed);
-            if last == i64::MIN || now - last >= REAP_EVERY_MS || now < last {
-                self.inner.last_reap_ms.store(now, Ordering::Relaxed);
-                stale.extend(cx.reap_expired().await?);
-            }
-            let jobs = match claim {
-                Some(c) if c.max > 0 => {
-                    cx.claim(c)
-                        .instrument(debug_span!("tasker.claim", max = c.max, worker = %c.worker_id))
-                        .await?
+            let reap = last == i64::MIN || now - last >= REAP_EVERY_MS || now < last;
+            let mut planned = None;
+            if !reap && self.inner.opts.planned_cycles && self.inner.store.executes_plans() {
+                match self.cycle_planned(reports, claim, now).await {
+                    Ok(done) => {
+                        self.inner.planned[0].fetch_add(1, Ordering::Relaxed);
+                        planned = Some(done);
+                    }
+                    Err(Error::PlanStale) => {
+                        self.inner.planned[1].fetch_add(1, Ordering::Relaxed);
+                        debug!("planned cycle refused: running it the general way");
+                    }
+                    Err(e) => return Err(e),
                 }
-                _ => Vec::new(),
+            }
+            let (jobs, stale) = match planned {
+                Some(done) => done,
+                None => self.cycle_general(reports, claim, now, reap).await?,
             };
-            cx.finish().await?;
             if self.metrics_on() {
                 let part = match (reports.is_empty(), claim.is_some_and(|c| c.max > 0)) {
                     (false, true) => "report_and_claim",
@@ -72,6 +75,85 @@ impl Engine {
         }
         .instrument(span)
         .await
+    }
+
+    /// A cycle as one transaction that reads, decides and writes (every backend; on
+    /// PostgreSQL when a plan is not possible). With `reap`, also re-queues expired leases.
+    async fn cycle_general(
+        &self,
+        reports: &[Report],
+        claim: Option<&Claim>,
+        now: i64,
+        reap: bool,
+    ) -> Result<(Vec<Job>, Vec<JobKey>)> {
+        // A claim alone need not reach the disk before the handler runs: lost in a crash,
+        // the step is simply claimable again. Outcomes always are durable.
+        let mut cx = TxCx::begin_with(self, now, !reports.is_empty()).await?;
+        let mut stale = cx.apply_reports(reports).await?;
+        if reap {
+            self.inner.last_reap_ms.store(now, Ordering::Relaxed);
+            stale.extend(cx.reap_expired().await?);
+        }
+        let jobs = match claim {
+            Some(c) if c.max > 0 => {
+                cx.claim(c)
+                    .instrument(debug_span!("tasker.claim", max = c.max, worker = %c.worker_id))
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        cx.finish().await?;
+        Ok((jobs, stale))
+    }
+
+    /// A cycle decided from known rows and executed as one statement ([`super::plan`]);
+    /// [`Error::PlanStale`] (nothing written) when that is not possible.
+    async fn cycle_planned(
+        &self,
+        reports: &[Report],
+        claim: Option<&Claim>,
+        now: i64,
+    ) -> Result<(Vec<Job>, Vec<JobKey>)> {
+        let tx = Box::new(PlanTx::new(
+            self.inner.known.clone(),
+            now,
+            !reports.is_empty(),
+        ));
+        let mut cx = TxCx::with_tx(self, tx, now);
+        // A report that no longer applies is sorted out by the general path.
+        if !cx.apply_reports(reports).await?.is_empty() {
+            return Err(Error::PlanStale);
+        }
+        let claim = claim.filter(|c| c.max > 0);
+        let spec = claim.map(|c| self.claim_spec(c, now, &[]));
+        let claimed = cx.execute_planned(spec.as_ref()).await?;
+        let Some(c) = claim.filter(|_| !claimed.is_empty()) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut templates = Vec::with_capacity(claimed.len());
+        let mut keys = Vec::new();
+        for s in &claimed {
+            let t = self.template_by_id(s.named_task_id).await?;
+            if s.parent_results.is_none() {
+                keys.extend(
+                    t.steps[s.position as usize]
+                        .parents
+                        .iter()
+                        .map(|&p| (s.task_id, p as i32)),
+                );
+            }
+            templates.push(t);
+        }
+        // Steps stored before their parents were recorded: read the parents' results (they
+        // never change once a child is ready).
+        let parents = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.store.begin(false).await?.results(&keys).await?
+        };
+        let (jobs, announced) = self.jobs_for(&claimed, &templates, c, parents, now)?;
+        announce_stored(self, announced);
+        Ok((jobs, Vec::new()))
     }
 
     /// Claims up to `claim.max` jobs, waiting up to `wait` (real time) for work to appear.

@@ -6,16 +6,21 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::claim::Stored;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::state::{StepState, TaskState};
-use crate::store::{StepRow, StepUpdate, StoreTx, TaskRow, TaskUpdate, TransitionRow};
+use crate::store::{
+    ClaimSpec, ClaimedStep, StepRow, StepUpdate, StoreTx, TaskRow, TaskUpdate, TransitionRow,
+};
 use crate::template::TaskTemplate;
 
 /// A transition to record and announce.
 struct Change {
     row: TransitionRow,
+    /// The store already wrote the row (a claim's): only announce it.
+    stored: bool,
     event: &'static str,
     step_name: Option<String>,
     attempt: Option<u32>,
@@ -36,6 +41,8 @@ pub(super) struct TxCx<'e> {
     pub(super) work: bool,
     /// A task reached a terminal state ([`TaskState::is_terminal`]): wake its waiters.
     pub(super) tasks_changed: bool,
+    /// Steps claimed in this transaction (remembered for planning after commit).
+    pub(super) claimed: Vec<ClaimedStep>,
 }
 
 impl<'e> TxCx<'e> {
@@ -48,9 +55,15 @@ impl<'e> TxCx<'e> {
         now: i64,
         durable: bool,
     ) -> Result<TxCx<'e>> {
-        Ok(TxCx {
+        let tx = engine.inner.store.begin(durable).await?;
+        Ok(Self::with_tx(engine, tx, now))
+    }
+
+    /// A transaction context over `tx` (a database transaction, or a [`super::plan::PlanTx`]).
+    pub(super) fn with_tx(engine: &'e Engine, tx: Box<dyn StoreTx>, now: i64) -> TxCx<'e> {
+        TxCx {
             engine,
-            tx: engine.inner.store.begin(durable).await?,
+            tx,
             now,
             tasks: HashMap::new(),
             blocked_before: HashMap::new(),
@@ -58,7 +71,8 @@ impl<'e> TxCx<'e> {
             changes: Vec::new(),
             work: false,
             tasks_changed: false,
-        })
+            claimed: Vec::new(),
+        }
     }
 
     pub(super) async fn template(&mut self, id: i64) -> Result<Arc<TaskTemplate>> {
@@ -137,6 +151,7 @@ impl<'e> TxCx<'e> {
         metadata: Value,
     ) {
         self.changes.push(Change {
+            stored: false,
             row: TransitionRow {
                 task_id,
                 step_id: step.map(|s| s.0),
@@ -180,28 +195,6 @@ impl<'e> TxCx<'e> {
             metadata,
         );
         Ok(())
-    }
-
-    /// Records a task transition whose legality the caller's statement guaranteed (a
-    /// conditional update in the store), its event taken from the state table.
-    pub(super) fn push_task_change(
-        &mut self,
-        task_id: i64,
-        from: TaskState,
-        to: TaskState,
-        sort_key: i64,
-        metadata: Value,
-    ) {
-        let event = TaskState::event(Some(from), to).expect("legal task transition");
-        self.push_change(
-            task_id,
-            None,
-            Some(from.as_str()),
-            to.as_str(),
-            event,
-            sort_key,
-            metadata,
-        );
     }
 
     /// Records a step's first transition (`None -> to`), its event taken from the state table.
@@ -311,43 +304,150 @@ impl<'e> TxCx<'e> {
         Ok(())
     }
 
-    /// Flushes, writes the transition rows, commits, then announces.
-    pub(super) async fn finish(mut self) -> Result<()> {
+    /// Transitions the store already wrote (a claim's), to announce after commit.
+    pub(super) fn announce_stored(&mut self, rows: Vec<Stored>) {
+        self.changes.extend(rows.into_iter().map(stored_change));
+    }
+
+    /// Parks, flushes the task counters and writes the transition rows (the last writes).
+    async fn write_last(&mut self) -> Result<()> {
         self.repark().await?;
         let ups: Vec<TaskUpdate> = self.pending.drain().map(|(_, u)| u).collect();
-        let rows: Vec<TransitionRow> = self.changes.iter().map(|c| c.row.clone()).collect();
-        self.tx.write_final(&ups, &rows, self.now).await?;
+        let rows: Vec<TransitionRow> = self
+            .changes
+            .iter()
+            .filter(|c| !c.stored)
+            .map(|c| c.row.clone())
+            .collect();
+        self.tx.write_final(&ups, &rows, self.now).await
+    }
+
+    /// Flushes, writes the transition rows, commits, then announces.
+    pub(super) async fn finish(mut self) -> Result<()> {
+        self.write_last().await?;
         let TxCx {
             engine,
             tx,
+            tasks,
             changes,
+            claimed,
             work,
             tasks_changed,
             ..
         } = self;
         tx.commit(work, tasks_changed).await?;
-        let inner = &engine.inner;
-        if inner.events.receiver_count() > 0 {
-            for c in changes {
-                let _ = inner.events.send(Arc::new(Event {
-                    name: std::borrow::Cow::Borrowed(c.event),
-                    task_id: c.row.task_id,
-                    step_id: c.row.step_id,
-                    step_name: c.step_name,
-                    from_state: c.row.from_state,
-                    to_state: Some(c.row.to_state),
-                    attempt: c.attempt,
-                    metadata: c.metadata,
-                    at_ms: c.row.created_at,
-                }));
-            }
-        }
-        if work {
-            inner.work.notify_waiters();
-        }
-        if tasks_changed {
-            inner.tasks_changed.notify_waiters();
-        }
+        remember(engine, &tasks, &changes, &claimed);
+        announce(engine, changes, work, tasks_changed);
         Ok(())
+    }
+
+    /// For a transaction over a [`super::plan::PlanTx`]: records the last writes, then has the
+    /// store execute the plan and claim (`claim`) in one statement, then announces. Returns
+    /// the claimed steps. [`Error::PlanStale`] when the plan no longer applies (nothing was
+    /// written; the engine forgets the tasks it assumed).
+    pub(super) async fn execute_planned(
+        mut self,
+        claim: Option<&ClaimSpec<'_>>,
+    ) -> Result<Vec<ClaimedStep>> {
+        self.write_last().await?;
+        let TxCx {
+            engine,
+            tx,
+            tasks,
+            changes,
+            mut work,
+            tasks_changed,
+            ..
+        } = self;
+        let mut plan = tx
+            .into_plan()
+            .ok_or_else(|| Error::Internal("execute_planned on a database transaction".into()))?;
+        plan.work = work;
+        plan.task_changed = tasks_changed;
+        let inner = &engine.inner;
+        let out = match inner.store.execute_plan(&plan, claim).await {
+            Err(Error::PlanStale) => {
+                inner
+                    .known
+                    .lock()
+                    .unwrap()
+                    .forget(plan.guards.iter().map(|g| g.task_id));
+                return Err(Error::PlanStale);
+            }
+            other => other?,
+        };
+        work |= out.ready > 0;
+        remember(engine, &tasks, &changes, &out.claimed);
+        announce(engine, changes, work, tasks_changed);
+        Ok(out.claimed)
+    }
+}
+
+/// What a committed transaction leaves known for planning later cycles: its task rows as it
+/// left them (it held their locks), its reported steps gone, the steps it claimed.
+fn remember(
+    engine: &Engine,
+    tasks: &HashMap<i64, TaskRow>,
+    changes: &[Change],
+    claimed: &[ClaimedStep],
+) {
+    if !engine.inner.store.executes_plans() {
+        return;
+    }
+    let reported = changes
+        .iter()
+        .filter(|c| !c.stored)
+        .filter_map(|c| c.row.step_id);
+    let mut known = engine.inner.known.lock().unwrap();
+    known.committed(tasks.values(), reported);
+    known.claimed(claimed, tasks);
+}
+
+fn stored_change((row, event, step_name, attempt, metadata): Stored) -> Change {
+    Change {
+        stored: true,
+        row,
+        event,
+        step_name,
+        attempt,
+        metadata,
+    }
+}
+
+/// Announces transitions a committed statement wrote (a planned cycle's claim).
+pub(super) fn announce_stored(engine: &Engine, rows: Vec<Stored>) {
+    if !rows.is_empty() {
+        announce(
+            engine,
+            rows.into_iter().map(stored_change).collect(),
+            false,
+            false,
+        );
+    }
+}
+
+/// Announces a committed transaction's transitions and wakes waiters.
+fn announce(engine: &Engine, changes: Vec<Change>, work: bool, tasks_changed: bool) {
+    let inner = &engine.inner;
+    if inner.events.receiver_count() > 0 {
+        for c in changes {
+            let _ = inner.events.send(Arc::new(Event {
+                name: std::borrow::Cow::Borrowed(c.event),
+                task_id: c.row.task_id,
+                step_id: c.row.step_id,
+                step_name: c.step_name,
+                from_state: c.row.from_state,
+                to_state: Some(c.row.to_state),
+                attempt: c.attempt,
+                metadata: c.metadata,
+                at_ms: c.row.created_at,
+            }));
+        }
+    }
+    if work {
+        inner.work.notify_waiters();
+    }
+    if tasks_changed {
+        inner.tasks_changed.notify_waiters();
     }
 }

@@ -115,6 +115,9 @@ pub struct NewStep<'a> {
     pub ready_at: Option<i64>,
     pub priority: i32,
     pub version: i64,
+    /// Positions of the step's parents (a store may keep them to return their results with a
+    /// claim).
+    pub parents: &'a [usize],
 }
 
 /// A conditional change of one step: applied only when the step is still in `expect_state`
@@ -185,6 +188,51 @@ pub struct ClaimedStep {
     /// Set when this claim moved the step's task (not held) from `pending` to `in_progress`:
     /// the task's new version (on every claimed step of that task).
     pub started_version: Option<i64>,
+    /// The task's counters and version as the claim saw them (after starting it), so the
+    /// engine can plan the outcome's cycle ([`Store::execute_plan`]). A task the claiming
+    /// transaction holds shows its counters before that transaction's own changes.
+    pub steps_total: i64,
+    pub steps_done: i64,
+    pub steps_blocked: i64,
+    pub task_version: i64,
+    /// The results of the step's parents as a JSON object `{parent name: results}`, when the
+    /// store read them with the claim; `None`: the engine reads them
+    /// ([`StoreTx::results`]).
+    pub parent_results: Option<String>,
+}
+
+/// A worker cycle planned by the engine from task and step rows it already knew, for a store
+/// that can apply it in one round trip ([`Store::execute_plan`]). Every write is what the
+/// engine decided; the guards are what it assumed, and the store refuses the whole plan
+/// ([`crate::Error::PlanStale`]) when any no longer holds, writing nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub now: i64,
+    /// False for a cycle that records no outcome: its commit need not reach the disk.
+    pub durable: bool,
+    /// Task rows as the engine assumed them (state, counters, version); locked and compared.
+    pub guards: Vec<TaskRow>,
+    /// Step updates, each also conditional on the step version in `expect_versions`.
+    pub step_updates: Vec<StepUpdate>,
+    pub expect_versions: Vec<i64>,
+    pub decrements: Vec<(i64, i32, i64)>,
+    pub park: Vec<i64>,
+    pub unpark: Vec<i64>,
+    pub task_updates: Vec<TaskUpdate>,
+    pub transitions: Vec<TransitionRow>,
+    /// Steps became claimable (notify other processes).
+    pub work: bool,
+    /// A task reached a terminal state (notify waiters in other processes).
+    pub task_changed: bool,
+}
+
+/// What [`Store::execute_plan`] did.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOutcome {
+    /// The steps claimed after the planned writes.
+    pub claimed: Vec<ClaimedStep>,
+    /// How many steps the decrements made claimable.
+    pub ready: u64,
 }
 
 /// What to claim.
@@ -212,6 +260,39 @@ pub struct TransitionRow {
     pub metadata: String,
     pub sort_key: i64,
     pub created_at: i64,
+}
+
+/// The step transition rows of one claimed step (what [`StoreTx::claim`] records for a store
+/// that writes them from Rust): `error -> pending` first when the claim re-runs a failed step,
+/// then `pending -> in_progress` with the worker.
+pub(crate) fn claim_transitions(s: &ClaimedStep, spec: &ClaimSpec<'_>) -> Vec<TransitionRow> {
+    let row = |from: StepState, to: StepState, sort_key: i64, metadata: serde_json::Value| {
+        TransitionRow {
+            task_id: s.task_id,
+            step_id: Some(s.step_id),
+            from_state: Some(from.as_str()),
+            to_state: to.as_str(),
+            metadata: metadata.to_string(),
+            sort_key,
+            created_at: spec.now,
+        }
+    };
+    let mut rows = Vec::with_capacity(2);
+    if s.attempts > 1 {
+        rows.push(row(
+            StepState::Error,
+            StepState::Pending,
+            s.version - 1,
+            serde_json::json!({"attempt": s.attempts}),
+        ));
+    }
+    rows.push(row(
+        StepState::Pending,
+        StepState::InProgress,
+        s.version,
+        serde_json::json!({"attempt": s.attempts, "worker": spec.worker_id}),
+    ));
+    rows
 }
 
 /// Filters for listing tasks.
@@ -365,6 +446,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The durability commits get, read from the database itself: a description and whether
     /// every commit that records outcomes reaches the disk.
     async fn durability(&self) -> Result<DurabilityReport>;
+    /// True when the store applies a [`Plan`] in one round trip ([`Store::execute_plan`]).
+    fn executes_plans(&self) -> bool {
+        false
+    }
+    /// Applies a planned cycle and then claims (`claim.held_tasks` is ignored: the plan's task
+    /// writes are already made), atomically: [`crate::Error::PlanStale`] and nothing written
+    /// when a guard fails.
+    async fn execute_plan(
+        &self,
+        _plan: &Plan,
+        _claim: Option<&ClaimSpec<'_>>,
+    ) -> Result<PlanOutcome> {
+        Err(crate::Error::PlanStale)
+    }
     /// Statements sent to the database so far (PostgreSQL: round trips), for benchmarks; 0
     /// where not counted.
     fn statements(&self) -> u64 {
@@ -377,6 +472,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// One write transaction. Dropping it without [`StoreTx::commit`] rolls back.
 #[async_trait]
 pub trait StoreTx: Send {
+    /// The plan recorded by a planning transaction (the engine's, for
+    /// [`Store::execute_plan`]); `None` for a database transaction.
+    fn into_plan(self: Box<Self>) -> Option<Plan> {
+        None
+    }
+
     /// Commits, telling other processes (a PostgreSQL NOTIFY delivered with the commit) that
     /// steps became claimable (`work_ready`) or that a task changed state (`task_changed`).
     async fn commit(self: Box<Self>, work_ready: bool, task_changed: bool) -> Result<()>;
@@ -445,7 +546,10 @@ pub trait StoreTx: Send {
     /// their tasks that are not held and still `pending` to `in_progress`
     /// ([`ClaimedStep::started_version`]), in the same statement where the backend can (one
     /// round trip on PostgreSQL). Takes the row locks of pending tasks only, so claims never
-    /// wait on tasks another worker is settling.
+    /// wait on tasks another worker is settling. Writes the transition rows of both (steps:
+    /// `error -> pending` for a retry, `pending -> in_progress` with `{attempt, worker}`; tasks:
+    /// `pending -> in_progress` with `{reason: "step_claimed"}`); the engine only announces
+    /// them.
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>>;
     /// Results of (task_id, position) steps: (task_id, position, name, results JSON).
     async fn results(

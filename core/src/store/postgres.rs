@@ -282,12 +282,170 @@ fn handlers_param(h: Option<&[String]>) -> Option<Vec<String>> {
     h.map(|h| h.to_vec())
 }
 
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds the thirteen arrays of `tasker_update_steps` after its `now`; `expect_versions`
+/// NULL when not given.
+fn bind_step_updates<'q>(
+    q: PgQuery<'q>,
+    updates: &[StepUpdate],
+    expect_versions: Option<&[i64]>,
+) -> PgQuery<'q> {
+    q.bind(updates.iter().map(|u| u.step_id).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.state.as_str()).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.results.is_some())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.results.clone().flatten())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.error.is_some())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.error.clone().flatten())
+                .collect::<Vec<_>>(),
+        )
+        .bind(updates.iter().map(|u| u.ready_at).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.processed_at).collect::<Vec<_>>())
+        .bind(updates.iter().map(|u| u.transitions).collect::<Vec<_>>())
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.expect_state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            updates
+                .iter()
+                .map(|u| u.expect_attempts)
+                .collect::<Vec<_>>(),
+        )
+        .bind(match expect_versions {
+            Some(v) => v.iter().map(|&v| Some(v)).collect::<Vec<_>>(),
+            None => vec![None::<i64>; updates.len()],
+        })
+}
+
+/// Binds the three arrays of `tasker_decrement_parents` after its `now`.
+fn bind_decrements<'q, O>(
+    q: sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    decs: &[(i64, i32, i64)],
+) -> sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    q.bind(decs.iter().map(|d| d.0).collect::<Vec<_>>())
+        .bind(decs.iter().map(|d| d.1 as i64).collect::<Vec<_>>())
+        .bind(decs.iter().map(|d| d.2).collect::<Vec<_>>())
+}
+
+/// Binds the nineteen arrays of `tasker_write_final` after its `now`: task updates (in task
+/// id order, the order rows are locked everywhere), task and step transitions.
+fn bind_final<'q>(q: PgQuery<'q>, updates: &[TaskUpdate], rows: &[TransitionRow]) -> PgQuery<'q> {
+    let mut ups: Vec<&TaskUpdate> = updates.iter().collect();
+    ups.sort_by_key(|u| u.task_id);
+    let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) =
+        rows.iter().partition(|r| r.step_id.is_some());
+    q.bind(ups.iter().map(|u| u.task_id).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.d_done).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.d_blocked).collect::<Vec<_>>())
+        .bind(
+            ups.iter()
+                .map(|u| u.state.map(|s| s.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(ups.iter().map(|u| u.transitions).collect::<Vec<_>>())
+        .bind(ups.iter().map(|u| u.completed_at).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.task_id).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.from_state).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.to_state).collect::<Vec<_>>())
+        .bind(
+            tasks
+                .iter()
+                .map(|r| r.metadata.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(tasks.iter().map(|r| r.sort_key).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|r| r.step_id.unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.iter().map(|r| r.task_id).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.from_state).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.to_state).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|r| r.metadata.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.iter().map(|r| r.sort_key).collect::<Vec<_>>())
+        .bind(steps.iter().map(|r| r.created_at).collect::<Vec<_>>())
+}
+
+/// A step's parent positions as an array literal (`{0,2}`), NULL when it has none.
+fn parents_literal(s: &NewStep<'_>) -> Option<String> {
+    (!s.parents.is_empty()).then(|| {
+        let list: Vec<String> = s.parents.iter().map(|p| p.to_string()).collect();
+        format!("{{{}}}", list.join(","))
+    })
+}
+
+/// The columns `tasker_claim` and `tasker_cycle` return, in [`claimed_row`]'s order.
+const CLAIMED_COLS: &str = "step_id, task_id, step_position, attempts, version, lease_expires_at, retry_limit, \
+     named_task_id, task_state, context, task_created_at, started_version, steps_total, steps_done, \
+     steps_blocked, task_version, parent_results";
+
+fn claimed_row(r: &PgRow) -> Result<ClaimedStep> {
+    Ok(ClaimedStep {
+        step_id: r.try_get(0)?,
+        task_id: r.try_get(1)?,
+        position: r.try_get::<i64, _>(2)? as i32,
+        attempts: r.try_get(3)?,
+        version: r.try_get(4)?,
+        lease_expires_at: r.try_get(5)?,
+        retry_limit: r.try_get(6)?,
+        named_task_id: r.try_get(7)?,
+        task_state: task_state(r.try_get::<&str, _>(8)?)?,
+        context: r.try_get(9)?,
+        task_created_at: r.try_get(10)?,
+        started_version: r.try_get(11)?,
+        steps_total: r.try_get(12)?,
+        steps_done: r.try_get(13)?,
+        steps_blocked: r.try_get(14)?,
+        task_version: r.try_get(15)?,
+        parent_results: r.try_get(16)?,
+    })
+}
+
 #[async_trait]
 impl Store for PgStore {
-    async fn begin(&self, _durable: bool) -> Result<Box<dyn StoreTx>> {
-        // Every PostgreSQL commit is durable (synchronous_commit is the server's setting).
+    async fn begin(&self, durable: bool) -> Result<Box<dyn StoreTx>> {
+        // A transaction that may be lost in a crash (a claim alone: its steps simply become
+        // claimable again) commits without waiting for its WAL to reach the disk; any later
+        // durable commit flushes it too (the WAL is written in order). Every other commit waits
+        // as the server's `synchronous_commit` says.
         let mut conn = self.pool.acquire().await?;
-        conn.execute("BEGIN").await?;
+        if durable {
+            conn.execute("BEGIN").await?;
+        } else {
+            sqlx::raw_sql("BEGIN; SET LOCAL synchronous_commit TO OFF")
+                .execute(&mut *conn)
+                .await?;
+        }
         self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(PgTx {
             conn,
@@ -295,6 +453,69 @@ impl Store for PgStore {
             channel: self.channel.clone(),
             statements: self.statements.clone(),
         }))
+    }
+
+    fn executes_plans(&self) -> bool {
+        true
+    }
+
+    async fn execute_plan(
+        &self,
+        plan: &Plan,
+        claim: Option<&ClaimSpec<'_>>,
+    ) -> Result<PlanOutcome> {
+        let mut conn = self.pool.acquire().await?;
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut guards: Vec<&TaskRow> = plan.guards.iter().collect();
+        guards.sort_by_key(|g| g.task_id);
+        let q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLAIMED_COLS} FROM tasker_cycle($1, $2, $3, $4, $5, $6, $7, \
+               $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+               $21, $22, $23, $24, $25, \
+               $26, $27, $28, $29, $30, $31, $32, $33, $34, $35::jsonb[], $36, $37, $38, $39, $40, $41, $42::jsonb[], $43, $44, \
+               $45, $46, $47, $48, $49, $50, $51)"
+        )))
+        .bind(plan.now)
+        .bind(plan.durable)
+        .bind(guards.iter().map(|g| g.task_id).collect::<Vec<_>>())
+        .bind(guards.iter().map(|g| g.state.as_str()).collect::<Vec<_>>())
+        .bind(guards.iter().map(|g| g.steps_done).collect::<Vec<_>>())
+        .bind(guards.iter().map(|g| g.steps_blocked).collect::<Vec<_>>())
+        .bind(guards.iter().map(|g| g.version).collect::<Vec<_>>());
+        let q = bind_step_updates(q, &plan.step_updates, Some(&plan.expect_versions))
+            .bind(plan.decrements.iter().map(|d| d.0).collect::<Vec<_>>())
+            .bind(
+                plan.decrements
+                    .iter()
+                    .map(|d| d.1 as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(plan.decrements.iter().map(|d| d.2).collect::<Vec<_>>())
+            .bind(plan.park.as_slice())
+            .bind(plan.unpark.as_slice());
+        let q = bind_final(q, &plan.task_updates, &plan.transitions)
+            .bind(claim.map_or(0, |c| c.max))
+            .bind(handlers_param(claim.and_then(|c| c.handlers)))
+            .bind(claim.map_or("", |c| c.worker_id))
+            .bind(claim.map_or(0, |c| c.lease_until))
+            .bind(&self.channel)
+            .bind(plan.work)
+            .bind(plan.task_changed);
+        let rows = match q.fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("TK409") => {
+                return Err(Error::PlanStale)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = PlanOutcome::default();
+        for r in &rows {
+            match r.try_get::<Option<i64>, _>(0)? {
+                Some(_) => out.claimed.push(claimed_row(r)?),
+                None => out.ready = r.try_get::<i64, _>(3)? as u64,
+            }
+        }
+        Ok(out)
     }
 
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
@@ -712,10 +933,10 @@ impl StoreTx for PgTx {
     ) -> Result<Vec<(i32, i64)>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
-            "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, created_at, updated_at) \
-             SELECT $1, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, $2, $2 \
-             FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
-               AS v(position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version) \
+            "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, parents, created_at, updated_at) \
+             SELECT $1, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, v.parents::bigint[], $2, $2 \
+             FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) \
+               AS v(position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, parents) \
              RETURNING position, step_id",
         )
         .bind(task_id)
@@ -729,6 +950,7 @@ impl StoreTx for PgTx {
         .bind(steps.iter().map(|s| s.ready_at).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
+        .bind(steps.iter().map(parents_literal).collect::<Vec<_>>())
         .fetch_all(&mut *self.conn)
         .await?;
         rows.iter()
@@ -793,43 +1015,17 @@ impl StoreTx for PgTx {
     }
 
     async fn update_steps(&mut self, updates: &[StepUpdate], now: i64) -> Result<Vec<(i64, i64)>> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "UPDATE steps s SET state = v.state, \
-               attempts = COALESCE(v.attempts, s.attempts), \
-               results = CASE WHEN v.set_results THEN v.results::jsonb ELSE s.results END, \
-               error = CASE WHEN v.set_error THEN v.error::jsonb ELSE s.error END, \
-               ready_at = v.ready_at, parked_ready_at = NULL, \
-               processed_at = COALESCE(v.processed_at, s.processed_at), \
-               version = s.version + v.transitions, \
-               claimed_by = CASE WHEN v.state = 'in_progress' THEN s.claimed_by END, \
-               lease_expires_at = CASE WHEN v.state = 'in_progress' THEN s.lease_expires_at END, \
-               updated_at = $1 \
-             FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::bool[], $6::text[], $7::bool[], $8::text[], \
-                         $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[]) \
-               AS v(step_id, state, attempts, set_results, results, set_error, error, ready_at, processed_at, transitions, expect_state, expect_attempts) \
-             WHERE s.step_id = v.step_id AND s.state = v.expect_state \
-               AND (v.expect_attempts IS NULL OR s.attempts = v.expect_attempts) \
-             RETURNING s.step_id, s.version",
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let q = sqlx::query(
+            "SELECT step_id, version FROM tasker_update_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
-        .bind(now)
-        .bind(updates.iter().map(|u| u.step_id).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.state.as_str()).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.results.is_some()).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.results.clone().flatten()).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.error.is_some()).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.error.clone().flatten()).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.ready_at).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.processed_at).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.transitions).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.expect_state.as_str()).collect::<Vec<_>>())
-        .bind(updates.iter().map(|u| u.expect_attempts).collect::<Vec<_>>())
-        .fetch_all(&mut *self.conn)
-        .await?;
+        .bind(now);
+        let rows = bind_step_updates(q, updates, None)
+            .fetch_all(&mut *self.conn)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
@@ -871,96 +1067,34 @@ impl StoreTx for PgTx {
     }
 
     async fn decrement_parents(&mut self, decs: &[(i64, i32, i64)], now: i64) -> Result<u64> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
         if decs.is_empty() {
             return Ok(0);
         }
-        let ready: Vec<bool> = sqlx::query_scalar(
-            "UPDATE steps s SET remaining_parents = s.remaining_parents - v.n, \
-               ready_at = CASE WHEN s.remaining_parents - v.n <= 0 AND s.state = 'pending' THEN $1 ELSE s.ready_at END, \
-               updated_at = $1 \
-             FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[]) AS v(task_id, position, n) \
-             WHERE s.task_id = v.task_id AND s.position = v.position \
-             RETURNING (s.ready_at IS NOT NULL AND s.remaining_parents <= 0)",
-        )
-        .bind(now)
-        .bind(decs.iter().map(|d| d.0).collect::<Vec<_>>())
-        .bind(decs.iter().map(|d| d.1 as i64).collect::<Vec<_>>())
-        .bind(decs.iter().map(|d| d.2).collect::<Vec<_>>())
-        .fetch_all(&mut *self.conn)
-        .await?;
-        Ok(ready.into_iter().filter(|r| *r).count() as u64)
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let q = sqlx::query_scalar("SELECT tasker_decrement_parents($1, $2, $3, $4)").bind(now);
+        let ready: i64 = bind_decrements(q, decs).fetch_one(&mut *self.conn).await?;
+        Ok(ready as u64)
     }
 
     async fn update_tasks(&mut self, updates: &[TaskUpdate], now: i64) -> Result<()> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        if updates.is_empty() {
-            return Ok(());
-        }
-        let mut ups: Vec<&TaskUpdate> = updates.iter().collect();
-        ups.sort_by_key(|u| u.task_id);
-        sqlx::query(
-            "UPDATE tasks t SET steps_done = t.steps_done + v.d_done, steps_blocked = t.steps_blocked + v.d_blocked, \
-               state = COALESCE(v.state, t.state), version = t.version + v.transitions, \
-               completed_at = COALESCE(v.completed_at, t.completed_at), updated_at = $1 \
-             FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
-               AS v(task_id, d_done, d_blocked, state, transitions, completed_at) \
-             WHERE t.task_id = v.task_id",
-        )
-        .bind(now)
-        .bind(ups.iter().map(|u| u.task_id).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.d_done).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.d_blocked).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.state.map(|s| s.as_str())).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.transitions).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.completed_at).collect::<Vec<_>>())
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(())
+        self.write_final(updates, &[], now).await
     }
 
     async fn park(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
-        self.move_ready(
-            task_ids,
-            now,
-            "UPDATE steps SET parked_ready_at = ready_at, ready_at = NULL, updated_at = $1 \
-             WHERE task_id = ANY($2) AND ready_at IS NOT NULL",
-        )
-        .await
+        self.move_ready(task_ids, now, "SELECT tasker_park($1, $2)")
+            .await
     }
 
     async fn unpark(&mut self, task_ids: &[i64], now: i64) -> Result<()> {
-        self.move_ready(
-            task_ids,
-            now,
-            "UPDATE steps SET ready_at = parked_ready_at, parked_ready_at = NULL, updated_at = $1 \
-             WHERE task_id = ANY($2) AND parked_ready_at IS NOT NULL AND state IN ('pending', 'error')",
-        )
-        .await
+        self.move_ready(task_ids, now, "SELECT tasker_unpark($1, $2)")
+            .await
     }
 
     async fn claim(&mut self, spec: &ClaimSpec<'_>) -> Result<Vec<ClaimedStep>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        let rows = sqlx::query(
-            "WITH c AS ( \
-               SELECT s.step_id FROM steps s \
-               WHERE s.ready_at IS NOT NULL AND s.ready_at <= $1 AND ($2::text[] IS NULL OR s.handler = ANY($2)) \
-               ORDER BY s.priority DESC, s.ready_at, s.step_id \
-               LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             u AS ( \
-               UPDATE steps s SET state = 'in_progress', attempts = s.attempts + 1, ready_at = NULL, \
-                 claimed_by = $4, lease_expires_at = $5, last_attempted_at = $1, updated_at = $1, \
-                 version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END \
-               FROM c WHERE s.step_id = c.step_id \
-               RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at, s.retry_limit), \
-             st AS ( \
-               UPDATE tasks t SET state = 'in_progress', version = t.version + 1, updated_at = $1 \
-               WHERE t.task_id IN (SELECT task_id FROM u) AND t.state = 'pending' AND NOT (t.task_id = ANY($6)) \
-               RETURNING t.task_id, t.version) \
-             SELECT u.step_id, u.task_id, u.position, u.attempts, u.version, u.lease_expires_at, \
-               t.named_task_id, t.state, t.context::text, u.retry_limit, t.created_at, st.version \
-             FROM u JOIN tasks t ON t.task_id = u.task_id LEFT JOIN st ON st.task_id = u.task_id",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLAIMED_COLS} FROM tasker_claim($1, $2, $3, $4, $5, $6)"
+        )))
         .bind(spec.now)
         .bind(handlers_param(spec.handlers))
         .bind(spec.max)
@@ -969,24 +1103,7 @@ impl StoreTx for PgTx {
         .bind(spec.held_tasks)
         .fetch_all(&mut *self.conn)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedStep {
-                    step_id: r.try_get(0)?,
-                    task_id: r.try_get(1)?,
-                    position: r.try_get::<i64, _>(2)? as i32,
-                    attempts: r.try_get(3)?,
-                    version: r.try_get(4)?,
-                    lease_expires_at: r.try_get(5)?,
-                    named_task_id: r.try_get(6)?,
-                    task_state: task_state(r.try_get::<&str, _>(7)?)?,
-                    context: r.try_get(8)?,
-                    retry_limit: r.try_get(9)?,
-                    task_created_at: r.try_get(10)?,
-                    started_version: r.try_get(11)?,
-                })
-            })
-            .collect()
+        rows.iter().map(claimed_row).collect()
     }
 
     async fn results(
@@ -1074,10 +1191,10 @@ impl StoreTx for PgTx {
                  idempotency_key, steps_total, steps_done, version, requested_at, created_at, updated_at) \
                VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $13, $13) \
                ON CONFLICT (idempotency_key) DO NOTHING RETURNING task_id) \
-             INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, created_at, updated_at) \
-             SELECT t.task_id, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, $13, $13 \
-             FROM t, UNNEST($14::bigint[], $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[]) \
-               AS v(position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version) \
+             INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, parents, created_at, updated_at) \
+             SELECT t.task_id, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, v.parents::bigint[], $13, $13 \
+             FROM t, UNNEST($14::bigint[], $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::text[]) \
+               AS v(position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, parents) \
              RETURNING task_id, position, step_id",
         )
         .bind(t.named_task_id)
@@ -1102,6 +1219,7 @@ impl StoreTx for PgTx {
         .bind(steps.iter().map(|s| s.ready_at).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
+        .bind(steps.iter().map(parents_literal).collect::<Vec<_>>())
         .fetch_all(&mut *self.conn)
         .await?;
         let Some(first) = rows.first() else {
@@ -1124,90 +1242,22 @@ impl StoreTx for PgTx {
         rows: &[TransitionRow],
         now: i64,
     ) -> Result<()> {
-        if updates.is_empty() || rows.is_empty() {
-            if !updates.is_empty() {
-                self.update_tasks(updates, now).await?;
-            }
-            if !rows.is_empty() {
-                self.insert_transitions(rows).await?;
-            }
+        if updates.is_empty() && rows.is_empty() {
             return Ok(());
         }
         self.statements.fetch_add(1, Ordering::Relaxed);
-        let mut ups: Vec<&TaskUpdate> = updates.iter().collect();
-        ups.sort_by_key(|u| u.task_id);
-        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) =
-            rows.iter().partition(|r| r.step_id.is_some());
         // Counters and states, and both transition tables, in one round trip.
-        sqlx::query(
-            "WITH u AS ( \
-               UPDATE tasks t SET steps_done = t.steps_done + v.d_done, steps_blocked = t.steps_blocked + v.d_blocked, \
-                 state = COALESCE(v.state, t.state), version = t.version + v.transitions, \
-                 completed_at = COALESCE(v.completed_at, t.completed_at), updated_at = $1 \
-               FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
-                 AS v(task_id, d_done, d_blocked, state, transitions, completed_at) \
-               WHERE t.task_id = v.task_id), \
-             tt AS ( \
-               INSERT INTO task_transitions (task_id, from_state, to_state, metadata, sort_key, created_at) \
-               SELECT * FROM UNNEST($8::bigint[], $9::text[], $10::text[], $11::jsonb[], $12::bigint[], $13::bigint[])) \
-             INSERT INTO step_transitions (step_id, task_id, from_state, to_state, metadata, sort_key, created_at) \
-             SELECT * FROM UNNEST($14::bigint[], $15::bigint[], $16::text[], $17::text[], $18::jsonb[], $19::bigint[], $20::bigint[])",
+        let q = sqlx::query(
+            "SELECT tasker_write_final($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb[], $12, $13, $14, $15, $16, $17, $18::jsonb[], $19, $20)",
         )
-        .bind(now)
-        .bind(ups.iter().map(|u| u.task_id).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.d_done).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.d_blocked).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.state.map(|s| s.as_str())).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.transitions).collect::<Vec<_>>())
-        .bind(ups.iter().map(|u| u.completed_at).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.task_id).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.from_state).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.to_state).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.sort_key).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.step_id.unwrap_or_default()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.task_id).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.from_state).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.to_state).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.sort_key).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .execute(&mut *self.conn)
-        .await?;
+        .bind(now);
+        bind_final(q, updates, rows)
+            .execute(&mut *self.conn)
+            .await?;
         Ok(())
     }
 
     async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) =
-            rows.iter().partition(|r| r.step_id.is_some());
-        // Both tables in one round trip.
-        sqlx::query(
-            "WITH t AS ( \
-               INSERT INTO task_transitions (task_id, from_state, to_state, metadata, sort_key, created_at) \
-               SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::bigint[])) \
-             INSERT INTO step_transitions (step_id, task_id, from_state, to_state, metadata, sort_key, created_at) \
-             SELECT * FROM UNNEST($7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::jsonb[], $12::bigint[], $13::bigint[])",
-        )
-        .bind(tasks.iter().map(|r| r.task_id).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.from_state).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.to_state).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.sort_key).collect::<Vec<_>>())
-        .bind(tasks.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.step_id.unwrap_or_default()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.task_id).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.from_state).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.to_state).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.metadata.as_str()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.sort_key).collect::<Vec<_>>())
-        .bind(steps.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(())
+        self.write_final(&[], rows, 0).await
     }
 }

@@ -1048,6 +1048,11 @@ impl StoreTx for SqliteTx {
                 context: String::new(),
                 task_created_at: 0,
                 started_version: None,
+                steps_total: 0,
+                steps_done: 0,
+                steps_blocked: 0,
+                task_version: 0,
+                parent_results: None,
             })
         })?;
         if steps.is_empty() {
@@ -1056,29 +1061,31 @@ impl StoreTx for SqliteTx {
         let mut ids: Vec<i64> = steps.iter().map(|s| s.task_id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut tasks: HashMap<i64, (i64, TaskState, String, i64)> =
-            HashMap::with_capacity(ids.len());
+        type ClaimedTask = (i64, TaskState, String, i64, [i64; 4]);
+        let mut tasks: HashMap<i64, ClaimedTask> = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT task_id, named_task_id, state, context, created_at FROM tasks WHERE task_id IN ({})",
+                "SELECT task_id, named_task_id, state, context, created_at, steps_total, steps_done, steps_blocked, version \
+                 FROM tasks WHERE task_id IN ({})",
                 list(chunk.len())
             );
-            for (id, named, state, ctx, created) in
-                query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
+            for (id, task) in query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (
                         r.get::<_, i64>(1)?,
                         task_state(&r.get::<_, String>(2)?)?,
                         r.get::<_, String>(3)?,
                         r.get::<_, i64>(4)?,
-                    ))
-                })?
-            {
-                tasks.insert(id, (named, state, ctx, created));
+                        [r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?],
+                    ),
+                ))
+            })? {
+                tasks.insert(id, task);
             }
         }
         for s in &mut steps {
-            let (named, state, ctx, created) = tasks
+            let (named, state, ctx, created, [total, done, blocked, version]) = tasks
                 .get(&s.task_id)
                 .cloned()
                 .ok_or_else(|| Error::Corrupt(format!("step {} has no task", s.step_id)))?;
@@ -1086,6 +1093,10 @@ impl StoreTx for SqliteTx {
             s.task_state = state;
             s.context = ctx;
             s.task_created_at = created;
+            s.steps_total = total;
+            s.steps_done = done;
+            s.steps_blocked = blocked;
+            s.task_version = version;
         }
         // Start the tasks of the claimed steps that are still pending and not held.
         let mut start: Vec<i64> = steps
@@ -1108,9 +1119,27 @@ impl StoreTx for SqliteTx {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
             })?);
         }
+        let mut rows = Vec::with_capacity(steps.len() + started.len());
         for s in &mut steps {
             s.started_version = started.get(&s.task_id).copied();
+            if let Some(v) = s.started_version {
+                s.task_state = TaskState::InProgress;
+                s.task_version = v;
+            }
+            rows.extend(claim_transitions(s, spec));
         }
+        let mut started: Vec<(i64, i64)> = started.into_iter().collect();
+        started.sort_unstable();
+        rows.extend(started.into_iter().map(|(task_id, version)| TransitionRow {
+            task_id,
+            step_id: None,
+            from_state: Some(TaskState::Pending.as_str()),
+            to_state: TaskState::InProgress.as_str(),
+            metadata: r#"{"reason":"step_claimed"}"#.to_owned(),
+            sort_key: version,
+            created_at: spec.now,
+        }));
+        self.insert_transitions(&rows).await?;
         Ok(steps)
     }
 
