@@ -22,9 +22,17 @@ step_templates:
 const CHAIN: &str = r#"
 name: planned_chain
 step_templates:
-  - {name: x}
+  - {name: x, skippable: true}
   - {name: y, depends_on_step: x}
   - {name: z, depends_on_step: y}
+"#;
+
+/// Every step skippable: a task bypassing both is complete when created.
+const SKIPPABLE: &str = r#"
+name: planned_skippable
+step_templates:
+  - {name: p, skippable: true}
+  - {name: q, skippable: true, depends_on_step: p}
 "#;
 
 fn handlers() -> Registry {
@@ -80,6 +88,7 @@ async fn run(planned: bool) -> (Vec<Value>, Vec<String>, (u64, u64)) {
     let h = Harness::with(|o| o.planned_cycles(planned)).await;
     h.register(DIAMOND).await;
     h.register(CHAIN).await;
+    h.register(SKIPPABLE).await;
     let mut events = h.engine.subscribe();
     let mut ids = Vec::new();
     for (name, n) in [
@@ -94,8 +103,25 @@ async fn run(planned: bool) -> (Vec<Value>, Vec<String>, (u64, u64)) {
                 .unwrap(),
         );
     }
+    // A batch in one creation: a bypassed step, a task complete on arrival, and a keyed
+    // request (a look-up first: created the general way).
+    ids.extend(
+        h.engine
+            .create_tasks(vec![
+                TaskRequest::new("planned_chain", json!({"n": 4})).bypass(&["x"]),
+                TaskRequest::new("planned_skippable", json!({})).bypass(&["p", "q"]),
+            ])
+            .await
+            .unwrap(),
+    );
+    let keyed = TaskRequest::new("planned_chain", json!({"n": 5})).idempotency_key("k5");
+    ids.push(h.engine.create_task(keyed.clone()).await.unwrap());
+    assert_eq!(
+        h.engine.create_task_once(keyed).await.unwrap(),
+        (ids[5], false)
+    );
     // Claim-only first (a cycle with nothing to report), then outcomes with the next claims.
-    assert_eq!(h.drive(&handlers()).await, 4 + 3 + 4);
+    assert_eq!(h.drive(&handlers()).await, 4 + 3 + 4 + 2 + 3);
     let mut seen = Vec::new();
     while let Ok(e) = events.try_recv() {
         seen.push(format!(
@@ -110,6 +136,7 @@ async fn run(planned: bool) -> (Vec<Value>, Vec<String>, (u64, u64)) {
 async fn a_planned_run_leaves_exactly_what_the_general_path_leaves() {
     let (general, general_events, (g_planned, _)) = run(false).await;
     let (planned, planned_events, (p_planned, p_refused)) = run(true).await;
+    assert_eq!(planned[4]["state"], "complete", "complete on arrival");
     assert_eq!(g_planned, 0, "planning was off");
     if backend() == "postgres" {
         assert!(

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::decide;
+use super::plan::PlanTx;
 use super::tx::TxCx;
 use super::{json_kind, Engine};
 use crate::error::{Error, Result};
@@ -105,12 +106,26 @@ impl Engine {
             })?);
         }
         let now = self.now();
-        let mut cx = TxCx::begin(self, now).await?;
-        let mut ids = Vec::with_capacity(prepared.len());
-        for p in &prepared {
-            ids.push(cx.insert_task(p).await?);
+        let mut planned = None;
+        if self.inner.opts.planned_cycles && self.inner.store.executes_plans() {
+            match self.create_planned(&prepared, now).await {
+                Ok(ids) => planned = Some(ids),
+                Err(Error::PlanStale) => {}
+                Err(e) => return Err(e),
+            }
         }
-        cx.finish().await?;
+        let ids = match planned {
+            Some(ids) => ids,
+            None => {
+                let mut cx = TxCx::begin(self, now).await?;
+                let mut ids = Vec::with_capacity(prepared.len());
+                for p in &prepared {
+                    ids.push(cx.insert_task(p).await?);
+                }
+                cx.finish().await?;
+                ids
+            }
+        };
         for ((id, created), p) in ids.iter().zip(&prepared) {
             if *created {
                 crate::telemetry::task_created(*id, now, &p.template.key());
@@ -125,6 +140,23 @@ impl Engine {
             }
         }
         Ok(ids)
+    }
+
+    /// The creation as one planned statement ([`super::plan`]): the same decisions, the rows
+    /// inserted by the store with their ids. [`Error::PlanStale`] (nothing written) for a
+    /// request the plan cannot carry (an idempotency key needs a look-up first).
+    async fn create_planned(&self, prepared: &[Prepared], now: i64) -> Result<Vec<(i64, bool)>> {
+        let tx = Box::new(PlanTx::new(self.inner.known.clone(), now, true));
+        let mut cx = TxCx::with_tx(self, tx, now);
+        let mut ids = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            ids.push(cx.insert_task(p).await?);
+        }
+        let out = cx.execute_planned(None).await?;
+        Ok(ids
+            .into_iter()
+            .map(|(id, created)| (out.task_id(id), created))
+            .collect())
     }
 
     async fn prepare(&self, req: TaskRequest) -> Result<Prepared> {

@@ -163,6 +163,19 @@ impl StoreTx for PlanTx {
         unknown()
     }
 
+    /// Stand-in ids (negative) until the store inserts the rows; a task with an idempotency
+    /// key needs a look-up first, so it is not planned.
+    async fn insert_task_with_steps(
+        &mut self,
+        task: &NewTask<'_>,
+        steps: &[NewStep<'_>],
+    ) -> Result<(i64, Vec<(i32, i64)>)> {
+        if task.idempotency_key.is_some() {
+            return unknown();
+        }
+        Ok(self.plan.new_rows.push(task, steps))
+    }
+
     /// The known rows, each becoming a guard.
     async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>> {
         let known = self.known.lock().unwrap();

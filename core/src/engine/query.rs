@@ -10,7 +10,7 @@ use super::{parse_json, Engine};
 use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
-use crate::store::{IdRange, TaskFilter, TransitionRow};
+use crate::store::{IdRange, NextTimes, TaskFilter, TransitionRow};
 use crate::template::TaskTemplate;
 
 /// A task as `get_task` shows it.
@@ -269,8 +269,7 @@ impl Engine {
     /// True when nothing is claimable now or later for these handlers and no step is running
     /// anywhere.
     pub async fn is_idle(&self, handlers: Option<&[String]>) -> Result<bool> {
-        Ok(self.inner.store.next_ready_at(handlers).await?.is_none()
-            && self.inner.store.next_lease_expiry().await?.is_none())
+        Ok(self.inner.store.next_times(handlers).await? == NextTimes::default())
     }
 
     /// Transition rows of a task and its steps, oldest first.

@@ -126,7 +126,17 @@ impl Engine {
         }
         let claim = claim.filter(|c| c.max > 0);
         let spec = claim.map(|c| self.claim_spec(c, now, &[]));
-        let claimed = cx.execute_planned(spec.as_ref()).await?;
+        // The plan's writes and the claim are one statement: traced as the claim when it claims.
+        let claimed = match claim {
+            Some(c) => cx
+                .execute_planned(spec.as_ref())
+                .instrument(
+                    debug_span!("tasker.claim", max = c.max, worker = %c.worker_id, planned = true),
+                )
+                .await?,
+            None => cx.execute_planned(None).await?,
+        }
+        .claimed;
         let Some(c) = claim.filter(|_| !claimed.is_empty()) else {
             return Ok((Vec::new(), Vec::new()));
         };
@@ -180,10 +190,11 @@ impl Engine {
     pub async fn time_to_next_work(&self, handlers: Option<&[String]>) -> Result<Duration> {
         let now = self.now();
         let mut next = now + 1000;
-        if let Some(t) = self.inner.store.next_ready_at(handlers).await? {
+        let times = self.inner.store.next_times(handlers).await?;
+        if let Some(t) = times.ready_at {
             next = next.min(t);
         }
-        if let Some(t) = self.inner.store.next_lease_expiry().await? {
+        if let Some(t) = times.lease_expiry {
             next = next.min(t + 1);
         }
         Ok(Duration::from_millis((next - now).clamp(1, 1000) as u64))

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::state::{StepState, TaskState};
 use crate::store::{
-    ClaimSpec, ClaimedStep, StepRow, StepUpdate, StoreTx, TaskRow, TaskUpdate, TransitionRow,
+    ClaimSpec, ClaimedStep, PlanOutcome, StepRow, StepUpdate, StoreTx, TaskRow, TaskUpdate,
+    TransitionRow,
 };
 use crate::template::TaskTemplate;
 
@@ -348,13 +349,13 @@ impl<'e> TxCx<'e> {
     pub(super) async fn execute_planned(
         mut self,
         claim: Option<&ClaimSpec<'_>>,
-    ) -> Result<Vec<ClaimedStep>> {
+    ) -> Result<PlanOutcome> {
         self.write_last().await?;
         let TxCx {
             engine,
             tx,
-            tasks,
-            changes,
+            mut tasks,
+            mut changes,
             mut work,
             tasks_changed,
             ..
@@ -377,9 +378,23 @@ impl<'e> TxCx<'e> {
             other => other?,
         };
         work |= out.ready > 0;
+        if !out.task_ids.is_empty() {
+            // New rows got their ids: replace the stand-ins.
+            for c in &mut changes {
+                c.row.task_id = out.task_id(c.row.task_id);
+                c.row.step_id = c.row.step_id.map(|s| out.step_id(s));
+            }
+            tasks = tasks
+                .into_values()
+                .map(|mut t| {
+                    t.task_id = out.task_id(t.task_id);
+                    (t.task_id, t)
+                })
+                .collect();
+        }
         remember(engine, &tasks, &changes, &out.claimed);
         announce(engine, changes, work, tasks_changed);
-        Ok(out.claimed)
+        Ok(out)
     }
 }
 

@@ -220,10 +220,83 @@ pub struct Plan {
     pub unpark: Vec<i64>,
     pub task_updates: Vec<TaskUpdate>,
     pub transitions: Vec<TransitionRow>,
+    /// Tasks and steps to insert first (a creation), in columns. Their ids are not known yet:
+    /// everywhere else in the plan the k-th new task is `-k` and the k-th new step `-k`
+    /// ([`PlanOutcome::task_ids`], [`PlanOutcome::step_ids`] give the real ones).
+    pub new_rows: NewRows,
     /// Steps became claimable (notify other processes).
     pub work: bool,
     /// A task reached a terminal state (notify waiters in other processes).
     pub task_changed: bool,
+}
+
+/// New task and step rows of a [`Plan`], column by column (tasks without idempotency keys:
+/// a keyed creation is not planned).
+#[derive(Debug, Clone, Default)]
+pub struct NewRows {
+    pub task_named: Vec<i64>,
+    pub task_state: Vec<&'static str>,
+    pub task_context: Vec<String>,
+    pub task_initiator: Vec<String>,
+    pub task_source: Vec<String>,
+    pub task_reason: Vec<String>,
+    pub task_tags: Vec<String>,
+    pub task_bypass: Vec<String>,
+    pub task_steps_total: Vec<i64>,
+    pub task_steps_done: Vec<i64>,
+    pub task_version: Vec<i64>,
+    /// The new task (1 = the first) each step belongs to.
+    pub step_task: Vec<i64>,
+    pub step_position: Vec<i64>,
+    pub step_name: Vec<String>,
+    pub step_handler: Vec<String>,
+    pub step_state: Vec<&'static str>,
+    pub step_retry_limit: Vec<i64>,
+    pub step_remaining: Vec<i64>,
+    pub step_ready_at: Vec<Option<i64>>,
+    pub step_priority: Vec<i64>,
+    pub step_version: Vec<i64>,
+    pub step_parents: Vec<Vec<i64>>,
+}
+
+impl NewRows {
+    /// Appends a task and its steps; returns the task's stand-in id and each step's
+    /// `(position, stand-in id)`.
+    pub fn push(&mut self, t: &NewTask<'_>, steps: &[NewStep<'_>]) -> (i64, Vec<(i32, i64)>) {
+        self.task_named.push(t.named_task_id);
+        self.task_state.push(t.state.as_str());
+        self.task_context.push(t.context.to_owned());
+        self.task_initiator.push(t.initiator.to_owned());
+        self.task_source.push(t.source_system.to_owned());
+        self.task_reason.push(t.reason.to_owned());
+        self.task_tags.push(t.tags.to_owned());
+        self.task_bypass.push(t.bypass_steps.to_owned());
+        self.task_steps_total.push(t.steps_total);
+        self.task_steps_done.push(t.steps_done);
+        self.task_version.push(t.version);
+        let task = self.task_named.len() as i64;
+        let mut ids = Vec::with_capacity(steps.len());
+        for s in steps {
+            self.step_task.push(task);
+            self.step_position.push(s.position as i64);
+            self.step_name.push(s.name.to_owned());
+            self.step_handler.push(s.handler.to_owned());
+            self.step_state.push(s.state.as_str());
+            self.step_retry_limit.push(s.retry_limit);
+            self.step_remaining.push(s.remaining_parents);
+            self.step_ready_at.push(s.ready_at);
+            self.step_priority.push(s.priority as i64);
+            self.step_version.push(s.version);
+            self.step_parents
+                .push(s.parents.iter().map(|&p| p as i64).collect());
+            ids.push((s.position, -(self.step_task.len() as i64)));
+        }
+        (-task, ids)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.task_named.is_empty()
+    }
 }
 
 /// What [`Store::execute_plan`] did.
@@ -233,6 +306,28 @@ pub struct PlanOutcome {
     pub claimed: Vec<ClaimedStep>,
     /// How many steps the decrements made claimable.
     pub ready: u64,
+    /// The ids the plan's new tasks and steps got, in plan order.
+    pub task_ids: Vec<i64>,
+    pub step_ids: Vec<i64>,
+}
+
+impl PlanOutcome {
+    /// The real id of a task (`-k`: the plan's k-th new task) or of a step.
+    pub fn task_id(&self, id: i64) -> i64 {
+        if id < 0 {
+            self.task_ids[(-id - 1) as usize]
+        } else {
+            id
+        }
+    }
+
+    pub fn step_id(&self, id: i64) -> i64 {
+        if id < 0 {
+            self.step_ids[(-id - 1) as usize]
+        } else {
+            id
+        }
+    }
 }
 
 /// What to claim.
@@ -399,6 +494,15 @@ pub struct TemplateRow {
     pub created_at: i64,
 }
 
+/// What [`Store::next_times`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NextTimes {
+    /// The earliest time a step becomes claimable, if any is waiting.
+    pub ready_at: Option<i64>,
+    /// The earliest lease expiry of a running step, if any runs.
+    pub lease_expiry: Option<i64>,
+}
+
 /// What [`Store::durability`] found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DurabilityReport {
@@ -439,10 +543,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The steps of the newest tasks with ids at or above `from_id` (at most `limit` rows),
     /// with their tasks, for analytics.
     async fn analytics_rows(&self, from_id: i64, limit: i64) -> Result<Vec<AnalyticsRow>>;
-    /// The earliest `ready_at` among claimable steps (with these handlers), if any.
-    async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>>;
-    /// The earliest lease expiry among running steps, if any.
-    async fn next_lease_expiry(&self) -> Result<Option<i64>>;
+    /// When a worker should look again, in one read: the earliest `ready_at` among claimable
+    /// steps (with these handlers) and the earliest lease expiry among running steps.
+    async fn next_times(&self, handlers: Option<&[String]>) -> Result<NextTimes>;
     /// The durability commits get, read from the database itself: a description and whether
     /// every commit that records outcomes reaches the disk.
     async fn durability(&self) -> Result<DurabilityReport>;

@@ -80,6 +80,73 @@ fn check_schema(s: &str) -> Result<()> {
 }
 
 impl PgStore {
+    /// A planned creation ([`Plan::new_rows`]): `tasker_create` inserts the rows, gives them
+    /// their ids and makes the plan's last writes, in one statement.
+    async fn execute_creation(
+        &self,
+        plan: &Plan,
+        claim: Option<&ClaimSpec<'_>>,
+    ) -> Result<PlanOutcome> {
+        if claim.is_some()
+            || !plan.guards.is_empty()
+            || !plan.step_updates.is_empty()
+            || !plan.decrements.is_empty()
+            || !plan.park.is_empty()
+            || !plan.unpark.is_empty()
+        {
+            return Err(Error::Internal(
+                "a planned creation only inserts and records".into(),
+            ));
+        }
+        let n = &plan.new_rows;
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let q = sqlx::query(
+            "SELECT task_ids, step_ids FROM tasker_create($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+               $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
+               $24, $25, $26, $27, $28, $29, $30, $31, $32, $33::jsonb[], $34, $35, $36, $37, $38, $39, $40::jsonb[], $41, $42, \
+               $43, $44, $45)",
+        )
+        .bind(plan.now)
+        .bind(n.task_named.as_slice())
+        .bind(n.task_state.as_slice())
+        .bind(n.task_context.as_slice())
+        .bind(n.task_initiator.as_slice())
+        .bind(n.task_source.as_slice())
+        .bind(n.task_reason.as_slice())
+        .bind(n.task_tags.as_slice())
+        .bind(n.task_bypass.as_slice())
+        .bind(n.task_steps_total.as_slice())
+        .bind(n.task_steps_done.as_slice())
+        .bind(n.task_version.as_slice())
+        .bind(n.step_task.as_slice())
+        .bind(n.step_position.as_slice())
+        .bind(n.step_name.as_slice())
+        .bind(n.step_handler.as_slice())
+        .bind(n.step_state.as_slice())
+        .bind(n.step_retry_limit.as_slice())
+        .bind(n.step_remaining.as_slice())
+        .bind(n.step_ready_at.as_slice())
+        .bind(n.step_priority.as_slice())
+        .bind(n.step_version.as_slice())
+        .bind(
+            n.step_parents
+                .iter()
+                .map(|p| parents_literal(p))
+                .collect::<Vec<_>>(),
+        );
+        let row = bind_final(q, &plan.task_updates, &plan.transitions)
+            .bind(&self.channel)
+            .bind(plan.work)
+            .bind(plan.task_changed)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(PlanOutcome {
+            task_ids: row.try_get(0)?,
+            step_ids: row.try_get(1)?,
+            ..PlanOutcome::default()
+        })
+    }
+
     /// Connects, creates the schema if asked, and applies the migrations (under PostgreSQL's
     /// advisory lock, so concurrent processes migrate once).
     pub async fn open(url: String, opts: PgOptions) -> Result<PgStore> {
@@ -397,9 +464,9 @@ fn bind_final<'q>(q: PgQuery<'q>, updates: &[TaskUpdate], rows: &[TransitionRow]
 }
 
 /// A step's parent positions as an array literal (`{0,2}`), NULL when it has none.
-fn parents_literal(s: &NewStep<'_>) -> Option<String> {
-    (!s.parents.is_empty()).then(|| {
-        let list: Vec<String> = s.parents.iter().map(|p| p.to_string()).collect();
+fn parents_literal<T: ToString>(parents: &[T]) -> Option<String> {
+    (!parents.is_empty()).then(|| {
+        let list: Vec<String> = parents.iter().map(|p| p.to_string()).collect();
         format!("{{{}}}", list.join(","))
     })
 }
@@ -464,6 +531,9 @@ impl Store for PgStore {
         plan: &Plan,
         claim: Option<&ClaimSpec<'_>>,
     ) -> Result<PlanOutcome> {
+        if !plan.new_rows.is_empty() {
+            return self.execute_creation(plan, claim).await;
+        }
         let mut conn = self.pool.acquire().await?;
         self.statements.fetch_add(1, Ordering::Relaxed);
         let mut guards: Vec<&TaskRow> = plan.guards.iter().collect();
@@ -673,23 +743,19 @@ impl Store for PgStore {
         Ok(StateCounts::from_rows(rows))
     }
 
-    async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {
+    async fn next_times(&self, handlers: Option<&[String]>) -> Result<NextTimes> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(s.ready_at) FROM steps s WHERE s.ready_at IS NOT NULL AND ($1::text[] IS NULL OR s.handler = ANY($1))",
+        let (ready_at, lease_expiry) = sqlx::query_as(
+            "SELECT (SELECT MIN(s.ready_at) FROM steps s WHERE s.ready_at IS NOT NULL AND ($1::text[] IS NULL OR s.handler = ANY($1))), \
+                    (SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress')",
         )
         .bind(handlers_param(handlers))
         .fetch_one(&self.pool)
-        .await?)
-    }
-
-    async fn next_lease_expiry(&self) -> Result<Option<i64>> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok(NextTimes {
+            ready_at,
+            lease_expiry,
+        })
     }
 
     async fn durability(&self) -> Result<DurabilityReport> {
@@ -950,7 +1016,7 @@ impl StoreTx for PgTx {
         .bind(steps.iter().map(|s| s.ready_at).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
-        .bind(steps.iter().map(parents_literal).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| parents_literal(s.parents)).collect::<Vec<_>>())
         .fetch_all(&mut *self.conn)
         .await?;
         rows.iter()
@@ -1219,7 +1285,7 @@ impl StoreTx for PgTx {
         .bind(steps.iter().map(|s| s.ready_at).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
-        .bind(steps.iter().map(parents_literal).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| parents_literal(s.parents)).collect::<Vec<_>>())
         .fetch_all(&mut *self.conn)
         .await?;
         let Some(first) = rows.first() else {

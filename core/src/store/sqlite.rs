@@ -402,11 +402,14 @@ fn query_rows<T>(
     Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
 }
 
-fn next_ready_at_sql(handlers: Option<&[String]>) -> (String, Vec<Sql>) {
+fn next_times_sql(handlers: Option<&[String]>) -> (String, Vec<Sql>) {
     let mut p = Vec::new();
     let filter = handler_filter(handlers, &mut p);
     (
-        format!("SELECT MIN(s.ready_at) FROM steps AS s WHERE s.ready_at IS NOT NULL{filter}"),
+        format!(
+            "SELECT (SELECT MIN(s.ready_at) FROM steps AS s WHERE s.ready_at IS NOT NULL{filter}), \
+                    (SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress')"
+        ),
         p,
     )
 }
@@ -574,11 +577,16 @@ impl Store for SqliteStore {
         Ok(StateCounts::from_rows(rows))
     }
 
-    async fn next_ready_at(&self, handlers: Option<&[String]>) -> Result<Option<i64>> {
-        let (sql, p) = next_ready_at_sql(handlers);
+    async fn next_times(&self, handlers: Option<&[String]>) -> Result<NextTimes> {
+        let (sql, p) = next_times_sql(handlers);
         self.read(|c| {
             Ok(c.prepare_cached(&sql)?
-                .query_row(params_from_iter(p), |r| r.get(0))?)
+                .query_row(params_from_iter(p), |r| {
+                    Ok(NextTimes {
+                        ready_at: r.get(0)?,
+                        lease_expiry: r.get(1)?,
+                    })
+                })?)
         })
         .await
     }
@@ -600,16 +608,6 @@ impl Store for SqliteStore {
             ),
             durable,
         })
-    }
-
-    async fn next_lease_expiry(&self) -> Result<Option<i64>> {
-        self.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress'",
-            )?
-            .query_row([], |r| r.get(0))?)
-        })
-        .await
     }
 
     async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>> {
