@@ -164,8 +164,9 @@ END $$;
 -- step update that does not apply to the version assumed, raises SQLSTATE TK409 and nothing of
 -- the cycle is written: the engine then runs the general path, reading before deciding.
 -- After the guards: the planned writes in the order the general path makes them (steps,
--- parents, parking, counters and transitions), then the claim, then the notifications. A cycle
--- that records no outcome (`p_durable` false) commits without waiting for the disk.
+-- parents, parking, counters and transitions), then the claim, then the notifications (the
+-- engine says whether a short claim makes the steps-ready one needless: `n_unless_drained`). A
+-- cycle that records no outcome (`p_durable` false) commits without waiting for the disk.
 -- Returns the claimed steps (as tasker_claim) and a last row with step_id NULL whose
 -- `attempts` column carries how many steps the outcomes made claimable.
 CREATE FUNCTION tasker_cycle(
@@ -183,7 +184,7 @@ CREATE FUNCTION tasker_cycle(
     st_step bigint[], st_task bigint[], st_from text[], st_to text[], st_meta jsonb[],
     st_sort bigint[], st_at bigint[],
     c_max bigint, c_handlers text[], c_worker text, c_lease_until bigint,
-    n_channel text, n_work bool, n_task_changed bool)
+    n_channel text, n_work bool, n_task_changed bool, n_unless_drained bool)
 RETURNS TABLE (step_id bigint, task_id bigint, step_position bigint, attempts bigint, version bigint,
     lease_expires_at bigint, retry_limit bigint, named_task_id bigint, task_state text,
     context text, task_created_at bigint, started_version bigint, steps_total bigint,
@@ -193,6 +194,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     matched bigint;
     ready bigint := 0;
+    claimed bigint := 0;
 BEGIN
     IF NOT p_durable THEN
         PERFORM set_config('synchronous_commit', 'off', true);
@@ -230,8 +232,11 @@ BEGIN
         st_step, st_task, st_from, st_to, st_meta, st_sort, st_at);
     IF c_max > 0 THEN
         RETURN QUERY SELECT * FROM tasker_claim(p_now, c_handlers, c_max, c_worker, c_lease_until, '{}'::bigint[]);
+        GET DIAGNOSTICS claimed = ROW_COUNT;
     END IF;
-    IF n_work OR ready > 0 THEN
+    -- With n_unless_drained, a claim that came back short took everything claimable: there is
+    -- nothing to wake other workers for.
+    IF (n_work OR ready > 0) AND NOT (n_unless_drained AND c_max > 0 AND claimed < c_max) THEN
         PERFORM pg_notify(n_channel, '');
     END IF;
     IF n_task_changed THEN

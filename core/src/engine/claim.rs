@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::tx::TxCx;
-use super::Engine;
+use super::{decide, Engine};
 use super::{parse_json, CONTEXT_CACHE};
 use crate::error::Result;
 use crate::protocol::{Claim, Job, JobKey};
@@ -28,6 +28,7 @@ impl TxCx<'_> {
             .tx
             .claim(&self.engine.claim_spec(c, self.now, &held))
             .await?;
+        self.drained = decide::claim_took_everything(c.handlers.is_none(), c.max, claimed.len());
         if claimed.is_empty() {
             return Ok(Vec::new());
         }

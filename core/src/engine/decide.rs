@@ -84,6 +84,15 @@ pub fn retry_limit_effect(
     }
 }
 
+/// True when a claim took every step claimable at that moment, so announcing that steps are
+/// ready would only wake other workers to claim nothing: it could take any handler's steps
+/// (`any_handler`) and came back with fewer than it asked for. (W4 with 8 worker processes
+/// spent most of its round trips on such empty claims: each chain step's completion woke every
+/// process, while the completing worker had already claimed the next step in the same cycle.)
+pub fn claim_took_everything(any_handler: bool, asked: usize, got: usize) -> bool {
+    any_handler && asked > 0 && got < asked
+}
+
 /// A task's state and counters, as [`settle_path`] reads them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskCounts {
@@ -232,6 +241,21 @@ mod tests {
                 "{state} attempts={attempts} exhausted={exhausted} permanent={permanent} limit={limit}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_short_claim_for_any_handler_took_everything() {
+        assert!(claim_took_everything(true, 10, 3));
+        assert!(claim_took_everything(true, 10, 0));
+        assert!(
+            !claim_took_everything(true, 10, 10),
+            "a full claim may have left more"
+        );
+        assert!(!claim_took_everything(true, 0, 0), "no claim was made");
+        assert!(
+            !claim_took_everything(false, 10, 3),
+            "steps of other handlers may be waiting"
+        );
     }
 
     #[test]

@@ -66,6 +66,8 @@ impl TxCx<'_> {
             unpark.sort_unstable();
             self.tx.unpark(&unpark, self.now).await?;
             self.work = true;
+            // Claimable after any claim of this transaction: announce them.
+            self.drained = false;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::claim::Stored;
-use super::Engine;
+use super::{decide, Engine};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::state::{StepState, TaskState};
@@ -44,6 +44,9 @@ pub(super) struct TxCx<'e> {
     pub(super) tasks_changed: bool,
     /// Steps claimed in this transaction (remembered for planning after commit).
     pub(super) claimed: Vec<ClaimedStep>,
+    /// The claim took every claimable step and nothing became claimable after it
+    /// ([`decide::claim_took_everything`]): steps made ready need not be announced.
+    pub(super) drained: bool,
 }
 
 impl<'e> TxCx<'e> {
@@ -73,6 +76,7 @@ impl<'e> TxCx<'e> {
             work: false,
             tasks_changed: false,
             claimed: Vec::new(),
+            drained: false,
         }
     }
 
@@ -334,8 +338,10 @@ impl<'e> TxCx<'e> {
             claimed,
             work,
             tasks_changed,
+            drained,
             ..
         } = self;
+        let work = work && !drained;
         tx.commit(work, tasks_changed).await?;
         remember(engine, &tasks, &changes, &claimed);
         announce(engine, changes, work, tasks_changed);
@@ -365,6 +371,7 @@ impl<'e> TxCx<'e> {
             .ok_or_else(|| Error::Internal("execute_planned on a database transaction".into()))?;
         plan.work = work;
         plan.task_changed = tasks_changed;
+        plan.quiet_if_claim_short = claim.is_some_and(|c| c.handlers.is_none());
         let inner = &engine.inner;
         let out = match inner.store.execute_plan(&plan, claim).await {
             Err(Error::PlanStale) => {
@@ -378,6 +385,13 @@ impl<'e> TxCx<'e> {
             other => other?,
         };
         work |= out.ready > 0;
+        if let Some(c) = claim {
+            work &= !decide::claim_took_everything(
+                c.handlers.is_none(),
+                c.max as usize,
+                out.claimed.len(),
+            );
+        }
         if !out.task_ids.is_empty() {
             // New rows got their ids: replace the stand-ins.
             for c in &mut changes {

@@ -228,6 +228,9 @@ pub struct Plan {
     pub work: bool,
     /// A task reached a terminal state (notify waiters in other processes).
     pub task_changed: bool,
+    /// Skip the steps-ready notification when the plan's claim comes back short
+    /// ([`crate::engine::decide::claim_took_everything`]).
+    pub quiet_if_claim_short: bool,
 }
 
 /// New task and step rows of a [`Plan`], column by column (tasks without idempotency keys:
