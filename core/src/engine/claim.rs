@@ -28,7 +28,11 @@ impl TxCx<'_> {
             .tx
             .claim(&self.engine.claim_spec(c, self.now, &held))
             .await?;
-        self.drained = decide::claim_took_everything(c.handlers.is_none(), c.max, claimed.len());
+        self.drained = decide::claim_took_everything(
+            self.claim_covers_ready(c.handlers.as_deref()),
+            c.max,
+            claimed.len(),
+        );
         if claimed.is_empty() {
             return Ok(Vec::new());
         }

@@ -84,13 +84,14 @@ pub fn retry_limit_effect(
     }
 }
 
-/// True when a claim took every step claimable at that moment, so announcing that steps are
-/// ready would only wake other workers to claim nothing: it could take any handler's steps
-/// (`any_handler`) and came back with fewer than it asked for. (W4 with 8 worker processes
-/// spent most of its round trips on such empty claims: each chain step's completion woke every
-/// process, while the completing worker had already claimed the next step in the same cycle.)
-pub fn claim_took_everything(any_handler: bool, asked: usize, got: usize) -> bool {
-    any_handler && asked > 0 && got < asked
+/// True when a claim took every step its transaction made claimable, so announcing them would
+/// only wake other workers to claim nothing: the claim asks for every handler those steps have
+/// (`covers`) and came back with fewer than it asked for, so nothing it could take was left.
+/// (W4 with 8 worker processes spent most of its round trips on such empty claims: each chain
+/// step's completion woke every process, while the completing worker had already claimed the
+/// next step in the same statement.)
+pub fn claim_took_everything(covers: bool, asked: usize, got: usize) -> bool {
+    covers && asked > 0 && got < asked
 }
 
 /// A task's state and counters, as [`settle_path`] reads them.
@@ -244,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_short_claim_for_any_handler_took_everything() {
+    fn only_a_short_claim_covering_what_was_made_ready_took_everything() {
         assert!(claim_took_everything(true, 10, 3));
         assert!(claim_took_everything(true, 10, 0));
         assert!(
@@ -254,7 +255,7 @@ mod tests {
         assert!(!claim_took_everything(true, 0, 0), "no claim was made");
         assert!(
             !claim_took_everything(false, 10, 3),
-            "steps of other handlers may be waiting"
+            "a step made ready for a handler the claim does not take is waiting"
         );
     }
 

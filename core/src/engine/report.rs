@@ -431,11 +431,13 @@ impl TxCx<'_> {
             self.adjust(task_id, done, p.blocked as i64);
             if p.update.ready_at.is_some() {
                 self.work = true;
+                self.made_ready(&st.handler);
             }
             let task_state = self.tasks[&task_id].state;
             if to == StepState::Complete && task_state != TaskState::Cancelled {
                 for &c in &st.children {
                     *decs.entry((task_id, c as i32)).or_default() += 1;
+                    self.made_ready(&p.template.steps[c].handler);
                 }
             }
             touched.push(task_id);

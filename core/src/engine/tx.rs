@@ -47,6 +47,9 @@ pub(super) struct TxCx<'e> {
     /// The claim took every claimable step and nothing became claimable after it
     /// ([`decide::claim_took_everything`]): steps made ready need not be announced.
     pub(super) drained: bool,
+    /// Handlers of the steps this transaction may have made claimable (children of completed
+    /// steps, steps given a time to run again).
+    ready_handlers: Vec<String>,
 }
 
 impl<'e> TxCx<'e> {
@@ -77,7 +80,21 @@ impl<'e> TxCx<'e> {
             tasks_changed: false,
             claimed: Vec::new(),
             drained: false,
+            ready_handlers: Vec::new(),
         }
+    }
+
+    /// Notes that a step of `handler` may have become claimable.
+    pub(super) fn made_ready(&mut self, handler: &str) {
+        if !self.ready_handlers.iter().any(|h| h == handler) {
+            self.ready_handlers.push(handler.to_owned());
+        }
+    }
+
+    /// True when a claim for `handlers` (None: any) could take every step this transaction
+    /// made claimable, i.e. none is for a handler it does not ask for.
+    pub(super) fn claim_covers_ready(&self, handlers: Option<&[String]>) -> bool {
+        handlers.is_none_or(|hs| self.ready_handlers.iter().all(|h| hs.contains(h)))
     }
 
     pub(super) async fn template(&mut self, id: i64) -> Result<Arc<TaskTemplate>> {
@@ -357,6 +374,7 @@ impl<'e> TxCx<'e> {
         claim: Option<&ClaimSpec<'_>>,
     ) -> Result<PlanOutcome> {
         self.write_last().await?;
+        let covers = claim.is_some_and(|c| self.claim_covers_ready(c.handlers));
         let TxCx {
             engine,
             tx,
@@ -371,7 +389,7 @@ impl<'e> TxCx<'e> {
             .ok_or_else(|| Error::Internal("execute_planned on a database transaction".into()))?;
         plan.work = work;
         plan.task_changed = tasks_changed;
-        plan.quiet_if_claim_short = claim.is_some_and(|c| c.handlers.is_none());
+        plan.quiet_if_claim_short = covers;
         let inner = &engine.inner;
         let out = match inner.store.execute_plan(&plan, claim).await {
             Err(Error::PlanStale) => {
@@ -386,11 +404,7 @@ impl<'e> TxCx<'e> {
         };
         work |= out.ready > 0;
         if let Some(c) = claim {
-            work &= !decide::claim_took_everything(
-                c.handlers.is_none(),
-                c.max as usize,
-                out.claimed.len(),
-            );
+            work &= !decide::claim_took_everything(covers, c.max as usize, out.claimed.len());
         }
         if !out.task_ids.is_empty() {
             // New rows got their ids: replace the stand-ins.
