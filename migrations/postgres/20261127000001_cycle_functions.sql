@@ -102,6 +102,14 @@ BEGIN
     END IF;
 END $$;
 
+-- A claimed step with what its job needs (tasker_claim, tasker_cycle); the last row of
+-- tasker_cycle has step_id NULL and carries in `attempts` how many steps became claimable.
+CREATE TYPE tasker_claimed AS (step_id bigint, task_id bigint, step_position bigint,
+    attempts bigint, version bigint, lease_expires_at bigint, retry_limit bigint,
+    named_task_id bigint, task_state text, context text, task_created_at bigint,
+    started_version bigint, steps_total bigint, steps_done bigint, steps_blocked bigint,
+    task_version bigint, parent_results text);
+
 -- Claims up to `p_max` ready steps (`FOR UPDATE SKIP LOCKED`, priority then age), starts their
 -- tasks that are still pending and not held by the calling transaction, records the
 -- transitions of both, and returns each claimed step with its task and its parents' results
@@ -109,10 +117,7 @@ END $$;
 CREATE FUNCTION tasker_claim(
     p_now bigint, p_handlers text[], p_max bigint, p_worker text, p_lease_until bigint,
     p_held bigint[])
-RETURNS TABLE (step_id bigint, task_id bigint, step_position bigint, attempts bigint, version bigint,
-    lease_expires_at bigint, retry_limit bigint, named_task_id bigint, task_state text,
-    context text, task_created_at bigint, started_version bigint, steps_total bigint,
-    steps_done bigint, steps_blocked bigint, task_version bigint, parent_results text)
+RETURNS SETOF tasker_claimed
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
@@ -185,10 +190,7 @@ CREATE FUNCTION tasker_cycle(
     st_sort bigint[], st_at bigint[],
     c_max bigint, c_handlers text[], c_worker text, c_lease_until bigint,
     n_channel text, n_work bool, n_task_changed bool, n_unless_drained bool)
-RETURNS TABLE (step_id bigint, task_id bigint, step_position bigint, attempts bigint, version bigint,
-    lease_expires_at bigint, retry_limit bigint, named_task_id bigint, task_state text,
-    context text, task_created_at bigint, started_version bigint, steps_total bigint,
-    steps_done bigint, steps_blocked bigint, task_version bigint, parent_results text)
+RETURNS SETOF tasker_claimed
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE

@@ -433,6 +433,7 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteTx {
             c: guard,
             open: true,
+            claim_rows: Vec::new(),
         }))
     }
 
@@ -642,6 +643,9 @@ impl Store for SqliteStore {
 struct SqliteTx {
     c: OwnedMutexGuard<WriteConn>,
     open: bool,
+    /// The claim's transition rows, written with the transaction's other rows (one insert per
+    /// table, as before claims wrote their own) or at commit.
+    claim_rows: Vec<TransitionRow>,
 }
 
 impl SqliteTx {
@@ -671,6 +675,10 @@ impl Drop for SqliteTx {
 #[async_trait]
 impl StoreTx for SqliteTx {
     async fn commit(mut self: Box<Self>, _work_ready: bool, _task_changed: bool) -> Result<()> {
+        if !self.claim_rows.is_empty() {
+            let rows = std::mem::take(&mut self.claim_rows);
+            self.write_transitions(&rows)?;
+        }
         let c = &*self.c;
         if c.sync == Durability::Off {
             c.execute_batch("COMMIT")?;
@@ -1137,7 +1145,7 @@ impl StoreTx for SqliteTx {
             sort_key: version,
             created_at: spec.now,
         }));
-        self.insert_transitions(&rows).await?;
+        self.claim_rows.extend(rows);
         Ok(steps)
     }
 
@@ -1192,6 +1200,18 @@ impl StoreTx for SqliteTx {
     }
 
     async fn insert_transitions(&mut self, rows: &[TransitionRow]) -> Result<()> {
+        if self.claim_rows.is_empty() {
+            return self.write_transitions(rows);
+        }
+        let mut all = std::mem::take(&mut self.claim_rows);
+        all.extend_from_slice(rows);
+        self.write_transitions(&all)
+    }
+}
+
+impl SqliteTx {
+    /// Inserts transition rows, many per statement.
+    fn write_transitions(&mut self, rows: &[TransitionRow]) -> Result<()> {
         let (steps, tasks): (Vec<&TransitionRow>, Vec<&TransitionRow>) =
             rows.iter().partition(|r| r.step_id.is_some());
         for chunk in tasks.chunks(CHUNK) {
