@@ -38,17 +38,11 @@ impl TxCx<'_> {
         }
         // Parents' results the claim did not return (SQLite, or steps stored before PostgreSQL
         // kept their parents).
-        let mut keys = Vec::new();
         let mut templates = Vec::with_capacity(claimed.len());
         for s in &claimed {
-            let t = self.template(s.named_task_id).await?;
-            if s.parent_results.is_none() {
-                for &p in &t.steps[s.position as usize].parents {
-                    keys.push((s.task_id, p as i32));
-                }
-            }
-            templates.push(t);
+            templates.push(self.template(s.named_task_id).await?);
         }
+        let keys = missing_parent_keys(&claimed, &templates);
         let parents = if keys.is_empty() {
             Vec::new()
         } else {
@@ -81,6 +75,25 @@ impl TxCx<'_> {
         self.claimed.extend(claimed);
         Ok(jobs)
     }
+}
+
+/// The (task, position) of every parent whose results the claim did not return with its
+/// step (SQLite; PostgreSQL steps stored before their parents were recorded).
+pub(super) fn missing_parent_keys(
+    claimed: &[ClaimedStep],
+    templates: &[Arc<TaskTemplate>],
+) -> Vec<(i64, i32)> {
+    claimed
+        .iter()
+        .zip(templates)
+        .filter(|(s, _)| s.parent_results.is_none())
+        .flat_map(|(s, t)| {
+            t.steps[s.position as usize]
+                .parents
+                .iter()
+                .map(move |&p| (s.task_id, p as i32))
+        })
+        .collect()
 }
 
 /// A transition the store wrote, to announce: (row, event, step name, attempt, metadata).

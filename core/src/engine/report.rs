@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{debug, debug_span, Instrument};
 
+use super::claim::missing_parent_keys;
 use super::decide::{self, FailureEffect};
 use super::plan::PlanTx;
 use super::tx::{announce_stored, TxCx};
@@ -141,25 +142,20 @@ impl Engine {
             return Ok((Vec::new(), Vec::new()));
         };
         let mut templates = Vec::with_capacity(claimed.len());
-        let mut keys = Vec::new();
         for s in &claimed {
-            let t = self.template_by_id(s.named_task_id).await?;
-            if s.parent_results.is_none() {
-                keys.extend(
-                    t.steps[s.position as usize]
-                        .parents
-                        .iter()
-                        .map(|&p| (s.task_id, p as i32)),
-                );
-            }
-            templates.push(t);
+            templates.push(self.template_by_id(s.named_task_id).await?);
         }
         // Steps stored before their parents were recorded: read the parents' results (they
-        // never change once a child is ready).
+        // never change once a child is ready). Committed, not dropped: a transaction dropped
+        // open costs its pooled connection.
+        let keys = missing_parent_keys(&claimed, &templates);
         let parents = if keys.is_empty() {
             Vec::new()
         } else {
-            self.inner.store.begin(false).await?.results(&keys).await?
+            let mut tx = self.inner.store.begin(false).await?;
+            let rows = tx.results(&keys).await?;
+            tx.commit(false, false).await?;
+            rows
         };
         let (jobs, announced) = self.jobs_for(&claimed, &templates, c, parents, now)?;
         announce_stored(self, announced);
