@@ -58,6 +58,8 @@ pub struct PgOptions {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections kept checked out between uses (see [`Conns`]).
+    conns: Conns,
     channel: String,
     /// Statements sent (each one round trip), for benchmarks.
     statements: Arc<AtomicU64>,
@@ -84,14 +86,14 @@ fn check_schema(s: &str) -> Result<()> {
 
 impl PgStore {
     /// A planned creation ([`Plan::new_rows`]): `tasker_create` inserts the rows, gives them
-    /// their ids and makes the plan's last writes, in one statement.
+    /// their ids, makes the plan's last writes and claims (for an idle worker of this
+    /// process, [`crate::engine`]'s hand-off), in one statement.
     async fn execute_creation(
         &self,
         plan: &Plan,
         claim: Option<&ClaimSpec<'_>>,
     ) -> Result<PlanOutcome> {
-        if claim.is_some()
-            || !plan.guards.is_empty()
+        if !plan.guards.is_empty()
             || !plan.step_updates.is_empty()
             || !plan.decrements.is_empty()
             || !plan.park.is_empty()
@@ -102,12 +104,13 @@ impl PgStore {
             ));
         }
         let n = &plan.new_rows;
+        let mut conn = self.conns.get().await?;
         self.statements.fetch_add(1, Ordering::Relaxed);
         let q = sqlx::query(
-            "SELECT task_ids, step_ids FROM tasker_create($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+            "SELECT (claimed).*, task_ids, step_ids FROM tasker_create($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
                $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
                $24, $25, $26, $27, $28, $29, $30, $31, $32, $33::jsonb[], $34, $35, $36, $37, $38, $39, $40::jsonb[], $41, $42, \
-               $43, $44, $45)",
+               $43, $44, $45, $46, $47, $48, $49, $50)",
         )
         .bind(plan.now)
         .bind(n.task_named.as_slice())
@@ -137,17 +140,29 @@ impl PgStore {
                 .map(|p| parents_literal(p))
                 .collect::<Vec<_>>(),
         );
-        let row = bind_final(q, &plan.task_updates, &plan.transitions)
+        let rows = bind_final(q, &plan.task_updates, &plan.transitions)
+            .bind(claim.map_or(0, |c| c.max))
+            .bind(handlers_param(claim.and_then(|c| c.handlers)))
+            .bind(claim.map_or("", |c| c.worker_id))
+            .bind(claim.map_or(0, |c| c.lease_until))
             .bind(&self.channel)
             .bind(plan.work)
             .bind(plan.task_changed)
-            .fetch_one(&self.pool)
+            .bind(plan.quiet_if_claim_short)
+            .fetch_all(&mut *conn)
             .await?;
-        Ok(PlanOutcome {
-            task_ids: row.try_get(0)?,
-            step_ids: row.try_get(1)?,
-            ..PlanOutcome::default()
-        })
+        self.conns.put(conn);
+        let mut out = PlanOutcome::default();
+        for r in &rows {
+            match r.try_get::<Option<i64>, _>(0)? {
+                Some(_) => out.claimed.push(claimed_row(r)?),
+                None => {
+                    out.task_ids = r.try_get(17)?;
+                    out.step_ids = r.try_get(18)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Connects, creates the schema if asked, and applies the migrations (under PostgreSQL's
@@ -195,7 +210,10 @@ impl PgStore {
                 })
             })
             .max_connections(opts.max_connections.unwrap_or(8))
-            .min_connections(1)
+            // None kept open by the pool itself: `Conns` keeps the connections in use, and
+            // with a minimum the pool replaces a connection `Spare` closes outside a runtime
+            // on a task of its own (which needs a runtime).
+            .min_connections(0)
             .acquire_timeout(Duration::from_secs(10))
             // A broken connection fails its statement and the caller retries: no ping per
             // transaction (a round trip each).
@@ -210,6 +228,11 @@ impl PgStore {
             MIGRATOR.run_direct(None, &mut *conn, false).await?;
         }
         Ok(PgStore {
+            conns: Conns {
+                pool: pool.clone(),
+                spare: Arc::default(),
+                keep: (opts.max_connections.unwrap_or(8) / 2).max(1) as usize,
+            },
             pool,
             channel: channel(opts.schema.as_deref()),
             statements: Arc::default(),
@@ -272,6 +295,63 @@ impl PgStore {
                 }
             }
         })
+    }
+}
+
+/// Connections this process keeps between statements. sqlx's pool tests every connection it
+/// takes back with a `Sync` round trip (on a task of its own), which doubled the round trips of
+/// the hot path; a connection whose statement or transaction completed is known to be ready,
+/// so it is kept here and used next, never given back. Anything else (an error, a cancelled
+/// statement, a transaction dropped open) drops the connection to the pool, whose test sorts
+/// it out. At most `keep` connections wait here; the pool owns the rest.
+#[derive(Clone, Debug)]
+struct Conns {
+    pool: PgPool,
+    spare: Arc<Spare>,
+    keep: usize,
+}
+
+#[derive(Debug, Default)]
+struct Spare(std::sync::Mutex<Vec<PoolConnection<Postgres>>>);
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        let conns = std::mem::take(self.0.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if tokio::runtime::Handle::try_current().is_err() {
+            // The pool takes a connection back on a task of its own, which needs a runtime;
+            // without one (an engine dropped after its runtime), close them here.
+            for c in conns {
+                drop(c.leak());
+            }
+        }
+    }
+}
+
+impl Conns {
+    async fn get(&self) -> Result<PoolConnection<Postgres>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = self.spare.0.lock().unwrap().pop() {
+                return Ok(c);
+            }
+            // A connection kept here meanwhile does not wake a waiting acquire: look again.
+            let wait = Duration::from_millis(5).min(deadline - tokio::time::Instant::now());
+            match tokio::time::timeout(wait, self.pool.acquire()).await {
+                Ok(c) => return Ok(c?),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Ok(self.pool.acquire().await?)
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Keeps a connection whose last statement completed (its transaction, if any, ended).
+    fn put(&self, c: PoolConnection<Postgres>) {
+        let mut spare = self.spare.0.lock().unwrap();
+        if spare.len() < self.keep && !self.pool.is_closed() {
+            spare.push(c);
+        }
     }
 }
 
@@ -528,7 +608,7 @@ impl Store for PgStore {
         // claimable again) commits without waiting for its WAL to reach the disk; any later
         // durable commit flushes it too (the WAL is written in order). Every other commit waits
         // as the server's `synchronous_commit` says.
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conns.get().await?;
         if durable {
             conn.execute("BEGIN").await?;
         } else {
@@ -538,7 +618,8 @@ impl Store for PgStore {
         }
         self.statements.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(PgTx {
-            conn,
+            conn: Some(conn),
+            conns: self.conns.clone(),
             open: true,
             channel: self.channel.clone(),
             statements: self.statements.clone(),
@@ -557,7 +638,7 @@ impl Store for PgStore {
         if !plan.new_rows.is_empty() {
             return self.execute_creation(plan, claim).await;
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conns.get().await?;
         self.statements.fetch_add(1, Ordering::Relaxed);
         let mut guards: Vec<&TaskRow> = plan.guards.iter().collect();
         guards.sort_by_key(|g| g.task_id);
@@ -598,10 +679,12 @@ impl Store for PgStore {
         let rows = match q.fetch_all(&mut *conn).await {
             Ok(rows) => rows,
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("TK409") => {
-                return Err(Error::PlanStale)
+                self.conns.put(conn);
+                return Err(Error::PlanStale);
             }
             Err(e) => return Err(e.into()),
         };
+        self.conns.put(conn);
         let mut out = PlanOutcome::default();
         for r in &rows {
             match r.try_get::<Option<i64>, _>(0)? {
@@ -639,37 +722,39 @@ impl Store for PgStore {
 
     async fn task(&self, task_id: i64) -> Result<Option<Detail>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        let mut conn = self.conns.get().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE t.task_id = $1"
         )))
         .bind(task_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(task_detail)
-        .transpose()
+        .fetch_optional(&mut *conn)
+        .await?;
+        self.conns.put(conn);
+        row.as_ref().map(task_detail).transpose()
     }
 
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conns.get().await?;
         let s: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE task_id = $1")
             .bind(task_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
+        self.conns.put(conn);
         s.as_deref().map(task_state).transpose()
     }
 
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        let mut conn = self.conns.get().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position"
         )))
         .bind(task_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(step_row)
-        .collect()
+        .fetch_all(&mut *conn)
+        .await?;
+        self.conns.put(conn);
+        rows.iter().map(step_row).collect()
     }
 
     async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<Detail>> {
@@ -769,13 +854,15 @@ impl Store for PgStore {
 
     async fn next_times(&self, handlers: Option<&[String]>) -> Result<NextTimes> {
         self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conns.get().await?;
         let (ready_at, lease_expiry) = sqlx::query_as(
             "SELECT (SELECT MIN(s.ready_at) FROM steps s WHERE s.ready_at IS NOT NULL AND ($1::text[] IS NULL OR s.handler = ANY($1))), \
                     (SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress')",
         )
         .bind(handlers_param(handlers))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
+        self.conns.put(conn);
         Ok(NextTimes {
             ready_at,
             lease_expiry,
@@ -825,7 +912,7 @@ impl Store for PgStore {
              UNION ALL \
              SELECT task_id, step_id, from_state, to_state, metadata::text, sort_key, created_at, id, 1 AS kind \
                FROM step_transitions WHERE task_id = $1 \
-             ORDER BY created_at, kind, id",
+             ORDER BY created_at, kind, sort_key, id",
         )
         .bind(task_id)
         .fetch_all(&self.pool)
@@ -852,20 +939,28 @@ impl Store for PgStore {
 }
 
 struct PgTx {
-    conn: PoolConnection<Postgres>,
+    /// Taken back by [`Conns`] at commit.
+    conn: Option<PoolConnection<Postgres>>,
+    conns: Conns,
     open: bool,
     channel: String,
     statements: Arc<AtomicU64>,
 }
 
 impl PgTx {
+    fn c(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("a transaction's connection until commit")
+    }
+
     /// Parking and unparking: `sql` takes `$1` = now and `$2` = the task ids.
     async fn move_ready(&mut self, task_ids: &[i64], now: i64, sql: &'static str) -> Result<()> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sql)
             .bind(now)
             .bind(task_ids)
-            .execute(&mut *self.conn)
+            .execute(self.c())
             .await?;
         Ok(())
     }
@@ -873,9 +968,9 @@ impl PgTx {
 
 impl Drop for PgTx {
     fn drop(&mut self) {
-        if self.open {
+        if let (true, Some(c)) = (self.open, self.conn.as_mut()) {
             // Never hand a connection with an open transaction back to the pool.
-            self.conn.close_on_drop();
+            c.close_on_drop();
         }
     }
 }
@@ -893,9 +988,12 @@ impl StoreTx for PgTx {
         }
         sql.push_str("COMMIT");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *self.conn)
+            .execute(self.c())
             .await?;
         self.open = false;
+        if let Some(c) = self.conn.take() {
+            self.conns.put(c);
+        }
         Ok(())
     }
 
@@ -912,7 +1010,7 @@ impl StoreTx for PgTx {
         .bind(namespace)
         .bind(name)
         .bind(version)
-        .fetch_optional(&mut *self.conn)
+        .fetch_optional(self.c())
         .await?
         .as_ref()
         .map(template_row)
@@ -945,7 +1043,7 @@ impl StoreTx for PgTx {
         .bind(definition_hash)
         .bind(now)
         .bind(revision as i32)
-        .fetch_optional(&mut *self.conn)
+        .fetch_optional(self.c())
         .await?;
         match id {
             Some(id) => Ok(id),
@@ -973,7 +1071,7 @@ impl StoreTx for PgTx {
             "SELECT {TEMPLATE_COLS} FROM named_tasks WHERE named_task_id = $1"
         )))
         .bind(id)
-        .fetch_optional(&mut *self.conn)
+        .fetch_optional(self.c())
         .await?
         .as_ref()
         .map(template_row)
@@ -985,7 +1083,7 @@ impl StoreTx for PgTx {
         Ok(
             sqlx::query_scalar("SELECT task_id FROM tasks WHERE idempotency_key = $1")
                 .bind(key)
-                .fetch_optional(&mut *self.conn)
+                .fetch_optional(self.c())
                 .await?,
         )
     }
@@ -1012,7 +1110,7 @@ impl StoreTx for PgTx {
         .bind(t.steps_done)
         .bind(t.version)
         .bind(t.now)
-        .fetch_optional(&mut *self.conn)
+        .fetch_optional(self.c())
         .await?;
         match id {
             Some(id) => Ok(id),
@@ -1049,7 +1147,7 @@ impl StoreTx for PgTx {
         .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| parents_literal(s.parents)).collect::<Vec<_>>())
-        .fetch_all(&mut *self.conn)
+        .fetch_all(self.c())
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get::<i64, _>(0)? as i32, r.try_get(1)?)))
@@ -1062,7 +1160,7 @@ impl StoreTx for PgTx {
             "SELECT {TASK_COLS} FROM tasks WHERE task_id = ANY($1) ORDER BY task_id FOR UPDATE"
         )))
         .bind(task_ids)
-        .fetch_all(&mut *self.conn)
+        .fetch_all(self.c())
         .await?
         .iter()
         .map(task_row)
@@ -1075,7 +1173,7 @@ impl StoreTx for PgTx {
             "SELECT {STEP_COLS} FROM steps WHERE task_id = $1 ORDER BY position FOR UPDATE"
         )))
         .bind(task_id)
-        .fetch_all(&mut *self.conn)
+        .fetch_all(self.c())
         .await?
         .iter()
         .map(step_row)
@@ -1097,7 +1195,7 @@ impl StoreTx for PgTx {
         .bind(tags)
         .bind(now)
         .bind(task_id)
-        .execute(&mut *self.conn)
+        .execute(self.c())
         .await?;
         Ok(())
     }
@@ -1108,7 +1206,7 @@ impl StoreTx for PgTx {
             "SELECT COUNT(*) FROM steps WHERE task_id = $1 AND state = 'in_progress'",
         )
         .bind(task_id)
-        .fetch_one(&mut *self.conn)
+        .fetch_one(self.c())
         .await?)
     }
 
@@ -1122,7 +1220,7 @@ impl StoreTx for PgTx {
         )
         .bind(now);
         let rows = bind_step_updates(q, updates, None)
-            .fetch_all(&mut *self.conn)
+            .fetch_all(self.c())
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -1133,7 +1231,7 @@ impl StoreTx for PgTx {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query("SELECT step_id, retry_limit FROM steps WHERE step_id = ANY($1)")
             .bind(step_ids)
-            .fetch_all(&mut *self.conn)
+            .fetch_all(self.c())
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -1159,7 +1257,7 @@ impl StoreTx for PgTx {
         .bind(ready_at.is_some())
         .bind(ready_at.flatten())
         .bind(now)
-        .execute(&mut *self.conn)
+        .execute(self.c())
         .await?;
         Ok(())
     }
@@ -1170,7 +1268,7 @@ impl StoreTx for PgTx {
         }
         self.statements.fetch_add(1, Ordering::Relaxed);
         let q = sqlx::query_scalar("SELECT tasker_decrement_parents($1, $2, $3, $4)").bind(now);
-        let ready: i64 = bind_decrements(q, decs).fetch_one(&mut *self.conn).await?;
+        let ready: i64 = bind_decrements(q, decs).fetch_one(self.c()).await?;
         Ok(ready as u64)
     }
 
@@ -1199,7 +1297,7 @@ impl StoreTx for PgTx {
         .bind(spec.worker_id)
         .bind(spec.lease_until)
         .bind(spec.held_tasks)
-        .fetch_all(&mut *self.conn)
+        .fetch_all(self.c())
         .await?;
         rows.iter().map(claimed_row).collect()
     }
@@ -1219,7 +1317,7 @@ impl StoreTx for PgTx {
         )
         .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.1 as i64).collect::<Vec<_>>())
-        .fetch_all(&mut *self.conn)
+        .fetch_all(self.c())
         .await?;
         rows.iter()
             .map(|r| {
@@ -1243,7 +1341,7 @@ impl StoreTx for PgTx {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&mut *self.conn)
+        .fetch_all(self.c())
         .await?;
         rows.iter()
             .map(|r| {
@@ -1271,7 +1369,7 @@ impl StoreTx for PgTx {
         .bind(now)
         .bind(steps.iter().map(|s| s.0).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.1).collect::<Vec<_>>())
-        .execute(&mut *self.conn)
+        .execute(self.c())
         .await?
         .rows_affected())
     }
@@ -1318,7 +1416,7 @@ impl StoreTx for PgTx {
         .bind(steps.iter().map(|s| s.priority as i64).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.version).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| parents_literal(s.parents)).collect::<Vec<_>>())
-        .fetch_all(&mut *self.conn)
+        .fetch_all(self.c())
         .await?;
         let Some(first) = rows.first() else {
             return Err(Error::Conflict(format!(
@@ -1349,9 +1447,7 @@ impl StoreTx for PgTx {
             "SELECT tasker_write_final($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb[], $12, $13, $14, $15, $16, $17, $18::jsonb[], $19, $20)",
         )
         .bind(now);
-        bind_final(q, updates, rows)
-            .execute(&mut *self.conn)
-            .await?;
+        bind_final(q, updates, rows).execute(self.c()).await?;
         Ok(())
     }
 
