@@ -605,13 +605,33 @@ impl DriverLoop {
                 }
                 continue;
             }
+            // Idle with room: a task created in this process from now on is claimed for us in
+            // its creating transaction (the engine's hand-off), sparing a wake-up and a claim.
+            let mut offer = (room > 0 && !work_maybe).then(|| {
+                engine.offer(Claim {
+                    max: room,
+                    ..self.claim.clone()
+                })
+            });
             let finished = match opts.mode {
                 RunMode::UntilTask(id) => engine.get_task_state(id).await.map(|s| s.is_terminal()),
                 RunMode::UntilIdle if outstanding == 0 => engine.is_idle(handlers.as_deref()).await,
                 _ => Ok(false),
             };
+            if !matches!(finished, Ok(false)) {
+                // Not going to sleep: take the offer back; jobs a creation claimed with it
+                // meanwhile are this run's (released below if the run is ending).
+                if let Some(t) = offer.take() {
+                    queue.extend(t.withdraw().await);
+                }
+            }
             match finished {
-                Ok(true) if opts.mode == RunMode::UntilIdle => return Ok(stats),
+                Ok(true) if opts.mode == RunMode::UntilIdle => {
+                    if queue.is_empty() {
+                        return Ok(stats);
+                    }
+                    continue;
+                }
                 Ok(true) => {
                     stopping_since = Some(Instant::now());
                     for j in queue.drain(..) {
@@ -642,15 +662,31 @@ impl DriverLoop {
             if let Some(d) = next_deadline {
                 nap = nap.min(d.saturating_duration_since(Instant::now()));
             }
-            tokio::select! {
-                m = self.msgs_rx.recv() => if let Some(m) = m { self.on_msg(m, &mut running, &mut out) },
+            let handed = tokio::select! {
+                m = self.msgs_rx.recv() => { if let Some(m) = m { self.on_msg(m, &mut running, &mut out) } None },
                 _ = &mut armed => {
                     work_maybe = true;
                     armed = Box::pin(engine.work_notified());
                     armed.as_mut().enable();
+                    None
                 }
-                _ = tokio::time::sleep(nap) => work_maybe = true,
-                _ = self.stop_rx.changed() => {}
+                jobs = async { offer.as_mut().expect("offered").delivered().await }, if offer.is_some() => {
+                    offer = None;
+                    Some(jobs)
+                }
+                _ = tokio::time::sleep(nap) => { work_maybe = true; None }
+                _ = self.stop_rx.changed() => None,
+            };
+            // Woken otherwise: take the offer back, or what a creation claimed with it.
+            let handed = match offer.take() {
+                Some(ticket) => Some(ticket.withdraw().await),
+                None => handed,
+            };
+            if let Some(jobs) = handed {
+                if jobs.len() >= room {
+                    work_maybe = true;
+                }
+                queue.extend(jobs);
             }
         }
     }

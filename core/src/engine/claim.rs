@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::tx::TxCx;
+use super::tx::{announce_stored, TxCx};
 use super::{decide, Engine};
 use super::{parse_json, CONTEXT_CACHE};
 use crate::error::Result;
@@ -106,6 +106,38 @@ pub(super) type Stored = (
 );
 
 impl Engine {
+    /// The jobs of steps a planned statement claimed (and committed) for `c`; announces the
+    /// claim's transitions.
+    pub(super) async fn jobs_of_statement(
+        &self,
+        claimed: &[ClaimedStep],
+        c: &Claim,
+        now: i64,
+    ) -> Result<Vec<Job>> {
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut templates = Vec::with_capacity(claimed.len());
+        for s in claimed {
+            templates.push(self.template_by_id(s.named_task_id).await?);
+        }
+        // Steps stored before their parents were recorded: read the parents' results (they
+        // never change once a child is ready). Committed, not dropped: a transaction dropped
+        // open costs its pooled connection.
+        let keys = missing_parent_keys(claimed, &templates);
+        let parents = if keys.is_empty() {
+            Vec::new()
+        } else {
+            let mut tx = self.inner.store.begin(false).await?;
+            let rows = tx.results(&keys).await?;
+            tx.commit(false, false).await?;
+            rows
+        };
+        let (jobs, announced) = self.jobs_for(claimed, &templates, c, parents, now)?;
+        announce_stored(self, announced);
+        Ok(jobs)
+    }
+
     /// What to claim for `c` at `now`, leaving the `held` tasks' rows alone.
     pub(super) fn claim_spec<'a>(&self, c: &'a Claim, now: i64, held: &'a [i64]) -> ClaimSpec<'a> {
         ClaimSpec {

@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::decide;
+use super::handoff::Handoff;
 use super::plan::PlanTx;
 use super::tx::TxCx;
 use super::{json_kind, Engine};
 use crate::error::{Error, Result};
+use crate::protocol::Job;
 use crate::state::{StepState, TaskState};
 use crate::store::{NewStep, NewTask, TaskRow};
 use crate::template::TaskTemplate;
@@ -106,26 +108,39 @@ impl Engine {
             })?);
         }
         let now = self.now();
+        // An idle worker of this process gets the new steps in the creating transaction
+        // ([`super::handoff`]); answered (empty) on drop if anything below fails.
+        let mut handoff = None;
         let mut planned = None;
         if self.inner.opts.planned_cycles && self.inner.store.executes_plans() {
-            match self.create_planned(&prepared, now).await {
-                Ok(ids) => planned = Some(ids),
+            match self.create_planned(&prepared, now, &mut handoff).await {
+                Ok(done) => planned = Some(done),
                 Err(Error::PlanStale) => {}
                 Err(e) => return Err(e),
             }
         }
-        let ids = match planned {
-            Some(ids) => ids,
+        let (ids, jobs) = match planned {
+            Some(done) => done,
             None => {
                 let mut cx = TxCx::begin(self, now).await?;
                 let mut ids = Vec::with_capacity(prepared.len());
                 for p in &prepared {
                     ids.push(cx.insert_task(p).await?);
                 }
+                if handoff.is_none() {
+                    handoff = self.take_offer(&cx.ready_handlers());
+                }
+                let jobs = match &handoff {
+                    Some(h) => cx.claim(&h.claim).await?,
+                    None => Vec::new(),
+                };
                 cx.finish().await?;
-                ids
+                (ids, jobs)
             }
         };
+        if let Some(h) = handoff {
+            h.deliver(self, jobs);
+        }
         for ((id, created), p) in ids.iter().zip(&prepared) {
             if *created {
                 crate::telemetry::task_created(*id, now, &p.template.key());
@@ -145,18 +160,32 @@ impl Engine {
     /// The creation as one planned statement ([`super::plan`]): the same decisions, the rows
     /// inserted by the store with their ids. [`Error::PlanStale`] (nothing written) for a
     /// request the plan cannot carry (an idempotency key needs a look-up first).
-    async fn create_planned(&self, prepared: &[Prepared], now: i64) -> Result<Vec<(i64, bool)>> {
+    /// With an idle worker's offer taken (`handoff`), the statement also claims for it.
+    async fn create_planned(
+        &self,
+        prepared: &[Prepared],
+        now: i64,
+        handoff: &mut Option<Handoff>,
+    ) -> Result<(Vec<(i64, bool)>, Vec<Job>)> {
         let tx = Box::new(PlanTx::new(self.inner.known.clone(), now, true));
         let mut cx = TxCx::with_tx(self, tx, now);
         let mut ids = Vec::with_capacity(prepared.len());
         for p in prepared {
             ids.push(cx.insert_task(p).await?);
         }
-        let out = cx.execute_planned(None).await?;
-        Ok(ids
+        *handoff = self.take_offer(&cx.ready_handlers());
+        let claim = handoff.as_ref().map(|h| &h.claim);
+        let spec = claim.map(|c| self.claim_spec(c, now, &[]));
+        let out = cx.execute_planned(spec.as_ref()).await?;
+        let jobs = match claim {
+            Some(c) => self.jobs_of_statement(&out.claimed, c, now).await?,
+            None => Vec::new(),
+        };
+        let ids = ids
             .into_iter()
             .map(|(id, created)| (out.task_id(id), created))
-            .collect())
+            .collect();
+        Ok((ids, jobs))
     }
 
     async fn prepare(&self, req: TaskRequest) -> Result<Prepared> {
@@ -290,6 +319,9 @@ impl TxCx<'_> {
                 }
             })
             .collect();
+        for s in steps.iter().filter(|s| s.ready_at.is_some()) {
+            self.made_ready(s.handler);
+        }
         let (task_id, mut ids) = self.tx.insert_task_with_steps(&new_task, &steps).await?;
         ids.sort_unstable();
         let event = TaskState::event(None, TaskState::Pending).expect("initial task state");

@@ -22,6 +22,7 @@ pub mod analytics;
 mod claim;
 mod create;
 pub mod decide;
+mod handoff;
 mod operator;
 mod options;
 mod plan;
@@ -83,6 +84,11 @@ struct Inner {
     known: Arc<Mutex<plan::Known>>,
     /// Cycles executed as one planned statement, and plans the store refused.
     planned: [AtomicU64; 2],
+    /// Idle workers' claims, for creations to claim for ([`handoff`]).
+    offers: Arc<Mutex<Vec<handoff::Offer>>>,
+    offer_ids: AtomicU64,
+    /// Creations that claimed for an idle worker ([`Engine::handoffs`]).
+    handoffs: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -165,6 +171,9 @@ impl Engine {
                 listener,
                 known: Arc::default(),
                 planned: Default::default(),
+                offers: Arc::default(),
+                offer_ids: AtomicU64::new(0),
+                handoffs: AtomicU64::new(0),
             }),
         };
         engine.refresh_templates().await?;

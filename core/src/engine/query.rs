@@ -10,7 +10,7 @@ use super::{parse_json, Engine};
 use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
-use crate::store::{IdRange, NextTimes, TaskFilter, TransitionRow};
+use crate::store::{IdRange, NextTimes, TaskDetail, TaskFilter, TransitionRow};
 use crate::template::TaskTemplate;
 
 /// A task as `get_task` shows it.
@@ -87,12 +87,22 @@ pub struct TaskSummary {
 impl Engine {
     /// The task's snapshot.
     pub async fn get_task(&self, task_id: i64) -> Result<TaskSnapshot> {
-        let (d, ns, name, version) = self
+        let detail = self
             .inner
             .store
             .task(task_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("task {task_id} does not exist")))?;
+        self.snapshot(task_id, detail).await
+    }
+
+    /// The snapshot of a task whose row was just read: its steps are read now.
+    async fn snapshot(
+        &self,
+        task_id: i64,
+        detail: (TaskDetail, String, String, String),
+    ) -> Result<TaskSnapshot> {
+        let (d, ns, name, version) = detail;
         let template = self.template_by_id(d.row.named_task_id).await?;
         let steps = self.inner.store.steps(task_id).await?;
         Ok(TaskSnapshot {
@@ -289,9 +299,10 @@ impl Engine {
             let notified = self.inner.tasks_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.inner.store.task_state(task_id).await? {
+            // The task's row (not only its state): a finished task's snapshot needs it.
+            match self.inner.store.task(task_id).await? {
                 None => return Err(Error::NotFound(format!("task {task_id} does not exist"))),
-                Some(s) if s.is_terminal() => return self.get_task(task_id).await,
+                Some(d) if d.0.row.state.is_terminal() => return self.snapshot(task_id, d).await,
                 Some(_) => {}
             }
             // A missed notification (or a backend without them) costs at most 250 ms.

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tracing::{debug, debug_span, Instrument};
 
-use super::claim::missing_parent_keys;
 use super::decide::{self, FailureEffect};
 use super::plan::PlanTx;
-use super::tx::{announce_stored, TxCx};
+use super::tx::TxCx;
 use super::{Engine, REAP_EVERY_MS};
 use crate::backoff::retry_delay_ms;
 use crate::clock::format_ms;
@@ -138,27 +137,10 @@ impl Engine {
             None => cx.execute_planned(None).await?,
         }
         .claimed;
-        let Some(c) = claim.filter(|_| !claimed.is_empty()) else {
-            return Ok((Vec::new(), Vec::new()));
+        let jobs = match claim {
+            Some(c) => self.jobs_of_statement(&claimed, c, now).await?,
+            None => Vec::new(),
         };
-        let mut templates = Vec::with_capacity(claimed.len());
-        for s in &claimed {
-            templates.push(self.template_by_id(s.named_task_id).await?);
-        }
-        // Steps stored before their parents were recorded: read the parents' results (they
-        // never change once a child is ready). Committed, not dropped: a transaction dropped
-        // open costs its pooled connection.
-        let keys = missing_parent_keys(&claimed, &templates);
-        let parents = if keys.is_empty() {
-            Vec::new()
-        } else {
-            let mut tx = self.inner.store.begin(false).await?;
-            let rows = tx.results(&keys).await?;
-            tx.commit(false, false).await?;
-            rows
-        };
-        let (jobs, announced) = self.jobs_for(&claimed, &templates, c, parents, now)?;
-        announce_stored(self, announced);
         Ok((jobs, Vec::new()))
     }
 

@@ -91,6 +91,11 @@ impl<'e> TxCx<'e> {
         }
     }
 
+    /// Handlers of the steps this transaction may have made claimable.
+    pub(super) fn ready_handlers(&self) -> Vec<&str> {
+        self.ready_handlers.iter().map(String::as_str).collect()
+    }
+
     /// True when a claim for `handlers` (None: any) could take every step this transaction
     /// made claimable, i.e. none is for a handler it does not ask for.
     pub(super) fn claim_covers_ready(&self, handlers: Option<&[String]>) -> bool {
@@ -360,7 +365,7 @@ impl<'e> TxCx<'e> {
         } = self;
         let work = work && !drained;
         tx.commit(work, tasks_changed).await?;
-        remember(engine, &tasks, &changes, &claimed);
+        remember(engine, &tasks, &changes, &claimed, false);
         announce(engine, changes, work, tasks_changed);
         Ok(())
     }
@@ -420,19 +425,23 @@ impl<'e> TxCx<'e> {
                 })
                 .collect();
         }
-        remember(engine, &tasks, &changes, &out.claimed);
+        // The statement claimed after its writes: the claim saw the task rows last.
+        remember(engine, &tasks, &changes, &out.claimed, true);
         announce(engine, changes, work, tasks_changed);
         Ok(out)
     }
 }
 
 /// What a committed transaction leaves known for planning later cycles: its task rows as it
-/// left them (it held their locks), its reported steps gone, the steps it claimed.
+/// left them (it held their locks), its reported steps gone, the steps it claimed. A claim
+/// made before the transaction's last writes (`claim_last` false) saw the rows it held
+/// before they were written; one made after them (a planned statement's) saw them last.
 fn remember(
     engine: &Engine,
     tasks: &HashMap<i64, TaskRow>,
     changes: &[Change],
     claimed: &[ClaimedStep],
+    claim_last: bool,
 ) {
     if !engine.inner.store.executes_plans() {
         return;
@@ -443,7 +452,11 @@ fn remember(
         .filter_map(|c| c.row.step_id);
     let mut known = engine.inner.known.lock().unwrap();
     known.committed(tasks.values(), reported);
-    known.claimed(claimed, tasks);
+    if claim_last {
+        known.claimed(claimed, &HashMap::new());
+    } else {
+        known.claimed(claimed, tasks);
+    }
 }
 
 fn stored_change((row, event, step_name, attempt, metadata): Stored) -> Change {

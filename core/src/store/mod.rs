@@ -571,7 +571,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn statements(&self) -> u64 {
         0
     }
-    /// Transition rows of a task and its steps, in order (for audits and tests).
+    /// Transition rows of a task and its steps, in order (for audits and tests): by time, the
+    /// task's rows before its steps', then each entity's own order (`sort_key`); rows of one
+    /// transaction share a time, and the order they were inserted in is not their history.
     async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>>;
 }
 

@@ -620,7 +620,7 @@ impl Store for SqliteStore {
                  UNION ALL \
                  SELECT task_id, step_id, from_state, to_state, metadata, sort_key, created_at, id, 1 AS kind \
                    FROM step_transitions WHERE task_id = ?1 \
-                 ORDER BY created_at, kind, id",
+                 ORDER BY created_at, kind, sort_key, id",
                 [task_id],
                 |r| {
                     let from: Option<String> = r.get(2)?;
@@ -1203,8 +1203,10 @@ impl StoreTx for SqliteTx {
         if self.claim_rows.is_empty() {
             return self.write_transitions(rows);
         }
-        let mut all = std::mem::take(&mut self.claim_rows);
-        all.extend_from_slice(rows);
+        // The claim's rows last: a step created or failed in this transaction and claimed in
+        // it too has its earlier rows first.
+        let mut all = rows.to_vec();
+        all.append(&mut self.claim_rows);
         self.write_transitions(&all)
     }
 }
