@@ -516,6 +516,11 @@ async fn latency(a: &Args) -> Metrics {
         ("p95_ms", pct(95.0)),
         ("p99_ms", pct(99.0)),
         ("mean_ms", lat.iter().sum::<f64>() / lat.len() as f64),
+        // Tasks whose step the creation claimed for the idle local worker (hand-off).
+        (
+            "handoffs_per_task",
+            engine.handoffs() as f64 / (n + 10) as f64,
+        ),
     ]);
     drop(engine);
     db.drop().await;

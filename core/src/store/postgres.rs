@@ -911,7 +911,7 @@ impl Store for PgStore {
                FROM task_transitions WHERE task_id = $1 \
              UNION ALL \
              SELECT task_id, step_id, from_state, to_state, metadata::text, sort_key, created_at, id, 1 AS kind \
-               FROM step_transitions WHERE task_id = $1 \
+               FROM step_transitions WHERE step_id IN (SELECT step_id FROM steps WHERE task_id = $1) \
              ORDER BY created_at, kind, sort_key, id",
         )
         .bind(task_id)
@@ -1095,7 +1095,7 @@ impl StoreTx for PgTx {
             "INSERT INTO tasks (named_task_id, state, context, initiator, source_system, reason, tags, bypass_steps, \
                idempotency_key, steps_total, steps_done, version, requested_at, created_at, updated_at) \
              VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $13, $13) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING task_id",
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING task_id",
         )
         .bind(t.named_task_id)
         .bind(t.state.as_str())
@@ -1386,7 +1386,7 @@ impl StoreTx for PgTx {
                INSERT INTO tasks (named_task_id, state, context, initiator, source_system, reason, tags, bypass_steps, \
                  idempotency_key, steps_total, steps_done, version, requested_at, created_at, updated_at) \
                VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13, $13, $13) \
-               ON CONFLICT (idempotency_key) DO NOTHING RETURNING task_id) \
+               ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING task_id) \
              INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, parents, created_at, updated_at) \
              SELECT t.task_id, v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents, v.ready_at, v.priority, v.version, v.parents::bigint[], $13, $13 \
              FROM t, UNNEST($14::bigint[], $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::text[]) \
