@@ -484,12 +484,17 @@ async fn latency(a: &Args) -> Metrics {
         }
     }
     let mut lat = Vec::with_capacity(n);
+    // How long the creation itself took (the rest is the step and the waiter's wake-up).
+    let mut created = Vec::with_capacity(n);
     for i in 0..(n + 10) {
         let t0 = Instant::now();
         let id = engine
             .create_task(TaskRequest::new("job", json!({"i": i})))
             .await
             .unwrap();
+        if i >= 10 {
+            created.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
         let t = engine
             .wait_for_task(id, Some(Duration::from_secs(30)))
             .await
@@ -516,6 +521,10 @@ async fn latency(a: &Args) -> Metrics {
         ("p95_ms", pct(95.0)),
         ("p99_ms", pct(99.0)),
         ("mean_ms", lat.iter().sum::<f64>() / lat.len() as f64),
+        ("create_p50_ms", {
+            created.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            created[created.len() / 2]
+        }),
         // Tasks whose step the creation claimed for the idle local worker (hand-off).
         (
             "handoffs_per_task",
