@@ -605,9 +605,11 @@ impl DriverLoop {
                 }
                 continue;
             }
-            // Idle with room: a task created in this process from now on is claimed for us in
-            // its creating transaction (the engine's hand-off), sparing a wake-up and a claim.
-            let mut offer = (room > 0 && !work_maybe).then(|| {
+            // Idle (nothing held, nothing to claim): a task created in this process from now
+            // on is claimed for us in its creating transaction (the engine's hand-off),
+            // sparing a wake-up and a claim. A worker still running jobs claims at its next
+            // cycle anyway.
+            let mut offer = (outstanding == 0 && room > 0 && !work_maybe).then(|| {
                 engine.offer(Claim {
                     max: room,
                     ..self.claim.clone()
