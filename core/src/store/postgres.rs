@@ -152,17 +152,11 @@ impl PgStore {
             .fetch_all(&mut *conn)
             .await?;
         self.conns.put(conn);
-        let mut out = PlanOutcome::default();
-        for r in &rows {
-            match r.try_get::<Option<i64>, _>(0)? {
-                Some(_) => out.claimed.push(claimed_row(r)?),
-                None => {
-                    out.task_ids = r.try_get(17)?;
-                    out.step_ids = r.try_get(18)?;
-                }
-            }
-        }
-        Ok(out)
+        plan_outcome(&rows, |r, out| {
+            out.task_ids = r.try_get(17)?;
+            out.step_ids = r.try_get(18)?;
+            Ok(())
+        })
     }
 
     /// Connects, creates the schema if asked, and applies the migrations (under PostgreSQL's
@@ -601,6 +595,22 @@ fn claimed_row(r: &PgRow) -> Result<ClaimedStep> {
     })
 }
 
+/// The rows of `tasker_cycle` / `tasker_create`: claimed steps, then one last row (step_id
+/// NULL) whose other columns `last` reads.
+fn plan_outcome(
+    rows: &[PgRow],
+    last: impl Fn(&PgRow, &mut PlanOutcome) -> Result<()>,
+) -> Result<PlanOutcome> {
+    let mut out = PlanOutcome::default();
+    for r in rows {
+        match r.try_get::<Option<i64>, _>(0)? {
+            Some(_) => out.claimed.push(claimed_row(r)?),
+            None => last(r, &mut out)?,
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn begin(&self, durable: bool) -> Result<Box<dyn StoreTx>> {
@@ -685,14 +695,10 @@ impl Store for PgStore {
             Err(e) => return Err(e.into()),
         };
         self.conns.put(conn);
-        let mut out = PlanOutcome::default();
-        for r in &rows {
-            match r.try_get::<Option<i64>, _>(0)? {
-                Some(_) => out.claimed.push(claimed_row(r)?),
-                None => out.ready = r.try_get::<i64, _>(3)? as u64,
-            }
-        }
-        Ok(out)
+        plan_outcome(&rows, |r, out| {
+            out.ready = r.try_get::<i64, _>(3)? as u64;
+            Ok(())
+        })
     }
 
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
