@@ -552,6 +552,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The durability commits get, read from the database itself: a description and whether
     /// every commit that records outcomes reaches the disk.
     async fn durability(&self) -> Result<DurabilityReport>;
+    /// True when writing transactions run side by side (not one writer at a time).
+    fn parallel_writers(&self) -> bool {
+        false
+    }
     /// True when the store applies a [`Plan`] in one round trip ([`Store::execute_plan`]).
     fn executes_plans(&self) -> bool {
         false

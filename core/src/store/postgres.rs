@@ -305,8 +305,12 @@ struct Conns {
     keep: usize,
 }
 
+/// The kept connections, and a signal rung when one is put back.
 #[derive(Debug, Default)]
-struct Spare(std::sync::Mutex<Vec<PoolConnection<Postgres>>>);
+struct Spare(
+    std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
+    tokio::sync::Notify,
+);
 
 impl Drop for Spare {
     fn drop(&mut self) {
@@ -322,20 +326,26 @@ impl Drop for Spare {
 }
 
 impl Conns {
+    /// A kept connection, else the pool's: whichever comes first. The pool's acquire is never
+    /// cut short (opening a connection takes longer than any slice of it would allow: after a
+    /// server restart, retrying it in short slices never got one), and a connection kept
+    /// meanwhile wins.
     async fn get(&self) -> Result<PoolConnection<Postgres>> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        if let Some(c) = self.spare.0.lock().unwrap().pop() {
+            return Ok(c);
+        }
+        let acquire = self.pool.acquire();
+        tokio::pin!(acquire);
         loop {
+            let kept = self.spare.1.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
             if let Some(c) = self.spare.0.lock().unwrap().pop() {
                 return Ok(c);
             }
-            // A connection kept here meanwhile does not wake a waiting acquire: look again.
-            let wait = Duration::from_millis(5).min(deadline - tokio::time::Instant::now());
-            match tokio::time::timeout(wait, self.pool.acquire()).await {
-                Ok(c) => return Ok(c?),
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    return Ok(self.pool.acquire().await?)
-                }
-                Err(_) => {}
+            tokio::select! {
+                c = &mut acquire => return Ok(c?),
+                _ = &mut kept => {}
             }
         }
     }
@@ -345,6 +355,8 @@ impl Conns {
         let mut spare = self.spare.0.lock().unwrap();
         if spare.len() < self.keep && !self.pool.is_closed() {
             spare.push(c);
+            drop(spare);
+            self.spare.1.notify_one();
         }
     }
 }
@@ -637,6 +649,10 @@ impl Store for PgStore {
     }
 
     fn executes_plans(&self) -> bool {
+        true
+    }
+
+    fn parallel_writers(&self) -> bool {
         true
     }
 
@@ -1339,11 +1355,13 @@ impl StoreTx for PgTx {
 
     async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64, i32, i64)>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        // SKIP LOCKED: two workers reaping at once split the expired steps between them.
+        // Read, not locked: locks are taken tasks first, then steps (as every cycle does) when
+        // the expiries are applied as reports, which re-check each step's attempt. Locking the
+        // steps here, before their tasks, deadlocked against a cycle reporting one of them late.
         let rows = sqlx::query(
             "SELECT step_id, task_id, position, attempts FROM steps \
              WHERE state = 'in_progress' AND lease_expires_at < $1 \
-             ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+             ORDER BY lease_expires_at LIMIT $2",
         )
         .bind(now)
         .bind(limit)
