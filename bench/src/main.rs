@@ -314,6 +314,7 @@ fn worker(engine: &Engine, reg: Registry) -> Worker {
         WorkerOptions {
             concurrency: CONCURRENCY,
             prefetch,
+            lanes: lanes(),
             ..Default::default()
         },
     )
@@ -661,6 +662,13 @@ fn planned_cycles() -> bool {
     std::env::var("TASKER_PLANNED_CYCLES").as_deref() != Ok("0")
 }
 
+/// Lanes per worker (`TASKER_LANES`; unset: the engine's default, 2 on PostgreSQL, 1 on SQLite).
+fn lanes() -> Option<usize> {
+    std::env::var("TASKER_LANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// What the figures were measured with, and whether every commit was durable.
 async fn conditions(a: &Args) -> (String, bool) {
     let prefetch = std::env::var("TASKER_PREFETCH").ok();
@@ -668,7 +676,7 @@ async fn conditions(a: &Args) -> (String, bool) {
         "worker concurrency {CONCURRENCY}, prefetch {}, batch window 1 ms{}",
         match &prefetch {
             Some(p) => format!("{p} (TASKER_PREFETCH)"),
-            None => format!("{} (default)", 2 * CONCURRENCY),
+            None => "adaptive (default: 2-10x concurrency by handler pace)".into(),
         },
         if a.backend == "postgres" {
             if planned_cycles() {
@@ -680,6 +688,11 @@ async fn conditions(a: &Args) -> (String, bool) {
             ""
         }
     );
+    out += &match lanes() {
+        Some(n) => format!(", {n} lanes (TASKER_LANES)"),
+        None if a.backend == "postgres" => ", 2 lanes (default)".into(),
+        None => ", 1 lane (default)".into(),
+    };
     // Read from a fresh database by the engine itself: the conditions the figures get.
     let db = fresh_db(a);
     let engine = db.open(a.durability).await;

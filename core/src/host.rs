@@ -5,7 +5,11 @@
 //! promises, Ruby threads. The driver decides everything a worker loop decides, once:
 //!
 //! * **claiming with prefetch**: up to `concurrency + prefetch` jobs held, so one transaction
-//!   records a batch of outcomes and claims the next batch;
+//!   records a batch of outcomes and claims the next batch; unless told a number, the prefetch
+//!   follows the handlers' pace: what would start within [`PREFETCH_HORIZON`], between two and
+//!   ten times `concurrency`;
+//! * **lanes**: on PostgreSQL two such loops side by side, each with half the slots, so one's
+//!   cycle runs in the database while the other's commits;
 //! * **batching**: the first outcome waits up to `batch_window` for the others in flight;
 //! * **heartbeats** for every job it holds (running or waiting to start);
 //! * **timeouts** counted from the moment the handler *starts* (the host says when), never from
@@ -57,8 +61,10 @@ pub struct HostOptions {
     pub worker_id: String,
     /// Handlers running at once (host and driver together).
     pub concurrency: usize,
-    /// Jobs claimed ahead of free slots (None: twice `concurrency`). They hold a lease while
-    /// they wait, and are handed back at once on shutdown.
+    /// Jobs claimed ahead of free slots (None: adaptive, between twice and ten times
+    /// `concurrency`, as many as would start within [`PREFETCH_HORIZON`] at the handlers'
+    /// recent pace). They hold a lease while they wait, and are handed back at once on
+    /// shutdown.
     pub prefetch: Option<usize>,
     /// How long the first outcome may wait for the others in flight, so one transaction records
     /// them together (default 1 ms).
@@ -74,6 +80,11 @@ pub struct HostOptions {
     pub host_handlers: Vec<String>,
     /// Hand lifecycle events to the host with each batch ([`HostBatch::events`]).
     pub events: bool,
+    /// Lanes: independent report-and-claim loops the worker runs side by side, each holding
+    /// its share of `concurrency` and `prefetch` (None: [`Engine::default_lanes`], 2 on
+    /// PostgreSQL and 1 on SQLite). With two, one lane's cycle runs in the database while the
+    /// other's waits for its commit, so both of a server's cores work for one worker.
+    pub lanes: Option<usize>,
 }
 
 impl Default for HostOptions {
@@ -88,6 +99,7 @@ impl Default for HostOptions {
             mode: RunMode::Forever,
             host_handlers: Vec::new(),
             events: false,
+            lanes: None,
         }
     }
 }
@@ -126,12 +138,16 @@ impl ShutdownHandle {
 
 enum Msg {
     Started(JobKey),
-    Finished(JobKey, Outcome),
+    /// With how long the handler ran when the driver ran it (else counted from `Started`).
+    Finished(JobKey, Outcome, Option<Duration>),
 }
 
 /// A running worker loop; see the module documentation.
 pub struct HostDriver {
-    msgs: mpsc::UnboundedSender<Msg>,
+    /// One sender per lane.
+    msgs: Vec<mpsc::UnboundedSender<Msg>>,
+    /// Which lane holds each host-run job (with more than one lane).
+    owners: Owners,
     jobs: tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>,
     events: Mutex<Option<broadcast::Receiver<Arc<Event>>>>,
     stop: ShutdownHandle,
@@ -159,7 +175,7 @@ impl HostDriver {
         opts: HostOptions,
         stop: ShutdownHandle,
         stop_rx: watch::Receiver<bool>,
-    ) -> (HostDriver, DriverLoop) {
+    ) -> (HostDriver, Lanes) {
         for n in &opts.host_handlers {
             registry.remove(n);
         }
@@ -169,31 +185,56 @@ impl HostDriver {
         names.sort();
         names.dedup();
         let events = opts.events.then(|| engine.subscribe());
-        let (msgs_tx, msgs_rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-        let lp = DriverLoop {
-            claim: Claim {
-                worker_id: opts.worker_id.clone(),
-                max: 0,
-                handlers: opts.only_registered.then_some(names),
-            },
-            engine,
-            registry: Arc::new(registry),
-            host_handlers,
-            opts,
-            msgs_tx: msgs_tx.clone(),
-            msgs_rx,
-            jobs_tx,
-            stop_rx,
+        let registry = Arc::new(registry);
+        let claim = Claim {
+            worker_id: opts.worker_id.clone(),
+            max: 0,
+            handlers: opts.only_registered.then_some(names),
         };
+        let concurrency = opts.concurrency.max(1);
+        let n = opts
+            .lanes
+            .unwrap_or_else(|| engine.default_lanes())
+            .clamp(1, concurrency);
+        let owners: Owners = (n > 1).then(Default::default);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut msgs = Vec::with_capacity(n);
+        let mut lanes = Vec::with_capacity(n);
+        for lane in 0..n {
+            // Lane `lane` holds its share of the slots (the first ones take the remainders).
+            let share = |total: usize| total / n + usize::from(lane < total % n);
+            let (msgs_tx, msgs_rx) = mpsc::unbounded_channel();
+            msgs.push(msgs_tx.clone());
+            lanes.push(DriverLoop {
+                claim: claim.clone(),
+                engine: engine.clone(),
+                registry: registry.clone(),
+                host_handlers: host_handlers.clone(),
+                opts: HostOptions {
+                    concurrency: share(concurrency),
+                    prefetch: opts.prefetch.map(share),
+                    ..opts.clone()
+                },
+                msgs_tx,
+                msgs_rx,
+                jobs_tx: jobs_tx.clone(),
+                stop_rx: stop_rx.clone(),
+                lane,
+                owners: owners.clone(),
+                pace: Pace::default(),
+                wake: wake.clone(),
+            });
+        }
         let driver = HostDriver {
-            msgs: msgs_tx,
+            msgs,
+            owners,
             jobs: tokio::sync::Mutex::new(jobs_rx),
             events: Mutex::new(events),
             stop,
             task: tokio::sync::Mutex::new(None),
         };
-        (driver, lp)
+        (driver, Lanes(lanes))
     }
 
     pub(crate) fn start_with_stop(
@@ -203,10 +244,10 @@ impl HostDriver {
         stop: ShutdownHandle,
         stop_rx: watch::Receiver<bool>,
     ) -> HostDriver {
-        let (mut driver, lp) = Self::build(engine, registry, opts, stop, stop_rx);
+        let (mut driver, lanes) = Self::build(engine, registry, opts, stop, stop_rx);
         let (tx, rx) = oneshot::channel();
         let fut = async move {
-            let _ = tx.send(lp.run_instrumented().await);
+            let _ = tx.send(lanes.run().await);
         };
         let rt = tokio::runtime::Handle::current();
         match rt.runtime_flavor() {
@@ -236,8 +277,8 @@ impl HostDriver {
         stop: ShutdownHandle,
         stop_rx: watch::Receiver<bool>,
     ) -> Result<RunStats> {
-        let (_driver, lp) = Self::build(engine, registry, opts, stop, stop_rx);
-        lp.run_instrumented().await
+        let (_driver, lanes) = Self::build(engine, registry, opts, stop, stop_rx);
+        lanes.run().await
     }
 
     /// Waits up to `wait` for jobs to start (all that are ready, at least one) or for the run to
@@ -271,13 +312,32 @@ impl HostDriver {
 
     /// The handler of this job has started: its timeout counts from now.
     pub fn started(&self, key: JobKey) {
-        let _ = self.msgs.send(Msg::Started(key));
+        if let Some(lane) = self.lane_of(key, false) {
+            let _ = self.msgs[lane].send(Msg::Started(key));
+        }
     }
 
     /// The handler of this job has finished. An outcome for a job the driver no longer holds
     /// (it timed out, or was reported at shutdown) is ignored.
     pub fn finished(&self, key: JobKey, outcome: Outcome) {
-        let _ = self.msgs.send(Msg::Finished(key, outcome));
+        if let Some(lane) = self.lane_of(key, true) {
+            let _ = self.msgs[lane].send(Msg::Finished(key, outcome, None));
+        }
+    }
+
+    /// The lane holding this job (None: no lane holds it any more).
+    fn lane_of(&self, key: JobKey, last: bool) -> Option<usize> {
+        match &self.owners {
+            None => Some(0),
+            Some(o) => {
+                let mut o = o.lock().unwrap();
+                if last {
+                    o.remove(&key)
+                } else {
+                    o.get(&key).copied()
+                }
+            }
+        }
     }
 
     /// Stops claiming; the run ends once the jobs held are reported (see the module docs).
@@ -333,6 +393,73 @@ struct Running {
     handler: Option<String>,
 }
 
+/// How far ahead an adaptive prefetch claims: the jobs that would start within this time at
+/// the handlers' recent pace (see [`Pace::prefetch`]).
+pub const PREFETCH_HORIZON: Duration = Duration::from_millis(50);
+
+/// The recent run time of a lane's handlers (a moving average, in nanoseconds; 0 before the
+/// first one finished).
+#[derive(Default)]
+struct Pace(std::sync::atomic::AtomicU64);
+
+impl Pace {
+    fn observe(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ns = (took.as_nanos() as u64).max(1);
+        let old = self.0.load(Relaxed);
+        // One writer (the lane's own loop): a plain load and store.
+        self.0
+            .store(if old == 0 { ns } else { old - old / 8 + ns / 8 }, Relaxed);
+    }
+
+    /// Jobs to claim ahead of `concurrency` free slots: as many as would start within
+    /// [`PREFETCH_HORIZON`], at least twice and at most ten times `concurrency`. Fast handlers
+    /// get large batches (fewer transactions per step); slow ones claim no more than before.
+    fn prefetch(&self, concurrency: usize) -> usize {
+        let ns = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        if ns == 0 {
+            return 2 * concurrency;
+        }
+        let ahead = (concurrency as u128 * PREFETCH_HORIZON.as_nanos() / ns as u128) as usize;
+        ahead.clamp(2 * concurrency, 10 * concurrency)
+    }
+}
+
+/// Which lane holds each job handed to the host (None with one lane).
+type Owners = Option<Arc<Mutex<HashMap<JobKey, usize>>>>;
+
+/// A worker's lanes, run side by side on one task.
+struct Lanes(Vec<DriverLoop>);
+
+impl Lanes {
+    /// Runs every lane to its end and adds up what they did. The first lane to fail ends the
+    /// run (the others are dropped: like a failed single loop, the jobs they held return at
+    /// lease expiry).
+    async fn run(self) -> Result<RunStats> {
+        let mut lanes = self.0;
+        if lanes.len() == 1 {
+            return lanes.pop().expect("one lane").run_instrumented().await;
+        }
+        let all = futures_util::future::try_join_all(lanes.into_iter().map(|l| {
+            let wake = l.wake.clone();
+            async move {
+                let r = l.run_instrumented().await;
+                // A lane that found the run over wakes the others, which may be asleep
+                // waiting for work it was finishing.
+                wake.notify_waiters();
+                r
+            }
+        }))
+        .await?;
+        Ok(all.into_iter().fold(RunStats::default(), |a, b| RunStats {
+            completed: a.completed + b.completed,
+            failed: a.failed + b.failed,
+            stale: a.stale + b.stale,
+            cycles: a.cycles + b.cycles,
+        }))
+    }
+}
+
 struct DriverLoop {
     engine: Engine,
     registry: Arc<Registry>,
@@ -343,6 +470,11 @@ struct DriverLoop {
     msgs_rx: mpsc::UnboundedReceiver<Msg>,
     jobs_tx: mpsc::UnboundedSender<Job>,
     stop_rx: watch::Receiver<bool>,
+    lane: usize,
+    owners: Owners,
+    pace: Pace,
+    /// Rung when a lane ends.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// The outcomes gathered for the next transaction.
@@ -372,9 +504,12 @@ impl DriverLoop {
                     }
                 }
             }
-            Msg::Finished(key, outcome) => {
+            Msg::Finished(key, outcome, ran) => {
                 if running.get(&key.step_id).is_some_and(|r| r.key == key) {
                     let r = running.remove(&key.step_id).expect("present");
+                    if let Some(took) = ran.or_else(|| r.started.map(|s| s.elapsed())) {
+                        self.pace.observe(took);
+                    }
                     if let (Some(handler), Some(started)) = (r.handler, r.started) {
                         let outcome = match &outcome {
                             Outcome::Complete(_) => "complete",
@@ -407,6 +542,9 @@ impl DriverLoop {
         let own = self.registry.get(&job.handler);
         if own.is_none() && self.host_handlers.contains(&job.handler) {
             let timeout = job.timeout;
+            if let Some(o) = &self.owners {
+                o.lock().unwrap().insert(key, self.lane);
+            }
             if self.jobs_tx.send(job).is_err() {
                 // The host is gone: give the attempt back.
                 out.push(key, Outcome::Failed(StepFailure::worker_shutdown(false)));
@@ -429,8 +567,9 @@ impl DriverLoop {
         crate::telemetry::step_of_task(&span, key.task_id, job.task_created_at_ms);
         let handle = tokio::spawn(
             async move {
+                let t0 = Instant::now();
                 let outcome = handler::execute(own, job).await;
-                let _ = tx.send(Msg::Finished(key, outcome));
+                let _ = tx.send(Msg::Finished(key, outcome, Some(t0.elapsed())));
             }
             .instrument(span),
         );
@@ -444,6 +583,13 @@ impl DriverLoop {
                 handler,
             },
         );
+    }
+
+    /// The host's outcome for this job will be ignored: no lane holds it any more.
+    fn forget(&self, key: JobKey) {
+        if let Some(o) = &self.owners {
+            o.lock().unwrap().remove(&key);
+        }
     }
 
     /// Fails host-run jobs past their timeout; returns the next deadline.
@@ -467,6 +613,7 @@ impl DriverLoop {
         }
         for (key, t) in expired {
             running.remove(&key.step_id);
+            self.forget(key);
             out.push(key, Outcome::Failed(StepFailure::timeout(t)));
         }
         next
@@ -482,7 +629,6 @@ impl DriverLoop {
         let engine = self.engine.clone();
         let opts = self.opts.clone();
         let concurrency = opts.concurrency.max(1);
-        let depth = concurrency + opts.prefetch.unwrap_or(2 * concurrency);
         let handlers = self.claim.handlers.clone();
         let mut running: HashMap<i64, Running> = HashMap::new();
         let mut queue: VecDeque<Job> = VecDeque::new();
@@ -517,6 +663,10 @@ impl DriverLoop {
                 }
             }
             let outstanding = running.len() + queue.len();
+            let depth = concurrency
+                + opts
+                    .prefetch
+                    .unwrap_or_else(|| self.pace.prefetch(concurrency));
             let room = if stopping_since.is_some() {
                 0
             } else {
@@ -591,6 +741,7 @@ impl DriverLoop {
                         if let Some(a) = &r.abort {
                             a.abort();
                         }
+                        self.forget(r.key);
                         out.push(
                             r.key,
                             Outcome::Failed(StepFailure::worker_shutdown(r.started.is_some())),
@@ -609,6 +760,12 @@ impl DriverLoop {
             // on is claimed for us in its creating transaction (the engine's hand-off),
             // sparing a wake-up and a claim. A worker still running jobs claims at its next
             // cycle anyway.
+            // Armed before looking whether the run is over: another lane that ends meanwhile
+            // wakes us.
+            let wake = self.wake.clone();
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let mut offer = (outstanding == 0 && room > 0 && !work_maybe).then(|| {
                 engine.offer(Claim {
                     max: room,
@@ -678,6 +835,7 @@ impl DriverLoop {
                 }
                 _ = tokio::time::sleep(nap) => { work_maybe = true; None }
                 _ = self.stop_rx.changed() => None,
+                _ = &mut woken => None,
             };
             // Woken otherwise: take the offer back, or what a creation claimed with it.
             let handed = match offer.take() {

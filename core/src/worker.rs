@@ -22,13 +22,16 @@ pub struct WorkerOptions {
     /// On shutdown, how long running steps may still finish before they are reported as
     /// `worker_shutdown` failures.
     pub shutdown_grace: Duration,
-    /// Steps claimed ahead of free slots (None: twice `concurrency`).
+    /// Steps claimed ahead of free slots (None: adaptive, see [`HostOptions::prefetch`]).
     pub prefetch: Option<usize>,
     /// How long the first finished step may wait for the others (default 1 ms).
     pub batch_window: Duration,
     /// Claim only steps whose handler is registered (default). `false` claims every ready step
     /// and fails those without a handler permanently (only for a worker meant to own them all).
     pub only_registered: bool,
+    /// Report-and-claim loops run side by side (None: 2 on PostgreSQL, 1 on SQLite; see
+    /// [`HostOptions::lanes`]).
+    pub lanes: Option<usize>,
 }
 
 impl Default for WorkerOptions {
@@ -41,6 +44,7 @@ impl Default for WorkerOptions {
             worker_id: h.worker_id,
             shutdown_grace: h.shutdown_grace,
             only_registered: h.only_registered,
+            lanes: h.lanes,
         }
     }
 }
@@ -130,6 +134,7 @@ impl Worker {
             mode,
             host_handlers: Vec::new(),
             events: false,
+            lanes: o.lanes,
         };
         HostDriver::run_inline(
             self.engine.clone(),

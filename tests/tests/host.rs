@@ -251,3 +251,61 @@ async fn a_template_with_a_broken_builtin_config_is_refused_by_the_engine() {
         .unwrap_err();
     assert!(err.to_string().contains("step \"s\""), "{err}");
 }
+
+#[tokio::test]
+async fn three_lanes_share_the_slots_and_each_outcome_reaches_the_lane_holding_its_job() {
+    let h = Harness::real_time().await;
+    h.register("name: one\nstep_templates:\n  - {name: a, handler_class: py}\n")
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            h.engine
+                .create_task(TaskRequest::new("one", json!({ "i": i })))
+                .await
+                .unwrap(),
+        );
+    }
+    let d = HostDriver::start(
+        h.engine.clone(),
+        Registry::new(),
+        HostOptions {
+            concurrency: 3,
+            lanes: Some(3),
+            ..host_opts(&["py"], RunMode::UntilIdle)
+        },
+    );
+    // The host holds what it was handed and finishes it newest first, so outcomes come back
+    // in another order than the jobs left their lanes.
+    let mut held: Vec<tasker_core::Job> = Vec::new();
+    let mut most_held = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "an outcome did not reach its lane"
+        );
+        let b = d.next(Duration::from_millis(50)).await;
+        held.extend(b.jobs);
+        most_held = most_held.max(held.len());
+        while let Some(job) = held.pop() {
+            d.started(job.key);
+            d.finished(job.key, Outcome::Complete(json!(job.context["i"])));
+        }
+        if b.done {
+            break;
+        }
+    }
+    let stats = d.join().await.unwrap();
+    assert_eq!((stats.completed, stats.failed, stats.stale), (30, 0, 0));
+    assert!(
+        most_held <= 3,
+        "the lanes together handed out {most_held} jobs for 3 slots"
+    );
+    for (i, id) in ids.into_iter().enumerate() {
+        let t = h.engine.get_task(id).await.unwrap();
+        assert_eq!(t.status, TaskState::Complete);
+        let a = t.step("a").unwrap();
+        assert_eq!((a.attempts, a.results.clone()), (1, json!(i)));
+    }
+}

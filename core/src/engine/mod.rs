@@ -203,6 +203,17 @@ impl Engine {
         )
     }
 
+    /// How many lanes a worker runs when not told ([`crate::HostOptions::lanes`]): 2 where
+    /// transactions run side by side (PostgreSQL), 1 where one writer would only queue them
+    /// (SQLite).
+    pub fn default_lanes(&self) -> usize {
+        if self.inner.store.parallel_writers() {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Subscribes to lifecycle events (exactly one per transition, after commit).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.inner.events.subscribe()
