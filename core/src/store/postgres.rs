@@ -188,6 +188,11 @@ impl PgStore {
             connect = connect.options([("search_path", schema.as_str())]);
         }
         let _ = first.close().await;
+        // Every statement the engine runs has an index path, and a plan must not depend on
+        // how small a table was when a session first planned it (a generic plan cached then
+        // would keep scanning whole tables as they grow): sequential scans are off for the
+        // engine's sessions, set at connection start (no round trip, no cost per statement).
+        connect = connect.options([("enable_seqscan", "off")]);
         // The server processes behind this pool: their NOTIFYs come from this process's own
         // commits, whose waiters were already woken in memory (see `listen`).
         let own_backends: Arc<std::sync::Mutex<HashSet<u32>>> = Arc::default();
