@@ -93,18 +93,22 @@ impl Engine {
             .task(task_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("task {task_id} does not exist")))?;
-        self.snapshot(task_id, detail).await
+        self.snapshot(task_id, detail, None).await
     }
 
-    /// The snapshot of a task whose row was just read: its steps are read now.
+    /// The snapshot of a task whose row was just read, with its steps (read now if not given).
     async fn snapshot(
         &self,
         task_id: i64,
         detail: (TaskDetail, String, String, String),
+        steps: Option<Vec<crate::store::StepRow>>,
     ) -> Result<TaskSnapshot> {
         let (d, ns, name, version) = detail;
         let template = self.template_by_id(d.row.named_task_id).await?;
-        let steps = self.inner.store.steps(task_id).await?;
+        let steps = match steps {
+            Some(s) => s,
+            None => self.inner.store.steps(task_id).await?,
+        };
         Ok(TaskSnapshot {
             id: d.row.task_id,
             name,
@@ -299,11 +303,11 @@ impl Engine {
             let notified = self.inner.tasks_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // The task's row (not only its state): a finished task's snapshot needs it.
-            match self.inner.store.task(task_id).await? {
+            // The task's row and, once it is finished, its steps: the snapshot in one read.
+            match self.inner.store.task_if_finished(task_id).await? {
                 None => return Err(Error::NotFound(format!("task {task_id} does not exist"))),
-                Some(d) if d.0.row.state.is_terminal() => return self.snapshot(task_id, d).await,
-                Some(_) => {}
+                Some((d, Some(steps))) => return self.snapshot(task_id, d, Some(steps)).await,
+                Some((_, None)) => {}
             }
             // A missed notification (or a backend without them) costs at most 250 ms.
             let mut nap = Duration::from_millis(250);

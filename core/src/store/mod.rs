@@ -528,6 +528,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn task(&self, task_id: i64) -> Result<Option<(TaskDetail, String, String, String)>>;
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>>;
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>>;
+    /// The task and, when it is finished (complete, error or cancelled), its steps: what a
+    /// waiter needs at each wake-up. PostgreSQL reads both in one statement.
+    async fn task_if_finished(
+        &self,
+        task_id: i64,
+    ) -> Result<Option<((TaskDetail, String, String, String), Option<Vec<StepRow>>)>> {
+        let Some(d) = self.task(task_id).await? else {
+            return Ok(None);
+        };
+        let steps = if d.0.row.state.is_terminal() {
+            Some(self.steps(task_id).await?)
+        } else {
+            None
+        };
+        Ok(Some((d, steps)))
+    }
     /// Tasks matching the filter and within `ids`, newest first, with (namespace, name,
     /// version). (The filter's creation times are already turned into `ids`.)
     async fn list_tasks(

@@ -421,27 +421,35 @@ const STEP_COLS: &str = "step_id, task_id, position, name, handler, state, attem
      claimed_by, lease_expires_at, results::text, error::text, last_attempted_at, processed_at, version, parked_ready_at";
 
 fn step_row(r: &PgRow) -> Result<StepRow> {
+    step_row_at(r, 0)
+}
+
+/// A step from the columns of [`STEP_COLS`] starting at column `at`.
+fn step_row_at(r: &PgRow, at: usize) -> Result<StepRow> {
     Ok(StepRow {
-        step_id: r.try_get(0)?,
-        task_id: r.try_get(1)?,
-        position: r.try_get::<i64, _>(2)? as i32,
-        name: r.try_get(3)?,
-        handler: r.try_get(4)?,
-        state: step_state(r.try_get::<&str, _>(5)?)?,
-        attempts: r.try_get(6)?,
-        retry_limit: r.try_get(7)?,
-        remaining_parents: r.try_get(8)?,
-        ready_at: r.try_get(9)?,
-        claimed_by: r.try_get(10)?,
-        lease_expires_at: r.try_get(11)?,
-        results: r.try_get(12)?,
-        error: r.try_get(13)?,
-        last_attempted_at: r.try_get(14)?,
-        processed_at: r.try_get(15)?,
-        version: r.try_get(16)?,
-        parked_ready_at: r.try_get(17)?,
+        step_id: r.try_get(at)?,
+        task_id: r.try_get(at + 1)?,
+        position: r.try_get::<i64, _>(at + 2)? as i32,
+        name: r.try_get(at + 3)?,
+        handler: r.try_get(at + 4)?,
+        state: step_state(r.try_get::<&str, _>(at + 5)?)?,
+        attempts: r.try_get(at + 6)?,
+        retry_limit: r.try_get(at + 7)?,
+        remaining_parents: r.try_get(at + 8)?,
+        ready_at: r.try_get(at + 9)?,
+        claimed_by: r.try_get(at + 10)?,
+        lease_expires_at: r.try_get(at + 11)?,
+        results: r.try_get(at + 12)?,
+        error: r.try_get(at + 13)?,
+        last_attempted_at: r.try_get(at + 14)?,
+        processed_at: r.try_get(at + 15)?,
+        version: r.try_get(at + 16)?,
+        parked_ready_at: r.try_get(at + 17)?,
     })
 }
+
+/// Columns of [`DETAIL_COLS`] in a row.
+const DETAIL_COUNT: usize = 21;
 
 const TEMPLATE_COLS: &str =
     "named_task_id, namespace, name, version, definition, definition_hash, revision, created_at";
@@ -758,6 +766,46 @@ impl Store for PgStore {
         .await?;
         self.conns.put(conn);
         row.as_ref().map(task_detail).transpose()
+    }
+
+    async fn task_if_finished(
+        &self,
+        task_id: i64,
+    ) -> Result<Option<(Detail, Option<Vec<StepRow>>)>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let step_cols = STEP_COLS
+            .split(", ")
+            .map(|c| format!("s.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut conn = self.conns.get().await?;
+        // One row per step when finished (the task's columns repeated), else one row with
+        // no step.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DETAIL_COLS}, {step_cols} FROM tasks t \
+             JOIN named_tasks n ON n.named_task_id = t.named_task_id \
+             LEFT JOIN steps s ON s.task_id = t.task_id AND t.state IN ('complete', 'error', 'cancelled') \
+             WHERE t.task_id = $1 ORDER BY s.position"
+        )))
+        .bind(task_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        self.conns.put(conn);
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let detail = task_detail(first)?;
+        let steps = if detail.0.row.state.is_terminal() {
+            Some(
+                rows.iter()
+                    .filter(|r| matches!(r.try_get::<Option<i64>, _>(DETAIL_COUNT), Ok(Some(_))))
+                    .map(|r| step_row_at(r, DETAIL_COUNT))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        Ok(Some((detail, steps)))
     }
 
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>> {
