@@ -198,7 +198,10 @@ impl HostDriver {
             .unwrap_or_else(|| engine.default_lanes())
             .clamp(1, concurrency);
         let owners: Owners = (n > 1).then(Default::default);
-        let wake = Arc::new(tokio::sync::Notify::new());
+        let shared = Arc::new(LaneShare {
+            flying: Mutex::new(vec![Vec::new(); n]),
+            ..Default::default()
+        });
         let mut msgs = Vec::with_capacity(n);
         let mut lanes = Vec::with_capacity(n);
         for lane in 0..n {
@@ -223,7 +226,7 @@ impl HostDriver {
                 lane,
                 owners: owners.clone(),
                 pace: Pace::default(),
-                wake: wake.clone(),
+                share: shared.clone(),
             });
         }
         let driver = HostDriver {
@@ -425,6 +428,35 @@ impl Pace {
     }
 }
 
+/// What a worker's lanes share.
+#[derive(Default)]
+struct LaneShare {
+    /// Rung when a lane ends.
+    ended: tokio::sync::Notify,
+    /// Rung when a lane's cycle lands.
+    landed: tokio::sync::Notify,
+    /// The tasks of each lane's cycle in flight.
+    flying: Mutex<Vec<Vec<i64>>>,
+}
+
+/// How long outcomes wait for another lane's cycle on their tasks to land (then they go
+/// anyway, and a plan made stale is run the general way).
+const HOLD_MAX: Duration = Duration::from_millis(50);
+
+impl LaneShare {
+    /// Whether another lane's cycle in flight changes one of these outcomes' tasks.
+    fn collides(&self, lane: usize, reports: &[Report]) -> bool {
+        let flying = self.flying.lock().unwrap();
+        flying.iter().enumerate().any(|(i, tasks)| {
+            i != lane && !tasks.is_empty() && reports.iter().any(|r| tasks.contains(&r.key.task_id))
+        })
+    }
+
+    fn set_flying(&self, lane: usize, tasks: Vec<i64>) {
+        self.flying.lock().unwrap()[lane] = tasks;
+    }
+}
+
 /// Which lane holds each job handed to the host (None with one lane).
 type Owners = Option<Arc<Mutex<HashMap<JobKey, usize>>>>;
 
@@ -441,12 +473,12 @@ impl Lanes {
             return lanes.pop().expect("one lane").run_instrumented().await;
         }
         let all = futures_util::future::try_join_all(lanes.into_iter().map(|l| {
-            let wake = l.wake.clone();
+            let share = l.share.clone();
             async move {
                 let r = l.run_instrumented().await;
                 // A lane that found the run over wakes the others, which may be asleep
                 // waiting for work it was finishing.
-                wake.notify_waiters();
+                share.ended.notify_waiters();
                 r
             }
         }))
@@ -473,8 +505,7 @@ struct DriverLoop {
     lane: usize,
     owners: Owners,
     pace: Pace,
-    /// Rung when a lane ends.
-    wake: Arc<tokio::sync::Notify>,
+    share: Arc<LaneShare>,
 }
 
 /// The outcomes gathered for the next transaction.
@@ -684,6 +715,23 @@ impl DriverLoop {
                     }
                     continue;
                 }
+                // Another lane's cycle in flight changes a task of these outcomes: wait for it
+                // to land, so this cycle is planned from the rows it leaves (else the plan is
+                // refused and the cycle runs the general way, several round trips).
+                if self.owners.is_some() && waited < HOLD_MAX {
+                    let share = self.share.clone();
+                    let landed = share.landed.notified();
+                    tokio::pin!(landed);
+                    landed.as_mut().enable();
+                    if share.collides(self.lane, &out.reports) {
+                        tokio::select! {
+                            m = self.msgs_rx.recv() => if let Some(m) = m { self.on_msg(m, &mut running, &mut out) },
+                            _ = &mut landed => {}
+                            _ = tokio::time::sleep(HOLD_MAX - waited) => {}
+                        }
+                        continue;
+                    }
+                }
             }
             if !out.reports.is_empty() || (room > 0 && work_maybe) {
                 let claim = (room > 0).then(|| Claim {
@@ -695,7 +743,19 @@ impl DriverLoop {
                     armed = Box::pin(engine.work_notified());
                     armed.as_mut().enable();
                 }
-                match engine.report(&out.reports, claim.as_ref()).await {
+                let lanes = self.owners.is_some();
+                if lanes {
+                    let mut tasks: Vec<i64> = out.reports.iter().map(|r| r.key.task_id).collect();
+                    tasks.sort_unstable();
+                    tasks.dedup();
+                    self.share.set_flying(self.lane, tasks);
+                }
+                let result = engine.report(&out.reports, claim.as_ref()).await;
+                if lanes {
+                    self.share.set_flying(self.lane, Vec::new());
+                    self.share.landed.notify_waiters();
+                }
+                match result {
                     Ok(cycle) => {
                         stats.cycles += 1;
                         db_backoff = DB_BACKOFF_MIN;
@@ -762,8 +822,8 @@ impl DriverLoop {
             // cycle anyway.
             // Armed before looking whether the run is over: another lane that ends meanwhile
             // wakes us.
-            let wake = self.wake.clone();
-            let woken = wake.notified();
+            let share = self.share.clone();
+            let woken = share.ended.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let mut offer = (outstanding == 0 && room > 0 && !work_maybe).then(|| {
