@@ -142,7 +142,7 @@ def main():
     if args.backend == "postgres" and not args.pg_url:
         sys.exit("--backend postgres needs --pg-url or DATABASE_URL")
     d = tasker.Engine(**fresh(args)).durability()
-    conditions = f"{d['description']}; worker concurrency {CONCURRENCY}, prefetch {2 * CONCURRENCY}, batch window 1 ms"
+    conditions = f"{d['description']}; worker concurrency {CONCURRENCY}, prefetch adaptive (2-10x concurrency by handler pace), batch window 1 ms, lanes: 2 on PostgreSQL, 1 on SQLite"
     print(f"# conditions: {conditions}", file=sys.stderr)
     if not d["durable"] and not args.allow_unsafe:
         sys.exit(f"refusing to report figures measured without durable commits ({d['description']}); pass --allow-unsafe")

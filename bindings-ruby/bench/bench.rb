@@ -126,7 +126,7 @@ def latency(engine)
 end
 
 dur = fresh.durability
-conditions = "#{dur['description']}; worker concurrency #{CONCURRENCY} (Ruby threads), prefetch #{2 * CONCURRENCY}, batch window 1 ms; #{RUBY_DESCRIPTION}"
+conditions = "#{dur['description']}; worker concurrency #{CONCURRENCY} (Ruby threads), prefetch adaptive (2-10x concurrency by handler pace), batch window 1 ms, lanes: 2 on PostgreSQL, 1 on SQLite; #{RUBY_DESCRIPTION}"
 warn "# conditions: #{conditions}"
 if !dur["durable"] && !args[:allow_unsafe]
   warn "refusing to report figures measured without durable commits (#{dur['description']}); pass --allow-unsafe"
