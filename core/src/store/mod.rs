@@ -696,6 +696,9 @@ pub trait StoreTx: Send {
         ready_at: Option<Option<i64>>,
         now: i64,
     ) -> Result<()>;
+    /// Steps `in_progress` whose lease expired before `now` (step_id, task_id, position,
+    /// attempts), oldest expiry first. Read, not locked: the caller applies them as reports,
+    /// which lock tasks before steps (as every cycle does) and re-check each step's attempt.
     async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64, i32, i64)>>;
     /// Extends the leases of running steps still at the given attempt; returns how many.
     async fn extend_leases(&mut self, steps: &[(i64, i64)], until: i64, now: i64) -> Result<u64>;

@@ -458,6 +458,15 @@ fn step_row_at(r: &PgRow, at: usize) -> Result<StepRow> {
     })
 }
 
+/// [`STEP_COLS`] of a query that names the steps table `s`.
+static STEP_COLS_OF_S: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    STEP_COLS
+        .split(',')
+        .map(|c| format!("s.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
 /// Columns of [`DETAIL_COLS`] in a row.
 const DETAIL_COUNT: usize = 21;
 
@@ -783,11 +792,7 @@ impl Store for PgStore {
         task_id: i64,
     ) -> Result<Option<(Detail, Option<Vec<StepRow>>)>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        let step_cols = STEP_COLS
-            .split(", ")
-            .map(|c| format!("s.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let step_cols = &*STEP_COLS_OF_S;
         let mut conn = self.conns.get().await?;
         // One row per step when finished (the task's columns repeated), else one row with
         // no step.
