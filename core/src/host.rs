@@ -34,6 +34,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, info_span, warn, Instrument};
@@ -734,6 +735,12 @@ impl DriverLoop {
                 }
             }
             if !out.reports.is_empty() || (room > 0 && work_maybe) {
+                // New work announced since the last claim came back short?
+                if !work_maybe && armed.as_mut().now_or_never().is_some() {
+                    work_maybe = true;
+                    armed = Box::pin(engine.work_notified());
+                    armed.as_mut().enable();
+                }
                 let claim = (room > 0).then(|| Claim {
                     max: room,
                     ..self.claim.clone()
@@ -750,7 +757,11 @@ impl DriverLoop {
                     tasks.dedup();
                     self.share.set_flying(self.lane, tasks);
                 }
-                let result = engine.report(&out.reports, claim.as_ref()).await;
+                // Nothing was claimable at the last claim and no work was announced since: the
+                // claim runs only if these outcomes make a step claimable.
+                let result = engine
+                    .report_with(&out.reports, claim.as_ref(), !work_maybe)
+                    .await;
                 if lanes {
                     self.share.set_flying(self.lane, Vec::new());
                     self.share.landed.notify_waiters();

@@ -147,6 +147,7 @@ impl Engine {
             worker_id: &c.worker_id,
             lease_until: now + self.inner.opts.lease.as_millis() as i64,
             held_tasks: held,
+            only_if_readied: false,
         }
     }
 

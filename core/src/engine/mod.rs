@@ -31,6 +31,7 @@ mod report;
 mod settle;
 mod templates;
 mod tx;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -89,6 +90,8 @@ struct Inner {
     offer_ids: AtomicU64,
     /// Creations that claimed for an idle worker ([`Engine::handoffs`]).
     handoffs: AtomicU64,
+    /// Tasks waiters of this process wait for, and how cycles finished them ([`watch`]).
+    watches: watch::Watches,
 }
 
 impl Drop for Inner {
@@ -174,6 +177,7 @@ impl Engine {
                 offers: Arc::default(),
                 offer_ids: AtomicU64::new(0),
                 handoffs: AtomicU64::new(0),
+                watches: Default::default(),
             }),
         };
         engine.refresh_templates().await?;

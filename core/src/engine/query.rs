@@ -299,10 +299,16 @@ impl Engine {
         timeout: Option<Duration>,
     ) -> Result<TaskSnapshot> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        // A cycle of this process that finishes the task hands it over ([`super::watch`]).
+        let watch = self.watches().watch(task_id);
         loop {
             let notified = self.inner.tasks_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if let Some(f) = watch.take() {
+                let (detail, steps) = (*f).clone();
+                return self.snapshot(task_id, detail, Some(steps)).await;
+            }
             // The task's row and, once it is finished, its steps: the snapshot in one read.
             match self.inner.store.task_if_finished(task_id).await? {
                 None => return Err(Error::NotFound(format!("task {task_id} does not exist"))),

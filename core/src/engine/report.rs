@@ -18,13 +18,26 @@ use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::protocol::{Claim, Cycle, FailureKind, Job, JobKey, Outcome, Report, StepFailure};
 use crate::state::{StepState, TaskState};
-use crate::store::StepUpdate;
+use crate::store::{ClaimSpec, StepUpdate};
 use crate::template::TaskTemplate;
 
 impl Engine {
     /// Records outcomes and claims the next jobs in one transaction. Also returns expired leases
     /// to the claimable pool (at most every 500 ms of engine time).
     pub async fn report(&self, reports: &[Report], claim: Option<&Claim>) -> Result<Cycle> {
+        self.report_with(reports, claim, false).await
+    }
+
+    /// [`Engine::report`] for a worker that found nothing at its last claim and heard of no
+    /// new work since (`quiet`): where the cycle runs as one statement, its claim runs only if
+    /// the cycle's own writes made a step claimable (else it would read the ready steps to
+    /// find none). Elsewhere it claims as usual.
+    pub(crate) async fn report_with(
+        &self,
+        reports: &[Report],
+        claim: Option<&Claim>,
+        quiet: bool,
+    ) -> Result<Cycle> {
         let span = debug_span!(
             "tasker.report",
             reports = reports.len(),
@@ -37,7 +50,7 @@ impl Engine {
             let reap = last == i64::MIN || now - last >= REAP_EVERY_MS || now < last;
             let mut planned = None;
             if !reap && self.inner.opts.planned_cycles && self.inner.store.executes_plans() {
-                match self.cycle_planned(reports, claim, now).await {
+                match self.cycle_planned(reports, claim, now, quiet).await {
                     Ok(done) => {
                         self.inner.planned[0].fetch_add(1, Ordering::Relaxed);
                         planned = Some(done);
@@ -113,6 +126,7 @@ impl Engine {
         reports: &[Report],
         claim: Option<&Claim>,
         now: i64,
+        quiet: bool,
     ) -> Result<(Vec<Job>, Vec<JobKey>)> {
         let tx = Box::new(PlanTx::new(
             self.inner.known.clone(),
@@ -125,7 +139,10 @@ impl Engine {
             return Err(Error::PlanStale);
         }
         let claim = claim.filter(|c| c.max > 0);
-        let spec = claim.map(|c| self.claim_spec(c, now, &[]));
+        let spec = claim.map(|c| ClaimSpec {
+            only_if_readied: quiet,
+            ..self.claim_spec(c, now, &[])
+        });
         // The plan's writes and the claim are one statement: traced as the claim when it claims.
         let claimed = match claim {
             Some(c) => cx

@@ -395,8 +395,9 @@ impl<'e> TxCx<'e> {
         plan.work = work;
         plan.task_changed = tasks_changed;
         plan.quiet_if_claim_short = covers;
+        plan.watched = engine.watches().finishing(&plan.task_updates);
         let inner = &engine.inner;
-        let out = match inner.store.execute_plan(&plan, claim).await {
+        let mut out = match inner.store.execute_plan(&plan, claim).await {
             Err(Error::PlanStale) => {
                 inner
                     .known
@@ -408,7 +409,8 @@ impl<'e> TxCx<'e> {
             other => other?,
         };
         work |= out.ready > 0;
-        if let Some(c) = claim {
+        // (A quiet claim may not have run: then a short answer says nothing.)
+        if let Some(c) = claim.filter(|c| !c.only_if_readied) {
             work &= !decide::claim_took_everything(covers, c.max as usize, out.claimed.len());
         }
         if !out.task_ids.is_empty() {
@@ -427,6 +429,7 @@ impl<'e> TxCx<'e> {
         }
         // The statement claimed after its writes: the claim saw the task rows last.
         remember(engine, &tasks, &changes, &out.claimed, true);
+        engine.watches().file(std::mem::take(&mut out.finished));
         announce(engine, changes, work, tasks_changed);
         Ok(out)
     }

@@ -231,6 +231,10 @@ pub struct Plan {
     /// Skip the steps-ready notification when the plan's claim comes back short
     /// ([`crate::engine::decide::claim_took_everything`]).
     pub quiet_if_claim_short: bool,
+    /// Tasks this plan finishes that a waiter of this process watches: the store may return
+    /// them as they are after the plan's writes ([`PlanOutcome::finished`]), sparing the
+    /// waiter a read after the commit.
+    pub watched: Vec<i64>,
 }
 
 /// New task and step rows of a [`Plan`], column by column (tasks without idempotency keys:
@@ -312,7 +316,13 @@ pub struct PlanOutcome {
     /// The ids the plan's new tasks and steps got, in plan order.
     pub task_ids: Vec<i64>,
     pub step_ids: Vec<i64>,
+    /// Tasks of [`Plan::watched`] as the plan left them, with their steps by position (a store
+    /// may leave this empty: waiters then read the task).
+    pub finished: Vec<(TaskWithName, Vec<StepRow>)>,
 }
+
+/// A task's detail with its template's namespace, name and version.
+pub type TaskWithName = (TaskDetail, String, String, String);
 
 impl PlanOutcome {
     /// The real id of a task (`-k`: the plan's k-th new task) or of a step.
@@ -345,6 +355,9 @@ pub struct ClaimSpec<'a> {
     /// Tasks this transaction holds (locked and tracked by the engine): the claim leaves their
     /// rows alone. Any other task of a claimed step still `pending` is started by the claim.
     pub held_tasks: &'a [i64],
+    /// Claim only if the same cycle's writes made a step claimable (a worker that found
+    /// nothing last time and heard of no new work since). A store that cannot tell claims.
+    pub only_if_readied: bool,
 }
 
 /// A transition row to insert.

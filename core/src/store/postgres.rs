@@ -388,14 +388,18 @@ const TASK_COLS: &str =
     "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version";
 
 fn task_row(r: &PgRow) -> Result<TaskRow> {
+    task_row_at(r, 0)
+}
+
+fn task_row_at(r: &PgRow, at: usize) -> Result<TaskRow> {
     Ok(TaskRow {
-        task_id: r.try_get(0)?,
-        named_task_id: r.try_get(1)?,
-        state: task_state(r.try_get::<&str, _>(2)?)?,
-        steps_total: r.try_get(3)?,
-        steps_done: r.try_get(4)?,
-        steps_blocked: r.try_get(5)?,
-        version: r.try_get(6)?,
+        task_id: r.try_get(at)?,
+        named_task_id: r.try_get(at + 1)?,
+        state: task_state(r.try_get::<&str, _>(at + 2)?)?,
+        steps_total: r.try_get(at + 3)?,
+        steps_done: r.try_get(at + 4)?,
+        steps_blocked: r.try_get(at + 5)?,
+        version: r.try_get(at + 6)?,
     })
 }
 
@@ -406,24 +410,29 @@ const DETAIL_COLS: &str = "t.task_id, t.named_task_id, t.state, t.steps_total, t
 type Detail = (TaskDetail, String, String, String);
 
 fn task_detail(r: &PgRow) -> Result<Detail> {
+    task_detail_at(r, 0)
+}
+
+/// A task's detail from the columns of [`DETAIL_COLS`] starting at column `at`.
+fn task_detail_at(r: &PgRow, at: usize) -> Result<Detail> {
     Ok((
         TaskDetail {
-            row: task_row(r)?,
-            context: r.try_get(7)?,
-            initiator: r.try_get(8)?,
-            source_system: r.try_get(9)?,
-            reason: r.try_get(10)?,
-            tags: r.try_get(11)?,
-            bypass_steps: r.try_get(12)?,
-            idempotency_key: r.try_get(13)?,
-            requested_at: r.try_get(14)?,
-            created_at: r.try_get(15)?,
-            updated_at: r.try_get(16)?,
-            completed_at: r.try_get(17)?,
+            row: task_row_at(r, at)?,
+            context: r.try_get(at + 7)?,
+            initiator: r.try_get(at + 8)?,
+            source_system: r.try_get(at + 9)?,
+            reason: r.try_get(at + 10)?,
+            tags: r.try_get(at + 11)?,
+            bypass_steps: r.try_get(at + 12)?,
+            idempotency_key: r.try_get(at + 13)?,
+            requested_at: r.try_get(at + 14)?,
+            created_at: r.try_get(at + 15)?,
+            updated_at: r.try_get(at + 16)?,
+            completed_at: r.try_get(at + 17)?,
         },
-        r.try_get(18)?,
-        r.try_get(19)?,
-        r.try_get(20)?,
+        r.try_get(at + 18)?,
+        r.try_get(at + 19)?,
+        r.try_get(at + 20)?,
     ))
 }
 
@@ -469,6 +478,26 @@ static STEP_COLS_OF_S: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 
 /// Columns of [`DETAIL_COLS`] in a row.
 const DETAIL_COUNT: usize = 21;
+
+/// [`DETAIL_COLS`] then [`STEP_COLS`] of `tasker_cycle`'s finished-task rows (the row-typed
+/// columns `ft`, `fn`, `fs` of its answer `c`), which start at column [`FINISHED_AT`] (after
+/// the claimed step's columns and `ready`).
+static FINISHED_COLS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    DETAIL_COLS
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            match c.split_at(2) {
+                ("t.", rest) => format!("(c.ft).{rest}"),
+                ("n.", rest) => format!("(c.fn).{rest}"),
+                _ => unreachable!("a detail column of tasks t or named_tasks n: {c}"),
+            }
+        })
+        .chain(STEP_COLS.split(',').map(|c| format!("(c.fs).{}", c.trim())))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+const FINISHED_AT: usize = 18;
 
 const TEMPLATE_COLS: &str =
     "named_task_id, namespace, name, version, definition, definition_hash, revision, created_at";
@@ -700,12 +729,13 @@ impl Store for PgStore {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let mut guards: Vec<&TaskRow> = plan.guards.iter().collect();
         guards.sort_by_key(|g| g.task_id);
+        let finished_cols = &*FINISHED_COLS;
         let q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CLAIMED_COLS} FROM tasker_cycle($1, $2, $3, $4, $5, $6, $7, \
+            "SELECT (c.claimed).*, c.ready, {finished_cols} FROM tasker_cycle($1, $2, $3, $4, $5, $6, $7, \
                $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
                $21, $22, $23, $24, $25, \
                $26, $27, $28, $29, $30, $31, $32, $33, $34, $35::jsonb[], $36, $37, $38, $39, $40, $41, $42::jsonb[], $43, $44, \
-               $45, $46, $47, $48, $49, $50, $51, $52)"
+               $45, $46, $47, $48, $49, $50, $51, $52, $53, $54) c"
         )))
         .bind(plan.now)
         .bind(plan.durable)
@@ -730,10 +760,12 @@ impl Store for PgStore {
             .bind(handlers_param(claim.and_then(|c| c.handlers)))
             .bind(claim.map_or("", |c| c.worker_id))
             .bind(claim.map_or(0, |c| c.lease_until))
+            .bind(claim.is_some_and(|c| c.only_if_readied))
             .bind(&self.channel)
             .bind(plan.work)
             .bind(plan.task_changed)
-            .bind(plan.quiet_if_claim_short);
+            .bind(plan.quiet_if_claim_short)
+            .bind(plan.watched.as_slice());
         let rows = match q.fetch_all(&mut *conn).await {
             Ok(rows) => rows,
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("TK409") => {
@@ -743,10 +775,24 @@ impl Store for PgStore {
             Err(e) => return Err(e.into()),
         };
         self.conns.put(conn);
-        plan_outcome(&rows, |r, out| {
-            out.ready = r.try_get::<i64, _>(3)? as u64;
-            Ok(())
-        })
+        // Each row: a claimed step, a step of a finished task (after the claimed columns and
+        // `ready`), or the last row (`ready`).
+        let mut out = PlanOutcome::default();
+        for r in &rows {
+            if r.try_get::<Option<i64>, _>(0)?.is_some() {
+                out.claimed.push(claimed_row(r)?);
+            } else if r.try_get::<Option<i64>, _>(FINISHED_AT)?.is_some() {
+                let task = task_detail_at(r, FINISHED_AT)?;
+                let step = step_row_at(r, FINISHED_AT + DETAIL_COUNT)?;
+                match out.finished.last_mut() {
+                    Some((t, steps)) if t.0.row.task_id == task.0.row.task_id => steps.push(step),
+                    _ => out.finished.push((task, vec![step])),
+                }
+            } else {
+                out.ready = r.try_get::<i64, _>(FINISHED_AT - 1)? as u64;
+            }
+        }
+        Ok(out)
     }
 
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
@@ -795,14 +841,20 @@ impl Store for PgStore {
         let step_cols = &*STEP_COLS_OF_S;
         let mut conn = self.conns.get().await?;
         // One row per step when finished (the task's columns repeated), else one row with
-        // no step.
+        // no step. Finished: the states `TaskState::is_terminal` names.
+        let terminal: Vec<&str> = TaskState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETAIL_COLS}, {step_cols} FROM tasks t \
              JOIN named_tasks n ON n.named_task_id = t.named_task_id \
-             LEFT JOIN steps s ON s.task_id = t.task_id AND t.state IN ('complete', 'error', 'cancelled') \
+             LEFT JOIN steps s ON s.task_id = t.task_id AND t.state = ANY($2) \
              WHERE t.task_id = $1 ORDER BY s.position"
         )))
         .bind(task_id)
+        .bind(terminal)
         .fetch_all(&mut *conn)
         .await?;
         self.conns.put(conn);
