@@ -531,6 +531,11 @@ async fn latency(a: &Args) -> Metrics {
             "handoffs_per_task",
             engine.handoffs() as f64 / (n + 10) as f64,
         ),
+        // Waits answered by the cycle that finished the task, without a read of their own.
+        (
+            "handed_over_per_task",
+            engine.waits_handed_over() as f64 / (n + 10) as f64,
+        ),
     ]);
     drop(engine);
     db.drop().await;
