@@ -9,8 +9,8 @@
 --   template's name, each step), read after the cycle's writes. The waiter takes them instead
 --   of reading the task again after the commit.
 --
--- The answer is now a table: a claimed step, or the last row (`ready`), or a finished task's
--- step (ft, fn, fs: the rows of tasks, named_tasks and steps).
+-- The answer is now a table: a claimed step, or the last row (`ready`, and whether the claim
+-- ran), or a finished task's step (ft, fn, fs: the rows of tasks, named_tasks and steps).
 DROP FUNCTION tasker_cycle;
 
 CREATE FUNCTION tasker_cycle(
@@ -30,7 +30,7 @@ CREATE FUNCTION tasker_cycle(
     c_max bigint, c_handlers text[], c_worker text, c_lease_until bigint, c_if_readied bool,
     n_channel text, n_work bool, n_task_changed bool, n_unless_drained bool,
     w_tasks bigint[])
-RETURNS TABLE (claimed tasker_claimed, ready bigint, ft tasks, fn named_tasks, fs steps)
+RETURNS TABLE (claimed tasker_claimed, ready bigint, claim_ran bool, ft tasks, fn named_tasks, fs steps)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -75,7 +75,7 @@ BEGIN
         st_step, st_task, st_from, st_to, st_meta, st_sort, st_at);
     IF c_max > 0 AND (NOT c_if_readied OR n_ready > 0 OR cardinality(p_unpark) > 0
                       OR EXISTS (SELECT 1 FROM unnest(u_ready_at) r WHERE r <= p_now)) THEN
-        RETURN QUERY SELECT c, NULL::bigint, NULL::tasks, NULL::named_tasks, NULL::steps
+        RETURN QUERY SELECT c, NULL::bigint, NULL::bool, NULL::tasks, NULL::named_tasks, NULL::steps
             FROM tasker_claim(p_now, c_handlers, c_max, c_worker, c_lease_until, '{}'::bigint[]) c;
         GET DIAGNOSTICS claimed_n = ROW_COUNT;
         did_claim := true;
@@ -89,11 +89,11 @@ BEGIN
         PERFORM pg_notify(n_channel || '_tasks', '');
     END IF;
     IF cardinality(w_tasks) > 0 THEN
-        RETURN QUERY SELECT NULL::tasker_claimed, NULL::bigint, t, n, s
+        RETURN QUERY SELECT NULL::tasker_claimed, NULL::bigint, NULL::bool, t, n, s
             FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id
             JOIN steps s ON s.task_id = t.task_id
             WHERE t.task_id = ANY(w_tasks)
             ORDER BY t.task_id, s.position;
     END IF;
-    RETURN QUERY SELECT NULL::tasker_claimed, n_ready, NULL::tasks, NULL::named_tasks, NULL::steps;
+    RETURN QUERY SELECT NULL::tasker_claimed, n_ready, did_claim, NULL::tasks, NULL::named_tasks, NULL::steps;
 END $$;

@@ -410,7 +410,7 @@ impl<'e> TxCx<'e> {
         };
         work |= out.ready > 0;
         // (A quiet claim may not have run: then a short answer says nothing.)
-        if let Some(c) = claim.filter(|c| !c.only_if_readied) {
+        if let Some(c) = claim.filter(|_| out.claim_ran) {
             work &= !decide::claim_took_everything(covers, c.max as usize, out.claimed.len());
         }
         if !out.task_ids.is_empty() {

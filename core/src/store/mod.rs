@@ -313,6 +313,8 @@ pub struct PlanOutcome {
     pub claimed: Vec<ClaimedStep>,
     /// How many steps the decrements made claimable.
     pub ready: u64,
+    /// Whether the claim ran (a quiet claim, [`ClaimSpec::only_if_readied`], may not).
+    pub claim_ran: bool,
     /// The ids the plan's new tasks and steps got, in plan order.
     pub task_ids: Vec<i64>,
     pub step_ids: Vec<i64>,

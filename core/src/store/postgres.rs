@@ -152,11 +152,14 @@ impl PgStore {
             .fetch_all(&mut *conn)
             .await?;
         self.conns.put(conn);
-        plan_outcome(&rows, |r, out| {
+        let mut out = plan_outcome(&rows, |r, out| {
             out.task_ids = r.try_get(17)?;
             out.step_ids = r.try_get(18)?;
             Ok(())
-        })
+        })?;
+        // A creation's claim always runs.
+        out.claim_ran = claim.is_some_and(|c| c.max > 0);
+        Ok(out)
     }
 
     /// Connects, creates the schema if asked, and applies the migrations (under PostgreSQL's
@@ -481,7 +484,7 @@ const DETAIL_COUNT: usize = 21;
 
 /// [`DETAIL_COLS`] then [`STEP_COLS`] of `tasker_cycle`'s finished-task rows (the row-typed
 /// columns `ft`, `fn`, `fs` of its answer `c`), which start at column [`FINISHED_AT`] (after
-/// the claimed step's columns and `ready`).
+/// the claimed step's columns, `ready` and `claim_ran`).
 static FINISHED_COLS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     DETAIL_COLS
         .split(',')
@@ -497,7 +500,7 @@ static FINISHED_COLS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
         .collect::<Vec<_>>()
         .join(", ")
 });
-const FINISHED_AT: usize = 18;
+const FINISHED_AT: usize = 19;
 
 const TEMPLATE_COLS: &str =
     "named_task_id, namespace, name, version, definition, definition_hash, revision, created_at";
@@ -731,7 +734,7 @@ impl Store for PgStore {
         guards.sort_by_key(|g| g.task_id);
         let finished_cols = &*FINISHED_COLS;
         let q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT (c.claimed).*, c.ready, {finished_cols} FROM tasker_cycle($1, $2, $3, $4, $5, $6, $7, \
+            "SELECT (c.claimed).*, c.ready, c.claim_ran, {finished_cols} FROM tasker_cycle($1, $2, $3, $4, $5, $6, $7, \
                $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
                $21, $22, $23, $24, $25, \
                $26, $27, $28, $29, $30, $31, $32, $33, $34, $35::jsonb[], $36, $37, $38, $39, $40, $41, $42::jsonb[], $43, $44, \
@@ -789,7 +792,8 @@ impl Store for PgStore {
                     _ => out.finished.push((task, vec![step])),
                 }
             } else {
-                out.ready = r.try_get::<i64, _>(FINISHED_AT - 1)? as u64;
+                out.ready = r.try_get::<i64, _>(FINISHED_AT - 2)? as u64;
+                out.claim_ran = r.try_get(FINISHED_AT - 1)?;
             }
         }
         Ok(out)
