@@ -41,6 +41,8 @@ async fn a_task_created_while_a_worker_idles_is_claimed_in_its_creating_transact
             ..WorkerOptions::default()
         },
     ));
+    // Each of the worker's lanes offers its claim while it idles (two on PostgreSQL).
+    let lanes = h.engine.default_lanes().min(2);
     let stop = worker.shutdown_handle();
     let run = tokio::spawn({
         let w = worker.clone();
@@ -48,7 +50,7 @@ async fn a_task_created_while_a_worker_idles_is_claimed_in_its_creating_transact
     });
 
     for n in 1..=3 {
-        until_idle_workers(&h, 1).await;
+        until_idle_workers(&h, lanes).await;
         let before = h.engine.handoffs();
         let id = h
             .engine
@@ -114,7 +116,7 @@ async fn a_task_created_while_a_worker_idles_is_claimed_in_its_creating_transact
 
     // A step no idle worker here runs is not claimed by the creation: it stays ready for
     // whoever has its handler.
-    until_idle_workers(&h, 1).await;
+    until_idle_workers(&h, lanes).await;
     let before = h.engine.handoffs();
     let id = h
         .engine
@@ -123,7 +125,7 @@ async fn a_task_created_while_a_worker_idles_is_claimed_in_its_creating_transact
         .unwrap();
     assert_eq!(h.engine.handoffs(), before);
     // Woken by the new work, the worker claims nothing of it and offers again.
-    until_idle_workers(&h, 1).await;
+    until_idle_workers(&h, lanes).await;
     assert_eq!(
         h.engine.get_task(id).await.unwrap().steps[0]
             .status
@@ -139,4 +141,67 @@ async fn a_task_created_while_a_worker_idles_is_claimed_in_its_creating_transact
         0,
         "a stopped worker withdrew its offer"
     );
+}
+
+/// A step handed over is claimed like any other: leased to the worker. If the worker dies
+/// with it, the step is claimed again once the lease runs out, as the attempt after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_handed_to_a_worker_that_dies_is_claimed_again_after_its_lease() {
+    let h = Harness::with(|o| o.lease(Duration::from_secs(30))).await;
+    h.register(ONE).await;
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut reg = Registry::new();
+    reg.register_fn("only", move |_| {
+        let started_tx = started_tx.clone();
+        async move {
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await;
+            Ok(json!("never"))
+        }
+    });
+    let worker = Arc::new(Worker::new(
+        h.engine.clone(),
+        reg,
+        WorkerOptions {
+            concurrency: 1,
+            ..WorkerOptions::default()
+        },
+    ));
+    let run = tokio::spawn({
+        let w = worker.clone();
+        async move { w.run().await }
+    });
+    until_idle_workers(&h, 1).await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("handoff_one", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(h.engine.handoffs(), 1);
+    tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("the handler started");
+    // The worker "dies" with the step.
+    run.abort();
+    let _ = run.await;
+
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::InProgress);
+    assert_eq!(t.steps[0].status.as_str(), "in_progress");
+    assert_eq!(t.steps[0].attempts, 1);
+    assert!(t.steps[0].last_attempted_at.is_some());
+    h.advance(Duration::from_secs(29));
+    assert!(h.claim("rescuer", 1).await.is_empty(), "still leased");
+    h.advance(Duration::from_secs(2));
+    let again = h.claim("rescuer", 1).await;
+    assert_eq!(again.len(), 1, "claimable once the lease ran out");
+    assert_eq!(again[0].attempt(), 2);
+    assert!(h
+        .engine
+        .complete(again[0].key, json!("rescued"))
+        .await
+        .unwrap());
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete);
+    assert_eq!(t.steps[0].results, json!("rescued"));
 }
