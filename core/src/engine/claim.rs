@@ -66,15 +66,22 @@ impl TxCx<'_> {
         starting.sort_unstable();
         starting.dedup();
         for t in starting {
-            self.set_task_states(
-                t,
-                &[TaskState::InProgress],
-                json!({"reason": "step_claimed"}),
-            )?;
+            self.set_task_states(t, &[TaskState::InProgress], task_started_meta())?;
         }
         self.claimed.extend(claimed);
         Ok(jobs)
     }
+}
+
+/// The metadata of a claim's `pending -> in_progress` step transition (the stores' claims
+/// write the same: `tasker_claim`, `SqliteTx::claim`).
+pub(super) fn step_claimed_meta(attempt: u32, worker: &str) -> Value {
+    json!({"attempt": attempt, "worker": worker})
+}
+
+/// The metadata of the `pending -> in_progress` transition of a task a claim starts.
+pub(super) fn task_started_meta() -> Value {
+    json!({"reason": "step_claimed"})
 }
 
 /// The (task, position) of every parent whose results the claim did not return with its
@@ -230,7 +237,7 @@ impl Engine {
                 StepState::Pending,
                 StepState::InProgress,
                 s.version,
-                json!({"attempt": attempt, "worker": c.worker_id}),
+                step_claimed_meta(attempt, &c.worker_id),
             );
             if let Some(version) = s.started_version {
                 started.push((s.task_id, version));
@@ -286,7 +293,7 @@ impl Engine {
                 TaskState::event(Some(from), to).expect("legal task transition"),
                 None,
                 None,
-                json!({"reason": "step_claimed"}),
+                task_started_meta(),
             ));
         }
         Ok((jobs, announced))

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::claim;
 use super::decide;
 use super::handoff::Handoff;
 use super::plan::PlanTx;
 use super::tx::TxCx;
 use super::{json_kind, Engine};
 use crate::error::{Error, Result};
-use crate::protocol::Job;
+use crate::protocol::{Claim, Job};
 use crate::state::{StepState, TaskState};
-use crate::store::{NewStep, NewTask, TaskRow};
+use crate::store::{ClaimedStep, NewStep, NewTask, TaskRow};
 use crate::template::TaskTemplate;
 
 /// A request to create a task. Everything but `name` is optional.
@@ -125,7 +126,7 @@ impl Engine {
                 let mut cx = TxCx::begin(self, now).await?;
                 let mut ids = Vec::with_capacity(prepared.len());
                 for p in &prepared {
-                    ids.push(cx.insert_task(p).await?);
+                    ids.push(cx.insert_task(p, None).await?);
                 }
                 if handoff.is_none() {
                     handoff = self.take_offer(&cx.ready_handlers());
@@ -160,7 +161,10 @@ impl Engine {
     /// The creation as one planned statement ([`super::plan`]): the same decisions, the rows
     /// inserted by the store with their ids. [`Error::PlanStale`] (nothing written) for a
     /// request the plan cannot carry (an idempotency key needs a look-up first).
-    /// With an idle worker's offer taken (`handoff`), the statement also claims for it.
+    ///
+    /// With an idle worker's offer taken (`handoff`), the new steps go to it: one task whose
+    /// ready steps are roots is inserted with them already claimed ([`TxCx::insert_task`]);
+    /// otherwise the statement claims after inserting, as any claim does.
     async fn create_planned(
         &self,
         prepared: &[Prepared],
@@ -169,15 +173,37 @@ impl Engine {
     ) -> Result<(Vec<(i64, bool)>, Vec<Job>)> {
         let tx = Box::new(PlanTx::new(self.inner.known.clone(), now, true));
         let mut cx = TxCx::with_tx(self, tx, now);
+        *handoff = match prepared {
+            [p] => self.birth_offer(p),
+            _ => None,
+        };
+        let born = handoff.is_some();
         let mut ids = Vec::with_capacity(prepared.len());
         for p in prepared {
-            ids.push(cx.insert_task(p).await?);
+            ids.push(
+                cx.insert_task(p, handoff.as_ref().map(|h| &h.claim))
+                    .await?,
+            );
         }
-        *handoff = self.take_offer(&cx.ready_handlers());
+        if !born {
+            *handoff = self.take_offer(&cx.ready_handlers());
+        }
         let claim = handoff.as_ref().map(|h| &h.claim);
-        let spec = claim.map(|c| self.claim_spec(c, now, &[]));
+        let spec = claim
+            .filter(|_| !born)
+            .map(|c| self.claim_spec(c, now, &[]));
         let out = cx.execute_planned(spec.as_ref()).await?;
         let jobs = match claim {
+            // Born claimed: the creation's own changes carried (and announced) the claim's
+            // transitions.
+            Some(c) if born => {
+                let mut templates = Vec::with_capacity(out.claimed.len());
+                for s in &out.claimed {
+                    templates.push(self.template_by_id(s.named_task_id).await?);
+                }
+                self.jobs_for(&out.claimed, &templates, c, Vec::new(), now)?
+                    .0
+            }
             Some(c) => self.jobs_of_statement(&out.claimed, c, now).await?,
             None => Vec::new(),
         };
@@ -269,9 +295,50 @@ struct Prepared {
     priority: i32,
 }
 
+impl Engine {
+    /// An idle worker's offer for a task whose ready steps can be inserted already claimed:
+    /// they have no parents (a step made ready by bypassed parents takes its parents'
+    /// results from a claim).
+    fn birth_offer(&self, p: &Prepared) -> Option<Handoff> {
+        let ready: Vec<usize> = (0..p.template.steps.len())
+            .filter(|&i| p.ready(i))
+            .collect();
+        if ready.is_empty()
+            || ready
+                .iter()
+                .any(|&i| !p.template.steps[i].parents.is_empty())
+        {
+            return None;
+        }
+        let handlers: Vec<&str> = ready
+            .iter()
+            .map(|&i| p.template.steps[i].handler.as_str())
+            .collect();
+        self.take_offer(&handlers)
+    }
+}
+
+impl Prepared {
+    /// Parents of step `i` that still have to finish (bypassed ones do not).
+    fn remaining_parents(&self, i: usize) -> i64 {
+        let s = &self.template.steps[i];
+        s.parents.iter().filter(|&&q| !self.bypass[q]).count() as i64
+    }
+
+    /// Step `i` is claimable as soon as the task exists.
+    fn ready(&self, i: usize) -> bool {
+        !self.bypass[i] && self.remaining_parents(i) == 0
+    }
+}
+
 impl TxCx<'_> {
     /// Inserts the task; `(id, false)` when its idempotency key names an existing one.
-    async fn insert_task(&mut self, p: &Prepared) -> Result<(i64, bool)> {
+    ///
+    /// With `born` (a planned creation handing its steps to an idle worker), up to
+    /// `born.max` of its ready steps for `born`'s handlers are inserted as that claim would
+    /// leave them: in progress, attempt 1, leased to the worker, with the claim's transitions;
+    /// the task starts. They are added to [`TxCx::claimed`].
+    async fn insert_task(&mut self, p: &Prepared, born: Option<&Claim>) -> Result<(i64, bool)> {
         if let Some(k) = &p.idempotency_key {
             if let Some(id) = self.tx.task_by_idempotency_key(k).await? {
                 return Ok((id, false));
@@ -295,33 +362,57 @@ impl TxCx<'_> {
             now: self.now,
         };
         let now = self.now;
+        let spec = born.map(|c| self.engine.claim_spec(c, now, &[]));
+        let mut room = born.map_or(0, |c| c.max);
         let steps: Vec<NewStep> = t
             .steps
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let remaining = s.parents.iter().filter(|&&q| !p.bypass[q]).count() as i64;
+                let ready = p.ready(i);
+                // In claim order: the task's steps share priority and ready time, so by id.
+                let claimed = spec.as_ref().filter(|c| {
+                    ready
+                        && room > 0
+                        && c.handlers
+                            .is_none_or(|hs| hs.contains(&s.handler))
+                });
+                if claimed.is_some() {
+                    room -= 1;
+                }
                 NewStep {
                     position: i as i32,
                     name: &s.name,
                     handler: &s.handler,
                     state: if p.bypass[i] {
                         StepState::ResolvedManually
+                    } else if claimed.is_some() {
+                        StepState::InProgress
                     } else {
                         StepState::Pending
                     },
                     retry_limit: s.max_attempts as i64,
-                    remaining_parents: remaining,
-                    ready_at: (!p.bypass[i] && remaining == 0).then_some(now),
+                    remaining_parents: p.remaining_parents(i),
+                    ready_at: (ready && claimed.is_none()).then_some(now),
                     priority: p.priority,
-                    version: if p.bypass[i] { 2 } else { 1 },
+                    version: if p.bypass[i] || claimed.is_some() {
+                        2
+                    } else {
+                        1
+                    },
                     parents: &s.parents,
+                    born_claimed: claimed.map(|c| (c.worker_id, c.lease_until)),
                 }
             })
             .collect();
         for s in steps.iter().filter(|s| s.ready_at.is_some()) {
             self.made_ready(s.handler);
         }
+        let born_steps: Vec<(i32, i64)> = steps
+            .iter()
+            .filter_map(|s| s.born_claimed.map(|(_, until)| (s.position, until)))
+            .collect();
+        let any_left_ready = steps.iter().any(|s| s.ready_at.is_some());
         let (task_id, mut ids) = self.tx.insert_task_with_steps(&new_task, &steps).await?;
         ids.sort_unstable();
         let event = TaskState::event(None, TaskState::Pending).expect("initial task state");
@@ -338,6 +429,39 @@ impl TxCx<'_> {
             let s = &t.steps[pos as usize];
             let step = (step_id, s.name.as_str(), 0);
             self.push_new_step(task_id, step, StepState::Pending, 1, json!({}));
+            if let (Some(c), Some(&(_, lease_until))) =
+                (born, born_steps.iter().find(|(q, _)| *q == pos))
+            {
+                self.push_step_change(
+                    task_id,
+                    Some((step_id, s.name.as_str(), 1)),
+                    StepState::Pending,
+                    StepState::InProgress,
+                    2,
+                    claim::step_claimed_meta(1, &c.worker_id),
+                )?;
+                // The task's fields are filled in once the statement has run
+                // ([`TxCx::execute_planned`]).
+                self.claimed.push(ClaimedStep {
+                    step_id,
+                    task_id,
+                    position: pos,
+                    attempts: 1,
+                    version: 2,
+                    lease_expires_at: lease_until,
+                    retry_limit: s.max_attempts as i64,
+                    named_task_id: p.template_id,
+                    task_state: TaskState::InProgress,
+                    context: p.context.clone(),
+                    task_created_at: now,
+                    started_version: None,
+                    steps_total: t.steps.len() as i64,
+                    steps_done: done,
+                    steps_blocked: 0,
+                    task_version: 0,
+                    parent_results: None,
+                });
+            }
             if p.bypass[pos as usize] {
                 self.push_step_change(
                     task_id,
@@ -362,7 +486,15 @@ impl TxCx<'_> {
             },
         );
         self.settle(task_id).await?;
-        self.work = true;
+        if !born_steps.is_empty() {
+            self.set_task_states(
+                task_id,
+                &[TaskState::InProgress],
+                claim::task_started_meta(),
+            )?;
+        }
+        // Nothing to announce when every ready step went to the worker.
+        self.work = born_steps.is_empty() || any_left_ready;
         Ok((task_id, true))
     }
 }

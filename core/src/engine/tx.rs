@@ -387,6 +387,7 @@ impl<'e> TxCx<'e> {
             mut changes,
             mut work,
             tasks_changed,
+            claimed: born,
             ..
         } = self;
         let mut plan = tx
@@ -426,6 +427,18 @@ impl<'e> TxCx<'e> {
                     (t.task_id, t)
                 })
                 .collect();
+        }
+        // Steps the creation inserted already claimed: with their ids, and their task as the
+        // statement left it.
+        for mut s in born {
+            s.task_id = out.task_id(s.task_id);
+            s.step_id = out.step_id(s.step_id);
+            let t = &tasks[&s.task_id];
+            s.task_state = t.state;
+            s.task_version = t.version;
+            s.steps_done = t.steps_done;
+            s.steps_blocked = t.steps_blocked;
+            out.claimed.push(s);
         }
         // The statement claimed after its writes: the claim saw the task rows last.
         remember(engine, &tasks, &changes, &out.claimed, true);

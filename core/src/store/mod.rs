@@ -118,6 +118,10 @@ pub struct NewStep<'a> {
     /// Positions of the step's parents (a store may keep them to return their results with a
     /// claim).
     pub parents: &'a [usize],
+    /// Inserted already claimed by this worker until this lease expiry (a creation's hand-off,
+    /// [`crate::engine`]): `in_progress`, attempt 1, as a claim would leave it. Only a planned
+    /// creation ([`Plan::new_rows`]) carries such steps.
+    pub born_claimed: Option<(&'a str, i64)>,
 }
 
 /// A conditional change of one step: applied only when the step is still in `expect_state`
@@ -264,6 +268,12 @@ pub struct NewRows {
     pub step_priority: Vec<i64>,
     pub step_version: Vec<i64>,
     pub step_parents: Vec<Vec<i64>>,
+    /// Of steps born claimed ([`NewStep::born_claimed`]): 1, the worker, the lease expiry, the
+    /// creation time; else 0 and nothing.
+    pub step_attempts: Vec<i64>,
+    pub step_claimed_by: Vec<Option<String>>,
+    pub step_lease_expires_at: Vec<Option<i64>>,
+    pub step_last_attempted_at: Vec<Option<i64>>,
 }
 
 impl NewRows {
@@ -296,6 +306,12 @@ impl NewRows {
             self.step_version.push(s.version);
             self.step_parents
                 .push(s.parents.iter().map(|&p| p as i64).collect());
+            let born = s.born_claimed;
+            self.step_attempts.push(born.map_or(0, |_| 1));
+            self.step_claimed_by.push(born.map(|(w, _)| w.to_owned()));
+            self.step_lease_expires_at
+                .push(born.map(|(_, until)| until));
+            self.step_last_attempted_at.push(born.map(|_| t.now));
             ids.push((s.position, -(self.step_task.len() as i64)));
         }
         (-task, ids)

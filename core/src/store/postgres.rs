@@ -108,9 +108,9 @@ impl PgStore {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let q = sqlx::query(
             "SELECT (claimed).*, task_ids, step_ids FROM tasker_create($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-               $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
-               $24, $25, $26, $27, $28, $29, $30, $31, $32, $33::jsonb[], $34, $35, $36, $37, $38, $39, $40::jsonb[], $41, $42, \
-               $43, $44, $45, $46, $47, $48, $49, $50)",
+               $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, \
+               $28, $29, $30, $31, $32, $33, $34, $35, $36, $37::jsonb[], $38, $39, $40, $41, $42, $43, $44::jsonb[], $45, $46, \
+               $47, $48, $49, $50, $51, $52, $53, $54)",
         )
         .bind(plan.now)
         .bind(n.task_named.as_slice())
@@ -139,7 +139,11 @@ impl PgStore {
                 .iter()
                 .map(|p| parents_literal(p))
                 .collect::<Vec<_>>(),
-        );
+        )
+        .bind(n.step_attempts.as_slice())
+        .bind(n.step_claimed_by.as_slice())
+        .bind(n.step_lease_expires_at.as_slice())
+        .bind(n.step_last_attempted_at.as_slice());
         let rows = bind_final(q, &plan.task_updates, &plan.transitions)
             .bind(claim.map_or(0, |c| c.max))
             .bind(handlers_param(claim.and_then(|c| c.handlers)))
@@ -1273,6 +1277,11 @@ impl StoreTx for PgTx {
         steps: &[NewStep<'_>],
         now: i64,
     ) -> Result<Vec<(i32, i64)>> {
+        if steps.iter().any(|s| s.born_claimed.is_some()) {
+            return Err(Error::Internal(
+                "a step born claimed is inserted by a planned creation only".into(),
+            ));
+        }
         self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
             "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, parents, created_at, updated_at) \

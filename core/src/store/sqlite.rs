@@ -779,6 +779,11 @@ impl StoreTx for SqliteTx {
         steps: &[NewStep<'_>],
         now: i64,
     ) -> Result<Vec<(i32, i64)>> {
+        if steps.iter().any(|s| s.born_claimed.is_some()) {
+            return Err(Error::Internal(
+                "a step born claimed is inserted by a planned creation only".into(),
+            ));
+        }
         let mut out = Vec::with_capacity(steps.len());
         for chunk in steps.chunks(CHUNK) {
             let sql = format!(
