@@ -49,6 +49,18 @@ async fn waiters(
     hs
 }
 
+/// A new chain task with `first` run: its id and `second`'s job, claimed in the cycle that
+/// reported `first`.
+async fn chain_at_second(h: &Harness, context: serde_json::Value) -> (i64, Job) {
+    h.register(CHAIN).await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("watched_chain", context))
+        .await
+        .unwrap();
+    (id, up_to_second(h, id).await)
+}
+
 /// Runs `first`, then returns `second`'s job, claimed in the cycle that reported `first`.
 async fn up_to_second(h: &Harness, id: i64) -> Job {
     let first = h.claim("w", 4).await;
@@ -80,13 +92,7 @@ fn expected_handovers(waits: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_of_a_task_take_it_from_the_cycle_that_finished_it() {
     let h = Harness::new().await;
-    h.register(CHAIN).await;
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("watched_chain", json!({"n": 7})))
-        .await
-        .unwrap();
-    let second = up_to_second(&h, id).await;
+    let (id, second) = chain_at_second(&h, json!({"n": 7})).await;
     let ws = waiters(&h, id, 2).await;
 
     let cycle = h
@@ -119,13 +125,7 @@ async fn waiters_of_a_task_take_it_from_the_cycle_that_finished_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_of_a_task_that_fails_gets_it_in_error() {
     let h = Harness::new().await;
-    h.register(CHAIN).await;
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("watched_chain", json!({})))
-        .await
-        .unwrap();
-    let second = up_to_second(&h, id).await;
+    let (id, second) = chain_at_second(&h, json!({})).await;
     let ws = waiters(&h, id, 1).await;
 
     h.engine
@@ -157,13 +157,7 @@ async fn a_waiter_of_a_task_that_fails_gets_it_in_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_that_ends_before_the_task_finishes_leaves_nothing_to_hand_over() {
     let h = Harness::new().await;
-    h.register(CHAIN).await;
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("watched_chain", json!({})))
-        .await
-        .unwrap();
-    let second = up_to_second(&h, id).await;
+    let (id, second) = chain_at_second(&h, json!({})).await;
     let e = h
         .engine
         .wait_for_task(id, Some(Duration::from_millis(30)))
