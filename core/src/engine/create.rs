@@ -372,10 +372,7 @@ impl TxCx<'_> {
                 let ready = p.ready(i);
                 // In claim order: the task's steps share priority and ready time, so by id.
                 let claimed = spec.as_ref().filter(|c| {
-                    ready
-                        && room > 0
-                        && c.handlers
-                            .is_none_or(|hs| hs.contains(&s.handler))
+                    ready && room > 0 && c.handlers.is_none_or(|hs| hs.contains(&s.handler))
                 });
                 if claimed.is_some() {
                     room -= 1;
