@@ -10,7 +10,7 @@ use super::{parse_json, Engine};
 use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
-use crate::store::{IdRange, NextTimes, TaskDetail, TaskFilter, TransitionRow};
+use crate::store::{IdRange, NextTimes, TaskFilter, TaskWithName, TransitionRow};
 use crate::template::TaskTemplate;
 
 /// A task as `get_task` shows it.
@@ -100,7 +100,7 @@ impl Engine {
     async fn snapshot(
         &self,
         task_id: i64,
-        detail: (TaskDetail, String, String, String),
+        detail: TaskWithName,
         steps: Option<Vec<crate::store::StepRow>>,
     ) -> Result<TaskSnapshot> {
         let (d, ns, name, version) = detail;

@@ -53,6 +53,9 @@ pub struct TaskDetail {
     pub completed_at: Option<i64>,
 }
 
+/// A task's detail with its template's namespace, name and version.
+pub type TaskWithName = (TaskDetail, String, String, String);
+
 /// A step row.
 #[derive(Debug, Clone)]
 pub struct StepRow {
@@ -122,6 +125,17 @@ pub struct NewStep<'a> {
     /// [`crate::engine`]): `in_progress`, attempt 1, as a claim would leave it. Only a planned
     /// creation ([`Plan::new_rows`]) carries such steps.
     pub born_claimed: Option<(&'a str, i64)>,
+}
+
+/// Refuses steps born claimed outside a planned creation (a store's own `insert_steps`):
+/// only [`Plan::new_rows`] carries them.
+pub(crate) fn only_planned_creations_are_born_claimed(steps: &[NewStep<'_>]) -> Result<()> {
+    if steps.iter().any(|s| s.born_claimed.is_some()) {
+        return Err(crate::Error::Internal(
+            "a step born claimed is inserted by a planned creation only".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A conditional change of one step: applied only when the step is still in `expect_state`
@@ -339,9 +353,6 @@ pub struct PlanOutcome {
     pub finished: Vec<(TaskWithName, Vec<StepRow>)>,
 }
 
-/// A task's detail with its template's namespace, name and version.
-pub type TaskWithName = (TaskDetail, String, String, String);
-
 impl PlanOutcome {
     /// The real id of a task (`-k`: the plan's k-th new task) or of a step.
     pub fn task_id(&self, id: i64) -> i64 {
@@ -556,15 +567,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn templates(&self) -> Result<Vec<TemplateRow>>;
     async fn template_by_id(&self, named_task_id: i64) -> Result<Option<TemplateRow>>;
-    async fn task(&self, task_id: i64) -> Result<Option<(TaskDetail, String, String, String)>>;
+    async fn task(&self, task_id: i64) -> Result<Option<TaskWithName>>;
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>>;
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>>;
-    /// The task and, when it is finished (complete, error or cancelled), its steps: what a
-    /// waiter needs at each wake-up. PostgreSQL reads both in one statement.
+    /// The task and, when it is in a terminal state ([`TaskState::is_terminal`]), its steps:
+    /// what a waiter needs at each wake-up. PostgreSQL reads both in one statement.
     async fn task_if_finished(
         &self,
         task_id: i64,
-    ) -> Result<Option<((TaskDetail, String, String, String), Option<Vec<StepRow>>)>> {
+    ) -> Result<Option<(TaskWithName, Option<Vec<StepRow>>)>> {
         let Some(d) = self.task(task_id).await? else {
             return Ok(None);
         };
@@ -577,11 +588,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Tasks matching the filter and within `ids`, newest first, with (namespace, name,
     /// version). (The filter's creation times are already turned into `ids`.)
-    async fn list_tasks(
-        &self,
-        filter: &TaskFilter,
-        ids: IdRange,
-    ) -> Result<Vec<(TaskDetail, String, String, String)>>;
+    async fn list_tasks(&self, filter: &TaskFilter, ids: IdRange) -> Result<Vec<TaskWithName>>;
     /// How many tasks match the filter and `ids` (its limit and offset ignored).
     async fn count_tasks(&self, filter: &TaskFilter, ids: IdRange) -> Result<i64>;
     /// The first task with an id at or above `id`: `(task_id, created_at)`.

@@ -414,14 +414,12 @@ const DETAIL_COLS: &str = "t.task_id, t.named_task_id, t.state, t.steps_total, t
      t.context::text, t.initiator, t.source_system, t.reason, t.tags::text, t.bypass_steps::text, t.idempotency_key, \
      t.requested_at, t.created_at, t.updated_at, t.completed_at, n.namespace, n.name, n.version";
 
-type Detail = (TaskDetail, String, String, String);
-
-fn task_detail(r: &PgRow) -> Result<Detail> {
+fn task_detail(r: &PgRow) -> Result<TaskWithName> {
     task_detail_at(r, 0)
 }
 
 /// A task's detail from the columns of [`DETAIL_COLS`] starting at column `at`.
-fn task_detail_at(r: &PgRow, at: usize) -> Result<Detail> {
+fn task_detail_at(r: &PgRow, at: usize) -> Result<TaskWithName> {
     Ok((
         TaskDetail {
             row: task_row_at(r, at)?,
@@ -481,6 +479,15 @@ static STEP_COLS_OF_S: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         .map(|c| format!("s.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ")
+});
+
+/// The states [`TaskState::is_terminal`] names: a waiter's task is finished in these.
+static TERMINAL_STATES: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    TaskState::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| s.as_str())
+        .collect()
 });
 
 /// Columns of [`DETAIL_COLS`] in a row.
@@ -828,7 +835,7 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn task(&self, task_id: i64) -> Result<Option<Detail>> {
+    async fn task(&self, task_id: i64) -> Result<Option<TaskWithName>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.conns.get().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -844,17 +851,12 @@ impl Store for PgStore {
     async fn task_if_finished(
         &self,
         task_id: i64,
-    ) -> Result<Option<(Detail, Option<Vec<StepRow>>)>> {
+    ) -> Result<Option<(TaskWithName, Option<Vec<StepRow>>)>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let step_cols = &*STEP_COLS_OF_S;
         let mut conn = self.conns.get().await?;
         // One row per step when finished (the task's columns repeated), else one row with
-        // no step. Finished: the states `TaskState::is_terminal` names.
-        let terminal: Vec<&str> = TaskState::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal())
-            .map(|s| s.as_str())
-            .collect();
+        // no step.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETAIL_COLS}, {step_cols} FROM tasks t \
              JOIN named_tasks n ON n.named_task_id = t.named_task_id \
@@ -862,7 +864,7 @@ impl Store for PgStore {
              WHERE t.task_id = $1 ORDER BY s.position"
         )))
         .bind(task_id)
-        .bind(terminal)
+        .bind(&*TERMINAL_STATES)
         .fetch_all(&mut *conn)
         .await?;
         self.conns.put(conn);
@@ -907,7 +909,7 @@ impl Store for PgStore {
         rows.iter().map(step_row).collect()
     }
 
-    async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<Detail>> {
+    async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<TaskWithName>> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         let order = if f.oldest_first { "ASC" } else { "DESC" };
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -1277,11 +1279,7 @@ impl StoreTx for PgTx {
         steps: &[NewStep<'_>],
         now: i64,
     ) -> Result<Vec<(i32, i64)>> {
-        if steps.iter().any(|s| s.born_claimed.is_some()) {
-            return Err(Error::Internal(
-                "a step born claimed is inserted by a planned creation only".into(),
-            ));
-        }
+        only_planned_creations_are_born_claimed(steps)?;
         self.statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
             "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, ready_at, priority, version, parents, created_at, updated_at) \

@@ -264,9 +264,7 @@ const DETAIL_COLS: &str = "t.task_id, t.named_task_id, t.state, t.steps_total, t
      t.context, t.initiator, t.source_system, t.reason, t.tags, t.bypass_steps, t.idempotency_key, t.requested_at, t.created_at, t.updated_at, t.completed_at, \
      n.namespace, n.name, n.version";
 
-type Detail = (TaskDetail, String, String, String);
-
-fn task_detail(r: &Row) -> rusqlite::Result<Detail> {
+fn task_detail(r: &Row) -> rusqlite::Result<TaskWithName> {
     Ok((
         TaskDetail {
             row: task_row(r)?,
@@ -460,7 +458,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn task(&self, task_id: i64) -> Result<Option<Detail>> {
+    async fn task(&self, task_id: i64) -> Result<Option<TaskWithName>> {
         self.read(|c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {DETAIL_COLS} FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id WHERE t.task_id = ?"
@@ -494,7 +492,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<Detail>> {
+    async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<TaskWithName>> {
         let (filter, mut p) = task_filter(f, ids);
         let order = if f.oldest_first { "ASC" } else { "DESC" };
         let sql = format!(
@@ -779,11 +777,7 @@ impl StoreTx for SqliteTx {
         steps: &[NewStep<'_>],
         now: i64,
     ) -> Result<Vec<(i32, i64)>> {
-        if steps.iter().any(|s| s.born_claimed.is_some()) {
-            return Err(Error::Internal(
-                "a step born claimed is inserted by a planned creation only".into(),
-            ));
-        }
+        only_planned_creations_are_born_claimed(steps)?;
         let mut out = Vec::with_capacity(steps.len());
         for chunk in steps.chunks(CHUNK) {
             let sql = format!(
