@@ -109,14 +109,6 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry holding the built-in `command` and `http` handlers; handlers registered
-    /// afterwards under those names replace them.
-    pub fn with_builtins() -> Self {
-        let mut r = Self::new();
-        crate::builtin::register(&mut r);
-        r
-    }
-
     /// Registers a handler under `name` (the step's `handler_class`, default its step name).
     pub fn register(&mut self, name: impl Into<String>, handler: impl StepHandler) -> &mut Self {
         self.handlers.insert(name.into(), Arc::new(handler));
