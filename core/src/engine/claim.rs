@@ -1,121 +1,39 @@
-//! Claiming: ready steps become jobs with a lease, their parents' results and their task's
-//! context; the tasks they belong to start.
+//! Claiming, the engine's half: what a worker's claim asks for ([`Engine::claim_spec`]), and
+//! the jobs of the steps a store claimed ([`Engine::jobs_of_claimed`]): contexts, parents'
+//! results, handler configs, and the claim's transitions announced. What a claim does to its
+//! rows is the store's claim rule (`store/sqlite/claim.rs`, `tasker_claim.sql`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::tx::{announce_stored, TxCx};
-use super::{decide, Engine};
+use super::tx::announce_claim;
+use super::Engine;
 use super::{parse_json, CONTEXT_CACHE};
 use crate::error::Result;
 use crate::protocol::{Claim, Job, JobKey};
-use crate::state::{StepState, TaskState};
-use crate::store::{ClaimSpec, ClaimedStep, TransitionRow};
+use crate::store::plan::claim_transitions;
+use crate::store::{ClaimSpec, ClaimedStep, ParentResult, StepKey};
 use crate::template::TaskTemplate;
 
-impl TxCx<'_> {
-    /// Claims ready steps and builds their jobs.
-    pub(super) async fn claim(&mut self, c: &Claim) -> Result<Vec<Job>> {
-        // Park first: a task blocked by this transaction's outcomes must not have its steps
-        // claimed. The claim reads only the steps table, so counter updates can wait for the
-        // transaction's final write.
-        self.repark().await?;
-        let held: Vec<i64> = self.tasks.keys().copied().collect();
-        let claimed = self
-            .tx
-            .claim(&self.engine.claim_spec(c, self.now, &held))
-            .await?;
-        self.drained = decide::claim_took_everything(
-            self.claim_covers_ready(c.handlers.as_deref()),
-            c.max,
-            claimed.len(),
-        );
-        if claimed.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Parents' results the claim did not return (SQLite, or steps stored before PostgreSQL
-        // kept their parents).
-        let mut templates = Vec::with_capacity(claimed.len());
-        for s in &claimed {
-            templates.push(self.template(s.named_task_id).await?);
-        }
-        let keys = missing_parent_keys(&claimed, &templates);
-        let parents = if keys.is_empty() {
-            Vec::new()
-        } else {
-            self.tx.results(&keys).await?
-        };
-        let (jobs, announced) = self
-            .engine
-            .jobs_for(&claimed, &templates, c, parents, self.now)?;
-        self.announce_stored(announced);
-        // A task this transaction holds starts here (its row is written at the end); the claim
-        // itself started any other that was still pending.
-        let mut starting: Vec<i64> = claimed
-            .iter()
-            .filter(|s| {
-                self.tasks
-                    .get(&s.task_id)
-                    .is_some_and(|t| t.state == TaskState::Pending)
-            })
-            .map(|s| s.task_id)
-            .collect();
-        starting.sort_unstable();
-        starting.dedup();
-        for t in starting {
-            self.set_task_states(t, &[TaskState::InProgress], task_started_meta())?;
-        }
-        self.claimed.extend(claimed);
-        Ok(jobs)
-    }
-}
-
-/// The metadata of a claim's `pending -> in_progress` step transition (the stores' claims
-/// write the same: `tasker_claim`, `SqliteTx::claim`).
-pub(super) fn step_claimed_meta(attempt: u32, worker: &str) -> Value {
-    json!({"attempt": attempt, "worker": worker})
-}
-
-/// The metadata of the `pending -> in_progress` transition of a task a claim starts.
-pub(super) fn task_started_meta() -> Value {
-    json!({"reason": "step_claimed"})
-}
-
-/// The (task, position) of every parent whose results the claim did not return with its
-/// step (SQLite; PostgreSQL steps stored before their parents were recorded).
-pub(super) fn missing_parent_keys(
-    claimed: &[ClaimedStep],
-    templates: &[Arc<TaskTemplate>],
-) -> Vec<(i64, i32)> {
-    claimed
-        .iter()
-        .zip(templates)
-        .filter(|(s, _)| s.parent_results.is_none())
-        .flat_map(|(s, t)| {
-            t.steps[s.position as usize]
-                .parents
-                .iter()
-                .map(move |&p| (s.task_id, p as i32))
-        })
-        .collect()
-}
-
-/// A transition the store wrote, to announce: (row, event, step name, attempt, metadata).
-pub(super) type Stored = (
-    TransitionRow,
-    &'static str,
-    Option<String>,
-    Option<u32>,
-    Value,
-);
-
 impl Engine {
-    /// The jobs of steps a planned statement claimed (and committed) for `c`; announces the
-    /// claim's transitions.
-    pub(super) async fn jobs_of_statement(
+    /// What to claim for `c` at `now`.
+    pub(super) fn claim_spec<'a>(&self, c: &'a Claim, now: i64) -> ClaimSpec<'a> {
+        ClaimSpec {
+            now,
+            max: c.max as i64,
+            handlers: c.handlers.as_deref(),
+            worker_id: &c.worker_id,
+            lease_until: now + self.inner.opts.lease.as_millis() as i64,
+            only_if_readied: false,
+        }
+    }
+
+    /// The jobs of steps a committed statement claimed for `c`; announces the claim's
+    /// transitions.
+    pub(super) async fn jobs_of_claimed(
         &self,
         claimed: &[ClaimedStep],
         c: &Claim,
@@ -128,120 +46,41 @@ impl Engine {
         for s in claimed {
             templates.push(self.template_by_id(s.named_task_id).await?);
         }
-        // Steps stored before their parents were recorded: read the parents' results (they
-        // never change once a child is ready). Committed, not dropped: a transaction dropped
-        // open costs its pooled connection.
+        // Parents' results the claim did not return (SQLite, or PostgreSQL steps stored before
+        // their parents were recorded): they never change once a child is ready.
         let keys = missing_parent_keys(claimed, &templates);
-        let parents = if keys.is_empty() {
-            Vec::new()
-        } else {
-            let mut tx = self.inner.store.begin(false).await?;
-            let rows = tx.results(&keys).await?;
-            tx.commit(false, false).await?;
-            rows
-        };
-        let (jobs, announced) = self.jobs_for(claimed, &templates, c, parents, now)?;
-        announce_stored(self, announced);
+        let parents = self.inner.store.parent_results(&keys).await?;
+        let jobs = self.jobs_for(claimed, &templates, parents)?;
+        let names: HashMap<i64, (String, u32)> = jobs
+            .iter()
+            .map(|j| (j.key.step_id, (j.step_name.clone(), j.key.attempt)))
+            .collect();
+        announce_claim(self, claim_transitions(claimed, &c.worker_id, now), &names);
         Ok(jobs)
     }
 
-    /// What to claim for `c` at `now`, leaving the `held` tasks' rows alone.
-    pub(super) fn claim_spec<'a>(&self, c: &'a Claim, now: i64, held: &'a [i64]) -> ClaimSpec<'a> {
-        ClaimSpec {
-            now,
-            max: c.max as i64,
-            handlers: c.handlers.as_deref(),
-            worker_id: &c.worker_id,
-            lease_until: now + self.inner.opts.lease.as_millis() as i64,
-            held_tasks: held,
-            only_if_readied: false,
-        }
-    }
-
     /// The jobs of claimed steps (contexts parsed once per task and cached, parents' results
-    /// from the claim or from `parent_rows`), and the claim's transitions to announce (the
-    /// store wrote them).
-    pub(super) fn jobs_for(
+    /// from the claim or from `parent_rows`).
+    fn jobs_for(
         &self,
         claimed: &[ClaimedStep],
         templates: &[Arc<TaskTemplate>],
-        c: &Claim,
-        parent_rows: Vec<(i64, i32, String, Option<String>)>,
-        now: i64,
-    ) -> Result<(Vec<Job>, Vec<Stored>)> {
-        // Contexts never change after creation: keep them parsed.
-        let mut contexts: HashMap<i64, Arc<Value>> = HashMap::new();
-        {
-            let mut cache = self.inner.contexts.lock().unwrap();
-            for s in claimed {
-                if contexts.contains_key(&s.task_id) {
-                    continue;
-                }
-                let v = match cache.get(&s.task_id) {
-                    Some(v) => v.clone(),
-                    None => {
-                        if cache.len() >= CONTEXT_CACHE {
-                            cache.clear();
-                        }
-                        let v = Arc::new(parse_json(&s.context)?);
-                        cache.insert(s.task_id, v.clone());
-                        v
-                    }
-                };
-                contexts.insert(s.task_id, v);
-            }
-        }
+        parent_rows: Vec<ParentResult>,
+    ) -> Result<Vec<Job>> {
+        let contexts = self.contexts_of(claimed)?;
         let mut parent_results: HashMap<(i64, i32), (String, Value)> = HashMap::new();
-        for (t, p, name, res) in parent_rows {
-            let v = res
+        for p in parent_rows {
+            let v = p
+                .results
                 .as_deref()
                 .map(parse_json)
                 .transpose()?
                 .unwrap_or(Value::Null);
-            parent_results.insert((t, p), (name, v));
+            parent_results.insert((p.task_id, p.position), (p.name, v));
         }
         let mut jobs = Vec::with_capacity(claimed.len());
-        let mut announced = Vec::with_capacity(claimed.len());
-        let mut started: Vec<(i64, i64)> = Vec::new();
         for (s, t) in claimed.iter().zip(templates) {
             let st = &t.steps[s.position as usize];
-            let attempt = s.attempts as u32;
-            let mut step_row = |from: StepState, to: StepState, sort_key: i64, meta: Value| {
-                let event =
-                    StepState::event(Some(from), to).expect("a claim's transitions are legal");
-                announced.push((
-                    TransitionRow {
-                        task_id: s.task_id,
-                        step_id: Some(s.step_id),
-                        from_state: Some(from.as_str()),
-                        to_state: to.as_str(),
-                        metadata: String::new(),
-                        sort_key,
-                        created_at: now,
-                    },
-                    event,
-                    Some(st.name.clone()),
-                    Some(attempt),
-                    meta,
-                ));
-            };
-            if attempt > 1 {
-                step_row(
-                    StepState::Error,
-                    StepState::Pending,
-                    s.version - 1,
-                    json!({"attempt": attempt}),
-                );
-            }
-            step_row(
-                StepState::Pending,
-                StepState::InProgress,
-                s.version,
-                step_claimed_meta(attempt, &c.worker_id),
-            );
-            if let Some(version) = s.started_version {
-                started.push((s.task_id, version));
-            }
             let results = match &s.parent_results {
                 Some(text) => match parse_json(text)? {
                     Value::Object(m) => m,
@@ -261,7 +100,7 @@ impl Engine {
                 key: JobKey {
                     task_id: s.task_id,
                     step_id: s.step_id,
-                    attempt,
+                    attempt: s.attempts as u32,
                     position: s.position as u32,
                 },
                 step_name: st.name.clone(),
@@ -276,26 +115,49 @@ impl Engine {
                 task_created_at_ms: s.task_created_at,
             });
         }
-        started.sort_unstable();
-        started.dedup_by_key(|s| s.0);
-        for (task_id, version) in started {
-            let (from, to) = (TaskState::Pending, TaskState::InProgress);
-            announced.push((
-                TransitionRow {
-                    task_id,
-                    step_id: None,
-                    from_state: Some(from.as_str()),
-                    to_state: to.as_str(),
-                    metadata: String::new(),
-                    sort_key: version,
-                    created_at: now,
-                },
-                TaskState::event(Some(from), to).expect("legal task transition"),
-                None,
-                None,
-                task_started_meta(),
-            ));
-        }
-        Ok((jobs, announced))
+        Ok(jobs)
     }
+
+    /// The claimed steps' task contexts, parsed (contexts never change after creation: kept
+    /// parsed, at most [`CONTEXT_CACHE`] of them).
+    fn contexts_of(&self, claimed: &[ClaimedStep]) -> Result<HashMap<i64, Arc<Value>>> {
+        let mut contexts: HashMap<i64, Arc<Value>> = HashMap::new();
+        let mut cache = self.inner.contexts.lock().unwrap();
+        for s in claimed {
+            if contexts.contains_key(&s.task_id) {
+                continue;
+            }
+            let v = match cache.get(&s.task_id) {
+                Some(v) => v.clone(),
+                None => {
+                    if cache.len() >= CONTEXT_CACHE {
+                        cache.clear();
+                    }
+                    let v = Arc::new(parse_json(&s.context)?);
+                    cache.insert(s.task_id, v.clone());
+                    v
+                }
+            };
+            contexts.insert(s.task_id, v);
+        }
+        Ok(contexts)
+    }
+}
+
+/// The (task, position) of every parent whose results the claim did not return with its step.
+fn missing_parent_keys(claimed: &[ClaimedStep], templates: &[Arc<TaskTemplate>]) -> Vec<StepKey> {
+    claimed
+        .iter()
+        .zip(templates)
+        .filter(|(s, _)| s.parent_results.is_none())
+        .flat_map(|(s, t)| {
+            t.steps[s.position as usize]
+                .parents
+                .iter()
+                .map(move |&p| StepKey {
+                    task_id: s.task_id,
+                    position: p as i32,
+                })
+        })
+        .collect()
 }

@@ -1,21 +1,20 @@
 //! Task creation: validating a request against its template and inserting the task with its
-//! steps (bypassed steps resolved, roots claimable) in one transaction.
+//! steps (bypassed steps resolved, roots claimable) in one transaction; with an idle worker of
+//! this process, its first steps claimed for that worker in the same transaction (hand-off).
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::claim;
 use super::decide;
 use super::handoff::Handoff;
-use super::plan::PlanTx;
 use super::tx::TxCx;
 use super::{json_kind, Engine};
 use crate::error::{Error, Result};
-use crate::protocol::{Claim, Job};
+use crate::protocol::Job;
 use crate::state::{StepState, TaskState};
-use crate::store::{ClaimedStep, NewStep, NewTask, TaskRow};
+use crate::store::{ClaimSpec, NewStep, NewTask, TaskRow};
 use crate::template::TaskTemplate;
 
 /// A request to create a task. Everything but `name` is optional.
@@ -110,33 +109,27 @@ impl Engine {
         }
         let now = self.now();
         // An idle worker of this process gets the new steps in the creating transaction
-        // ([`super::handoff`]); answered (empty) on drop if anything below fails.
+        // ([`super::handoff`]); answered (empty) on drop if anything below fails. Taken once:
+        // a planned creation refused runs the general way with the same offer.
         let mut handoff = None;
-        let mut planned = None;
-        if self.inner.opts.planned_cycles && self.inner.store.executes_plans() {
-            match self.create_planned(&prepared, now, &mut handoff).await {
-                Ok(done) => planned = Some(done),
+        let mut done = None;
+        // A keyed creation needs a look-up first: not planned.
+        if self.inner.opts.planned_cycles
+            && self.inner.store.executes_plans()
+            && prepared.iter().all(|p| p.idempotency_key.is_none())
+        {
+            let cx = TxCx::planning(self, now, true);
+            match self.create_in(cx, &prepared, &mut handoff).await {
+                Ok(d) => done = Some(d),
                 Err(Error::PlanStale) => {}
                 Err(e) => return Err(e),
             }
         }
-        let (ids, jobs) = match planned {
-            Some(done) => done,
+        let (ids, jobs) = match done {
+            Some(d) => d,
             None => {
-                let mut cx = TxCx::begin(self, now).await?;
-                let mut ids = Vec::with_capacity(prepared.len());
-                for p in &prepared {
-                    ids.push(cx.insert_task(p, None).await?);
-                }
-                if handoff.is_none() {
-                    handoff = self.take_offer(&cx.ready_handlers());
-                }
-                let jobs = match &handoff {
-                    Some(h) => cx.claim(&h.claim).await?,
-                    None => Vec::new(),
-                };
-                cx.finish().await?;
-                (ids, jobs)
+                let cx = TxCx::begin(self, now).await?;
+                self.create_in(cx, &prepared, &mut handoff).await?
             }
         };
         if let Some(h) = handoff {
@@ -158,53 +151,46 @@ impl Engine {
         Ok(ids)
     }
 
-    /// The creation as one planned statement ([`super::plan`]): the same decisions, the rows
-    /// inserted by the store with their ids. [`Error::PlanStale`] (nothing written) for a
-    /// request the plan cannot carry (an idempotency key needs a look-up first).
-    ///
-    /// With an idle worker's offer taken (`handoff`), the new steps go to it: one task whose
-    /// ready steps are roots is inserted with them already claimed ([`TxCx::insert_task`]);
-    /// otherwise the statement claims after inserting, as any claim does.
-    async fn create_planned(
+    /// The creation in `cx`, with the hand-off: one task whose ready steps are roots has them
+    /// inserted already claimed by an idle worker's offer (born claimed: the store's claim rule
+    /// makes them what its claim would); otherwise the creation claims for an offer after
+    /// inserting, as any claim does.
+    async fn create_in(
         &self,
+        mut cx: TxCx<'_>,
         prepared: &[Prepared],
-        now: i64,
         handoff: &mut Option<Handoff>,
     ) -> Result<(Vec<(i64, bool)>, Vec<Job>)> {
-        let tx = Box::new(PlanTx::new(self.inner.known.clone(), now, true));
-        let mut cx = TxCx::with_tx(self, tx, now);
-        *handoff = match prepared {
-            [p] => self.birth_offer(p),
-            _ => None,
-        };
-        let born = handoff.is_some();
-        let mut ids = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            ids.push(
-                cx.insert_task(p, handoff.as_ref().map(|h| &h.claim))
-                    .await?,
-            );
+        let now = cx.now;
+        let born = matches!(prepared, [p] if p.roots_only());
+        if born && handoff.is_none() {
+            let p = &prepared[0];
+            *handoff = self.take_offer(&p.ready_handlers());
         }
-        if !born {
+        let born_claim = handoff.as_ref().filter(|_| born).map(|h| h.claim.clone());
+        let born_spec = born_claim.as_ref().map(|c| self.claim_spec(c, now));
+        let mut ids = Vec::with_capacity(prepared.len());
+        let mut born_count = 0;
+        for p in prepared {
+            let (id, created, n) = cx.insert_prepared(p, born_spec.as_ref()).await?;
+            ids.push((id, created));
+            born_count += n;
+        }
+        if !born && handoff.is_none() {
             *handoff = self.take_offer(&cx.ready_handlers());
         }
-        let claim = handoff.as_ref().map(|h| &h.claim);
-        let spec = claim
-            .filter(|_| !born)
-            .map(|c| self.claim_spec(c, now, &[]));
-        let out = cx.execute_planned(spec.as_ref()).await?;
-        let jobs = match claim {
-            // Born claimed: the creation's own changes carried (and announced) the claim's
-            // transitions.
-            Some(c) if born => {
-                let mut templates = Vec::with_capacity(out.claimed.len());
-                for s in &out.claimed {
-                    templates.push(self.template_by_id(s.named_task_id).await?);
-                }
-                self.jobs_for(&out.claimed, &templates, c, Vec::new(), now)?
-                    .0
-            }
-            Some(c) => self.jobs_of_statement(&out.claimed, c, now).await?,
+        let spec = match (&born_spec, handoff.as_ref()) {
+            // Born claimed: the claim takes those steps and nothing else.
+            (Some(s), _) => Some(ClaimSpec {
+                max: born_count as i64,
+                ..s.clone()
+            }),
+            (None, Some(h)) => Some(self.claim_spec(&h.claim, now)),
+            (None, None) => None,
+        };
+        let out = cx.finish(spec.as_ref().filter(|s| s.max > 0)).await?;
+        let jobs = match handoff.as_ref() {
+            Some(h) => self.jobs_of_claimed(&out.claimed, &h.claim, now).await?,
             None => Vec::new(),
         };
         let ids = ids
@@ -295,29 +281,6 @@ struct Prepared {
     priority: i32,
 }
 
-impl Engine {
-    /// An idle worker's offer for a task whose ready steps can be inserted already claimed:
-    /// they have no parents (a step made ready by bypassed parents takes its parents'
-    /// results from a claim).
-    fn birth_offer(&self, p: &Prepared) -> Option<Handoff> {
-        let ready: Vec<usize> = (0..p.template.steps.len())
-            .filter(|&i| p.ready(i))
-            .collect();
-        if ready.is_empty()
-            || ready
-                .iter()
-                .any(|&i| !p.template.steps[i].parents.is_empty())
-        {
-            return None;
-        }
-        let handlers: Vec<&str> = ready
-            .iter()
-            .map(|&i| p.template.steps[i].handler.as_str())
-            .collect();
-        self.take_offer(&handlers)
-    }
-}
-
 impl Prepared {
     /// Parents of step `i` that still have to finish (bypassed ones do not).
     fn remaining_parents(&self, i: usize) -> i64 {
@@ -329,19 +292,40 @@ impl Prepared {
     fn ready(&self, i: usize) -> bool {
         !self.bypass[i] && self.remaining_parents(i) == 0
     }
+
+    /// The task has ready steps and all are roots (a step made ready by bypassed parents
+    /// takes its parents' results from an ordinary claim).
+    fn roots_only(&self) -> bool {
+        let mut ready = (0..self.template.steps.len()).filter(|&i| self.ready(i));
+        let mut any = false;
+        let roots = ready.all(|i| {
+            any = true;
+            self.template.steps[i].parents.is_empty()
+        });
+        any && roots
+    }
+
+    /// The handlers of the steps claimable as soon as the task exists.
+    fn ready_handlers(&self) -> Vec<&str> {
+        (0..self.template.steps.len())
+            .filter(|&i| self.ready(i))
+            .map(|i| self.template.steps[i].handler.as_str())
+            .collect()
+    }
 }
 
 impl TxCx<'_> {
-    /// Inserts the task; `(id, false)` when its idempotency key names an existing one.
-    ///
-    /// With `born` (a planned creation handing its steps to an idle worker), up to
-    /// `born.max` of its ready steps for `born`'s handlers are inserted as that claim would
-    /// leave them: in progress, attempt 1, leased to the worker, with the claim's transitions;
-    /// the task starts. They are added to [`TxCx::claimed`].
-    async fn insert_task(&mut self, p: &Prepared, born: Option<&Claim>) -> Result<(i64, bool)> {
+    /// Records the task and its steps; `(id, false, 0)` when its idempotency key names an
+    /// existing one. With `born` (a hand-off of one task), up to `born.max` of its ready steps
+    /// for `born`'s handlers are inserted born claimed; returns how many.
+    async fn insert_prepared(
+        &mut self,
+        p: &Prepared,
+        born: Option<&ClaimSpec<'_>>,
+    ) -> Result<(i64, bool, usize)> {
         if let Some(k) = &p.idempotency_key {
-            if let Some(id) = self.tx.task_by_idempotency_key(k).await? {
-                return Ok((id, false));
+            if let Some(id) = self.task_by_key(k).await? {
+                return Ok((id, false, 0));
             }
         }
         let t = &p.template;
@@ -349,20 +333,18 @@ impl TxCx<'_> {
         let new_task = NewTask {
             named_task_id: p.template_id,
             state: TaskState::Pending,
-            context: &p.context,
-            initiator: &p.initiator,
-            source_system: &p.source_system,
-            reason: &p.reason,
-            tags: &p.tags,
-            bypass_steps: &p.bypass_names,
-            idempotency_key: p.idempotency_key.as_deref(),
+            context: p.context.clone(),
+            initiator: p.initiator.clone(),
+            source_system: p.source_system.clone(),
+            reason: p.reason.clone(),
+            tags: p.tags.clone(),
+            bypass_steps: p.bypass_names.clone(),
+            idempotency_key: p.idempotency_key.clone(),
             steps_total: t.steps.len() as i64,
             steps_done: done,
             version: 1,
-            now: self.now,
         };
         let now = self.now;
-        let spec = born.map(|c| self.engine.claim_spec(c, now, &[]));
         let mut room = born.map_or(0, |c| c.max);
         let steps: Vec<NewStep> = t
             .steps
@@ -371,105 +353,39 @@ impl TxCx<'_> {
             .map(|(i, s)| {
                 let ready = p.ready(i);
                 // In claim order: the task's steps share priority and ready time, so by id.
-                let claimed = spec.as_ref().filter(|c| {
+                let is_born = born.is_some_and(|c| {
                     ready && room > 0 && c.handlers.is_none_or(|hs| hs.contains(&s.handler))
                 });
-                if claimed.is_some() {
-                    room -= 1;
-                }
+                room -= is_born as i64;
                 NewStep {
+                    task_id: 0,
                     position: i as i32,
-                    name: &s.name,
-                    handler: &s.handler,
+                    name: s.name.clone(),
+                    handler: s.handler.clone(),
                     state: if p.bypass[i] {
                         StepState::ResolvedManually
-                    } else if claimed.is_some() {
-                        StepState::InProgress
                     } else {
                         StepState::Pending
                     },
                     retry_limit: s.max_attempts as i64,
                     remaining_parents: p.remaining_parents(i),
-                    ready_at: (ready && claimed.is_none()).then_some(now),
+                    ready_at: ready.then_some(now),
                     priority: p.priority,
-                    version: if p.bypass[i] || claimed.is_some() {
-                        2
-                    } else {
-                        1
-                    },
-                    parents: &s.parents,
-                    born_claimed: claimed.map(|c| (c.worker_id, c.lease_until)),
+                    version: if p.bypass[i] { 2 } else { 1 },
+                    parents: s.parents.iter().map(|&q| q as i32).collect(),
+                    born: is_born,
                 }
             })
             .collect();
-        for s in steps.iter().filter(|s| s.ready_at.is_some()) {
-            self.made_ready(s.handler);
+        let born_count = steps.iter().filter(|s| s.born).count();
+        let left_ready = steps.iter().filter(|s| s.ready_at.is_some() && !s.born);
+        let left_ready: Vec<String> = left_ready.map(|s| s.handler.clone()).collect();
+        for h in &left_ready {
+            self.made_ready(h);
         }
-        let born_steps: Vec<(i32, i64)> = steps
-            .iter()
-            .filter_map(|s| s.born_claimed.map(|(_, until)| (s.position, until)))
-            .collect();
-        let any_left_ready = steps.iter().any(|s| s.ready_at.is_some());
-        let (task_id, mut ids) = self.tx.insert_task_with_steps(&new_task, &steps).await?;
+        let (task_id, mut ids) = self.insert_task(new_task, steps);
         ids.sort_unstable();
-        let event = TaskState::event(None, TaskState::Pending).expect("initial task state");
-        self.push_change(
-            task_id,
-            None,
-            None,
-            TaskState::Pending.as_str(),
-            event,
-            1,
-            json!({}),
-        );
-        for (pos, step_id) in ids {
-            let s = &t.steps[pos as usize];
-            let step = (step_id, s.name.as_str(), 0);
-            self.push_new_step(task_id, step, StepState::Pending, 1, json!({}));
-            if let (Some(c), Some(&(_, lease_until))) =
-                (born, born_steps.iter().find(|(q, _)| *q == pos))
-            {
-                self.push_step_change(
-                    task_id,
-                    Some((step_id, s.name.as_str(), 1)),
-                    StepState::Pending,
-                    StepState::InProgress,
-                    2,
-                    claim::step_claimed_meta(1, &c.worker_id),
-                )?;
-                // The task's fields are filled in once the statement has run
-                // ([`TxCx::execute_planned`]).
-                self.claimed.push(ClaimedStep {
-                    step_id,
-                    task_id,
-                    position: pos,
-                    attempts: 1,
-                    version: 2,
-                    lease_expires_at: lease_until,
-                    retry_limit: s.max_attempts as i64,
-                    named_task_id: p.template_id,
-                    task_state: TaskState::InProgress,
-                    context: p.context.clone(),
-                    task_created_at: now,
-                    started_version: None,
-                    steps_total: t.steps.len() as i64,
-                    steps_done: done,
-                    steps_blocked: 0,
-                    task_version: 0,
-                    parent_results: None,
-                });
-            }
-            if p.bypass[pos as usize] {
-                self.push_step_change(
-                    task_id,
-                    Some(step),
-                    StepState::Pending,
-                    StepState::ResolvedManually,
-                    2,
-                    json!({"reason": "bypassed"}),
-                )?;
-            }
-        }
+        self.record_created(p, task_id, &ids)?;
         self.tasks.insert(
             task_id,
             TaskRow {
@@ -483,15 +399,38 @@ impl TxCx<'_> {
             },
         );
         self.settle(task_id).await?;
-        if !born_steps.is_empty() {
-            self.set_task_states(
-                task_id,
-                &[TaskState::InProgress],
-                claim::task_started_meta(),
-            )?;
-        }
         // Nothing to announce when every ready step went to the worker.
-        self.work = born_steps.is_empty() || any_left_ready;
-        Ok((task_id, true))
+        self.work |= born_count == 0 || !left_ready.is_empty();
+        Ok((task_id, true, born_count))
+    }
+
+    /// The transitions of a new task: created, each step created, bypassed steps resolved.
+    fn record_created(&mut self, p: &Prepared, task_id: i64, ids: &[(i32, i64)]) -> Result<()> {
+        let event = TaskState::event(None, TaskState::Pending).expect("initial task state");
+        self.push_change(
+            task_id,
+            None,
+            None,
+            TaskState::Pending.as_str(),
+            event,
+            1,
+            json!({}),
+        );
+        for &(pos, step_id) in ids {
+            let s = &p.template.steps[pos as usize];
+            let step = (step_id, s.name.as_str(), 0);
+            self.push_new_step(task_id, step, StepState::Pending, 1, json!({}));
+            if p.bypass[pos as usize] {
+                self.push_step_change(
+                    task_id,
+                    Some(step),
+                    StepState::Pending,
+                    StepState::ResolvedManually,
+                    2,
+                    json!({"reason": "bypassed"}),
+                )?;
+            }
+        }
+        Ok(())
     }
 }

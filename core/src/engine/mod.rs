@@ -10,11 +10,14 @@
 //!    transaction**, marks children ready, settles the task, writes the transition rows, and
 //!    claims the next jobs ([`report`], [`settle`]).
 //!
-//! Modules: [`options`] (how an engine is opened), [`templates`] (registering and finding
-//! templates), [`create`] (task creation), [`query`] (snapshots, listings, waiting),
-//! [`report`] (recording outcomes, leases), [`claim`], [`operator`] (cancel, retry, resolve),
-//! [`settle`] (what a task becomes; parking), [`decide`] (the decisions that need no database,
-//! as pure functions), and `tx` (the bookkeeping of one write transaction).
+//! Modules: [`options`] (how an engine is opened), [`registration`] (registering and finding
+//! templates), [`create`] (task creation and the hand-off of its first steps), [`query`]
+//! (snapshots, listings, waiting), [`report`] (the worker cycle, leases), [`outcome`] (what a
+//! reported outcome does), [`claim`] (a claim's jobs), [`operator`] (cancel, retry, resolve),
+//! [`settle`] (what a task becomes), [`decide`] (the decisions that need no database, as pure
+//! functions), [`plan`] (the known rows a cycle is planned from), `tx` (the bookkeeping of
+//! one write transaction: reads, the recorded plan, announcements), [`handoff`], [`watch`],
+//! [`publish`] (custom events).
 //!
 //! Nothing here calls back into a host: events are pulled from [`Engine::subscribe`].
 
@@ -25,11 +28,13 @@ pub mod decide;
 mod handoff;
 mod operator;
 mod options;
+mod outcome;
 mod plan;
+mod publish;
 mod query;
+mod registration;
 mod report;
 mod settle;
-mod templates;
 mod tx;
 mod watch;
 
@@ -43,9 +48,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::store::postgres::{PgOptions, PgStore};
-use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions, Wakeups};
 use crate::template::TaskTemplate;
 
 pub use crate::protocol::{Claim, Cycle, FailureKind, Job, JobKey, Outcome, Report, StepFailure};
@@ -54,7 +57,7 @@ pub use analytics::Analytics;
 pub use create::TaskRequest;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{StepSnapshot, TaskSnapshot, TaskSummary};
-pub use templates::Registration;
+pub use registration::Registration;
 
 #[derive(Default)]
 struct Templates {
@@ -140,24 +143,22 @@ impl Engine {
             .unwrap_or_else(|| DEFAULT_URL.to_owned());
         let work = Arc::new(Notify::new());
         let tasks_changed = Arc::new(Notify::new());
-        let mut listener = None;
-        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::open(&url, opts.durability).await?)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pg = PgStore::open(
-                url.clone(),
-                PgOptions {
-                    schema: opts.schema.clone(),
-                    max_connections: opts.max_connections,
-                },
-            )
-            .await?;
-            if opts.listen {
-                listener = Some(pg.listen(work.clone(), tasks_changed.clone()));
-            }
-            Arc::new(pg)
+        let store = crate::store::open(
+            &url,
+            &StoreOptions {
+                durability: opts.durability,
+                schema: opts.schema.clone(),
+                max_connections: opts.max_connections,
+            },
+        )
+        .await?;
+        let listener = if opts.listen {
+            store.listen(Wakeups {
+                work: work.clone(),
+                tasks: tasks_changed.clone(),
+            })
         } else {
-            return Err(Error::UnsupportedUrl(url));
+            None
         };
         let (events, _) = broadcast::channel(opts.event_capacity.max(16));
         let engine = Engine {

@@ -4,11 +4,16 @@
 use serde_json::{json, Value};
 
 use super::decide::{self, LimitEffect};
-use super::tx::TxCx;
+use super::tx::{StepChange, TxCx};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
-use crate::store::StepUpdate;
+use crate::store::{Decrement, RetryLimitUpdate, StepRow, StepUpdate, TaskDetailsUpdate};
+
+/// Out of attempts: blocks its task until an operator acts ([`decide::is_exhausted`]).
+fn exhausted(s: &StepRow) -> bool {
+    decide::is_exhausted(s.state, s.ready_at, s.parked_ready_at)
+}
 
 impl Engine {
     /// Changes a task's `reason` and/or `tags` (what the original engine's `PATCH /tasks/:id`
@@ -34,10 +39,15 @@ impl Engine {
         let mut cx = TxCx::begin(self, self.now()).await?;
         cx.task(task_id).await?;
         let now = cx.now;
-        cx.tx
-            .update_task_details(task_id, reason.as_deref(), tags.as_deref(), now)
+        cx.db()?
+            .update_task_details(&TaskDetailsUpdate {
+                task_id,
+                reason: reason.as_deref(),
+                tags: tags.as_deref(),
+                now,
+            })
             .await?;
-        cx.finish().await
+        cx.finish(None).await.map(drop)
     }
 
     /// Cancels the task: steps not yet started are cancelled; steps in flight finish and their
@@ -59,28 +69,28 @@ impl Engine {
             });
         }
         let template = cx.template(task.named_task_id).await?;
-        let steps = cx.tx.task_steps(task_id).await?;
+        let steps = cx.task_steps(task_id).await?;
         let mut updates = Vec::new();
         for s in &steps {
             if matches!(s.state, StepState::Pending | StepState::Error) {
-                if s.is_exhausted() {
+                if exhausted(s) {
                     cx.adjust(task_id, 0, -1);
                 }
-                updates.push((
-                    StepUpdate::new(s.step_id, s.state, StepState::Cancelled),
-                    template.steps[s.position as usize].name.clone(),
-                    s.attempts,
-                    json!({"reason": "task_cancelled"}),
-                ));
+                updates.push(StepChange {
+                    update: StepUpdate::new(s.step_id, s.version, s.state, StepState::Cancelled),
+                    name: template.steps[s.position as usize].name.clone(),
+                    attempt: s.attempts,
+                    meta: json!({"reason": "task_cancelled"}),
+                });
             }
         }
-        cx.apply_step_updates(task_id, updates).await?;
+        cx.update_steps(task_id, updates)?;
         cx.set_task_states(
             task_id,
             &[TaskState::Cancelled],
             json!({"reason": "cancelled_by_operator"}),
         )?;
-        cx.finish().await
+        cx.finish(None).await.map(drop)
     }
 
     /// Gives a failed step a fresh set of attempts and puts the task back to work.
@@ -95,7 +105,7 @@ impl Engine {
                 s.state
             )));
         }
-        if s.is_exhausted() {
+        if exhausted(&s) {
             cx.adjust(task_id, 0, -1);
         }
         let now = cx.now;
@@ -104,21 +114,20 @@ impl Engine {
             attempts: Some(0),
             error: Some(None),
             ready_at: (s.remaining_parents <= 0).then_some(now),
-            ..StepUpdate::new(s.step_id, StepState::Error, StepState::Pending)
+            ..StepUpdate::new(s.step_id, s.version, StepState::Error, StepState::Pending)
         };
-        cx.apply_step_updates(
+        cx.update_steps(
             task_id,
-            vec![(
+            vec![StepChange {
                 update,
-                s.name.clone(),
-                0,
-                json!({"reason": "retried_by_operator", "previous_attempts": s.attempts}),
-            )],
-        )
-        .await?;
+                name: s.name.clone(),
+                attempt: 0,
+                meta: json!({"reason": "retried_by_operator", "previous_attempts": s.attempts}),
+            }],
+        )?;
         cx.work = true;
         cx.settle(task_id).await?;
-        cx.finish().await
+        cx.finish(None).await.map(drop)
     }
 
     /// Marks a pending or failed step `resolved_manually` with `results`; its children may run.
@@ -143,7 +152,7 @@ impl Engine {
                 s.state
             )));
         }
-        if s.is_exhausted() {
+        if exhausted(&s) {
             cx.adjust(task_id, 0, -1);
         }
         cx.adjust(task_id, 1, 0);
@@ -152,29 +161,26 @@ impl Engine {
             results: Some(Some(serde_json::to_string(&results).expect("json"))),
             error: Some(None),
             processed_at: Some(cx.now),
-            ..StepUpdate::new(s.step_id, s.state, StepState::ResolvedManually)
+            ..StepUpdate::new(s.step_id, s.version, s.state, StepState::ResolvedManually)
         };
-        cx.apply_step_updates(
+        cx.update_steps(
             task_id,
-            vec![(
+            vec![StepChange {
                 update,
-                s.name.clone(),
-                s.attempts,
-                json!({"reason": "resolved_by_operator"}),
-            )],
-        )
-        .await?;
+                name: s.name.clone(),
+                attempt: s.attempts,
+                meta: json!({"reason": "resolved_by_operator"}),
+            }],
+        )?;
         let template = cx.template(task.named_task_id).await?;
-        let decs: Vec<(i64, i32, i64)> = template.steps[s.position as usize]
-            .children
-            .iter()
-            .map(|&c| (task_id, c as i32, 1))
-            .collect();
-        if !decs.is_empty() && cx.tx.decrement_parents(&decs, cx.now).await? > 0 {
-            cx.work = true;
-        }
+        let children = &template.steps[s.position as usize].children;
+        cx.decrement(children.iter().map(|&c| Decrement {
+            task_id,
+            position: c as i32,
+            by: 1,
+        }));
         cx.settle(task_id).await?;
-        cx.finish().await
+        cx.finish(None).await.map(drop)
     }
 
     /// The largest `retry_limit` an operator may set.
@@ -210,7 +216,7 @@ impl Engine {
         let effect = decide::retry_limit_effect(
             s.state,
             s.attempts,
-            s.is_exhausted(),
+            exhausted(&s),
             failed_permanently,
             retry_limit,
         );
@@ -220,8 +226,13 @@ impl Engine {
             LimitEffect::Exhaust => Some(None),
             LimitEffect::Unexhaust => Some(Some(now)),
         };
-        cx.tx
-            .set_retry_limit(s.step_id, retry_limit, ready_at, now)
+        cx.db()?
+            .set_retry_limit(&RetryLimitUpdate {
+                step_id: s.step_id,
+                limit: retry_limit,
+                ready_at,
+                now,
+            })
             .await?;
         if effect != LimitEffect::Keep {
             let d_blocked = if effect == LimitEffect::Exhaust {
@@ -233,7 +244,7 @@ impl Engine {
             cx.work |= effect == LimitEffect::Unexhaust;
             cx.settle(task_id).await?;
         }
-        cx.finish().await
+        cx.finish(None).await.map(drop)
     }
 
     /// Cancels one step that has not run to the end (`pending`, or `error` between attempts),
@@ -265,7 +276,7 @@ impl Engine {
                 stack.extend(template.steps[i].children.iter().copied());
             }
         }
-        let steps = cx.tx.task_steps(task_id).await?;
+        let steps = cx.task_steps(task_id).await?;
         let mut updates = Vec::new();
         for r in &steps {
             if !doomed[r.position as usize]
@@ -273,24 +284,24 @@ impl Engine {
             {
                 continue;
             }
-            cx.adjust(task_id, 1, if r.is_exhausted() { -1 } else { 0 });
+            cx.adjust(task_id, 1, if exhausted(r) { -1 } else { 0 });
             let meta = if r.step_id == s.step_id {
                 json!({"reason": "cancelled_by_operator"})
             } else {
                 json!({"reason": "depends_on_cancelled_step", "cancelled_step": s.name})
             };
-            updates.push((
-                StepUpdate {
+            updates.push(StepChange {
+                update: StepUpdate {
                     expect_attempts: Some(r.attempts),
-                    ..StepUpdate::new(r.step_id, r.state, StepState::Cancelled)
+                    ..StepUpdate::new(r.step_id, r.version, r.state, StepState::Cancelled)
                 },
-                r.name.clone(),
-                r.attempts,
+                name: r.name.clone(),
+                attempt: r.attempts,
                 meta,
-            ));
+            });
         }
-        cx.apply_step_updates(task_id, updates).await?;
+        cx.update_steps(task_id, updates)?;
         cx.settle(task_id).await?;
-        cx.finish().await
+        cx.finish(None).await.map(drop)
     }
 }

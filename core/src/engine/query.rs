@@ -10,7 +10,7 @@ use super::{parse_json, Engine};
 use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
-use crate::store::{IdRange, NextTimes, TaskFilter, TaskWithName, TransitionRow};
+use crate::store::{IdRange, NextTimes, TaskDetail, TaskFilter, TransitionRow};
 use crate::template::TaskTemplate;
 
 /// A task as `get_task` shows it.
@@ -100,10 +100,9 @@ impl Engine {
     async fn snapshot(
         &self,
         task_id: i64,
-        detail: TaskWithName,
+        d: TaskDetail,
         steps: Option<Vec<crate::store::StepRow>>,
     ) -> Result<TaskSnapshot> {
-        let (d, ns, name, version) = detail;
         let template = self.template_by_id(d.row.named_task_id).await?;
         let steps = match steps {
             Some(s) => s,
@@ -111,9 +110,9 @@ impl Engine {
         };
         Ok(TaskSnapshot {
             id: d.row.task_id,
-            name,
-            namespace: ns,
-            version,
+            name: d.name,
+            namespace: d.namespace,
+            version: d.template_version,
             status: d.row.state,
             context: parse_json(&d.context)?,
             initiator: d.initiator,
@@ -189,11 +188,11 @@ impl Engine {
             .list_tasks(filter, ids)
             .await?
             .into_iter()
-            .map(|(d, namespace, name, version)| TaskSummary {
+            .map(|d| TaskSummary {
                 id: d.row.task_id,
-                name,
-                namespace,
-                version,
+                name: d.name,
+                namespace: d.namespace,
+                version: d.template_version,
                 status: d.row.state,
                 steps_total: d.row.steps_total,
                 steps_done: d.row.steps_done,
@@ -306,8 +305,8 @@ impl Engine {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(f) = watch.take() {
-                let (detail, steps) = (*f).clone();
-                return self.snapshot(task_id, detail, Some(steps)).await;
+                let f = (*f).clone();
+                return self.snapshot(task_id, f.task, Some(f.steps)).await;
             }
             // The task's row and, once it is finished, its steps: the snapshot in one read.
             match self.inner.store.task_if_finished(task_id).await? {

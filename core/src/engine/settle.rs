@@ -1,5 +1,6 @@
-//! What a task becomes once its counters change ([`super::decide::settle_path`] decides), and
-//! parking: the claimable steps of a blocked task are hidden from claims until it is unblocked.
+//! What a task becomes once its counters change ([`super::decide::settle_path`] decides).
+//! (Parking a blocked task's claimable steps is recorded with a transaction's last writes:
+//! `TxCx::repark`.)
 
 use super::decide;
 use super::tx::TxCx;
@@ -19,7 +20,7 @@ impl TxCx<'_> {
             steps_blocked: row.steps_blocked,
         };
         let running = if counts.needs_running_count() {
-            Some(self.tx.count_running(task_id).await?)
+            Some(self.count_running(task_id).await?)
         } else {
             None
         };
@@ -42,33 +43,5 @@ impl TxCx<'_> {
             }
         }
         self.set_task_states(task_id, path, meta)
-    }
-
-    /// Parks the claimable steps of blocked tasks, so no claim starts them, and makes them
-    /// claimable again once a task is unblocked.
-    pub(super) async fn repark(&mut self) -> Result<()> {
-        let mut park = Vec::new();
-        let mut unpark = Vec::new();
-        for (id, row) in &self.tasks {
-            let before = self.blocked_before.get(id).copied().unwrap_or(0);
-            if row.steps_blocked > 0 {
-                park.push(*id);
-            } else if before > 0 && matches!(row.state, TaskState::Pending | TaskState::InProgress)
-            {
-                unpark.push(*id);
-            }
-        }
-        if !park.is_empty() {
-            park.sort_unstable();
-            self.tx.park(&park, self.now).await?;
-        }
-        if !unpark.is_empty() {
-            unpark.sort_unstable();
-            self.tx.unpark(&unpark, self.now).await?;
-            self.work = true;
-            // Claimable after any claim of this transaction: announce them.
-            self.drained = false;
-        }
-        Ok(())
     }
 }

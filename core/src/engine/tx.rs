@@ -1,86 +1,193 @@
-//! The bookkeeping of one write transaction: the task rows it locked (with counters kept in
-//! memory and flushed once), the transitions to insert, and the events to announce after commit.
+//! The bookkeeping of one write transaction ([`TxCx`]): what it read (the task rows it holds,
+//! with their counters kept in memory), what it decided (the row changes, recorded into a
+//! [`Plan`]), and what to announce after commit.
+//!
+//! Every write goes one way: recorded into the plan and applied by the store in one call at
+//! [`TxCx::finish`], with the claim last. What differs is where the reads come from
+//! ([`Source`]): a database transaction that locks what it reads, or the rows this engine
+//! already knows ([`Known`]), from which a worker cycle is planned without any read; the
+//! store then checks what was assumed (the plan's guards). A read the known rows cannot answer
+//! stops planning with [`Error::PlanStale`] before any I/O, and the caller runs the same
+//! decisions again on a database transaction.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use super::claim::Stored;
+use super::plan::Known;
 use super::{decide, Engine};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::state::{StepState, TaskState};
 use crate::store::{
-    ClaimSpec, ClaimedStep, PlanOutcome, StepRow, StepUpdate, StoreTx, TaskRow, TaskUpdate,
-    TransitionRow,
+    ClaimSpec, ClaimedStep, Decrement, ExpiredLease, NewStep, NewTask, Notify, Plan, PlanOutcome,
+    StepLock, StepRow, StepUpdate, StoreTx, TaskRow, TaskUpdate, TransitionRow,
 };
 use crate::template::TaskTemplate;
+
+/// Where a transaction's reads come from.
+pub(super) enum Source {
+    /// A database transaction: reads lock what they read; a read that must see the
+    /// transaction's own writes applies them first ([`TxCx::flush`]).
+    Db(Box<dyn StoreTx>),
+    /// The rows this engine saw at its last claims and commits ([`Known`]); the plan is
+    /// executed by the store on its own, guarded.
+    Known(Arc<Mutex<Known>>),
+}
 
 /// A transition to record and announce.
 struct Change {
     row: TransitionRow,
-    /// The store already wrote the row (a claim's): only announce it.
-    stored: bool,
     event: &'static str,
     step_name: Option<String>,
     attempt: Option<u32>,
     metadata: Value,
 }
 
-/// The work of one write transaction: in-memory copies of the task rows it touched, the
-/// transitions to insert, and what to announce after commit.
+/// A step change an operator or a report decided: the update, and what its transition says.
+pub(super) struct StepChange {
+    pub update: StepUpdate,
+    pub name: String,
+    pub attempt: i64,
+    pub meta: Value,
+}
+
+/// The work of one write transaction (see the module docs).
 pub(super) struct TxCx<'e> {
     pub(super) engine: &'e Engine,
-    pub(super) tx: Box<dyn StoreTx>,
+    src: Source,
     pub(super) now: i64,
+    /// The task rows this transaction holds, as its decisions have left them.
     pub(super) tasks: HashMap<i64, TaskRow>,
     /// `steps_blocked` of each task when this transaction first saw it.
     pub(super) blocked_before: HashMap<i64, i64>,
-    pub(super) pending: HashMap<i64, TaskUpdate>,
+    /// Counter and state changes of the held tasks, recorded at the end.
+    pending: HashMap<i64, TaskUpdate>,
     changes: Vec<Change>,
+    /// The row changes recorded and not yet applied.
+    plan: Plan,
+    /// Steps this transaction changes (a second report for one of them is stale).
+    updated: HashSet<i64>,
     pub(super) work: bool,
     /// A task reached a terminal state ([`TaskState::is_terminal`]): wake its waiters.
     pub(super) tasks_changed: bool,
-    /// Steps claimed in this transaction (remembered for planning after commit).
-    pub(super) claimed: Vec<ClaimedStep>,
-    /// The claim took every claimable step and nothing became claimable after it
-    /// ([`decide::claim_took_everything`]): steps made ready need not be announced.
-    pub(super) drained: bool,
     /// Handlers of the steps this transaction may have made claimable (children of completed
-    /// steps, steps given a time to run again).
+    /// steps, steps given a time to run again, new ready steps).
     ready_handlers: Vec<String>,
+    /// Steps of handlers it does not know may have become claimable (unparked ones).
+    ready_unknown: bool,
+    /// Idempotency keys of the tasks it creates.
+    keys: HashMap<String, i64>,
 }
 
 impl<'e> TxCx<'e> {
+    /// A database transaction whose commit reaches the disk.
     pub(super) async fn begin(engine: &'e Engine, now: i64) -> Result<TxCx<'e>> {
         Self::begin_with(engine, now, true).await
     }
 
+    /// A database transaction; `durable = false` for one whose loss in a crash is harmless (a
+    /// claim alone).
     pub(super) async fn begin_with(
         engine: &'e Engine,
         now: i64,
         durable: bool,
     ) -> Result<TxCx<'e>> {
         let tx = engine.inner.store.begin(durable).await?;
-        Ok(Self::with_tx(engine, tx, now))
+        Ok(Self::new(engine, Source::Db(tx), now, durable))
     }
 
-    /// A transaction context over `tx` (a database transaction, or a [`super::plan::PlanTx`]).
-    pub(super) fn with_tx(engine: &'e Engine, tx: Box<dyn StoreTx>, now: i64) -> TxCx<'e> {
+    /// A transaction planned from the rows this engine knows.
+    pub(super) fn planning(engine: &'e Engine, now: i64, durable: bool) -> TxCx<'e> {
+        Self::new(
+            engine,
+            Source::Known(engine.inner.known.clone()),
+            now,
+            durable,
+        )
+    }
+
+    fn new(engine: &'e Engine, src: Source, now: i64, durable: bool) -> TxCx<'e> {
         TxCx {
             engine,
-            tx,
+            src,
             now,
             tasks: HashMap::new(),
             blocked_before: HashMap::new(),
             pending: HashMap::new(),
             changes: Vec::new(),
+            plan: Plan::new(now, durable),
+            updated: HashSet::new(),
             work: false,
             tasks_changed: false,
-            claimed: Vec::new(),
-            drained: false,
             ready_handlers: Vec::new(),
+            ready_unknown: false,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// The database transaction; [`Error::PlanStale`] when planning (the read or write needs
+    /// the database).
+    pub(super) fn db(&mut self) -> Result<&mut dyn StoreTx> {
+        match &mut self.src {
+            Source::Db(tx) => Ok(&mut **tx),
+            Source::Known(_) => Err(Error::PlanStale),
+        }
+    }
+
+    /// The database transaction, with the writes recorded so far applied (for a read that
+    /// must see them).
+    async fn db_flushed(&mut self) -> Result<&mut dyn StoreTx> {
+        self.flush().await?;
+        self.db()
+    }
+
+    /// Applies the writes recorded so far (a database transaction only; no claim).
+    async fn flush(&mut self) -> Result<()> {
+        let Source::Db(tx) = &mut self.src else {
+            return Err(Error::PlanStale);
+        };
+        if self.plan.writes_nothing() {
+            return Ok(());
+        }
+        let fresh = Plan::new(self.now, self.plan.durable);
+        let plan = std::mem::replace(&mut self.plan, fresh);
+        let out = tx.apply(&plan, None).await.map_err(changed_meanwhile)?;
+        self.work |= out.ready > 0;
+        self.remap(&out);
+        Ok(())
+    }
+
+    /// Replaces the stand-in ids of new rows by the ids the store gave them.
+    fn remap(&mut self, out: &PlanOutcome) {
+        if out.task_ids.is_empty() && out.step_ids.is_empty() {
+            return;
+        }
+        for c in &mut self.changes {
+            c.row.task_id = out.task_id(c.row.task_id);
+            c.row.step_id = c.row.step_id.map(|s| out.step_id(s));
+        }
+        self.tasks = std::mem::take(&mut self.tasks)
+            .into_values()
+            .map(|mut t| {
+                t.task_id = out.task_id(t.task_id);
+                (t.task_id, t)
+            })
+            .collect();
+        self.blocked_before = std::mem::take(&mut self.blocked_before)
+            .into_iter()
+            .map(|(k, v)| (out.task_id(k), v))
+            .collect();
+        self.pending = std::mem::take(&mut self.pending)
+            .into_values()
+            .map(|mut u| {
+                u.task_id = out.task_id(u.task_id);
+                (u.task_id, u)
+            })
+            .collect();
+        for id in self.keys.values_mut() {
+            *id = out.task_id(*id);
         }
     }
 
@@ -98,12 +205,17 @@ impl<'e> TxCx<'e> {
 
     /// True when a claim for `handlers` (None: any) could take every step this transaction
     /// made claimable, i.e. none is for a handler it does not ask for.
-    pub(super) fn claim_covers_ready(&self, handlers: Option<&[String]>) -> bool {
-        handlers.is_none_or(|hs| self.ready_handlers.iter().all(|h| hs.contains(h)))
+    fn claim_covers_ready(&self, handlers: Option<&[String]>) -> bool {
+        !self.ready_unknown
+            && handlers.is_none_or(|hs| self.ready_handlers.iter().all(|h| hs.contains(h)))
     }
 
     pub(super) async fn template(&mut self, id: i64) -> Result<Arc<TaskTemplate>> {
-        self.engine.template_in_tx(&mut *self.tx, id).await
+        if let Some(t) = self.engine.template_cached(id) {
+            return Ok(t);
+        }
+        let engine = self.engine;
+        engine.template_in_tx(self.db()?, id).await
     }
 
     pub(super) async fn task(&mut self, task_id: i64) -> Result<TaskRow> {
@@ -114,19 +226,78 @@ impl<'e> TxCx<'e> {
             .ok_or_else(|| Error::NotFound(format!("task {task_id} does not exist")))
     }
 
+    /// Holds these tasks' rows (locked, or known and guarded).
     pub(super) async fn load_tasks(&mut self, ids: &[i64]) -> Result<()> {
         let missing: Vec<i64> = ids
             .iter()
             .copied()
             .filter(|id| !self.tasks.contains_key(id))
             .collect();
-        if !missing.is_empty() {
-            for row in self.tx.lock_tasks(&missing).await? {
-                self.blocked_before.insert(row.task_id, row.steps_blocked);
-                self.tasks.insert(row.task_id, row);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let rows = match &mut self.src {
+            Source::Db(tx) => tx.lock_tasks(&missing).await?,
+            Source::Known(known) => {
+                let rows = known.lock().unwrap().tasks(&missing)?;
+                self.plan.guards.extend(rows.iter().cloned());
+                rows
             }
+        };
+        for row in rows {
+            self.blocked_before.insert(row.task_id, row.steps_blocked);
+            self.tasks.insert(row.task_id, row);
         }
         Ok(())
+    }
+
+    /// What reports need of their steps (`step id -> lock`), with the steps' retry limits
+    /// when `limits`. Known rows answer for running steps of this engine's claims (assumed at
+    /// the attempt reported, guarded by the version), without their limits.
+    pub(super) async fn step_locks(
+        &mut self,
+        keys: &[crate::protocol::JobKey],
+        limits: bool,
+    ) -> Result<HashMap<i64, StepLock>> {
+        let ids: Vec<i64> = keys.iter().map(|k| k.step_id).collect();
+        match &self.src {
+            Source::Known(known) => {
+                if limits {
+                    return Err(Error::PlanStale);
+                }
+                known.lock().unwrap().running(keys)
+            }
+            Source::Db(_) => Ok(self
+                .db_flushed()
+                .await?
+                .lock_steps(&ids)
+                .await?
+                .into_iter()
+                .map(|l| (l.step_id, l))
+                .collect()),
+        }
+    }
+
+    /// A task's steps by position, as this transaction's writes leave them.
+    pub(super) async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>> {
+        self.db_flushed().await?.task_steps(task_id).await
+    }
+
+    pub(super) async fn count_running(&mut self, task_id: i64) -> Result<i64> {
+        self.db_flushed().await?.count_running(task_id).await
+    }
+
+    pub(super) async fn expired_leases(&mut self, limit: i64) -> Result<Vec<ExpiredLease>> {
+        let now = self.now;
+        self.db_flushed().await?.expired_leases(now, limit).await
+    }
+
+    /// The task an idempotency key names, among this transaction's new tasks or stored ones.
+    pub(super) async fn task_by_key(&mut self, key: &str) -> Result<Option<i64>> {
+        if let Some(&id) = self.keys.get(key) {
+            return Ok(Some(id));
+        }
+        self.db()?.task_by_idempotency_key(key).await
     }
 
     pub(super) fn require_active(&self, task: &TaskRow, what: &str) -> Result<()> {
@@ -144,7 +315,7 @@ impl<'e> TxCx<'e> {
     }
 
     pub(super) async fn step_named(&mut self, task_id: i64, name: &str) -> Result<StepRow> {
-        let steps = self.tx.task_steps(task_id).await?;
+        let steps = self.task_steps(task_id).await?;
         let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
         steps.into_iter().find(|s| s.name == name).ok_or_else(|| {
             Error::NotFound(format!(
@@ -154,7 +325,39 @@ impl<'e> TxCx<'e> {
         })
     }
 
-    /// Changes a task's counters, in memory now and in the database at the next flush.
+    /// Records a new task and its steps; returns the task's stand-in id and each step's
+    /// `(position, stand-in id)` (real ids once applied).
+    pub(super) fn insert_task(
+        &mut self,
+        task: NewTask,
+        steps: Vec<NewStep>,
+    ) -> (i64, Vec<(i32, i64)>) {
+        self.plan.new_tasks.push(task);
+        let task_id = -(self.plan.new_tasks.len() as i64);
+        if let Some(k) = &self.plan.new_tasks.last().expect("pushed").idempotency_key {
+            self.keys.insert(k.clone(), task_id);
+        }
+        let mut ids = Vec::with_capacity(steps.len());
+        for mut s in steps {
+            s.task_id = task_id;
+            ids.push((s.position, 0));
+            self.plan.new_steps.push(s);
+            ids.last_mut().expect("pushed").1 = -(self.plan.new_steps.len() as i64);
+        }
+        (task_id, ids)
+    }
+
+    /// Records that these steps lose parents (a pending one reaching zero becomes claimable).
+    pub(super) fn decrement(&mut self, decrements: impl IntoIterator<Item = Decrement>) {
+        self.plan.decrements.extend(decrements);
+    }
+
+    /// True when this transaction already changes the step (a later report of it is stale).
+    pub(super) fn updates_step(&self, step_id: i64) -> bool {
+        self.updated.contains(&step_id)
+    }
+
+    /// Changes a task's counters, in memory now and in the plan at the end.
     pub(super) fn adjust(&mut self, task_id: i64, d_done: i64, d_blocked: i64) {
         let row = self.tasks.get_mut(&task_id).expect("task loaded");
         row.steps_done += d_done;
@@ -167,6 +370,7 @@ impl<'e> TxCx<'e> {
         u.d_blocked += d_blocked;
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn push_change(
         &mut self,
         task_id: i64,
@@ -178,7 +382,6 @@ impl<'e> TxCx<'e> {
         metadata: Value,
     ) {
         self.changes.push(Change {
-            stored: false,
             row: TransitionRow {
                 task_id,
                 step_id: step.map(|s| s.0),
@@ -245,45 +448,37 @@ impl<'e> TxCx<'e> {
         );
     }
 
-    /// Applies conditional step updates of one task and records their transitions
-    /// (`expect_state -> state`). Returns the ids applied.
-    pub(super) async fn apply_step_updates(
-        &mut self,
-        task_id: i64,
-        updates: Vec<(StepUpdate, String, i64, Value)>,
-    ) -> Result<HashSet<i64>> {
-        let rows: Vec<StepUpdate> = updates.iter().map(|u| u.0.clone()).collect();
-        let applied: HashMap<i64, i64> = self
-            .tx
-            .update_steps(&rows, self.now)
-            .await?
-            .into_iter()
-            .collect();
-        for (u, name, attempt, meta) in updates {
-            let Some(&version) = applied.get(&u.step_id) else {
-                return Err(Error::Conflict(format!(
-                    "step {name:?} of task {task_id} changed while the operation ran; try again"
-                )));
-            };
+    /// Records conditional step updates of one task and their transitions (`expect_state ->
+    /// state`, sort key the step's new version).
+    pub(super) fn update_steps(&mut self, task_id: i64, changes: Vec<StepChange>) -> Result<()> {
+        for c in changes {
+            let u = &c.update;
             let event = StepState::event(Some(u.expect_state), u.state).ok_or(
                 Error::IllegalStepTransition {
                     task_id,
-                    step: name.clone(),
+                    step: c.name.clone(),
                     from: u.expect_state,
                     to: u.state,
                 },
             )?;
             self.push_change(
                 task_id,
-                Some((u.step_id, &name, attempt as u32)),
+                Some((u.step_id, &c.name, c.attempt as u32)),
                 Some(u.expect_state.as_str()),
                 u.state.as_str(),
                 event,
-                version,
-                meta,
+                u.new_version(),
+                c.meta,
             );
+            self.record_update(c.update);
         }
-        Ok(applied.into_keys().collect())
+        Ok(())
+    }
+
+    /// Records a step update whose transitions the caller records itself.
+    pub(super) fn record_update(&mut self, update: StepUpdate) {
+        self.updated.insert(update.step_id);
+        self.plan.step_updates.push(update);
     }
 
     /// Queues task state changes along `path` (each checked against the table).
@@ -331,91 +526,79 @@ impl<'e> TxCx<'e> {
         Ok(())
     }
 
-    /// Transitions the store already wrote (a claim's), to announce after commit.
-    pub(super) fn announce_stored(&mut self, rows: Vec<Stored>) {
-        self.changes.extend(rows.into_iter().map(stored_change));
-    }
-
-    /// Parks, flushes the task counters and writes the transition rows (the last writes).
-    async fn write_last(&mut self) -> Result<()> {
-        self.repark().await?;
-        let ups: Vec<TaskUpdate> = self.pending.drain().map(|(_, u)| u).collect();
-        let rows: Vec<TransitionRow> = self
-            .changes
-            .iter()
-            .filter(|c| !c.stored)
-            .map(|c| c.row.clone())
-            .collect();
-        self.tx.write_final(&ups, &rows, self.now).await
-    }
-
-    /// Flushes, writes the transition rows, commits, then announces.
-    pub(super) async fn finish(mut self) -> Result<()> {
-        self.write_last().await?;
-        let TxCx {
-            engine,
-            tx,
-            tasks,
-            changes,
-            claimed,
-            work,
-            tasks_changed,
-            drained,
-            ..
-        } = self;
-        let work = work && !drained;
-        tx.commit(work, tasks_changed).await?;
-        remember(engine, &tasks, &changes, &claimed, false);
-        announce(engine, changes, work, tasks_changed);
-        Ok(())
-    }
-
-    /// For a transaction over a [`super::plan::PlanTx`]: records the last writes, then has the
-    /// store execute the plan and claim (`claim`) in one statement, then announces. Returns
-    /// the claimed steps. [`Error::PlanStale`] when the plan no longer applies (nothing was
-    /// written; the engine forgets the tasks it assumed).
-    pub(super) async fn execute_planned(
-        mut self,
-        claim: Option<&ClaimSpec<'_>>,
-    ) -> Result<PlanOutcome> {
-        self.write_last().await?;
-        let covers = claim.is_some_and(|c| self.claim_covers_ready(c.handlers));
-        let TxCx {
-            engine,
-            tx,
-            mut tasks,
-            mut changes,
-            mut work,
-            tasks_changed,
-            claimed: born,
-            ..
-        } = self;
-        let mut plan = tx
-            .into_plan()
-            .ok_or_else(|| Error::Internal("execute_planned on a database transaction".into()))?;
-        plan.work = work;
-        plan.task_changed = tasks_changed;
-        plan.quiet_if_claim_short = covers;
-        plan.watched = engine.watches().finishing(&plan.task_updates);
-        let inner = &engine.inner;
-        let mut out = match inner.store.execute_plan(&plan, claim).await {
-            Err(Error::PlanStale) => {
-                inner
-                    .known
-                    .lock()
-                    .unwrap()
-                    .forget(plan.guards.iter().map(|g| g.task_id));
-                return Err(Error::PlanStale);
+    /// Records parking and unparking: the claimable steps of blocked tasks are hidden from
+    /// claims, and come back once a task is unblocked.
+    fn repark(&mut self) {
+        let mut park = Vec::new();
+        let mut unpark = Vec::new();
+        for (id, row) in &self.tasks {
+            let before = self.blocked_before.get(id).copied().unwrap_or(0);
+            if row.steps_blocked > 0 {
+                park.push(*id);
+            } else if before > 0 && matches!(row.state, TaskState::Pending | TaskState::InProgress)
+            {
+                unpark.push(*id);
             }
-            other => other?,
+        }
+        park.sort_unstable();
+        unpark.sort_unstable();
+        if !unpark.is_empty() {
+            self.work = true;
+            self.ready_unknown = true;
+        }
+        self.plan.park = park;
+        self.plan.unpark = unpark;
+    }
+
+    /// Records the last writes: parking, the task counters and the transition rows.
+    fn write_last(&mut self) {
+        self.repark();
+        let mut ups: Vec<TaskUpdate> = self.pending.drain().map(|(_, u)| u).collect();
+        ups.sort_by_key(|u| u.task_id);
+        self.plan.task_updates = ups;
+        self.plan.transitions = self.changes.iter().map(|c| c.row.clone()).collect();
+    }
+
+    /// Applies everything recorded and claims for `claim` (one statement where the store can),
+    /// commits, then announces the transitions and wakes whoever waits. Returns what the store
+    /// did; the claimed steps' jobs and announcements are the caller's
+    /// ([`Engine::jobs_of_claimed`]). Planning: [`Error::PlanStale`] when the store refused
+    /// the plan (nothing written; the engine forgets the tasks it assumed).
+    pub(super) async fn finish(mut self, claim: Option<&ClaimSpec<'_>>) -> Result<PlanOutcome> {
+        self.write_last();
+        let covers = claim.is_some_and(|c| self.claim_covers_ready(c.handlers));
+        let engine = self.engine;
+        let mut plan = std::mem::take(&mut self.plan);
+        plan.notify = Notify {
+            work: self.work,
+            task_changed: self.tasks_changed,
+            quiet_if_claim_short: covers,
         };
-        work |= out.ready > 0;
+        plan.watched = engine.watches().finishing(&plan.task_updates);
+        let out = match self.src {
+            Source::Known(ref known) => match engine.inner.store.execute_plan(&plan, claim).await {
+                Err(Error::PlanStale) => {
+                    known
+                        .lock()
+                        .unwrap()
+                        .forget(plan.guards.iter().map(|g| g.task_id));
+                    return Err(Error::PlanStale);
+                }
+                other => other?,
+            },
+            Source::Db(ref mut tx) => tx.apply(&plan, claim).await.map_err(changed_meanwhile)?,
+        };
+        if let Source::Db(tx) = self.src {
+            tx.commit().await?;
+        }
+        let mut work = self.work || out.ready > 0;
         // (A quiet claim may not have run: then a short answer says nothing.)
         if let Some(c) = claim.filter(|_| out.claim_ran) {
             work &= !decide::claim_took_everything(covers, c.max as usize, out.claimed.len());
         }
+        let mut changes = std::mem::take(&mut self.changes);
+        let mut tasks = std::mem::take(&mut self.tasks);
         if !out.task_ids.is_empty() {
-            // New rows got their ids: replace the stand-ins.
             for c in &mut changes {
                 c.row.task_id = out.task_id(c.row.task_id);
                 c.row.step_id = c.row.step_id.map(|s| out.step_id(s));
@@ -428,74 +611,41 @@ impl<'e> TxCx<'e> {
                 })
                 .collect();
         }
-        // Steps the creation inserted already claimed: with their ids, and their task as the
-        // statement left it.
-        for mut s in born {
-            s.task_id = out.task_id(s.task_id);
-            s.step_id = out.step_id(s.step_id);
-            let t = &tasks[&s.task_id];
-            s.task_state = t.state;
-            s.task_version = t.version;
-            s.steps_done = t.steps_done;
-            s.steps_blocked = t.steps_blocked;
-            out.claimed.push(s);
-        }
-        // The statement claimed after its writes: the claim saw the task rows last.
-        remember(engine, &tasks, &changes, &out.claimed, true);
+        remember(engine, &tasks, &changes, &out.claimed);
+        let mut out = out;
         engine.watches().file(std::mem::take(&mut out.finished));
-        announce(engine, changes, work, tasks_changed);
+        announce(engine, changes, work, self.tasks_changed);
         Ok(out)
     }
 }
 
+/// A database transaction's plan refused although it held the rows it decided from: another
+/// writer the engine could not see changed them (an operator's tool writing to the database).
+fn changed_meanwhile(e: Error) -> Error {
+    match e {
+        Error::PlanStale => {
+            Error::Conflict("a task or step changed while the operation ran; try again".into())
+        }
+        e => e,
+    }
+}
+
 /// What a committed transaction leaves known for planning later cycles: its task rows as it
-/// left them (it held their locks), its reported steps gone, the steps it claimed. A claim
-/// made before the transaction's last writes (`claim_last` false) saw the rows it held
-/// before they were written; one made after them (a planned statement's) saw them last.
+/// left them (it held their locks), its reported steps gone, then the steps it claimed with
+/// their tasks as the claim saw them (the claim ran last).
 fn remember(
     engine: &Engine,
     tasks: &HashMap<i64, TaskRow>,
     changes: &[Change],
     claimed: &[ClaimedStep],
-    claim_last: bool,
 ) {
     if !engine.inner.store.executes_plans() {
         return;
     }
-    let reported = changes
-        .iter()
-        .filter(|c| !c.stored)
-        .filter_map(|c| c.row.step_id);
+    let reported = changes.iter().filter_map(|c| c.row.step_id);
     let mut known = engine.inner.known.lock().unwrap();
     known.committed(tasks.values(), reported);
-    if claim_last {
-        known.claimed(claimed, &HashMap::new());
-    } else {
-        known.claimed(claimed, tasks);
-    }
-}
-
-fn stored_change((row, event, step_name, attempt, metadata): Stored) -> Change {
-    Change {
-        stored: true,
-        row,
-        event,
-        step_name,
-        attempt,
-        metadata,
-    }
-}
-
-/// Announces transitions a committed statement wrote (a planned cycle's claim).
-pub(super) fn announce_stored(engine: &Engine, rows: Vec<Stored>) {
-    if !rows.is_empty() {
-        announce(
-            engine,
-            rows.into_iter().map(stored_change).collect(),
-            false,
-            false,
-        );
-    }
+    known.claimed(claimed);
 }
 
 /// Announces a committed transaction's transitions and wakes waiters.
@@ -503,17 +653,7 @@ fn announce(engine: &Engine, changes: Vec<Change>, work: bool, tasks_changed: bo
     let inner = &engine.inner;
     if inner.events.receiver_count() > 0 {
         for c in changes {
-            let _ = inner.events.send(Arc::new(Event {
-                name: std::borrow::Cow::Borrowed(c.event),
-                task_id: c.row.task_id,
-                step_id: c.row.step_id,
-                step_name: c.step_name,
-                from_state: c.row.from_state,
-                to_state: Some(c.row.to_state),
-                attempt: c.attempt,
-                metadata: c.metadata,
-                at_ms: c.row.created_at,
-            }));
+            send(engine, c);
         }
     }
     if work {
@@ -521,5 +661,60 @@ fn announce(engine: &Engine, changes: Vec<Change>, work: bool, tasks_changed: bo
     }
     if tasks_changed {
         inner.tasks_changed.notify_waiters();
+    }
+}
+
+fn send(engine: &Engine, c: Change) {
+    let _ = engine.inner.events.send(Arc::new(Event {
+        name: std::borrow::Cow::Borrowed(c.event),
+        task_id: c.row.task_id,
+        step_id: c.row.step_id,
+        step_name: c.step_name,
+        from_state: c.row.from_state,
+        to_state: Some(c.row.to_state),
+        attempt: c.attempt,
+        metadata: c.metadata,
+        at_ms: c.row.created_at,
+    }));
+}
+
+/// Announces the transition rows a store wrote for a claim
+/// ([`crate::store::plan::claim_transitions`]); `names` gives each claimed step's name.
+pub(super) fn announce_claim(
+    engine: &Engine,
+    rows: Vec<TransitionRow>,
+    names: &HashMap<i64, (String, u32)>,
+) {
+    if engine.inner.events.receiver_count() == 0 {
+        return;
+    }
+    for row in rows {
+        let from = row.from_state;
+        let event = match row.step_id {
+            Some(_) => from
+                .and_then(|f| f.parse().ok())
+                .zip(row.to_state.parse().ok())
+                .and_then(|(f, t)| StepState::event(Some(f), t)),
+            None => from
+                .and_then(|f| f.parse().ok())
+                .zip(row.to_state.parse().ok())
+                .and_then(|(f, t)| TaskState::event(Some(f), t)),
+        }
+        .expect("a claim's transitions are legal");
+        let (step_name, attempt) = match row.step_id.and_then(|s| names.get(&s)) {
+            Some((n, a)) => (Some(n.clone()), Some(*a)),
+            None => (None, None),
+        };
+        let metadata = serde_json::from_str(&row.metadata).unwrap_or(Value::Null);
+        send(
+            engine,
+            Change {
+                row,
+                event,
+                step_name,
+                attempt,
+                metadata,
+            },
+        );
     }
 }

@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Engine;
-use crate::store::{StepRow, TaskUpdate, TaskWithName};
+use crate::store::{FinishedTask, TaskUpdate};
 
 /// A finished task as a cycle left it: its detail and its steps by position.
-pub(super) type Finished = Arc<(TaskWithName, Vec<StepRow>)>;
+pub(super) type Finished = Arc<FinishedTask>;
 
 #[derive(Default)]
 pub(super) struct Watches {
@@ -106,14 +106,14 @@ impl Watches {
     }
 
     /// Files snapshots of a committed cycle (call before waking the waiters).
-    pub(super) fn file(&self, finished: Vec<(TaskWithName, Vec<StepRow>)>) {
+    pub(super) fn file(&self, finished: Vec<FinishedTask>) {
         if finished.is_empty() {
             return;
         }
         let mut by_task = self.by_task.lock().unwrap();
         for f in finished {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(e) = by_task.get_mut(&f.0 .0.row.task_id) {
+            if let Some(e) = by_task.get_mut(&f.task.row.task_id) {
                 e.finished = Some((seq, Arc::new(f)));
             }
         }

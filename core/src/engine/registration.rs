@@ -1,4 +1,6 @@
-//! Registering templates and finding them again (by namespace, name and version).
+//! The template registry: registering templates in the database (revisions, strict mode)
+//! and finding them again by namespace, name and version, or by id, through the engine's cache.
+//! (Parsing and validating a template is [`crate::template`]'s.)
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{hex, Engine};
 use crate::error::{Error, Result, TemplateError};
-use crate::store::{StoreTx, TemplateRow};
+use crate::store::{NewTemplate, StoreTx, TemplateRow};
 use crate::template::{latest_version, TaskTemplate, TemplateSummary, DEFAULT_NAMESPACE};
 
 /// What [`Engine::register_template_revision`] did.
@@ -81,18 +83,18 @@ impl Engine {
                 let now = self.now();
                 let revision = latest.as_ref().map_or(1, |r| r.revision + 1);
                 let id = tx
-                    .insert_template(
-                        &t.namespace,
-                        &t.name,
-                        &version,
-                        t.description.as_deref(),
-                        &body,
-                        &hash,
-                        now,
+                    .insert_template(&NewTemplate {
+                        namespace: &t.namespace,
+                        name: &t.name,
+                        version: &version,
+                        description: t.description.as_deref(),
+                        definition: &body,
+                        definition_hash: &hash,
                         revision,
-                    )
+                        now,
+                    })
                     .await?;
-                tx.commit(false, false).await?;
+                tx.commit().await?;
                 if let Some(prev) = &latest {
                     tracing::warn!(
                         template = %key,
@@ -289,6 +291,11 @@ impl Engine {
             ),
             (None, false) => unreachable!("latest exists when versions do"),
         }))
+    }
+
+    /// The template with this id if this engine has it loaded.
+    pub(super) fn template_cached(&self, id: i64) -> Option<Arc<TaskTemplate>> {
+        self.inner.templates.read().unwrap().by_id.get(&id).cloned()
     }
 
     pub(super) async fn template_in_tx(

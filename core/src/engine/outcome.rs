@@ -1,0 +1,309 @@
+//! What a reported outcome does: its step's new state (a completion, or a failure judged by
+//! [`decide::failure_effect`] and the backoff), its children's readiness, its task's
+//! settlement; and expired leases, recorded as failures of their attempts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::decide::{self, FailureEffect};
+use super::tx::TxCx;
+use crate::backoff::retry_delay_ms;
+use crate::clock::format_ms;
+use crate::error::Result;
+use crate::protocol::{FailureKind, JobKey, Outcome, Report, StepFailure};
+use crate::state::{StepState, TaskState};
+use crate::store::{Decrement, StepLock, StepUpdate, TaskRow};
+use crate::template::TaskTemplate;
+
+/// One report, decided.
+struct Decided {
+    key: JobKey,
+    template: Arc<TaskTemplate>,
+    update: StepUpdate,
+    meta: Value,
+    /// The step is out of attempts: it blocks its task.
+    blocked: bool,
+}
+
+impl TxCx<'_> {
+    /// Records outcomes; returns the keys of reports that no longer applied (the attempt was
+    /// taken over, or its step already settled).
+    pub(super) async fn apply_reports(&mut self, reports: &[Report]) -> Result<Vec<JobKey>> {
+        let mut stale = Vec::new();
+        if reports.is_empty() {
+            return Ok(stale);
+        }
+        let mut ids: Vec<i64> = reports.iter().map(|r| r.key.task_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.load_tasks(&ids).await?;
+        // A failure is judged against the step's own limit, which an operator may have changed
+        // (read with the step, only when the batch has failures: the happy path plans).
+        let failures = reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Failed(_)));
+        let keys: Vec<JobKey> = reports.iter().map(|r| r.key).collect();
+        let locks = self.step_locks(&keys, failures).await?;
+        let mut decided = Vec::with_capacity(reports.len());
+        for r in reports {
+            let (Some(task), Some(lock)) = (
+                self.tasks.get(&r.key.task_id).cloned(),
+                locks.get(&r.key.step_id).copied(),
+            ) else {
+                stale.push(r.key);
+                continue;
+            };
+            if lock.state != StepState::InProgress
+                || lock.attempts != r.key.attempt as i64
+                || lock.task_id != r.key.task_id
+                || self.updates_step(r.key.step_id)
+            {
+                stale.push(r.key);
+                continue;
+            }
+            let template = self.template(task.named_task_id).await?;
+            if template.steps.get(r.key.position as usize).is_none() {
+                stale.push(r.key);
+                continue;
+            }
+            decided.push(self.decide(r, &task, &lock, template));
+        }
+        let mut decs: HashMap<(i64, i32), i64> = HashMap::new();
+        let mut touched = Vec::new();
+        for d in decided {
+            touched.push(d.key.task_id);
+            self.record(d, &mut decs)?;
+        }
+        if !decs.is_empty() {
+            self.decrement(decs.into_iter().map(|((task_id, position), by)| Decrement {
+                task_id,
+                position,
+                by,
+            }));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for t in touched {
+            self.settle(t).await?;
+        }
+        Ok(stale)
+    }
+
+    /// The step update a report calls for.
+    fn decide(
+        &self,
+        r: &Report,
+        task: &TaskRow,
+        lock: &StepLock,
+        template: Arc<TaskTemplate>,
+    ) -> Decided {
+        let st = &template.steps[r.key.position as usize];
+        let attempt = r.key.attempt;
+        let mut update = StepUpdate {
+            expect_attempts: Some(attempt as i64),
+            ..StepUpdate::new(
+                r.key.step_id,
+                lock.version,
+                StepState::InProgress,
+                StepState::Complete,
+            )
+        };
+        let mut blocked = false;
+        // A result PostgreSQL cannot store fails the step here, alike on every backend,
+        // instead of failing the whole batch's transaction.
+        let unstorable = match &r.outcome {
+            Outcome::Complete(v) => decide::nul_path(v).map(|path| {
+                Outcome::Failed(StepFailure::permanent(format!(
+                    "the handler's results cannot be stored: the string at {path} contains a NUL character (\\u0000)"
+                )))
+            }),
+            Outcome::Failed(_) => None,
+        };
+        let meta = match unstorable.as_ref().unwrap_or(&r.outcome) {
+            Outcome::Complete(v) => {
+                update.results = Some(Some(serde_json::to_string(v).expect("json")));
+                update.error = Some(None);
+                update.processed_at = Some(self.now);
+                json!({"attempt": attempt})
+            }
+            Outcome::Failed(f) => {
+                let limit = match lock.retry_limit {
+                    l if l > 0 => l.clamp(0, u32::MAX as i64) as u32,
+                    _ => st.max_attempts,
+                };
+                let effect = decide::failure_effect(
+                    f.kind,
+                    attempt,
+                    limit,
+                    task.state == TaskState::Cancelled,
+                );
+                blocked = effect == FailureEffect::Exhaust;
+                self.fail(&mut update, f, effect, &st.backoff)
+            }
+        };
+        Decided {
+            key: r.key,
+            template,
+            update,
+            meta,
+            blocked,
+        }
+    }
+
+    /// Fills in a failed attempt's update; returns its transition's metadata.
+    fn fail(
+        &self,
+        update: &mut StepUpdate,
+        f: &StepFailure,
+        effect: FailureEffect,
+        backoff: &crate::backoff::Backoff,
+    ) -> Value {
+        let attempt = update.expect_attempts.unwrap_or_default() as u32;
+        match effect {
+            FailureEffect::Cancel => update.state = StepState::Cancelled,
+            FailureEffect::Exhaust => update.state = StepState::Error,
+            FailureEffect::Retry => {
+                update.state = StepState::Error;
+                let delay = retry_delay_ms(
+                    backoff,
+                    attempt,
+                    f.retry_after_seconds,
+                    self.engine.inner.opts.max_server_backoff_seconds,
+                    rand::random::<f64>(),
+                );
+                update.ready_at = Some(self.now + delay);
+            }
+            FailureEffect::Release => {
+                // The attempt never ran: give it back. A step back at zero attempts is
+                // `pending` again (through `error`, the legal path).
+                let back = attempt.saturating_sub(1) as i64;
+                update.attempts = Some(back);
+                update.ready_at = Some(self.now);
+                if back == 0 {
+                    update.state = StepState::Pending;
+                    update.transitions = 2;
+                } else {
+                    update.state = StepState::Error;
+                }
+            }
+        }
+        if effect != FailureEffect::Release {
+            update.error = Some(Some(failure_json(f, attempt, self.now)));
+        }
+        let mut meta = json!({
+            "attempt": attempt,
+            "error": f.message.replace('\0', "\u{fffd}"),
+            "kind": f.kind,
+            "attempts_exhausted": effect == FailureEffect::Exhaust,
+        });
+        if let Some(at) = update.ready_at {
+            meta["next_attempt_at"] = json!(format_ms(at));
+        }
+        meta
+    }
+
+    /// Records a decided report: its update and transitions, counters, children.
+    fn record(&mut self, d: Decided, decs: &mut HashMap<(i64, i32), i64>) -> Result<()> {
+        let task_id = d.key.task_id;
+        let st = &d.template.steps[d.key.position as usize];
+        let to = d.update.state;
+        let version = d.update.new_version();
+        let step = Some((d.key.step_id, st.name.as_str(), d.key.attempt));
+        // A released attempt back at `pending` goes `in_progress -> error -> pending`.
+        let mut from = StepState::InProgress;
+        if d.update.transitions == 2 {
+            self.push_step_change(
+                task_id,
+                step,
+                from,
+                StepState::Error,
+                version - 1,
+                d.meta.clone(),
+            )?;
+            from = StepState::Error;
+        }
+        if self.engine.metrics_on() {
+            let outcome = match to {
+                StepState::Complete => "complete",
+                StepState::Cancelled => "cancelled",
+                StepState::Pending => "released",
+                _ if d.blocked => "exhausted",
+                _ if d.update.attempts.is_some() => "released",
+                _ => "retry",
+            };
+            metrics::counter!(
+                "tasker_step_outcomes_total",
+                "namespace" => d.template.namespace.clone(),
+                "name" => d.template.name.clone(),
+                "step" => st.name.clone(),
+                "outcome" => outcome
+            )
+            .increment(1);
+        }
+        self.push_step_change(task_id, step, from, to, version, d.meta)?;
+        let done = (to == StepState::Complete) as i64;
+        self.adjust(task_id, done, d.blocked as i64);
+        if d.update.ready_at.is_some() {
+            self.work = true;
+            self.made_ready(&st.handler);
+        }
+        if to == StepState::Complete && self.tasks[&task_id].state != TaskState::Cancelled {
+            for &c in &st.children {
+                *decs.entry((task_id, c as i32)).or_default() += 1;
+                self.made_ready(&d.template.steps[c].handler);
+            }
+        }
+        self.record_update(d.update);
+        Ok(())
+    }
+
+    /// Fails attempts whose lease expired; they become claimable again at once if attempts
+    /// remain.
+    pub(super) async fn reap_expired(&mut self) -> Result<Vec<JobKey>> {
+        let expired = self.expired_leases(1000).await?;
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        tracing::info!(
+            count = expired.len(),
+            "re-queueing steps whose lease expired"
+        );
+        if self.engine.metrics_on() {
+            metrics::counter!("tasker_lease_expiries_total").increment(expired.len() as u64);
+        }
+        let reports: Vec<Report> = expired
+            .into_iter()
+            .map(|e| Report {
+                key: JobKey { task_id: e.task_id, step_id: e.step_id, attempt: e.attempts as u32, position: e.position as u32 },
+                outcome: Outcome::Failed(StepFailure {
+                    message: "lease_expired: the worker running this attempt stopped heartbeating (it died or stalled)".into(),
+                    kind: FailureKind::LeaseExpired,
+                    retry_after_seconds: Some(0.0),
+                    detail: None,
+                }),
+            })
+            .collect();
+        self.apply_reports(&reports).await
+    }
+}
+
+/// The stored `error` of a step: `{message, kind, attempt, at, retry_after_seconds?, detail?}`
+/// (NUL characters replaced: a failure is always recorded).
+fn failure_json(f: &StepFailure, attempt: u32, now: i64) -> String {
+    let mut err = json!({
+        "message": f.message,
+        "kind": f.kind,
+        "attempt": attempt,
+        "at": format_ms(now),
+    });
+    if let Some(ra) = f.retry_after_seconds {
+        err["retry_after_seconds"] = json!(ra);
+    }
+    if let Some(d) = &f.detail {
+        err["detail"] = d.clone();
+    }
+    decide::strip_nul(&mut err);
+    err.to_string()
+}

@@ -1,0 +1,64 @@
+//! Custom events: published by a running job's handler, delivered at once to subscribers (not
+//! a transition, nothing stored).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{decide, Engine};
+use crate::error::{Error, Result};
+use crate::protocol::{Job, JobKey};
+
+impl Engine {
+    /// Publishes the custom event `name` from a running job's handler: delivered at once to
+    /// subscribers, like the lifecycle events, with `metadata = {event_type: "custom", payload}`.
+    /// The template must declare the event (`custom_events`); anything else is refused with
+    /// the list of what it declares.
+    pub fn publish_custom_event(&self, job: &Job, name: &str, payload: Value) -> Result<()> {
+        self.publish_custom_event_for(job.key, &job.step_name, &job.custom_events, name, payload)
+    }
+
+    /// [`Engine::publish_custom_event`] for a host that keeps the job's key, step name and
+    /// declared events instead of the [`Job`].
+    pub fn publish_custom_event_for(
+        &self,
+        key: JobKey,
+        step_name: &str,
+        declared: &[String],
+        name: &str,
+        payload: Value,
+    ) -> Result<()> {
+        if !declared.iter().any(|d| d == name) {
+            return Err(Error::Validation(if declared.is_empty() {
+                format!(
+                    "step {step_name:?} cannot publish {name:?}: its template declares no custom_events"
+                )
+            } else {
+                format!(
+                    "step {step_name:?} cannot publish {name:?}: its template declares only {}",
+                    declared.join(", ")
+                )
+            }));
+        }
+        if let Some(path) = decide::nul_path(&payload) {
+            return Err(Error::Validation(format!(
+                "custom event {name}: the string at {path} contains a NUL character (\\u0000)"
+            )));
+        }
+        let inner = &self.inner;
+        if inner.events.receiver_count() > 0 {
+            let _ = inner.events.send(Arc::new(crate::events::Event {
+                name: std::borrow::Cow::Owned(name.to_owned()),
+                task_id: key.task_id,
+                step_id: Some(key.step_id),
+                step_name: Some(step_name.to_owned()),
+                from_state: None,
+                to_state: None,
+                attempt: Some(key.attempt),
+                metadata: json!({"event_type": "custom", "payload": payload}),
+                at_ms: self.now(),
+            }));
+        }
+        Ok(())
+    }
+}

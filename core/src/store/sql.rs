@@ -1,0 +1,153 @@
+//! SQL text both backends run as it is: the column lists every row struct of [`super::rows`]
+//! is decoded from (by name: each column is named as its field), and the statements that read
+//! the same on SQLite and PostgreSQL. Parameters are written `$1`, `$2`, ... in the order they
+//! first appear; SQLite's copies are rewritten to `?1`, `?2`, ... ([`sqlite_params`]).
+//!
+//! JSON columns are read with `CAST(... AS TEXT)`: `jsonb` on PostgreSQL, text on SQLite.
+
+/// The columns of [`super::TaskRow`] (table `tasks`, unqualified).
+macro_rules! task_cols {
+    () => {
+        "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version"
+    };
+}
+
+/// The columns of [`super::TaskDetail`]: tasks `t` joined with named_tasks `n`.
+macro_rules! detail_cols {
+    () => {
+        "t.task_id, t.named_task_id, t.state, t.steps_total, t.steps_done, t.steps_blocked, \
+         t.version, CAST(t.context AS TEXT) AS context, t.initiator, t.source_system, t.reason, \
+         CAST(t.tags AS TEXT) AS tags, CAST(t.bypass_steps AS TEXT) AS bypass_steps, \
+         t.idempotency_key, t.requested_at, t.created_at, t.updated_at, t.completed_at, \
+         n.namespace, n.name, n.version AS template_version"
+    };
+}
+
+/// The columns of [`super::StepRow`] (table `steps`, unqualified).
+macro_rules! step_cols {
+    () => {
+        "step_id, task_id, position, name, handler, state, attempts, retry_limit, \
+         remaining_parents, ready_at, parked_ready_at, claimed_by, lease_expires_at, \
+         CAST(results AS TEXT) AS results, CAST(error AS TEXT) AS error, last_attempted_at, \
+         processed_at, version"
+    };
+}
+
+/// The columns of [`super::TemplateRow`].
+macro_rules! template_cols {
+    () => {
+        "named_task_id, namespace, name, version, definition, definition_hash, revision, created_at"
+    };
+}
+
+pub(crate) use {detail_cols, step_cols, task_cols};
+
+/// The tasks and named_tasks join every task read goes through.
+macro_rules! task_join {
+    () => {
+        " FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id"
+    };
+}
+pub(crate) use task_join;
+
+pub(crate) const TEMPLATES: &str = concat!(
+    "SELECT ",
+    template_cols!(),
+    " FROM named_tasks ORDER BY namespace, name, version, revision"
+);
+
+pub(crate) const TEMPLATE_BY_ID: &str = concat!(
+    "SELECT ",
+    template_cols!(),
+    " FROM named_tasks WHERE named_task_id = $1"
+);
+
+/// The latest revision of `($1 namespace, $2 name, $3 version)`.
+pub(crate) const FIND_TEMPLATE: &str = concat!(
+    "SELECT ",
+    template_cols!(),
+    " FROM named_tasks WHERE namespace = $1 AND name = $2 AND version = $3 \
+      ORDER BY revision DESC LIMIT 1"
+);
+
+pub(crate) const TASK_BY_ID: &str = concat!(
+    "SELECT ",
+    detail_cols!(),
+    task_join!(),
+    " WHERE t.task_id = $1"
+);
+
+pub(crate) const TASK_STATE: &str = "SELECT state FROM tasks WHERE task_id = $1";
+
+pub(crate) const STEPS_OF_TASK: &str = concat!(
+    "SELECT ",
+    step_cols!(),
+    " FROM steps WHERE task_id = $1 ORDER BY position"
+);
+
+pub(crate) const TASK_BY_IDEMPOTENCY_KEY: &str =
+    "SELECT task_id FROM tasks WHERE idempotency_key = $1";
+
+pub(crate) const TASK_AT_OR_AFTER: &str =
+    "SELECT task_id, created_at FROM tasks WHERE task_id >= $1 ORDER BY task_id LIMIT 1";
+
+pub(crate) const MAX_TASK_ID: &str = "SELECT max(task_id) FROM tasks";
+
+pub(crate) const COUNT_RUNNING: &str =
+    "SELECT COUNT(*) FROM steps WHERE task_id = $1 AND state = 'in_progress'";
+
+/// `$1` now, `$2` limit.
+pub(crate) const EXPIRED_LEASES: &str = "SELECT step_id, task_id, position, attempts FROM steps \
+     WHERE state = 'in_progress' AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT $2";
+
+/// `$1` step, `$2` limit, `$3` whether `ready_at` changes, `$4` the new `ready_at`, `$5` now.
+pub(crate) const SET_RETRY_LIMIT: &str = "UPDATE steps SET retry_limit = $2, \
+       ready_at = CASE WHEN $3 THEN $4 ELSE ready_at END, \
+       parked_ready_at = CASE WHEN $3 THEN NULL ELSE parked_ready_at END, \
+       updated_at = $5 WHERE step_id = $1";
+
+/// The steps of the newest tasks from `$1` (at most `$2` rows), with their tasks.
+pub(crate) const ANALYTICS: &str =
+    "SELECT t.task_id, n.namespace, n.name, t.state AS task_state, t.created_at AS task_created_at, \
+       t.completed_at AS task_completed_at, s.name AS step, s.state AS step_state, s.attempts, \
+       s.last_attempted_at, s.processed_at \
+     FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id \
+     JOIN steps s ON s.task_id = t.task_id \
+     WHERE t.task_id >= $1 ORDER BY t.task_id DESC, s.position LIMIT $2";
+
+/// Tasks and steps by state (`$1` = now): rows `(kind, state, n)` with kind `task`, `step`,
+/// `backoff` or `exhausted`.
+pub(crate) const STATE_COUNTS: &str = "\
+    SELECT 'task' AS kind, state, count(*) AS n FROM tasks GROUP BY state \
+    UNION ALL SELECT 'step', state, count(*) FROM steps GROUP BY state \
+    UNION ALL SELECT 'backoff', '', count(*) FROM steps WHERE state = 'error' AND ready_at > $1 \
+    UNION ALL SELECT 'exhausted', '', count(*) FROM steps \
+      WHERE state = 'error' AND ready_at IS NULL AND parked_ready_at IS NULL";
+
+/// `$N` placeholders as SQLite's `?N` (SQLite reads `$1` as a parameter *named* "$1",
+/// numbered by first appearance).
+pub(crate) fn sqlite_params(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_parameters_become_numbered_question_marks() {
+        assert_eq!(
+            sqlite_params("a = $1 AND b = $12 AND c = '$x'"),
+            "a = ?1 AND b = ?12 AND c = '$x'"
+        );
+    }
+}

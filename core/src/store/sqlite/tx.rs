@@ -1,0 +1,207 @@
+//! A write transaction on SQLite: `BEGIN IMMEDIATE` on the one writer connection, held behind
+//! an async mutex for the transaction's life (SQLite has one writer at a time; queuing here is
+//! fairer and faster than its busy handler). Its reads see its own writes; nothing else writes
+//! meanwhile, so a row read is a row locked.
+
+use async_trait::async_trait;
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, params_from_iter, OptionalExtension};
+use tokio::sync::OwnedMutexGuard;
+
+use super::read::lite;
+use super::rows::*;
+use super::{blocking_io, Durability, SqliteStore, WriteConn};
+use crate::error::Result;
+use crate::store::sql::task_cols;
+use crate::store::*;
+
+pub(super) struct SqliteTx {
+    pub(super) c: OwnedMutexGuard<WriteConn>,
+    open: bool,
+}
+
+impl SqliteStore {
+    pub(super) async fn begin_tx(&self, durable: bool) -> Result<SqliteTx> {
+        let mut guard = self.write.clone().lock_owned().await;
+        // A transaction that may be lost on power failure without harm (a claim: the step stays
+        // claimable) skips the fsync; the next durable commit syncs the WAL up to it.
+        let want = if durable {
+            self.durability
+        } else {
+            Durability::Off
+        };
+        if guard.sync != want {
+            guard.c.pragma_update(None, "synchronous", want.pragma())?;
+            guard.sync = want;
+        }
+        guard.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(SqliteTx {
+            c: guard,
+            open: true,
+        })
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.c.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+const UPDATE_TASK_DETAILS: &str =
+    "UPDATE tasks SET reason = COALESCE(?1, reason), tags = COALESCE(?2, tags), updated_at = ?3 \
+     WHERE task_id = ?4";
+
+const INSERT_TEMPLATE: &str =
+    "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at, revision) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING named_task_id";
+
+#[async_trait]
+impl StoreTx for SqliteTx {
+    async fn apply(&mut self, plan: &Plan, claim: Option<&ClaimSpec<'_>>) -> Result<PlanOutcome> {
+        super::apply::apply(&self.c, plan, claim)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        let c = &*self.c;
+        if c.sync == Durability::Off {
+            c.execute_batch("COMMIT")?;
+        } else {
+            blocking_io(|| c.execute_batch("COMMIT"))?;
+        }
+        self.open = false;
+        Ok(())
+    }
+
+    async fn lock_tasks(&mut self, task_ids: &[i64]) -> Result<Vec<TaskRow>> {
+        let mut out = Vec::with_capacity(task_ids.len());
+        for chunk in task_ids.chunks(CHUNK) {
+            let sql = format!(
+                concat!(
+                    "SELECT ",
+                    task_cols!(),
+                    " FROM tasks WHERE task_id IN ({}) ORDER BY task_id"
+                ),
+                list(chunk.len())
+            );
+            out.extend(query_rows(
+                &self.c,
+                &sql,
+                params_from_iter(chunk),
+                task_row,
+            )?);
+        }
+        Ok(out)
+    }
+
+    async fn lock_steps(&mut self, step_ids: &[i64]) -> Result<Vec<StepLock>> {
+        let mut out = Vec::with_capacity(step_ids.len());
+        for chunk in step_ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT step_id, task_id, state, attempts, version, retry_limit FROM steps \
+                 WHERE step_id IN ({})",
+                list(chunk.len())
+            );
+            out.extend(query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
+                Ok(StepLock {
+                    step_id: r.get("step_id")?,
+                    task_id: r.get("task_id")?,
+                    state: step_state(&r.get::<_, String>("state")?)?,
+                    attempts: r.get("attempts")?,
+                    version: r.get("version")?,
+                    retry_limit: r.get("retry_limit")?,
+                })
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>> {
+        query_rows(&self.c, lite!(STEPS_OF_TASK), [task_id], step_row)
+    }
+
+    async fn count_running(&mut self, task_id: i64) -> Result<i64> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(COUNT_RUNNING))?
+            .query_row([task_id], |r| r.get(0))?)
+    }
+
+    async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<ExpiredLease>> {
+        query_rows(
+            &self.c,
+            lite!(EXPIRED_LEASES),
+            params![now, limit],
+            expired_lease,
+        )
+    }
+
+    async fn find_template(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<TemplateRow>> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(FIND_TEMPLATE))?
+            .query_row(params![namespace, name, version], template_row)
+            .optional()?)
+    }
+
+    async fn template_by_id(&mut self, id: i64) -> Result<Option<TemplateRow>> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(TEMPLATE_BY_ID))?
+            .query_row([id], template_row)
+            .optional()?)
+    }
+
+    async fn task_by_idempotency_key(&mut self, key: &str) -> Result<Option<i64>> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(TASK_BY_IDEMPOTENCY_KEY))?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn insert_template(&mut self, t: &NewTemplate<'_>) -> Result<i64> {
+        // The writer is this transaction's alone: no other process registers meanwhile.
+        Ok(self.c.prepare_cached(INSERT_TEMPLATE)?.query_row(
+            params![
+                t.namespace,
+                t.name,
+                t.version,
+                t.description,
+                t.definition,
+                t.definition_hash,
+                t.now,
+                t.revision
+            ],
+            |r| r.get(0),
+        )?)
+    }
+
+    async fn update_task_details(&mut self, p: &TaskDetailsUpdate<'_>) -> Result<()> {
+        self.c
+            .prepare_cached(UPDATE_TASK_DETAILS)?
+            .execute(params![p.reason, p.tags, p.now, p.task_id])?;
+        Ok(())
+    }
+
+    async fn set_retry_limit(&mut self, p: &RetryLimitUpdate) -> Result<()> {
+        let params: [Sql; 5] = [
+            Sql::Integer(p.step_id),
+            Sql::Integer(p.limit),
+            Sql::Integer(p.ready_at.is_some() as i64),
+            opt_i64(p.ready_at.flatten()),
+            Sql::Integer(p.now),
+        ];
+        self.c
+            .prepare_cached(lite!(SET_RETRY_LIMIT))?
+            .execute(params_from_iter(params))?;
+        Ok(())
+    }
+}
