@@ -39,8 +39,11 @@ step "Rust: the CLI on PostgreSQL (a worker process beside the CLI), tasker serv
 cargo test --locked -p tasker-cli --test cli -- --ignored
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-cli --test serve
 
+step "Rust: the store conformance suite (core/src/store/conformance.rs) on PostgreSQL"
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-core --lib store::
+
 step "Rust: the conformance suite on PostgreSQL"
-TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator --test host --test fuzz --test original_templates
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator --test host --test fuzz --test original_templates --test planned --test handoff --test watch
 
 step "Rust: multi-process tests on PostgreSQL (workers, kill -9, server restart, SIGTERM)"
 # One at a time: one of them restarts the server.
