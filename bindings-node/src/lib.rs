@@ -10,9 +10,10 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::Value;
+use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    host, Engine, EngineOptions, Error as CoreError, Event, HostDriver, HostOptions, Job, JobKey,
-    Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
+    Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome, StepFailure,
+    TaskRequest,
 };
 use tokio::sync::broadcast;
 
@@ -82,19 +83,21 @@ pub struct NativeStats {
     pub cycles: i64,
 }
 
-fn native_job(j: &Job) -> NativeJob {
-    NativeJob {
-        task_id: j.key.task_id,
-        step_id: j.key.step_id,
-        attempt: j.key.attempt,
-        position: j.key.position,
-        name: j.step_name.clone(),
-        handler: j.handler.clone(),
-        max_attempts: j.max_attempts,
-        context: json_text(&*j.context),
-        results: json_text(&j.results),
-        config: json_text(&*j.config),
-        custom_events: j.custom_events.to_vec(),
+impl From<HostJob> for NativeJob {
+    fn from(j: HostJob) -> NativeJob {
+        NativeJob {
+            task_id: j.task_id,
+            step_id: j.step_id,
+            attempt: j.attempt,
+            position: j.position,
+            name: j.step_name,
+            handler: j.handler,
+            max_attempts: j.max_attempts,
+            context: j.context,
+            results: j.results,
+            config: j.config,
+            custom_events: j.custom_events,
+        }
     }
 }
 
@@ -185,34 +188,9 @@ impl Core {
 
     #[napi]
     pub async fn list_tasks(&self, filter_json: String) -> Result<String> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields, rename_all = "camelCase")]
-        struct F {
-            status: Option<String>,
-            name: Option<String>,
-            namespace: Option<String>,
-            limit: Option<i64>,
-            offset: Option<i64>,
-        }
-        let f: F = parse("listTasks options", &filter_json)?;
-        let state = f
-            .status
-            .map(|s| {
-                s.parse::<TaskState>()
-                    .map_err(|m| invalid(format!("status: {m}")))
-            })
-            .transpose()?;
-        let filter = TaskFilter {
-            oldest_first: false,
-            state,
-            name: f.name,
-            namespace: f.namespace,
-            limit: Some(f.limit.unwrap_or(100)),
-            offset: Some(f.offset.unwrap_or(0)),
-            ..Default::default()
-        };
+        let q = TaskListQuery::from_json("listTasks options", &filter_json).map_err(err)?;
         self.engine
-            .list_tasks(&filter)
+            .list_tasks_query(q)
             .await
             .map(|l| json_text(&l))
             .map_err(err)
@@ -255,17 +233,11 @@ impl Core {
     /// Waits up to `seconds` for the task to finish; resolves to its state then.
     #[napi]
     pub async fn wait_for_task(&self, task_id: i64, seconds: f64) -> Result<String> {
-        let t = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
-        match self.engine.wait_for_task(task_id, Some(t)).await {
-            Ok(s) => Ok(s.status.as_str().to_owned()),
-            Err(CoreError::Timeout(_)) => self
-                .engine
-                .get_task_state(task_id)
-                .await
-                .map(|s| s.as_str().to_owned())
-                .map_err(err),
-            Err(e) => Err(err(e)),
-        }
+        self.engine
+            .wait_for_task_state(task_id, seconds)
+            .await
+            .map(|s| s.as_str().to_owned())
+            .map_err(err)
     }
 
     /// Publishes a custom event from a running job.
@@ -320,35 +292,17 @@ impl Core {
         task_id: Option<i64>,
         shutdown_grace_seconds: Option<f64>,
     ) -> Result<Driver> {
-        if concurrency < 1 {
-            return Err(invalid(format!(
-                "concurrency must be at least 1, got {concurrency}"
-            )));
-        }
-        let mode = match (mode.as_str(), task_id) {
-            ("forever", _) => RunMode::Forever,
-            ("until_idle", _) => RunMode::UntilIdle,
-            ("until_task", Some(id)) => RunMode::UntilTask(id),
-            _ => {
-                return Err(invalid(format!(
-                    "unknown run mode {mode:?} (task {task_id:?})"
-                )))
-            }
-        };
-        let grace = shutdown_grace_seconds.unwrap_or(30.0).clamp(0.0, 86_400.0);
-        let opts = HostOptions {
-            concurrency: concurrency as usize,
+        let spec = DriverSpec {
+            handlers,
+            concurrency: concurrency as i64,
             mode,
-            host_handlers: handlers,
-            shutdown_grace: Duration::from_secs_f64(grace),
-            ..Default::default()
+            task_id,
+            worker_id: None,
+            shutdown_grace_seconds,
         };
+        let driver = HostDriver::start_spec(self.engine.clone(), spec).map_err(err)?;
         Ok(Driver {
-            driver: Arc::new(HostDriver::start(
-                self.engine.clone(),
-                Registry::with_builtins(),
-                opts,
-            )),
+            driver: Arc::new(driver),
         })
     }
 
@@ -381,7 +335,11 @@ impl Driver {
             .next(Duration::from_millis(wait_ms as u64))
             .await;
         Ok(NativeBatch {
-            jobs: b.jobs.iter().map(native_job).collect(),
+            jobs: b
+                .jobs
+                .iter()
+                .map(|j| NativeJob::from(j.to_host()))
+                .collect(),
             done: b.done,
         })
     }

@@ -9,9 +9,9 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use serde_json::Value;
+use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    host, Engine, EngineOptions, Error, Event, HostDriver, HostOptions, Job, JobKey, Outcome,
-    Registry, RunMode, StepFailure, TaskFilter, TaskRequest, TaskState,
+    Engine, EngineOptions, Error, Event, HostDriver, JobKey, Outcome, StepFailure, TaskRequest,
 };
 use tokio::sync::broadcast;
 
@@ -98,9 +98,48 @@ fn json_text(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("json")
 }
 
-/// A job as a tuple: (task_id, step_id, attempt, position, step_name, handler, max_attempts,
-/// context_json, results_json, config_json, custom_events). The first four are its key.
-type JobTuple = tasker_core::protocol::HostJob;
+/// A claimed job (core's [`HostJob`]): what `tasker.Step` is built from. JSON as text.
+#[pyclass(frozen, get_all, module = "tasker._tasker", name = "Job")]
+struct PyJob {
+    task_id: i64,
+    step_id: i64,
+    attempt: u32,
+    position: u32,
+    step_name: String,
+    handler: String,
+    max_attempts: u32,
+    context: String,
+    results: String,
+    config: String,
+    custom_events: Vec<String>,
+}
+
+#[pymethods]
+impl PyJob {
+    /// The key handed back with the outcome: (task_id, step_id, attempt, position).
+    #[getter]
+    fn key(&self) -> KeyTuple {
+        (self.task_id, self.step_id, self.attempt, self.position)
+    }
+}
+
+impl From<HostJob> for PyJob {
+    fn from(j: HostJob) -> PyJob {
+        PyJob {
+            task_id: j.task_id,
+            step_id: j.step_id,
+            attempt: j.attempt,
+            position: j.position,
+            step_name: j.step_name,
+            handler: j.handler,
+            max_attempts: j.max_attempts,
+            context: j.context,
+            results: j.results,
+            config: j.config,
+            custom_events: j.custom_events,
+        }
+    }
+}
 
 type KeyTuple = (i64, i64, u32, u32);
 
@@ -124,10 +163,15 @@ struct Driver {
 impl Driver {
     /// Waits (without the GIL) up to `wait_seconds` for jobs to start or for the run to end.
     /// Returns (jobs, done).
-    fn next(&self, py: Python<'_>, wait_seconds: f64) -> (Vec<JobTuple>, bool) {
+    fn next(&self, py: Python<'_>, wait_seconds: f64) -> (Vec<PyJob>, bool) {
         let wait = Duration::from_secs_f64(wait_seconds.clamp(0.0, 60.0));
         let batch = py.detach(|| rt().block_on(self.driver.next(wait)));
-        (batch.jobs.iter().map(Job::to_host).collect(), batch.done)
+        let jobs = batch
+            .jobs
+            .iter()
+            .map(|j| PyJob::from(j.to_host()))
+            .collect();
+        (jobs, batch.done)
     }
 
     /// The handler of this job starts now (its timeout counts from here).
@@ -138,7 +182,7 @@ impl Driver {
     /// The handler finished: `ok` with the results as JSON text, or a failure
     /// `{message, kind, retry_after_seconds?, detail?}` as JSON text.
     fn finished(&self, key: KeyTuple, ok: bool, payload: &str) {
-        let outcome = Outcome::from_host_json(ok, &payload);
+        let outcome = Outcome::from_host_json(ok, payload);
         self.driver.finished(job_key(key), outcome);
     }
 
@@ -264,30 +308,22 @@ impl Core {
     fn list_tasks(
         &self,
         py: Python<'_>,
-        status: Option<&str>,
+        status: Option<String>,
         name: Option<String>,
         namespace: Option<String>,
         limit: i64,
         offset: i64,
     ) -> PyResult<String> {
-        let state = status
-            .map(|s| {
-                s.parse::<TaskState>()
-                    .map_err(|m| ValidationError::new_err(format!("status: {m}")))
-            })
-            .transpose()?;
-        let f = TaskFilter {
-            oldest_first: false,
-            state,
+        let q = TaskListQuery {
+            status,
             name,
             namespace,
             limit: Some(limit),
             offset: Some(offset),
-            ..Default::default()
         };
         let e = self.engine.clone();
         block(py, move || async move {
-            e.list_tasks(&f).await.map(|l| json_text(&l))
+            e.list_tasks_query(q).await.map(|l| json_text(&l))
         })
     }
 
@@ -325,41 +361,23 @@ impl Core {
     fn start_driver(
         &self,
         handlers: Vec<String>,
-        concurrency: usize,
-        mode: &str,
+        concurrency: i64,
+        mode: String,
         task_id: Option<i64>,
         worker_id: Option<String>,
         shutdown_grace: f64,
     ) -> PyResult<Driver> {
-        if concurrency < 1 {
-            return Err(ValidationError::new_err(format!(
-                "concurrency must be at least 1, got {concurrency}"
-            )));
-        }
-        let mode = match (mode, task_id) {
-            ("forever", _) => RunMode::Forever,
-            ("until_idle", _) => RunMode::UntilIdle,
-            ("until_task", Some(id)) => RunMode::UntilTask(id),
-            _ => {
-                return Err(ValidationError::new_err(format!(
-                    "unknown run mode {mode:?} (task_id {task_id:?})"
-                )))
-            }
-        };
-        let mut opts = HostOptions {
+        let spec = DriverSpec {
+            handlers,
             concurrency,
             mode,
-            host_handlers: handlers,
-            shutdown_grace: Duration::from_secs_f64(shutdown_grace.clamp(0.0, 86_400.0)),
-            ..Default::default()
+            task_id,
+            worker_id,
+            shutdown_grace_seconds: Some(shutdown_grace),
         };
-        if let Some(w) = worker_id {
-            opts.worker_id = w;
-        }
         let _rt = rt().enter();
-        Ok(Driver {
-            driver: HostDriver::start(self.engine.clone(), Registry::with_builtins(), opts),
-        })
+        let driver = HostDriver::start_spec(self.engine.clone(), spec).map_err(err)?;
+        Ok(Driver { driver })
     }
 
     /// The durability commits get, as the database reports it: (description, durable).
@@ -373,20 +391,11 @@ impl Core {
     /// Waits (without the GIL) up to `seconds` for the task to finish; returns its state.
     fn wait_for_task(&self, py: Python<'_>, task_id: i64, seconds: f64) -> PyResult<String> {
         let e = self.engine.clone();
-        let t = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
-        py.detach(|| {
-            rt().block_on(async move {
-                match e.wait_for_task(task_id, Some(t)).await {
-                    Ok(s) => Ok(s.status.as_str().to_owned()),
-                    Err(Error::Timeout(_)) => e
-                        .get_task_state(task_id)
-                        .await
-                        .map(|s| s.as_str().to_owned()),
-                    Err(x) => Err(x),
-                }
-            })
+        block(py, move || async move {
+            e.wait_for_task_state(task_id, seconds)
+                .await
+                .map(|s| s.as_str().to_owned())
         })
-        .map_err(err)
     }
 
     /// Publishes a custom event from a running job (its key, step name and the events its
@@ -453,6 +462,7 @@ fn _tasker(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Core>()?;
     m.add_class::<Driver>()?;
+    m.add_class::<PyJob>()?;
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("ValidationError", py.get_type::<ValidationError>())?;

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use magnus::{function, method, prelude::*, Error, ExceptionClass, RModule, Ruby};
 use serde_json::Value;
+use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    builtin, host, protocol::HostJob, Engine, EngineOptions, Error as CoreError, Event, HostDriver,
-    HostOptions, Job, JobKey, Outcome, Registry, RunMode, StepFailure, TaskFilter, TaskRequest,
-    TaskState,
+    builtin, Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome,
+    StepFailure, TaskRequest,
 };
 use tokio::sync::broadcast;
 
@@ -141,8 +141,55 @@ fn parse<T: serde::de::DeserializeOwned>(ruby: &Ruby, what: &str, text: &str) ->
     serde_json::from_str(text).map_err(|e| invalid(ruby, format!("{what}: {e}")))
 }
 
-/// A job as the Ruby half's `Tasker::Step` is built from it (core's [`HostJob`] tuple).
-type NativeJob = HostJob;
+/// A claimed job (core's [`HostJob`]) as `Tasker::Native::Job`: what the Ruby half's
+/// `Tasker::Step` is built from. JSON as text.
+#[magnus::wrap(class = "Tasker::Native::Job", free_immediately, size)]
+struct NativeJob(HostJob);
+
+impl NativeJob {
+    fn task_id(&self) -> i64 {
+        self.0.task_id
+    }
+    fn step_id(&self) -> i64 {
+        self.0.step_id
+    }
+    fn attempt(&self) -> u32 {
+        self.0.attempt
+    }
+    fn position(&self) -> u32 {
+        self.0.position
+    }
+    fn step_name(&self) -> String {
+        self.0.step_name.clone()
+    }
+    fn handler(&self) -> String {
+        self.0.handler.clone()
+    }
+    fn max_attempts(&self) -> u32 {
+        self.0.max_attempts
+    }
+    fn context(&self) -> String {
+        self.0.context.clone()
+    }
+    fn results(&self) -> String {
+        self.0.results.clone()
+    }
+    fn config(&self) -> String {
+        self.0.config.clone()
+    }
+    fn custom_events(&self) -> Vec<String> {
+        self.0.custom_events.clone()
+    }
+    /// `[task_id, step_id, attempt, position]`: handed back with the outcome.
+    fn key(&self) -> (i64, i64, u32, u32) {
+        (
+            self.0.task_id,
+            self.0.step_id,
+            self.0.attempt,
+            self.0.position,
+        )
+    }
+}
 
 fn key(task_id: i64, step_id: i64, attempt: u32, position: u32) -> JobKey {
     JobKey {
@@ -278,34 +325,10 @@ impl Core {
 
     /// `filter_json`: `{status, name, namespace, limit, offset}`.
     fn list_tasks(ruby: &Ruby, rb_self: &Self, filter_json: String) -> Result<String, Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct F {
-            status: Option<String>,
-            name: Option<String>,
-            namespace: Option<String>,
-            limit: Option<i64>,
-            offset: Option<i64>,
-        }
-        let f: F = parse(ruby, "list_tasks options", &filter_json)?;
-        let state = f
-            .status
-            .map(|s| {
-                s.parse::<TaskState>()
-                    .map_err(|m| invalid(ruby, format!("status: {m}")))
-            })
-            .transpose()?;
-        let filter = TaskFilter {
-            oldest_first: false,
-            state,
-            name: f.name,
-            namespace: f.namespace,
-            limit: Some(f.limit.unwrap_or(100)),
-            offset: Some(f.offset.unwrap_or(0)),
-            ..Default::default()
-        };
+        let q = TaskListQuery::from_json("list_tasks options", &filter_json)
+            .map_err(|e| err(ruby, e))?;
         rb_self.call(ruby, |e| async move {
-            e.list_tasks(&filter).await.map(|l| json_text(&l))
+            e.list_tasks_query(q).await.map(|l| json_text(&l))
         })
     }
 
@@ -344,24 +367,18 @@ impl Core {
         task_id: i64,
         seconds: f64,
     ) -> Result<String, Error> {
-        let t = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
         rb_self.call(ruby, |e| async move {
-            match e.wait_for_task(task_id, Some(t)).await {
-                Ok(s) => Ok(s.status.as_str().to_owned()),
-                Err(CoreError::Timeout(_)) => e
-                    .get_task_state(task_id)
-                    .await
-                    .map(|s| s.as_str().to_owned()),
-                Err(other) => Err(other),
-            }
+            e.wait_for_task_state(task_id, seconds)
+                .await
+                .map(|s| s.as_str().to_owned())
         })
     }
 
-    /// Publishes a custom event from a running job (`job`: the array `Driver#next` gave).
+    /// Publishes a custom event from a running job (`job`: as `Driver#next` gave it).
     fn publish_custom_event(
         ruby: &Ruby,
         rb_self: &Self,
-        job: NativeJob,
+        job: &NativeJob,
         name: String,
         payload_json: String,
     ) -> Result<(), Error> {
@@ -373,9 +390,9 @@ impl Core {
         rb_self
             .engine
             .publish_custom_event_for(
-                key(job.0, job.1, job.2, job.3),
-                &job.4,
-                &job.10,
+                job.0.key(),
+                &job.0.step_name,
+                &job.0.custom_events,
                 &name,
                 payload,
             )
@@ -413,32 +430,19 @@ impl Core {
         shutdown_grace_seconds: f64,
     ) -> Result<Driver, Error> {
         rb_self.check_pid(ruby)?;
-        if concurrency < 1 {
-            return Err(invalid(
-                ruby,
-                format!("concurrency must be at least 1, got {concurrency}"),
-            ));
-        }
-        let mode = match (mode.as_str(), task_id) {
-            ("forever", _) => RunMode::Forever,
-            ("until_idle", _) => RunMode::UntilIdle,
-            ("until_task", Some(id)) => RunMode::UntilTask(id),
-            _ => return Err(invalid(ruby, format!("unknown run mode {mode:?}"))),
-        };
-        let opts = HostOptions {
-            concurrency: concurrency as usize,
+        let spec = DriverSpec {
+            handlers,
+            concurrency,
             mode,
-            host_handlers: handlers,
-            shutdown_grace: Duration::from_secs_f64(shutdown_grace_seconds.clamp(0.0, 86_400.0)),
-            ..Default::default()
+            task_id,
+            worker_id: None,
+            shutdown_grace_seconds: Some(shutdown_grace_seconds),
         };
         let _guard = rt().enter();
+        let driver =
+            HostDriver::start_spec(rb_self.engine.clone(), spec).map_err(|e| err(ruby, e))?;
         Ok(Driver {
-            driver: Arc::new(HostDriver::start(
-                rb_self.engine.clone(),
-                Registry::with_builtins(),
-                opts,
-            )),
+            driver: Arc::new(driver),
         })
     }
 }
@@ -463,7 +467,10 @@ impl Driver {
             let b = without_gvl(|| rt().block_on(d.next(slice)));
             left = left.saturating_sub(slice);
             if !b.jobs.is_empty() || b.done || left.is_zero() {
-                return Ok((b.jobs.iter().map(Job::to_host).collect(), b.done));
+                return Ok((
+                    b.jobs.iter().map(|j| NativeJob(j.to_host())).collect(),
+                    b.done,
+                ));
             }
             ruby.thread_check_ints()?;
         }
@@ -586,6 +593,20 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     core.define_method("subscribe", method!(Core::subscribe, 0))?;
     core.define_method("drain_events", method!(Core::drain_events, 0))?;
     core.define_method("start_driver", method!(Core::start_driver, 5))?;
+
+    let job = native.define_class("Job", ruby.class_object())?;
+    job.define_method("task_id", method!(NativeJob::task_id, 0))?;
+    job.define_method("step_id", method!(NativeJob::step_id, 0))?;
+    job.define_method("attempt", method!(NativeJob::attempt, 0))?;
+    job.define_method("position", method!(NativeJob::position, 0))?;
+    job.define_method("step_name", method!(NativeJob::step_name, 0))?;
+    job.define_method("handler", method!(NativeJob::handler, 0))?;
+    job.define_method("max_attempts", method!(NativeJob::max_attempts, 0))?;
+    job.define_method("context", method!(NativeJob::context, 0))?;
+    job.define_method("results", method!(NativeJob::results, 0))?;
+    job.define_method("config", method!(NativeJob::config, 0))?;
+    job.define_method("custom_events", method!(NativeJob::custom_events, 0))?;
+    job.define_method("key", method!(NativeJob::key, 0))?;
 
     let driver = native.define_class("Driver", ruby.class_object())?;
     driver.define_method("next", method!(Driver::next, 1))?;

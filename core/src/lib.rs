@@ -35,7 +35,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod template;
-pub mod worker;
+pub use host::worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{

@@ -51,41 +51,65 @@ impl Job {
         self.key.attempt
     }
 
-    /// The job as the bindings hand it to their language, JSON as text: see [`HostJob`].
+    /// The job as the bindings hand it to their language ([`HostJob`]).
     pub fn to_host(&self) -> HostJob {
-        (
-            self.key.task_id,
-            self.key.step_id,
-            self.key.attempt,
-            self.key.position,
-            self.step_name.clone(),
-            self.handler.clone(),
-            self.max_attempts,
-            serde_json::to_string(&*self.context).expect("a JSON value serializes"),
-            serde_json::to_string(&self.results).expect("a JSON value serializes"),
-            serde_json::to_string(&*self.config).expect("a JSON value serializes"),
-            self.custom_events.to_vec(),
-        )
+        HostJob::from(self)
     }
 }
 
-/// A [`Job`] as a binding passes it to its language (a tuple, which pyo3 and magnus convert
-/// natively): `(task_id, step_id, attempt, position, step_name, handler, max_attempts,
-/// context_json, results_json, config_json, custom_events)`. The first four are the
-/// [`JobKey`] the host hands back.
-pub type HostJob = (
-    i64,
-    i64,
-    u32,
-    u32,
-    String,
-    String,
-    u32,
-    String,
-    String,
-    String,
-    Vec<String>,
-);
+/// A claimed job as a binding hands it to its language: the [`JobKey`] fields the host hands
+/// back with the outcome, what the handler sees, JSON as text (each language parses it with
+/// its own JSON library).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostJob {
+    pub task_id: i64,
+    pub step_id: i64,
+    pub attempt: u32,
+    pub position: u32,
+    pub step_name: String,
+    pub handler: String,
+    pub max_attempts: u32,
+    /// The task's context, JSON.
+    pub context: String,
+    /// Parent step name -> its results, a JSON object.
+    pub results: String,
+    /// The step's `handler_config`, JSON.
+    pub config: String,
+    /// The custom events the template declares (what the handler may publish).
+    pub custom_events: Vec<String>,
+}
+
+impl HostJob {
+    /// The key the host hands back with the outcome.
+    pub fn key(&self) -> JobKey {
+        JobKey {
+            task_id: self.task_id,
+            step_id: self.step_id,
+            attempt: self.attempt,
+            position: self.position,
+        }
+    }
+}
+
+impl From<&Job> for HostJob {
+    fn from(j: &Job) -> HostJob {
+        let text =
+            |v: &serde_json::Value| serde_json::to_string(v).expect("a JSON value serializes");
+        HostJob {
+            task_id: j.key.task_id,
+            step_id: j.key.step_id,
+            attempt: j.key.attempt,
+            position: j.key.position,
+            step_name: j.step_name.clone(),
+            handler: j.handler.clone(),
+            max_attempts: j.max_attempts,
+            context: text(&j.context),
+            results: serde_json::to_string(&j.results).expect("a JSON object serializes"),
+            config: text(&j.config),
+            custom_events: j.custom_events.to_vec(),
+        }
+    }
+}
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,14 +95,19 @@ class Step:
     __slots__ = ("task_id", "step_id", "name", "handler", "attempt", "max_attempts", "context", "config",
                  "results", "custom_events", "_key", "_publish")
 
-    def __init__(self, job: Tuple[Any, ...], publish: Optional[Callable[..., None]] = None) -> None:
-        (self.task_id, self.step_id, self.attempt, _position, self.name, self.handler, self.max_attempts,
-         context, results, config, custom_events) = job
-        self.context: Dict[str, Any] = json.loads(context)
-        self.results: Dict[str, Any] = json.loads(results)
-        self.config: Dict[str, Any] = json.loads(config)
-        self.custom_events: List[str] = list(custom_events)
-        self._key = (job[0], job[1], job[2], job[3])
+    def __init__(self, job: Any, publish: Optional[Callable[..., None]] = None) -> None:
+        # `job`: the native `tasker._tasker.Job` (core's HostJob), JSON as text.
+        self.task_id: int = job.task_id
+        self.step_id: int = job.step_id
+        self.attempt: int = job.attempt
+        self.name: str = job.step_name
+        self.handler: str = job.handler
+        self.max_attempts: int = job.max_attempts
+        self.context: Dict[str, Any] = json.loads(job.context)
+        self.results: Dict[str, Any] = json.loads(job.results)
+        self.config: Dict[str, Any] = json.loads(job.config)
+        self.custom_events: List[str] = list(job.custom_events)
+        self._key = job.key
         self._publish = publish
 
     def publish_custom_event(self, name: str, payload: Any = None) -> None:
@@ -369,7 +374,7 @@ class Engine:
                 try:
                     jobs, done = driver.next(0.1)
                     for job in jobs:
-                        fn = self._handlers[job[5]]
+                        fn = self._handlers[job.handler]
                         if inspect.iscoroutinefunction(fn):
                             if aloop is None:
                                 aloop = _AsyncLoop()
@@ -397,8 +402,8 @@ class Engine:
             raise TimeoutError(f"task {task_id} did not finish in time")
 
 
-def _key(job: Tuple[Any, ...]) -> Tuple[int, int, int, int]:
-    return (job[0], job[1], job[2], job[3])
+def _key(job: Any) -> Tuple[int, int, int, int]:
+    return job.key
 
 
 def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -> None:
@@ -414,7 +419,7 @@ def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -
     driver.finished(key, True, text)
 
 
-def _run_sync(driver: Any, fn: Handler, job: Tuple[Any, ...], publish: Callable[..., None]) -> None:
+def _run_sync(driver: Any, fn: Handler, job: Any, publish: Callable[..., None]) -> None:
     driver.started(_key(job))
     try:
         value = fn(Step(job, publish))

@@ -2,7 +2,6 @@
 
 from typing import List, Optional, Tuple
 
-JobTuple = Tuple[int, int, int, int, str, str, int, str, str, str, List[str]]
 KeyTuple = Tuple[int, int, int, int]
 
 class TaskerError(Exception): ...
@@ -13,8 +12,24 @@ class ConflictError(TaskerError): ...
 class DatabaseError(TaskerError): ...
 class TimeoutError(TaskerError): ...
 
+class Job:
+    """A claimed job (core's HostJob); JSON as text."""
+    task_id: int
+    step_id: int
+    attempt: int
+    position: int
+    step_name: str
+    handler: str
+    max_attempts: int
+    context: str
+    results: str
+    config: str
+    custom_events: List[str]
+    @property
+    def key(self) -> KeyTuple: ...
+
 class Driver:
-    def next(self, wait_seconds: float) -> Tuple[List[JobTuple], bool]: ...
+    def next(self, wait_seconds: float) -> Tuple[List[Job], bool]: ...
     def started(self, key: KeyTuple) -> None: ...
     def finished(self, key: KeyTuple, ok: bool, payload: str) -> None: ...
     def finished_not_json(self, key: KeyTuple, reason: str) -> None: ...

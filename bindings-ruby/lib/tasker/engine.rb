@@ -248,21 +248,21 @@ module Tasker
     end
 
     def run_job(driver, job)
-      k = job[0, 4]
+      k = job.key
       driver.started(*k)
       begin
         value = call_handler(job)
       rescue Exception => e # rubocop:disable Lint/RescueException -- a handler must never take the worker down
         driver.finished(*k, false, Failure.of(e))
         Tasker.logger.public_send(e.is_a?(RetryableError) ? :info : :warn,
-                                  "tasker: step #{job[4]} of task #{job[0]} (attempt #{job[2]}/#{job[6]}) failed: #{e.class}: #{e.message}")
+                                  "tasker: step #{job.step_name} of task #{job.task_id} (attempt #{job.attempt}/#{job.max_attempts}) failed: #{e.class}: #{e.message}")
         raise if e.is_a?(NoMemoryError)
 
         return
       end
       problem = Json.problem(value, "")
       if problem
-        driver.finished_not_json(*k, "#{job[4]} returned a value that is not JSON: #{problem}")
+        driver.finished_not_json(*k, "#{job.step_name} returned a value that is not JSON: #{problem}")
       else
         driver.finished(*k, true, JSON.generate(value))
       end

@@ -12,10 +12,18 @@ module Tasker
   class Step
     attr_reader :task_id, :step_id, :name, :handler, :attempt, :max_attempts, :custom_events
 
-    # +job+ is the array the native driver hands out.
+    # +job+ is the Tasker::Native::Job the native driver hands out (core's HostJob).
     def initialize(job, core = nil)
-      @task_id, @step_id, @attempt, @position, @name, @handler, @max_attempts,
-        @context_json, @results_json, @config_json, @custom_events = job
+      @task_id = job.task_id
+      @step_id = job.step_id
+      @attempt = job.attempt
+      @name = job.step_name
+      @handler = job.handler
+      @max_attempts = job.max_attempts
+      @context_json = job.context
+      @results_json = job.results
+      @config_json = job.config
+      @custom_events = job.custom_events
       @job = job
       @core = core
     end

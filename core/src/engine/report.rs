@@ -174,6 +174,12 @@ impl Engine {
         Ok(Duration::from_millis((next - now).clamp(1, 1000) as u64))
     }
 
+    /// Who is woken when new work may have appeared in this process (for a loop that keeps its
+    /// wake-up across calls: `notified_owned`).
+    pub(crate) fn work_notify(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.inner.work.clone()
+    }
+
     /// A future that resolves when new work may have appeared in this process.
     pub fn work_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.work.notified()

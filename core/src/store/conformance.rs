@@ -17,20 +17,61 @@ type CaseFn = for<'a> fn(&'a dyn Store) -> Pin<Box<dyn Future<Output = ()> + Sen
 
 /// The cases, by name.
 const CASES: &[(&str, CaseFn)] = &[
-    ("a plan inserts tasks and steps, ids in plan order", |s| Box::pin(inserts_in_plan_order(s))),
-    ("a claim takes priority, then age, then id, for its handlers only", |s| Box::pin(claim_order(s))),
-    ("a claim starts pending tasks and leaves the claim's transitions", |s| Box::pin(claim_effects(s))),
-    ("a failed step claimed again goes error, pending, in progress", |s| Box::pin(reclaim_failed(s))),
-    ("born steps are inserted as a claim leaves them, and only they are claimed", |s| Box::pin(born_steps(s))),
-    ("a quiet claim runs only when the plan readies a step", |s| Box::pin(quiet_claim(s))),
-    ("a step update at another version refuses the plan, nothing written", |s| Box::pin(stale_update(s))),
-    ("a guard that no longer holds refuses the plan, nothing written", |s| Box::pin(stale_guard(s))),
-    ("decrements ready a pending step when its last parent finishes", |s| Box::pin(decrements(s))),
-    ("parking hides claimable steps, unparking brings them back", |s| Box::pin(parking(s))),
-    ("task updates move counters and states; transitions read back in order", |s| Box::pin(task_updates(s))),
-    ("leases: expired ones oldest first, extensions only at the attempt held", |s| Box::pin(leases(s))),
-    ("a second task with the same idempotency key is a conflict", |s| Box::pin(idempotency(s))),
-    ("reads: listings, counts, next times, state counts, parents' results", |s| Box::pin(reads(s))),
+    ("a plan inserts tasks and steps, ids in plan order", |s| {
+        Box::pin(inserts_in_plan_order(s))
+    }),
+    (
+        "a claim takes priority, then age, then id, for its handlers only",
+        |s| Box::pin(claim_order(s)),
+    ),
+    (
+        "a claim starts pending tasks and leaves the claim's transitions",
+        |s| Box::pin(claim_effects(s)),
+    ),
+    (
+        "a failed step claimed again goes error, pending, in progress",
+        |s| Box::pin(reclaim_failed(s)),
+    ),
+    (
+        "born steps are inserted as a claim leaves them, and only they are claimed",
+        |s| Box::pin(born_steps(s)),
+    ),
+    (
+        "a quiet claim runs only when the plan readies a step",
+        |s| Box::pin(quiet_claim(s)),
+    ),
+    (
+        "a step update at another version refuses the plan, nothing written",
+        |s| Box::pin(stale_update(s)),
+    ),
+    (
+        "a guard that no longer holds refuses the plan, nothing written",
+        |s| Box::pin(stale_guard(s)),
+    ),
+    (
+        "decrements ready a pending step when its last parent finishes",
+        |s| Box::pin(decrements(s)),
+    ),
+    (
+        "parking hides claimable steps, unparking brings them back",
+        |s| Box::pin(parking(s)),
+    ),
+    (
+        "task updates move counters and states; transitions read back in order",
+        |s| Box::pin(task_updates(s)),
+    ),
+    (
+        "leases: expired ones oldest first, extensions only at the attempt held",
+        |s| Box::pin(leases(s)),
+    ),
+    (
+        "a second task with the same idempotency key is a conflict",
+        |s| Box::pin(idempotency(s)),
+    ),
+    (
+        "reads: listings, counts, next times, state counts, parents' results",
+        |s| Box::pin(reads(s)),
+    ),
 ];
 
 #[tokio::test]
@@ -82,7 +123,8 @@ fn postgres_target() -> Option<(String, String)> {
     if std::env::var("TASKER_TEST_BACKEND").as_deref() != Ok("postgres") {
         return None;
     }
-    let url = std::env::var("DATABASE_URL").expect("TASKER_TEST_BACKEND=postgres needs DATABASE_URL");
+    let url =
+        std::env::var("DATABASE_URL").expect("TASKER_TEST_BACKEND=postgres needs DATABASE_URL");
     let schema = format!("sc_{}_{:08x}", std::process::id(), rand::random::<u32>());
     Some((url, schema))
 }
@@ -90,15 +132,22 @@ fn postgres_target() -> Option<(String, String)> {
 async fn stores() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let mut out: Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> =
-        vec![("sqlite", open(&url, &StoreOptions::default()).await.unwrap(), dir)];
+    let mut out: Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> = vec![(
+        "sqlite",
+        open(&url, &StoreOptions::default()).await.unwrap(),
+        dir,
+    )];
     if let Some((url, schema)) = postgres_target() {
         let opts = StoreOptions {
             schema: Some(schema),
             max_connections: Some(4),
             ..StoreOptions::default()
         };
-        out.push(("postgres", open(&url, &opts).await.unwrap(), tempfile::tempdir().unwrap()));
+        out.push((
+            "postgres",
+            open(&url, &opts).await.unwrap(),
+            tempfile::tempdir().unwrap(),
+        ));
     }
     out
 }
@@ -219,24 +268,57 @@ async fn inserts_in_plan_order(s: &dyn Store) {
     assert_eq!(out.task_ids.len(), 2);
     assert!(out.task_ids[0] < out.task_ids[1]);
     assert_eq!(out.step_ids.len(), 3);
-    assert!(out.step_ids.windows(2).all(|w| w[0] < w[1]), "{:?}", out.step_ids);
+    assert!(
+        out.step_ids.windows(2).all(|w| w[0] < w[1]),
+        "{:?}",
+        out.step_ids
+    );
     let t = s.task(out.task_ids[0]).await.unwrap().expect("task");
     assert_eq!(
-        (t.row.state, t.row.steps_total, t.row.version, json(&t.context)),
+        (
+            t.row.state,
+            t.row.steps_total,
+            t.row.version,
+            json(&t.context)
+        ),
         (TaskState::Pending, 2, 1, serde_json::json!({"k": 1}))
     );
-    assert_eq!((t.namespace.as_str(), t.name.as_str(), t.template_version.as_str()), ("conf", "t", "1.0.0"));
-    let steps = s.steps(out.task_ids[0]).await.unwrap();
-    assert_eq!(steps.iter().map(|r| r.step_id).collect::<Vec<_>>(), out.step_ids[..2]);
     assert_eq!(
-        (steps[0].ready_at, steps[1].ready_at, steps[1].remaining_parents, steps[0].attempts),
+        (
+            t.namespace.as_str(),
+            t.name.as_str(),
+            t.template_version.as_str()
+        ),
+        ("conf", "t", "1.0.0")
+    );
+    let steps = s.steps(out.task_ids[0]).await.unwrap();
+    assert_eq!(
+        steps.iter().map(|r| r.step_id).collect::<Vec<_>>(),
+        out.step_ids[..2]
+    );
+    assert_eq!(
+        (
+            steps[0].ready_at,
+            steps[1].ready_at,
+            steps[1].remaining_parents,
+            steps[0].attempts
+        ),
         (Some(NOW), None, 1, 0)
     );
 }
 
 async fn claim_order(s: &dyn Store) {
     let named = template(s).await;
-    let (t1, a) = seed(s, named, &[("a", Some(NOW - 10)), ("b", Some(NOW - 20)), ("a", Some(NOW + 5))]).await;
+    let (t1, a) = seed(
+        s,
+        named,
+        &[
+            ("a", Some(NOW - 10)),
+            ("b", Some(NOW - 20)),
+            ("a", Some(NOW + 5)),
+        ],
+    )
+    .await;
     let (_, b) = seed(s, named, &[("a", Some(NOW - 10))]).await;
     // A higher-priority step later in time still goes first.
     let mut plan = Plan::new(NOW, true);
@@ -245,12 +327,39 @@ async fn claim_order(s: &dyn Store) {
     plan.new_steps.push(urgent);
     let urgent = apply(s, &plan, None).await.unwrap().step_ids[0];
     let hs = vec!["a".to_owned()];
-    let got: Vec<i64> = claim(s, 2, Some(&hs)).await.iter().map(|c| c.step_id).collect();
-    assert_eq!(got.iter().copied().collect::<std::collections::BTreeSet<_>>(), [urgent, a[0]].into());
-    let got: Vec<i64> = claim(s, 5, Some(&hs)).await.iter().map(|c| c.step_id).collect();
-    assert_eq!(got, vec![b[0]], "the step not yet due and the other handler's stay");
-    assert!(claim(s, 5, Some(&[])).await.is_empty(), "no handlers, nothing");
-    assert_eq!(claim(s, 5, None).await.iter().map(|c| c.step_id).collect::<Vec<_>>(), vec![a[1]]);
+    let got: Vec<i64> = claim(s, 2, Some(&hs))
+        .await
+        .iter()
+        .map(|c| c.step_id)
+        .collect();
+    assert_eq!(
+        got.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [urgent, a[0]].into()
+    );
+    let got: Vec<i64> = claim(s, 5, Some(&hs))
+        .await
+        .iter()
+        .map(|c| c.step_id)
+        .collect();
+    assert_eq!(
+        got,
+        vec![b[0]],
+        "the step not yet due and the other handler's stay"
+    );
+    assert!(
+        claim(s, 5, Some(&[])).await.is_empty(),
+        "no handlers, nothing"
+    );
+    assert_eq!(
+        claim(s, 5, None)
+            .await
+            .iter()
+            .map(|c| c.step_id)
+            .collect::<Vec<_>>(),
+        vec![a[1]]
+    );
 }
 
 async fn claim_effects(s: &dyn Store) {
@@ -260,23 +369,45 @@ async fn claim_effects(s: &dyn Store) {
     assert_eq!(claimed.len(), 2);
     for c in &claimed {
         assert_eq!(
-            (c.task_id, c.attempts, c.version, c.lease_expires_at, c.task_state, c.started_version),
+            (
+                c.task_id,
+                c.attempts,
+                c.version,
+                c.lease_expires_at,
+                c.task_state,
+                c.started_version
+            ),
             (t, 1, 2, NOW + 30_000, TaskState::InProgress, Some(2))
         );
-        assert_eq!((json(&c.context), c.task_version, c.steps_total), (serde_json::json!({"k": 1}), 2, 2));
+        assert_eq!(
+            (json(&c.context), c.task_version, c.steps_total),
+            (serde_json::json!({"k": 1}), 2, 2)
+        );
         let row = step(s, t, c.step_id).await;
         assert_eq!(
-            (row.state, row.attempts, row.ready_at, row.claimed_by.as_deref(), row.last_attempted_at),
+            (
+                row.state,
+                row.attempts,
+                row.ready_at,
+                row.claimed_by.as_deref(),
+                row.last_attempted_at
+            ),
             (StepState::InProgress, 1, None, Some("w1"), Some(NOW))
         );
     }
     let task = s.task(t).await.unwrap().unwrap();
-    assert_eq!((task.row.state, task.row.version), (TaskState::InProgress, 2));
+    assert_eq!(
+        (task.row.state, task.row.version),
+        (TaskState::InProgress, 2)
+    );
     let mut expected = claim_transitions(&claimed, "w1", NOW);
     let mut stored: Vec<TransitionRow> = s.transitions(t).await.unwrap();
     normalize(&mut expected);
     normalize(&mut stored);
-    assert_eq!(stored, expected, "the claim's rows are claim_transitions' ({ids:?})");
+    assert_eq!(
+        stored, expected,
+        "the claim's rows are claim_transitions' ({ids:?})"
+    );
 }
 
 /// Stored JSON text, parsed (PostgreSQL gives `jsonb` back in its own spacing).
@@ -285,13 +416,13 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 /// Transition rows with their metadata as parsed JSON text (PostgreSQL normalizes jsonb).
-fn normalize(rows: &mut Vec<TransitionRow>) {
+fn normalize(rows: &mut [TransitionRow]) {
     for r in rows.iter_mut() {
         r.metadata = serde_json::from_str::<serde_json::Value>(&r.metadata)
             .unwrap()
             .to_string();
     }
-    rows.sort_by(|a, b| (a.step_id, a.sort_key).cmp(&(b.step_id, b.sort_key)));
+    rows.sort_by_key(|r| (r.step_id, r.sort_key));
 }
 
 async fn reclaim_failed(s: &dyn Store) {
@@ -304,17 +435,37 @@ async fn reclaim_failed(s: &dyn Store) {
         expect_attempts: Some(1),
         ready_at: Some(NOW),
         error: Some(Some(r#"{"message":"x"}"#.into())),
-        ..StepUpdate::new(ids[0], first.version, StepState::InProgress, StepState::Error)
+        ..StepUpdate::new(
+            ids[0],
+            first.version,
+            StepState::InProgress,
+            StepState::Error,
+        )
     });
     apply(s, &plan, None).await.unwrap();
     let again = claim(s, 1, None).await.remove(0);
-    assert_eq!((again.attempts, again.version, again.started_version), (2, 5, None));
+    assert_eq!(
+        (again.attempts, again.version, again.started_version),
+        (2, 5, None)
+    );
     let rows = claim_transitions(std::slice::from_ref(&again), "w1", NOW);
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].from_state, rows[0].to_state, rows[0].sort_key), (Some("error"), "pending", 4));
+    assert_eq!(
+        (rows[0].from_state, rows[0].to_state, rows[0].sort_key),
+        (Some("error"), "pending", 4)
+    );
     let stored = s.transitions(t).await.unwrap();
-    assert!(stored.iter().any(|r| r.step_id == Some(ids[0]) && r.to_state == "pending" && r.sort_key == 4));
-    assert_eq!(step(s, t, ids[0]).await.error.as_deref().map(|e| e.contains("x")), Some(true));
+    assert!(stored
+        .iter()
+        .any(|r| r.step_id == Some(ids[0]) && r.to_state == "pending" && r.sort_key == 4));
+    assert_eq!(
+        step(s, t, ids[0])
+            .await
+            .error
+            .as_deref()
+            .map(|e| e.contains("x")),
+        Some(true)
+    );
 }
 
 async fn born_steps(s: &dyn Store) {
@@ -332,13 +483,33 @@ async fn born_steps(s: &dyn Store) {
     assert_eq!(out.claimed.len(), 1);
     let c = &out.claimed[0];
     assert_eq!(
-        (c.step_id, c.attempts, c.version, c.task_state, c.started_version),
+        (
+            c.step_id,
+            c.attempts,
+            c.version,
+            c.task_state,
+            c.started_version
+        ),
         (id, 1, 2, TaskState::InProgress, Some(2))
     );
     let row = step(s, t, id).await;
     assert_eq!(
-        (row.state, row.attempts, row.version, row.ready_at, row.claimed_by.as_deref(), row.lease_expires_at),
-        (StepState::InProgress, 1, 2, None, Some("w1"), Some(NOW + 30_000))
+        (
+            row.state,
+            row.attempts,
+            row.version,
+            row.ready_at,
+            row.claimed_by.as_deref(),
+            row.lease_expires_at
+        ),
+        (
+            StepState::InProgress,
+            1,
+            2,
+            None,
+            Some("w1"),
+            Some(NOW + 30_000)
+        )
     );
     let other = s.steps(t).await.unwrap()[1].clone();
     assert_eq!(other.state, StepState::Pending);
@@ -348,7 +519,11 @@ async fn born_steps(s: &dyn Store) {
     normalize(&mut stored);
     assert_eq!(stored, expected);
     let rest = claim(s, 5, None).await;
-    assert_eq!(rest.iter().map(|c| c.step_id).collect::<Vec<_>>(), older, "the older step was left");
+    assert_eq!(
+        rest.iter().map(|c| c.step_id).collect::<Vec<_>>(),
+        older,
+        "the older step was left"
+    );
 }
 
 async fn quiet_claim(s: &dyn Store) {
@@ -358,8 +533,13 @@ async fn quiet_claim(s: &dyn Store) {
         only_if_readied: true,
         ..spec(5, None)
     };
-    let out = apply(s, &Plan::new(NOW, false), Some(&quiet)).await.unwrap();
-    assert!(!out.claim_ran && out.claimed.is_empty(), "nothing readied: no claim");
+    let out = apply(s, &Plan::new(NOW, false), Some(&quiet))
+        .await
+        .unwrap();
+    assert!(
+        !out.claim_ran && out.claimed.is_empty(),
+        "nothing readied: no claim"
+    );
     let (t2, child) = seed(s, named, &[("a", None)]).await;
     let mut plan = Plan::new(NOW, true);
     plan.decrements.push(Decrement {
@@ -379,10 +559,19 @@ async fn stale_update(s: &dyn Store) {
     let claimed = claim(s, 2, None).await;
     let mut plan = Plan::new(NOW, true);
     for c in &claimed {
-        let version = if c.step_id == ids[1] { c.version - 1 } else { c.version };
+        let version = if c.step_id == ids[1] {
+            c.version - 1
+        } else {
+            c.version
+        };
         plan.step_updates.push(StepUpdate {
             results: Some(Some("1".into())),
-            ..StepUpdate::new(c.step_id, version, StepState::InProgress, StepState::Complete)
+            ..StepUpdate::new(
+                c.step_id,
+                version,
+                StepState::InProgress,
+                StepState::Complete,
+            )
         });
     }
     plan.task_updates.push(TaskUpdate {
@@ -394,9 +583,17 @@ async fn stale_update(s: &dyn Store) {
     assert!(matches!(tx.apply(&plan, None).await, Err(Error::PlanStale)));
     drop(tx);
     if s.executes_plans() {
-        assert!(matches!(s.execute_plan(&plan, None).await, Err(Error::PlanStale)));
+        assert!(matches!(
+            s.execute_plan(&plan, None).await,
+            Err(Error::PlanStale)
+        ));
     }
-    assert!(s.steps(t).await.unwrap().iter().all(|r| r.state == StepState::InProgress));
+    assert!(s
+        .steps(t)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.state == StepState::InProgress));
     assert_eq!(s.task(t).await.unwrap().unwrap().row.steps_done, 0);
 }
 
@@ -433,13 +630,24 @@ async fn decrements(s: &dyn Store) {
     apply(s, &plan, None).await.unwrap();
     let mut plan = Plan::new(NOW + 1, true);
     plan.decrements = vec![
-        Decrement { task_id: t, position: 1, by: 1 },
-        Decrement { task_id: t, position: 2, by: 1 },
+        Decrement {
+            task_id: t,
+            position: 1,
+            by: 1,
+        },
+        Decrement {
+            task_id: t,
+            position: 2,
+            by: 1,
+        },
     ];
     assert_eq!(apply(s, &plan, None).await.unwrap().ready, 1);
     let steps = s.steps(t).await.unwrap();
     assert_eq!(
-        steps.iter().map(|r| (r.remaining_parents, r.ready_at)).collect::<Vec<_>>(),
+        steps
+            .iter()
+            .map(|r| (r.remaining_parents, r.ready_at))
+            .collect::<Vec<_>>(),
         vec![(0, Some(NOW)), (0, Some(NOW + 1)), (1, None)],
         "{ids:?}"
     );
@@ -451,11 +659,25 @@ async fn parking(s: &dyn Store) {
     let mut plan = Plan::new(NOW, true);
     plan.park.push(t);
     apply(s, &plan, None).await.unwrap();
-    assert!(s.steps(t).await.unwrap().iter().all(|r| r.ready_at.is_none() && r.parked_ready_at == Some(NOW)));
+    assert!(s
+        .steps(t)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.ready_at.is_none() && r.parked_ready_at == Some(NOW)));
     assert!(claim(s, 5, None).await.is_empty());
     let mut plan = Plan::new(NOW, true);
     plan.unpark.push(t);
-    let out = apply(s, &plan, Some(&ClaimSpec { only_if_readied: true, ..spec(5, None) })).await.unwrap();
+    let out = apply(
+        s,
+        &plan,
+        Some(&ClaimSpec {
+            only_if_readied: true,
+            ..spec(5, None)
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(out.claimed.len(), 2, "unparked steps are claimable at once");
 }
 
@@ -486,10 +708,16 @@ async fn task_updates(s: &dyn Store) {
     ];
     apply(s, &plan, None).await.unwrap();
     let task = s.task(t).await.unwrap().unwrap();
-    assert_eq!((task.row.state, task.row.steps_done, task.row.version), (TaskState::InProgress, 1, 2));
+    assert_eq!(
+        (task.row.state, task.row.steps_done, task.row.version),
+        (TaskState::InProgress, 1, 2)
+    );
     let rows = s.transitions(t).await.unwrap();
     // By time, the task's rows before its steps'.
-    assert_eq!(rows.iter().map(|r| r.step_id).collect::<Vec<_>>(), vec![None, Some(ids[0])]);
+    assert_eq!(
+        rows.iter().map(|r| r.step_id).collect::<Vec<_>>(),
+        vec![None, Some(ids[0])]
+    );
     assert_eq!(json(&rows[0].metadata), serde_json::json!({"n": 1}));
 }
 
@@ -509,12 +737,23 @@ async fn leases(s: &dyn Store) {
     assert_eq!(n, 1, "only the attempt held is extended");
     let mut tx = s.begin(false).await.unwrap();
     let expired = tx.expired_leases(NOW + 40_000, 10).await.unwrap();
-    assert_eq!(expired.iter().map(|e| (e.step_id, e.attempts)).collect::<Vec<_>>(), vec![(ids[1], 1)]);
+    assert_eq!(
+        expired
+            .iter()
+            .map(|e| (e.step_id, e.attempts))
+            .collect::<Vec<_>>(),
+        vec![(ids[1], 1)]
+    );
     let locks = tx.lock_steps(&ids).await.unwrap();
-    assert!(locks.iter().all(|l| l.state == StepState::InProgress && l.attempts == 1 && l.retry_limit == 3));
+    assert!(locks
+        .iter()
+        .all(|l| l.state == StepState::InProgress && l.attempts == 1 && l.retry_limit == 3));
     assert_eq!(tx.count_running(claimed[0].task_id).await.unwrap(), 2);
     tx.commit().await.unwrap();
-    assert_eq!(s.next_times(None).await.unwrap().lease_expiry, Some(NOW + 30_000));
+    assert_eq!(
+        s.next_times(None).await.unwrap().lease_expiry,
+        Some(NOW + 30_000)
+    );
 }
 
 async fn idempotency(s: &dyn Store) {
@@ -540,27 +779,56 @@ async fn reads(s: &dyn Store) {
     let named = template(s).await;
     let (t1, ids) = seed(s, named, &[("a", Some(NOW + 50)), ("b", None)]).await;
     let (t2, _) = seed(s, named, &[("a", Some(NOW))]).await;
-    let newest = s.list_tasks(&TaskFilter::default(), IdRange::default()).await.unwrap();
-    assert_eq!(newest.iter().map(|d| d.row.task_id).collect::<Vec<_>>(), vec![t2, t1]);
+    let newest = s
+        .list_tasks(&TaskFilter::default(), IdRange::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|d| d.row.task_id).collect::<Vec<_>>(),
+        vec![t2, t1]
+    );
     let f = TaskFilter {
         oldest_first: true,
         limit: Some(1),
         ..TaskFilter::default()
     };
-    assert_eq!(s.list_tasks(&f, IdRange::default()).await.unwrap()[0].row.task_id, t1);
-    let range = IdRange { from: Some(t2), until: None };
-    assert_eq!(s.count_tasks(&TaskFilter::default(), range).await.unwrap(), 1);
-    assert_eq!(s.task_at_or_after(t1 + 1).await.unwrap().map(|r| r.0), Some(t2));
+    assert_eq!(
+        s.list_tasks(&f, IdRange::default()).await.unwrap()[0]
+            .row
+            .task_id,
+        t1
+    );
+    let range = IdRange {
+        from: Some(t2),
+        until: None,
+    };
+    assert_eq!(
+        s.count_tasks(&TaskFilter::default(), range).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.task_at_or_after(t1 + 1).await.unwrap().map(|r| r.0),
+        Some(t2)
+    );
     assert_eq!(s.max_task_id().await.unwrap(), Some(t2));
     let a = vec!["a".to_owned()];
     assert_eq!(s.next_times(Some(&a)).await.unwrap().ready_at, Some(NOW));
     let c = s.state_counts(NOW).await.unwrap();
-    assert_eq!((c.tasks["pending"], c.steps["pending"], c.in_backoff), (2, 3, 0));
+    assert_eq!(
+        (c.tasks["pending"], c.steps["pending"], c.in_backoff),
+        (2, 3, 0)
+    );
     let results = s
-        .parent_results(&[StepKey { task_id: t1, position: 0 }])
+        .parent_results(&[StepKey {
+            task_id: t1,
+            position: 0,
+        }])
         .await
         .unwrap();
-    assert_eq!((results[0].name.as_str(), results[0].results.as_deref()), ("s0", None));
+    assert_eq!(
+        (results[0].name.as_str(), results[0].results.as_deref()),
+        ("s0", None)
+    );
     assert_eq!(s.task_state(t1).await.unwrap(), Some(TaskState::Pending));
     let (d, steps) = s.task_if_finished(t1).await.unwrap().unwrap();
     assert_eq!((d.row.task_id, steps), (t1, None), "{ids:?}");

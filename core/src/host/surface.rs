@@ -1,0 +1,147 @@
+//! The engine calls every binding makes in the same shape, written once: a task listing from a host's filter
+//! ([`TaskListQuery`]), a worker loop from a host's `run_worker` arguments ([`DriverSpec`]),
+//! and a bounded wait that answers the task's state ([`crate::Engine::wait_for_task_state`]).
+//! A binding converts these to its language and back; it never re-checks or re-defaults them.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{HostDriver, HostOptions, RunMode};
+use crate::engine::{Engine, TaskSummary};
+use crate::error::{Error, Result};
+use crate::handler::Registry;
+pub use crate::protocol::HostJob;
+use crate::state::TaskState;
+use crate::store::TaskFilter;
+
+/// A task listing as the bindings take it (`list_tasks(status=, name=, namespace=, limit=100,
+/// offset=0)`; the same keys as JSON from Node and Ruby), newest first.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListQuery {
+    pub status: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl TaskListQuery {
+    /// From a binding's JSON options (`what` names them in the error).
+    pub fn from_json(what: &str, text: &str) -> Result<TaskListQuery> {
+        serde_json::from_str(text).map_err(|e| Error::Validation(format!("{what}: {e}")))
+    }
+
+    /// The filter: `status` must name a task state; limit 100 and offset 0 unless given.
+    pub fn filter(self) -> Result<TaskFilter> {
+        let state = self
+            .status
+            .map(|s| {
+                s.parse::<TaskState>()
+                    .map_err(|m| Error::Validation(format!("status: {m}")))
+            })
+            .transpose()?;
+        Ok(TaskFilter {
+            oldest_first: false,
+            state,
+            name: self.name,
+            namespace: self.namespace,
+            limit: Some(self.limit.unwrap_or(100)),
+            offset: Some(self.offset.unwrap_or(0)),
+            ..Default::default()
+        })
+    }
+}
+
+/// A binding's worker loop: its handlers (run by the host; the built-in ones run in the
+/// driver), how many at once, and when the run ends.
+#[derive(Debug, Clone)]
+pub struct DriverSpec {
+    pub handlers: Vec<String>,
+    /// At least 1.
+    pub concurrency: i64,
+    /// `forever`, `until_idle`, or `until_task` (with `task_id`).
+    pub mode: String,
+    pub task_id: Option<i64>,
+    pub worker_id: Option<String>,
+    /// Clamped to 0..=86,400 (default 30 s).
+    pub shutdown_grace_seconds: Option<f64>,
+}
+
+impl DriverSpec {
+    /// The driver's options, or a [`Error::Validation`] naming what is wrong.
+    pub fn options(self) -> Result<HostOptions> {
+        if self.concurrency < 1 {
+            return Err(Error::Validation(format!(
+                "concurrency must be at least 1, got {}",
+                self.concurrency
+            )));
+        }
+        let mode = match (self.mode.as_str(), self.task_id) {
+            ("forever", _) => RunMode::Forever,
+            ("until_idle", _) => RunMode::UntilIdle,
+            ("until_task", Some(id)) => RunMode::UntilTask(id),
+            _ => {
+                return Err(Error::Validation(format!(
+                    "unknown run mode {:?} (task_id {:?}): expected forever, until_idle or until_task with a task id",
+                    self.mode, self.task_id
+                )))
+            }
+        };
+        let grace = self.shutdown_grace_seconds.unwrap_or(30.0);
+        let grace = if grace.is_finite() {
+            grace.clamp(0.0, 86_400.0)
+        } else {
+            30.0
+        };
+        let mut opts = HostOptions {
+            concurrency: self.concurrency as usize,
+            mode,
+            host_handlers: self.handlers,
+            shutdown_grace: Duration::from_secs_f64(grace),
+            ..Default::default()
+        };
+        if let Some(w) = self.worker_id {
+            opts.worker_id = w;
+        }
+        Ok(opts)
+    }
+}
+
+impl HostDriver {
+    /// Starts a binding's worker loop on the current tokio runtime: `spec`'s handlers run on
+    /// the host, the built-in ones in the driver.
+    pub fn start_spec(engine: Engine, spec: DriverSpec) -> Result<HostDriver> {
+        Ok(HostDriver::start(
+            engine,
+            Registry::with_builtins(),
+            spec.options()?,
+        ))
+    }
+}
+
+impl Engine {
+    /// Tasks as a binding lists them ([`TaskListQuery`]).
+    pub async fn list_tasks_query(&self, q: TaskListQuery) -> Result<Vec<TaskSummary>> {
+        self.list_tasks(&q.filter()?).await
+    }
+
+    /// Waits up to `seconds` (clamped to an hour) for the task to finish; answers its state
+    /// then, finished or not (a binding's `run_until_complete` loop asks again).
+    pub async fn wait_for_task_state(&self, task_id: i64, seconds: f64) -> Result<TaskState> {
+        let secs = if seconds.is_finite() {
+            seconds.clamp(0.0, 3600.0)
+        } else {
+            0.0
+        };
+        match self
+            .wait_for_task(task_id, Some(Duration::from_secs_f64(secs)))
+            .await
+        {
+            Ok(s) => Ok(s.status),
+            Err(Error::Timeout(_)) => self.get_task_state(task_id).await,
+            Err(e) => Err(e),
+        }
+    }
+}
