@@ -31,6 +31,9 @@ if [ -n "$missing" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
+step "Sizes: no non-test file in core/, server/, cli/src or bindings-*/src over 800 lines, no function over 120"
+python3 scripts/check-sizes.py
+
 step "Rust: unit, scenario, template and CLI tests on SQLite"
 # The extensions are built by their packagers below (pip; the gem's rake build).
 cargo test --workspace --locked --exclude tasker-py --exclude tasker-ruby

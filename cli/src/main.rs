@@ -343,28 +343,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             until_idle,
             metrics_bind,
         } => worker(&cli, *concurrency, *until_idle, *metrics_bind).await,
-        Command::Templates(TemplatesCmd::Register { files }) => {
-            let mut parsed = Vec::new();
-            for f in files {
-                parsed.push(load_template(f, cli.environment.as_deref())?);
-            }
-            let engine = open(&cli).await?;
-            for t in parsed {
-                let r = register(&engine, t).await?;
-                println!("registered {} (revision {})", r.key, r.revision);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Templates(TemplatesCmd::List { json }) => {
-            let engine = open(&cli).await?;
-            let list = engine.templates().await?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&list).expect("json"));
-            } else {
-                output::templates_table(&list);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Templates(cmd) => templates(&cli, cmd).await,
         Command::Create {
             name,
             version,
@@ -394,36 +373,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             namespace,
             limit,
             json,
-        } => {
-            let state = status
-                .as_deref()
-                .map(|s| {
-                    s.parse::<TaskState>()
-                        .map_err(|e| Failure::input(format!("--status: {e}")))
-                })
-                .transpose()?;
-            if *limit < 0 {
-                return Err(Failure::input(format!("--limit must be >= 0, got {limit}")));
-            }
-            let engine = open(&cli).await?;
-            let tasks = engine
-                .list_tasks(&TaskFilter {
-                    oldest_first: false,
-                    state,
-                    name: name.clone(),
-                    namespace: namespace.clone(),
-                    limit: Some(*limit),
-                    offset: None,
-                    ..Default::default()
-                })
-                .await?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&tasks).expect("json"));
-            } else {
-                output::tasks_table(&tasks);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => list(&cli, status.as_deref(), name, namespace, *limit, *json).await,
         Command::Cancel { task_id } => {
             let engine = open(&cli).await?;
             engine.cancel_task(*task_id).await?;
@@ -453,21 +403,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diagram { target } => {
-            let text = match target.parse::<i64>() {
-                Ok(id) => {
-                    let engine = open(&cli).await?;
-                    let task = engine.get_task(id).await?;
-                    let t = engine
-                        .template(Some(&task.namespace), &task.name, Some(&task.version))
-                        .await?;
-                    diagram::mermaid(&t, Some(&task))
-                }
-                Err(_) => diagram::mermaid(
-                    &load_template(Path::new(target), cli.environment.as_deref())?,
-                    None,
-                ),
-            };
-            print!("{text}");
+            print!("{}", diagram_text(&cli, target).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(&cli, args).await,
@@ -477,6 +413,89 @@ async fn dispatch(cli: Cli) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `tasker templates register|list`.
+async fn templates(cli: &Cli, cmd: &TemplatesCmd) -> Outcome {
+    match cmd {
+        TemplatesCmd::Register { files } => {
+            let mut parsed = Vec::new();
+            for f in files {
+                parsed.push(load_template(f, cli.environment.as_deref())?);
+            }
+            let engine = open(cli).await?;
+            for t in parsed {
+                let r = register(&engine, t).await?;
+                println!("registered {} (revision {})", r.key, r.revision);
+            }
+        }
+        TemplatesCmd::List { json } => {
+            let engine = open(cli).await?;
+            let list = engine.templates().await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+            } else {
+                output::templates_table(&list);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tasker list`.
+async fn list(
+    cli: &Cli,
+    status: Option<&str>,
+    name: &Option<String>,
+    namespace: &Option<String>,
+    limit: i64,
+    json: bool,
+) -> Outcome {
+    let state = status
+        .map(|s| {
+            s.parse::<TaskState>()
+                .map_err(|e| Failure::input(format!("--status: {e}")))
+        })
+        .transpose()?;
+    if limit < 0 {
+        return Err(Failure::input(format!("--limit must be >= 0, got {limit}")));
+    }
+    let engine = open(cli).await?;
+    let tasks = engine
+        .list_tasks(&TaskFilter {
+            oldest_first: false,
+            state,
+            name: name.clone(),
+            namespace: namespace.clone(),
+            limit: Some(limit),
+            offset: None,
+            ..Default::default()
+        })
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tasks).expect("json"));
+    } else {
+        output::tasks_table(&tasks);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tasker diagram TASK_ID|FILE`: a task's diagram (its steps' states), or a template file's.
+async fn diagram_text(cli: &Cli, target: &str) -> Result<String, Failure> {
+    Ok(match target.parse::<i64>() {
+        Ok(id) => {
+            let engine = open(cli).await?;
+            let task = engine.get_task(id).await?;
+            let t = engine
+                .template(Some(&task.namespace), &task.name, Some(&task.version))
+                .await?;
+            diagram::mermaid(&t, Some(&task))
+        }
+        Err(_) => diagram::mermaid(
+            &load_template(Path::new(target), cli.environment.as_deref())?,
+            None,
+        ),
+    })
 }
 
 fn request(

@@ -170,6 +170,44 @@ impl Engine {
     }
 }
 
+type FailureKey = (String, String, String);
+
+/// Adds a step's failed attempts (and whether it is in error) to its template step's tally.
+fn count_failures(failing: &mut BTreeMap<FailureKey, FailureStat>, r: &AnalyticsRow) {
+    let failed = match r.step_state {
+        StepState::Complete => (r.attempts - 1).max(0),
+        StepState::Error | StepState::Cancelled | StepState::ResolvedManually => r.attempts,
+        StepState::Pending | StepState::InProgress => (r.attempts - 1).max(0),
+    } as u64;
+    if r.attempts == 0 {
+        return;
+    }
+    let f = failing
+        .entry((r.namespace.clone(), r.name.clone(), r.step.clone()))
+        .or_insert_with(|| FailureStat {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            step: r.step.clone(),
+            failed_attempts: 0,
+            in_error: 0,
+            runs: 0,
+        });
+    f.failed_attempts += failed;
+    f.in_error += (r.step_state == StepState::Error) as u64;
+    f.runs += 1;
+}
+
+/// The ten steps with the most failed attempts.
+fn top_failing(failing: BTreeMap<FailureKey, FailureStat>) -> Vec<FailureStat> {
+    let mut failing: Vec<FailureStat> = failing
+        .into_values()
+        .filter(|f| f.failed_attempts > 0)
+        .collect();
+    failing.sort_by_key(|f| std::cmp::Reverse(f.failed_attempts));
+    failing.truncate(10);
+    failing
+}
+
 /// The figures of one window from its rows (steps with their tasks, grouped by task).
 fn figures(
     rows: &[&AnalyticsRow],
@@ -192,7 +230,7 @@ fn figures(
     let (mut created, mut complete, mut error, mut cancelled, mut active) = (0, 0, 0, 0, 0);
     let mut task_ms: BTreeMap<(String, String, Option<String>), Vec<f64>> = BTreeMap::new();
     let mut step_ms = task_ms.clone();
-    let mut failing: BTreeMap<(String, String, String), FailureStat> = BTreeMap::new();
+    let mut failing: BTreeMap<FailureKey, FailureStat> = BTreeMap::new();
     let (mut task_sum, mut task_n, mut step_sum, mut step_n) = (0.0, 0u64, 0.0, 0u64);
     let mut last_task = None;
     for r in rows {
@@ -234,33 +272,9 @@ fn figures(
                     .push(ms);
             }
         }
-        let failed = match r.step_state {
-            StepState::Complete => (r.attempts - 1).max(0),
-            StepState::Error | StepState::Cancelled | StepState::ResolvedManually => r.attempts,
-            StepState::Pending | StepState::InProgress => (r.attempts - 1).max(0),
-        } as u64;
-        if r.attempts > 0 {
-            let f = failing
-                .entry((r.namespace.clone(), r.name.clone(), r.step.clone()))
-                .or_insert_with(|| FailureStat {
-                    namespace: r.namespace.clone(),
-                    name: r.name.clone(),
-                    step: r.step.clone(),
-                    failed_attempts: 0,
-                    in_error: 0,
-                    runs: 0,
-                });
-            f.failed_attempts += failed;
-            f.in_error += (r.step_state == StepState::Error) as u64;
-            f.runs += 1;
-        }
+        count_failures(&mut failing, r);
     }
-    let mut failing: Vec<FailureStat> = failing
-        .into_values()
-        .filter(|f| f.failed_attempts > 0)
-        .collect();
-    failing.sort_by_key(|f| std::cmp::Reverse(f.failed_attempts));
-    failing.truncate(10);
+    let failing = top_failing(failing);
     let finished = complete + error;
     let avg = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
     Analytics {
