@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use magnus::{function, method, prelude::*, Error, ExceptionClass, RModule, Ruby};
+use magnus::{function, method, prelude::*, Error, ExceptionClass, RArray, RModule, Ruby};
 use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
@@ -459,7 +459,7 @@ impl Driver {
     /// The hot path: `next` is cancel-safe and short (at most 50 ms per wait, then Ruby's
     /// interrupts are checked), so it runs right on this thread's `block_on` instead of being
     /// spawned, saving a cross-thread wake-up per batch.
-    fn next(ruby: &Ruby, rb_self: &Self, wait_ms: u64) -> Result<(Vec<NativeJob>, bool), Error> {
+    fn next(ruby: &Ruby, rb_self: &Self, wait_ms: u64) -> Result<(RArray, bool), Error> {
         let d = &rb_self.driver;
         let mut left = Duration::from_millis(wait_ms);
         loop {
@@ -467,10 +467,12 @@ impl Driver {
             let b = without_gvl(|| rt().block_on(d.next(slice)));
             left = left.saturating_sub(slice);
             if !b.jobs.is_empty() || b.done || left.is_zero() {
-                return Ok((
-                    b.jobs.iter().map(|j| NativeJob(j.to_host())).collect(),
-                    b.done,
-                ));
+                // Each job a `Tasker::Native::Job` (a wrapped object: built one by one).
+                let jobs = ruby.ary_new_capa(b.jobs.len());
+                for j in &b.jobs {
+                    jobs.push(NativeJob(j.to_host()))?;
+                }
+                return Ok((jobs, b.done));
             }
             ruby.thread_check_ints()?;
         }
