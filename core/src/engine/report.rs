@@ -174,6 +174,11 @@ impl Engine {
         Ok(Duration::from_millis((next - now).clamp(1, 1000) as u64))
     }
 
+    /// Makes `connections` of the store's connections ready for work ([`crate::store::Store::warm`]).
+    pub(crate) async fn warm_store(&self, connections: usize) -> Result<()> {
+        self.inner.store.warm(connections).await
+    }
+
     /// Who is woken when new work may have appeared in this process (for a loop that keeps its
     /// wake-up across calls: `notified_owned`).
     pub(crate) fn work_notify(&self) -> std::sync::Arc<tokio::sync::Notify> {

@@ -143,6 +143,10 @@ impl Lane {
         }
     }
 
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     pub(super) fn share(&self) -> Arc<LaneShare> {
         self.setup.share.clone()
     }

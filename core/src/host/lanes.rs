@@ -54,6 +54,12 @@ impl Lanes {
         if lanes.len() == 1 {
             return lanes.pop().expect("one lane").run_instrumented().await;
         }
+        // The lanes start together: on connections ready for their first cycles (a lane
+        // that starts late finds the work taken, and what a lane holds stays with it). A
+        // database not answering yet is the lanes' to wait out.
+        if let Err(e) = lanes[0].engine().warm_store(lanes.len()).await {
+            tracing::debug!(error = %e, "could not warm the store's connections");
+        }
         let all = futures_util::future::try_join_all(lanes.into_iter().map(|l| {
             let share = l.share();
             async move {

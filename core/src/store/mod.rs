@@ -120,6 +120,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn listen(&self, _wake: Wakeups) -> Option<tokio::task::JoinHandle<()>> {
         None
     }
+    /// Makes `connections` connections ready for work at once (opened, their statements and
+    /// functions prepared), so that as many loops starting together (a worker's lanes) start
+    /// together; a store without connections of its own does nothing.
+    async fn warm(&self, _connections: usize) -> Result<()> {
+        Ok(())
+    }
     /// Statements sent to the database so far (PostgreSQL: round trips), for benchmarks; 0
     /// where not counted.
     fn statements(&self) -> u64 {

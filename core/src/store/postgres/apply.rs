@@ -11,6 +11,10 @@ const APPLY: &str =
     "SELECT claimed, ready, claim_ran, task_ids, step_ids, finished_tasks, finished_steps \
      FROM tasker_apply_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
+/// A claim that takes nothing: compiles `tasker_claim_v1` on a connection ([`Store::warm`]).
+pub(super) const WARM_CLAIM: &str = "SELECT count(*) FROM tasker_claim_v1(0, \
+     ROW(0, NULL, '', 0, false)::tasker_claim_spec_v1, '{}'::tasker_born_step_v1[])";
+
 /// Runs the plan on `conn` (inside a transaction or on its own) and reads the answer.
 pub(super) async fn apply(
     conn: &mut PgConnection,

@@ -69,14 +69,16 @@ pub(super) fn apply(
 /// Guards on SQLite (nothing else writes while the writer is held): the tasks as assumed.
 fn check_guards(c: &Connection, guards: &[TaskRow]) -> Result<()> {
     for g in guards {
-        let row = c
-            .prepare_cached(concat!(
+        let row: Option<TaskRow> = query_opt(
+            c,
+            concat!(
                 "SELECT ",
                 crate::store::sql::task_cols!(),
                 " FROM tasks WHERE task_id = ?1"
-            ))?
-            .query_row([g.task_id], task_row)?;
-        if row != *g {
+            ),
+            [g.task_id],
+        )?;
+        if row.as_ref() != Some(g) {
             return Err(Error::PlanStale);
         }
     }

@@ -44,26 +44,78 @@ pub(super) fn born_columns<'a>(s: &NewStep, spec: &ClaimSpec<'a>) -> Born<'a> {
 const CLAIMED_COLS: &str =
     "step_id, task_id, position, attempts, version, lease_expires_at, retry_limit";
 
-fn claimed_step(r: &rusqlite::Row) -> rusqlite::Result<ClaimedStep> {
-    Ok(ClaimedStep {
-        step_id: r.get("step_id")?,
-        task_id: r.get("task_id")?,
-        position: r.get("position")?,
-        attempts: r.get("attempts")?,
-        version: r.get("version")?,
-        lease_expires_at: r.get("lease_expires_at")?,
-        retry_limit: r.get("retry_limit")?,
-        named_task_id: 0,
-        task_state: TaskState::Pending,
-        context: String::new(),
-        task_created_at: 0,
-        started_version: None,
-        steps_total: 0,
-        steps_done: 0,
-        steps_blocked: 0,
-        task_version: 0,
-        parent_results: None,
-    })
+/// A claimed step as its row gives it (its task's fields come from [`fill_tasks`]).
+struct Claimed(ClaimedStep);
+
+impl Decode for Claimed {
+    const COLUMNS: &'static [&'static str] = &[
+        "step_id",
+        "task_id",
+        "position",
+        "attempts",
+        "version",
+        "lease_expires_at",
+        "retry_limit",
+    ];
+    fn decode(r: &rusqlite::Row, ix: &[usize]) -> rusqlite::Result<Claimed> {
+        Ok(Claimed(ClaimedStep {
+            step_id: r.get(ix[0])?,
+            task_id: r.get(ix[1])?,
+            position: r.get(ix[2])?,
+            attempts: r.get(ix[3])?,
+            version: r.get(ix[4])?,
+            lease_expires_at: r.get(ix[5])?,
+            retry_limit: r.get(ix[6])?,
+            named_task_id: 0,
+            task_state: TaskState::Pending,
+            context: String::new(),
+            task_created_at: 0,
+            started_version: None,
+            steps_total: 0,
+            steps_done: 0,
+            steps_blocked: 0,
+            task_version: 0,
+            parent_results: None,
+        }))
+    }
+}
+
+/// What a claimed step's job needs of its task.
+struct ClaimTask {
+    task_id: i64,
+    named_task_id: i64,
+    state: TaskState,
+    context: String,
+    created_at: i64,
+    counters: [i64; 4],
+}
+
+impl Decode for ClaimTask {
+    const COLUMNS: &'static [&'static str] = &[
+        "task_id",
+        "named_task_id",
+        "state",
+        "context",
+        "created_at",
+        "steps_total",
+        "steps_done",
+        "steps_blocked",
+        "version",
+    ];
+    fn decode(r: &rusqlite::Row, ix: &[usize]) -> rusqlite::Result<ClaimTask> {
+        Ok(ClaimTask {
+            task_id: r.get(ix[0])?,
+            named_task_id: r.get(ix[1])?,
+            state: task_state(&r.get::<_, String>(ix[2])?)?,
+            context: r.get(ix[3])?,
+            created_at: r.get(ix[4])?,
+            counters: [r.get(ix[5])?, r.get(ix[6])?, r.get(ix[7])?, r.get(ix[8])?],
+        })
+    }
+}
+
+fn claimed(rows: Vec<Claimed>) -> Vec<ClaimedStep> {
+    rows.into_iter().map(|c| c.0).collect()
 }
 
 /// Claims for `spec` after a plan's writes, the steps `born` (inserted claimed by the plan)
@@ -94,7 +146,7 @@ fn read_born(c: &Connection, born: &[i64]) -> Result<Vec<ClaimedStep>> {
             "SELECT {CLAIMED_COLS} FROM steps WHERE step_id IN ({}) ORDER BY step_id",
             list(chunk.len())
         );
-        out.extend(query_rows(c, &sql, params_from_iter(chunk), claimed_step)?);
+        out.extend(claimed(query_all(c, &sql, params_from_iter(chunk))?));
     }
     Ok(out)
 }
@@ -123,7 +175,7 @@ fn take_claimable(c: &Connection, spec: &ClaimSpec<'_>, take: i64) -> Result<Vec
            ORDER BY s.priority DESC, s.ready_at, s.step_id LIMIT ?) \
          RETURNING {CLAIMED_COLS}"
     );
-    query_rows(c, &sql, params_from_iter(p), claimed_step)
+    Ok(claimed(query_all(c, &sql, params_from_iter(p))?))
 }
 
 /// Each claimed step's task as the claim sees it (its context, counters and version).
@@ -131,43 +183,26 @@ fn fill_tasks(c: &Connection, steps: &mut [ClaimedStep]) -> Result<()> {
     let mut ids: Vec<i64> = steps.iter().map(|s| s.task_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut tasks: HashMap<i64, (i64, TaskState, String, i64, [i64; 4])> =
-        HashMap::with_capacity(ids.len());
+    let mut tasks: HashMap<i64, ClaimTask> = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let sql = format!(
             "SELECT task_id, named_task_id, state, context, created_at, steps_total, steps_done, steps_blocked, version \
              FROM tasks WHERE task_id IN ({})",
             list(chunk.len())
         );
-        for (id, task) in query_rows(c, &sql, params_from_iter(chunk), |r| {
-            Ok((
-                r.get::<_, i64>("task_id")?,
-                (
-                    r.get("named_task_id")?,
-                    task_state(&r.get::<_, String>("state")?)?,
-                    r.get("context")?,
-                    r.get("created_at")?,
-                    [
-                        r.get("steps_total")?,
-                        r.get("steps_done")?,
-                        r.get("steps_blocked")?,
-                        r.get("version")?,
-                    ],
-                ),
-            ))
-        })? {
-            tasks.insert(id, task);
+        for t in query_all::<ClaimTask>(c, &sql, params_from_iter(chunk))? {
+            tasks.insert(t.task_id, t);
         }
     }
     for s in steps.iter_mut() {
-        let (named, state, ctx, created, [total, done, blocked, version]) = tasks
+        let t = tasks
             .get(&s.task_id)
-            .cloned()
             .ok_or_else(|| Error::Corrupt(format!("step {} has no task", s.step_id)))?;
-        s.named_task_id = named;
-        s.task_state = state;
-        s.context = ctx;
-        s.task_created_at = created;
+        let [total, done, blocked, version] = t.counters;
+        s.named_task_id = t.named_task_id;
+        s.task_state = t.state;
+        s.context = t.context.clone();
+        s.task_created_at = t.created_at;
         s.steps_total = total;
         s.steps_done = done;
         s.steps_blocked = blocked;

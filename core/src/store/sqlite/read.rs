@@ -77,26 +77,17 @@ impl Store for SqliteStore {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateRow>> {
-        self.read(|c| query_rows(c, sql::TEMPLATES, [], template_row))
-            .await
+        self.read(|c| query_all(c, sql::TEMPLATES, [])).await
     }
 
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
-        self.read(|c| {
-            Ok(c.prepare_cached(lite!(TEMPLATE_BY_ID))?
-                .query_row([id], template_row)
-                .optional()?)
-        })
-        .await
+        self.read(|c| query_opt(c, lite!(TEMPLATE_BY_ID), [id]))
+            .await
     }
 
     async fn task(&self, task_id: i64) -> Result<Option<TaskDetail>> {
-        self.read(|c| {
-            Ok(c.prepare_cached(lite!(TASK_BY_ID))?
-                .query_row([task_id], task_detail)
-                .optional()?)
-        })
-        .await
+        self.read(|c| query_opt(c, lite!(TASK_BY_ID), [task_id]))
+            .await
     }
 
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>> {
@@ -109,7 +100,7 @@ impl Store for SqliteStore {
     }
 
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>> {
-        self.read(|c| query_rows(c, lite!(STEPS_OF_TASK), [task_id], step_row))
+        self.read(|c| query_all(c, lite!(STEPS_OF_TASK), [task_id]))
             .await
     }
 
@@ -127,8 +118,7 @@ impl Store for SqliteStore {
         );
         p.push(Sql::Integer(f.limit.unwrap_or(100)));
         p.push(Sql::Integer(f.offset.unwrap_or(0)));
-        self.read(|c| query_rows(c, &sql, params_from_iter(p), task_detail))
-            .await
+        self.read(|c| query_all(c, &sql, params_from_iter(p))).await
     }
 
     async fn count_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<i64> {
@@ -162,7 +152,7 @@ impl Store for SqliteStore {
     }
 
     async fn analytics_rows(&self, from_id: i64, limit: i64) -> Result<Vec<AnalyticsRow>> {
-        self.read(|c| query_rows(c, lite!(ANALYTICS), params![from_id, limit], analytics_row))
+        self.read(|c| query_all(c, lite!(ANALYTICS), params![from_id, limit]))
             .await
     }
 
@@ -170,7 +160,7 @@ impl Store for SqliteStore {
         let rows = self
             .read(|c| {
                 query_rows(c, lite!(STATE_COUNTS), params![now], |r| {
-                    Ok((r.get("kind")?, r.get("state")?, r.get("n")?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
             })
             .await?;
@@ -246,8 +236,7 @@ impl Store for SqliteStore {
     }
 
     async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>> {
-        self.read(|c| query_rows(c, TRANSITIONS, [task_id], transition_row))
-            .await
+        self.read(|c| query_all(c, TRANSITIONS, [task_id])).await
     }
 }
 
@@ -267,14 +256,7 @@ pub(super) fn parent_results(
         let p = chunk
             .iter()
             .flat_map(|k| [Sql::Integer(k.task_id), Sql::Integer(k.position as i64)]);
-        out.extend(query_rows(c, &sql, params_from_iter(p), |r| {
-            Ok(ParentResult {
-                task_id: r.get("task_id")?,
-                position: r.get("position")?,
-                name: r.get("name")?,
-                results: r.get("results")?,
-            })
-        })?);
+        out.extend(query_all::<ParentResult>(c, &sql, params_from_iter(p))?);
     }
     Ok(out)
 }

@@ -86,11 +86,10 @@ impl StoreTx for SqliteTx {
                 ),
                 list(chunk.len())
             );
-            out.extend(query_rows(
+            out.extend(query_all::<TaskRow>(
                 &self.c,
                 &sql,
                 params_from_iter(chunk),
-                task_row,
             )?);
         }
         Ok(out)
@@ -104,22 +103,17 @@ impl StoreTx for SqliteTx {
                  WHERE step_id IN ({})",
                 list(chunk.len())
             );
-            out.extend(query_rows(&self.c, &sql, params_from_iter(chunk), |r| {
-                Ok(StepLock {
-                    step_id: r.get("step_id")?,
-                    task_id: r.get("task_id")?,
-                    state: step_state(&r.get::<_, String>("state")?)?,
-                    attempts: r.get("attempts")?,
-                    version: r.get("version")?,
-                    retry_limit: r.get("retry_limit")?,
-                })
-            })?);
+            out.extend(query_all::<StepLock>(
+                &self.c,
+                &sql,
+                params_from_iter(chunk),
+            )?);
         }
         Ok(out)
     }
 
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>> {
-        query_rows(&self.c, lite!(STEPS_OF_TASK), [task_id], step_row)
+        query_all(&self.c, lite!(STEPS_OF_TASK), [task_id])
     }
 
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {
@@ -130,12 +124,7 @@ impl StoreTx for SqliteTx {
     }
 
     async fn expired_leases(&mut self, now: i64, limit: i64) -> Result<Vec<ExpiredLease>> {
-        query_rows(
-            &self.c,
-            lite!(EXPIRED_LEASES),
-            params![now, limit],
-            expired_lease,
-        )
+        query_all(&self.c, lite!(EXPIRED_LEASES), params![now, limit])
     }
 
     async fn find_template(
@@ -144,19 +133,15 @@ impl StoreTx for SqliteTx {
         name: &str,
         version: &str,
     ) -> Result<Option<TemplateRow>> {
-        Ok(self
-            .c
-            .prepare_cached(lite!(FIND_TEMPLATE))?
-            .query_row(params![namespace, name, version], template_row)
-            .optional()?)
+        query_opt(
+            &self.c,
+            lite!(FIND_TEMPLATE),
+            params![namespace, name, version],
+        )
     }
 
     async fn template_by_id(&mut self, id: i64) -> Result<Option<TemplateRow>> {
-        Ok(self
-            .c
-            .prepare_cached(lite!(TEMPLATE_BY_ID))?
-            .query_row([id], template_row)
-            .optional()?)
+        query_opt(&self.c, lite!(TEMPLATE_BY_ID), [id])
     }
 
     async fn task_by_idempotency_key(&mut self, key: &str) -> Result<Option<i64>> {
