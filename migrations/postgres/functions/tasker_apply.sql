@@ -112,9 +112,12 @@ BEGIN
     END IF;
     -- 2. New tasks and steps; ids from the sequences, in plan order (-k: the k-th new one).
     IF cardinality(p_new_tasks) > 0 THEN
-        SELECT array_agg(x ORDER BY x) INTO tids FROM (
-            SELECT nextval(pg_get_serial_sequence('tasks', 'task_id')) AS x
-            FROM generate_series(1, cardinality(p_new_tasks))) q;
+        -- Both sequences in one statement (a creation's ids, in order).
+        SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('tasks', 'task_id'))
+                     FROM generate_series(1, cardinality(p_new_tasks)) ORDER BY 1),
+               ARRAY(SELECT nextval(pg_get_serial_sequence('steps', 'step_id'))
+                     FROM generate_series(1, COALESCE(cardinality(p_new_steps), 0)) ORDER BY 1)
+        INTO tids, sids;
         INSERT INTO tasks (task_id, named_task_id, state, context, initiator, source_system,
             reason, tags, bypass_steps, idempotency_key, steps_total, steps_done, version,
             requested_at, created_at, updated_at)
@@ -126,17 +129,11 @@ BEGIN
             steps_done, version, o);
     END IF;
     IF cardinality(p_new_steps) > 0 THEN
-        SELECT array_agg(x ORDER BY x) INTO sids FROM (
-            SELECT nextval(pg_get_serial_sequence('steps', 'step_id')) AS x
-            FROM generate_series(1, cardinality(p_new_steps))) q;
-        INSERT INTO steps (step_id, task_id, position, name, handler, state, retry_limit,
-            remaining_parents, ready_at, priority, version, parents, created_at, updated_at)
-        SELECT sids[v.o], CASE WHEN v.task_id < 0 THEN tids[-v.task_id] ELSE v.task_id END,
-            v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents,
-            v.ready_at, v.priority, v.version, v.parents, p_now, p_now
-        FROM unnest(p_new_steps) WITH ORDINALITY AS v(task_id, position, name, handler, state,
-            retry_limit, remaining_parents, ready_at, priority, version, parents, born, o)
-        WHERE NOT v.born;
+        IF cardinality(sids) < cardinality(p_new_steps) THEN
+            -- (Steps of tasks that exist already: their ids come here.)
+            sids := ARRAY(SELECT nextval(pg_get_serial_sequence('steps', 'step_id'))
+                          FROM generate_series(1, cardinality(p_new_steps)) ORDER BY 1);
+        END IF;
         born := ARRAY(
             SELECT ROW(sids[v.o], CASE WHEN v.task_id < 0 THEN tids[-v.task_id] ELSE v.task_id END,
                 v.position, v.name, v.handler, v.retry_limit, v.priority, v.version,
@@ -145,6 +142,17 @@ BEGIN
                 state, retry_limit, remaining_parents, ready_at, priority, version, parents,
                 born, o)
             WHERE v.born ORDER BY v.o);
+        -- (The born ones are the claim's to insert, below.)
+        IF cardinality(born) < cardinality(p_new_steps) THEN
+            INSERT INTO steps (step_id, task_id, position, name, handler, state, retry_limit,
+                remaining_parents, ready_at, priority, version, parents, created_at, updated_at)
+            SELECT sids[v.o], CASE WHEN v.task_id < 0 THEN tids[-v.task_id] ELSE v.task_id END,
+                v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents,
+                v.ready_at, v.priority, v.version, v.parents, p_now, p_now
+            FROM unnest(p_new_steps) WITH ORDINALITY AS v(task_id, position, name, handler, state,
+                retry_limit, remaining_parents, ready_at, priority, version, parents, born, o)
+            WHERE NOT v.born;
+        END IF;
     END IF;
     -- 3. Step updates, each at the state and version assumed.
     IF cardinality(p_step_updates) > 0 THEN
