@@ -53,7 +53,7 @@ use crate::events::Event;
 use crate::handler::Registry;
 use crate::protocol::{Claim, Job, JobKey, Outcome};
 use lane::{Lane, LaneSetup};
-use lanes::{LaneShare, Lanes, Owners};
+use lanes::{LaneShare, Owners};
 pub use pace::PREFETCH_HORIZON;
 pub use surface::{DriverSpec, HostJob, TaskListQuery};
 
@@ -388,5 +388,43 @@ pub fn drain_events(rx: &mut broadcast::Receiver<Arc<Event>>) -> Vec<Arc<Event>>
             Err(broadcast::error::TryRecvError::Lagged(n)) => out.push(Arc::new(Event::lagged(n))),
             Err(_) => return out,
         }
+    }
+}
+
+/// A worker's lanes, run side by side on one task.
+struct Lanes(Vec<Lane>);
+
+impl Lanes {
+    /// Runs every lane to its end and adds up what they did. The first lane to fail ends the
+    /// run (the others are dropped: like a failed single loop, the jobs they held return at
+    /// lease expiry).
+    async fn run(self) -> Result<RunStats> {
+        let mut lanes = self.0;
+        if lanes.len() == 1 {
+            return lanes.pop().expect("one lane").run_instrumented().await;
+        }
+        // The lanes start together: on connections ready for their first cycles (a lane
+        // that starts late finds the work taken, and what a lane holds stays with it). A
+        // database not answering yet is the lanes' to wait out.
+        if let Err(e) = lanes[0].engine().warm_store(lanes.len()).await {
+            tracing::debug!(error = %e, "could not warm the store's connections");
+        }
+        let all = futures_util::future::try_join_all(lanes.into_iter().map(|l| {
+            let share = l.share();
+            async move {
+                let r = l.run_instrumented().await;
+                // A lane that found the run over wakes the others, which may be asleep
+                // waiting for work it was finishing.
+                share.ended.notify_waiters();
+                r
+            }
+        }))
+        .await?;
+        Ok(all.into_iter().fold(RunStats::default(), |a, b| RunStats {
+            completed: a.completed + b.completed,
+            failed: a.failed + b.failed,
+            stale: a.stale + b.stale,
+            cycles: a.cycles + b.cycles,
+        }))
     }
 }
