@@ -1,262 +1,11 @@
-//! The store conformance suite: the store operations themselves, below the engine, as a table
-//! of cases every backend must pass (River's `riverdrivertest.Exercise`). Each case gets a
-//! fresh database: SQLite always; PostgreSQL too with `TASKER_TEST_BACKEND=postgres` and
-//! `DATABASE_URL` (a fresh schema per case), as `scripts/test.sh` runs it.
-//!
-//! A case fails naming the backend, so a difference between the two is plain.
+//! The cases of the suite (see the table in `mod.rs`).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-
-use super::plan::claim_transitions;
-use super::*;
+use super::super::plan::claim_transitions;
+use super::super::*;
+use super::build::*;
 use crate::state::StepState;
 
-type CaseFn = for<'a> fn(&'a dyn Store) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// The cases, by name.
-const CASES: &[(&str, CaseFn)] = &[
-    ("a plan inserts tasks and steps, ids in plan order", |s| {
-        Box::pin(inserts_in_plan_order(s))
-    }),
-    (
-        "a claim takes priority, then age, then id, for its handlers only",
-        |s| Box::pin(claim_order(s)),
-    ),
-    (
-        "a claim starts pending tasks and leaves the claim's transitions",
-        |s| Box::pin(claim_effects(s)),
-    ),
-    (
-        "a failed step claimed again goes error, pending, in progress",
-        |s| Box::pin(reclaim_failed(s)),
-    ),
-    (
-        "born steps are inserted as a claim leaves them, and only they are claimed",
-        |s| Box::pin(born_steps(s)),
-    ),
-    (
-        "a quiet claim runs only when the plan readies a step",
-        |s| Box::pin(quiet_claim(s)),
-    ),
-    (
-        "a step update at another version refuses the plan, nothing written",
-        |s| Box::pin(stale_update(s)),
-    ),
-    (
-        "a guard that no longer holds refuses the plan, nothing written",
-        |s| Box::pin(stale_guard(s)),
-    ),
-    (
-        "decrements ready a pending step when its last parent finishes",
-        |s| Box::pin(decrements(s)),
-    ),
-    (
-        "parking hides claimable steps, unparking brings them back",
-        |s| Box::pin(parking(s)),
-    ),
-    (
-        "task updates move counters and states; transitions read back in order",
-        |s| Box::pin(task_updates(s)),
-    ),
-    (
-        "leases: expired ones oldest first, extensions only at the attempt held",
-        |s| Box::pin(leases(s)),
-    ),
-    (
-        "a second task with the same idempotency key is a conflict",
-        |s| Box::pin(idempotency(s)),
-    ),
-    (
-        "reads: listings, counts, next times, state counts, parents' results",
-        |s| Box::pin(reads(s)),
-    ),
-];
-
-#[tokio::test]
-async fn every_store_passes_every_case() {
-    for (name, case) in CASES {
-        for (backend, store, _dir) in stores().await {
-            eprintln!("store conformance [{backend}]: {name}");
-            case(&*store).await;
-        }
-    }
-}
-
-/// PostgreSQL only: each composite type of the function files has the fields of its Rust
-/// struct, in order (a record crosses the wire by position).
-#[tokio::test]
-async fn composite_types_match_their_structs() {
-    let Some((url, schema)) = postgres_target() else {
-        return;
-    };
-    let _store = postgres::PgStore::open(
-        url.clone(),
-        postgres::PgOptions {
-            schema: Some(schema.clone()),
-            max_connections: Some(2),
-        },
-    )
-    .await
-    .expect("open");
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    for (ty, fields) in postgres::wire::composite_fields() {
-        let attrs: Vec<String> = sqlx::query_scalar(
-            "SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.typrelid = a.attrelid \
-             JOIN pg_namespace n ON n.oid = t.typnamespace \
-             WHERE t.typname = $1 AND n.nspname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
-             ORDER BY a.attnum",
-        )
-        .bind(ty)
-        .bind(&schema)
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        assert_eq!(attrs, fields, "composite type {ty} and its struct differ");
-    }
-}
-
-fn postgres_target() -> Option<(String, String)> {
-    if std::env::var("TASKER_TEST_BACKEND").as_deref() != Ok("postgres") {
-        return None;
-    }
-    let url =
-        std::env::var("DATABASE_URL").expect("TASKER_TEST_BACKEND=postgres needs DATABASE_URL");
-    let schema = format!("sc_{}_{:08x}", std::process::id(), rand::random::<u32>());
-    Some((url, schema))
-}
-
-async fn stores() -> Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let mut out: Vec<(&'static str, Arc<dyn Store>, tempfile::TempDir)> = vec![(
-        "sqlite",
-        open(&url, &StoreOptions::default()).await.unwrap(),
-        dir,
-    )];
-    if let Some((url, schema)) = postgres_target() {
-        let opts = StoreOptions {
-            schema: Some(schema),
-            max_connections: Some(4),
-            ..StoreOptions::default()
-        };
-        out.push((
-            "postgres",
-            open(&url, &opts).await.unwrap(),
-            tempfile::tempdir().unwrap(),
-        ));
-    }
-    out
-}
-
-// ---- building plans ---------------------------------------------------------------------
-
-const NOW: i64 = 1_000_000;
-
-async fn template(s: &dyn Store) -> i64 {
-    let mut tx = s.begin(true).await.unwrap();
-    let id = tx
-        .insert_template(&NewTemplate {
-            namespace: "conf",
-            name: "t",
-            version: "1.0.0",
-            description: None,
-            definition: "{}",
-            definition_hash: "h",
-            revision: 1,
-            now: NOW,
-        })
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    id
-}
-
-fn new_task(named: i64, steps: i64) -> NewTask {
-    NewTask {
-        named_task_id: named,
-        state: TaskState::Pending,
-        context: r#"{"k":1}"#.into(),
-        initiator: "i".into(),
-        source_system: "s".into(),
-        reason: "r".into(),
-        tags: "[]".into(),
-        bypass_steps: "[]".into(),
-        idempotency_key: None,
-        steps_total: steps,
-        steps_done: 0,
-        version: 1,
-    }
-}
-
-fn new_step(task: i64, position: i32, handler: &str, ready_at: Option<i64>) -> NewStep {
-    NewStep {
-        task_id: task,
-        position,
-        name: format!("s{position}"),
-        handler: handler.into(),
-        state: StepState::Pending,
-        retry_limit: 3,
-        remaining_parents: if ready_at.is_some() { 0 } else { 1 },
-        ready_at,
-        priority: 0,
-        version: 1,
-        parents: Vec::new(),
-        born: false,
-    }
-}
-
-async fn apply(s: &dyn Store, plan: &Plan, claim: Option<&ClaimSpec<'_>>) -> Result<PlanOutcome> {
-    let mut tx = s.begin(true).await?;
-    let out = tx.apply(plan, claim).await?;
-    tx.commit().await?;
-    Ok(out)
-}
-
-/// A task of `steps` (handler, ready_at) created by one plan; returns (task id, step ids).
-async fn seed(s: &dyn Store, named: i64, steps: &[(&str, Option<i64>)]) -> (i64, Vec<i64>) {
-    let mut plan = Plan::new(NOW, true);
-    plan.new_tasks.push(new_task(named, steps.len() as i64));
-    for (i, (h, r)) in steps.iter().enumerate() {
-        plan.new_steps.push(new_step(-1, i as i32, h, *r));
-    }
-    let out = apply(s, &plan, None).await.unwrap();
-    (out.task_ids[0], out.step_ids)
-}
-
-fn spec<'a>(max: i64, handlers: Option<&'a [String]>) -> ClaimSpec<'a> {
-    ClaimSpec {
-        now: NOW,
-        max,
-        handlers,
-        worker_id: "w1",
-        lease_until: NOW + 30_000,
-        only_if_readied: false,
-    }
-}
-
-async fn claim(s: &dyn Store, max: i64, handlers: Option<&[String]>) -> Vec<ClaimedStep> {
-    apply(s, &Plan::new(NOW, false), Some(&spec(max, handlers)))
-        .await
-        .unwrap()
-        .claimed
-}
-
-async fn step(s: &dyn Store, task: i64, id: i64) -> StepRow {
-    s.steps(task)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.step_id == id)
-        .expect("step")
-}
-
-// ---- the cases ---------------------------------------------------------------------------
-
-async fn inserts_in_plan_order(s: &dyn Store) {
+pub(super) async fn inserts_in_plan_order(s: &dyn Store) {
     let named = template(s).await;
     let mut plan = Plan::new(NOW, true);
     plan.new_tasks.push(new_task(named, 2));
@@ -307,7 +56,7 @@ async fn inserts_in_plan_order(s: &dyn Store) {
     );
 }
 
-async fn claim_order(s: &dyn Store) {
+pub(super) async fn claim_order(s: &dyn Store) {
     let named = template(s).await;
     let (t1, a) = seed(
         s,
@@ -362,7 +111,7 @@ async fn claim_order(s: &dyn Store) {
     );
 }
 
-async fn claim_effects(s: &dyn Store) {
+pub(super) async fn claim_effects(s: &dyn Store) {
     let named = template(s).await;
     let (t, ids) = seed(s, named, &[("a", Some(NOW)), ("a", Some(NOW))]).await;
     let claimed = claim(s, 5, None).await;
@@ -410,22 +159,7 @@ async fn claim_effects(s: &dyn Store) {
     );
 }
 
-/// Stored JSON text, parsed (PostgreSQL gives `jsonb` back in its own spacing).
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).expect("stored JSON")
-}
-
-/// Transition rows with their metadata as parsed JSON text (PostgreSQL normalizes jsonb).
-fn normalize(rows: &mut [TransitionRow]) {
-    for r in rows.iter_mut() {
-        r.metadata = serde_json::from_str::<serde_json::Value>(&r.metadata)
-            .unwrap()
-            .to_string();
-    }
-    rows.sort_by_key(|r| (r.step_id, r.sort_key));
-}
-
-async fn reclaim_failed(s: &dyn Store) {
+pub(super) async fn reclaim_failed(s: &dyn Store) {
     let named = template(s).await;
     let (t, ids) = seed(s, named, &[("a", Some(NOW))]).await;
     let first = claim(s, 1, None).await.remove(0);
@@ -468,7 +202,7 @@ async fn reclaim_failed(s: &dyn Store) {
     );
 }
 
-async fn born_steps(s: &dyn Store) {
+pub(super) async fn born_steps(s: &dyn Store) {
     let named = template(s).await;
     // An older ready step the born claim must leave alone.
     let (_, older) = seed(s, named, &[("a", Some(NOW - 100))]).await;
@@ -526,7 +260,7 @@ async fn born_steps(s: &dyn Store) {
     );
 }
 
-async fn quiet_claim(s: &dyn Store) {
+pub(super) async fn quiet_claim(s: &dyn Store) {
     let named = template(s).await;
     let (_, ids) = seed(s, named, &[("a", Some(NOW))]).await;
     let quiet = ClaimSpec {
@@ -553,7 +287,7 @@ async fn quiet_claim(s: &dyn Store) {
     assert_eq!(out.claimed.len(), 2, "{:?} {:?}", ids, child);
 }
 
-async fn stale_update(s: &dyn Store) {
+pub(super) async fn stale_update(s: &dyn Store) {
     let named = template(s).await;
     let (t, ids) = seed(s, named, &[("a", Some(NOW)), ("a", Some(NOW))]).await;
     let claimed = claim(s, 2, None).await;
@@ -597,7 +331,7 @@ async fn stale_update(s: &dyn Store) {
     assert_eq!(s.task(t).await.unwrap().unwrap().row.steps_done, 0);
 }
 
-async fn stale_guard(s: &dyn Store) {
+pub(super) async fn stale_guard(s: &dyn Store) {
     let named = template(s).await;
     let (t, _) = seed(s, named, &[("a", None)]).await;
     let row = s.task(t).await.unwrap().unwrap().row;
@@ -620,7 +354,7 @@ async fn stale_guard(s: &dyn Store) {
     assert_eq!(s.task(t).await.unwrap().unwrap().row.steps_done, 1);
 }
 
-async fn decrements(s: &dyn Store) {
+pub(super) async fn decrements(s: &dyn Store) {
     let named = template(s).await;
     let (t, ids) = seed(s, named, &[("a", Some(NOW)), ("b", None)]).await;
     let mut plan = Plan::new(NOW, true);
@@ -653,7 +387,7 @@ async fn decrements(s: &dyn Store) {
     );
 }
 
-async fn parking(s: &dyn Store) {
+pub(super) async fn parking(s: &dyn Store) {
     let named = template(s).await;
     let (t, _) = seed(s, named, &[("a", Some(NOW)), ("a", Some(NOW))]).await;
     let mut plan = Plan::new(NOW, true);
@@ -681,7 +415,7 @@ async fn parking(s: &dyn Store) {
     assert_eq!(out.claimed.len(), 2, "unparked steps are claimable at once");
 }
 
-async fn task_updates(s: &dyn Store) {
+pub(super) async fn task_updates(s: &dyn Store) {
     let named = template(s).await;
     let (t, ids) = seed(s, named, &[("a", Some(NOW))]).await;
     let mut plan = Plan::new(NOW + 7, true);
@@ -721,7 +455,7 @@ async fn task_updates(s: &dyn Store) {
     assert_eq!(json(&rows[0].metadata), serde_json::json!({"n": 1}));
 }
 
-async fn leases(s: &dyn Store) {
+pub(super) async fn leases(s: &dyn Store) {
     let named = template(s).await;
     let (_, ids) = seed(s, named, &[("a", Some(NOW)), ("a", Some(NOW))]).await;
     let claimed = claim(s, 2, None).await;
@@ -756,7 +490,7 @@ async fn leases(s: &dyn Store) {
     );
 }
 
-async fn idempotency(s: &dyn Store) {
+pub(super) async fn idempotency(s: &dyn Store) {
     let named = template(s).await;
     let keyed = |k: &str| NewTask {
         idempotency_key: Some(k.into()),
@@ -775,7 +509,7 @@ async fn idempotency(s: &dyn Store) {
     );
 }
 
-async fn reads(s: &dyn Store) {
+pub(super) async fn reads(s: &dyn Store) {
     let named = template(s).await;
     let (t1, ids) = seed(s, named, &[("a", Some(NOW + 50)), ("b", None)]).await;
     let (t2, _) = seed(s, named, &[("a", Some(NOW))]).await;
