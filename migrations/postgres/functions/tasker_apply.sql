@@ -225,7 +225,8 @@ BEGIN
             x.to_state, x.metadata::jsonb, x.sort_key, x.created_at
         FROM unnest(p_transitions) x WHERE x.step_id IS NOT NULL;
     END IF;
-    -- 8. The claim (a quiet one only if these writes made a step claimable).
+    -- 8. The claim (a quiet one only if these writes made a step claimable: the same test as
+    --    Plan::readies_steps, and a decrement that readied one).
     -- (A row's IS NULL / IS NOT NULL look at every field: test the fields that are never NULL.)
     IF cardinality(born) > 0 AND (p_claim).worker IS NULL THEN
         RAISE EXCEPTION 'tasker: a step born claimed needs a claim';
@@ -233,7 +234,8 @@ BEGIN
     IF COALESCE((p_claim).max, 0) > 0
        AND (cardinality(born) > 0 OR NOT (p_claim).only_if_readied OR n_ready > 0
             OR cardinality(p_unpark) > 0
-            OR EXISTS (SELECT 1 FROM unnest(p_step_updates) u WHERE u.ready_at <= p_now)) THEN
+            OR EXISTS (SELECT 1 FROM unnest(p_step_updates) u WHERE u.ready_at <= p_now)
+            OR EXISTS (SELECT 1 FROM unnest(p_new_steps) n WHERE n.ready_at IS NOT NULL)) THEN
         got := ARRAY(SELECT c FROM tasker_claim_v1(p_now, p_claim, born) c);
         did_claim := true;
     END IF;
