@@ -1388,12 +1388,13 @@ async fn otlp_traces_link_each_step_to_its_task_across_processes() {
         .await;
     assert_eq!(code, StatusCode::CREATED, "{t}");
     let id = t["task"]["task_id"].as_i64().unwrap();
-    // The steps run in another process, which knows nothing of the server's spans.
-    let out = db
-        .command()
-        .envs(env)
-        .args(["worker", "--until-idle"])
-        .output()
+    // The steps run in another process, which knows nothing of the server's spans. It is
+    // waited for off this (single-threaded) runtime, which must keep answering its exports.
+    let mut worker = db.command();
+    worker.envs(env).args(["worker", "--until-idle"]);
+    let out = tokio::task::spawn_blocking(move || worker.output())
+        .await
+        .unwrap()
         .unwrap();
     assert!(
         out.status.success(),

@@ -333,14 +333,14 @@ impl Lane {
         let tx = self.msgs_tx.clone();
         let span = tracing::debug_span!("tasker.step", task_id = key.task_id, step = %job.step_name, handler = %job.handler, attempt = key.attempt);
         crate::telemetry::step_of_task(&span, key.task_id, job.task_created_at_ms);
-        let handle = tokio::spawn(
-            async move {
-                let t0 = Instant::now();
-                let outcome = handler::execute(own, job).await;
-                let _ = tx.send(Msg::Finished(key, outcome, Some(t0.elapsed())));
-            }
-            .instrument(span),
-        );
+        let handle = tokio::spawn(async move {
+            let t0 = Instant::now();
+            // The step's span closes (and goes to the exporter) before the outcome is handed
+            // over: a run that ends on this outcome and a process that exits right after it
+            // then export it too.
+            let outcome = handler::execute(own, job).instrument(span).await;
+            let _ = tx.send(Msg::Finished(key, outcome, Some(t0.elapsed())));
+        });
         let r = Running {
             key,
             started: Some(Instant::now()),
