@@ -42,7 +42,7 @@ step "Rust: the CLI on PostgreSQL (a worker process beside the CLI), tasker serv
 cargo test --locked -p tasker-cli --test cli -- --ignored
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-cli --test serve
 
-step "Rust: the store conformance suite (core/src/store/conformance.rs) on PostgreSQL"
+step "Rust: the store conformance suite (core/src/store/conformance/) on PostgreSQL"
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-core --lib store::
 
 step "Rust: the conformance suite on PostgreSQL"
