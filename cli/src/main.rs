@@ -48,7 +48,8 @@ struct Cli {
     #[arg(long = "env", global = true, value_name = "NAME")]
     environment: Option<String>,
     /// Refuse a changed template body under an already registered version (by default it
-    /// becomes a new revision that new tasks use).
+    /// becomes a new revision that new tasks use), and unknown template keys (by default kept
+    /// and warned about).
     #[arg(long, global = true, env = "TASKER_STRICT_TEMPLATES")]
     strict_templates: bool,
     /// Log lines on stderr: text or json (one JSON object per line). Which ones: TASKER_LOG
@@ -326,6 +327,12 @@ fn load_template(path: &Path, env: Option<&str>) -> Result<TaskTemplate, Failure
 /// Registers a template, saying on stderr when a changed body became a new revision.
 async fn register(engine: &Engine, t: TaskTemplate) -> Result<Registration, Failure> {
     let r = engine.register_template_revision(t).await?;
+    for w in &r.warnings {
+        eprintln!(
+            "tasker: template {}: {w} (--strict-templates refuses this)",
+            r.key
+        );
+    }
     if let Some(prev) = r.replaced_revision {
         eprintln!(
             "tasker: template {} changed without a version bump: registered as revision {}; new tasks use it, tasks created before keep revision {prev} (--strict-templates refuses this)",

@@ -936,3 +936,34 @@ fn editing_a_template_without_a_version_bump_makes_a_new_revision() {
         stderr(&out)
     );
 }
+
+#[test]
+fn unknown_template_keys_are_warned_about_on_stderr_and_refused_with_strict_templates() {
+    let env = Env::new();
+    let f = env.file(
+        "monitored.yaml",
+        "name: monitored\n# the original ignores these\nmonitoring: {sla_seconds: 45}\nstep_templates:\n  - {name: a, handler_class: command, handler_config: {command: 'true'}}\n",
+    );
+    assert!(env.tasker(&["migrate"]).status.success());
+    let out = env.tasker(&["templates", "register", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "tasker: template default.monitored@0.1.0: unknown key `monitoring`: kept (compat.unknown_keys), no effect here (--strict-templates refuses this)"
+    );
+    let out = env.tasker(&["templates", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        list[0]["compat"]["unknown_keys"]["monitoring"]["sla_seconds"],
+        45
+    );
+
+    let out = env.tasker(&["--strict-templates", "run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown key `monitoring`")
+            && stderr(&out).contains("strict templates are on"),
+        "{}",
+        stderr(&out)
+    );
+}

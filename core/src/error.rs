@@ -68,6 +68,12 @@ pub enum TemplateError {
     /// Only with strict templates; otherwise a changed body becomes a new revision.
     #[error("template {key} is already registered with a different body; register it under a new version (strict templates are on)")]
     Conflict { key: String },
+    /// Only with strict templates; otherwise unknown keys are kept and warned about.
+    #[error("template {template}: {} (strict templates are on; without them these are kept and only warned about)", warnings.join("; "))]
+    UnknownKeys {
+        template: String,
+        warnings: Vec<String>,
+    },
     #[error("template file {path}: {message}")]
     Io { path: String, message: String },
 }

@@ -91,12 +91,48 @@ pub fn check_custom_event_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a subscription pattern: `*`, a lifecycle event, or a valid custom event name.
+/// Checks the name of a custom event a *template* declares (`custom_events`): a dotted name
+/// as [`check_custom_event_name`] says, or a plain one (`data_extraction_started`: letters,
+/// digits, `_`, `-`), which the original engine accepts in templates (it ignores that list;
+/// only its Ruby `register_custom_event` asks for a dot). A plain name is used as written: a
+/// handler publishes it and a subscriber subscribes to it by that name.
+pub fn check_declared_event_name(name: &str) -> Result<(), String> {
+    if name.contains('.') {
+        return check_custom_event_name(name);
+    }
+    check_plain_event_name(name)
+}
+
+fn check_plain_event_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{name:?} is not an event name: a plain name has only letters, digits, '_' and '-' \
+             (\"data_extraction_started\"), a namespaced one a '.' (\"order.fulfilled\")"
+        ));
+    }
+    // `task_completed` for `task.completed` would subscribe to nothing, quietly.
+    if let Some(lifecycle) = crate::state::all_event_names()
+        .iter()
+        .find(|e| e.replace('.', "_") == name)
+    {
+        return Err(format!(
+            "{name:?} is not an event; the lifecycle event is {lifecycle:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a subscription pattern: `*`, a lifecycle event, or a valid custom event name
+/// (dotted, or plain as a template may declare it).
 pub fn check_subscription(name: &str) -> Result<(), String> {
     if name == "*" || crate::state::all_event_names().contains(&name) {
         return Ok(());
     }
-    check_custom_event_name(name).map_err(|why| {
+    check_declared_event_name(name).map_err(|why| {
         format!("unknown event {name:?}: not a lifecycle event, and not a custom event name: {why}")
     })
 }
@@ -131,5 +167,14 @@ mod tests {
         assert!(check_subscription("step.exploded")
             .unwrap_err()
             .contains("unknown event"));
+        // Plain names, as a template may declare them; not a lifecycle name misspelt.
+        assert_eq!(check_declared_event_name("data_extraction_started"), Ok(()));
+        assert!(check_subscription("service_call_failed").is_ok());
+        assert!(check_subscription("task_completed")
+            .unwrap_err()
+            .contains("\"task.completed\""));
+        assert!(check_declared_event_name("two words")
+            .unwrap_err()
+            .contains("not an event name"));
     }
 }

@@ -41,6 +41,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     Claim, Cycle, Engine, EngineOptions, FailureKind, Job, JobKey, Outcome, Registration, Report,
     StateCounts, StepFailure, StepSnapshot, TaskFilter, TaskRequest, TaskSnapshot, TaskSummary,
+    TemplateSource,
 };
 pub use error::{Error, Result, TemplateError};
 pub use events::Event;

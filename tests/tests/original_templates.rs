@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tasker_conformance::Harness;
-use tasker_core::{Engine, Error, HandlerError, Registry, TaskRequest, TaskState, TaskTemplate};
+use tasker_core::{
+    Engine, Error, HandlerError, Registry, TaskRequest, TaskState, TaskTemplate, TemplateSource,
+};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -318,7 +320,11 @@ step_templates:
 async fn custom_event_names_follow_the_originals_rules() {
     let h = Harness::new().await;
     for (name, why) in [
-        ("fulfilled", "must contain a '.'"),
+        ("two words", "not an event name"),
+        (
+            "task_completed",
+            "the lifecycle event is \"task.completed\"",
+        ),
         ("step.completed", "lifecycle event"),
         ("task.mine", "reserved"),
     ] {
@@ -335,6 +341,10 @@ async fn custom_event_names_follow_the_originals_rules() {
             "{name}: {err}"
         );
     }
+    // A plain name, as the original's templates declare them (`data_extraction_started`), is
+    // taken as written: only the original's Ruby `register_custom_event` asks for a dot.
+    h.register("name: ev\ncustom_events: [{name: fulfilled}]\nstep_templates:\n  - {name: a}\n")
+        .await;
 }
 
 #[tokio::test]
@@ -366,4 +376,203 @@ async fn a_newer_format_step_type_other_than_standard_is_refused_and_unknown_fie
         err.contains("batch_config"),
         "unknown fields are refused, not dropped: {err}"
     );
+}
+
+/// The blog files' variants: plain event names, a TaskHandler `handler_config`, top-level keys
+/// the original ignores. They register (the unknown keys kept, shown, and each named in a
+/// warning), and the plain events are published and heard by their names as written.
+#[tokio::test]
+async fn the_blog_variants_register_with_warnings_and_their_plain_events_are_heard() {
+    let h = Harness::new().await;
+    let path = fixture("monitored_pipeline.yaml");
+    let r = h
+        .engine
+        .register_source(TemplateSource::File(&path))
+        .await
+        .unwrap();
+    assert_eq!(r.key, "blog_examples.monitored_pipeline@1.0.0");
+    assert_eq!(
+        r.warnings,
+        [
+            // In the order of the keys' names (the document's mapping is sorted).
+            "unknown key `monitoring`: kept (compat.unknown_keys), no effect here",
+            "unknown key `retry_strategies`: kept (compat.unknown_keys), no effect here",
+        ]
+    );
+    let listed = h.engine.templates().await.unwrap();
+    let t = listed
+        .iter()
+        .find(|t| t.name == "monitored_pipeline")
+        .unwrap();
+    assert_eq!(t.compat["handler_config"]["monitoring"]["sla_seconds"], 45);
+    assert_eq!(
+        t.compat["unknown_keys"]["retry_strategies"]["source_timeout"]["retry_limit"],
+        5
+    );
+    assert_eq!(
+        t.compat["unknown_keys"]["monitoring"]["step_duration_alert_ms"]["extract"],
+        5000
+    );
+    let names: Vec<&str> = t.custom_events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "data_extraction_started",
+            "data_extraction_completed",
+            "pipeline.milestone_reached"
+        ]
+    );
+    // The nested `retry_limit` under `retry_strategies` changed no step.
+    let def = TaskTemplate::from_path(&path, None).unwrap();
+    assert_eq!(def.steps[0].max_attempts, 3);
+    assert_eq!(def.steps[1].max_attempts, 2);
+
+    let mut r = Registry::new();
+    let e = h.engine.clone();
+    r.register_fn("Pipeline::ExtractHandler", move |step| {
+        let e = e.clone();
+        async move {
+            for name in ["data_extraction_started", "data_extraction_completed"] {
+                e.publish_custom_event(&step, name, json!({"rows": 7}))
+                    .map_err(|err| HandlerError::permanent(err.to_string()))?;
+            }
+            Ok(json!({"rows": 7}))
+        }
+    });
+    r.register_fn("Pipeline::LoadHandler", |step| async move {
+        Ok(json!({"loaded": step.results["extract"]["rows"]}))
+    });
+    let mut events = h.engine.subscribe();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("monitored_pipeline", json!({})).namespace("blog_examples"))
+        .await
+        .unwrap();
+    h.drive(&r).await;
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{t:#?}");
+    let mut heard = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        if ev.is_custom() {
+            heard.push((ev.name.to_string(), ev.metadata["payload"]["rows"].clone()));
+        }
+    }
+    assert_eq!(
+        heard,
+        [
+            ("data_extraction_started".to_owned(), json!(7)),
+            ("data_extraction_completed".to_owned(), json!(7)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn strict_templates_refuse_unknown_keys_naming_each() {
+    let h = Harness::with(|o| o.strict_templates(true)).await;
+    let err = h
+        .engine
+        .register_template_file(&fixture("monitored_pipeline.yaml"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`retry_strategies`")
+            && err.contains("`monitoring`")
+            && err.contains("strict templates are on"),
+        "{err}"
+    );
+    // Nothing unknown: strict or not, the same.
+    h.engine
+        .register_template_file(&fixture("earliest_class_name.yaml"))
+        .await
+        .unwrap();
+}
+
+/// An unknown key that would change what runs if ignored is an error naming what to write:
+/// the other format's name for a dependency, a handler or retries, a near miss of a known key.
+/// Any other unknown key, at any depth, is a warning naming its place.
+#[tokio::test]
+async fn unknown_keys_that_would_change_what_runs_are_errors_the_rest_warnings() {
+    let h = Harness::new().await;
+    for (step, why) in [
+        (
+            "{name: b, dependencies: [a]}",
+            "`depends_on_step` / `depends_on_steps`",
+        ),
+        (
+            "{name: b, depends_on: a}",
+            "`dependencies` in tasker-core's",
+        ),
+        ("{name: b, handler: {callable: X}}", "`handler_class`"),
+        (
+            "{name: b, default_retry_limt: 5}",
+            "did you mean `default_retry_limit`?",
+        ),
+        (
+            "{name: b, backoff: {base_secnds: 2}}",
+            "did you mean `base_seconds`?",
+        ),
+    ] {
+        let err = h
+            .engine
+            .register_template_yaml(&format!(
+                "name: u\nstep_templates:\n  - {{name: a}}\n  - {step}\n"
+            ))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("step_templates[1]") && err.contains(why),
+            "{step}: {err}"
+        );
+    }
+    let err = h
+        .engine
+        .register_template_yaml("name: u\nsteps:\n  - {name: a, depends_on_steps: [b]}\n")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("steps[0]") && err.contains("`dependencies`"),
+        "{err}"
+    );
+
+    let r = h
+        .engine
+        .register_source(TemplateSource::Yaml(
+            "name: u\nowner: data-team\nstep_templates:\n  - {name: a, sla: {minutes: 5}}\n",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.warnings,
+        [
+            "unknown key `owner`: kept (compat.unknown_keys), no effect here",
+            "unknown key `step_templates[0].sla`: kept (compat.unknown_keys), no effect here",
+        ]
+    );
+    let t = h.engine.templates().await.unwrap();
+    let u = t.iter().find(|t| t.name == "u").unwrap();
+    assert_eq!(
+        u.compat["unknown_keys"]["step_templates[0].sla"]["minutes"],
+        5
+    );
+    assert_eq!(u.compat["unknown_keys"]["owner"], "data-team");
+}
+
+/// The earliest files: `class_name` for the TaskHandler class, no namespace or version.
+#[tokio::test]
+async fn the_earliest_files_shape_registers_without_warnings() {
+    let h = Harness::new().await;
+    let path = fixture("earliest_class_name.yaml");
+    let r = h
+        .engine
+        .register_source(TemplateSource::File(&path))
+        .await
+        .unwrap();
+    assert_eq!(r.key, "default.simple_dummy_task@0.1.0");
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let t = h.engine.templates().await.unwrap();
+    assert_eq!(t[0].compat["class_name"], "DummyTaskHandler");
+    assert_eq!(t[0].compat["named_steps"], json!(["step_one", "step_two"]));
 }

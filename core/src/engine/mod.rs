@@ -57,7 +57,7 @@ pub use analytics::Analytics;
 pub use create::TaskRequest;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{StepSnapshot, TaskSnapshot, TaskSummary};
-pub use registration::Registration;
+pub use registration::{Registration, TemplateSource};
 
 #[derive(Default)]
 struct Templates {

@@ -34,7 +34,8 @@ pub struct EngineOptions {
     /// PostgreSQL: connections in the pool (default 8).
     pub max_connections: Option<u32>,
     /// Refuse a changed template body under an already registered version (default: it
-    /// becomes a new revision that new tasks use).
+    /// becomes a new revision that new tasks use), and a template with keys its format does
+    /// not know (default: kept, shown, and warned about; see [`crate::template`]).
     pub strict_templates: bool,
     /// Record metrics through the `metrics` facade (worker cycle latency, steps claimed, step
     /// outcomes and durations, tasks created and finished, lease expiries), for a process

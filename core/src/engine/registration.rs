@@ -22,25 +22,63 @@ pub struct Registration {
     /// When the body was new under an existing version: the revision it replaces for new
     /// tasks.
     pub replaced_revision: Option<i64>,
+    /// What parsing only warned about ([`TaskTemplate::warnings`]: unknown keys, kept).
+    pub warnings: Vec<String>,
+}
+
+/// The key of `r`, its warnings logged: for the entry points that return only the key.
+fn logged(r: Registration) -> String {
+    for w in &r.warnings {
+        tracing::warn!(template = %r.key, "template {}: {w}", r.key);
+    }
+    r.key
+}
+
+/// A template as a host hands it over ([`Engine::register_source`]).
+#[derive(Debug, Clone)]
+pub enum TemplateSource<'a> {
+    /// YAML (or JSON) text.
+    Yaml(&'a str),
+    /// A YAML or JSON file.
+    File(&'a std::path::Path),
+    /// An already-parsed document (a dict from a host language).
+    Value(Value),
 }
 
 impl Engine {
-    /// Parses YAML text with the engine's environment and registers it.
+    /// Parses a template with the engine's environment and registers it, saying which
+    /// revision it is and what parsing warned about ([`Registration::warnings`]): what the
+    /// bindings call, each showing the warnings its language's way.
+    pub async fn register_source(&self, src: TemplateSource<'_>) -> Result<Registration> {
+        let env = self.inner.opts.environment.as_deref();
+        let t = match src {
+            TemplateSource::Yaml(text) => TaskTemplate::from_yaml(text, env)?,
+            TemplateSource::File(path) => TaskTemplate::from_path(path, env)?,
+            TemplateSource::Value(doc) => TaskTemplate::from_value(doc, env)?,
+        };
+        self.register_template_revision(t).await
+    }
+
+    /// Parses YAML text with the engine's environment and registers it. Warnings are logged
+    /// (`tracing`, level warn); [`Engine::register_source`] returns them instead.
     pub async fn register_template_yaml(&self, src: &str) -> Result<String> {
-        let t = TaskTemplate::from_yaml(src, self.inner.opts.environment.as_deref())?;
-        self.register_template(t).await
+        Ok(logged(
+            self.register_source(TemplateSource::Yaml(src)).await?,
+        ))
     }
 
-    /// Reads a YAML file and registers it.
+    /// Reads a YAML file and registers it (warnings logged).
     pub async fn register_template_file(&self, path: &std::path::Path) -> Result<String> {
-        let t = TaskTemplate::from_path(path, self.inner.opts.environment.as_deref())?;
-        self.register_template(t).await
+        Ok(logged(
+            self.register_source(TemplateSource::File(path)).await?,
+        ))
     }
 
-    /// Registers a parsed document (a dict from a host language).
+    /// Registers a parsed document (a dict from a host language; warnings logged).
     pub async fn register_template_value(&self, doc: Value) -> Result<String> {
-        let t = TaskTemplate::from_value(doc, self.inner.opts.environment.as_deref())?;
-        self.register_template(t).await
+        Ok(logged(
+            self.register_source(TemplateSource::Value(doc)).await?,
+        ))
     }
 
     /// Registers a template; returns its key `namespace.name@version`. Registering the same
@@ -48,7 +86,7 @@ impl Engine {
     /// (see [`Engine::register_template_revision`]), or is refused with
     /// [`EngineOptions::strict_templates`](super::EngineOptions).
     pub async fn register_template(&self, t: TaskTemplate) -> Result<String> {
-        Ok(self.register_template_revision(t).await?.key)
+        Ok(logged(self.register_template_revision(t).await?))
     }
 
     /// [`Engine::register_template`], saying which revision the body is and whether it was
@@ -57,6 +95,16 @@ impl Engine {
     pub async fn register_template_revision(&self, t: TaskTemplate) -> Result<Registration> {
         // A broken `command` or `http` config is refused here, whichever host registers it.
         crate::builtin::check_template(&t)?;
+        if !t.warnings.is_empty() {
+            if self.inner.opts.strict_templates {
+                return Err(TemplateError::UnknownKeys {
+                    template: t.key(),
+                    warnings: t.warnings.clone(),
+                }
+                .into());
+            }
+        }
+        let warnings = t.warnings.clone();
         let body = t.canonical_json();
         if body.contains("\\u0000") {
             return Err(TemplateError::Shape {
@@ -119,6 +167,7 @@ impl Engine {
             key,
             revision,
             replaced_revision: previous,
+            warnings,
         })
     }
 

@@ -50,7 +50,7 @@ impl TaskTemplate {
             }
         }
         for (i, e) in def.custom_events.iter().enumerate() {
-            crate::events::check_custom_event_name(&e.name).map_err(|message| {
+            crate::events::check_declared_event_name(&e.name).map_err(|message| {
                 TemplateError::Shape {
                     template: template.clone(),
                     path: format!("custom_events[{i}].name"),
@@ -71,6 +71,7 @@ impl TaskTemplate {
             custom_event_names: Arc::new(
                 def.custom_events.iter().map(|e| e.name.clone()).collect(),
             ),
+            warnings: Vec::new(),
             definition: def,
         })
     }

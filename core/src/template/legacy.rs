@@ -32,6 +32,12 @@ pub(super) struct LegacyRaw {
     module_namespace: Option<Value>,
     #[serde(default)]
     task_handler_class: Option<Value>,
+    /// The earliest files' name for `task_handler_class`.
+    #[serde(default)]
+    class_name: Option<Value>,
+    /// The TaskHandler's own configuration (not a step's).
+    #[serde(default)]
+    handler_config: Option<Value>,
     #[serde(default)]
     concurrent: Option<bool>,
     #[serde(default)]
@@ -96,6 +102,8 @@ impl LegacyRaw {
         keep("named_steps", self.named_steps.clone().map(Value::from));
         keep("module_namespace", self.module_namespace);
         keep("task_handler_class", self.task_handler_class);
+        keep("class_name", self.class_name);
+        keep("handler_config", self.handler_config);
         keep("concurrent", self.concurrent.map(Value::from));
         keep("default_dependent_system", self.default_dependent_system);
         let mut custom_events = Vec::new();

@@ -17,13 +17,16 @@
 //!
 //! Files: this one holds the model and the loading; `graph.rs` the validation of a definition
 //! and its DAG, `legacy.rs` and `tasker_core_format.rs` the two YAML shapes, `env.rs` the
-//! `environments` overrides, `context.rs` the task context against the template's schema.
+//! `environments` overrides, `context.rs` the task context against the template's schema,
+//! `unknown.rs` the keys a shape does not know (kept and warned about, or errors when ignoring
+//! them would change what runs).
 
 mod context;
 mod env;
 mod graph;
 mod legacy;
 mod tasker_core_format;
+mod unknown;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,6 +114,10 @@ pub struct TaskTemplate {
     validator: Option<Arc<jsonschema::Validator>>,
     /// Names of the declared custom events (shared with every job of this template).
     pub custom_event_names: Arc<Vec<String>>,
+    /// What parsing took out and only warns about (unknown keys, each named with its place);
+    /// an error at registration with strict templates. Empty for a template read back from the
+    /// database.
+    pub warnings: Vec<String>,
     definition: Definition,
 }
 
@@ -193,22 +200,28 @@ impl TaskTemplate {
         if let Some(env) = environment {
             apply_environment(&mut value, env);
         }
-        let shape_err = |err: serde_path_to_error::Error<serde_json::Error>| {
-            let path = err.path().to_string();
-            TemplateError::Shape {
-                template: label.clone(),
-                path,
-                message: err.into_inner().to_string(),
-            }
+        let shape_err = |(path, message): (String, String)| TemplateError::Shape {
+            template: label.clone(),
+            path,
+            message,
         };
-        let def = if new_shape {
-            let raw: NewRaw = serde_path_to_error::deserialize(value).map_err(shape_err)?;
+        let mut unknown = unknown::Unknown::default();
+        let mut def = if new_shape {
+            let raw: NewRaw =
+                unknown::deserialize_lenient(value, &mut unknown).map_err(shape_err)?;
             raw.into_definition()?
         } else {
-            let raw: LegacyRaw = serde_path_to_error::deserialize(value).map_err(shape_err)?;
+            let raw: LegacyRaw =
+                unknown::deserialize_lenient(value, &mut unknown).map_err(shape_err)?;
             raw.into_definition()?
         };
-        Self::from_definition(def)
+        if !unknown.kept.is_empty() {
+            def.compat
+                .insert("unknown_keys".into(), Value::Object(unknown.kept));
+        }
+        let mut template = Self::from_definition(def)?;
+        template.warnings = unknown.warnings;
+        Ok(template)
     }
 
     /// `namespace.name@version`, the template's unique key.
