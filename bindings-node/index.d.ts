@@ -13,7 +13,7 @@ export interface EngineOptions {
   leaseSeconds?: number
   /** PostgreSQL: LISTEN for new work (default true); false behind poolers that cannot. */
   listen?: boolean
-  /** Refuse a changed template body under a registered version (default: a new revision). */
+  /** Refuse a changed template body under a registered version (default: a new revision), and template keys its format does not know (default: kept, a `TemplateWarning`). */
   strictTemplates?: boolean
 }
 

@@ -163,18 +163,28 @@ class Engine {
     return this._opened
   }
 
-  /** Registers a template from YAML text, a file path or an object; resolves to its key. */
+  /**
+   * Registers a template from YAML text, a file path or an object; resolves to its key. Keys
+   * its format does not know are kept and emitted as a `TemplateWarning` process warning
+   * (`strictTemplates: true` refuses them).
+   */
   async registerTemplate (src) {
     const core = await this._core()
+    let registered
     if (src !== null && typeof src === 'object') {
-      return call(core.registerTemplateJson(jsonText('template', src, TemplateError)))
-    }
-    if (typeof src !== 'string') throw new TypeError(`registerTemplate takes YAML text, a path or an object, not ${typeof src}`)
-    if (!src.includes('\n') && /\.(ya?ml|json)$/.test(src)) {
+      registered = await call(core.registerTemplate('json', jsonText('template', src, TemplateError)))
+    } else if (typeof src !== 'string') {
+      throw new TypeError(`registerTemplate takes YAML text, a path or an object, not ${typeof src}`)
+    } else if (!src.includes('\n') && /\.(ya?ml|json)$/.test(src)) {
       if (!fs.existsSync(src)) throw new TemplateError(`template file ${src}: No such file or directory`)
-      return call(core.registerTemplateFile(path.resolve(src)))
+      registered = await call(core.registerTemplate('file', path.resolve(src)))
+    } else {
+      registered = await call(core.registerTemplate('yaml', src))
     }
-    return call(core.registerTemplateYaml(src))
+    for (const w of registered.warnings) {
+      process.emitWarning(`template ${registered.key}: ${w}`, { type: 'TemplateWarning' })
+    }
+    return registered.key
   }
 
   /** Registers `fn(step)` (it may return a value or a Promise) as the handler `name`. */

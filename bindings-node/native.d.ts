@@ -3,9 +3,7 @@
 
 /** The engine on a database. */
 export declare class Core {
-  registerTemplateYaml(text: string): Promise<string>
-  registerTemplateFile(path: string): Promise<string>
-  registerTemplateJson(text: string): Promise<string>
+  registerTemplate(kind: 'yaml' | 'file' | 'json', text: string): Promise<{ key: string; warnings: string[] }>
   /** Creates a task from a JSON task request; resolves to its id. */
   createTask(requestJson: string): Promise<number>
   createTasks(requestsJson: string): Promise<Array<number>>

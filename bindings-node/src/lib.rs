@@ -13,7 +13,7 @@ use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
     Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome, StepFailure,
-    TaskRequest,
+    TaskRequest, TemplateSource,
 };
 use tokio::sync::broadcast;
 
@@ -142,26 +142,36 @@ pub struct Core {
     events: Arc<Mutex<Option<broadcast::Receiver<Arc<Event>>>>>,
 }
 
+/// What registering a template did ([`Core::register_template`]).
+#[napi(object)]
+pub struct Registered {
+    pub key: String,
+    pub warnings: Vec<String>,
+}
+
 #[napi]
 impl Core {
+    /// Registers YAML text, a file or a JSON document (`kind`: `yaml`, `file`, `json`);
+    /// resolves to the key and what parsing warned about (unknown keys), which `index.js`
+    /// emits as process warnings.
     #[napi]
-    pub async fn register_template_yaml(&self, text: String) -> Result<String> {
-        self.engine.register_template_yaml(&text).await.map_err(err)
-    }
-
-    #[napi]
-    pub async fn register_template_file(&self, path: String) -> Result<String> {
-        self.engine
-            .register_template_file(path.as_ref())
-            .await
-            .map_err(err)
-    }
-
-    #[napi]
-    pub async fn register_template_json(&self, text: String) -> Result<String> {
-        let doc: Value = serde_json::from_str(&text)
-            .map_err(|e| napi::Error::from_reason(format!("[tasker:template] template: {e}")))?;
-        self.engine.register_template_value(doc).await.map_err(err)
+    pub async fn register_template(&self, kind: String, text: String) -> Result<Registered> {
+        let doc = match kind.as_str() {
+            "json" => Some(serde_json::from_str::<Value>(&text).map_err(|e| {
+                napi::Error::from_reason(format!("[tasker:template] template: {e}"))
+            })?),
+            _ => None,
+        };
+        let src = match (kind.as_str(), doc) {
+            (_, Some(d)) => TemplateSource::Value(d),
+            ("file", _) => TemplateSource::File(text.as_ref()),
+            _ => TemplateSource::Yaml(&text),
+        };
+        let r = self.engine.register_source(src).await.map_err(err)?;
+        Ok(Registered {
+            key: r.key,
+            warnings: r.warnings,
+        })
     }
 
     /// Creates a task from a JSON task request; resolves to its id.

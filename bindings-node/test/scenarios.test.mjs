@@ -199,3 +199,33 @@ test('a timeout counts from the handler start', async () => {
   const t = await engine.runUntilComplete(await engine.createTask('slow'), { timeout: 30 })
   assert.equal(step(t, 's').error.kind, 'timeout')
 })
+
+test('unknown template keys are emitted as warnings, plain event names are heard as written', async () => {
+  const engine = freshEngine()
+  const warnings = []
+  const onWarning = (w) => { if (w.name === 'TemplateWarning') warnings.push(w.message) }
+  process.on('warning', onWarning)
+  const key = await engine.registerTemplate(`
+# A top-level key the original ignores, and a plain custom event name.
+name: monitored
+owner: data-team
+custom_events: [{name: data_extraction_started}]
+step_templates:
+  - {name: extract}
+`)
+  await new Promise((resolve) => setImmediate(resolve))
+  process.off('warning', onWarning)
+  assert.equal(key, 'default.monitored@0.1.0')
+  assert.deepEqual(warnings, ['template default.monitored@0.1.0: unknown key `owner`: kept (compat.unknown_keys), no effect here'])
+  const heard = []
+  engine.on('data_extraction_started', (e) => heard.push(e.metadata.payload))
+  engine.handler('extract', (s) => { s.publishCustomEvent('data_extraction_started', { rows: 3 }); return {} })
+  const t = await engine.runUntilComplete(await engine.createTask('monitored'), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(heard, [{ rows: 3 }])
+
+  const db = freshEngine().db
+  const strict = new Engine(db.url, { ...db.options, strictTemplates: true })
+  await assert.rejects(strict.registerTemplate('name: s\nowner: x\nstep_templates:\n  - {name: a}\n'),
+    (e) => e instanceof TemplateError && /unknown key `owner`.*strict templates are on/.test(e.message))
+})

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
     Engine, EngineOptions, Error, Event, HostDriver, JobKey, Outcome, StepFailure, TaskRequest,
+    TemplateSource,
 };
 use tokio::sync::broadcast;
 
@@ -245,31 +246,35 @@ impl Core {
         })
     }
 
-    fn register_template_yaml(&self, py: Python<'_>, text: &str) -> PyResult<String> {
-        let e = self.engine.clone();
-        let text = text.to_owned();
-        block(
-            py,
-            move || async move { e.register_template_yaml(&text).await },
-        )
-    }
-
-    fn register_template_file(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<String> {
-        let e = self.engine.clone();
-        block(
-            py,
-            move || async move { e.register_template_file(&path).await },
-        )
-    }
-
-    fn register_template_json(&self, py: Python<'_>, text: &str) -> PyResult<String> {
-        let doc: Value = serde_json::from_str(text)
+    /// Registers YAML text, a file (`path`) or a JSON document (`json`); returns the key and
+    /// what parsing warned about (unknown keys), which the wrapper shows with `warnings.warn`.
+    #[pyo3(signature = (*, text=None, path=None, json=None))]
+    fn register_template(
+        &self,
+        py: Python<'_>,
+        text: Option<String>,
+        path: Option<std::path::PathBuf>,
+        json: Option<String>,
+    ) -> PyResult<(String, Vec<String>)> {
+        let doc: Option<Value> = json
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
             .map_err(|e| TemplateError::new_err(format!("template is not JSON-able: {e}")))?;
         let e = self.engine.clone();
-        block(
-            py,
-            move || async move { e.register_template_value(doc).await },
-        )
+        block(py, move || async move {
+            let src = match (&text, &path, doc) {
+                (Some(t), _, _) => TemplateSource::Yaml(t),
+                (_, Some(p), _) => TemplateSource::File(p),
+                (_, _, Some(d)) => TemplateSource::Value(d),
+                _ => {
+                    return Err(Error::Validation(
+                        "register_template: no template given".into(),
+                    ))
+                }
+            };
+            let r = e.register_source(src).await?;
+            Ok((r.key, r.warnings))
+        })
     }
 
     /// Creates a task from a JSON task request; returns its id.

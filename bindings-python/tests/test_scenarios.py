@@ -505,3 +505,35 @@ step_templates:
     assert task["context"] == want
     with pytest.raises(tasker.ValidationError, match="/date_range/start_date"):
         engine.create_task("report", {"date_range": {"start_date": "not-a-date"}})
+
+
+MONITORED = """
+# An original-format template as its blog files write them: a top-level key the original
+# ignores, a plain custom event name.
+name: monitored
+owner: data-team
+custom_events: [{name: data_extraction_started}]
+step_templates:
+  - {name: extract}
+"""
+
+
+def test_unknown_template_keys_warn_and_plain_event_names_are_heard(engine):
+    with pytest.warns(tasker.TemplateWarning, match=r"template default.monitored@0.1.0: unknown key `owner`"):
+        assert engine.register_template(MONITORED) == "default.monitored@0.1.0"
+    heard = []
+    engine.on("data_extraction_started")(lambda ev: heard.append(ev["metadata"]["payload"]))
+
+    @engine.handler("extract")
+    def extract(step):
+        step.publish_custom_event("data_extraction_started", {"rows": 3})
+        return {}
+
+    assert engine.run_until_complete(engine.create_task("monitored", {}), timeout=30)["status"] == "complete"
+    assert heard == [{"rows": 3}]
+
+
+def test_strict_templates_refuse_unknown_keys(db):
+    engine = tasker.Engine(**db, strict_templates=True)
+    with pytest.raises(tasker.TemplateError, match=r"unknown key `owner`.*strict templates are on"):
+        engine.register_template(MONITORED)

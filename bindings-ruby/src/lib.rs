@@ -17,7 +17,7 @@ use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
     builtin, Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome,
-    StepFailure, TaskRequest,
+    StepFailure, TaskRequest, TemplateSource,
 };
 use tokio::sync::broadcast;
 
@@ -281,26 +281,29 @@ impl Core {
         })
     }
 
-    fn register_template_yaml(ruby: &Ruby, rb_self: &Self, text: String) -> Result<String, Error> {
-        rb_self.call(
-            ruby,
-            |e| async move { e.register_template_yaml(&text).await },
-        )
-    }
-
-    fn register_template_file(ruby: &Ruby, rb_self: &Self, path: String) -> Result<String, Error> {
+    /// Registers YAML text, a file or a JSON document (`kind`: "yaml", "file", "json");
+    /// returns `[key, warnings]` (unknown keys, kept), which `Tasker::Engine` passes to `warn`.
+    fn register_template(
+        ruby: &Ruby,
+        rb_self: &Self,
+        kind: String,
+        text: String,
+    ) -> Result<(String, Vec<String>), Error> {
+        let doc: Option<Value> = match kind.as_str() {
+            "json" => Some(serde_json::from_str(&text).map_err(|e| {
+                Error::new(error_class(ruby, "template"), format!("template: {e}"))
+            })?),
+            _ => None,
+        };
         rb_self.call(ruby, |e| async move {
-            e.register_template_file(path.as_ref()).await
+            let src = match (kind.as_str(), doc) {
+                (_, Some(d)) => TemplateSource::Value(d),
+                ("file", _) => TemplateSource::File(text.as_ref()),
+                _ => TemplateSource::Yaml(&text),
+            };
+            let r = e.register_source(src).await?;
+            Ok((r.key, r.warnings))
         })
-    }
-
-    fn register_template_json(ruby: &Ruby, rb_self: &Self, text: String) -> Result<String, Error> {
-        let doc: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::new(error_class(ruby, "template"), format!("template: {e}")))?;
-        rb_self.call(
-            ruby,
-            |e| async move { e.register_template_value(doc).await },
-        )
     }
 
     fn handler_names(ruby: &Ruby, rb_self: &Self) -> Result<Vec<String>, Error> {
@@ -562,18 +565,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
 
     let core = native.define_class("Core", ruby.class_object())?;
     core.define_singleton_method("open", function!(Core::open, 1))?;
-    core.define_method(
-        "register_template_yaml",
-        method!(Core::register_template_yaml, 1),
-    )?;
-    core.define_method(
-        "register_template_file",
-        method!(Core::register_template_file, 1),
-    )?;
-    core.define_method(
-        "register_template_json",
-        method!(Core::register_template_json, 1),
-    )?;
+    core.define_method("register_template", method!(Core::register_template, 2))?;
     core.define_method("handler_names", method!(Core::handler_names, 0))?;
     core.define_method("templates", method!(Core::templates, 0))?;
     core.define_method("create_task", method!(Core::create_task, 1))?;

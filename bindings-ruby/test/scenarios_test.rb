@@ -408,6 +408,31 @@ class ScenariosTest < Minitest::Test
     assert_operator ticks, :>, 20, "other Ruby threads ran while the core waited"
   end
 
+  def test_unknown_template_keys_are_warned_about_and_plain_event_names_heard
+    yaml = <<~YAML
+      # A top-level key the original ignores, and a plain custom event name.
+      name: monitored
+      owner: data-team
+      custom_events: [{name: data_extraction_started}]
+      step_templates:
+        - {name: extract}
+    YAML
+    _, err = capture_io { assert_equal "default.monitored@0.1.0", engine.register_template(yaml) }
+    assert_equal "tasker: template default.monitored@0.1.0: unknown key `owner`: kept (compat.unknown_keys), no effect here\n", err
+    heard = []
+    engine.on("data_extraction_started") { |ev| heard << ev["metadata"]["payload"] }
+    engine.handler("extract") do |s|
+      s.publish_custom_event("data_extraction_started", { rows: 3 })
+      {}
+    end
+    task = engine.run_until_complete(engine.create_task("monitored"), timeout: 30)
+    assert_equal "complete", task["status"]
+    assert_equal [{ "rows" => 3 }], heard
+
+    strict = new_engine(strict_templates: true)
+    assert_raises_matching(Tasker::TemplateError, /unknown key `owner`.*strict templates are on/) { strict.register_template(yaml) }
+  end
+
   private
 
   def assert_raises_matching(klass, pattern, &block)
@@ -415,4 +440,5 @@ class ScenariosTest < Minitest::Test
     assert_match pattern, e.message
     e
   end
+
 end

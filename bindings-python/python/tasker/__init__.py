@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -51,6 +52,7 @@ __all__ = [
     "Step",
     "Error",
     "TemplateError",
+    "TemplateWarning",
     "ValidationError",
     "NotFoundError",
     "ConflictError",
@@ -59,6 +61,13 @@ __all__ = [
     "RetryableError",
     "PermanentError",
 ]
+
+
+class TemplateWarning(UserWarning):
+    """A template registered with something only warned about: a key its format does not know
+    (kept, shown with the template, no effect). ``strict_templates=True`` refuses it instead."""
+
+
 
 JSON = Any
 Handler = Callable[["Step"], Union[JSON, Awaitable[JSON]]]
@@ -165,7 +174,8 @@ class Engine:
     in their own schema; ``lease_seconds`` is how long a claimed step is held before another
     worker may take it over; ``listen=False`` polls instead of LISTEN/NOTIFY;
     ``strict_templates=True`` refuses a changed template body under an already registered
-    version (by default it becomes a new revision that new tasks use).
+    version (by default it becomes a new revision that new tasks use) and a template with keys
+    its format does not know (by default kept, shown, and warned about: ``TemplateWarning``).
     """
 
     def __init__(
@@ -195,15 +205,19 @@ class Engine:
                 text = json.dumps(src)
             except (TypeError, ValueError) as e:
                 raise TemplateError(f"template is not JSON-able: {e}") from None
-            return self._core.register_template_json(text)
-        if isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and src.endswith((".yaml", ".yml", ".json"))):
+            key, notes = self._core.register_template(json=text)
+        elif isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and src.endswith((".yaml", ".yml", ".json"))):
             path = Path(src)
             if not path.exists():
                 raise TemplateError(f"template file {path}: No such file or directory")
-            return self._core.register_template_file(str(path))
-        if isinstance(src, str):
-            return self._core.register_template_yaml(src)
-        raise TypeError(f"register_template takes YAML text, a path or a dict, not {type(src).__name__}")
+            key, notes = self._core.register_template(path=str(path))
+        elif isinstance(src, str):
+            key, notes = self._core.register_template(text=src)
+        else:
+            raise TypeError(f"register_template takes YAML text, a path or a dict, not {type(src).__name__}")
+        for note in notes:
+            warnings.warn(f"template {key}: {note}", TemplateWarning, stacklevel=2)
+        return key
 
     # ---- handlers and events -----------------------------------------------------------
 

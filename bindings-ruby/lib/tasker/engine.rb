@@ -24,23 +24,29 @@ module Tasker
     end
 
     # Registers a template from YAML text, a file path or a Hash; returns its key
-    # (+namespace.name@version+).
+    # (+namespace.name@version+). Keys its format does not know are kept and passed to +warn+
+    # (+strict_templates: true+ refuses them).
     def register_template(src)
+      key, notes = @core.register_template(*template_source(src))
+      notes.each { |note| warn "tasker: template #{key}: #{note}" }
+      key
+    end
+
+    # [kind, text] of what #register_template was given.
+    def template_source(src)
       case src
-      when Hash then @core.register_template_json(Json.text("template", src))
+      when Hash then ["json", Json.text("template", src)]
       when String, Pathname
         text = src.to_s
-        if !text.include?("\n") && text.match?(/\.(ya?ml|json)\z/)
-          raise TemplateError, "template file #{text}: No such file or directory" unless File.exist?(text)
+        return ["yaml", text] if text.include?("\n") || !text.match?(/\.(ya?ml|json)\z/)
+        raise TemplateError, "template file #{text}: No such file or directory" unless File.exist?(text)
 
-          @core.register_template_file(File.expand_path(text))
-        else
-          @core.register_template_yaml(text)
-        end
+        ["file", File.expand_path(text)]
       else
         raise ArgumentError, "register_template takes YAML text, a path or a Hash, not #{src.class}"
       end
     end
+    private :template_source
 
     # Registers the handler +name+: a block taking a Tasker::Step, or a
     # Tasker::StepHandler::Base subclass. A template's +handler_class+ naming such a class
