@@ -39,9 +39,9 @@ pub use host::worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    Claim, Cycle, Engine, EngineOptions, FailureKind, Job, JobKey, Outcome, Registration, Report,
-    StateCounts, StepFailure, StepSnapshot, TaskFilter, TaskRequest, TaskSnapshot, TaskSummary,
-    TemplateSource,
+    Claim, Cycle, Engine, EngineOptions, EventSource, FailureKind, Job, JobKey, Outcome,
+    Registration, Report, StateCounts, StepFailure, StepSnapshot, TaskFilter, TaskRequest,
+    TaskSnapshot, TaskSummary, TemplateSource,
 };
 pub use error::{Error, Result, TemplateError};
 pub use events::Event;

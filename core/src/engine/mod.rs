@@ -25,6 +25,7 @@ pub mod analytics;
 mod claim;
 mod create;
 pub mod decide;
+mod event_definitions;
 mod handoff;
 mod operator;
 mod options;
@@ -55,6 +56,7 @@ pub use crate::protocol::{Claim, Cycle, FailureKind, Job, JobKey, Outcome, Repor
 pub use crate::store::{StateCounts, TaskFilter};
 pub use analytics::Analytics;
 pub use create::TaskRequest;
+pub use event_definitions::EventSource;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{StepSnapshot, TaskSnapshot, TaskSummary};
 pub use registration::{Registration, TemplateSource};
@@ -73,6 +75,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     opts: EngineOptions,
     templates: RwLock<Templates>,
+    /// Custom events defined by event definition files, by name ([`event_definitions`]).
+    event_definitions: RwLock<HashMap<String, Arc<crate::events::EventDefinition>>>,
     contexts: Mutex<HashMap<i64, Arc<Value>>>,
     events: broadcast::Sender<Arc<Event>>,
     /// Woken when steps may have become claimable (new tasks, completions, retries; on
@@ -167,6 +171,7 @@ impl Engine {
                 clock: opts.clock.clone(),
                 opts,
                 templates: RwLock::default(),
+                event_definitions: RwLock::default(),
                 contexts: Mutex::default(),
                 events,
                 work,
@@ -182,6 +187,7 @@ impl Engine {
             }),
         };
         engine.refresh_templates().await?;
+        engine.event_definitions().await?;
         Ok(engine)
     }
 

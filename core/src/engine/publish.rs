@@ -12,8 +12,9 @@ use crate::protocol::{Job, JobKey};
 impl Engine {
     /// Publishes the custom event `name` from a running job's handler: delivered at once to
     /// subscribers, like the lifecycle events, with `metadata = {event_type: "custom", payload}`.
-    /// The template must declare the event (`custom_events`); anything else is refused with
-    /// the list of what it declares.
+    /// The template must declare the event (`custom_events`) or an event definition file
+    /// define it ([`Engine::register_events`]); anything else is refused with the list of what
+    /// the template declares. A defined event's payload must fit its `payload_schema`.
     pub fn publish_custom_event(&self, job: &Job, name: &str, payload: Value) -> Result<()> {
         self.publish_custom_event_for(job.key, &job.step_name, &job.custom_events, name, payload)
     }
@@ -28,17 +29,21 @@ impl Engine {
         name: &str,
         payload: Value,
     ) -> Result<()> {
-        if !declared.iter().any(|d| d == name) {
+        let defined = self.event_definition(name);
+        if defined.is_none() && !declared.iter().any(|d| d == name) {
             return Err(Error::Validation(if declared.is_empty() {
                 format!(
-                    "step {step_name:?} cannot publish {name:?}: its template declares no custom_events"
+                    "step {step_name:?} cannot publish {name:?}: its template declares no custom_events and no event definition file defines it"
                 )
             } else {
                 format!(
-                    "step {step_name:?} cannot publish {name:?}: its template declares only {}",
+                    "step {step_name:?} cannot publish {name:?}: its template declares only {}, and no event definition file defines it",
                     declared.join(", ")
                 )
             }));
+        }
+        if let Some(d) = &defined {
+            d.check_payload(&payload).map_err(Error::Validation)?;
         }
         if let Some(path) = decide::nul_path(&payload) {
             return Err(Error::Validation(format!(

@@ -46,9 +46,9 @@ pub use plan::{
     PlanOutcome, RetryLimitUpdate, StepUpdate, TaskDetailsUpdate, TaskFilter, TaskUpdate,
 };
 pub use rows::{
-    AnalyticsRow, ClaimedStep, DurabilityReport, ExpiredLease, FinishedTask, NextTimes,
-    ParentResult, StateCounts, StepKey, StepLock, StepRow, TaskDetail, TaskRow, TemplateRow,
-    TransitionRow,
+    AnalyticsRow, ClaimedStep, DurabilityReport, EventDefinitionRow, ExpiredLease, FinishedTask,
+    NextTimes, ParentResult, StateCounts, StepKey, StepLock, StepRow, TaskDetail, TaskRow,
+    TemplateRow, TransitionRow,
 };
 
 /// How to open a store ([`open`]).
@@ -134,6 +134,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn templates(&self) -> Result<Vec<TemplateRow>>;
     async fn template_by_id(&self, named_task_id: i64) -> Result<Option<TemplateRow>>;
+    /// Every stored event definition, by name.
+    async fn event_definitions(&self) -> Result<Vec<EventDefinitionRow>>;
     async fn task(&self, task_id: i64) -> Result<Option<TaskDetail>>;
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>>;
     /// The task's steps by position.
@@ -221,6 +223,8 @@ pub trait StoreTx: Send {
     /// Inserts a template revision; returns its id. Another process registering the same
     /// revision at the same moment: its id when the bodies match, else [`Error::Conflict`].
     async fn insert_template(&mut self, t: &NewTemplate<'_>) -> Result<i64>;
+    /// Inserts an event definition, or replaces the one of the same name.
+    async fn upsert_event_definition(&mut self, d: &EventDefinitionRow) -> Result<()>;
     async fn update_task_details(&mut self, p: &TaskDetailsUpdate<'_>) -> Result<()>;
     async fn set_retry_limit(&mut self, p: &RetryLimitUpdate) -> Result<()>;
 }

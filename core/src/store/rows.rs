@@ -133,6 +133,15 @@ pub struct TemplateRow {
     pub created_at: i64,
 }
 
+/// A stored event definition ([`super::Store::event_definitions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDefinitionRow {
+    pub name: String,
+    /// [`crate::events::EventDefinition`] as JSON.
+    pub definition: String,
+    pub registered_at: i64,
+}
+
 /// A running step whose lease expired ([`super::StoreTx::expired_leases`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpiredLease {

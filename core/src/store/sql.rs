@@ -56,6 +56,15 @@ pub(crate) const TEMPLATES: &str = concat!(
     " FROM named_tasks ORDER BY namespace, name, version, revision"
 );
 
+pub(crate) const EVENT_DEFINITIONS: &str =
+    "SELECT name, definition, registered_at FROM event_definitions ORDER BY name";
+
+/// Insert or replace one event definition: `$1` name, `$2` definition, `$3` registered_at.
+pub(crate) const UPSERT_EVENT_DEFINITION: &str =
+    "INSERT INTO event_definitions (name, definition, registered_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
+     registered_at = excluded.registered_at";
+
 pub(crate) const TEMPLATE_BY_ID: &str = concat!(
     "SELECT ",
     template_cols!(),

@@ -567,3 +567,32 @@ pub(super) async fn reads(s: &dyn Store) {
     let (d, steps) = s.task_if_finished(t1).await.unwrap().unwrap();
     assert_eq!((d.row.task_id, steps), (t1, None), "{ids:?}");
 }
+
+pub(super) async fn event_definitions(s: &dyn Store) {
+    assert!(s.event_definitions().await.unwrap().is_empty());
+    let row = |name: &str, definition: &str, at: i64| EventDefinitionRow {
+        name: name.into(),
+        definition: definition.into(),
+        registered_at: at,
+    };
+    let mut tx = s.begin(true).await.unwrap();
+    tx.upsert_event_definition(&row("order.shipped", "{\"v\":1}", NOW))
+        .await
+        .unwrap();
+    tx.upsert_event_definition(&row("audit.logged", "{}", NOW))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = s.begin(true).await.unwrap();
+    tx.upsert_event_definition(&row("order.shipped", "{\"v\":2}", NOW + 5))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        s.event_definitions().await.unwrap(),
+        [
+            row("audit.logged", "{}", NOW),
+            row("order.shipped", "{\"v\":2}", NOW + 5)
+        ]
+    );
+}

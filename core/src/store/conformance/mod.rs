@@ -77,6 +77,10 @@ const CASES: &[(&str, CaseFn)] = &[
         "reads: listings, counts, next times, state counts, parents' results",
         |s| Box::pin(reads(s)),
     ),
+    (
+        "event definitions are kept by name, a second one replacing the first",
+        |s| Box::pin(event_definitions(s)),
+    ),
 ];
 
 #[tokio::test]

@@ -169,6 +169,14 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(PgTemplate::into_row).collect())
     }
 
+    async fn event_definitions(&self) -> Result<Vec<EventDefinitionRow>> {
+        self.count();
+        let rows: Vec<PgEventDefinition> = sqlx::query_as(sql::EVENT_DEFINITIONS)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(PgEventDefinition::into_row).collect())
+    }
+
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
         self.count();
         let row: Option<PgTemplate> = sqlx::query_as(sql::TEMPLATE_BY_ID)

@@ -206,6 +206,16 @@ impl StoreTx for PgTx {
             .await?)
     }
 
+    async fn upsert_event_definition(&mut self, d: &EventDefinitionRow) -> Result<()> {
+        sqlx::query(sql::UPSERT_EVENT_DEFINITION)
+            .bind(&d.name)
+            .bind(&d.definition)
+            .bind(d.registered_at)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
     async fn insert_template(&mut self, t: &NewTemplate<'_>) -> Result<i64> {
         // Two processes registering the same template at once: the second sees the first's row.
         let id: Option<i64> = sqlx::query_scalar(INSERT_TEMPLATE)

@@ -233,6 +233,24 @@ pub(crate) struct PgTemplate {
     pub created_at: i64,
 }
 
+/// A row of `event_definitions`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PgEventDefinition {
+    pub name: String,
+    pub definition: String,
+    pub registered_at: i64,
+}
+
+impl PgEventDefinition {
+    pub fn into_row(self) -> EventDefinitionRow {
+        EventDefinitionRow {
+            name: self.name,
+            definition: self.definition,
+            registered_at: self.registered_at,
+        }
+    }
+}
+
 /// The answer of `tasker_apply_v1`: one row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PgApplied {

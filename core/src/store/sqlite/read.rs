@@ -80,6 +80,11 @@ impl Store for SqliteStore {
         self.read(|c| query_all(c, sql::TEMPLATES, [])).await
     }
 
+    async fn event_definitions(&self) -> Result<Vec<EventDefinitionRow>> {
+        self.read(|c| query_all(c, sql::EVENT_DEFINITIONS, []))
+            .await
+    }
+
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
         self.read(|c| query_opt(c, lite!(TEMPLATE_BY_ID), [id]))
             .await

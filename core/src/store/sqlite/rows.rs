@@ -200,6 +200,17 @@ impl Decode for TemplateRow {
     }
 }
 
+impl Decode for EventDefinitionRow {
+    const COLUMNS: &'static [&'static str] = &["name", "definition", "registered_at"];
+    fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<EventDefinitionRow> {
+        Ok(EventDefinitionRow {
+            name: r.get(ix[0])?,
+            definition: r.get(ix[1])?,
+            registered_at: r.get(ix[2])?,
+        })
+    }
+}
+
 impl Decode for AnalyticsRow {
     const COLUMNS: &'static [&'static str] = &[
         "task_id",

@@ -169,6 +169,13 @@ impl StoreTx for SqliteTx {
         )?)
     }
 
+    async fn upsert_event_definition(&mut self, d: &EventDefinitionRow) -> Result<()> {
+        self.c
+            .prepare_cached(lite!(UPSERT_EVENT_DEFINITION))?
+            .execute(params![d.name, d.definition, d.registered_at])?;
+        Ok(())
+    }
+
     async fn update_task_details(&mut self, p: &TaskDetailsUpdate<'_>) -> Result<()> {
         self.c
             .prepare_cached(UPDATE_TASK_DETAILS)?

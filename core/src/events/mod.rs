@@ -7,10 +7,16 @@
 //! than the channel capacity loses the oldest events and is told how many (`Lagged`); the
 //! transition rows in the database remain the complete record.
 
+mod definitions;
+
 use std::borrow::Cow;
 
 use serde::Serialize;
 use serde_json::Value;
+
+pub use definitions::{
+    parse_event_definitions, read_event_definitions, EventDefinition, PayloadField,
+};
 
 /// One lifecycle event.
 #[derive(Debug, Clone, Serialize, PartialEq)]
