@@ -139,9 +139,22 @@ export interface RunWorkerOptions {
   shutdownGrace?: number
 }
 
+/** A custom event defined by an event definition file (`events: custom: <key>: {...}`). */
+export interface EventDefinition {
+  name: string
+  key: string
+  description?: string
+  payload_schema?: Array<{ key: string, type: string, required: boolean }>
+  fired_by?: string[]
+  source?: string
+}
+
 export declare class Engine {
   constructor(url?: string | null, options?: EngineOptions)
   registerTemplate(src: string | object): Promise<string>
+  /** Registers event definition files (YAML text, a file or a directory); resolves to the names. */
+  registerEvents(src: string): Promise<string[]>
+  eventDefinitions(): Promise<EventDefinition[]>
   handler(name: string, fn: Handler): this
   on(event: string, fn: (event: TaskerEvent) => void): this
   createTask(name: string, context?: { [key: string]: Json }, options?: CreateTaskOptions): Promise<number>

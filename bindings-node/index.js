@@ -261,6 +261,25 @@ class Engine {
     return call(async () => (await this._core()).durability())
   }
 
+  /**
+   * Registers event definitions (the original's `config/tasker/events/*.yml`) from YAML text,
+   * a file or a directory; resolves to the names registered. Stored: every process opened
+   * afterwards knows them; any handler may publish a defined event, its payload checked.
+   */
+  async registerEvents (src) {
+    if (typeof src !== 'string') throw new TypeError(`registerEvents takes YAML text or a path, not ${typeof src}`)
+    const core = await this._core()
+    const isPath = !src.includes('\n') && !src.trimStart().startsWith('events:')
+    const defs = JSON.parse(await call(core.registerEvents(isPath ? 'path' : 'yaml', isPath ? path.resolve(src) : src)))
+    return defs.map((d) => d.name)
+  }
+
+  /** The stored event definitions. */
+  async eventDefinitions () {
+    const core = await this._core()
+    return JSON.parse(await call(core.eventDefinitions()))
+  }
+
   async getTask (id) {
     const core = await this._core()
     return JSON.parse(await call(core.getTask(id)))

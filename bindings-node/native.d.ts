@@ -7,6 +7,8 @@ export declare class Core {
   /** Creates a task from a JSON task request; resolves to its id. */
   createTask(requestJson: string): Promise<number>
   createTasks(requestsJson: string): Promise<Array<number>>
+  registerEvents(kind: 'yaml' | 'path', text: string): Promise<string>
+  eventDefinitions(): Promise<string>
   getTask(taskId: number): Promise<string>
   listTasks(filterJson: string): Promise<string>
   cancelTask(taskId: number): Promise<void>

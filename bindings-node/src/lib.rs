@@ -12,8 +12,8 @@ use napi_derive::napi;
 use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome, StepFailure,
-    TaskRequest, TemplateSource,
+    Engine, EngineOptions, Error as CoreError, Event, EventSource, HostDriver, JobKey, Outcome,
+    StepFailure, TaskRequest, TemplateSource,
 };
 use tokio::sync::broadcast;
 
@@ -185,6 +185,31 @@ impl Core {
     pub async fn create_tasks(&self, requests_json: String) -> Result<Vec<i64>> {
         let reqs: Vec<TaskRequest> = parse("task requests", &requests_json)?;
         self.engine.create_tasks(reqs).await.map_err(err)
+    }
+
+    /// Registers event definitions (`kind`: `yaml` text or a `path`, file or directory);
+    /// resolves to the registered definitions as JSON.
+    #[napi]
+    pub async fn register_events(&self, kind: String, text: String) -> Result<String> {
+        let src = match kind.as_str() {
+            "path" => EventSource::Path(text.as_ref()),
+            _ => EventSource::Yaml(&text),
+        };
+        self.engine
+            .register_events(src)
+            .await
+            .map(|d| json_text(&d))
+            .map_err(err)
+    }
+
+    /// Every stored event definition, as JSON.
+    #[napi]
+    pub async fn event_definitions(&self) -> Result<String> {
+        self.engine
+            .event_definitions()
+            .await
+            .map(|d| json_text(&d))
+            .map_err(err)
     }
 
     #[napi]

@@ -8,7 +8,7 @@ import {
   Engine, RetryableError, PermanentError, TaskerError, TemplateError, ValidationError,
   NotFoundError, ConflictError, TimeoutError
 } from 'tasker'
-import { freshEngine, step } from './helpers.mjs'
+import { freshDb, freshEngine, step } from './helpers.mjs'
 
 const DIAMOND = `
 name: diamond
@@ -224,8 +224,37 @@ step_templates:
   assert.equal(t.status, 'complete')
   assert.deepEqual(heard, [{ rows: 3 }])
 
-  const db = freshEngine().db
+  const db = freshDb()
   const strict = new Engine(db.url, { ...db.options, strictTemplates: true })
   await assert.rejects(strict.registerTemplate('name: s\nowner: x\nstep_templates:\n  - {name: a}\n'),
     (e) => e instanceof TemplateError && /unknown key `owner`.*strict templates are on/.test(e.message))
+})
+
+test('event definition files let any handler publish a defined event, its payload checked', async () => {
+  const engine = freshEngine()
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tasker-events-'))
+  fs.writeFileSync(path.join(dir, 'orders.yml'), `
+events:
+  custom:
+    order_shipped:
+      constant: "order.shipped"
+      payload_schema:
+        order_id: { type: "String", required: true }
+      fired_by: ["ShippingService"]
+`)
+  assert.deepEqual(await engine.registerEvents(dir), ['order.shipped'])
+  assert.deepEqual((await engine.eventDefinitions()).map((d) => [d.name, d.fired_by]), [['order.shipped', ['ShippingService']]])
+  await engine.registerTemplate('name: ship\nstep_templates:\n  - {name: ship}\n')
+  const heard = []
+  engine.on('order.shipped', (e) => heard.push(e.metadata.payload))
+  engine.handler('ship', (s) => {
+    assert.throws(() => s.publishCustomEvent('order.shipped', { order_id: 7 }), (e) => e instanceof ValidationError && /\/order_id: 7 is not String/.test(e.message))
+    s.publishCustomEvent('order.shipped', { order_id: 'o-1' })
+    return {}
+  })
+  const t = await engine.runUntilComplete(await engine.createTask('ship'), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(heard, [{ order_id: 'o-1' }])
+  await assert.rejects(engine.registerEvents('events:\n  custom:\n    x: {constant: shipped}\n'),
+    (e) => e instanceof ValidationError && /events\.custom\.x\.constant/.test(e.message))
 })

@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    Engine, EngineOptions, Error, Event, HostDriver, JobKey, Outcome, StepFailure, TaskRequest,
-    TemplateSource,
+    Engine, EngineOptions, Error, Event, EventSource, HostDriver, JobKey, Outcome, StepFailure,
+    TaskRequest, TemplateSource,
 };
 use tokio::sync::broadcast;
 
@@ -291,6 +291,34 @@ impl Core {
             .map_err(|e| ValidationError::new_err(format!("task requests: {e}")))?;
         let e = self.engine.clone();
         block(py, move || async move { e.create_tasks(reqs).await })
+    }
+
+    /// Registers event definitions from YAML text or a path (file or directory); returns the
+    /// registered definitions as a JSON array.
+    #[pyo3(signature = (*, text=None, path=None))]
+    fn register_events(
+        &self,
+        py: Python<'_>,
+        text: Option<String>,
+        path: Option<std::path::PathBuf>,
+    ) -> PyResult<String> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            let src = match (&text, &path) {
+                (Some(t), _) => EventSource::Yaml(t),
+                (_, Some(p)) => EventSource::Path(p),
+                _ => return Err(Error::Validation("register_events: nothing given".into())),
+            };
+            e.register_events(src).await.map(|d| json_text(&d))
+        })
+    }
+
+    /// Every stored event definition, as a JSON array.
+    fn event_definitions(&self, py: Python<'_>) -> PyResult<String> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.event_definitions().await.map(|d| json_text(&d))
+        })
     }
 
     fn get_task(&self, py: Python<'_>, task_id: i64) -> PyResult<String> {

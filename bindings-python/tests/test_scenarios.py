@@ -537,3 +537,38 @@ def test_strict_templates_refuse_unknown_keys(db):
     engine = tasker.Engine(**db, strict_templates=True)
     with pytest.raises(tasker.TemplateError, match=r"unknown key `owner`.*strict templates are on"):
         engine.register_template(MONITORED)
+
+
+ORDER_EVENTS = """
+events:
+  custom:
+    order_shipped:
+      constant: "order.shipped"
+      description: "Fired when an order ships"
+      payload_schema:
+        order_id: { type: "String", required: true }
+      fired_by: ["ShippingService"]
+"""
+
+
+def test_event_definition_files_let_any_handler_publish_with_a_checked_payload(engine, tmp_path):
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "orders.yml").write_text(ORDER_EVENTS)
+    assert engine.register_events(tmp_path / "events") == ["order.shipped"]
+    assert engine.register_events(ORDER_EVENTS) == ["order.shipped"]
+    assert [(d["name"], d["fired_by"]) for d in engine.event_definitions()] == [("order.shipped", ["ShippingService"])]
+    engine.register_template("name: ship\nstep_templates:\n  - {name: ship}\n")
+    heard = []
+    engine.on("order.shipped")(lambda ev: heard.append(ev["metadata"]["payload"]))
+
+    @engine.handler("ship")
+    def ship(step):
+        with pytest.raises(tasker.ValidationError, match=r"/order_id: 7 is not String"):
+            step.publish_custom_event("order.shipped", {"order_id": 7})
+        step.publish_custom_event("order.shipped", {"order_id": "o-1"})
+        return {}
+
+    assert engine.run_until_complete(engine.create_task("ship", {}), timeout=30)["status"] == "complete"
+    assert heard == [{"order_id": "o-1"}]
+    with pytest.raises(tasker.ValidationError, match=r"events.custom.x.constant"):
+        engine.register_events("events:\n  custom:\n    x: {constant: shipped}\n")

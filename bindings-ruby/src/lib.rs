@@ -16,8 +16,8 @@ use magnus::{function, method, prelude::*, Error, ExceptionClass, RArray, RModul
 use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    builtin, Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome,
-    StepFailure, TaskRequest, TemplateSource,
+    builtin, Engine, EngineOptions, Error as CoreError, Event, EventSource, HostDriver, JobKey,
+    Outcome, StepFailure, TaskRequest, TemplateSource,
 };
 use tokio::sync::broadcast;
 
@@ -320,6 +320,29 @@ impl Core {
         rb_self.call(ruby, |e| async move { e.create_tasks(reqs).await })
     }
 
+    /// Registers event definitions (`kind`: "yaml" text or a "path", file or directory);
+    /// returns the registered definitions as JSON.
+    fn register_events(
+        ruby: &Ruby,
+        rb_self: &Self,
+        kind: String,
+        text: String,
+    ) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move {
+            let src = match kind.as_str() {
+                "path" => EventSource::Path(text.as_ref()),
+                _ => EventSource::Yaml(&text),
+            };
+            e.register_events(src).await.map(|d| json_text(&d))
+        })
+    }
+
+    fn event_definitions(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move {
+            e.event_definitions().await.map(|d| json_text(&d))
+        })
+    }
+
     fn get_task(ruby: &Ruby, rb_self: &Self, task_id: i64) -> Result<String, Error> {
         rb_self.call(ruby, |e| async move {
             e.get_task(task_id).await.map(|t| json_text(&t))
@@ -571,6 +594,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     core.define_method("create_task", method!(Core::create_task, 1))?;
     core.define_method("create_tasks", method!(Core::create_tasks, 1))?;
     core.define_method("get_task", method!(Core::get_task, 1))?;
+    core.define_method("register_events", method!(Core::register_events, 2))?;
+    core.define_method("event_definitions", method!(Core::event_definitions, 0))?;
     core.define_method("list_tasks", method!(Core::list_tasks, 1))?;
     core.define_method("cancel_task", method!(Core::cancel_task, 1))?;
     core.define_method("retry_step", method!(Core::retry_step, 2))?;

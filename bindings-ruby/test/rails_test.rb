@@ -70,6 +70,10 @@ class RailsTest < Minitest::Test
     assert_includes events, "step.completed.tasker #{id} charge"
     assert_includes events, "step.completed.tasker #{id} receipt"
     assert_includes events, "task.completed.tasker #{id} "
+    # The receipt handler published an event of config/tasker/events/shop.yml, registered at boot.
+    assert_includes events, "shop.receipt_sent.tasker #{id} receipt"
+    defined = JSON.parse(runner('puts JSON.generate(Tasker.engine.event_definitions.map { |d| [d["name"], d["fired_by"]] })'))
+    assert_equal [["shop.receipt_sent", ["Shop::ReceiptHandler"]]], defined
     log = File.read(File.join(@app, "log/test.log"))
     assert_match(/tasker: worker started \(until_idle, concurrency 4, Ruby handlers: Shop::ChargeHandler, Shop::ReceiptHandler\)/, log)
 

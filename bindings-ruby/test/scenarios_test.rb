@@ -433,6 +433,42 @@ class ScenariosTest < Minitest::Test
     assert_raises_matching(Tasker::TemplateError, /unknown key `owner`.*strict templates are on/) { strict.register_template(yaml) }
   end
 
+  def test_event_definition_files_let_any_handler_publish_with_a_checked_payload
+    dir = File.join(@tmp, "events")
+    FileUtils.mkdir_p(dir)
+    File.write(File.join(dir, "orders.yml"), <<~YAML)
+      events:
+        custom:
+          order_shipped:
+            constant: "order.shipped"
+            payload_schema:
+              order_id: { type: "String", required: true }
+            fired_by: ["ShippingService"]
+    YAML
+    assert_equal ["order.shipped"], engine.register_events(dir)
+    assert_equal [["order.shipped", ["ShippingService"]]], engine.event_definitions.map { |d| [d["name"], d["fired_by"]] }
+    engine.register_template("name: ship\nstep_templates:\n  - {name: ship}\n")
+    heard = []
+    engine.on("order.shipped") { |ev| heard << ev["metadata"]["payload"] }
+    engine.handler("ship") do |s|
+      begin
+        s.publish_custom_event("order.shipped", { order_id: 7 })
+        refused = nil
+      rescue Tasker::ValidationError => e
+        refused = e.message
+      end
+      s.publish_custom_event("order.shipped", { order_id: "o-1" })
+      { refused: refused }
+    end
+    task = engine.run_until_complete(engine.create_task("ship"), timeout: 30)
+    assert_equal "complete", task["status"]
+    assert_includes step(task, "ship")["results"]["refused"], "/order_id: 7 is not String"
+    assert_equal [{ "order_id" => "o-1" }], heard
+    assert_raises_matching(Tasker::ValidationError, /events\.custom\.x\.constant/) do
+      engine.register_events("events:\n  custom:\n    x: {constant: shipped}\n")
+    end
+  end
+
   private
 
   def assert_raises_matching(klass, pattern, &block)

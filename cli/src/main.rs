@@ -4,6 +4,7 @@
 //! `cancelled` (or an internal failure), 2 bad input (template, context, URL, arguments),
 //! 130 interrupted.
 
+mod events;
 mod output;
 mod telemetry;
 
@@ -80,6 +81,9 @@ enum Command {
     /// Register or list templates.
     #[command(subcommand)]
     Templates(TemplatesCmd),
+    /// Register or list event definition files (`config/tasker/events/*.yml`).
+    #[command(subcommand)]
+    Events(events::EventsCmd),
     /// Create a task from a registered template; prints its id.
     Create {
         name: String,
@@ -351,6 +355,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             metrics_bind,
         } => worker(&cli, *concurrency, *until_idle, *metrics_bind).await,
         Command::Templates(cmd) => templates(&cli, cmd).await,
+        Command::Events(cmd) => events::events(&cli, cmd).await,
         Command::Create {
             name,
             version,

@@ -967,3 +967,43 @@ fn unknown_template_keys_are_warned_about_on_stderr_and_refused_with_strict_temp
         stderr(&out)
     );
 }
+
+#[test]
+fn event_definition_files_register_and_list_and_a_bad_one_exits_2() {
+    let env = Env::new();
+    std::fs::create_dir(env.dir.path().join("events")).unwrap();
+    env.file(
+        "events/orders.yml",
+        "---\nevents:\n  custom:\n    order_shipped:\n      constant: \"order.shipped\"\n      description: \"Fired when an order ships\"\n      payload_schema:\n        order_id: { type: \"String\", required: true }\n        carrier: { type: \"String\" }\n      fired_by: [\"ShippingService\"]\n",
+    );
+    assert!(env.tasker(&["migrate"]).status.success());
+    let out = env.tasker(&["events", "register", "events"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("registered order.shipped (events/orders.yml)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.tasker(&["events", "list"]);
+    assert!(
+        stdout(&out).contains("order.shipped")
+            && stdout(&out).contains("payload: order_id, carrier?"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.tasker(&["events", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["fired_by"], serde_json::json!(["ShippingService"]));
+
+    let bad = env.file(
+        "bad.yml",
+        "events:\n  custom:\n    x: {constant: shipped}\n",
+    );
+    let out = env.tasker(&["events", "register", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("events.custom.x.constant: \"shipped\" must contain a '.'"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -221,6 +221,25 @@ class Engine:
 
     # ---- handlers and events -----------------------------------------------------------
 
+    def register_events(self, src: Union[str, "os.PathLike[str]"]) -> List[str]:
+        """Registers event definitions (the original's ``config/tasker/events/*.yml``: ``events:
+        custom: <key>: {constant, description, payload_schema, fired_by}``) from YAML text, a
+        file or a directory of them; returns the names registered. They are stored: every
+        process opened afterwards knows them. Any handler may publish a defined event, and its
+        payload is checked against ``payload_schema``."""
+        if isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and not src.lstrip().startswith("events:")):
+            defs = self._core.register_events(path=str(src))
+        elif isinstance(src, str):
+            defs = self._core.register_events(text=src)
+        else:
+            raise TypeError(f"register_events takes YAML text or a path, not {type(src).__name__}")
+        return [d["name"] for d in json.loads(defs)]
+
+    def event_definitions(self) -> List[Dict[str, Any]]:
+        """The stored event definitions: ``[{name, key, description, payload_schema: [{key,
+        type, required}], fired_by, source}]``."""
+        return json.loads(self._core.event_definitions())
+
     def handler(self, name: str) -> Callable[[Handler], Handler]:
         """Registers a function (``def`` or ``async def``) as the handler ``name``: steps whose
         ``handler_class`` is ``name`` run it. Its return value (JSON-able) is the step's results."""

@@ -91,6 +91,25 @@ module Tasker
     end
 
     # The task with its steps, as a Hash.
+    # Registers event definitions (the original's +config/tasker/events/*.yml+) from YAML
+    # text, a file or a directory; returns the names registered. Stored: every process opened
+    # afterwards knows them; any handler may publish a defined event, its payload checked.
+    def register_events(src)
+      text = src.to_s
+      defs = if text.include?("\n") || text.lstrip.start_with?("events:")
+               @core.register_events("yaml", text)
+             else
+               @core.register_events("path", File.expand_path(text))
+             end
+      JSON.parse(defs).map { |d| d["name"] }
+    end
+
+    # The stored event definitions (Hashes with name, key, description, payload_schema,
+    # fired_by, source).
+    def event_definitions
+      JSON.parse(@core.event_definitions)
+    end
+
     def get_task(id)
       JSON.parse(@core.get_task(Integer(id)))
     end

@@ -31,13 +31,18 @@ module Tasker
     config.tasker.environment = nil      # default Rails.env
     config.tasker.templates_path = "config/tasker/tasks"
     config.tasker.register_templates_at_boot = true
+    # Event definition files (the original's +custom_events_directories+): each a directory of
+    # *.yml / *.yaml files, or one file; registered with the templates.
+    config.tasker.custom_events_directories = ["config/tasker/events"]
 
     initializer "tasker.logger" do
       ActiveSupport.on_load(:after_initialize) { Tasker.logger = Rails.logger if Rails.logger }
     end
 
     config.after_initialize do |app|
-      Tasker.engine if app.config.tasker.register_templates_at_boot && Railtie.template_files.any?
+      if app.config.tasker.register_templates_at_boot && (Railtie.template_files.any? || Railtie.event_paths.any?)
+        Tasker.engine
+      end
     end
 
     rake_tasks do
@@ -86,9 +91,15 @@ module Tasker
         Dir[dir.join("*.{yml,yaml}").to_s].sort
       end
 
+      # The existing entries of +config.tasker.custom_events_directories+.
+      def event_paths
+        Array(settings.custom_events_directories).map { |d| Rails.root.join(d.to_s).to_s }.select { |p| File.exist?(p) }
+      end
+
       def open_engine
         url, schema = database_url
         engine = Tasker::Engine.new(url, schema: schema, environment: (settings.environment || Rails.env).to_s)
+        event_paths.each { |p| engine.register_events(p) }
         template_files.each { |f| engine.register_template(f) }
         engine.on("*") do |event|
           ActiveSupport::Notifications.instrument("#{event['name']}.tasker", event)

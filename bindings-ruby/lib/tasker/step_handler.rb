@@ -81,7 +81,8 @@ module Tasker
         step.results = process_output unless step.results_set?
       end
 
-      # Publishes a custom event the template declares for this step.
+      # Publishes a custom event the template declares for this step, or one an event
+      # definition file defines (its payload checked against the payload_schema).
       def publish_custom_event(name, payload = {})
         raise Tasker::Error, "publish_custom_event is only available while process runs" unless @tasker_step
 
