@@ -149,12 +149,27 @@ export interface EventDefinition {
   source?: string
 }
 
+/** One event of the catalogue (`eventCatalog()`, `GET /events`). */
+export interface CatalogEntry {
+  name: string
+  category: string
+  description: string
+  payload_keys: string[]
+  /** False for the original's events with no meaning here (`note` says why). */
+  emitted: boolean
+  note?: string
+  fired_by?: string[]
+  source?: string
+}
+
 export declare class Engine {
   constructor(url?: string | null, options?: EngineOptions)
   registerTemplate(src: string | object): Promise<string>
   /** Registers event definition files (YAML text, a file or a directory); resolves to the names. */
   registerEvents(src: string): Promise<string[]>
   eventDefinitions(): Promise<EventDefinition[]>
+  /** Every event a subscriber may hear, with category, description and payload keys. */
+  eventCatalog(): Promise<CatalogEntry[]>
   handler(name: string, fn: Handler): this
   on(event: string, fn: (event: TaskerEvent) => void): this
   createTask(name: string, context?: { [key: string]: Json }, options?: CreateTaskOptions): Promise<number>

@@ -274,6 +274,12 @@ class Engine {
     return defs.map((d) => d.name)
   }
 
+  /** Every event a subscriber may hear (the engine's, the original's, defined and declared ones). */
+  async eventCatalog () {
+    const core = await this._core()
+    return JSON.parse(await call(core.eventCatalog()))
+  }
+
   /** The stored event definitions. */
   async eventDefinitions () {
     const core = await this._core()

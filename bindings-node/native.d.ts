@@ -9,6 +9,7 @@ export declare class Core {
   createTasks(requestsJson: string): Promise<Array<number>>
   registerEvents(kind: 'yaml' | 'path', text: string): Promise<string>
   eventDefinitions(): Promise<string>
+  eventCatalog(): Promise<string>
   getTask(taskId: number): Promise<string>
   listTasks(filterJson: string): Promise<string>
   cancelTask(taskId: number): Promise<void>

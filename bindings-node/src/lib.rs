@@ -202,6 +202,16 @@ impl Core {
             .map_err(err)
     }
 
+    /// The event catalogue, as JSON.
+    #[napi]
+    pub async fn event_catalog(&self) -> Result<String> {
+        self.engine
+            .event_catalog()
+            .await
+            .map(|c| json_text(&c))
+            .map_err(err)
+    }
+
     /// Every stored event definition, as JSON.
     #[napi]
     pub async fn event_definitions(&self) -> Result<String> {

@@ -255,6 +255,10 @@ events:
   const t = await engine.runUntilComplete(await engine.createTask('ship'), { timeout: 30 })
   assert.equal(t.status, 'complete')
   assert.deepEqual(heard, [{ order_id: 'o-1' }])
+  const catalog = new Map((await engine.eventCatalog()).map((e) => [e.name, e]))
+  assert.deepEqual(catalog.get('order.shipped').fired_by, ['ShippingService'])
+  assert.equal(catalog.get('workflow.task_completed').emitted, true)
+  assert.equal(catalog.get('workflow.no_viable_steps').emitted, false)
   await assert.rejects(engine.registerEvents('events:\n  custom:\n    x: {constant: shipped}\n'),
     (e) => e instanceof ValidationError && /events\.custom\.x\.constant/.test(e.message))
 })

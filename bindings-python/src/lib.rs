@@ -313,6 +313,14 @@ impl Core {
         })
     }
 
+    /// The event catalogue, as a JSON array.
+    fn event_catalog(&self, py: Python<'_>) -> PyResult<String> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.event_catalog().await.map(|c| json_text(&c))
+        })
+    }
+
     /// Every stored event definition, as a JSON array.
     fn event_definitions(&self, py: Python<'_>) -> PyResult<String> {
         let e = self.engine.clone();

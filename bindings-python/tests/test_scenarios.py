@@ -424,6 +424,13 @@ def test_events_carry_every_transition_of_a_run_in_order(engine):
     engine.on("step.failed")(lambda ev: failed.append(ev["metadata"]["error"]))
     tid = engine.create_task("flaky_once")
     engine.run_until_complete(tid, timeout=30)
+    # "*" hears the original's events too (workflow.*, observability.*, step.before_handle),
+    # each after what it follows; the transitions' own events are the task.* / step.* rest.
+    everything = [n for n, _, _ in seen]
+    assert everything.index("workflow.step_failed") == everything.index("step.failed") + 1
+    assert everything.count("step.before_handle") == 3
+    derived = ("workflow.", "observability.", "step.before_handle")
+    seen = [e for e in seen if not e[0].startswith(derived)]
     names = [n for n, _, _ in seen]
     expected = [
         ("task.initialize_requested", None, None),
@@ -570,5 +577,9 @@ def test_event_definition_files_let_any_handler_publish_with_a_checked_payload(e
 
     assert engine.run_until_complete(engine.create_task("ship", {}), timeout=30)["status"] == "complete"
     assert heard == [{"order_id": "o-1"}]
+    catalog = {e["name"]: e for e in engine.event_catalog()}
+    assert catalog["order.shipped"]["fired_by"] == ["ShippingService"]
+    assert catalog["workflow.step_failed"]["emitted"] is True
+    assert catalog["workflow.no_viable_steps"]["emitted"] is False
     with pytest.raises(tasker.ValidationError, match=r"events.custom.x.constant"):
         engine.register_events("events:\n  custom:\n    x: {constant: shipped}\n")

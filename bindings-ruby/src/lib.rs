@@ -337,6 +337,12 @@ impl Core {
         })
     }
 
+    fn event_catalog(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move {
+            e.event_catalog().await.map(|c| json_text(&c))
+        })
+    }
+
     fn event_definitions(ruby: &Ruby, rb_self: &Self) -> Result<String, Error> {
         rb_self.call(ruby, |e| async move {
             e.event_definitions().await.map(|d| json_text(&d))
@@ -596,6 +602,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     core.define_method("get_task", method!(Core::get_task, 1))?;
     core.define_method("register_events", method!(Core::register_events, 2))?;
     core.define_method("event_definitions", method!(Core::event_definitions, 0))?;
+    core.define_method("event_catalog", method!(Core::event_catalog, 0))?;
     core.define_method("list_tasks", method!(Core::list_tasks, 1))?;
     core.define_method("cancel_task", method!(Core::cancel_task, 1))?;
     core.define_method("retry_step", method!(Core::retry_step, 2))?;

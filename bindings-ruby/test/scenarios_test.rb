@@ -279,6 +279,13 @@ class ScenariosTest < Minitest::Test
     assert_raises(Tasker::ValidationError) { engine.on("step.exploded") { nil } }
     assert_raises(Tasker::ValidationError) { engine.on("task.mine") { nil } }
     engine.run_until_complete(engine.create_task("flaky_once"), timeout: 30)
+    # "*" hears the original's events too (workflow.*, observability.*, step.before_handle),
+    # each after what it follows; the transitions' own events are the rest.
+    names = seen.map(&:first)
+    assert_equal names.index("step.failed") + 1, names.index("workflow.step_failed")
+    assert_equal "workflow.task_completed", names.last
+    assert_equal 3, names.count("step.before_handle")
+    seen.reject! { |n, _, _| n.start_with?("workflow.", "observability.", "step.before_handle") }
     expected = [
       ["task.initialize_requested", nil, nil], ["step.initialize_requested", "f", 0],
       ["step.initialize_requested", "g", 0], ["step.execution_requested", "f", 1],
@@ -464,6 +471,9 @@ class ScenariosTest < Minitest::Test
     assert_equal "complete", task["status"]
     assert_includes step(task, "ship")["results"]["refused"], "/order_id: 7 is not String"
     assert_equal [{ "order_id" => "o-1" }], heard
+    catalog = engine.event_catalog.to_h { |e| [e["name"], e] }
+    assert_equal ["ShippingService"], catalog["order.shipped"]["fired_by"]
+    assert_equal false, catalog["workflow.no_viable_steps"]["emitted"]
     assert_raises_matching(Tasker::ValidationError, /events\.custom\.x\.constant/) do
       engine.register_events("events:\n  custom:\n    x: {constant: shipped}\n")
     end

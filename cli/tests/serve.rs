@@ -1682,3 +1682,86 @@ async fn analytics_and_creation_time_filters_over_http() {
         "{e}"
     );
 }
+
+// ---- the event catalogue ----
+
+#[tokio::test]
+async fn the_event_catalogue_lists_the_engines_the_originals_defined_and_declared_events() {
+    let db = Db::new();
+    std::fs::write(
+        db.path("orders.yml"),
+        "events:\n  custom:\n    order_shipped:\n      constant: order.shipped\n      description: Fired when an order ships\n      payload_schema:\n        order_id: {type: String, required: true}\n      fired_by: [ShippingService]\n",
+    )
+    .unwrap();
+    let out = db.tasker(&[
+        "events",
+        "register",
+        db.path("orders.yml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db.register(
+        "name: notify\nnamespace_name: shop\ncustom_events: [{name: receipt_sent, description: a receipt left}]\nstep_templates:\n  - {name: a, handler_class: command, handler_config: {command: 'true'}}\n",
+    );
+    let s = Server::start(&db, &[]);
+    let (code, cat) = s.get("/events").await;
+    assert_eq!(code, StatusCode::OK, "{cat}");
+    let find = |name: &str| {
+        cat["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    let failed = find("step.failed");
+    assert_eq!(
+        (failed["category"].as_str(), failed["emitted"].as_bool()),
+        (Some("step"), Some(true))
+    );
+    assert!(failed["payload_keys"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("metadata.error")));
+    let wf = find("workflow.step_failed");
+    assert!(wf["payload_keys"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("metadata.error_class")));
+    let not = find("workflow.task_reenqueue_requested");
+    assert_eq!(not["emitted"], false);
+    assert!(not["note"].as_str().unwrap().starts_with("not emitted: "));
+    let shipped = find("order.shipped");
+    assert_eq!(shipped["fired_by"], json!(["ShippingService"]));
+    assert!(shipped["payload_keys"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("metadata.payload.order_id")));
+    assert_eq!(find("receipt_sent")["source"], "shop.notify@0.1.0");
+
+    let (_, doc) = s.get("/openapi.json").await;
+    let root = json!({"$ref": "#/components/schemas/EventCatalog", "components": doc["components"].clone()});
+    let v = jsonschema::validator_for(&root).unwrap();
+    assert!(v.is_valid(&cat), "{cat}");
+
+    let body = gql(
+        &s,
+        None,
+        "{ eventCatalog { name category emitted note payloadKeys firedBy source } }",
+        json!({}),
+    )
+    .await;
+    let list = body["data"]["eventCatalog"].as_array().unwrap();
+    assert_eq!(
+        list.len(),
+        cat["events"].as_array().unwrap().len(),
+        "{body}"
+    );
+    assert!(list
+        .iter()
+        .any(|e| e["name"] == "order.shipped" && e["firedBy"] == json!(["ShippingService"])));
+}

@@ -140,6 +140,7 @@ pub const ROUTES: &[(&str, &str, Access)] = {
             "/handlers/{namespace}/{name}",
             Permission("tasker.handler:show"),
         ),
+        ("GET", "/events", Permission("tasker.event:index")),
         // Each query and mutation checks its own permission (graphql.rs).
         ("POST", "/graphql", Authenticated),
         ("GET", "/openapi.json", Authenticated),

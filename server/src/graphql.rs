@@ -244,6 +244,20 @@ async fn step_now(ctx: &Context<'_>, task_id: i64, name: &str) -> async_graphql:
     Ok(Step::new(&t, s))
 }
 
+/// One event of the catalogue (`eventCatalog`; `GET /events` in REST).
+#[derive(SimpleObject)]
+struct EventEntry {
+    name: String,
+    category: String,
+    description: String,
+    payload_keys: Vec<String>,
+    /// False for the original's events with no meaning here (`note` says why).
+    emitted: bool,
+    note: Option<String>,
+    fired_by: Vec<String>,
+    source: Option<String>,
+}
+
 pub struct QueryRoot;
 
 #[Object]
@@ -284,6 +298,29 @@ impl QueryRoot {
             .await
             .map_err(core_err)?;
         Ok(Task::from_snapshot(t))
+    }
+
+    /// Every event a subscriber may hear (the original's included), defined and declared ones.
+    async fn event_catalog(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<EventEntry>> {
+        require(ctx, "tasker.event:index")?;
+        let cat = ctx
+            .data::<Engine>()?
+            .event_catalog()
+            .await
+            .map_err(core_err)?;
+        Ok(cat
+            .into_iter()
+            .map(|e| EventEntry {
+                name: e.name,
+                category: e.category,
+                description: e.description,
+                payload_keys: e.payload_keys,
+                emitted: e.emitted,
+                note: e.note,
+                fired_by: e.fired_by,
+                source: e.source,
+            })
+            .collect())
     }
 
     /// A step by name or id.

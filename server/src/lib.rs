@@ -121,6 +121,7 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
         .route("/handlers", get(routes::handlers))
         .route("/handlers/{namespace}", get(routes::namespace_handlers))
         .route("/handlers/{namespace}/{name}", get(routes::handler))
+        .route("/events", get(routes::event_catalog))
         .route("/graphql", post(graphql::handle))
         .route("/openapi.json", get(routes::openapi))
         .route("/analytics/performance", get(routes::performance))

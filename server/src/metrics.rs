@@ -114,7 +114,8 @@ fn describe() {
     );
 }
 
-/// Counts the lifecycle events of this process by name (`tasker_events_total{event}`) and step
+/// Counts the events of this process by name (`tasker_events_total{event}`: lifecycle, derived
+/// `workflow.*` and worker events, custom ones) and step
 /// failures by kind. (The engine itself records the rest when opened with
 /// `EngineOptions::metrics`: see [`describe`].)
 pub fn count_events(engine: &Engine) {

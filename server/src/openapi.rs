@@ -33,6 +33,7 @@ use crate::routes;
         routes::handlers,
         routes::namespace_handlers,
         routes::handler,
+        routes::event_catalog,
         routes::live,
         routes::ready,
         routes::status,
@@ -45,7 +46,7 @@ use crate::routes;
         crate::dashboard::asset,
     ),
     tags(
-        (name = "tasks"), (name = "steps"), (name = "handlers"), (name = "health"),
+        (name = "tasks"), (name = "steps"), (name = "handlers"), (name = "events"), (name = "health"),
         (name = "graphql"), (name = "meta"), (name = "analytics"), (name = "dashboard")
     )
 )]

@@ -257,6 +257,13 @@ pub struct NamespaceLine {
     pub handler_count: usize,
 }
 
+/// `GET /events`: every event a subscriber may hear.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventCatalog {
+    pub events: Vec<tasker_core::events::CatalogEntry>,
+    pub generated_at: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NamespaceList {
     pub namespaces: Vec<NamespaceLine>,

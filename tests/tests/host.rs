@@ -79,7 +79,18 @@ async fn a_host_runs_a_task_through_next_started_and_finished() {
     assert_eq!(t.status, TaskState::Complete);
     assert_eq!(t.step("b").unwrap().results, json!(40));
     assert_eq!(events.iter().filter(|n| **n == "step.completed").count(), 2);
-    assert_eq!(events.last().map(String::as_str), Some("task.completed"));
+    // The task's last transition, then the original's workflow event derived from it.
+    assert_eq!(
+        events[events.len() - 2..],
+        ["task.completed", "workflow.task_completed"]
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|n| **n == "step.before_handle")
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]

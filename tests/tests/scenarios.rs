@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tasker_conformance::Harness;
 use tasker_core::{
-    Claim, Error, HandlerError, Outcome, Registry, Report, StepFailure, StepState, TaskFilter,
-    TaskRequest, TaskState, Worker, WorkerOptions,
+    Claim, Error, Event, HandlerError, Outcome, Registry, Report, StepFailure, StepState,
+    TaskFilter, TaskRequest, TaskState, Worker, WorkerOptions,
 };
 
 fn int(v: &Value, path: &str) -> i64 {
@@ -877,8 +877,45 @@ async fn every_transition_emits_exactly_one_event_after_commit() {
     while let Ok(e) = rx.try_recv() {
         events.push(e);
     }
-    assert_eq!(events.len(), rows.len());
+    let transitions: Vec<&Event> = events
+        .iter()
+        .map(|e| e.as_ref())
+        .filter(|e| e.is_transition())
+        .collect();
+    assert_eq!(transitions.len(), rows.len());
+    // Besides, the original's workflow.* / observability.* events, each right after the
+    // transition it follows, with the original's keys.
     let names: Vec<&str> = events.iter().map(|e| e.name.as_ref()).collect();
+    let after = |a: &str, b: &str| names.windows(2).any(|w| w == [a, b]);
+    assert!(after("step.failed", "workflow.step_failed"), "{names:?}");
+    assert!(
+        after("workflow.step_failed", "observability.step.backoff"),
+        "{names:?}"
+    );
+    assert!(
+        after("step.completed", "workflow.step_completed"),
+        "{names:?}"
+    );
+    assert!(
+        after("task.completed", "workflow.task_completed"),
+        "{names:?}"
+    );
+    let wf = events
+        .iter()
+        .find(|e| e.name == "workflow.step_failed")
+        .unwrap();
+    assert_eq!(
+        (
+            &wf.metadata["error_message"],
+            &wf.metadata["attempt_number"]
+        ),
+        (&json!("flake 1"), &json!(1))
+    );
+    let derived: usize = transitions
+        .iter()
+        .map(|e| tasker_core::events::derived(e).len())
+        .sum();
+    assert_eq!(events.len(), rows.len() + derived, "{names:?}");
     for expected in [
         "task.initialize_requested",
         "task.start_requested",

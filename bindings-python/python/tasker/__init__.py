@@ -240,6 +240,13 @@ class Engine:
         type, required}], fired_by, source}]``."""
         return json.loads(self._core.event_definitions())
 
+    def event_catalog(self) -> List[Dict[str, Any]]:
+        """Every event a subscriber may hear: ``[{name, category, description, payload_keys,
+        emitted, note?, fired_by?, source?}]`` — the engine's (the original's included, with
+        ``emitted: False`` and why where they have no meaning here), the defined ones and those
+        registered templates declare."""
+        return json.loads(self._core.event_catalog())
+
     def handler(self, name: str) -> Callable[[Handler], Handler]:
         """Registers a function (``def`` or ``async def``) as the handler ``name``: steps whose
         ``handler_class`` is ``name`` run it. Its return value (JSON-able) is the step's results."""

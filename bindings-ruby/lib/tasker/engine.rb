@@ -110,6 +110,13 @@ module Tasker
       JSON.parse(@core.event_definitions)
     end
 
+    # Every event a subscriber may hear (Hashes with name, category, description,
+    # payload_keys, emitted, note, fired_by, source): the engine's, the original's (emitted
+    # false where they have no meaning here), the defined ones and those templates declare.
+    def event_catalog
+      JSON.parse(@core.event_catalog)
+    end
+
     def get_task(id)
       JSON.parse(@core.get_task(Integer(id)))
     end

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::events::{parse_event_definitions, read_event_definitions, EventDefinition};
+use crate::events::{
+    parse_event_definitions, read_event_definitions, CatalogEntry, EventDefinition,
+};
 use crate::store::EventDefinitionRow;
 
 /// Event definitions as a host hands them over ([`Engine::register_events`]).
@@ -76,5 +78,73 @@ impl Engine {
             .unwrap()
             .get(name)
             .cloned()
+    }
+}
+
+impl Engine {
+    /// Every event a subscriber may hear, with its category, description and payload keys:
+    /// the engine's own ([`crate::events::system_catalog`], the original's events it does not
+    /// emit included, `emitted: false`), the defined ones, and those registered templates
+    /// declare.
+    pub async fn event_catalog(&self) -> Result<Vec<CatalogEntry>> {
+        let mut out = crate::events::system_catalog();
+        let custom_keys = |payload: &mut dyn Iterator<Item = String>| -> Vec<String> {
+            [
+                "task_id",
+                "step_id",
+                "step_name",
+                "attempt",
+                "at_ms",
+                "metadata.event_type",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(payload)
+            .collect()
+        };
+        for d in self.event_definitions().await? {
+            let mut payload = d
+                .payload_schema
+                .iter()
+                .map(|f| format!("metadata.payload.{}", f.key));
+            out.push(CatalogEntry {
+                payload_keys: custom_keys(&mut payload),
+                name: d.name,
+                category: d.category,
+                description: d.description.unwrap_or_default(),
+                emitted: true,
+                note: None,
+                fired_by: d.fired_by,
+                source: d.source,
+            });
+        }
+        for t in self.templates().await?.into_iter().filter(|t| t.current) {
+            let key = format!("{}.{}@{}", t.namespace, t.name, t.version);
+            for e in t.custom_events {
+                if let Some(known) = out.iter_mut().find(|c| c.name == e.name) {
+                    if known.category != "custom" || known.source.as_deref() == Some(&key) {
+                        continue;
+                    }
+                    let from = known.source.take().unwrap_or_default();
+                    known.source = Some(if from.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{from}, {key}")
+                    });
+                    continue;
+                }
+                out.push(CatalogEntry {
+                    name: e.name,
+                    category: "custom".into(),
+                    description: e.description.unwrap_or_default(),
+                    payload_keys: custom_keys(&mut std::iter::once("metadata.payload".to_owned())),
+                    emitted: true,
+                    note: None,
+                    fired_by: Vec::new(),
+                    source: Some(key.clone()),
+                });
+            }
+        }
+        Ok(out)
     }
 }

@@ -19,6 +19,29 @@ impl Engine {
         self.publish_custom_event_for(job.key, &job.step_name, &job.custom_events, name, payload)
     }
 
+    /// Announces that a job's handler is about to be called: `step.before_handle` and
+    /// `observability.step.handle` (the original's names), `metadata = {handler}`. The worker
+    /// calls it as it hands the job to the handler (in the driver or to the host language).
+    pub fn announce_handle(&self, job: &Job) {
+        let inner = &self.inner;
+        if inner.events.receiver_count() == 0 {
+            return;
+        }
+        for name in ["step.before_handle", "observability.step.handle"] {
+            let _ = inner.events.send(Arc::new(crate::events::Event {
+                name: std::borrow::Cow::Borrowed(name),
+                task_id: job.key.task_id,
+                step_id: Some(job.key.step_id),
+                step_name: Some(job.step_name.clone()),
+                from_state: None,
+                to_state: None,
+                attempt: Some(job.key.attempt),
+                metadata: json!({"handler": job.handler}),
+                at_ms: self.now(),
+            }));
+        }
+    }
+
     /// [`Engine::publish_custom_event`] for a host that keeps the job's key, step name and
     /// declared events instead of the [`Job`].
     pub fn publish_custom_event_for(

@@ -664,8 +664,9 @@ fn announce(engine: &Engine, changes: Vec<Change>, work: bool, tasks_changed: bo
     }
 }
 
+/// Sends a transition's event, then the events derived from it ([`crate::events::derived`]).
 fn send(engine: &Engine, c: Change) {
-    let _ = engine.inner.events.send(Arc::new(Event {
+    let e = Event {
         name: std::borrow::Cow::Borrowed(c.event),
         task_id: c.row.task_id,
         step_id: c.row.step_id,
@@ -675,7 +676,12 @@ fn send(engine: &Engine, c: Change) {
         attempt: c.attempt,
         metadata: c.metadata,
         at_ms: c.row.created_at,
-    }));
+    };
+    let derived = crate::events::derived(&e);
+    let _ = engine.inner.events.send(Arc::new(e));
+    for d in derived {
+        let _ = engine.inner.events.send(Arc::new(d));
+    }
 }
 
 /// Announces the transition rows a store wrote for a claim

@@ -2,7 +2,7 @@
 //!
 //! ```yaml
 //! events:
-//!   custom:
+//!   custom:                            # a category (the original's files use `custom`)
 //!     order_processed:                 # a key, for people
 //!       constant: "order.processed"    # the event's name
 //!       description: "Fired when an order is fully processed"
@@ -32,6 +32,10 @@ pub struct EventDefinition {
     pub name: String,
     /// The entry's key in the file (`order_processed`).
     pub key: String,
+    /// The category the file files it under (`events: <category>: ...`; `custom` in the
+    /// original's files).
+    #[serde(default = "custom_category")]
+    pub category: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Payload keys in the file's order.
@@ -42,6 +46,10 @@ pub struct EventDefinition {
     /// The file it came from, when it came from one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+}
+
+fn custom_category() -> String {
+    "custom".into()
 }
 
 /// One key of a payload schema.
@@ -79,13 +87,8 @@ const TYPES: &[(&str, &str)] = &[
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRaw {
-    events: EventsRaw,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsRaw {
-    custom: serde_json::Map<String, Value>,
+    /// Category -> key -> entry.
+    events: serde_json::Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -115,72 +118,103 @@ pub fn parse_event_definitions(text: &str, source: &str) -> Result<Vec<EventDefi
     // serde_norway keeps a mapping's order only into its own Value; go through it.
     let yaml: serde_norway::Value =
         serde_norway::from_str(text).map_err(|e| format!("{source}: YAML syntax error: {e}"))?;
-    let order = custom_keys_in_order(&yaml);
+    let categories = keys_in_order(yaml.get("events"));
     let doc: Value =
         serde_json::to_value(&yaml).map_err(|e| format!("{source}: not JSON-able YAML: {e}"))?;
     let raw: FileRaw = serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         format!(
-            "{source}: {}: {} (an event definition file is `events: custom: <key>: {{constant, description, payload_schema, fired_by}}`)",
-            if path == "." { "the top level".to_owned() } else { path },
+            "{source}: {}: {} ({SHAPE})",
+            if path == "." {
+                "the top level".to_owned()
+            } else {
+                path
+            },
             e.into_inner()
         )
     })?;
     let mut out = Vec::new();
-    for (key, entry) in ordered(raw.events.custom, &order) {
-        let place = format!("{source}: events.custom.{key}");
-        let e: EntryRaw = serde_path_to_error::deserialize(entry).map_err(|e| {
-            let path = e.path().to_string();
-            let at = if path == "." {
-                place.clone()
-            } else {
-                format!("{place}.{path}")
-            };
-            format!("{at}: {}", e.into_inner())
-        })?;
-        super::check_custom_event_name(&e.constant)
-            .map_err(|why| format!("{place}.constant: {why}"))?;
-        let field_order = payload_keys_in_order(&yaml, &key);
-        let mut payload_schema = Vec::new();
-        for (field, spec) in ordered(e.payload_schema, &field_order) {
-            let f: FieldRaw = serde_path_to_error::deserialize(spec).map_err(|err| {
-                format!(
-                    "{place}.payload_schema.{field}: {} (a field is {{type: String, required: true}})",
-                    err.into_inner()
-                )
-            })?;
-            if !TYPES.iter().any(|(t, _)| *t == f.kind) {
-                return Err(format!(
-                    "{place}.payload_schema.{field}.type: unknown type {:?} (one of {})",
-                    f.kind,
-                    TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
-                ));
-            }
-            payload_schema.push(PayloadField {
-                key: field,
-                kind: f.kind,
-                required: f.required,
-            });
+    for (category, entries) in ordered(raw.events, &categories) {
+        let Value::Object(entries) = entries else {
+            return Err(format!(
+                "{source}: events.{category}: expected a mapping of events ({SHAPE})"
+            ));
+        };
+        let order = keys_in_order(yaml.get("events").and_then(|e| e.get(category.as_str())));
+        for (key, entry) in ordered(entries, &order) {
+            out.push(parse_entry(&yaml, source, &category, key, entry)?);
         }
-        out.push(EventDefinition {
-            name: e.constant,
-            key,
-            description: e.description,
-            payload_schema,
-            fired_by: e.fired_by,
-            source: Some(source.to_owned()),
-        });
     }
     let mut seen = BTreeMap::new();
     for d in &out {
-        if let Some(first) = seen.insert(d.name.as_str(), d.key.as_str()) {
+        if let Some(first) = seen.insert(d.name.as_str(), (d.category.as_str(), d.key.as_str())) {
             return Err(format!(
-                "{source}: events.custom.{} and events.custom.{first} both define {:?}",
-                d.key, d.name
+                "{source}: events.{}.{} and events.{}.{} both define {:?}",
+                d.category, d.key, first.0, first.1, d.name
             ));
         }
     }
     Ok(out)
+}
+
+const SHAPE: &str = "an event definition file is `events: <category>: <key>: {constant, description, payload_schema, fired_by}`";
+
+/// One entry `events.<category>.<key>`.
+fn parse_entry(
+    yaml: &serde_norway::Value,
+    source: &str,
+    category: &str,
+    key: String,
+    entry: Value,
+) -> Result<EventDefinition, String> {
+    let place = format!("{source}: events.{category}.{key}");
+    let e: EntryRaw = serde_path_to_error::deserialize(entry).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            place.clone()
+        } else {
+            format!("{place}.{path}")
+        };
+        format!("{at}: {}", e.into_inner())
+    })?;
+    super::check_custom_event_name(&e.constant)
+        .map_err(|why| format!("{place}.constant: {why}"))?;
+    let field_order = keys_in_order(
+        yaml.get("events")
+            .and_then(|e| e.get(category))
+            .and_then(|c| c.get(key.as_str()))
+            .and_then(|e| e.get("payload_schema")),
+    );
+    let mut payload_schema = Vec::new();
+    for (field, spec) in ordered(e.payload_schema, &field_order) {
+        let f: FieldRaw = serde_path_to_error::deserialize(spec).map_err(|err| {
+            format!(
+                "{place}.payload_schema.{field}: {} (a field is {{type: String, required: true}})",
+                err.into_inner()
+            )
+        })?;
+        if !TYPES.iter().any(|(t, _)| *t == f.kind) {
+            return Err(format!(
+                "{place}.payload_schema.{field}.type: unknown type {:?} (one of {})",
+                f.kind,
+                TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        payload_schema.push(PayloadField {
+            key: field,
+            kind: f.kind,
+            required: f.required,
+        });
+    }
+    Ok(EventDefinition {
+        name: e.constant,
+        key,
+        category: category.to_owned(),
+        description: e.description,
+        payload_schema,
+        fired_by: e.fired_by,
+        source: Some(source.to_owned()),
+    })
 }
 
 /// The definitions of a file, or of every `*.yml` / `*.yaml` file of a directory (by name).
@@ -271,25 +305,9 @@ fn matches_type(kind: &str, v: &Value) -> bool {
     }
 }
 
-/// `events.custom`'s keys in the file's order (serde_json's map sorts them).
-fn custom_keys_in_order(yaml: &serde_norway::Value) -> Vec<String> {
-    yaml.get("events")
-        .and_then(|e| e.get("custom"))
-        .and_then(serde_norway::Value::as_mapping)
-        .map(|m| {
-            m.keys()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn payload_keys_in_order(yaml: &serde_norway::Value, key: &str) -> Vec<String> {
-    yaml.get("events")
-        .and_then(|e| e.get("custom"))
-        .and_then(|c| c.get(key))
-        .and_then(|e| e.get("payload_schema"))
-        .and_then(serde_norway::Value::as_mapping)
+/// A YAML mapping's keys in the file's order (serde_json's map sorts them).
+fn keys_in_order(v: Option<&serde_norway::Value>) -> Vec<String> {
+    v.and_then(serde_norway::Value::as_mapping)
         .map(|m| {
             m.keys()
                 .filter_map(|k| k.as_str().map(str::to_owned))
@@ -394,7 +412,10 @@ events:
                 "events: {custom: {x: {constant: a.b, payload_schema: {k: {type: Money}}}}}",
                 "payload_schema.k.type: unknown type \"Money\"",
             ),
-            ("events: {task: {}}", "unknown field `task`"),
+            (
+                "events: {custom: [1]}",
+                "events.custom: expected a mapping of events",
+            ),
             (
                 "custom: {}",
                 "custom: unknown field `custom`, expected `events`",

@@ -7,6 +7,7 @@
 //! than the channel capacity loses the oldest events and is told how many (`Lagged`); the
 //! transition rows in the database remain the complete record.
 
+mod catalog;
 mod definitions;
 
 use std::borrow::Cow;
@@ -14,6 +15,9 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use catalog::{
+    derived, is_emitted_system_event, is_lifecycle_event, system_catalog, CatalogEntry,
+};
 pub use definitions::{
     parse_event_definitions, read_event_definitions, EventDefinition, PayloadField,
 };
@@ -66,9 +70,16 @@ impl Event {
         self.step_id.is_none()
     }
 
+    /// True for a state transition's own event (one per transition row), not one derived
+    /// from it (`workflow.*`), a worker's (`step.before_handle`) or a custom one.
+    pub fn is_transition(&self) -> bool {
+        is_lifecycle_event(&self.name)
+    }
+
     /// True for an event a handler published (not a state transition).
     pub fn is_custom(&self) -> bool {
-        self.to_state.is_none() && self.name != LAGGED
+        self.to_state.is_none()
+            && self.metadata.get("event_type").and_then(Value::as_str) == Some("custom")
     }
 }
 
@@ -135,7 +146,10 @@ fn check_plain_event_name(name: &str) -> Result<(), String> {
 /// Checks a subscription pattern: `*`, a lifecycle event, or a valid custom event name
 /// (dotted, or plain as a template may declare it).
 pub fn check_subscription(name: &str) -> Result<(), String> {
-    if name == "*" || crate::state::all_event_names().contains(&name) {
+    if name == "*"
+        || crate::state::all_event_names().contains(&name)
+        || is_emitted_system_event(name)
+    {
         return Ok(());
     }
     check_declared_event_name(name).map_err(|why| {

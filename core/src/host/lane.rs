@@ -306,6 +306,7 @@ impl Lane {
     /// Starts a job: in the driver when its registry has the handler (or nobody has it), else
     /// on the host.
     fn dispatch(&mut self, job: Job) {
+        self.engine.announce_handle(&job);
         let key = job.key;
         let handler = self.engine.metrics_on().then(|| job.handler.clone());
         let own = self.setup.registry.get(&job.handler);

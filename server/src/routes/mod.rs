@@ -15,8 +15,8 @@ pub use steps::*;
 pub use tasks::*;
 // (Named: `handler` is also a view's name, which the glob of views below brings in.)
 pub use templates::{
-    __path_handler, __path_handlers, __path_namespace_handlers, handler, handlers,
-    namespace_handlers,
+    __path_event_catalog, __path_handler, __path_handlers, __path_namespace_handlers,
+    event_catalog, handler, handlers, namespace_handlers,
 };
 
 use std::collections::HashMap;

@@ -88,3 +88,14 @@ pub async fn handler(
     })
     .into_response())
 }
+
+/// The event catalogue: the engine's events (the original's included, `emitted: false` where
+/// they have no meaning here), the defined ones and those templates declare.
+#[utoipa::path(get, path = "/events", tag = "events", responses((status = 200, body = EventCatalog)))]
+pub async fn event_catalog(State(st): State<AppState>) -> ApiResult {
+    Ok(Json(EventCatalog {
+        events: st.engine.event_catalog().await?,
+        generated_at: now(),
+    })
+    .into_response())
+}
