@@ -216,6 +216,22 @@ fn keys(own: &[&str], metadata: &[&str]) -> Vec<String> {
         .collect()
 }
 
+impl CatalogEntry {
+    /// An entry of the engine's own events (no `fired_by`, no `source`).
+    fn system(name: &str, category: &str, description: &str, payload_keys: Vec<String>) -> Self {
+        CatalogEntry {
+            name: name.to_owned(),
+            category: category.to_owned(),
+            description: description.to_owned(),
+            payload_keys,
+            emitted: true,
+            note: None,
+            fired_by: Vec::new(),
+            source: None,
+        }
+    }
+}
+
 /// The engine's own events: every lifecycle event, the derived and worker events, and the
 /// original's events this engine does not emit (`emitted: false`, with why).
 pub fn system_catalog() -> Vec<CatalogEntry> {
@@ -226,48 +242,26 @@ pub fn system_catalog() -> Vec<CatalogEntry> {
             STEP_KEYS
         }
     };
-    let mut out: Vec<CatalogEntry> = LIFECYCLE
+    let lifecycle = LIFECYCLE.iter().map(|(name, description, meta)| {
+        let category = name.split('.').next().unwrap_or("");
+        CatalogEntry::system(name, category, description, keys(own(name), meta))
+    });
+    let derived = DERIVED.iter().map(|(name, category, description, meta)| {
+        CatalogEntry::system(name, category, description, keys(own(name), meta))
+    });
+    let not_emitted = NOT_EMITTED
         .iter()
-        .map(|(name, description, meta)| CatalogEntry {
-            name: (*name).to_owned(),
-            category: name.split('.').next().unwrap_or("").to_owned(),
-            description: (*description).to_owned(),
-            payload_keys: keys(own(name), meta),
-            emitted: true,
-            note: None,
-            fired_by: Vec::new(),
-            source: None,
-        })
-        .collect();
-    out.extend(
-        DERIVED
-            .iter()
-            .map(|(name, category, description, meta)| CatalogEntry {
-                name: (*name).to_owned(),
-                category: (*category).to_owned(),
-                description: (*description).to_owned(),
-                payload_keys: keys(own(name), meta),
-                emitted: true,
-                note: None,
-                fired_by: Vec::new(),
-                source: None,
-            }),
-    );
-    out.extend(
-        NOT_EMITTED
-            .iter()
-            .map(|(name, category, why)| CatalogEntry {
-                name: (*name).to_owned(),
-                category: (*category).to_owned(),
-                description: "An event of the original engine".to_owned(),
-                payload_keys: Vec::new(),
-                emitted: false,
-                note: Some(format!("not emitted: {why}")),
-                fired_by: Vec::new(),
-                source: None,
-            }),
-    );
-    out
+        .map(|(name, category, why)| CatalogEntry {
+            emitted: false,
+            note: Some(format!("not emitted: {why}")),
+            ..CatalogEntry::system(
+                name,
+                category,
+                "An event of the original engine",
+                Vec::new(),
+            )
+        });
+    lifecycle.chain(derived).chain(not_emitted).collect()
 }
 
 /// True for a lifecycle event's name: one per state transition.
