@@ -149,6 +149,18 @@ export interface EventDefinition {
   source?: string
 }
 
+/** One state change of a task or of one of its steps. */
+export interface Transition {
+  task_id: number
+  workflow_step_id: number | null
+  step_name: string | null
+  from_state: string | null
+  to_state: string
+  metadata: { [key: string]: Json }
+  sort_key: number
+  created_at: string
+}
+
 /** One event of the catalogue (`eventCatalog()`, `GET /events`). */
 export interface CatalogEntry {
   name: string
@@ -180,6 +192,15 @@ export declare class Engine {
   listTasks(options?: ListTasksOptions): Promise<TaskSummary[]>
   cancelTask(id: number): Promise<void>
   retryStep(id: number, step: string): Promise<void>
+  /** Changes a task's `reason` and/or `tags` (not its state). */
+  updateTask(id: number, changes: { reason?: string | null, tags?: string[] | null }): Promise<void>
+  /** Cancels a step that has not run to the end, with its dependents. */
+  cancelStep(id: number, step: string): Promise<void>
+  setStepRetryLimit(id: number, step: string, retryLimit: number): Promise<void>
+  /** The task's audit history, oldest first. */
+  transitions(id: number): Promise<Transition[]>
+  /** Figures for the tasks created in the last `windowSeconds` (default 3600). */
+  analytics(options?: { windowSeconds?: number, namespace?: string | null, name?: string | null }): Promise<{ [key: string]: Json }>
   resolveStepManually(id: number, step: string, results?: Json): Promise<void>
   waitForTask(id: number, options?: { timeout?: number }): Promise<TaskSnapshot>
   /** `timeout` in seconds. */

@@ -304,6 +304,31 @@ class Engine {
     return call(async () => (await this._core()).retryStep(id, step))
   }
 
+  /** Changes a task's `reason` and/or `tags` (not its state), as `PATCH /tasks/{id}`. */
+  async updateTask (id, { reason = null, tags = null } = {}) {
+    return call(async () => (await this._core()).updateTask(id, reason, tags))
+  }
+
+  /** Cancels a step that has not run to the end, with the steps that depend on it. */
+  async cancelStep (id, step) {
+    return call(async () => (await this._core()).cancelStep(id, step))
+  }
+
+  /** Gives a step another attempt limit (1..); an exhausted step given more runs again. */
+  async setStepRetryLimit (id, step, retryLimit) {
+    return call(async () => (await this._core()).setStepRetryLimit(id, step, retryLimit))
+  }
+
+  /** The task's audit history, oldest first. */
+  async transitions (id) {
+    return JSON.parse(await call(async () => (await this._core()).transitions(id)))
+  }
+
+  /** Figures for the tasks created in the last `windowSeconds` (default 3600). */
+  async analytics ({ windowSeconds = 3600, namespace = null, name = null } = {}) {
+    return JSON.parse(await call(async () => (await this._core()).analytics(windowSeconds, namespace, name)))
+  }
+
   async resolveStepManually (id, step, results = null) {
     const core = await this._core()
     return call(core.resolveStepManually(id, step, jsonText('results', results)))

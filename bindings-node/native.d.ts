@@ -14,6 +14,11 @@ export declare class Core {
   listTasks(filterJson: string): Promise<string>
   cancelTask(taskId: number): Promise<void>
   retryStep(taskId: number, step: string): Promise<void>
+  updateTask(taskId: number, reason?: string | null, tags?: string[] | null): Promise<void>
+  cancelStep(taskId: number, step: string): Promise<void>
+  setStepRetryLimit(taskId: number, step: string, retryLimit: number): Promise<void>
+  transitions(taskId: number): Promise<string>
+  analytics(windowSeconds: number, namespace?: string | null, name?: string | null): Promise<string>
   resolveStepManually(taskId: number, step: string, resultsJson: string): Promise<void>
   /** Waits up to `seconds` for the task to finish; resolves to its state then. */
   waitForTask(taskId: number, seconds: number): Promise<string>

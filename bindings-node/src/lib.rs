@@ -252,6 +252,71 @@ impl Core {
     }
 
     #[napi]
+    pub async fn update_task(
+        &self,
+        task_id: i64,
+        reason: Option<String>,
+        tags: Option<Vec<String>>,
+    ) -> Result<()> {
+        self.engine
+            .update_task(task_id, reason, tags)
+            .await
+            .map_err(err)
+    }
+
+    #[napi]
+    pub async fn cancel_step(&self, task_id: i64, step: String) -> Result<()> {
+        self.engine.cancel_step(task_id, &step).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn set_step_retry_limit(
+        &self,
+        task_id: i64,
+        step: String,
+        retry_limit: i64,
+    ) -> Result<()> {
+        self.engine
+            .set_step_retry_limit(task_id, &step, retry_limit)
+            .await
+            .map_err(err)
+    }
+
+    /// The task's audit history, as JSON.
+    #[napi]
+    pub async fn transitions(&self, task_id: i64) -> Result<String> {
+        self.engine
+            .task_transitions(task_id)
+            .await
+            .map(|t| json_text(&t))
+            .map_err(err)
+    }
+
+    /// Figures for the tasks created in the last `window_seconds`, as JSON.
+    #[napi]
+    pub async fn analytics(
+        &self,
+        window_seconds: f64,
+        namespace: Option<String>,
+        name: Option<String>,
+    ) -> Result<String> {
+        if !(window_seconds.is_finite() && window_seconds > 0.0) {
+            return Err(napi::Error::from_reason(format!(
+                "[tasker:validation] analytics: windowSeconds must be a positive number, got {window_seconds}"
+            )));
+        }
+        self.engine
+            .analytics(
+                Duration::from_secs_f64(window_seconds),
+                namespace.as_deref(),
+                name.as_deref(),
+            )
+            .await
+            .map(|a| json_text(&a))
+            .map_err(err)
+    }
+
+    #[napi]
     pub async fn resolve_step_manually(
         &self,
         task_id: i64,

@@ -262,3 +262,33 @@ events:
   await assert.rejects(engine.registerEvents('events:\n  custom:\n    x: {constant: shipped}\n'),
     (e) => e instanceof ValidationError && /events\.custom\.x\.constant/.test(e.message))
 })
+
+test('the operator calls REST has: retry limit, update, cancel a step, transitions, analytics', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate('name: ops\nstep_templates:\n  - {name: a, default_retry_limit: 1}\n  - {name: b, depends_on_step: a}\n  - {name: c}\n')
+  const calls = []
+  engine.handler('a', (s) => {
+    calls.push(s.attempt)
+    if (calls.length === 1) throw new RetryableError('flaky')
+    return { ok: true }
+  })
+  engine.handler('b', () => 1)
+  engine.handler('c', () => 1)
+  const id = await engine.createTask('ops')
+  assert.equal((await engine.runUntilComplete(id, { timeout: 30 })).status, 'error')
+  await engine.setStepRetryLimit(id, 'a', 3)
+  assert.equal((await engine.runUntilComplete(id, { timeout: 30 })).status, 'complete')
+  assert.deepEqual(calls, [1, 2])
+  await engine.updateTask(id, { reason: 'audited', tags: ['ops'] })
+  const t = await engine.getTask(id)
+  assert.deepEqual([t.reason, t.tags], ['audited', ['ops']])
+  const aStates = (await engine.transitions(id)).filter((h) => h.step_name === 'a').map((h) => h.to_state)
+  assert.ok(aStates.includes('error') && aStates.at(-1) === 'complete', String(aStates))
+  const id2 = await engine.createTask('ops')
+  await engine.cancelStep(id2, 'b')
+  const done = await engine.runUntilComplete(id2, { timeout: 30 })
+  assert.deepEqual(Object.fromEntries(done.steps.map((s) => [s.name, s.status])), { a: 'complete', b: 'cancelled', c: 'complete' })
+  assert.equal((await engine.analytics({ windowSeconds: 3600 })).tasks_created, 2)
+  await assert.rejects(engine.transitions(999999), (e) => e instanceof NotFoundError)
+  await assert.rejects(engine.setStepRetryLimit(id, 'a', 0), (e) => e instanceof ValidationError && /retry_limit/.test(e.message))
+})

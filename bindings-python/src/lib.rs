@@ -373,6 +373,75 @@ impl Core {
         block(py, move || async move { e.cancel_task(task_id).await })
     }
 
+    #[pyo3(signature = (task_id, reason=None, tags=None))]
+    fn update_task(
+        &self,
+        py: Python<'_>,
+        task_id: i64,
+        reason: Option<String>,
+        tags: Option<Vec<String>>,
+    ) -> PyResult<()> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.update_task(task_id, reason, tags).await
+        })
+    }
+
+    fn cancel_step(&self, py: Python<'_>, task_id: i64, step: String) -> PyResult<()> {
+        let e = self.engine.clone();
+        block(
+            py,
+            move || async move { e.cancel_step(task_id, &step).await },
+        )
+    }
+
+    fn set_step_retry_limit(
+        &self,
+        py: Python<'_>,
+        task_id: i64,
+        step: String,
+        retry_limit: i64,
+    ) -> PyResult<()> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.set_step_retry_limit(task_id, &step, retry_limit).await
+        })
+    }
+
+    /// The task's audit history as a JSON array.
+    fn transitions(&self, py: Python<'_>, task_id: i64) -> PyResult<String> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.task_transitions(task_id).await.map(|t| json_text(&t))
+        })
+    }
+
+    /// Figures for the tasks created in the last `window_seconds`, as JSON.
+    #[pyo3(signature = (window_seconds, namespace=None, name=None))]
+    fn analytics(
+        &self,
+        py: Python<'_>,
+        window_seconds: f64,
+        namespace: Option<String>,
+        name: Option<String>,
+    ) -> PyResult<String> {
+        if !(window_seconds.is_finite() && window_seconds > 0.0) {
+            return Err(ValidationError::new_err(format!(
+                "analytics: window_seconds must be a positive number, got {window_seconds}"
+            )));
+        }
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.analytics(
+                Duration::from_secs_f64(window_seconds),
+                namespace.as_deref(),
+                name.as_deref(),
+            )
+            .await
+            .map(|a| json_text(&a))
+        })
+    }
+
     fn retry_step(&self, py: Python<'_>, task_id: i64, step: String) -> PyResult<()> {
         let e = self.engine.clone();
         block(

@@ -583,3 +583,52 @@ def test_event_definition_files_let_any_handler_publish_with_a_checked_payload(e
     assert catalog["workflow.no_viable_steps"]["emitted"] is False
     with pytest.raises(tasker.ValidationError, match=r"events.custom.x.constant"):
         engine.register_events("events:\n  custom:\n    x: {constant: shipped}\n")
+
+
+OPS = """
+name: ops
+step_templates:
+  - {name: a, default_retry_limit: 1}
+  - {name: b, depends_on_step: a}
+  - {name: c}
+"""
+
+
+def test_the_operator_calls_rest_has(engine):
+    engine.register_template(OPS)
+    calls = []
+
+    @engine.handler("a")
+    def a(step):
+        calls.append(step.attempt)
+        if len(calls) == 1:
+            raise tasker.RetryableError("flaky")
+        return {"ok": True}
+
+    engine.handler("b")(lambda s: 1)
+    engine.handler("c")(lambda s: 1)
+    tid = engine.create_task("ops", {})
+    assert engine.run_until_complete(tid, timeout=30)["status"] == "error"
+    # More attempts for the exhausted step: it runs again, and the task completes.
+    engine.set_step_retry_limit(tid, "a", 3)
+    assert engine.run_until_complete(tid, timeout=30)["status"] == "complete"
+    assert calls == [1, 2]
+    engine.update_task(tid, reason="audited", tags=["ops", "q4"])
+    t = engine.get_task(tid)
+    assert (t["reason"], t["tags"]) == ("audited", ["ops", "q4"])
+    history = engine.transitions(tid)
+    a_states = [h["to_state"] for h in history if h["step_name"] == "a"]
+    assert "error" in a_states and a_states[-1] == "complete", a_states
+    assert [h["to_state"] for h in history if h["step_name"] is None][-1] == "complete"
+
+    t2 = engine.create_task("ops", {})
+    engine.cancel_step(t2, "b")
+    done = engine.run_until_complete(t2, timeout=30)
+    assert {s["name"]: s["status"] for s in done["steps"]} == {"a": "complete", "b": "cancelled", "c": "complete"}
+    assert engine.analytics(3600)["tasks_created"] == 2
+    with pytest.raises(tasker.NotFoundError):
+        engine.transitions(999999)
+    with pytest.raises(tasker.ValidationError, match="retry_limit"):
+        engine.set_step_retry_limit(tid, "a", 0)
+    with pytest.raises(tasker.ValidationError, match="window_seconds"):
+        engine.analytics(0)

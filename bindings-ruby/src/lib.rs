@@ -372,6 +372,66 @@ impl Core {
         rb_self.call(ruby, |e| async move { e.retry_step(task_id, &step).await })
     }
 
+    fn update_task(
+        ruby: &Ruby,
+        rb_self: &Self,
+        task_id: i64,
+        reason: Option<String>,
+        tags: Option<Vec<String>>,
+    ) -> Result<(), Error> {
+        rb_self.call(ruby, |e| async move {
+            e.update_task(task_id, reason, tags).await
+        })
+    }
+
+    fn cancel_step(ruby: &Ruby, rb_self: &Self, task_id: i64, step: String) -> Result<(), Error> {
+        rb_self.call(ruby, |e| async move { e.cancel_step(task_id, &step).await })
+    }
+
+    fn set_step_retry_limit(
+        ruby: &Ruby,
+        rb_self: &Self,
+        task_id: i64,
+        step: String,
+        retry_limit: i64,
+    ) -> Result<(), Error> {
+        rb_self.call(ruby, |e| async move {
+            e.set_step_retry_limit(task_id, &step, retry_limit).await
+        })
+    }
+
+    fn transitions(ruby: &Ruby, rb_self: &Self, task_id: i64) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move {
+            e.task_transitions(task_id).await.map(|t| json_text(&t))
+        })
+    }
+
+    fn analytics(
+        ruby: &Ruby,
+        rb_self: &Self,
+        window_seconds: f64,
+        namespace: Option<String>,
+        name: Option<String>,
+    ) -> Result<String, Error> {
+        if !(window_seconds.is_finite() && window_seconds > 0.0) {
+            return Err(invalid(
+                ruby,
+                format!(
+                    "analytics: window_seconds must be a positive number, got {window_seconds}"
+                ),
+            ));
+        }
+        rb_self.call(ruby, |e| async move {
+            e.analytics(
+                std::time::Duration::from_secs_f64(window_seconds),
+                namespace.as_deref(),
+                name.as_deref(),
+            )
+            .await
+            .map(|a| json_text(&a))
+        })
+    }
+
     fn resolve_step_manually(
         ruby: &Ruby,
         rb_self: &Self,
@@ -606,6 +666,14 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     core.define_method("list_tasks", method!(Core::list_tasks, 1))?;
     core.define_method("cancel_task", method!(Core::cancel_task, 1))?;
     core.define_method("retry_step", method!(Core::retry_step, 2))?;
+    core.define_method("update_task", method!(Core::update_task, 3))?;
+    core.define_method("cancel_step", method!(Core::cancel_step, 2))?;
+    core.define_method(
+        "set_step_retry_limit",
+        method!(Core::set_step_retry_limit, 3),
+    )?;
+    core.define_method("transitions", method!(Core::transitions, 1))?;
+    core.define_method("analytics", method!(Core::analytics, 3))?;
     core.define_method(
         "resolve_step_manually",
         method!(Core::resolve_step_manually, 3),

@@ -479,6 +479,37 @@ class ScenariosTest < Minitest::Test
     end
   end
 
+  def test_the_operator_calls_rest_has
+    engine.register_template("name: ops\nstep_templates:\n  - {name: a, default_retry_limit: 1}\n  - {name: b, depends_on_step: a}\n  - {name: c}\n")
+    calls = []
+    engine.handler("a") do |s|
+      calls << s.attempt
+      raise Tasker::RetryableError, "flaky" if calls.size == 1
+
+      { ok: true }
+    end
+    engine.handler("b") { |_s| 1 }
+    engine.handler("c") { |_s| 1 }
+    id = engine.create_task("ops")
+    assert_equal "error", engine.run_until_complete(id, timeout: 30)["status"]
+    engine.set_step_retry_limit(id, "a", 3)
+    assert_equal "complete", engine.run_until_complete(id, timeout: 30)["status"]
+    assert_equal [1, 2], calls
+    engine.update_task(id, reason: "audited", tags: ["ops"])
+    t = engine.get_task(id)
+    assert_equal ["audited", ["ops"]], [t["reason"], t["tags"]]
+    a_states = engine.transitions(id).select { |h| h["step_name"] == "a" }.map { |h| h["to_state"] }
+    assert_includes a_states, "error"
+    assert_equal "complete", a_states.last
+    id2 = engine.create_task("ops")
+    engine.cancel_step(id2, "b")
+    done = engine.run_until_complete(id2, timeout: 30)
+    assert_equal({ "a" => "complete", "b" => "cancelled", "c" => "complete" }, done["steps"].to_h { |s| [s["name"], s["status"]] })
+    assert_equal 2, engine.analytics(window_seconds: 3600)["tasks_created"]
+    assert_raises(Tasker::NotFoundError) { engine.transitions(999_999) }
+    assert_raises_matching(Tasker::ValidationError, /retry_limit/) { engine.set_step_retry_limit(id, "a", 0) }
+  end
+
   private
 
   def assert_raises_matching(klass, pattern, &block)

@@ -206,24 +206,9 @@ pub struct Cancelled {
     pub cancelled: bool,
 }
 
-/// One state change of a task or of one of its steps.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TransitionView {
-    pub task_id: i64,
-    /// Null for the task's own transitions.
-    pub workflow_step_id: Option<i64>,
-    pub step_name: Option<String>,
-    pub from_state: Option<String>,
-    pub to_state: String,
-    #[schema(value_type = Object)]
-    pub metadata: Value,
-    pub sort_key: i64,
-    pub created_at: String,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TransitionList {
-    pub transitions: Vec<TransitionView>,
+    pub transitions: Vec<tasker_core::engine::TransitionEntry>,
 }
 
 /// `PATCH /tasks/:id` (also accepted wrapped in `{task: {...}}`).

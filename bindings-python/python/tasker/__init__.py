@@ -370,6 +370,29 @@ class Engine:
     def retry_step(self, task_id: int, step_name: str) -> None:
         self._core.retry_step(task_id, step_name)
 
+    def update_task(self, task_id: int, *, reason: Optional[str] = None, tags: Optional[Sequence[str]] = None) -> None:
+        """Changes a task's ``reason`` and/or ``tags`` (not its state), as ``PATCH /tasks/{id}``."""
+        self._core.update_task(task_id, reason, None if tags is None else list(tags))
+
+    def cancel_step(self, task_id: int, step_name: str) -> None:
+        """Cancels a step that has not run to the end, with the steps that depend on it."""
+        self._core.cancel_step(task_id, step_name)
+
+    def set_step_retry_limit(self, task_id: int, step_name: str, retry_limit: int) -> None:
+        """Gives a step another attempt limit (1..), judged from its next failure on; an
+        exhausted step given more attempts runs again."""
+        self._core.set_step_retry_limit(task_id, step_name, retry_limit)
+
+    def transitions(self, task_id: int) -> List[Dict[str, Any]]:
+        """The task's audit history, oldest first: ``[{task_id, workflow_step_id, step_name,
+        from_state, to_state, metadata, sort_key, created_at}]``."""
+        return json.loads(self._core.transitions(task_id))
+
+    def analytics(self, window_seconds: float = 3600.0, *, namespace: Optional[str] = None, name: Optional[str] = None) -> Dict[str, Any]:
+        """Figures for the tasks created in the last ``window_seconds``, as ``GET
+        /analytics/performance`` shows them."""
+        return json.loads(self._core.analytics(float(window_seconds), namespace, name))
+
     def resolve_step_manually(self, task_id: int, step_name: str, results: Any = None) -> None:
         try:
             text = json.dumps(results)

@@ -137,6 +137,35 @@ module Tasker
       nil
     end
 
+    # Changes a task's +reason+ and/or +tags+ (not its state), as +PATCH /tasks/:id+.
+    def update_task(id, reason: nil, tags: nil)
+      @core.update_task(Integer(id), reason&.to_s, tags&.map(&:to_s))
+      nil
+    end
+
+    # Cancels a step that has not run to the end, with the steps that depend on it.
+    def cancel_step(id, step)
+      @core.cancel_step(Integer(id), step.to_s)
+      nil
+    end
+
+    # Gives a step another attempt limit (1..); an exhausted step given more runs again.
+    def set_step_retry_limit(id, step, retry_limit)
+      @core.set_step_retry_limit(Integer(id), step.to_s, Integer(retry_limit))
+      nil
+    end
+
+    # The task's audit history, oldest first (Hashes with task_id, workflow_step_id,
+    # step_name, from_state, to_state, metadata, sort_key, created_at).
+    def transitions(id)
+      JSON.parse(@core.transitions(Integer(id)))
+    end
+
+    # Figures for the tasks created in the last +window_seconds+.
+    def analytics(window_seconds: 3600, namespace: nil, name: nil)
+      JSON.parse(@core.analytics(Float(window_seconds), namespace&.to_s, name&.to_s))
+    end
+
     def resolve_step_manually(id, step, results = nil)
       @core.resolve_step_manually(Integer(id), step.to_s, Json.text("results", results))
       nil

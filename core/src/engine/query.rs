@@ -84,6 +84,23 @@ pub struct TaskSummary {
     pub completed_at: Option<String>,
 }
 
+/// One state change of a task or of one of its steps ([`Engine::task_transitions`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TransitionEntry {
+    pub task_id: i64,
+    /// Null for the task's own transitions.
+    pub workflow_step_id: Option<i64>,
+    pub step_name: Option<String>,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: Value,
+    pub sort_key: i64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
 impl Engine {
     /// The task's snapshot.
     pub async fn get_task(&self, task_id: i64) -> Result<TaskSnapshot> {
@@ -288,6 +305,31 @@ impl Engine {
     /// Transition rows of a task and its steps, oldest first.
     pub async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>> {
         self.inner.store.transitions(task_id).await
+    }
+
+    /// The audit history of a task and its steps, oldest first, each change with its step's
+    /// name and its metadata as JSON: what `GET /tasks/{id}/transitions` and the bindings'
+    /// `transitions(task_id)` show. An unknown task is [`Error::NotFound`].
+    pub async fn task_transitions(&self, task_id: i64) -> Result<Vec<TransitionEntry>> {
+        let t = self.get_task(task_id).await?;
+        let names: std::collections::HashMap<i64, &str> =
+            t.steps.iter().map(|s| (s.id, s.name.as_str())).collect();
+        let rows = self.transitions(task_id).await?;
+        Ok(rows
+            .iter()
+            .map(|r| TransitionEntry {
+                task_id: r.task_id,
+                workflow_step_id: r.step_id,
+                step_name: r
+                    .step_id
+                    .and_then(|s| names.get(&s).map(|n| (*n).to_owned())),
+                from_state: r.from_state.map(str::to_owned),
+                to_state: r.to_state.to_owned(),
+                metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Null),
+                sort_key: r.sort_key,
+                created_at: format_ms(r.created_at),
+            })
+            .collect())
     }
 
     /// Waits until the task is `complete`, `error`, `cancelled` or `resolved_manually` and

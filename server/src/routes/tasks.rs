@@ -208,24 +208,6 @@ pub async fn update_task(
 #[utoipa::path(get, path = "/tasks/{id}/transitions", tag = "tasks", params(("id" = i64, Path, description = "Task id")),
     responses((status = 200, body = TransitionList), (status = 404, body = ErrorBody)))]
 pub async fn transitions(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let id = task_id(&id)?;
-    let t = st.engine.get_task(id).await?;
-    let names: HashMap<i64, &str> = t.steps.iter().map(|s| (s.id, s.name.as_str())).collect();
-    let rows = st.engine.transitions(id).await?;
-    let transitions = rows
-        .iter()
-        .map(|r| TransitionView {
-            task_id: r.task_id,
-            workflow_step_id: r.step_id,
-            step_name: r
-                .step_id
-                .and_then(|s| names.get(&s).map(|n| (*n).to_owned())),
-            from_state: r.from_state.map(str::to_owned),
-            to_state: r.to_state.to_owned(),
-            metadata: serde_json::from_str::<Value>(&r.metadata).unwrap_or(Value::Null),
-            sort_key: r.sort_key,
-            created_at: tasker_core::clock::format_ms(r.created_at),
-        })
-        .collect();
+    let transitions = st.engine.task_transitions(task_id(&id)?).await?;
     Ok(Json(TransitionList { transitions }).into_response())
 }
