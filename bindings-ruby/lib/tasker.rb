@@ -10,4 +10,5 @@ require_relative "tasker/step"
 require_relative "tasker/http_connection"
 require_relative "tasker/step_handler"
 require_relative "tasker/engine"
+require_relative "tasker/subscribers"
 require_relative "tasker/railtie" if defined?(Rails::Railtie)

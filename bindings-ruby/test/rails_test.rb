@@ -74,6 +74,9 @@ class RailsTest < Minitest::Test
     assert_includes events, "shop.receipt_sent.tasker #{id} receipt"
     defined = JSON.parse(runner('puts JSON.generate(Tasker.engine.event_definitions.map { |d| [d["name"], d["fired_by"]] })'))
     assert_equal [["shop.receipt_sent", ["Shop::ReceiptHandler"]]], defined
+    # AuditSubscriber (app/subscribers), subscribed by config/tasker/subscriptions/audit.yml.
+    assert_includes events, "audit task.completed #{id}"
+    assert_includes events, "audit shop.receipt_sent 5"
     log = File.read(File.join(@app, "log/test.log"))
     assert_match(/tasker: worker started \(until_idle, concurrency 4, Ruby handlers: Shop::ChargeHandler, Shop::ReceiptHandler\)/, log)
 

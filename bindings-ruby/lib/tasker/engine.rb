@@ -90,7 +90,6 @@ module Tasker
       @core.create_tasks(Json.text("task requests", reqs))
     end
 
-    # The task with its steps, as a Hash.
     # Registers event definitions (the original's +config/tasker/events/*.yml+) from YAML
     # text, a file or a directory; returns the names registered. Stored: every process opened
     # afterwards knows them; any handler may publish a defined event, its payload checked.
@@ -117,6 +116,7 @@ module Tasker
       JSON.parse(@core.event_catalog)
     end
 
+    # The task with its steps, as a Hash.
     def get_task(id)
       JSON.parse(@core.get_task(Integer(id)))
     end

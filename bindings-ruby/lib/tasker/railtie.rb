@@ -34,6 +34,8 @@ module Tasker
     # Event definition files (the original's +custom_events_directories+): each a directory of
     # *.yml / *.yaml files, or one file; registered with the templates.
     config.tasker.custom_events_directories = ["config/tasker/events"]
+    # YAML subscriptions (the original's config/tasker/subscriptions/*.yml), subscribed at boot.
+    config.tasker.subscriptions_path = "config/tasker/subscriptions"
 
     initializer "tasker.logger" do
       ActiveSupport.on_load(:after_initialize) { Tasker.logger = Rails.logger if Rails.logger }
@@ -104,6 +106,8 @@ module Tasker
         engine.on("*") do |event|
           ActiveSupport::Notifications.instrument("#{event['name']}.tasker", event)
         end
+        subscriptions = Rails.root.join(settings.subscriptions_path.to_s)
+        Tasker::Events::SubscriptionLoader.load(engine, subscriptions.to_s) if subscriptions.exist?
         engine
       end
     end
