@@ -12,8 +12,8 @@ use napi_derive::napi;
 use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    Engine, EngineOptions, Error as CoreError, Event, EventSource, HostDriver, JobKey, Outcome,
-    StepFailure, TaskRequest, TemplateSource,
+    Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome, StepFailure,
+    TaskRequest,
 };
 use tokio::sync::broadcast;
 
@@ -156,18 +156,11 @@ impl Core {
     /// emits as process warnings.
     #[napi]
     pub async fn register_template(&self, kind: String, text: String) -> Result<Registered> {
-        let doc = match kind.as_str() {
-            "json" => Some(serde_json::from_str::<Value>(&text).map_err(|e| {
-                napi::Error::from_reason(format!("[tasker:template] template: {e}"))
-            })?),
-            _ => None,
-        };
-        let src = match (kind.as_str(), doc) {
-            (_, Some(d)) => TemplateSource::Value(d),
-            ("file", _) => TemplateSource::File(text.as_ref()),
-            _ => TemplateSource::Yaml(&text),
-        };
-        let r = self.engine.register_source(src).await.map_err(err)?;
+        let r = self
+            .engine
+            .register_template_kind(&kind, &text)
+            .await
+            .map_err(err)?;
         Ok(Registered {
             key: r.key,
             warnings: r.warnings,
@@ -191,12 +184,8 @@ impl Core {
     /// resolves to the registered definitions as JSON.
     #[napi]
     pub async fn register_events(&self, kind: String, text: String) -> Result<String> {
-        let src = match kind.as_str() {
-            "path" => EventSource::Path(text.as_ref()),
-            _ => EventSource::Yaml(&text),
-        };
         self.engine
-            .register_events(src)
+            .register_events_kind(&kind, &text)
             .await
             .map(|d| json_text(&d))
             .map_err(err)
@@ -300,17 +289,8 @@ impl Core {
         namespace: Option<String>,
         name: Option<String>,
     ) -> Result<String> {
-        if !(window_seconds.is_finite() && window_seconds > 0.0) {
-            return Err(napi::Error::from_reason(format!(
-                "[tasker:validation] analytics: windowSeconds must be a positive number, got {window_seconds}"
-            )));
-        }
         self.engine
-            .analytics(
-                Duration::from_secs_f64(window_seconds),
-                namespace.as_deref(),
-                name.as_deref(),
-            )
+            .analytics_seconds(window_seconds, namespace.as_deref(), name.as_deref())
             .await
             .map(|a| json_text(&a))
             .map_err(err)

@@ -11,8 +11,7 @@ use pyo3::prelude::*;
 use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    Engine, EngineOptions, Error, Event, EventSource, HostDriver, JobKey, Outcome, StepFailure,
-    TaskRequest, TemplateSource,
+    Engine, EngineOptions, Error, Event, HostDriver, JobKey, Outcome, StepFailure, TaskRequest,
 };
 use tokio::sync::broadcast;
 
@@ -246,33 +245,18 @@ impl Core {
         })
     }
 
-    /// Registers YAML text, a file (`path`) or a JSON document (`json`); returns the key and
-    /// what parsing warned about (unknown keys), which the wrapper shows with `warnings.warn`.
-    #[pyo3(signature = (*, text=None, path=None, json=None))]
+    /// Registers a template (`kind`: `yaml` text, a `file`, a `json` document); returns the
+    /// key and what parsing warned about (unknown keys), which the wrapper shows with
+    /// `warnings.warn`.
     fn register_template(
         &self,
         py: Python<'_>,
-        text: Option<String>,
-        path: Option<std::path::PathBuf>,
-        json: Option<String>,
+        kind: String,
+        text: String,
     ) -> PyResult<(String, Vec<String>)> {
-        let doc: Option<Value> = json
-            .map(|j| serde_json::from_str(&j))
-            .transpose()
-            .map_err(|e| TemplateError::new_err(format!("template is not JSON-able: {e}")))?;
         let e = self.engine.clone();
         block(py, move || async move {
-            let src = match (&text, &path, doc) {
-                (Some(t), _, _) => TemplateSource::Yaml(t),
-                (_, Some(p), _) => TemplateSource::File(p),
-                (_, _, Some(d)) => TemplateSource::Value(d),
-                _ => {
-                    return Err(Error::Validation(
-                        "register_template: no template given".into(),
-                    ))
-                }
-            };
-            let r = e.register_source(src).await?;
+            let r = e.register_template_kind(&kind, &text).await?;
             Ok((r.key, r.warnings))
         })
     }
@@ -293,23 +277,14 @@ impl Core {
         block(py, move || async move { e.create_tasks(reqs).await })
     }
 
-    /// Registers event definitions from YAML text or a path (file or directory); returns the
-    /// registered definitions as a JSON array.
-    #[pyo3(signature = (*, text=None, path=None))]
-    fn register_events(
-        &self,
-        py: Python<'_>,
-        text: Option<String>,
-        path: Option<std::path::PathBuf>,
-    ) -> PyResult<String> {
+    /// Registers event definitions (`kind`: `yaml` text or a `path`, file or directory);
+    /// returns the registered definitions as a JSON array.
+    fn register_events(&self, py: Python<'_>, kind: String, text: String) -> PyResult<String> {
         let e = self.engine.clone();
         block(py, move || async move {
-            let src = match (&text, &path) {
-                (Some(t), _) => EventSource::Yaml(t),
-                (_, Some(p)) => EventSource::Path(p),
-                _ => return Err(Error::Validation("register_events: nothing given".into())),
-            };
-            e.register_events(src).await.map(|d| json_text(&d))
+            e.register_events_kind(&kind, &text)
+                .await
+                .map(|d| json_text(&d))
         })
     }
 
@@ -425,20 +400,11 @@ impl Core {
         namespace: Option<String>,
         name: Option<String>,
     ) -> PyResult<String> {
-        if !(window_seconds.is_finite() && window_seconds > 0.0) {
-            return Err(ValidationError::new_err(format!(
-                "analytics: window_seconds must be a positive number, got {window_seconds}"
-            )));
-        }
         let e = self.engine.clone();
         block(py, move || async move {
-            e.analytics(
-                Duration::from_secs_f64(window_seconds),
-                namespace.as_deref(),
-                name.as_deref(),
-            )
-            .await
-            .map(|a| json_text(&a))
+            e.analytics_seconds(window_seconds, namespace.as_deref(), name.as_deref())
+                .await
+                .map(|a| json_text(&a))
         })
     }
 

@@ -16,8 +16,8 @@ use magnus::{function, method, prelude::*, Error, ExceptionClass, RArray, RModul
 use serde_json::Value;
 use tasker_core::host::{self, DriverSpec, HostJob, TaskListQuery};
 use tasker_core::{
-    builtin, Engine, EngineOptions, Error as CoreError, Event, EventSource, HostDriver, JobKey,
-    Outcome, StepFailure, TaskRequest, TemplateSource,
+    builtin, Engine, EngineOptions, Error as CoreError, Event, HostDriver, JobKey, Outcome,
+    StepFailure, TaskRequest,
 };
 use tokio::sync::broadcast;
 
@@ -289,19 +289,8 @@ impl Core {
         kind: String,
         text: String,
     ) -> Result<(String, Vec<String>), Error> {
-        let doc: Option<Value> = match kind.as_str() {
-            "json" => Some(serde_json::from_str(&text).map_err(|e| {
-                Error::new(error_class(ruby, "template"), format!("template: {e}"))
-            })?),
-            _ => None,
-        };
         rb_self.call(ruby, |e| async move {
-            let src = match (kind.as_str(), doc) {
-                (_, Some(d)) => TemplateSource::Value(d),
-                ("file", _) => TemplateSource::File(text.as_ref()),
-                _ => TemplateSource::Yaml(&text),
-            };
-            let r = e.register_source(src).await?;
+            let r = e.register_template_kind(&kind, &text).await?;
             Ok((r.key, r.warnings))
         })
     }
@@ -329,11 +318,9 @@ impl Core {
         text: String,
     ) -> Result<String, Error> {
         rb_self.call(ruby, |e| async move {
-            let src = match kind.as_str() {
-                "path" => EventSource::Path(text.as_ref()),
-                _ => EventSource::Yaml(&text),
-            };
-            e.register_events(src).await.map(|d| json_text(&d))
+            e.register_events_kind(&kind, &text)
+                .await
+                .map(|d| json_text(&d))
         })
     }
 
@@ -413,22 +400,10 @@ impl Core {
         namespace: Option<String>,
         name: Option<String>,
     ) -> Result<String, Error> {
-        if !(window_seconds.is_finite() && window_seconds > 0.0) {
-            return Err(invalid(
-                ruby,
-                format!(
-                    "analytics: window_seconds must be a positive number, got {window_seconds}"
-                ),
-            ));
-        }
         rb_self.call(ruby, |e| async move {
-            e.analytics(
-                std::time::Duration::from_secs_f64(window_seconds),
-                namespace.as_deref(),
-                name.as_deref(),
-            )
-            .await
-            .map(|a| json_text(&a))
+            e.analytics_seconds(window_seconds, namespace.as_deref(), name.as_deref())
+                .await
+                .map(|a| json_text(&a))
         })
     }
 

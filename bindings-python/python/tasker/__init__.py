@@ -205,14 +205,14 @@ class Engine:
                 text = json.dumps(src)
             except (TypeError, ValueError) as e:
                 raise TemplateError(f"template is not JSON-able: {e}") from None
-            key, notes = self._core.register_template(json=text)
+            key, notes = self._core.register_template("json", text)
         elif isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and src.endswith((".yaml", ".yml", ".json"))):
             path = Path(src)
             if not path.exists():
                 raise TemplateError(f"template file {path}: No such file or directory")
-            key, notes = self._core.register_template(path=str(path))
+            key, notes = self._core.register_template("file", str(path))
         elif isinstance(src, str):
-            key, notes = self._core.register_template(text=src)
+            key, notes = self._core.register_template("yaml", src)
         else:
             raise TypeError(f"register_template takes YAML text, a path or a dict, not {type(src).__name__}")
         for note in notes:
@@ -228,9 +228,9 @@ class Engine:
         process opened afterwards knows them. Any handler may publish a defined event, and its
         payload is checked against ``payload_schema``."""
         if isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and not src.lstrip().startswith("events:")):
-            defs = self._core.register_events(path=str(src))
+            defs = self._core.register_events("path", str(src))
         elif isinstance(src, str):
-            defs = self._core.register_events(text=src)
+            defs = self._core.register_events("yaml", src)
         else:
             raise TypeError(f"register_events takes YAML text or a path, not {type(src).__name__}")
         return [d["name"] for d in json.loads(defs)]

@@ -145,3 +145,69 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// Registers a template as a binding hands it over: `kind` `yaml` (text), `file` (a path)
+    /// or `json` (a document the host serialized). The binding shows the warnings.
+    pub async fn register_template_kind(
+        &self,
+        kind: &str,
+        text: &str,
+    ) -> Result<crate::engine::Registration> {
+        use crate::engine::TemplateSource;
+        let src = match kind {
+            "yaml" => TemplateSource::Yaml(text),
+            "file" => TemplateSource::File(text.as_ref()),
+            "json" => TemplateSource::Value(serde_json::from_str(text).map_err(|e| {
+                crate::error::TemplateError::Shape {
+                    template: "<unnamed>".into(),
+                    path: ".".into(),
+                    message: format!("template is not JSON: {e}"),
+                }
+            })?),
+            other => {
+                return Err(Error::Validation(format!(
+                    "register_template: kind {other:?} is not yaml, file or json"
+                )))
+            }
+        };
+        self.register_source(src).await
+    }
+
+    /// Registers event definitions as a binding hands them over: `kind` `yaml` (text) or
+    /// `path` (a file or a directory).
+    pub async fn register_events_kind(
+        &self,
+        kind: &str,
+        text: &str,
+    ) -> Result<Vec<crate::events::EventDefinition>> {
+        use crate::engine::EventSource;
+        let src = match kind {
+            "yaml" => EventSource::Yaml(text),
+            "path" => EventSource::Path(text.as_ref()),
+            other => {
+                return Err(Error::Validation(format!(
+                    "register_events: kind {other:?} is not yaml or path"
+                )))
+            }
+        };
+        self.register_events(src).await
+    }
+
+    /// [`Engine::analytics`] for a window in seconds as a host gives it: refused unless a
+    /// positive, finite number.
+    pub async fn analytics_seconds(
+        &self,
+        window_seconds: f64,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<crate::engine::Analytics> {
+        if !(window_seconds.is_finite() && window_seconds > 0.0) {
+            return Err(Error::Validation(format!(
+                "analytics: window_seconds must be a positive number, got {window_seconds}"
+            )));
+        }
+        self.analytics(Duration::from_secs_f64(window_seconds), namespace, name)
+            .await
+    }
+}
