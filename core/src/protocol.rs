@@ -208,6 +208,88 @@ impl StepFailure {
     }
 }
 
+/// What a `type: decision` step decided: the children to create (names among the steps that
+/// depend on it directly; none is allowed) and its own results, which its children see.
+///
+/// A handler in any language returns it as its results in one JSON shape,
+/// `{"$decision": ["name", ...], "results": ...}` (`results` optional): what the bindings'
+/// `Decision` classes and [`Decision::into_value`] produce, and what the built-in `command`
+/// and `http` handlers may print or answer. The engine reads that shape only from a handler's
+/// results ([`Shaped::of`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub steps: Vec<String>,
+    #[serde(default)]
+    pub results: Value,
+}
+
+impl Decision {
+    pub fn new<S: Into<String>>(steps: impl IntoIterator<Item = S>) -> Decision {
+        Decision {
+            steps: steps.into_iter().map(Into::into).collect(),
+            results: Value::Null,
+        }
+    }
+    pub fn results(mut self, results: Value) -> Decision {
+        self.results = results;
+        self
+    }
+    /// The handler result that carries it: `{"$decision": [...], "results": ...}`.
+    pub fn into_value(self) -> Value {
+        let mut m = Map::new();
+        m.insert(DECISION_KEY.into(), Value::from(self.steps));
+        if !self.results.is_null() {
+            m.insert("results".into(), self.results);
+        }
+        Value::Object(m)
+    }
+}
+
+impl From<Decision> for Value {
+    fn from(d: Decision) -> Value {
+        d.into_value()
+    }
+}
+
+const DECISION_KEY: &str = "$decision";
+
+/// A handler's results that say more than results: the shapes decided at run time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shaped {
+    Decision(Decision),
+}
+
+impl Shaped {
+    /// The shape a handler's results carry: `None` for plain results (anything but an object
+    /// whose keys are one of the shape keys, such as `$decision`, and optionally `results`);
+    /// an error naming what is wrong for such an object that is malformed.
+    pub fn of(results: &Value) -> Option<std::result::Result<Shaped, String>> {
+        let Value::Object(m) = results else {
+            return None;
+        };
+        let steps = m.get(DECISION_KEY)?;
+        if m.keys().any(|k| k != DECISION_KEY && k != "results") {
+            return None;
+        }
+        let names = match steps {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>(),
+            _ => None,
+        };
+        Some(match names {
+            Some(steps) => Ok(Shaped::Decision(Decision {
+                steps,
+                results: m.get("results").cloned().unwrap_or(Value::Null),
+            })),
+            None => Err(format!(
+                "a decision's {DECISION_KEY:?} must be a list of step names, got {steps}"
+            )),
+        })
+    }
+}
+
 /// The outcome of one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

@@ -249,7 +249,27 @@ impl Engine {
                     template.key()
                 )));
             }
+            if !template.steps[i].created_at_start {
+                return Err(Error::Validation(format!(
+                    "task {}: step {name:?} cannot be bypassed: a decision above it decides whether it is created",
+                    template.key()
+                )));
+            }
             bypass[i] = true;
+        }
+        // The steps created with the task: those with no decision above them. A bypassed
+        // decision chose none: the steps below it never exist (counted as done).
+        let bypassed_decisions = template
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| bypass[*i] && s.kind == crate::template::StepKind::Decision)
+            .map(|(i, _)| (i, Vec::new()))
+            .collect();
+        let shape = super::shape::expand(&template, &[], &bypassed_decisions);
+        let mut created = vec![false; template.steps.len()];
+        for &i in &shape.create {
+            created[i] = true;
         }
         Ok(Prepared {
             template_id,
@@ -261,6 +281,8 @@ impl Engine {
             tags: serde_json::to_string(&req.tags).expect("json"),
             bypass_names: serde_json::to_string(&req.bypass_steps).expect("json"),
             bypass,
+            created,
+            never_created: shape.absent as i64,
             idempotency_key: req.idempotency_key,
             priority: req.priority,
         })
@@ -277,6 +299,10 @@ struct Prepared {
     tags: String,
     bypass_names: String,
     bypass: Vec<bool>,
+    /// The steps created with the task ([`super::shape`]).
+    created: Vec<bool>,
+    /// Steps that will never exist (below a bypassed decision): counted as done.
+    never_created: i64,
     idempotency_key: Option<String>,
     priority: i32,
 }
@@ -290,7 +316,7 @@ impl Prepared {
 
     /// Step `i` is claimable as soon as the task exists.
     fn ready(&self, i: usize) -> bool {
-        !self.bypass[i] && self.remaining_parents(i) == 0
+        self.created[i] && !self.bypass[i] && self.remaining_parents(i) == 0
     }
 
     /// The task has ready steps and all are roots (a step made ready by bypassed parents
@@ -329,7 +355,7 @@ impl TxCx<'_> {
             }
         }
         let t = &p.template;
-        let done = p.bypass.iter().filter(|b| **b).count() as i64;
+        let done = p.bypass.iter().filter(|b| **b).count() as i64 + p.never_created;
         let new_task = NewTask {
             named_task_id: p.template_id,
             state: TaskState::Pending,
@@ -350,6 +376,7 @@ impl TxCx<'_> {
             .steps
             .iter()
             .enumerate()
+            .filter(|(i, _)| p.created[*i])
             .map(|(i, s)| {
                 let ready = p.ready(i);
                 // In claim order: the task's steps share priority and ready time, so by id.

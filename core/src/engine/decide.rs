@@ -5,8 +5,9 @@
 
 use serde_json::{json, Value};
 
-use crate::protocol::FailureKind;
+use crate::protocol::{FailureKind, Outcome, Shaped, StepFailure};
 use crate::state::{StepState, TaskState};
+use crate::template::{StepKind, TaskTemplate};
 
 /// True when a step is out of attempts and blocks its task until an operator acts.
 ///
@@ -16,6 +17,45 @@ use crate::state::{StepState, TaskState};
 /// one: issue 8.)
 pub fn is_exhausted(state: StepState, ready_at: Option<i64>, parked_ready_at: Option<i64>) -> bool {
     state == StepState::Error && ready_at.is_none() && parked_ready_at.is_none()
+}
+
+/// What a reported outcome means for a step of `kind` at `position` of `t`: results that carry
+/// a shape ([`Shaped`]) are read here. A decision step completes with its decision's results and
+/// its choice (positions); it fails permanently when it returns plain results or names a step
+/// outside its children, and any other step fails permanently when it returns a decision.
+pub fn shaped_outcome(
+    t: &TaskTemplate,
+    position: usize,
+    outcome: &Outcome,
+) -> (Outcome, Option<Vec<usize>>) {
+    let Outcome::Complete(v) = outcome else {
+        return (outcome.clone(), None);
+    };
+    let s = &t.steps[position];
+    let fail = |m: String| (Outcome::Failed(StepFailure::permanent(m)), None);
+    match (Shaped::of(v), s.kind) {
+        (None, StepKind::Decision) => {
+            let children: Vec<&str> = s.children.iter().map(|&c| t.steps[c].name.as_str()).collect();
+            fail(format!(
+                "decision step {:?} returned plain results; it must return a Decision naming which of its children to create (among: {}; an empty list creates none)",
+                s.name,
+                children.join(", ")
+            ))
+        }
+        (None, _) => (outcome.clone(), None),
+        (Some(Err(m)), _) => fail(format!("step {:?}: {m}", s.name)),
+        (Some(Ok(Shaped::Decision(d))), StepKind::Decision) => {
+            match super::shape::check_choice(t, position, &d.steps) {
+                Ok(chosen) => (Outcome::Complete(d.results), Some(chosen)),
+                Err(m) => fail(m),
+            }
+        }
+        (Some(Ok(Shaped::Decision(_))), kind) => fail(format!(
+            "step {:?} returned a Decision, but it is a {} step: only a step of type: decision may decide",
+            s.name,
+            kind.as_str()
+        )),
+    }
 }
 
 /// What a failed attempt does to its step.

@@ -26,6 +26,7 @@ mod claim;
 mod create;
 pub mod decide;
 mod event_definitions;
+mod grow;
 mod handoff;
 mod operator;
 mod options;
@@ -36,6 +37,7 @@ mod query;
 mod registration;
 mod report;
 mod settle;
+pub mod shape;
 mod tx;
 mod watch;
 

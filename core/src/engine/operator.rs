@@ -179,6 +179,10 @@ impl Engine {
             position: c as i32,
             by: 1,
         }));
+        if template.has_run_time_shape() {
+            // A decision resolved by hand chose none of its children.
+            cx.grow(task_id, &template).await?;
+        }
         cx.settle(task_id).await?;
         cx.finish(None).await.map(drop)
     }
@@ -301,6 +305,10 @@ impl Engine {
             });
         }
         cx.update_steps(task_id, updates)?;
+        if template.has_run_time_shape() {
+            // Steps not created yet below a cancelled one never will be.
+            cx.grow(task_id, &template).await?;
+        }
         cx.settle(task_id).await?;
         cx.finish(None).await.map(drop)
     }

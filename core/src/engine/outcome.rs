@@ -25,6 +25,8 @@ struct Decided {
     meta: Value,
     /// The step is out of attempts: it blocks its task.
     blocked: bool,
+    /// A decision step's choice (positions), to record with its completion.
+    chosen: Option<Vec<usize>>,
 }
 
 impl TxCx<'_> {
@@ -72,8 +74,12 @@ impl TxCx<'_> {
         }
         let mut decs: HashMap<(i64, i32), i64> = HashMap::new();
         let mut touched = Vec::new();
+        let mut grown = Vec::new();
         for d in decided {
             touched.push(d.key.task_id);
+            if d.chosen.is_some() && self.tasks[&d.key.task_id].state != TaskState::Cancelled {
+                grown.push((d.key.task_id, d.template.clone()));
+            }
             self.record(d, &mut decs)?;
         }
         if !decs.is_empty() {
@@ -82,6 +88,10 @@ impl TxCx<'_> {
                 position,
                 by,
             }));
+        }
+        grown.dedup_by_key(|g| g.0);
+        for (task_id, template) in grown {
+            self.grow(task_id, &template).await?;
         }
         touched.sort_unstable();
         touched.dedup();
@@ -121,12 +131,23 @@ impl TxCx<'_> {
             }),
             Outcome::Failed(_) => None,
         };
-        let meta = match unstorable.as_ref().unwrap_or(&r.outcome) {
+        let (outcome, chosen) = match unstorable {
+            Some(o) => (o, None),
+            None => decide::shaped_outcome(&template, r.key.position as usize, &r.outcome),
+        };
+        let meta = match &outcome {
             Outcome::Complete(v) => {
                 update.results = Some(Some(serde_json::to_string(v).expect("json")));
                 update.error = Some(None);
                 update.processed_at = Some(self.now);
-                json!({"attempt": attempt})
+                let mut meta = json!({"attempt": attempt});
+                if let Some(c) = &chosen {
+                    meta["decision"] = json!(c
+                        .iter()
+                        .map(|&i| &template.steps[i].name)
+                        .collect::<Vec<_>>());
+                }
+                meta
             }
             Outcome::Failed(f) => {
                 let limit = match lock.retry_limit {
@@ -149,6 +170,7 @@ impl TxCx<'_> {
             update,
             meta,
             blocked,
+            chosen: chosen.filter(|_| to_complete(&outcome)),
         }
     }
 
@@ -249,7 +271,10 @@ impl TxCx<'_> {
             self.work = true;
             self.made_ready(&st.handler);
         }
-        if to == StepState::Complete && self.tasks[&task_id].state != TaskState::Cancelled {
+        if let Some(chosen) = &d.chosen {
+            // The chosen children are created by [`TxCx::grow`], with their parents' counts.
+            self.record_decision(task_id, d.key.step_id, &d.template, chosen);
+        } else if to == StepState::Complete && self.tasks[&task_id].state != TaskState::Cancelled {
             for &c in &st.children {
                 *decs.entry((task_id, c as i32)).or_default() += 1;
                 self.made_ready(&d.template.steps[c].handler);
@@ -287,6 +312,10 @@ impl TxCx<'_> {
             .collect();
         self.apply_reports(&reports).await
     }
+}
+
+fn to_complete(o: &Outcome) -> bool {
+    matches!(o, Outcome::Complete(_))
 }
 
 /// The stored `error` of a step: `{message, kind, attempt, at, retry_after_seconds?, detail?}`

@@ -347,6 +347,22 @@ impl<'e> TxCx<'e> {
         (task_id, ids)
     }
 
+    /// Records new steps of tasks that exist; returns each one's `(position, stand-in id)`.
+    pub(super) fn insert_steps(&mut self, steps: Vec<NewStep>) -> Vec<(i32, i64)> {
+        let mut ids = Vec::with_capacity(steps.len());
+        for s in steps {
+            let position = s.position;
+            self.plan.new_steps.push(s);
+            ids.push((position, -(self.plan.new_steps.len() as i64)));
+        }
+        ids
+    }
+
+    /// Records what a decision step chose.
+    pub(super) fn plan_decision(&mut self, d: crate::store::NewDecision) {
+        self.plan.decisions.push(d);
+    }
+
     /// Records that these steps lose parents (a pending one reaching zero becomes claimable).
     pub(super) fn decrement(&mut self, decrements: impl IntoIterator<Item = Decrement>) {
         self.plan.decrements.extend(decrements);

@@ -42,13 +42,14 @@ use crate::error::{Error, Result};
 use crate::state::TaskState;
 
 pub use plan::{
-    ClaimSpec, Decrement, IdRange, LeaseExtension, NewStep, NewTask, NewTemplate, Notify, Plan,
-    PlanOutcome, RetryLimitUpdate, StepUpdate, TaskDetailsUpdate, TaskFilter, TaskUpdate,
+    ClaimSpec, Decrement, IdRange, LeaseExtension, NewDecision, NewStep, NewTask, NewTemplate,
+    Notify, Plan, PlanOutcome, RetryLimitUpdate, StepUpdate, TaskDetailsUpdate, TaskFilter,
+    TaskUpdate,
 };
 pub use rows::{
-    AnalyticsRow, ClaimedStep, DurabilityReport, EventDefinitionRow, ExpiredLease, FinishedTask,
-    NextTimes, ParentResult, StateCounts, StepKey, StepLock, StepRow, TaskDetail, TaskRow,
-    TemplateRow, TransitionRow,
+    AnalyticsRow, ClaimedStep, DecisionRow, DurabilityReport, EventDefinitionRow, ExpiredLease,
+    FinishedTask, NextTimes, ParentResult, StateCounts, StepKey, StepLock, StepRow, TaskDetail,
+    TaskRow, TemplateRow, TransitionRow,
 };
 
 /// How to open a store ([`open`]).
@@ -140,6 +141,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn task_state(&self, task_id: i64) -> Result<Option<TaskState>>;
     /// The task's steps by position.
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>>;
+    /// The decisions the task's steps took, by step id.
+    async fn decisions(&self, task_id: i64) -> Result<Vec<DecisionRow>>;
     /// The task and, when it is in a terminal state ([`TaskState::is_terminal`]), its steps:
     /// what a waiter needs at each wake-up. PostgreSQL reads both in one statement.
     async fn task_if_finished(
@@ -204,6 +207,10 @@ pub trait StoreTx: Send {
     async fn lock_steps(&mut self, step_ids: &[i64]) -> Result<Vec<StepLock>>;
     /// A task's steps by position, locked.
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>>;
+    /// The decisions the task's steps took, by step id.
+    async fn decisions(&mut self, task_id: i64) -> Result<Vec<DecisionRow>>;
+    /// The priority the task's steps were created with (0 for a task without steps).
+    async fn task_priority(&mut self, task_id: i64) -> Result<i64>;
     /// How many steps of the task are `in_progress`.
     async fn count_running(&mut self, task_id: i64) -> Result<i64>;
     /// Steps `in_progress` whose lease expired before `now`, oldest expiry first, at most

@@ -13,7 +13,8 @@
 //! 2. new tasks and steps (ids given in order; the k-th new task is referred to as `-k`
 //!    everywhere else in the plan, the k-th new step too);
 //! 3. step updates, each only if the step is still at `expect_state` and `expect_version`;
-//! 4. decrements of `remaining_parents` (a pending step reaching zero becomes claimable now);
+//! 4. decrements of `remaining_parents` (a pending step reaching zero becomes claimable now),
+//!    and the decisions steps took ([`NewDecision`]; never in a plan executed on its own);
 //! 5. parking and unparking;
 //! 6. task counter and state updates;
 //! 7. transition rows;
@@ -41,6 +42,10 @@ pub struct Plan {
     pub new_steps: Vec<NewStep>,
     pub step_updates: Vec<StepUpdate>,
     pub decrements: Vec<Decrement>,
+    /// What decision steps chose (steps that exist; read back by
+    /// [`super::StoreTx::decisions`]). A plan with decisions is applied in a transaction,
+    /// never by [`super::Store::execute_plan`].
+    pub decisions: Vec<NewDecision>,
     /// Tasks whose claimable steps are hidden from claims (`ready_at` moved to
     /// `parked_ready_at`): a step of theirs is out of attempts.
     pub park: Vec<i64>,
@@ -71,6 +76,7 @@ impl Plan {
             && self.new_steps.is_empty()
             && self.step_updates.is_empty()
             && self.decrements.is_empty()
+            && self.decisions.is_empty()
             && self.park.is_empty()
             && self.unpark.is_empty()
             && self.task_updates.is_empty()
@@ -198,6 +204,15 @@ pub struct Decrement {
     pub task_id: i64,
     pub position: i32,
     pub by: i64,
+}
+
+/// A decision a step took: the names of the children it chose ([`Plan::decisions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDecision {
+    pub task_id: i64,
+    pub step_id: i64,
+    /// A JSON array of step names.
+    pub chosen: String,
 }
 
 /// Counter deltas and an optional new state for one task.

@@ -142,6 +142,14 @@ pub struct EventDefinitionRow {
     pub registered_at: i64,
 }
 
+/// A decision a step took ([`super::Store::decisions`], [`super::plan::NewDecision`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub step_id: i64,
+    /// The names of the children it chose, a JSON array.
+    pub chosen: String,
+}
+
 /// A running step whose lease expired ([`super::StoreTx::expired_leases`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpiredLease {

@@ -65,6 +65,14 @@ pub(crate) const UPSERT_EVENT_DEFINITION: &str =
      ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
      registered_at = excluded.registered_at";
 
+/// The decisions a task's steps took: `$1` task_id.
+pub(crate) const DECISIONS_OF_TASK: &str =
+    "SELECT step_id, chosen FROM step_decisions WHERE task_id = $1 ORDER BY step_id";
+
+/// The priority of a task's steps: `$1` task_id.
+pub(crate) const TASK_PRIORITY: &str =
+    "SELECT COALESCE(MAX(priority), 0) FROM steps WHERE task_id = $1";
+
 pub(crate) const TEMPLATE_BY_ID: &str = concat!(
     "SELECT ",
     template_cols!(),

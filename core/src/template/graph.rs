@@ -7,7 +7,7 @@ use std::sync::Arc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
-use super::{Definition, StepDefinition, StepTemplate, TaskTemplate};
+use super::{Definition, StepDefinition, StepKind, StepTemplate, TaskTemplate};
 use crate::error::TemplateError;
 
 impl TaskTemplate {
@@ -49,6 +49,7 @@ impl TaskTemplate {
                 steps[p].children.push(i);
             }
         }
+        run_time_shapes(&template, &graph, &mut steps)?;
         for (i, e) in def.custom_events.iter().enumerate() {
             crate::events::check_declared_event_name(&e.name).map_err(|message| {
                 TemplateError::Shape {
@@ -164,7 +165,55 @@ fn step_template(
         skippable: s.skippable,
         backoff: s.backoff,
         timeout_seconds: s.timeout_seconds,
+        kind: s.kind,
+        created_at_start: true,
     })
+}
+
+/// Checks the step kinds that shape a task at run time and marks the steps created with the
+/// task: those with no decision above them.
+fn run_time_shapes(
+    template: &str,
+    graph: &DiGraph<usize, ()>,
+    steps: &mut [StepTemplate],
+) -> Result<(), TemplateError> {
+    for s in steps.iter() {
+        let err = |message: String| TemplateError::Step {
+            template: template.to_owned(),
+            step: s.name.clone(),
+            message,
+        };
+        match s.kind {
+            StepKind::Batchable | StepKind::BatchWorker => {
+                return Err(err(format!(
+                    "type {:?}: fan-out steps (batchable, batch_worker) are not supported yet; decision and deferred_convergence steps are",
+                    s.kind.as_str()
+                )))
+            }
+            StepKind::Decision if s.children.is_empty() => {
+                return Err(err(
+                    "a decision step needs steps that depend on it (the steps it may choose); none does"
+                        .into(),
+                ))
+            }
+            StepKind::DeferredConvergence if s.parents.is_empty() => {
+                return Err(err(
+                    "a deferred_convergence step has no possible input: it needs dependencies (the steps whose results it gathers)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    for n in petgraph::algo::toposort(graph, None).expect("validated acyclic") {
+        let i = n.index();
+        let start = steps[i]
+            .parents
+            .iter()
+            .all(|&p| steps[p].created_at_start && steps[p].kind != StepKind::Decision);
+        steps[i].created_at_start = start;
+    }
+    Ok(())
 }
 
 /// The context schema compiled (standard formats checked), if the template has one.

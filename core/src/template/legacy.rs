@@ -72,6 +72,9 @@ struct LegacyStep {
     dependent_system: Option<Value>,
     #[serde(default)]
     custom_events: Option<Vec<CustomEvent>>,
+    /// The native format uses tasker-core's step `type` names.
+    #[serde(default, rename = "type")]
+    kind: Option<StepKind>,
 }
 
 impl LegacyRaw {
@@ -156,6 +159,7 @@ impl LegacyRaw {
                         skippable: s.skippable.unwrap_or(false),
                         backoff: s.backoff.unwrap_or_default(),
                         timeout_seconds: s.timeout_seconds,
+                        kind: s.kind.unwrap_or_default(),
                     }
                 })
                 .collect(),

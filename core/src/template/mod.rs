@@ -98,6 +98,48 @@ pub struct StepDefinition {
     pub backoff: Backoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<f64>,
+    /// What the step's handler decides at run time (`type:` in both formats); a standard
+    /// step is not written, so the definitions (and hashes) of templates without these kinds
+    /// are what they were.
+    #[serde(
+        default,
+        rename = "type",
+        skip_serializing_if = "StepKind::is_standard"
+    )]
+    pub kind: StepKind,
+}
+
+/// A step's `type`: what its handler may decide at run time (see [`crate::engine::shape`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Runs its handler; its results go to its children.
+    #[default]
+    Standard,
+    /// Its handler returns a `Decision` naming which of its direct children are created.
+    Decision,
+    /// Runs once every decision above it has decided and every created dependency is done;
+    /// dependencies never created are left out of its results.
+    DeferredConvergence,
+    /// Fans out over items its handler returns (tasker-core's format): not supported yet.
+    Batchable,
+    /// One instance per item of a `batchable` parent: not supported yet.
+    BatchWorker,
+}
+
+impl StepKind {
+    pub fn is_standard(&self) -> bool {
+        *self == StepKind::Standard
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepKind::Standard => "standard",
+            StepKind::Decision => "decision",
+            StepKind::DeferredConvergence => "deferred_convergence",
+            StepKind::Batchable => "batchable",
+            StepKind::BatchWorker => "batch_worker",
+        }
+    }
 }
 
 /// A validated template with its DAG.
@@ -138,6 +180,10 @@ pub struct StepTemplate {
     pub skippable: bool,
     pub backoff: Backoff,
     pub timeout_seconds: Option<f64>,
+    pub kind: StepKind,
+    /// Created with the task: no decision lies above it (otherwise it is created, or never
+    /// is, once the decisions above it have decided).
+    pub created_at_start: bool,
 }
 
 impl TaskTemplate {
@@ -236,6 +282,11 @@ impl TaskTemplate {
     /// The definition as canonical JSON (stable key order), as stored and compared.
     pub fn canonical_json(&self) -> String {
         serde_json::to_string(&self.definition).expect("definition serializes")
+    }
+
+    /// True when some step's existence is decided at run time (a decision lies above it).
+    pub fn has_run_time_shape(&self) -> bool {
+        self.steps.iter().any(|s| !s.created_at_start)
     }
 
     pub fn step_index(&self, name: &str) -> Option<usize> {

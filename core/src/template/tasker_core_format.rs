@@ -39,11 +39,10 @@ pub(super) struct NewRaw {
 #[serde(deny_unknown_fields)]
 struct NewStep {
     name: String,
-    /// `standard` (default). The newer format's `decision` and `deferred_convergence` steps
-    /// create branches at run time: refused until dynamic workflows exist, never run as
-    /// plain steps.
+    /// `standard` (default), `decision`, `deferred_convergence` (`batchable` and
+    /// `batch_worker` are refused at validation, naming the step, until fan-out exists).
     #[serde(default, rename = "type")]
-    step_type: Option<String>,
+    step_type: Option<StepKind>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -85,18 +84,6 @@ struct NewRetry {
 
 impl NewRaw {
     pub(super) fn into_definition(mut self) -> Result<Definition, TemplateError> {
-        for (i, s) in self.steps.iter().enumerate() {
-            if let Some(t) = s.step_type.as_deref().filter(|t| *t != "standard") {
-                return Err(TemplateError::Shape {
-                    template: self.name.clone(),
-                    path: format!("steps[{i}].type"),
-                    message: format!(
-                        "step {:?} is a {t:?} step; only \"standard\" steps are supported (decision and convergence steps of dynamic workflows are not, and will not be run as plain steps)",
-                        s.name
-                    ),
-                });
-            }
-        }
         let mut compat = Map::new();
         for (k, v) in [
             ("metadata", self.metadata.take()),
@@ -156,6 +143,7 @@ impl NewRaw {
                         skippable: s.skippable.unwrap_or(false),
                         backoff,
                         timeout_seconds: s.timeout_seconds,
+                        kind: s.step_type.unwrap_or_default(),
                     }
                 })
                 .collect(),

@@ -596,3 +596,38 @@ pub(super) async fn event_definitions(s: &dyn Store) {
         ]
     );
 }
+
+pub(super) async fn decisions_and_steps_of_a_task_that_exists(s: &dyn Store) {
+    let named = template(s).await;
+    let (task, ids) = seed(s, named, &[("d", Some(NOW))]).await;
+    assert!(s.decisions(task).await.unwrap().is_empty());
+    // A decision recorded with the steps it creates, in an existing task.
+    let mut plan = Plan::new(NOW, true);
+    plan.decisions.push(NewDecision {
+        task_id: task,
+        step_id: ids[0],
+        chosen: r#"["s2"]"#.into(),
+    });
+    let mut child = new_step(task, 2, "c", Some(NOW));
+    child.parents = vec![0];
+    plan.new_steps.push(child);
+    let out = apply(s, &plan, None).await.unwrap();
+    assert_eq!(out.step_ids.len(), 1);
+    let mut tx = s.begin(true).await.unwrap();
+    let in_tx = tx.decisions(task).await.unwrap();
+    assert_eq!(tx.task_priority(task).await.unwrap(), 0);
+    tx.commit().await.unwrap();
+    let read = s.decisions(task).await.unwrap();
+    assert_eq!(read, in_tx);
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].step_id, ids[0]);
+    assert_eq!(json(&read[0].chosen), serde_json::json!(["s2"]));
+    let steps = s.steps(task).await.unwrap();
+    assert_eq!(
+        steps
+            .iter()
+            .map(|r| (r.position, r.step_id))
+            .collect::<Vec<_>>(),
+        [(0, ids[0]), (2, out.step_ids[0])]
+    );
+}

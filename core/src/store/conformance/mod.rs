@@ -81,6 +81,10 @@ const CASES: &[(&str, CaseFn)] = &[
         "event definitions are kept by name, a second one replacing the first",
         |s| Box::pin(event_definitions(s)),
     ),
+    (
+        "decisions and new steps of a task that exists are written and read back",
+        |s| Box::pin(decisions_and_steps_of_a_task_that_exists(s)),
+    ),
 ];
 
 #[tokio::test]

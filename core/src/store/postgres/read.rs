@@ -23,6 +23,10 @@ macro_rules! task_filter {
     };
 }
 
+/// `chosen` as text (a JSON array).
+pub(super) const DECISIONS: &str =
+    "SELECT step_id, chosen::text AS chosen FROM step_decisions WHERE task_id = $1 ORDER BY step_id";
+
 const LIST_TASKS_NEWEST: &str = concat!(
     "SELECT ",
     detail_cols!(),
@@ -119,6 +123,11 @@ impl Store for PgStore {
         plan: &Plan,
         claim: Option<&ClaimSpec<'_>>,
     ) -> Result<PlanOutcome> {
+        if !plan.decisions.is_empty() {
+            return Err(Error::Internal(
+                "a plan with decisions is applied in a transaction, not on its own".into(),
+            ));
+        }
         let mut conn = self.conns.get().await?;
         self.count();
         let out = super::apply::apply(&mut conn, &self.channel, plan, claim).await;
@@ -175,6 +184,15 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(PgEventDefinition::into_row).collect())
+    }
+
+    async fn decisions(&self, task_id: i64) -> Result<Vec<DecisionRow>> {
+        self.count();
+        let rows: Vec<PgDecision> = sqlx::query_as(DECISIONS)
+            .bind(task_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(PgDecision::into_row).collect())
     }
 
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {

@@ -90,6 +90,9 @@ const INSERT_TEMPLATE: &str = "INSERT INTO named_tasks (namespace, name, version
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (namespace, name, version, revision) DO NOTHING \
      RETURNING named_task_id";
 
+const INSERT_DECISIONS: &str = "INSERT INTO step_decisions (step_id, task_id, chosen, created_at) \
+     SELECT s, t, c::jsonb, $4 FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS d(s, t, c)";
+
 const UPDATE_TASK_DETAILS: &str =
     "UPDATE tasks SET reason = COALESCE($1, reason), tags = COALESCE($2::jsonb, tags), \
      updated_at = $3 WHERE task_id = $4";
@@ -98,6 +101,22 @@ const UPDATE_TASK_DETAILS: &str =
 impl StoreTx for PgTx {
     async fn apply(&mut self, plan: &Plan, claim: Option<&ClaimSpec<'_>>) -> Result<PlanOutcome> {
         let channel = self.channel.clone();
+        if !plan.decisions.is_empty() {
+            // Rows of steps that exist, keyed by them: beside the function, in the same
+            // transaction (a plan with decisions is never executed on its own).
+            let (steps, tasks, chosen): (Vec<i64>, Vec<i64>, Vec<&str>) = plan
+                .decisions
+                .iter()
+                .map(|d| (d.step_id, d.task_id, d.chosen.as_str()))
+                .collect();
+            sqlx::query(INSERT_DECISIONS)
+                .bind(steps)
+                .bind(tasks)
+                .bind(chosen)
+                .bind(plan.now)
+                .execute(self.c())
+                .await?;
+        }
         super::apply::apply(self.c(), &channel, plan, claim).await
     }
 
@@ -146,6 +165,21 @@ impl StoreTx for PgTx {
             .fetch_all(self.c())
             .await?;
         rows.into_iter().map(PgStep::into_row).collect()
+    }
+
+    async fn decisions(&mut self, task_id: i64) -> Result<Vec<DecisionRow>> {
+        let rows: Vec<PgDecision> = sqlx::query_as(super::read::DECISIONS)
+            .bind(task_id)
+            .fetch_all(self.c())
+            .await?;
+        Ok(rows.into_iter().map(PgDecision::into_row).collect())
+    }
+
+    async fn task_priority(&mut self, task_id: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(sql::TASK_PRIORITY)
+            .bind(task_id)
+            .fetch_one(self.c())
+            .await?)
     }
 
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {

@@ -251,6 +251,22 @@ impl PgEventDefinition {
     }
 }
 
+/// A row of `step_decisions`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PgDecision {
+    pub step_id: i64,
+    pub chosen: String,
+}
+
+impl PgDecision {
+    pub fn into_row(self) -> DecisionRow {
+        DecisionRow {
+            step_id: self.step_id,
+            chosen: self.chosen,
+        }
+    }
+}
+
 /// The answer of `tasker_apply_v1`: one row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PgApplied {

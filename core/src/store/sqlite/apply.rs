@@ -26,6 +26,7 @@ pub(super) fn apply(
     let born = insert_steps(c, plan, spec, &mut out)?;
     update_steps(c, &plan.step_updates, now)?;
     out.ready = decrement(c, &plan.decrements, now)?;
+    insert_decisions(c, &plan.decisions, now)?;
     move_ready(
         c,
         &plan.park,
@@ -185,6 +186,17 @@ fn insert_steps(
         }
     }
     Ok(born)
+}
+
+/// The decisions steps took (steps that exist: their ids are real).
+fn insert_decisions(c: &Connection, decisions: &[NewDecision], now: i64) -> Result<()> {
+    let mut st = c.prepare_cached(
+        "INSERT INTO step_decisions (step_id, task_id, chosen, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for d in decisions {
+        st.execute(rusqlite::params![d.step_id, d.task_id, d.chosen, now])?;
+    }
+    Ok(())
 }
 
 /// Step updates at the state and version assumed; any that does not apply refuses the plan.

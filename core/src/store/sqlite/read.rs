@@ -109,6 +109,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn decisions(&self, task_id: i64) -> Result<Vec<DecisionRow>> {
+        self.read(move |c| decisions(c, task_id)).await
+    }
+
     async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<TaskDetail>> {
         let (filter, mut p) = task_filter(f, ids);
         let order = if f.oldest_first { "ASC" } else { "DESC" };
@@ -246,6 +250,17 @@ impl Store for SqliteStore {
 }
 
 /// The results of steps by (task, position), on any connection.
+pub(super) fn decisions(c: &rusqlite::Connection, task_id: i64) -> Result<Vec<DecisionRow>> {
+    let mut st = c.prepare_cached(lite!(DECISIONS_OF_TASK))?;
+    let rows = st.query_map([task_id], |r| {
+        Ok(DecisionRow {
+            step_id: r.get(0)?,
+            chosen: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
 pub(super) fn parent_results(
     c: &rusqlite::Connection,
     keys: &[StepKey],

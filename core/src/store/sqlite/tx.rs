@@ -116,6 +116,17 @@ impl StoreTx for SqliteTx {
         query_all(&self.c, lite!(STEPS_OF_TASK), [task_id])
     }
 
+    async fn decisions(&mut self, task_id: i64) -> Result<Vec<DecisionRow>> {
+        super::read::decisions(&self.c, task_id)
+    }
+
+    async fn task_priority(&mut self, task_id: i64) -> Result<i64> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(TASK_PRIORITY))?
+            .query_row([task_id], |r| r.get(0))?)
+    }
+
     async fn count_running(&mut self, task_id: i64) -> Result<i64> {
         Ok(self
             .c
