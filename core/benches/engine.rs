@@ -67,6 +67,7 @@ fn definition(name: &str, edges: &[(usize, usize)]) -> Definition {
                 skippable: false,
                 backoff: Default::default(),
                 timeout_seconds: None,
+                kind: Default::default(),
             })
             .collect(),
     }
