@@ -309,8 +309,8 @@ step_templates:
     assert_eq!(t.step("join").unwrap().results, json!(["a", "b"]));
 }
 
-#[tokio::test]
-async fn an_operator_retry_of_an_exhausted_decision_lets_it_decide() {
+/// A `choose` task whose decision failed permanently: the task is in `error`.
+async fn exhausted_decision() -> (Harness, Registry, i64) {
     let h = Harness::new().await;
     h.register(&one_decision("")).await;
     let mut r = registry_deciding(json!(null));
@@ -327,6 +327,12 @@ async fn an_operator_retry_of_an_exhausted_decision_lets_it_decide() {
         h.engine.get_task(id).await.unwrap().status,
         TaskState::Error
     );
+    (h, r, id)
+}
+
+#[tokio::test]
+async fn an_operator_retry_of_an_exhausted_decision_lets_it_decide() {
+    let (h, mut r, id) = exhausted_decision().await;
     r.register_fn("pick", |_| async {
         Ok(Decision::new(["right"]).into_value())
     });
@@ -342,22 +348,7 @@ async fn an_operator_retry_of_an_exhausted_decision_lets_it_decide() {
 
 #[tokio::test]
 async fn resolving_a_failed_decision_by_hand_takes_no_branch() {
-    let h = Harness::new().await;
-    h.register(&one_decision("")).await;
-    let mut r = registry_deciding(json!(null));
-    r.register_fn("pick", |_| async {
-        Err::<Value, _>(HandlerError::permanent("down"))
-    });
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("choose", json!({})))
-        .await
-        .unwrap();
-    h.drive(&r).await;
-    assert_eq!(
-        h.engine.get_task(id).await.unwrap().status,
-        TaskState::Error
-    );
+    let (h, _r, id) = exhausted_decision().await;
     h.engine
         .resolve_step_manually(id, "pick", json!({"by": "operator"}))
         .await

@@ -67,7 +67,8 @@ pub(crate) const UPSERT_EVENT_DEFINITION: &str =
 
 /// The decisions a task's steps took: `$1` task_id.
 pub(crate) const DECISIONS_OF_TASK: &str =
-    "SELECT step_id, chosen FROM step_decisions WHERE task_id = $1 ORDER BY step_id";
+    "SELECT step_id, CAST(chosen AS TEXT) AS chosen FROM step_decisions WHERE task_id = $1 \
+     ORDER BY step_id";
 
 /// The priority of a task's steps: `$1` task_id.
 pub(crate) const TASK_PRIORITY: &str =

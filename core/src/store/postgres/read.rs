@@ -23,10 +23,6 @@ macro_rules! task_filter {
     };
 }
 
-/// `chosen` as text (a JSON array).
-pub(super) const DECISIONS: &str =
-    "SELECT step_id, chosen::text AS chosen FROM step_decisions WHERE task_id = $1 ORDER BY step_id";
-
 const LIST_TASKS_NEWEST: &str = concat!(
     "SELECT ",
     detail_cols!(),
@@ -188,7 +184,7 @@ impl Store for PgStore {
 
     async fn decisions(&self, task_id: i64) -> Result<Vec<DecisionRow>> {
         self.count();
-        let rows: Vec<PgDecision> = sqlx::query_as(DECISIONS)
+        let rows: Vec<PgDecision> = sqlx::query_as(sql::DECISIONS_OF_TASK)
             .bind(task_id)
             .fetch_all(&self.pool)
             .await?;

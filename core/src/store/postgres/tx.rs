@@ -168,7 +168,7 @@ impl StoreTx for PgTx {
     }
 
     async fn decisions(&mut self, task_id: i64) -> Result<Vec<DecisionRow>> {
-        let rows: Vec<PgDecision> = sqlx::query_as(super::read::DECISIONS)
+        let rows: Vec<PgDecision> = sqlx::query_as(sql::DECISIONS_OF_TASK)
             .bind(task_id)
             .fetch_all(self.c())
             .await?;
