@@ -632,3 +632,50 @@ def test_the_operator_calls_rest_has(engine):
         engine.set_step_retry_limit(tid, "a", 0)
     with pytest.raises(tasker.ValidationError, match="window_seconds"):
         engine.analytics(0)
+
+
+APPROVAL = """
+name: approval
+steps:
+  - {name: route, type: decision}
+  - {name: auto_approve, dependencies: [route]}
+  - {name: finance_review, dependencies: [route]}
+  - {name: finalize, type: deferred_convergence, dependencies: [auto_approve, finance_review]}
+"""
+
+
+def test_a_decision_creates_only_the_branch_it_chose(engine):
+    engine.register_template(APPROVAL)
+
+    @engine.handler("route")
+    def route(s):
+        small = s.context["amount"] < 1000
+        return tasker.Decision(["auto_approve" if small else "finance_review"], results={"amount": s.context["amount"]})
+
+    @engine.handler("auto_approve")
+    def auto(s):
+        return {"by": "auto", "amount": s.results["route"]["amount"]}
+
+    @engine.handler("finance_review")
+    async def finance(s):
+        return {"by": "finance"}
+
+    @engine.handler("finalize")
+    def finalize(s):
+        return sorted(s.results)
+
+    snap = engine.run_until_complete(engine.create_task("approval", {"amount": 10}), timeout=30)
+    assert snap["status"] == "complete"
+    assert sorted(x["name"] for x in snap["steps"]) == ["auto_approve", "finalize", "route"]
+    assert step(snap, "finalize")["results"] == ["auto_approve"]
+    assert step(snap, "auto_approve")["results"] == {"by": "auto", "amount": 10}
+
+    # A name outside the decision's children fails it permanently, naming them.
+    @engine.handler("route")
+    def bad_route(s):
+        return tasker.Decision("nowhere")
+
+    snap = engine.run_until_complete(engine.create_task("approval", {"amount": 10}), timeout=30)
+    assert snap["status"] == "error"
+    err = step(snap, "route")["error"]["message"]
+    assert '"nowhere"' in err and "auto_approve, finance_review" in err

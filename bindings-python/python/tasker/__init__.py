@@ -60,6 +60,7 @@ __all__ = [
     "TimeoutError",
     "RetryableError",
     "PermanentError",
+    "Decision",
 ]
 
 
@@ -91,6 +92,28 @@ class PermanentError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class Decision:
+    """Return from the handler of a ``type: decision`` step: ``steps`` names which of the steps
+    that depend on it directly are created (none is allowed); ``results`` are its own results,
+    which its children see. A name outside its children fails the step permanently."""
+
+    def __init__(self, steps: Sequence[str], results: JSON = None) -> None:
+        if isinstance(steps, str):
+            steps = [steps]
+        self.steps = list(steps)
+        self.results = results
+
+    def _to_json(self) -> JSON:
+        # The one shape core reads in every language (core/src/protocol.rs, Decision).
+        out: dict = {"$decision": self.steps}
+        if self.results is not None:
+            out["results"] = self.results
+        return out
+
+    def __repr__(self) -> str:
+        return f"Decision({self.steps!r}, results={self.results!r})"
 
 
 class Step:
@@ -474,6 +497,8 @@ def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -
     if not ok:
         driver.finished(key, False, value)
         return
+    if isinstance(value, Decision):
+        value = value._to_json()
     try:
         text = json.dumps(value)
     except (TypeError, ValueError) as e:
