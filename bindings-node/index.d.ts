@@ -226,3 +226,10 @@ export declare class RetryableError extends Error {
 export declare class PermanentError extends Error {
   constructor(message: string)
 }
+/** Return from a `type: decision` step's handler: which of its children are created. */
+export declare class Decision {
+  constructor(steps: string | string[], options?: { results?: unknown })
+  readonly steps: string[]
+  readonly results: unknown
+  toJSON(): { $decision: string[]; results?: unknown }
+}

@@ -43,6 +43,25 @@ class PermanentError extends Error {
   }
 }
 
+/**
+ * Return from the handler of a `type: decision` step: `steps` names which of the steps that
+ * depend on it directly are created (none is allowed); `results` are its own results, which its
+ * children see. A name outside its children fails the step permanently, naming the allowed ones.
+ */
+class Decision {
+  constructor (steps, options = {}) {
+    this.steps = typeof steps === 'string' ? [steps] : Array.from(steps ?? [])
+    this.results = options.results ?? null
+  }
+
+  /** The one shape core reads in every language (core/src/protocol.rs, `Decision`). */
+  toJSON () {
+    const out = { $decision: this.steps }
+    if (this.results !== null) out.results = this.results
+    return out
+  }
+}
+
 const KINDS = {
   template: TemplateError,
   validation: ValidationError,
@@ -444,5 +463,6 @@ module.exports = {
   DatabaseError,
   TimeoutError,
   RetryableError,
-  PermanentError
+  PermanentError,
+  Decision
 }

@@ -12,6 +12,7 @@ export const {
   DatabaseError,
   TimeoutError,
   RetryableError,
-  PermanentError
+  PermanentError,
+  Decision
 } = tasker
 export default tasker

@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {
   Engine, RetryableError, PermanentError, TaskerError, TemplateError, ValidationError,
-  NotFoundError, ConflictError, TimeoutError
+  NotFoundError, ConflictError, TimeoutError, Decision
 } from 'tasker'
 import { freshDb, freshEngine, step } from './helpers.mjs'
 
@@ -291,4 +291,33 @@ test('the operator calls REST has: retry limit, update, cancel a step, transitio
   assert.equal((await engine.analytics({ windowSeconds: 3600 })).tasks_created, 2)
   await assert.rejects(engine.transitions(999999), (e) => e instanceof NotFoundError)
   await assert.rejects(engine.setStepRetryLimit(id, 'a', 0), (e) => e instanceof ValidationError && /retry_limit/.test(e.message))
+})
+
+test('a decision creates only the branch it chose; a name outside its children fails it', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate(`
+name: approval
+steps:
+  - {name: route, type: decision}
+  - {name: auto_approve, dependencies: [route]}
+  - {name: finance_review, dependencies: [route]}
+  - {name: finalize, type: deferred_convergence, dependencies: [auto_approve, finance_review]}
+`)
+  let target = null
+  engine.handler('route', async (s) => target ?? new Decision([s.context.amount < 1000 ? 'auto_approve' : 'finance_review'], { results: { amount: s.context.amount } }))
+  engine.handler('auto_approve', (s) => ({ by: 'auto', amount: s.results.route.amount }))
+  engine.handler('finance_review', () => ({ by: 'finance' }))
+  engine.handler('finalize', (s) => Object.keys(s.results).sort())
+  let t = await engine.runUntilComplete(await engine.createTask('approval', { amount: 5000 }), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(t.steps.map((x) => x.name).sort(), ['finalize', 'finance_review', 'route'])
+  assert.deepEqual(step(t, 'finalize').results, ['finance_review'])
+
+  target = new Decision('nowhere')
+  t = await engine.runUntilComplete(await engine.createTask('approval', { amount: 1 }), { timeout: 30 })
+  assert.equal(t.status, 'error')
+  const err = step(t, 'route').error
+  assert.equal(err.kind, 'permanent')
+  assert.match(err.message, /"nowhere"/)
+  assert.match(err.message, /auto_approve, finance_review/)
 })
