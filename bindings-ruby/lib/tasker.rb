@@ -4,6 +4,7 @@
 require "pathname"
 require_relative "tasker/version"
 require_relative "tasker/errors"
+require_relative "tasker/outcomes"
 require_relative "tasker/config"
 require_relative "tasker/tasker" # the native half (tasker.so, built by `rake build`)
 require_relative "tasker/step"

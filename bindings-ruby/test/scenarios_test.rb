@@ -40,6 +40,34 @@ class ScenariosTest < Minitest::Test
     assert(task["steps"].all? { |s| s["attempts"] == 1 })
   end
 
+  def test_a_decision_block_creates_only_its_branch_and_a_stray_name_fails_it
+    engine.register_template(<<~YAML)
+      name: approval
+      steps:
+        - {name: route, type: decision}
+        - {name: auto_approve, dependencies: [route]}
+        - {name: finance_review, dependencies: [route]}
+        - {name: finalize, type: deferred_convergence, dependencies: [auto_approve, finance_review]}
+    YAML
+    choice = nil
+    engine.handler("route") { |s| choice || Tasker::Decision.new(["finance_review"], results: { amount: s.context["amount"] }) }
+    engine.handler("auto_approve") { |_s| "auto" }
+    engine.handler("finance_review") { |s| { by: "finance", amount: s.results["route"]["amount"] } }
+    engine.handler("finalize") { |s| s.results.keys.sort }
+    task = engine.run_until_complete(engine.create_task("approval", { amount: 5000 }), timeout: 30)
+    assert_equal "complete", task["status"]
+    assert_equal %w[finalize finance_review route], task["steps"].map { |s| s["name"] }.sort
+    assert_equal({ "by" => "finance", "amount" => 5000 }, step(task, "finance_review")["results"])
+
+    choice = Tasker::Decision.new(:nowhere)
+    task = engine.run_until_complete(engine.create_task("approval", { amount: 1 }), timeout: 30)
+    assert_equal "error", task["status"]
+    error = step(task, "route")["error"]
+    assert_equal "permanent", error["kind"]
+    assert_includes error["message"], '"nowhere"'
+    assert_includes error["message"], "auto_approve, finance_review"
+  end
+
   def test_linear_and_tree_shapes
     engine.register_template(<<~YAML)
       name: chain

@@ -31,6 +31,14 @@ module Payments
     end
   end
 
+  # A seed-style class may return a Tasker::Decision from process for a `type: decision` step.
+  class Route < Tasker::StepHandler::Base
+    def process(task, _sequence, _step)
+      amount = task.context["amount"]
+      Tasker::Decision.new(amount < 1000 ? "auto_approve" : "finance_review", results: { "amount" => amount })
+    end
+  end
+
   class Flaky < Tasker::StepHandler::Base
     def process(_task, _sequence, step)
       raise Tasker::RetryableError.new("gateway busy", retry_after: 0) if step.attempts.zero?
@@ -124,6 +132,25 @@ class SeedCompatTest < Minitest::Test
     assert_equal "ok", step(task, "flaky")["results"]
     assert_equal 2, step(task, "flaky")["attempts"]
     assert_equal [{ "attempts" => 1 }], events
+  end
+
+  def test_a_base_subclass_returns_a_decision_and_only_its_branch_is_created
+    engine.register_template(<<~YAML)
+      name: approval
+      step_templates:
+        - {name: route, type: decision, handler_class: "Payments::Route"}
+        - {name: auto_approve, depends_on_step: route}
+        - {name: finance_review, depends_on_step: route}
+        - {name: finalize, type: deferred_convergence, depends_on_steps: [auto_approve, finance_review]}
+    YAML
+    engine.handler("auto_approve") { |s| { "by" => "auto", "amount" => s.results["route"]["amount"] } }
+    engine.handler("finance_review") { |_s| { "by" => "finance" } }
+    engine.handler("finalize") { |s| s.results.keys.sort }
+    task = engine.run_until_complete(engine.create_task("approval", { amount: 12 }), timeout: 30)
+    assert_equal "complete", task["status"], task.inspect
+    assert_equal %w[auto_approve finalize route], task["steps"].map { |s| s["name"] }.sort
+    assert_equal({ "by" => "auto", "amount" => 12 }, step(task, "auto_approve")["results"])
+    assert_equal ["auto_approve"], step(task, "finalize")["results"]
   end
 
   def test_a_handler_class_that_does_not_exist_is_not_claimed

@@ -1,0 +1,29 @@
+# frozen_string_literal: true
+
+module Tasker
+  # Return from the handler of a +type: decision+ step (a block, a class with +call+, or a
+  # +StepHandler::Base#process+): +steps+ names which of the steps that depend on it directly are
+  # created (none is allowed); +results+ are its own results, which its children see. A name
+  # outside its children fails the step permanently, naming the allowed ones.
+  #
+  #   Tasker::Decision.new(amount < 1000 ? "auto_approve" : "finance_review", results: { amount: amount })
+  class Decision
+    attr_reader :steps, :results
+
+    def initialize(steps, results: nil)
+      @steps = steps.is_a?(String) || steps.is_a?(Symbol) ? [steps.to_s] : Array(steps).map(&:to_s)
+      @results = results
+    end
+
+    # The one shape core reads in every language (core/src/protocol.rs, +Decision+).
+    def to_tasker_json
+      out = { "$decision" => steps }
+      out["results"] = results unless results.nil?
+      out
+    end
+
+    def inspect
+      "#<Tasker::Decision #{steps.inspect} results=#{results.inspect}>"
+    end
+  end
+end
