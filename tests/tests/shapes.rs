@@ -404,3 +404,31 @@ fn templates_with_run_time_shapes_are_checked_at_registration() {
         .collect();
     assert_eq!(start, ["validate_request", "routing_decision"]);
 }
+
+#[tokio::test]
+async fn a_command_step_decides_with_the_decision_shape_on_its_stdout() {
+    let h = Harness::new().await;
+    h.register(
+        r#"
+name: choose_by_command
+step_templates:
+  - name: pick
+    type: decision
+    handler_class: command
+    handler_config: {command: "printf '{\"$decision\": [\"right\"], \"results\": {\"why\": \"cli\"}}'"}
+  - {name: left, depends_on_step: pick, handler_class: command, handler_config: {command: "echo left"}}
+  - {name: right, depends_on_step: pick, handler_class: command, handler_config: {command: "echo right"}}
+"#,
+    )
+    .await;
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("choose_by_command", json!({})))
+        .await
+        .unwrap();
+    h.drive(&Registry::with_builtins()).await;
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{t:?}");
+    assert_eq!(step_names(&t), ["pick", "right"]);
+    assert_eq!(t.step("pick").unwrap().results, json!({"why": "cli"}));
+}
