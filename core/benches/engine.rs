@@ -68,6 +68,7 @@ fn definition(name: &str, edges: &[(usize, usize)]) -> Definition {
                 backoff: Default::default(),
                 timeout_seconds: None,
                 kind: Default::default(),
+                batch_config: None,
             })
             .collect(),
     }

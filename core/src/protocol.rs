@@ -41,6 +41,13 @@ pub struct Job {
     /// When the task was created (engine clock, ms): with the task id, names its trace
     /// ([`crate::telemetry::task_trace`]).
     pub task_created_at_ms: i64,
+    /// A fan-out instance's item (`step.batch` in the bindings); `None` for other steps.
+    pub batch: Option<Value>,
+    /// A fan-out instance's 0-based place among its batch (`step.batch_index`).
+    pub batch_index: Option<u32>,
+    /// What an earlier attempt of this step saved ([`crate::Engine::save_checkpoint`]);
+    /// `None` at first.
+    pub checkpoint: Option<Value>,
 }
 
 impl Job {
@@ -77,6 +84,11 @@ pub struct HostJob {
     pub config: String,
     /// The custom events the template declares (what the handler may publish).
     pub custom_events: Vec<String>,
+    /// A fan-out instance's item, JSON (`None`: not an instance).
+    pub batch: Option<String>,
+    pub batch_index: Option<u32>,
+    /// The checkpoint an earlier attempt saved, JSON (`None`: none).
+    pub checkpoint: Option<String>,
 }
 
 impl HostJob {
@@ -107,6 +119,9 @@ impl From<&Job> for HostJob {
             results: serde_json::to_string(&j.results).expect("a JSON object serializes"),
             config: text(&j.config),
             custom_events: j.custom_events.to_vec(),
+            batch: j.batch.as_ref().map(text),
+            batch_index: j.batch_index,
+            checkpoint: j.checkpoint.as_ref().map(text),
         }
     }
 }
@@ -252,11 +267,54 @@ impl From<Decision> for Value {
 }
 
 const DECISION_KEY: &str = "$decision";
+const BATCHES_KEY: &str = "$batches";
+
+/// What a `type: batchable` step fanned out to: one instance of each of its `batch_worker`
+/// children per item (any JSON value, such as a cursor range `{"start": 0, "end": 200}`), and
+/// its own results. No items: no instance.
+///
+/// The JSON shape in every language: `{"$batches": [item, ...], "results": ...}`
+/// ([`Batches::into_value`], the bindings' `Batches` classes, `command`/`http` output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batches {
+    pub items: Vec<Value>,
+    #[serde(default)]
+    pub results: Value,
+}
+
+impl Batches {
+    pub fn new(items: impl IntoIterator<Item = Value>) -> Batches {
+        Batches {
+            items: items.into_iter().collect(),
+            results: Value::Null,
+        }
+    }
+    pub fn results(mut self, results: Value) -> Batches {
+        self.results = results;
+        self
+    }
+    /// The handler result that carries it: `{"$batches": [...], "results": ...}`.
+    pub fn into_value(self) -> Value {
+        let mut m = Map::new();
+        m.insert(BATCHES_KEY.into(), Value::Array(self.items));
+        if !self.results.is_null() {
+            m.insert("results".into(), self.results);
+        }
+        Value::Object(m)
+    }
+}
+
+impl From<Batches> for Value {
+    fn from(b: Batches) -> Value {
+        b.into_value()
+    }
+}
 
 /// A handler's results that say more than results: the shapes decided at run time.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shaped {
     Decision(Decision),
+    Batches(Batches),
 }
 
 impl Shaped {
@@ -267,8 +325,21 @@ impl Shaped {
         let Value::Object(m) = results else {
             return None;
         };
+        let shape_key = |key: &str| m.keys().all(|k| k == key || k == "results");
+        let own_results = || m.get("results").cloned().unwrap_or(Value::Null);
+        if let Some(items) = m.get(BATCHES_KEY).filter(|_| shape_key(BATCHES_KEY)) {
+            return Some(match items {
+                Value::Array(items) => Ok(Shaped::Batches(Batches {
+                    items: items.clone(),
+                    results: own_results(),
+                })),
+                other => Err(format!(
+                    "a fan-out's {BATCHES_KEY:?} must be a list of items, got {other}"
+                )),
+            });
+        }
         let steps = m.get(DECISION_KEY)?;
-        if m.keys().any(|k| k != DECISION_KEY && k != "results") {
+        if !shape_key(DECISION_KEY) {
             return None;
         }
         let names = match steps {
@@ -281,7 +352,7 @@ impl Shaped {
         Some(match names {
             Some(steps) => Ok(Shaped::Decision(Decision {
                 steps,
-                results: m.get("results").cloned().unwrap_or(Value::Null),
+                results: own_results(),
             })),
             None => Err(format!(
                 "a decision's {DECISION_KEY:?} must be a list of step names, got {steps}"

@@ -348,35 +348,33 @@ async fn custom_event_names_follow_the_originals_rules() {
 }
 
 #[tokio::test]
-async fn a_newer_format_fan_out_step_type_is_refused_and_unknown_fields_too() {
+async fn a_newer_format_fan_out_step_is_checked_and_batch_config_belongs_to_batch_workers() {
     let h = Harness::new().await;
-    // Decision and convergence steps load (tests/tests/shapes.rs runs them); fan-out steps
-    // are refused, naming the step, until fan-out exists.
-    for t in ["batchable", "batch_worker"] {
-        let err = h
-            .engine
-            .register_template_yaml(&format!(
-                "name: dyn\nsteps:\n  - {{name: a}}\n  - {{name: choose, type: {t}, dependencies: [a]}}\n"
-            ))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("\"choose\"") && err.contains(t) && err.contains("not supported yet"),
-            "{err}"
-        );
-    }
-    h.register("name: ok\nsteps:\n  - {name: a, type: standard}\n")
-        .await;
+    // Fan-out steps load (tests/tests/fan_out.rs runs them); a batch_worker without its
+    // batchable parent is refused, naming the step.
     let err = h
         .engine
-        .register_template_yaml("name: dyn\nsteps:\n  - {name: a, batch_config: {size: 10}}\n")
+        .register_template_yaml(
+            "name: dyn\nsteps:\n  - {name: a}\n  - {name: choose, type: batch_worker, dependencies: [a]}\n",
+        )
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("batch_config"),
-        "unknown fields are refused, not dropped: {err}"
+        err.contains("\"choose\"") && err.contains("the batchable step"),
+        "{err}"
+    );
+    h.register("name: ok\nsteps:\n  - {name: a, type: standard}\n")
+        .await;
+    let err = h
+        .engine
+        .register_template_yaml("name: dyn\nsteps:\n  - {name: a, batch_config: {max_instances: 10}}\n")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch_config is read on batch_worker steps only"),
+        "batch_config on a standard step is refused, not ignored: {err}"
     );
 }
 

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::protocol::{Claim, Job, JobKey};
 use crate::store::plan::claim_transitions;
 use crate::store::{ClaimSpec, ClaimedStep, ParentResult, StepKey};
-use crate::template::TaskTemplate;
+use crate::template::{StepKind, TaskTemplate};
 
 impl Engine {
     /// What to claim for `c` at `now`.
@@ -68,7 +68,9 @@ impl Engine {
         parent_rows: Vec<ParentResult>,
     ) -> Result<Vec<Job>> {
         let contexts = self.contexts_of(claimed)?;
-        let mut parent_results: HashMap<(i64, i32), (String, Value)> = HashMap::new();
+        // (task, position) -> its rows: one, or a fan-out's instances.
+        let mut parent_results: HashMap<(i64, i32), Vec<(Option<i64>, String, Value)>> =
+            HashMap::new();
         for p in parent_rows {
             let v = p
                 .results
@@ -76,7 +78,10 @@ impl Engine {
                 .map(parse_json)
                 .transpose()?
                 .unwrap_or(Value::Null);
-            parent_results.insert((p.task_id, p.position), (p.name, v));
+            parent_results
+                .entry((p.task_id, p.position))
+                .or_default()
+                .push((p.batch_index, p.name, v));
         }
         let mut jobs = Vec::with_capacity(claimed.len());
         for (s, t) in claimed.iter().zip(templates) {
@@ -89,13 +94,27 @@ impl Engine {
                 None => {
                     let mut results = Map::new();
                     for &p in &st.parents {
-                        if let Some((name, v)) = parent_results.get(&(s.task_id, p as i32)) {
+                        let rows = parent_results.get_mut(&(s.task_id, p as i32));
+                        let Some(rows) = rows else {
+                            if t.steps[p].kind == StepKind::BatchWorker {
+                                // A fan-out with no items (or one never created).
+                                results.insert(t.steps[p].name.clone(), Value::Array(Vec::new()));
+                            }
+                            continue;
+                        };
+                        if t.steps[p].kind == StepKind::BatchWorker {
+                            // A fan-out's results: one list, in item order.
+                            rows.sort_by_key(|r| r.0);
+                            let list = rows.iter().map(|r| r.2.clone()).collect();
+                            results.insert(t.steps[p].name.clone(), Value::Array(list));
+                        } else if let Some((_, name, v)) = rows.first() {
                             results.insert(name.clone(), v.clone());
                         }
                     }
                     results
                 }
             };
+            let json = |text: &Option<String>| text.as_deref().map(parse_json).transpose();
             jobs.push(Job {
                 key: JobKey {
                     task_id: s.task_id,
@@ -103,7 +122,10 @@ impl Engine {
                     attempt: s.attempts as u32,
                     position: s.position as u32,
                 },
-                step_name: st.name.clone(),
+                step_name: match s.batch_index {
+                    Some(i) => crate::template::instance_name(&st.name, i as usize),
+                    None => st.name.clone(),
+                },
                 handler: st.handler.clone(),
                 max_attempts: s.retry_limit.clamp(0, u32::MAX as i64) as u32,
                 context: contexts.get(&s.task_id).cloned().unwrap_or_default(),
@@ -113,6 +135,9 @@ impl Engine {
                 custom_events: t.custom_event_names.clone(),
                 lease_expires_at_ms: s.lease_expires_at,
                 task_created_at_ms: s.task_created_at,
+                batch: json(&s.batch)?,
+                batch_index: s.batch_index.map(|i| i as u32),
+                checkpoint: json(&s.checkpoint)?,
             });
         }
         Ok(jobs)

@@ -401,6 +401,8 @@ impl TxCx<'_> {
                     version: if p.bypass[i] { 2 } else { 1 },
                     parents: s.parents.iter().map(|&q| q as i32).collect(),
                     born: is_born,
+                    batch_index: None,
+                    batch: None,
                 }
             })
             .collect();

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::protocol::{FailureKind, Outcome, Shaped, StepFailure};
 use crate::state::{StepState, TaskState};
-use crate::template::{StepKind, TaskTemplate};
+use crate::template::{StepKind, StepTemplate, TaskTemplate};
 
 /// True when a step is out of attempts and blocks its task until an operator acts.
 ///
@@ -19,21 +19,70 @@ pub fn is_exhausted(state: StepState, ready_at: Option<i64>, parked_ready_at: Op
     state == StepState::Error && ready_at.is_none() && parked_ready_at.is_none()
 }
 
+/// The steps a completed decision or fan-out calls for (created by the engine's `grow`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Growth {
+    /// The children it opened (positions): a decision's choice, a fan-out's batch workers.
+    pub chosen: Vec<usize>,
+    /// A fan-out's items: one instance of each chosen batch worker per item.
+    pub items: Option<Vec<Value>>,
+}
+
 /// What a reported outcome means for a step of `kind` at `position` of `t`: results that carry
 /// a shape ([`Shaped`]) are read here. A decision step completes with its decision's results and
-/// its choice (positions); it fails permanently when it returns plain results or names a step
-/// outside its children, and any other step fails permanently when it returns a decision.
+/// its choice (positions); a batchable step with its own results and its items, within its
+/// batch workers' `max_instances`. Either fails permanently when it returns plain results (or
+/// the other's shape), names a step outside its children, or exceeds the limit; a standard
+/// step fails permanently when it returns a shape.
 pub fn shaped_outcome(
     t: &TaskTemplate,
     position: usize,
     outcome: &Outcome,
-) -> (Outcome, Option<Vec<usize>>) {
+) -> (Outcome, Option<Growth>) {
     let Outcome::Complete(v) = outcome else {
         return (outcome.clone(), None);
     };
     let s = &t.steps[position];
     let fail = |m: String| (Outcome::Failed(StepFailure::permanent(m)), None);
     match (Shaped::of(v), s.kind) {
+        (None | Some(Ok(Shaped::Decision(_))), StepKind::Batchable) => fail(format!(
+            "batchable step {:?} returned {}; it must return Batches(items): one instance of {} per item (an empty list creates none)",
+            s.name,
+            if matches!(Shaped::of(v), None) { "plain results" } else { "a Decision" },
+            batch_workers(t, s).join(", ")
+        )),
+        (Some(Ok(Shaped::Batches(b))), StepKind::Batchable) => {
+            let workers: Vec<usize> = s
+                .children
+                .iter()
+                .copied()
+                .filter(|&c| t.steps[c].kind == StepKind::BatchWorker)
+                .collect();
+            if let Some(&c) = workers
+                .iter()
+                .find(|&&c| b.items.len() > t.steps[c].max_instances)
+            {
+                return fail(format!(
+                    "batchable step {:?} returned {} items; batch_worker {:?} allows at most {} instances per fan-out (batch_config.max_instances)",
+                    s.name,
+                    b.items.len(),
+                    t.steps[c].name,
+                    t.steps[c].max_instances
+                ));
+            }
+            (
+                Outcome::Complete(b.results),
+                Some(Growth {
+                    chosen: workers,
+                    items: Some(b.items),
+                }),
+            )
+        }
+        (Some(Ok(Shaped::Batches(_))), kind) => fail(format!(
+            "step {:?} returned Batches, but it is a {} step: only a step of type: batchable may fan out",
+            s.name,
+            kind.as_str()
+        )),
         (None, StepKind::Decision) => {
             let children: Vec<&str> = s.children.iter().map(|&c| t.steps[c].name.as_str()).collect();
             fail(format!(
@@ -46,7 +95,13 @@ pub fn shaped_outcome(
         (Some(Err(m)), _) => fail(format!("step {:?}: {m}", s.name)),
         (Some(Ok(Shaped::Decision(d))), StepKind::Decision) => {
             match super::shape::check_choice(t, position, &d.steps) {
-                Ok(chosen) => (Outcome::Complete(d.results), Some(chosen)),
+                Ok(chosen) => (
+                    Outcome::Complete(d.results),
+                    Some(Growth {
+                        chosen,
+                        items: None,
+                    }),
+                ),
                 Err(m) => fail(m),
             }
         }
@@ -56,6 +111,14 @@ pub fn shaped_outcome(
             kind.as_str()
         )),
     }
+}
+
+fn batch_workers<'t>(t: &'t TaskTemplate, s: &StepTemplate) -> Vec<&'t str> {
+    s.children
+        .iter()
+        .filter(|&&c| t.steps[c].kind == StepKind::BatchWorker)
+        .map(|&c| t.steps[c].name.as_str())
+        .collect()
 }
 
 /// What a failed attempt does to its step.

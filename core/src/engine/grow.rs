@@ -1,6 +1,7 @@
-//! A task growing at run time: a decision recorded, then the steps the task's decisions now
-//! call for created (which ones: [`super::shape`]) and the steps that will never exist
-//! counted as done, so a task completes when every step that exists is done.
+//! A task growing at run time: a decision or fan-out recorded, then the steps the task's
+//! decisions now call for created (which ones: [`super::shape`]; a fan-out's batch workers as
+//! one instance per item) and the steps that will never exist counted as done, so a task
+//! completes when every step that exists is done.
 
 use std::collections::HashMap;
 
@@ -10,11 +11,62 @@ use super::shape::{self, Presence};
 use super::tx::TxCx;
 use crate::error::{Error, Result};
 use crate::state::StepState;
-use crate::store::{NewDecision, NewStep};
-use crate::template::{StepKind, TaskTemplate};
+use crate::store::{NewDecision, NewStep, StepRow};
+use crate::template::{instance_name, StepKind, TaskTemplate};
+
+/// Complete, resolved or cancelled: counted in `steps_done`.
+fn done(s: StepState) -> bool {
+    matches!(
+        s,
+        StepState::Complete | StepState::ResolvedManually | StepState::Cancelled
+    )
+}
+
+/// What the rows of one task say, by template position.
+struct Rows {
+    /// Each position's rows' states (a fan-out's instances share one position).
+    states: Vec<Vec<StepState>>,
+    present: Vec<Presence>,
+    position_of: HashMap<i64, usize>,
+}
+
+impl Rows {
+    fn of(t: &TaskTemplate, rows: &[StepRow]) -> Rows {
+        let n = t.steps.len();
+        let mut r = Rows {
+            states: vec![Vec::new(); n],
+            present: vec![Presence::Unknown; n],
+            position_of: HashMap::new(),
+        };
+        for row in rows {
+            let p = row.position as usize;
+            if p < n {
+                r.states[p].push(row.state);
+                r.position_of.insert(row.step_id, p);
+            }
+        }
+        for (p, states) in r.states.iter().enumerate() {
+            r.present[p] = match states.as_slice() {
+                [] => Presence::Unknown,
+                // A cancelled step counts as never created for the steps below it.
+                [StepState::Cancelled] if t.steps[p].kind != StepKind::BatchWorker => {
+                    Presence::Absent
+                }
+                _ => Presence::Created,
+            };
+        }
+        r
+    }
+
+    /// Rows at `p` that are not done yet.
+    fn undone(&self, p: usize) -> usize {
+        self.states[p].iter().filter(|&&s| !done(s)).count()
+    }
+}
 
 impl TxCx<'_> {
-    /// Records what a decision step chose (positions of its children).
+    /// Records what a decision step chose, or which batch workers a fan-out fanned out to
+    /// (positions of its children).
     pub(super) fn record_decision(
         &mut self,
         task_id: i64,
@@ -30,55 +82,55 @@ impl TxCx<'_> {
         });
     }
 
-    /// Creates the steps of `task_id` its decisions call for now and counts the steps that
-    /// will never exist as done. Reads the task's steps and decisions as this transaction
-    /// leaves them (a database transaction: a planned cycle stops here and runs the general
-    /// way).
-    pub(super) async fn grow(&mut self, task_id: i64, t: &TaskTemplate) -> Result<()> {
-        let rows = self.task_steps(task_id).await?;
-        let decisions = self.db()?.decisions(task_id).await?;
-        let n = t.steps.len();
-        let mut present = vec![Presence::Unknown; n];
-        let mut state = vec![None; n];
-        let mut position_of = HashMap::new();
-        for r in &rows {
-            let p = r.position as usize;
-            if p < n {
-                present[p] = if r.state == StepState::Cancelled {
-                    Presence::Absent
-                } else {
-                    Presence::Created
-                };
-                state[p] = Some(r.state);
-                position_of.insert(r.step_id, p);
-            }
-        }
+    /// The children each decided step of `task_id` opened, by position: recorded choices, and
+    /// none for a decision or fan-out resolved by an operator (or bypassed).
+    async fn choices(
+        &mut self,
+        task_id: i64,
+        t: &TaskTemplate,
+        rows: &Rows,
+    ) -> Result<HashMap<usize, Vec<usize>>> {
         let mut choices: HashMap<usize, Vec<usize>> = HashMap::new();
-        for d in decisions {
-            let Some(&p) = position_of.get(&d.step_id) else {
+        for d in self.db()?.decisions(task_id).await? {
+            let Some(&p) = rows.position_of.get(&d.step_id) else {
                 continue;
             };
             let names: Vec<String> = serde_json::from_str(&d.chosen)
                 .map_err(|e| Error::Corrupt(format!("step {}: stored decision: {e}", d.step_id)))?;
             choices.insert(p, names.iter().filter_map(|x| t.step_index(x)).collect());
         }
-        // A decision resolved by an operator (or bypassed) chose none.
         for (p, s) in t.steps.iter().enumerate() {
-            if s.kind == StepKind::Decision && state[p] == Some(StepState::ResolvedManually) {
+            if matches!(s.kind, StepKind::Decision | StepKind::Batchable)
+                && rows.states[p] == [StepState::ResolvedManually]
+            {
                 choices.entry(p).or_default();
             }
         }
-        let e = shape::expand(t, &present, &choices);
-        // Finished rows count as done (a cancelled step too, as `cancel_step` counts it).
-        let done_rows = state
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s,
-                    Some(StepState::Complete | StepState::ResolvedManually | StepState::Cancelled)
-                )
-            })
-            .count() as i64;
+        Ok(choices)
+    }
+
+    /// Creates the steps of `task_id` its decisions and fan-outs call for now and counts the
+    /// steps that will never exist as done. Reads the task's steps and decisions as this
+    /// transaction leaves them (a database transaction: a planned cycle stops here and runs
+    /// the general way); a fan-out's items are the ones this transaction recorded
+    /// ([`TxCx::fan_outs`]).
+    pub(super) async fn grow(&mut self, task_id: i64, t: &TaskTemplate) -> Result<()> {
+        let task_rows = self.task_steps(task_id).await?;
+        let mut rows = Rows::of(t, &task_rows);
+        let choices = self.choices(task_id, t, &rows).await?;
+        // A batch worker whose fan-out happened in an earlier transaction exists as its
+        // instances (none for no items); one fanned out now is created below.
+        for (p, s) in t.steps.iter().enumerate() {
+            if s.kind == StepKind::BatchWorker && rows.present[p] == Presence::Unknown {
+                let parent = s.parents[0];
+                let fanned = choices.get(&parent).is_some_and(|c| c.contains(&p));
+                if fanned && !self.fan_outs.contains_key(&(task_id, parent)) {
+                    rows.present[p] = Presence::Created;
+                }
+            }
+        }
+        let e = shape::expand(t, &rows.present, &choices);
+        let done_rows = rows.states.iter().flatten().filter(|&&s| done(s)).count() as i64;
         let counted = self.tasks[&task_id].steps_done;
         let missing = done_rows + e.absent as i64 - counted;
         if missing != 0 {
@@ -87,26 +139,51 @@ impl TxCx<'_> {
         if e.create.is_empty() {
             return Ok(());
         }
+        let items = |cx: &Self, p: usize| -> Result<Vec<Value>> {
+            cx.fan_outs
+                .get(&(task_id, t.steps[p].parents[0]))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "batch worker {:?} of task {task_id}: its fan-out's items are not at hand",
+                        t.steps[p].name
+                    ))
+                })
+        };
+        // How many rows each new position gets: a batch worker one per item.
+        let mut count = HashMap::new();
+        for &i in &e.create {
+            let n = if t.steps[i].kind == StepKind::BatchWorker {
+                let n = items(self, i)?.len();
+                self.adjust_total(task_id, n as i64 - 1);
+                n
+            } else {
+                1
+            };
+            count.insert(i, n);
+        }
         let priority = self.db()?.task_priority(task_id).await? as i32;
         let now = self.now;
-        let mut steps = Vec::with_capacity(e.create.len());
+        let mut steps = Vec::new();
+        let mut metas = Vec::new();
         for &i in &e.create {
             let s = &t.steps[i];
             let remaining = s
                 .parents
                 .iter()
-                .filter(|&&p| {
-                    e.create.contains(&p)
-                        || matches!(state[p], Some(st) if !matches!(st, StepState::Complete | StepState::ResolvedManually))
-                })
-                .count() as i64;
-            if remaining == 0 {
+                .map(|&p| count.get(&p).copied().unwrap_or_else(|| rows.undone(p)))
+                .sum::<usize>() as i64;
+            if remaining == 0 && count[&i] > 0 {
                 self.made_ready(&s.handler);
             }
-            steps.push(NewStep {
+            let below_fan_out = s
+                .parents
+                .iter()
+                .any(|&p| t.steps[p].kind == StepKind::BatchWorker);
+            let row = |name: String, batch: Option<(usize, &Value)>| NewStep {
                 task_id,
                 position: i as i32,
-                name: s.name.clone(),
+                name,
                 handler: s.handler.clone(),
                 state: StepState::Pending,
                 retry_limit: s.max_attempts as i64,
@@ -114,14 +191,36 @@ impl TxCx<'_> {
                 ready_at: (remaining == 0).then_some(now),
                 priority,
                 version: 1,
-                parents: s.parents.iter().map(|&q| q as i32).collect(),
+                // A step below a fan-out has many parent rows: the engine reads them.
+                parents: if below_fan_out {
+                    Vec::new()
+                } else {
+                    s.parents.iter().map(|&q| q as i32).collect()
+                },
                 born: false,
-            });
+                batch_index: batch.map(|b| b.0 as i64),
+                batch: batch.map(|b| b.1.to_string()),
+            };
+            if s.kind == StepKind::BatchWorker {
+                for (k, item) in items(self, i)?.iter().enumerate() {
+                    steps.push(row(instance_name(&s.name, k), Some((k, item))));
+                    metas.push(json!({"reason": "created by a fan-out", "batch_index": k}));
+                }
+            } else {
+                steps.push(row(s.name.clone(), None));
+                metas.push(json!({"reason": "created by a decision"}));
+            }
+        }
+        for &i in &e.create {
+            if t.steps[i].kind == StepKind::BatchWorker {
+                // Created: a later look at this task counts them from their rows.
+                self.fan_outs.remove(&(task_id, t.steps[i].parents[0]));
+            }
         }
         self.work = true;
-        for (position, step_id) in self.insert_steps(steps) {
-            let name = t.steps[position as usize].name.as_str();
-            let meta: Value = json!({"reason": "created by a decision"});
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        let ids = self.insert_steps(steps);
+        for ((name, (_, step_id)), meta) in names.iter().zip(ids).zip(metas) {
             self.push_new_step(task_id, (step_id, name, 0), StepState::Pending, 1, meta);
         }
         Ok(())

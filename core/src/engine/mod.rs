@@ -22,6 +22,7 @@
 //! Nothing here calls back into a host: events are pulled from [`Engine::subscribe`].
 
 pub mod analytics;
+mod checkpoint;
 mod claim;
 mod create;
 pub mod decide;

@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::protocol::{FailureKind, JobKey, Outcome, Report, StepFailure};
 use crate::state::{StepState, TaskState};
 use crate::store::{Decrement, StepLock, StepUpdate, TaskRow};
-use crate::template::TaskTemplate;
+use crate::template::{StepKind, TaskTemplate};
 
 /// One report, decided.
 struct Decided {
@@ -25,8 +25,8 @@ struct Decided {
     meta: Value,
     /// The step is out of attempts: it blocks its task.
     blocked: bool,
-    /// A decision step's choice (positions), to record with its completion.
-    chosen: Option<Vec<usize>>,
+    /// A decision's choice or a fan-out's items, to record with its completion.
+    growth: Option<decide::Growth>,
 }
 
 impl TxCx<'_> {
@@ -77,7 +77,7 @@ impl TxCx<'_> {
         let mut grown = Vec::new();
         for d in decided {
             touched.push(d.key.task_id);
-            if d.chosen.is_some() && self.tasks[&d.key.task_id].state != TaskState::Cancelled {
+            if d.growth.is_some() && self.tasks[&d.key.task_id].state != TaskState::Cancelled {
                 grown.push((d.key.task_id, d.template.clone()));
             }
             self.record(d, &mut decs)?;
@@ -131,7 +131,7 @@ impl TxCx<'_> {
             }),
             Outcome::Failed(_) => None,
         };
-        let (outcome, chosen) = match unstorable {
+        let (outcome, growth) = match unstorable {
             Some(o) => (o, None),
             None => decide::shaped_outcome(&template, r.key.position as usize, &r.outcome),
         };
@@ -141,11 +141,18 @@ impl TxCx<'_> {
                 update.error = Some(None);
                 update.processed_at = Some(self.now);
                 let mut meta = json!({"attempt": attempt});
-                if let Some(c) = &chosen {
-                    meta["decision"] = json!(c
-                        .iter()
-                        .map(|&i| &template.steps[i].name)
-                        .collect::<Vec<_>>());
+                match &growth {
+                    Some(decide::Growth { items: Some(items), .. }) => {
+                        meta["batches"] = json!(items.len());
+                    }
+                    Some(g) => {
+                        meta["decision"] = json!(g
+                            .chosen
+                            .iter()
+                            .map(|&i| &template.steps[i].name)
+                            .collect::<Vec<_>>());
+                    }
+                    None => {}
                 }
                 meta
             }
@@ -170,7 +177,7 @@ impl TxCx<'_> {
             update,
             meta,
             blocked,
-            chosen: chosen.filter(|_| to_complete(&outcome)),
+            growth: growth.filter(|_| to_complete(&outcome)),
         }
     }
 
@@ -271,11 +278,21 @@ impl TxCx<'_> {
             self.work = true;
             self.made_ready(&st.handler);
         }
-        if let Some(chosen) = &d.chosen {
-            // The chosen children are created by [`TxCx::grow`], with their parents' counts.
-            self.record_decision(task_id, d.key.step_id, &d.template, chosen);
-        } else if to == StepState::Complete && self.tasks[&task_id].state != TaskState::Cancelled {
+        if let Some(g) = &d.growth {
+            // The children it opened are created by [`TxCx::grow`], with their parents' counts.
+            self.record_decision(task_id, d.key.step_id, &d.template, &g.chosen);
+            if let Some(items) = &g.items {
+                self.fan_outs
+                    .insert((task_id, d.key.position as usize), items.clone());
+            }
+        }
+        if to == StepState::Complete && self.tasks[&task_id].state != TaskState::Cancelled {
             for &c in &st.children {
+                if d.growth.as_ref().is_some_and(|g| g.chosen.contains(&c))
+                    || st.kind == StepKind::Decision
+                {
+                    continue;
+                }
                 *decs.entry((task_id, c as i32)).or_default() += 1;
                 self.made_ready(&d.template.steps[c].handler);
             }

@@ -6,7 +6,10 @@
 //! follows from its parents, one edge at a time:
 //!
 //! * the edge from a decision is *open* once it decided for this child, *closed* once it
-//!   decided otherwise (or the decision itself will never exist), *unknown* before;
+//!   decided otherwise (or the decision itself will never exist), *unknown* before; the edge
+//!   from a `batchable` step to a `batch_worker` is open once it fanned out (its choice is
+//!   its batch workers), whatever the number of items: the batch worker then *exists* as its
+//!   instances, none for no items;
 //! * the edge from any other step is open when that step exists, closed when it never will,
 //!   unknown before.
 //!
@@ -60,8 +63,10 @@ pub fn presence(
         let s = &t.steps[i];
         let edge = |p: usize| -> Presence {
             let parent = &t.steps[p];
-            match (out[p], parent.kind) {
-                (Presence::Created, StepKind::Decision) => match choices.get(&p) {
+            let decides = parent.kind == StepKind::Decision
+                || (parent.kind == StepKind::Batchable && s.kind == StepKind::BatchWorker);
+            match (out[p], decides) {
+                (Presence::Created, true) => match choices.get(&p) {
                     Some(chosen) if chosen.contains(&i) => Presence::Created,
                     Some(_) => Presence::Absent,
                     None => Presence::Unknown,

@@ -79,6 +79,9 @@ pub(super) struct TxCx<'e> {
     ready_unknown: bool,
     /// Idempotency keys of the tasks it creates.
     keys: HashMap<String, i64>,
+    /// The items of the fan-outs completed in this transaction, by (task, batchable step's
+    /// position), for [`TxCx::grow`] to create their instances.
+    pub(super) fan_outs: HashMap<(i64, usize), Vec<Value>>,
 }
 
 impl<'e> TxCx<'e> {
@@ -124,6 +127,7 @@ impl<'e> TxCx<'e> {
             ready_handlers: Vec::new(),
             ready_unknown: false,
             keys: HashMap::new(),
+            fan_outs: HashMap::new(),
         }
     }
 
@@ -371,6 +375,17 @@ impl<'e> TxCx<'e> {
     /// True when this transaction already changes the step (a later report of it is stale).
     pub(super) fn updates_step(&self, step_id: i64) -> bool {
         self.updated.contains(&step_id)
+    }
+
+    /// Changes a task's `steps_total` (a fan-out's instances replace its one template step).
+    pub(super) fn adjust_total(&mut self, task_id: i64, d_total: i64) {
+        let row = self.tasks.get_mut(&task_id).expect("task loaded");
+        row.steps_total += d_total;
+        let u = self.pending.entry(task_id).or_insert_with(|| TaskUpdate {
+            task_id,
+            ..Default::default()
+        });
+        u.d_total += d_total;
     }
 
     /// Changes a task's counters, in memory now and in the plan at the end.

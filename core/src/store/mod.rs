@@ -43,7 +43,7 @@ use crate::state::TaskState;
 
 pub use plan::{
     ClaimSpec, Decrement, IdRange, LeaseExtension, NewDecision, NewStep, NewTask, NewTemplate,
-    Notify, Plan, PlanOutcome, RetryLimitUpdate, StepUpdate, TaskDetailsUpdate, TaskFilter,
+    Notify, Plan, PlanOutcome, RetryLimitUpdate, CheckpointSave, StepUpdate, TaskDetailsUpdate, TaskFilter,
     TaskUpdate,
 };
 pub use rows::{
@@ -234,6 +234,9 @@ pub trait StoreTx: Send {
     async fn upsert_event_definition(&mut self, d: &EventDefinitionRow) -> Result<()>;
     async fn update_task_details(&mut self, p: &TaskDetailsUpdate<'_>) -> Result<()>;
     async fn set_retry_limit(&mut self, p: &RetryLimitUpdate) -> Result<()>;
+    /// Saves a running attempt's checkpoint; returns whether the step was still running at
+    /// that attempt (nothing is written otherwise).
+    async fn save_checkpoint(&mut self, p: &CheckpointSave<'_>) -> Result<bool>;
 }
 
 /// The message of a creation that lost a race on an idempotency key (another transaction

@@ -146,6 +146,10 @@ pub struct NewStep {
     /// returns it among the claimed steps. The step is inserted ready (`pending`,
     /// `ready_at`): the claim's rule, not the engine, says what a claimed row is.
     pub born: bool,
+    /// A fan-out instance's place among its batch (0-based); `None` for every other step.
+    pub batch_index: Option<i64>,
+    /// A fan-out instance's item, JSON text.
+    pub batch: Option<String>,
 }
 
 /// A conditional change of one step: applied only when the step is still at `expect_state`
@@ -221,6 +225,8 @@ pub struct TaskUpdate {
     pub task_id: i64,
     pub d_done: i64,
     pub d_blocked: i64,
+    /// Steps added to (or taken from) `steps_total`: a fan-out of n instances adds n - 1.
+    pub d_total: i64,
     pub state: Option<TaskState>,
     /// How many transitions this change writes (the task's version grows by it).
     pub transitions: i64,
@@ -320,6 +326,17 @@ pub struct RetryLimitUpdate {
     pub now: i64,
 }
 
+/// A running attempt's checkpoint ([`super::StoreTx::save_checkpoint`]): saved only while the
+/// step is `in_progress` at that attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointSave<'a> {
+    pub step_id: i64,
+    pub attempt: i64,
+    /// JSON text.
+    pub checkpoint: &'a str,
+    pub now: i64,
+}
+
 /// Leases of running attempts extended to `until` ([`super::Store::extend_leases`]).
 #[derive(Debug, Clone)]
 pub struct LeaseExtension {
@@ -358,7 +375,7 @@ pub struct IdRange {
 /// The transition rows a claim leaves ([`ClaimSpec`]), in order: per claimed step `error ->
 /// pending` (`{attempt}`) when it re-runs a failed step, then `pending -> in_progress`
 /// (`{attempt, worker}`); then per started task `pending -> in_progress` (`{"reason":
-/// "step_claimed"}`), by task id. SQLite writes these rows; PostgreSQL's `tasker_claim_v1`
+/// "step_claimed"}`), by task id. SQLite writes these rows; PostgreSQL's `tasker_claim_v2`
 /// writes the same in SQL (the conformance suite holds the two together); the engine announces
 /// them after commit.
 pub fn claim_transitions(claimed: &[ClaimedStep], worker: &str, now: i64) -> Vec<TransitionRow> {

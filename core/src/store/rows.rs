@@ -104,6 +104,11 @@ pub struct ClaimedStep {
     /// store read them with the claim; `None`: the engine reads them
     /// ([`super::Store::parent_results`]).
     pub parent_results: Option<String>,
+    /// A fan-out instance's place and item (JSON text); `None` for every other step.
+    pub batch_index: Option<i64>,
+    pub batch: Option<String>,
+    /// The JSON value the step's handler last saved (`step.save_checkpoint`).
+    pub checkpoint: Option<String>,
 }
 
 /// A transition row.
@@ -173,6 +178,11 @@ pub struct ParentResult {
     pub position: i32,
     pub name: String,
     pub results: Option<String>,
+    /// A fan-out instance's place (the rows of one batch_worker step share the position).
+    pub batch_index: Option<i64>,
+    /// The stored error: a failed instance's (under `continue_on_failure`) is what its
+    /// convergence sees in its place.
+    pub error: Option<String>,
 }
 
 /// A task a plan brought to a terminal state, as the plan left it (for its waiters).

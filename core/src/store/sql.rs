@@ -70,6 +70,11 @@ pub(crate) const DECISIONS_OF_TASK: &str =
     "SELECT step_id, CAST(chosen AS TEXT) AS chosen FROM step_decisions WHERE task_id = $1 \
      ORDER BY step_id";
 
+/// A running attempt's checkpoint: `$1` checkpoint (JSON text; PostgreSQL casts it to
+/// `jsonb`), `$2` now, `$3` step_id, `$4` attempt.
+pub(crate) const SAVE_CHECKPOINT: &str = "UPDATE steps SET checkpoint = $1, updated_at = $2 \
+     WHERE step_id = $3 AND attempts = $4 AND state = 'in_progress'";
+
 /// The priority of a task's steps: `$1` task_id.
 pub(crate) const TASK_PRIORITY: &str =
     "SELECT COALESCE(MAX(priority), 0) FROM steps WHERE task_id = $1";

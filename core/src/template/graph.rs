@@ -7,7 +7,10 @@ use std::sync::Arc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
-use super::{Definition, StepDefinition, StepKind, StepTemplate, TaskTemplate};
+use super::{
+    Definition, FailureStrategy, StepDefinition, StepKind, StepTemplate, TaskTemplate,
+    DEFAULT_MAX_INSTANCES,
+};
 use crate::error::TemplateError;
 
 impl TaskTemplate {
@@ -167,7 +170,35 @@ fn step_template(
         timeout_seconds: s.timeout_seconds,
         kind: s.kind,
         created_at_start: true,
+        max_instances: fan_out_limit(s).map_err(step_err)?,
     })
+}
+
+/// A `batch_worker`'s limit of instances per fan-out; `batch_config` on any other step, a limit
+/// below 1, and a failure strategy not supported yet are refused.
+fn fan_out_limit(s: &StepDefinition) -> Result<usize, String> {
+    let Some(c) = &s.batch_config else {
+        return Ok(DEFAULT_MAX_INSTANCES);
+    };
+    if s.kind != StepKind::BatchWorker {
+        return Err(format!(
+            "batch_config is read on batch_worker steps only; this step is {}",
+            s.kind.as_str()
+        ));
+    }
+    if c.failure_strategy == FailureStrategy::ContinueOnFailure {
+        return Err(
+            "batch_config.failure_strategy continue_on_failure is not supported yet; fail_fast (the default) is: a failed instance blocks the task like any exhausted step"
+                .into(),
+        );
+    }
+    match c.max_instances {
+        None => Ok(DEFAULT_MAX_INSTANCES),
+        Some(n) if n >= 1 => Ok(n as usize),
+        Some(n) => Err(format!(
+            "batch_config.max_instances must be at least 1 (a fan-out limit below 1 allows no instance), got {n}"
+        )),
+    }
 }
 
 /// Checks the step kinds that shape a task at run time and marks the steps created with the
@@ -184,11 +215,31 @@ fn run_time_shapes(
             message,
         };
         match s.kind {
-            StepKind::Batchable | StepKind::BatchWorker => {
+            StepKind::BatchWorker
+                if s.parents.len() != 1 || steps[s.parents[0]].kind != StepKind::Batchable =>
+            {
+                let deps: Vec<&str> = s.parents.iter().map(|&p| steps[p].name.as_str()).collect();
                 return Err(err(format!(
-                    "type {:?}: fan-out steps (batchable, batch_worker) are not supported yet; decision and deferred_convergence steps are",
-                    s.kind.as_str()
-                )))
+                    "a batch_worker step needs exactly one dependency, the batchable step whose items it runs once each; it has: {}",
+                    if deps.is_empty() { "none".to_owned() } else { deps.join(", ") }
+                )));
+            }
+            StepKind::Batchable
+                if !s.children.iter().any(|&c| steps[c].kind == StepKind::BatchWorker) =>
+            {
+                return Err(err(
+                    "a batchable step needs a batch_worker step that depends on it (the step it fans out to); none does"
+                        .into(),
+                ))
+            }
+            StepKind::BatchWorker => {
+                // Instances are named NAME_001, NAME_002, ...: no other step may be.
+                if let Some(other) = steps.iter().find(|o| is_instance_name(&o.name, &s.name)) {
+                    return Err(err(format!(
+                        "its instances are named {0}_001, {0}_002, ...: step {1:?} has such a name; rename one of them",
+                        s.name, other.name
+                    )));
+                }
             }
             StepKind::Decision if s.children.is_empty() => {
                 return Err(err(
@@ -207,13 +258,27 @@ fn run_time_shapes(
     }
     for n in petgraph::algo::toposort(graph, None).expect("validated acyclic") {
         let i = n.index();
-        let start = steps[i]
-            .parents
-            .iter()
-            .all(|&p| steps[p].created_at_start && steps[p].kind != StepKind::Decision);
+        let start = steps[i].kind != StepKind::BatchWorker
+            && steps[i]
+                .parents
+                .iter()
+                .all(|&p| steps[p].created_at_start && steps[p].kind != StepKind::Decision);
         steps[i].created_at_start = start;
     }
     Ok(())
+}
+
+/// Whether `name` is the name of an instance of batch worker `worker` (`worker_` + digits).
+pub(crate) fn is_instance_name(name: &str, worker: &str) -> bool {
+    name.strip_prefix(worker)
+        .and_then(|r| r.strip_prefix('_'))
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The name of instance `index` (0-based) of batch worker `worker`: `worker_001` for the first
+/// (three digits at least, tasker-core's naming).
+pub fn instance_name(worker: &str, index: usize) -> String {
+    format!("{worker}_{:03}", index + 1)
 }
 
 /// The context schema compiled (standard formats checked), if the template has one.

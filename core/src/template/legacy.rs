@@ -75,6 +75,8 @@ struct LegacyStep {
     /// The native format uses tasker-core's step `type` names.
     #[serde(default, rename = "type")]
     kind: Option<StepKind>,
+    #[serde(default)]
+    batch_config: Option<BatchConfig>,
 }
 
 impl LegacyRaw {
@@ -160,6 +162,7 @@ impl LegacyRaw {
                         backoff: s.backoff.unwrap_or_default(),
                         timeout_seconds: s.timeout_seconds,
                         kind: s.kind.unwrap_or_default(),
+                        batch_config: s.batch_config,
                     }
                 })
                 .collect(),

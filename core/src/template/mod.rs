@@ -24,6 +24,7 @@
 mod context;
 mod env;
 mod graph;
+pub use graph::instance_name;
 mod legacy;
 mod tasker_core_format;
 mod unknown;
@@ -107,6 +108,52 @@ pub struct StepDefinition {
         skip_serializing_if = "StepKind::is_standard"
     )]
     pub kind: StepKind,
+    /// A `batch_worker` step's fan-out settings (tasker-core's `batch_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_config: Option<BatchConfig>,
+}
+
+/// The fan-out settings of a `batch_worker` step (tasker-core's `batch_config`).
+/// `max_instances` and `failure_strategy` take effect; `batch_size`, `parallelism`,
+/// `cursor_field` and `worker_template` describe how the `batchable` handler splits its work
+/// (tasker-core's handlers read them) and are kept as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most instances one fan-out may create (default [`DEFAULT_MAX_INSTANCES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<i64>,
+    #[serde(default, skip_serializing_if = "FailureStrategy::is_fail_fast")]
+    pub failure_strategy: FailureStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_field: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_template: Option<Value>,
+}
+
+/// The most instances one fan-out may create unless `batch_config.max_instances` says otherwise.
+pub const DEFAULT_MAX_INSTANCES: usize = 10_000;
+
+/// What a failed fan-out instance does to its task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureStrategy {
+    /// An instance out of attempts blocks the task like any exhausted step.
+    #[default]
+    FailFast,
+    /// The convergence runs with the failed instances' entries marked (not supported yet:
+    /// refused at registration).
+    ContinueOnFailure,
+}
+
+impl FailureStrategy {
+    pub fn is_fail_fast(&self) -> bool {
+        *self == FailureStrategy::FailFast
+    }
 }
 
 /// A step's `type`: what its handler may decide at run time (see [`crate::engine::shape`]).
@@ -121,9 +168,11 @@ pub enum StepKind {
     /// Runs once every decision above it has decided and every created dependency is done;
     /// dependencies never created are left out of its results.
     DeferredConvergence,
-    /// Fans out over items its handler returns (tasker-core's format): not supported yet.
+    /// Its handler returns `Batches(items)`: its `batch_worker` children get one instance per
+    /// item.
     Batchable,
-    /// One instance per item of a `batchable` parent: not supported yet.
+    /// Created once per item of its `batchable` parent (its only dependency), each instance
+    /// with its own attempts, backoff, timeout and lease.
     BatchWorker,
 }
 
@@ -181,9 +230,11 @@ pub struct StepTemplate {
     pub backoff: Backoff,
     pub timeout_seconds: Option<f64>,
     pub kind: StepKind,
-    /// Created with the task: no decision lies above it (otherwise it is created, or never
-    /// is, once the decisions above it have decided).
+    /// Created with the task: no decision lies above it and it is not a fan-out's
+    /// instance (otherwise it is created, or never is, once the steps above it have decided).
     pub created_at_start: bool,
+    /// A `batch_worker`'s limit of instances per fan-out.
+    pub max_instances: usize,
 }
 
 impl TaskTemplate {

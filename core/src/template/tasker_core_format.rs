@@ -39,8 +39,7 @@ pub(super) struct NewRaw {
 #[serde(deny_unknown_fields)]
 struct NewStep {
     name: String,
-    /// `standard` (default), `decision`, `deferred_convergence` (`batchable` and
-    /// `batch_worker` are refused at validation, naming the step, until fan-out exists).
+    /// `standard` (default), `decision`, `deferred_convergence`, `batchable`, `batch_worker`.
     #[serde(default, rename = "type")]
     step_type: Option<StepKind>,
     #[serde(default)]
@@ -59,6 +58,8 @@ struct NewStep {
     backoff: Option<Backoff>,
     #[serde(default)]
     custom_events: Option<Vec<CustomEvent>>,
+    #[serde(default)]
+    batch_config: Option<BatchConfig>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +145,7 @@ impl NewRaw {
                         backoff,
                         timeout_seconds: s.timeout_seconds,
                         kind: s.step_type.unwrap_or_default(),
+                        batch_config: s.batch_config,
                     }
                 })
                 .collect(),

@@ -32,10 +32,6 @@ const MEANINGFUL: &[(&str, &str)] = &[
     ("retry_limit", RETRY),
     ("step_templates", STEPS),
     ("steps", STEPS),
-    (
-        "batch_config",
-        "fan-out (`batch_config`) is not supported yet; the step would run once",
-    ),
 ];
 const DEPENDENCY: &str = "a step's parents are `depends_on_step` / `depends_on_steps` in the \
      original format (`step_templates`) and `dependencies` in tasker-core's (`steps`)";

@@ -1,4 +1,4 @@
--- tasker:function tasker_apply_v1 revision 1
+-- tasker:function tasker_apply_v2 revision 1
 --
 -- The write path on PostgreSQL: a plan the engine recorded (`core/src/store/plan.rs`, whose
 -- module docs give the order and the contract), applied in one statement. A worker cycle
@@ -13,6 +13,9 @@
 --
 -- Every write names its rows by key (`= ANY` of ids: index scans whatever the plan cache
 -- assumes about array lengths; see migrations 20261128000003 and 20261129000002).
+--
+-- v2 (issue 25): a new step may be a fan-out instance (`batch_index`, `batch`), a task update
+-- changes `steps_total` too (`d_total`), and the claim's answer is `tasker_claimed_v2`.
 
 DO $$ BEGIN
     CREATE TYPE tasker_guard_v1 AS (task_id bigint, state text, steps_done bigint,
@@ -26,9 +29,10 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
-    CREATE TYPE tasker_new_step_v1 AS (task_id bigint, position bigint, name text,
+    CREATE TYPE tasker_new_step_v2 AS (task_id bigint, position bigint, name text,
         handler text, state text, retry_limit bigint, remaining_parents bigint,
-        ready_at bigint, priority bigint, version bigint, parents bigint[], born bool);
+        ready_at bigint, priority bigint, version bigint, parents bigint[], born bool,
+        batch_index bigint, batch text);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
@@ -43,8 +47,8 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
-    CREATE TYPE tasker_task_update_v1 AS (task_id bigint, d_done bigint, d_blocked bigint,
-        state text, transitions bigint, completed_at bigint);
+    CREATE TYPE tasker_task_update_v2 AS (task_id bigint, d_done bigint, d_blocked bigint,
+        state text, transitions bigint, completed_at bigint, d_total bigint);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
@@ -75,14 +79,14 @@ DO $$ BEGIN
         processed_at bigint, version bigint);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
-CREATE OR REPLACE FUNCTION tasker_apply_v1(
+CREATE OR REPLACE FUNCTION tasker_apply_v2(
     p_now bigint, p_durable bool, p_guards tasker_guard_v1[],
-    p_new_tasks tasker_new_task_v1[], p_new_steps tasker_new_step_v1[],
+    p_new_tasks tasker_new_task_v1[], p_new_steps tasker_new_step_v2[],
     p_step_updates tasker_step_update_v1[], p_decrements tasker_decrement_v1[],
-    p_park bigint[], p_unpark bigint[], p_task_updates tasker_task_update_v1[],
+    p_park bigint[], p_unpark bigint[], p_task_updates tasker_task_update_v2[],
     p_transitions tasker_transition_v1[], p_claim tasker_claim_spec_v1,
     p_notify tasker_notify_v1, p_watched bigint[])
-RETURNS TABLE (claimed tasker_claimed_v1[], ready bigint, claim_ran bool, task_ids bigint[],
+RETURNS TABLE (claimed tasker_claimed_v2[], ready bigint, claim_ran bool, task_ids bigint[],
     step_ids bigint[], finished_tasks tasker_task_v1[], finished_steps tasker_step_v1[])
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -91,7 +95,7 @@ DECLARE
     n_ready bigint := 0;
     tids bigint[] := '{}';
     sids bigint[] := '{}';
-    got tasker_claimed_v1[] := '{}';
+    got tasker_claimed_v2[] := '{}';
     did_claim bool := false;
     born tasker_born_step_v1[] := '{}';
 BEGIN
@@ -140,17 +144,20 @@ BEGIN
                 v.parents)::tasker_born_step_v1
             FROM unnest(p_new_steps) WITH ORDINALITY AS v(task_id, position, name, handler,
                 state, retry_limit, remaining_parents, ready_at, priority, version, parents,
-                born, o)
+                born, batch_index, batch, o)
             WHERE v.born ORDER BY v.o);
         -- (The born ones are the claim's to insert, below.)
         IF cardinality(born) < cardinality(p_new_steps) THEN
             INSERT INTO steps (step_id, task_id, position, name, handler, state, retry_limit,
-                remaining_parents, ready_at, priority, version, parents, created_at, updated_at)
+                remaining_parents, ready_at, priority, version, parents, created_at, updated_at,
+                batch_index, batch)
             SELECT sids[v.o], CASE WHEN v.task_id < 0 THEN tids[-v.task_id] ELSE v.task_id END,
                 v.position, v.name, v.handler, v.state, v.retry_limit, v.remaining_parents,
-                v.ready_at, v.priority, v.version, v.parents, p_now, p_now
+                v.ready_at, v.priority, v.version, v.parents, p_now, p_now, v.batch_index,
+                v.batch::jsonb
             FROM unnest(p_new_steps) WITH ORDINALITY AS v(task_id, position, name, handler, state,
-                retry_limit, remaining_parents, ready_at, priority, version, parents, born, o)
+                retry_limit, remaining_parents, ready_at, priority, version, parents, born,
+                batch_index, batch, o)
             WHERE NOT v.born;
         END IF;
     END IF;
@@ -205,6 +212,7 @@ BEGIN
     IF cardinality(p_task_updates) > 0 THEN
         UPDATE tasks t SET steps_done = t.steps_done + v.d_done,
             steps_blocked = t.steps_blocked + v.d_blocked,
+            steps_total = t.steps_total + v.d_total,
             state = COALESCE(v.state, t.state), version = t.version + v.transitions,
             completed_at = COALESCE(v.completed_at, t.completed_at), updated_at = p_now
         FROM (SELECT CASE WHEN x.task_id < 0 THEN tids[-x.task_id] ELSE x.task_id END AS id, x.*
@@ -236,7 +244,7 @@ BEGIN
             OR cardinality(p_unpark) > 0
             OR EXISTS (SELECT 1 FROM unnest(p_step_updates) u WHERE u.ready_at <= p_now)
             OR EXISTS (SELECT 1 FROM unnest(p_new_steps) n WHERE n.ready_at IS NOT NULL)) THEN
-        got := ARRAY(SELECT c FROM tasker_claim_v1(p_now, p_claim, born) c);
+        got := ARRAY(SELECT c FROM tasker_claim_v2(p_now, p_claim, born) c);
         did_claim := true;
     END IF;
     -- 9. Notifications, delivered at commit. A claim that came back short took everything

@@ -1,7 +1,7 @@
--- tasker:function tasker_claim_v1 revision 1
+-- tasker:function tasker_claim_v2 revision 1
 --
 -- The claim rule on PostgreSQL, whole: which steps a claim takes, what a claimed step row is,
--- what a claim does to its task, and the transition rows it leaves. `tasker_apply_v1` calls it
+-- what a claim does to its task, and the transition rows it leaves. `tasker_apply_v2` calls it
 -- after a plan's writes (the Rust side never claims any other way).
 --
 -- * Selection: up to `max` (less the born steps) claimable steps (`ready_at <= now`) whose
@@ -19,8 +19,12 @@
 --   ({attempt, worker}); the task's `pending -> in_progress` ({"reason": "step_claimed"}).
 --   `engine/claim.rs` announces the same rows after commit.
 -- * Answer: each claimed step with what its job needs: its task's context and counters as the
---   claim left them, and its parents' results (`{name: results}`; NULL for a row stored before
---   steps kept their parents, whose parents the engine reads).
+--   claim left them, and its parents' results (`{name: results}`; NULL for a row stored without
+--   its parents, whose parents the engine reads: a row stored before steps kept them, and a
+--   step below a fan-out, whose parents are many rows); a fan-out instance's `batch_index` and
+--   `batch`; the step's saved `checkpoint`.
+--
+-- v2 (issue 25): the answer has `batch_index`, `batch` and `checkpoint`.
 
 DO $$ BEGIN
     CREATE TYPE tasker_claim_spec_v1 AS (max bigint, handlers text[], worker text,
@@ -34,16 +38,17 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
-    CREATE TYPE tasker_claimed_v1 AS (step_id bigint, task_id bigint, position bigint,
+    CREATE TYPE tasker_claimed_v2 AS (step_id bigint, task_id bigint, position bigint,
         attempts bigint, version bigint, lease_expires_at bigint, retry_limit bigint,
         named_task_id bigint, task_state text, context text, task_created_at bigint,
         started_version bigint, steps_total bigint, steps_done bigint, steps_blocked bigint,
-        task_version bigint, parent_results text);
+        task_version bigint, parent_results text, batch_index bigint, batch text,
+        checkpoint text);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
-CREATE OR REPLACE FUNCTION tasker_claim_v1(
+CREATE OR REPLACE FUNCTION tasker_claim_v2(
     p_now bigint, p_spec tasker_claim_spec_v1, p_born tasker_born_step_v1[])
-RETURNS SETOF tasker_claimed_v1
+RETURNS SETOF tasker_claimed_v2
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -73,12 +78,13 @@ BEGIN
             updated_at = p_now, version = s.version + CASE WHEN s.attempts = 0 THEN 1 ELSE 2 END
         WHERE s.step_id = ANY (ARRAY(SELECT c.step_id FROM c))
         RETURNING s.step_id, s.task_id, s.position, s.attempts, s.version, s.lease_expires_at,
-            s.retry_limit, s.parents),
+            s.retry_limit, s.parents, s.batch_index, s.batch::text AS batch,
+            s.checkpoint::text AS checkpoint),
     u AS (
         SELECT * FROM upd
         UNION ALL
         SELECT b.step_id, b.task_id, b.position, 1::bigint, b.version + 1, lease, b.retry_limit,
-            b.parents
+            b.parents, NULL::bigint, NULL::text, NULL::text
         FROM unnest(p_born) b),
     st AS (
         UPDATE tasks t SET state = 'in_progress', version = t.version + 1, updated_at = p_now
@@ -105,7 +111,8 @@ BEGIN
         COALESCE(st.version, t.version),
         CASE WHEN u.parents IS NOT NULL THEN
             COALESCE((SELECT jsonb_object_agg(p.name, p.results) FROM steps p
-             WHERE p.task_id = u.task_id AND p.position = ANY(u.parents)), '{}'::jsonb)::text END
+             WHERE p.task_id = u.task_id AND p.position = ANY(u.parents)), '{}'::jsonb)::text END,
+        u.batch_index, u.batch, u.checkpoint
     FROM u
     CROSS JOIN LATERAL (
         SELECT t.named_task_id, t.state, t.context::text AS context, t.created_at,

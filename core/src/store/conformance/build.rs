@@ -55,6 +55,8 @@ pub(super) fn new_step(task: i64, position: i32, handler: &str, ready_at: Option
         version: 1,
         parents: Vec::new(),
         born: false,
+        batch_index: None,
+        batch: None,
     }
 }
 

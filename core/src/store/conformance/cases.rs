@@ -426,6 +426,7 @@ pub(super) async fn task_updates(s: &dyn Store) {
         state: Some(TaskState::InProgress),
         transitions: 1,
         completed_at: None,
+        d_total: 0,
     });
     let mk = |step: Option<i64>, from: &'static str, to: &'static str, key: i64| TransitionRow {
         task_id: t,
@@ -630,4 +631,73 @@ pub(super) async fn decisions_and_steps_of_a_task_that_exists(s: &dyn Store) {
             .collect::<Vec<_>>(),
         [(0, ids[0]), (2, out.step_ids[0])]
     );
+}
+
+pub(super) async fn fan_out_instances_and_checkpoints(s: &dyn Store) {
+    let named = template(s).await;
+    let (task, _) = seed(s, named, &[("plan", None)]).await;
+    // Three instances of one template step share its position; steps_total grows by two.
+    let mut plan = Plan::new(NOW, true);
+    for k in 0..3 {
+        let mut st = new_step(task, 1, "work", Some(NOW));
+        st.name = format!("work_{:03}", k + 1);
+        st.batch_index = Some(k);
+        st.batch = Some(format!(r#"{{"start":{}}}"#, k * 10));
+        plan.new_steps.push(st);
+    }
+    plan.task_updates.push(TaskUpdate {
+        task_id: task,
+        d_total: 2,
+        ..Default::default()
+    });
+    let out = apply(s, &plan, None).await.unwrap();
+    assert_eq!(out.step_ids.len(), 3);
+    assert_eq!(s.task(task).await.unwrap().unwrap().row.steps_total, 3);
+    // A second row at the same (position, batch_index) is refused.
+    let mut dup = Plan::new(NOW, true);
+    let mut st = new_step(task, 1, "work", Some(NOW));
+    st.batch_index = Some(1);
+    dup.new_steps.push(st);
+    assert!(apply(s, &dup, None).await.is_err(), "one row per instance");
+    // The claim hands each instance its item and place.
+    let handlers = vec!["work".to_owned()];
+    let claimed = apply(s, &Plan::new(NOW, false), Some(&spec(3, Some(&handlers))))
+        .await
+        .unwrap()
+        .claimed;
+    let mut got: Vec<(Option<i64>, serde_json::Value)> = claimed
+        .iter()
+        .map(|c| (c.batch_index, json(c.batch.as_deref().unwrap())))
+        .collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(
+        got,
+        (0..3)
+            .map(|k| (Some(k), serde_json::json!({"start": k * 10})))
+            .collect::<Vec<_>>()
+    );
+    assert!(claimed.iter().all(|c| c.checkpoint.is_none()));
+    // A checkpoint is saved only at the attempt that holds the step.
+    let c = &claimed[0];
+    let mut tx = s.begin(true).await.unwrap();
+    let save = |attempt, text| CheckpointSave {
+        step_id: c.step_id,
+        attempt,
+        checkpoint: text,
+        now: NOW,
+    };
+    assert!(tx.save_checkpoint(&save(c.attempts, r#"{"done":5}"#)).await.unwrap());
+    assert!(!tx.save_checkpoint(&save(c.attempts + 1, "{}")).await.unwrap());
+    tx.commit().await.unwrap();
+    // Parents' results name each instance's place.
+    let parents = s
+        .parent_results(&[StepKey {
+            task_id: task,
+            position: 1,
+        }])
+        .await
+        .unwrap();
+    let mut places: Vec<Option<i64>> = parents.iter().map(|p| p.batch_index).collect();
+    places.sort_unstable();
+    assert_eq!(places, [Some(0), Some(1), Some(2)]);
 }

@@ -85,6 +85,10 @@ const CASES: &[(&str, CaseFn)] = &[
         "decisions and new steps of a task that exists are written and read back",
         |s| Box::pin(decisions_and_steps_of_a_task_that_exists(s)),
     ),
+    (
+        "fan-out instances share a position; the claim hands out their items; checkpoints",
+        |s| Box::pin(fan_out_instances_and_checkpoints(s)),
+    ),
 ];
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! A plan as one call of `tasker_apply_v1` (`migrations/postgres/functions/tasker_apply.sql`):
+//! A plan as one call of `tasker_apply_v2` (`migrations/postgres/functions/tasker_apply.sql`):
 //! the plan's rows as arrays of the function's composite types, its answer one row.
 
 use sqlx::PgConnection;
@@ -9,10 +9,10 @@ use crate::store::*;
 
 const APPLY: &str =
     "SELECT claimed, ready, claim_ran, task_ids, step_ids, finished_tasks, finished_steps \
-     FROM tasker_apply_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+     FROM tasker_apply_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
-/// A claim that takes nothing: compiles `tasker_claim_v1` on a connection ([`Store::warm`]).
-pub(super) const WARM_CLAIM: &str = "SELECT count(*) FROM tasker_claim_v1(0, \
+/// A claim that takes nothing: compiles `tasker_claim_v2` on a connection ([`Store::warm`]).
+pub(super) const WARM_CLAIM: &str = "SELECT count(*) FROM tasker_claim_v2(0, \
      ROW(0, NULL, '', 0, false)::tasker_claim_spec_v1, '{}'::tasker_born_step_v1[])";
 
 /// Runs the plan on `conn` (inside a transaction or on its own) and reads the answer.
@@ -142,6 +142,8 @@ fn new_step(s: &NewStep) -> PgNewStep {
         version: s.version,
         parents: (!s.parents.is_empty()).then(|| s.parents.iter().map(|&p| p as i64).collect()),
         born: s.born,
+        batch_index: s.batch_index,
+        batch: s.batch.clone(),
     }
 }
 
@@ -176,6 +178,7 @@ fn task_update(u: &TaskUpdate) -> PgTaskUpdate {
         task_id: u.task_id,
         d_done: u.d_done,
         d_blocked: u.d_blocked,
+        d_total: u.d_total,
         state: u.state.map(|s| s.as_str().to_owned()),
         transitions: u.transitions,
         completed_at: u.completed_at,

@@ -2,7 +2,7 @@
 //! installed after the table migrations whenever a store opens.
 //!
 //! Each file starts with `-- tasker:function NAME revision N`. `NAME` carries a shape version
-//! (`tasker_apply_v1`): its parameters, its result and the composite types it declares never
+//! (`tasker_apply_v2`): its parameters, its result and the composite types it declares never
 //! change under that name, so an older build still running keeps calling the shape it was
 //! built for. `N` counts changes of the body under the same shape. Installing, under an
 //! advisory lock (processes starting together install once):

@@ -1,12 +1,12 @@
 //! The PostgreSQL store: many worker processes, on many machines, against one database.
 //!
-//! * Every write of a transaction is one call of `tasker_apply_v1` ([`apply`]), a function of
+//! * Every write of a transaction is one call of `tasker_apply_v2` ([`apply`]), a function of
 //!   `migrations/postgres/functions/` ([`functions`] installs them), with the plan's rows as
 //!   arrays of composite types ([`wire`]); a plan made from known rows runs it on its own, in
 //!   one round trip.
 //! * Claims lock the steps they take with `FOR UPDATE SKIP LOCKED` over the `steps_claimable`
 //!   partial index, in priority then age order; concurrent workers never wait on each other's
-//!   candidates (`tasker_claim_v1`).
+//!   candidates (`tasker_claim_v2`).
 //! * The task rows an outcome touches are locked (`FOR UPDATE`, in id order) before their
 //!   counters change, so two workers finishing sibling steps settle the task once.
 //! * A commit that made steps ready sends `NOTIFY` in the same round trip; [`listen`] turns

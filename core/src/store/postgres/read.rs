@@ -63,7 +63,8 @@ const NEXT_TIMES: &str =
        AND ($1::text[] IS NULL OR s.handler = ANY($1))) AS ready_at, \
      (SELECT MIN(lease_expires_at) FROM steps WHERE state = 'in_progress') AS lease_expiry";
 
-const PARENT_RESULTS: &str = "SELECT s.task_id, s.position, s.name, s.results::text AS results \
+const PARENT_RESULTS: &str = "SELECT s.task_id, s.position, s.name, s.results::text AS results, \
+       s.batch_index, s.error::text AS error \
      FROM UNNEST($1::bigint[], $2::bigint[]) AS v(task_id, position) \
      JOIN steps s ON s.task_id = v.task_id AND s.position = v.position";
 
@@ -380,6 +381,8 @@ impl Store for PgStore {
                     position: r.try_get::<i64, _>("position")? as i32,
                     name: r.try_get("name")?,
                     results: r.try_get("results")?,
+                    batch_index: r.try_get("batch_index")?,
+                    error: r.try_get("error")?,
                 })
             })
             .collect()

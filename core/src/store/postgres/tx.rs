@@ -1,6 +1,6 @@
 //! A write transaction on PostgreSQL: `BEGIN` ... `COMMIT` on a kept connection; its reads
 //! lock what they read (tasks first, then steps, in id order, as every cycle does), its plan
-//! is one call of `tasker_apply_v1`.
+//! is one call of `tasker_apply_v2`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -289,6 +289,20 @@ impl StoreTx for PgTx {
             .execute(self.c())
             .await?;
         Ok(())
+    }
+
+    async fn save_checkpoint(&mut self, p: &CheckpointSave<'_>) -> Result<bool> {
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| sql::SAVE_CHECKPOINT.replacen("$1", "$1::jsonb", 1));
+        let n = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(p.checkpoint)
+            .bind(p.now)
+            .bind(p.step_id)
+            .bind(p.attempt)
+            .execute(self.c())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     async fn set_retry_limit(&mut self, p: &RetryLimitUpdate) -> Result<()> {

@@ -49,7 +49,7 @@ pub(crate) struct PgNewTask {
 }
 
 #[derive(Debug, Default, Serialize, sqlx::Type)]
-#[sqlx(type_name = "tasker_new_step_v1")]
+#[sqlx(type_name = "tasker_new_step_v2")]
 pub(crate) struct PgNewStep {
     pub task_id: i64,
     pub position: i64,
@@ -64,6 +64,8 @@ pub(crate) struct PgNewStep {
     /// NULL when the step has none (as rows stored before parents were kept).
     pub parents: Option<Vec<i64>>,
     pub born: bool,
+    pub batch_index: Option<i64>,
+    pub batch: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, sqlx::Type)]
@@ -93,7 +95,7 @@ pub(crate) struct PgDecrement {
 }
 
 #[derive(Debug, Default, Serialize, sqlx::Type)]
-#[sqlx(type_name = "tasker_task_update_v1")]
+#[sqlx(type_name = "tasker_task_update_v2")]
 pub(crate) struct PgTaskUpdate {
     pub task_id: i64,
     pub d_done: i64,
@@ -101,6 +103,7 @@ pub(crate) struct PgTaskUpdate {
     pub state: Option<String>,
     pub transitions: i64,
     pub completed_at: Option<i64>,
+    pub d_total: i64,
 }
 
 #[derive(Debug, Default, Serialize, sqlx::Type)]
@@ -134,9 +137,9 @@ pub(crate) struct PgNotify {
     pub quiet_if_claim_short: bool,
 }
 
-/// A claimed step (`tasker_claimed_v1`).
+/// A claimed step (`tasker_claimed_v2`).
 #[derive(Debug, Default, Serialize, sqlx::Type)]
-#[sqlx(type_name = "tasker_claimed_v1")]
+#[sqlx(type_name = "tasker_claimed_v2")]
 pub(crate) struct PgClaimed {
     pub step_id: i64,
     pub task_id: i64,
@@ -155,6 +158,9 @@ pub(crate) struct PgClaimed {
     pub steps_blocked: i64,
     pub task_version: i64,
     pub parent_results: Option<String>,
+    pub batch_index: Option<i64>,
+    pub batch: Option<String>,
+    pub checkpoint: Option<String>,
 }
 
 /// A task with its template's names (`tasker_task_v1`, and the columns of
@@ -267,7 +273,7 @@ impl PgDecision {
     }
 }
 
-/// The answer of `tasker_apply_v1`: one row.
+/// The answer of `tasker_apply_v2`: one row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PgApplied {
     pub claimed: Vec<PgClaimed>,
@@ -368,6 +374,9 @@ impl PgClaimed {
             steps_blocked: self.steps_blocked,
             task_version: self.task_version,
             parent_results: self.parent_results,
+            batch_index: self.batch_index,
+            batch: self.batch,
+            checkpoint: self.checkpoint,
         })
     }
 }
@@ -405,14 +414,14 @@ pub(crate) fn composite_fields() -> Vec<(&'static str, Vec<String>)> {
     vec![
         ("tasker_guard_v1", names::<PgGuard>()),
         ("tasker_new_task_v1", names::<PgNewTask>()),
-        ("tasker_new_step_v1", names::<PgNewStep>()),
+        ("tasker_new_step_v2", names::<PgNewStep>()),
         ("tasker_step_update_v1", names::<PgStepUpdate>()),
         ("tasker_decrement_v1", names::<PgDecrement>()),
-        ("tasker_task_update_v1", names::<PgTaskUpdate>()),
+        ("tasker_task_update_v2", names::<PgTaskUpdate>()),
         ("tasker_transition_v1", names::<PgTransition>()),
         ("tasker_claim_spec_v1", names::<PgClaimSpec>()),
         ("tasker_notify_v1", names::<PgNotify>()),
-        ("tasker_claimed_v1", names::<PgClaimed>()),
+        ("tasker_claimed_v2", names::<PgClaimed>()),
         ("tasker_task_v1", names::<PgTask>()),
         ("tasker_step_v1", names::<PgStep>()),
     ]

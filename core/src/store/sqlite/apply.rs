@@ -133,14 +133,14 @@ fn insert_steps(
     spec: Option<&ClaimSpec<'_>>,
     out: &mut PlanOutcome,
 ) -> Result<Vec<i64>> {
-    const COLS: usize = 17;
+    const COLS: usize = 19;
     let mut born = Vec::new();
     for chunk in plan.new_steps.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO steps (task_id, position, name, handler, state, retry_limit, remaining_parents, \
                ready_at, priority, version, attempts, claimed_by, lease_expires_at, last_attempted_at, \
-               parked_ready_at, created_at, updated_at) \
-             VALUES {} RETURNING task_id, position, step_id",
+               parked_ready_at, created_at, updated_at, batch_index, batch) \
+             VALUES {} RETURNING task_id, position, COALESCE(batch_index, -1), step_id",
             placeholders(chunk.len(), COLS)
         );
         let mut p = Vec::with_capacity(chunk.len() * COLS);
@@ -170,15 +170,17 @@ fn insert_steps(
                 Sql::Null,
                 Sql::Integer(plan.now),
                 Sql::Integer(plan.now),
+                opt_i64(s.batch_index),
+                opt_text(s.batch.as_deref()),
             ]);
         }
-        let ids: HashMap<(i64, i32), i64> = query_rows(c, &sql, params_from_iter(p), |r| {
-            Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
+        let ids: HashMap<(i64, i32, i64), i64> = query_rows(c, &sql, params_from_iter(p), |r| {
+            Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?))
         })?
         .into_iter()
         .collect();
         for s in chunk {
-            let id = ids[&(out.task_id(s.task_id), s.position)];
+            let id = ids[&(out.task_id(s.task_id), s.position, s.batch_index.unwrap_or(-1))];
             out.step_ids.push(id);
             if s.born {
                 born.push(id);
@@ -299,11 +301,12 @@ fn update_tasks(c: &Connection, updates: &[TaskUpdate], out: &PlanOutcome, now: 
                state = COALESCE(v.column4, tasks.state), \
                version = tasks.version + v.column5, \
                completed_at = COALESCE(v.column6, tasks.completed_at), \
+               steps_total = tasks.steps_total + v.column7, \
                updated_at = ? \
              FROM (VALUES {}) AS v WHERE tasks.task_id = v.column1",
-            placeholders(chunk.len(), 6)
+            placeholders(chunk.len(), 7)
         );
-        let mut p = Vec::with_capacity(1 + chunk.len() * 6);
+        let mut p = Vec::with_capacity(1 + chunk.len() * 7);
         p.push(Sql::Integer(now));
         for u in chunk {
             p.extend([
@@ -313,6 +316,7 @@ fn update_tasks(c: &Connection, updates: &[TaskUpdate], out: &PlanOutcome, now: 
                 opt_text(u.state.map(|s| s.as_str())),
                 Sql::Integer(u.transitions),
                 opt_i64(u.completed_at),
+                Sql::Integer(u.d_total),
             ]);
         }
         c.prepare_cached(&sql)?.execute(params_from_iter(p))?;

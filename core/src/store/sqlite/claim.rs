@@ -42,7 +42,7 @@ pub(super) fn born_columns<'a>(s: &NewStep, spec: &ClaimSpec<'a>) -> Born<'a> {
 
 /// The `RETURNING` list of a claimed step.
 const CLAIMED_COLS: &str =
-    "step_id, task_id, position, attempts, version, lease_expires_at, retry_limit";
+    "step_id, task_id, position, attempts, version, lease_expires_at, retry_limit, batch_index, batch, checkpoint";
 
 /// A claimed step as its row gives it (its task's fields come from [`fill_tasks`]).
 struct Claimed(ClaimedStep);
@@ -56,6 +56,9 @@ impl Decode for Claimed {
         "version",
         "lease_expires_at",
         "retry_limit",
+        "batch_index",
+        "batch",
+        "checkpoint",
     ];
     fn decode(r: &rusqlite::Row, ix: &[usize]) -> rusqlite::Result<Claimed> {
         Ok(Claimed(ClaimedStep {
@@ -76,6 +79,9 @@ impl Decode for Claimed {
             steps_blocked: 0,
             task_version: 0,
             parent_results: None,
+            batch_index: r.get(ix[7])?,
+            batch: r.get(ix[8])?,
+            checkpoint: r.get(ix[9])?,
         }))
     }
 }

@@ -269,7 +269,7 @@ pub(super) fn parent_results(
     for chunk in keys.chunks(CHUNK) {
         // CROSS JOIN fixes the join order (SQLite's planner, without statistics, would scan).
         let sql = format!(
-            "SELECT s.task_id, s.position, s.name, s.results FROM (VALUES {}) AS v \
+            "SELECT s.task_id, s.position, s.name, s.results, s.batch_index, s.error FROM (VALUES {}) AS v \
              CROSS JOIN steps AS s ON s.task_id = v.column1 AND s.position = v.column2",
             placeholders(chunk.len(), 2)
         );

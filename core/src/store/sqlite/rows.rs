@@ -276,13 +276,16 @@ impl Decode for StepLock {
 }
 
 impl Decode for ParentResult {
-    const COLUMNS: &'static [&'static str] = &["task_id", "position", "name", "results"];
+    const COLUMNS: &'static [&'static str] =
+        &["task_id", "position", "name", "results", "batch_index", "error"];
     fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<ParentResult> {
         Ok(ParentResult {
             task_id: r.get(ix[0])?,
             position: r.get(ix[1])?,
             name: r.get(ix[2])?,
             results: r.get(ix[3])?,
+            batch_index: r.get(ix[4])?,
+            error: r.get(ix[5])?,
         })
     }
 }

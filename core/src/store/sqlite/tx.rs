@@ -194,6 +194,16 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
+    async fn save_checkpoint(&mut self, p: &CheckpointSave<'_>) -> Result<bool> {
+        let n = self.c.prepare_cached(lite!(SAVE_CHECKPOINT))?.execute(rusqlite::params![
+            p.checkpoint,
+            p.now,
+            p.step_id,
+            p.attempt
+        ])?;
+        Ok(n == 1)
+    }
+
     async fn set_retry_limit(&mut self, p: &RetryLimitUpdate) -> Result<()> {
         let params: [Sql; 5] = [
             Sql::Integer(p.step_id),
