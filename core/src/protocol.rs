@@ -268,6 +268,9 @@ impl From<Decision> for Value {
 
 const DECISION_KEY: &str = "$decision";
 const BATCHES_KEY: &str = "$batches";
+/// A fan-out instance that failed under `continue_on_failure` appears in its convergence's
+/// list as `{"$failed": <its stored error: message, kind, attempt, at>}`.
+pub const FAILED_KEY: &str = "$failed";
 
 /// What a `type: batchable` step fanned out to: one instance of each of its `batch_worker`
 /// children per item (any JSON value, such as a cursor range `{"start": 0, "end": 200}`), and

@@ -10,6 +10,7 @@ use tasker_core::{
 };
 
 const CSV: &str = include_str!("../fixtures/tasker_core/batch_processing.yaml");
+const INVENTORY: &str = include_str!("../fixtures/tasker_core/csv_inventory.yaml");
 
 /// The fan-out template: `plan` splits `context.rows` into ranges of `context.size`.
 fn fan_out(extra: &str) -> String {
@@ -170,6 +171,130 @@ async fn each_instance_retries_on_its_own_and_an_exhausted_one_blocks_the_task_u
 }
 
 #[tokio::test]
+async fn under_continue_on_failure_the_convergence_runs_with_the_failed_instances_marked() {
+    let h = Harness::new().await;
+    h.register(&fan_out(
+        "    batch_config: {failure_strategy: continue_on_failure}",
+    ))
+    .await;
+    let mut r = handlers();
+    let base = handlers();
+    r.register_fn("work", move |step| {
+        let base = base.clone();
+        async move {
+            match step.batch_index {
+                // The second instance fails once, then succeeds: retries still happen.
+                Some(1) if step.key.attempt == 1 => Err(HandlerError::retryable("flaky")),
+                // The fourth is out of attempts after three.
+                Some(3) => Err(HandlerError::retryable("row 7 is malformed")),
+                // The fifth fails permanently at once.
+                Some(4) => Err(HandlerError::permanent("row 9 is missing")),
+                _ => base.get("work").unwrap().call(&step).await,
+            }
+        }
+    });
+    // The convergence fails for good once, so the task stops in `error` with the instances'
+    // failures in place, for the operator checks below.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    r.register_fn("total", move |step| {
+        let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        async move {
+        if first {
+            return Err(HandlerError::permanent("not yet"));
+        }
+        let list = step.results["work"].as_array().cloned().unwrap();
+        let failed: Vec<Value> = list
+            .iter()
+            .filter_map(|e| e.get("$failed").map(|f| f["message"].clone()))
+            .collect();
+        let sum: i64 = list.iter().filter_map(|e| e["sum"].as_i64()).sum();
+        Ok(json!({"entries": list.len(), "failed": failed, "sum": sum}))
+        }
+    });
+    let t = run(&h, 10, 2, &r).await;
+    assert_eq!(t.status, TaskState::Error, "{t:?}");
+    assert_eq!(t.step("total").unwrap().status, StepState::Error, "the convergence ran");
+    // The instances' failures are final: operators cannot change an instance counted as
+    // finished (its convergence already has its failure).
+    for e in [
+        h.engine.retry_step(t.id, "work_004").await.unwrap_err(),
+        h.engine.cancel_step(t.id, "work_005").await.unwrap_err(),
+        h.engine.set_step_retry_limit(t.id, "work_004", 5).await.unwrap_err(),
+        h.engine
+            .resolve_step_manually(t.id, "work_004", json!({}))
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::Conflict(_)), "{e}");
+        assert!(e.to_string().contains("continue_on_failure"), "{e}");
+    }
+    h.engine.retry_step(t.id, "total").await.unwrap();
+    h.drive(&r).await;
+    let t = h.engine.get_task(t.id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{t:?}");
+    let total = &t.step("total").unwrap().results;
+    assert_eq!(total["entries"], json!(5), "one entry per item, failed ones included");
+    assert_eq!(total["failed"], json!(["row 7 is malformed", "row 9 is missing"]));
+    assert_eq!(total["sum"], json!((0..6).sum::<i64>()), "rows 0..6 summed");
+    let fourth = t.step("work_004").unwrap();
+    assert_eq!((fourth.status, fourth.attempts), (StepState::Error, 3));
+    assert_eq!(t.step("work_005").unwrap().attempts, 1, "permanent: not retried");
+    assert_eq!(t.step("work_002").unwrap().attempts, 2);
+    let failed = h
+        .engine
+        .transitions(t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|x| serde_json::from_str::<Value>(&x.metadata).unwrap()["continue_on_failure"] == json!(true))
+        .count();
+    assert_eq!(failed, 2, "each tolerated failure says so on its transition");
+}
+
+#[tokio::test]
+async fn tasker_cores_csv_layout_with_continue_on_failure_aggregates_the_batches_that_worked() {
+    let h = Harness::new().await;
+    h.register(INVENTORY).await;
+    let mut r = Registry::new();
+    r.register_fn("CsvProcessing::StepHandlers::CsvAnalyzerHandler", |step| async move {
+        let size = step.config["batch_size"].as_i64().unwrap();
+        let rows = step.context["rows"].as_i64().unwrap();
+        let ranges: Vec<Value> = (0..rows)
+            .step_by(size as usize)
+            .map(|s| json!({"start_cursor": s, "end_cursor": (s + size).min(rows)}))
+            .collect();
+        Ok(Batches::new(ranges).results(json!({"total_rows": rows})).into_value())
+    });
+    r.register_fn("csv_processing.step_handlers.process_csv_batch", |step| async move {
+        let b = step.batch.clone().unwrap();
+        if b["start_cursor"] == json!(400) {
+            return Err(HandlerError::retryable("row 431: price is not a number"));
+        }
+        let n = b["end_cursor"].as_i64().unwrap() - b["start_cursor"].as_i64().unwrap();
+        Ok(json!({"processed": n, "operation": step.config["operation"]}))
+    });
+    r.register_fn("csv_processing.step_handlers.aggregate_csv_results", |step| async move {
+        let list = step.results["process_csv_batch"].as_array().cloned().unwrap();
+        let processed: i64 = list.iter().filter_map(|e| e["processed"].as_i64()).sum();
+        let failed: Vec<usize> = (0..list.len()).filter(|&i| list[i].get("$failed").is_some()).collect();
+        Ok(json!({"processed": processed, "failed_batches": failed}))
+    });
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("csv_inventory_analyzer", json!({"rows": 1000})).namespace("csv_processing"))
+        .await
+        .unwrap();
+    h.drive(&r).await;
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{t:?}");
+    let agg = &t.step("aggregate_csv_results").unwrap().results;
+    assert_eq!(agg, &json!({"processed": 800, "failed_batches": [2]}));
+    let bad = t.step("process_csv_batch_003").unwrap();
+    assert_eq!((bad.status, bad.attempts), (StepState::Error, 2), "its retry ran first");
+}
+
+#[tokio::test]
 async fn a_checkpoint_is_seen_by_the_next_attempt_and_after_an_operator_retry() {
     let h = Harness::new().await;
     h.register(
@@ -319,9 +444,15 @@ fn fan_out_templates_are_checked_at_registration() {
         "step \"w_002\" has such a name",
     );
     bad(
-        "name: t\nsteps:\n  - {name: p, type: batchable}\n  - {name: w, type: batch_worker, dependencies: [p], batch_config: {failure_strategy: continue_on_failure}}\n",
-        "continue_on_failure is not supported yet",
+        "name: t\nsteps:\n  - {name: p, type: batchable}\n  - {name: w, type: batch_worker, dependencies: [p], batch_config: {failure_strategy: keep_going}}\n",
+        "keep_going",
     );
+    let t = TaskTemplate::from_yaml(
+        "name: t\nsteps:\n  - {name: p, type: batchable}\n  - {name: w, type: batch_worker, dependencies: [p], batch_config: {failure_strategy: continue_on_failure}}\n",
+        None,
+    )
+    .expect("continue_on_failure is accepted");
+    assert!(t.steps[1].tolerates_failure());
     // The original format takes the same names.
     TaskTemplate::from_yaml(
         "name: t\nstep_templates:\n  - {name: p, type: batchable}\n  - {name: w, type: batch_worker, depends_on_step: p, batch_config: {max_instances: 5}}\n  - {name: c, type: deferred_convergence, depends_on_step: w}\n",

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::tx::announce_claim;
 use super::Engine;
 use super::{parse_json, CONTEXT_CACHE};
 use crate::error::Result;
-use crate::protocol::{Claim, Job, JobKey};
+use crate::protocol::{Claim, Job, JobKey, FAILED_KEY};
 use crate::store::plan::claim_transitions;
 use crate::store::{ClaimSpec, ClaimedStep, ParentResult, StepKey};
 use crate::template::{StepKind, TaskTemplate};
@@ -72,12 +72,15 @@ impl Engine {
         let mut parent_results: HashMap<(i64, i32), Vec<(Option<i64>, String, Value)>> =
             HashMap::new();
         for p in parent_rows {
-            let v = p
-                .results
-                .as_deref()
-                .map(parse_json)
-                .transpose()?
-                .unwrap_or(Value::Null);
+            let v = match (&p.results, &p.error, p.batch_index) {
+                // An instance failed under `continue_on_failure`: its entry says so.
+                (None, Some(e), Some(_)) => json!({ FAILED_KEY: parse_json(e)? }),
+                (r, _, _) => r
+                    .as_deref()
+                    .map(parse_json)
+                    .transpose()?
+                    .unwrap_or(Value::Null),
+            };
             parent_results
                 .entry((p.task_id, p.position))
                 .or_default()

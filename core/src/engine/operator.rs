@@ -9,10 +9,29 @@ use super::Engine;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
 use crate::store::{Decrement, RetryLimitUpdate, StepRow, StepUpdate, TaskDetailsUpdate};
+use crate::template::TaskTemplate;
 
 /// Out of attempts: blocks its task until an operator acts ([`decide::is_exhausted`]).
 fn exhausted(s: &StepRow) -> bool {
     decide::is_exhausted(s.state, s.ready_at, s.parked_ready_at)
+}
+
+/// A fan-out instance out of attempts under `continue_on_failure`: final, already counted as
+/// finished, its convergence runs (or ran) with its failure. Operators cannot change it.
+fn tolerated(template: &TaskTemplate, s: &StepRow) -> bool {
+    exhausted(s)
+        && template
+            .steps
+            .get(s.position as usize)
+            .is_some_and(|t| t.tolerates_failure())
+}
+
+/// The refusal of an operator action on a tolerated failure.
+fn final_failure(task_id: i64, s: &StepRow, action: &str) -> Error {
+    Error::Conflict(format!(
+        "cannot {action} step {:?} of task {task_id}: it failed under batch_config.failure_strategy continue_on_failure, which counts it as finished (its convergence gets its failure in its place); it is final",
+        s.name
+    ))
 }
 
 impl Engine {
@@ -72,7 +91,8 @@ impl Engine {
         let steps = cx.task_steps(task_id).await?;
         let mut updates = Vec::new();
         for s in &steps {
-            if matches!(s.state, StepState::Pending | StepState::Error) {
+            if matches!(s.state, StepState::Pending | StepState::Error) && !tolerated(&template, s)
+            {
                 if exhausted(s) {
                     cx.adjust(task_id, 0, -1);
                 }
@@ -104,6 +124,10 @@ impl Engine {
                 "step {step_name:?} of task {task_id} is {}; only a step in error can be retried",
                 s.state
             )));
+        }
+        let template = cx.template(task.named_task_id).await?;
+        if tolerated(&template, &s) {
+            return Err(final_failure(task_id, &s, "retry"));
         }
         if exhausted(&s) {
             cx.adjust(task_id, 0, -1);
@@ -152,6 +176,10 @@ impl Engine {
                 s.state
             )));
         }
+        let template = cx.template(task.named_task_id).await?;
+        if tolerated(&template, &s) {
+            return Err(final_failure(task_id, &s, "resolve"));
+        }
         if exhausted(&s) {
             cx.adjust(task_id, 0, -1);
         }
@@ -172,7 +200,6 @@ impl Engine {
                 meta: json!({"reason": "resolved_by_operator"}),
             }],
         )?;
-        let template = cx.template(task.named_task_id).await?;
         let children = &template.steps[s.position as usize].children;
         cx.decrement(children.iter().map(|&c| Decrement {
             task_id,
@@ -210,8 +237,12 @@ impl Engine {
             )));
         }
         let mut cx = TxCx::begin(self, self.now()).await?;
-        cx.task(task_id).await?;
+        let task = cx.task(task_id).await?;
         let s = cx.step_named(task_id, step_name).await?;
+        let template = cx.template(task.named_task_id).await?;
+        if tolerated(&template, &s) {
+            return Err(final_failure(task_id, &s, "change the retry limit of"));
+        }
         let failed_permanently = s
             .error
             .as_deref()
@@ -238,7 +269,19 @@ impl Engine {
                 now,
             })
             .await?;
-        if effect != LimitEffect::Keep {
+        let st = &template.steps[s.position as usize];
+        if effect == LimitEffect::Exhaust && st.tolerates_failure() {
+            // Out of attempts under continue_on_failure: finished, as if its last attempt
+            // had been its last.
+            cx.adjust(task_id, 1, 0);
+            cx.decrement(st.children.iter().map(|&c| Decrement {
+                task_id,
+                position: c as i32,
+                by: 1,
+            }));
+            cx.work = true;
+            cx.settle(task_id).await?;
+        } else if effect != LimitEffect::Keep {
             let d_blocked = if effect == LimitEffect::Exhaust {
                 1
             } else {
@@ -273,6 +316,9 @@ impl Engine {
             )));
         }
         let template = cx.template(task.named_task_id).await?;
+        if tolerated(&template, &s) {
+            return Err(final_failure(task_id, &s, "cancel"));
+        }
         let mut doomed = vec![false; template.steps.len()];
         let mut stack = vec![s.position as usize];
         while let Some(i) = stack.pop() {
@@ -285,6 +331,7 @@ impl Engine {
         for r in &steps {
             if !doomed[r.position as usize]
                 || !matches!(r.state, StepState::Pending | StepState::Error)
+                || tolerated(&template, r)
             {
                 continue;
             }

@@ -25,6 +25,9 @@ struct Decided {
     meta: Value,
     /// The step is out of attempts: it blocks its task.
     blocked: bool,
+    /// The step is out of attempts under `continue_on_failure`: final, counted as finished,
+    /// its children run ([`crate::template::StepTemplate::tolerates_failure`]).
+    tolerated: bool,
     /// A decision's choice or a fan-out's items, to record with its completion.
     growth: Option<decide::Growth>,
 }
@@ -121,6 +124,7 @@ impl TxCx<'_> {
             )
         };
         let mut blocked = false;
+        let mut tolerated = false;
         // A result PostgreSQL cannot store fails the step here, alike on every backend,
         // instead of failing the whole batch's transaction.
         let unstorable = match &r.outcome {
@@ -167,8 +171,13 @@ impl TxCx<'_> {
                     limit,
                     task.state == TaskState::Cancelled,
                 );
-                blocked = effect == FailureEffect::Exhaust;
-                self.fail(&mut update, f, effect, &st.backoff)
+                tolerated = effect == FailureEffect::Exhaust && st.tolerates_failure();
+                blocked = effect == FailureEffect::Exhaust && !tolerated;
+                let mut meta = self.fail(&mut update, f, effect, &st.backoff);
+                if tolerated {
+                    meta["continue_on_failure"] = json!(true);
+                }
+                meta
             }
         };
         Decided {
@@ -177,6 +186,7 @@ impl TxCx<'_> {
             update,
             meta,
             blocked,
+            tolerated,
             growth: growth.filter(|_| to_complete(&outcome)),
         }
     }
@@ -259,6 +269,7 @@ impl TxCx<'_> {
                 StepState::Cancelled => "cancelled",
                 StepState::Pending => "released",
                 _ if d.blocked => "exhausted",
+                _ if d.tolerated => "tolerated",
                 _ if d.update.attempts.is_some() => "released",
                 _ => "retry",
             };
@@ -272,7 +283,9 @@ impl TxCx<'_> {
             .increment(1);
         }
         self.push_step_change(task_id, step, from, to, version, d.meta)?;
-        let done = (to == StepState::Complete) as i64;
+        // A tolerated failure is finished like a completion: its task and children go on.
+        let finished = to == StepState::Complete || d.tolerated;
+        let done = finished as i64;
         self.adjust(task_id, done, d.blocked as i64);
         if d.update.ready_at.is_some() {
             self.work = true;
@@ -286,7 +299,7 @@ impl TxCx<'_> {
                     .insert((task_id, d.key.position as usize), items.clone());
             }
         }
-        if to == StepState::Complete && self.tasks[&task_id].state != TaskState::Cancelled {
+        if finished && self.tasks[&task_id].state != TaskState::Cancelled {
             for &c in &st.children {
                 if d.growth.as_ref().is_some_and(|g| g.chosen.contains(&c))
                     || st.kind == StepKind::Decision

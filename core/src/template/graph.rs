@@ -171,11 +171,15 @@ fn step_template(
         kind: s.kind,
         created_at_start: true,
         max_instances: fan_out_limit(s).map_err(step_err)?,
+        continue_on_failure: s
+            .batch_config
+            .as_ref()
+            .is_some_and(|c| c.failure_strategy == FailureStrategy::ContinueOnFailure),
     })
 }
 
 /// A `batch_worker`'s limit of instances per fan-out; `batch_config` on any other step, a limit
-/// below 1, and a failure strategy not supported yet are refused.
+/// and a limit below 1 are refused.
 fn fan_out_limit(s: &StepDefinition) -> Result<usize, String> {
     let Some(c) = &s.batch_config else {
         return Ok(DEFAULT_MAX_INSTANCES);
@@ -185,12 +189,6 @@ fn fan_out_limit(s: &StepDefinition) -> Result<usize, String> {
             "batch_config is read on batch_worker steps only; this step is {}",
             s.kind.as_str()
         ));
-    }
-    if c.failure_strategy == FailureStrategy::ContinueOnFailure {
-        return Err(
-            "batch_config.failure_strategy continue_on_failure is not supported yet; fail_fast (the default) is: a failed instance blocks the task like any exhausted step"
-                .into(),
-        );
     }
     match c.max_instances {
         None => Ok(DEFAULT_MAX_INSTANCES),

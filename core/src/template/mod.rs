@@ -145,8 +145,8 @@ pub enum FailureStrategy {
     /// An instance out of attempts blocks the task like any exhausted step.
     #[default]
     FailFast,
-    /// The convergence runs with the failed instances' entries marked (not supported yet:
-    /// refused at registration).
+    /// An instance out of attempts counts as finished: the convergence runs, and its entry in
+    /// the list is `{"$failed": <the instance's stored error>}`.
     ContinueOnFailure,
 }
 
@@ -235,6 +235,17 @@ pub struct StepTemplate {
     pub created_at_start: bool,
     /// A `batch_worker`'s limit of instances per fan-out.
     pub max_instances: usize,
+    /// A `batch_worker` with `failure_strategy: continue_on_failure`: an instance out of
+    /// attempts counts as finished (its convergence gets a marked entry) instead of blocking.
+    pub continue_on_failure: bool,
+}
+
+impl StepTemplate {
+    /// An instance of this step that is out of attempts is a *tolerated* failure: it stays
+    /// `error` and is final, counts as finished for its task, and lets its children run.
+    pub fn tolerates_failure(&self) -> bool {
+        self.kind == StepKind::BatchWorker && self.continue_on_failure
+    }
 }
 
 impl TaskTemplate {
