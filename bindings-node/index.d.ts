@@ -122,8 +122,16 @@ export declare class Step {
   readonly results: { [step: string]: Json }
   /** The custom events the template declares. */
   readonly customEvents: string[]
+  /** A fan-out instance's item (`null` for any other step). */
+  readonly batch: Json
+  /** A fan-out instance's 0-based place among its items (`null` for any other step). */
+  readonly batchIndex: number | null
+  /** What an earlier attempt saved with `saveCheckpoint` (`null` at first). */
+  readonly checkpoint: Json
   /** Publishes a declared custom event to every subscriber at once; throws ValidationError otherwise. */
   publishCustomEvent(name: string, payload?: Json): void
+  /** Saves a checkpoint durably: the next attempt (a retry, a crashed worker's successor, an operator's retry) sees it as `checkpoint`. Rejects with ConflictError when this attempt no longer holds the step. */
+  saveCheckpoint(value: Json): Promise<void>
 }
 
 export type Handler = (step: Step) => unknown | Promise<unknown>
@@ -225,6 +233,13 @@ export declare class RetryableError extends Error {
 }
 export declare class PermanentError extends Error {
   constructor(message: string)
+}
+/** Return from a `type: batchable` step's handler: one instance of each batch_worker child per item. */
+export declare class Batches {
+  constructor(items: Json[], options?: { results?: unknown })
+  readonly items: Json[]
+  readonly results: unknown
+  toJSON(): { $batches: Json[]; results?: unknown }
 }
 /** Return from a `type: decision` step's handler: which of its children are created. */
 export declare class Decision {

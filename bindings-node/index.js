@@ -62,6 +62,25 @@ class Decision {
   }
 }
 
+/**
+ * Return from the handler of a `type: batchable` step: each of its `batch_worker` children runs
+ * once per item (any JSON value), seen as `step.batch`; `results` are its own results. No
+ * items: no instance.
+ */
+class Batches {
+  constructor (items, options = {}) {
+    this.items = Array.from(items ?? [])
+    this.results = options.results ?? null
+  }
+
+  /** The one shape core reads in every language (core/src/protocol.rs, `Batches`). */
+  toJSON () {
+    const out = { $batches: this.items }
+    if (this.results !== null) out.results = this.results
+    return out
+  }
+}
+
 const KINDS = {
   template: TemplateError,
   validation: ValidationError,
@@ -112,6 +131,9 @@ class Step {
     this.results = JSON.parse(job.results)
     this.config = JSON.parse(job.config)
     this.customEvents = job.customEvents
+    this.batch = job.batch == null ? null : JSON.parse(job.batch)
+    this.batchIndex = job.batchIndex ?? null
+    this.checkpoint = job.checkpoint == null ? null : JSON.parse(job.checkpoint)
     Object.defineProperty(this, '_job', { value: job })
     Object.defineProperty(this, '_core', { value: core })
   }
@@ -123,6 +145,14 @@ class Step {
     } catch (e) {
       throw convert(e)
     }
+  }
+
+  /** Saves a checkpoint durably; the next attempt sees it as `step.checkpoint`. */
+  async saveCheckpoint (value) {
+    const text = jsonText('checkpoint', value)
+    const j = this._job
+    await call(this._core.saveCheckpoint(j.taskId, j.stepId, j.attempt, j.position, text))
+    this.checkpoint = JSON.parse(text)
   }
 }
 
@@ -464,5 +494,6 @@ module.exports = {
   TimeoutError,
   RetryableError,
   PermanentError,
-  Decision
+  Decision,
+  Batches
 }

@@ -13,6 +13,7 @@ export const {
   TimeoutError,
   RetryableError,
   PermanentError,
-  Decision
+  Decision,
+  Batches
 } = tasker
 export default tasker

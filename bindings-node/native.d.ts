@@ -24,6 +24,8 @@ export declare class Core {
   waitForTask(taskId: number, seconds: number): Promise<string>
   /** Publishes a custom event from a running job. */
   publishCustomEvent(job: NativeJob, name: string, payloadJson: string): void
+  /** Saves a running job's checkpoint (JSON text), durably. */
+  saveCheckpoint(taskId: number, stepId: number, attempt: number, position: number, valueJson: string): Promise<void>
   /** Starts collecting lifecycle events for `drainEvents`. */
   subscribe(): void
   /** Events since the last call, as JSON objects, oldest first. */
@@ -89,6 +91,11 @@ export interface NativeJob {
   results: string
   config: string
   customEvents: Array<string>
+  /** A fan-out instance's item (JSON) and place; absent otherwise. */
+  batch?: string
+  batchIndex?: number
+  /** What an earlier attempt saved (JSON); absent at first. */
+  checkpoint?: string
 }
 
 /** What a run did. */

@@ -58,6 +58,11 @@ pub struct NativeJob {
     pub results: String,
     pub config: String,
     pub custom_events: Vec<String>,
+    /// A fan-out instance's item (JSON) and place; absent otherwise.
+    pub batch: Option<String>,
+    pub batch_index: Option<u32>,
+    /// What an earlier attempt saved (JSON); absent at first.
+    pub checkpoint: Option<String>,
 }
 
 /// What `Driver.next` returns.
@@ -97,6 +102,9 @@ impl From<HostJob> for NativeJob {
             results: j.results,
             config: j.config,
             custom_events: j.custom_events,
+            batch: j.batch,
+            batch_index: j.batch_index,
+            checkpoint: j.checkpoint,
         }
     }
 }
@@ -347,6 +355,23 @@ impl Core {
                 &name,
                 payload,
             )
+            .map_err(err)
+    }
+
+    /// Saves a running job's checkpoint (JSON text), durably.
+    #[napi]
+    pub async fn save_checkpoint(
+        &self,
+        task_id: i64,
+        step_id: i64,
+        attempt: u32,
+        position: u32,
+        value_json: String,
+    ) -> Result<()> {
+        let value: Value = parse("checkpoint", &value_json)?;
+        self.engine
+            .save_checkpoint(&key(task_id, step_id, attempt, position), &value)
+            .await
             .map_err(err)
     }
 

@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {
   Engine, RetryableError, PermanentError, TaskerError, TemplateError, ValidationError,
-  NotFoundError, ConflictError, TimeoutError, Decision
+  NotFoundError, ConflictError, TimeoutError, Decision, Batches
 } from 'tasker'
 import { freshDb, freshEngine, step } from './helpers.mjs'
 
@@ -320,4 +320,30 @@ steps:
   assert.equal(err.kind, 'permanent')
   assert.match(err.message, /"nowhere"/)
   assert.match(err.message, /auto_approve, finance_review/)
+})
+
+test('a fan-out runs one instance per item; a checkpoint reaches the next attempt', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate(`
+name: fan
+steps:
+  - {name: plan, type: batchable}
+  - {name: work, type: batch_worker, dependencies: [plan], retry: {max_attempts: 2}, backoff: {base_seconds: 0, jitter: 0}}
+  - {name: total, type: deferred_convergence, dependencies: [work]}
+`)
+  engine.handler('plan', () => new Batches([0, 10, 20].map((s) => ({ start: s, end: s + 10 })), { results: { rows: 30 } }))
+  engine.handler('work', async (s) => {
+    if (s.batchIndex === 1 && s.checkpoint === null) {
+      await s.saveCheckpoint({ at: s.batch.start + 5 })
+      throw new RetryableError('interrupted')
+    }
+    let sum = 0
+    for (let i = s.checkpoint ? s.checkpoint.at : s.batch.start; i < s.batch.end; i++) sum += i
+    return { name: s.name, sum, rows: s.results.plan.rows }
+  })
+  engine.handler('total', (s) => ({ sums: s.results.work.map((r) => r.sum), names: s.results.work.map((r) => r.name) }))
+  const t = await engine.runUntilComplete(await engine.createTask('fan'), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(step(t, 'total').results, { sums: [45, 85, 245], names: ['work_001', 'work_002', 'work_003'] })
+  assert.equal(step(t, 'work_002').attempts, 2)
 })

@@ -112,6 +112,9 @@ struct PyJob {
     results: String,
     config: String,
     custom_events: Vec<String>,
+    batch: Option<String>,
+    batch_index: Option<u32>,
+    checkpoint: Option<String>,
 }
 
 #[pymethods]
@@ -137,6 +140,9 @@ impl From<HostJob> for PyJob {
             results: j.results,
             config: j.config,
             custom_events: j.custom_events,
+            batch: j.batch,
+            batch_index: j.batch_index,
+            checkpoint: j.checkpoint,
         }
     }
 }
@@ -489,6 +495,14 @@ impl Core {
         self.engine
             .publish_custom_event_for(job_key(key), step_name, &declared, name, payload)
             .map_err(err)
+    }
+
+    /// Saves a running job's checkpoint (JSON text), durably.
+    fn save_checkpoint(&self, py: Python<'_>, key: KeyTuple, value_json: &str) -> PyResult<()> {
+        let value: Value = serde_json::from_str(value_json)
+            .map_err(|e| ValidationError::new_err(format!("checkpoint: {e}")))?;
+        let e = self.engine.clone();
+        block(py, move || async move { e.save_checkpoint(&job_key(key), &value).await })
     }
 
     /// Starts collecting lifecycle events for `drain_events`.

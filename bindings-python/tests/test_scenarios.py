@@ -679,3 +679,40 @@ def test_a_decision_creates_only_the_branch_it_chose(engine):
     assert snap["status"] == "error"
     err = step(snap, "route")["error"]["message"]
     assert '"nowhere"' in err and "auto_approve, finance_review" in err
+
+
+FAN = """
+name: fan
+steps:
+  - {name: plan, type: batchable}
+  - {name: work, type: batch_worker, dependencies: [plan], retry: {max_attempts: 2}, backoff: {base_seconds: 0, jitter: 0}}
+  - {name: total, type: deferred_convergence, dependencies: [work]}
+"""
+
+
+def test_a_fan_out_runs_one_instance_per_item_and_a_checkpoint_reaches_the_next_attempt(engine):
+    engine.register_template(FAN)
+
+    @engine.handler("plan")
+    def plan(s):
+        return tasker.Batches([{"start": i, "end": i + 10} for i in range(0, 30, 10)], results={"rows": 30})
+
+    @engine.handler("work")
+    def work(s):
+        # The second instance saves how far it got, then fails; its retry resumes from there.
+        if s.batch_index == 1 and s.checkpoint is None:
+            s.save_checkpoint({"at": s.batch["start"] + 5})
+            raise tasker.RetryableError("interrupted")
+        start = s.checkpoint["at"] if s.checkpoint else s.batch["start"]
+        return {"name": s.name, "sum": sum(range(start, s.batch["end"])), "rows": s.results["plan"]["rows"]}
+
+    @engine.handler("total")
+    async def total(s):
+        return {"sums": [r["sum"] for r in s.results["work"]], "names": [r["name"] for r in s.results["work"]]}
+
+    snap = engine.run_until_complete(engine.create_task("fan"), timeout=30)
+    assert snap["status"] == "complete"
+    out = step(snap, "total")["results"]
+    assert out["names"] == ["work_001", "work_002", "work_003"]
+    assert out["sums"] == [sum(range(0, 10)), sum(range(15, 20)), sum(range(20, 30))]
+    assert step(snap, "work_002")["attempts"] == 2

@@ -180,6 +180,17 @@ impl NativeJob {
     fn custom_events(&self) -> Vec<String> {
         self.0.custom_events.clone()
     }
+    /// A fan-out instance's item (JSON text), else nil.
+    fn batch(&self) -> Option<String> {
+        self.0.batch.clone()
+    }
+    fn batch_index(&self) -> Option<u32> {
+        self.0.batch_index
+    }
+    /// What an earlier attempt saved (JSON text), else nil.
+    fn checkpoint(&self) -> Option<String> {
+        self.0.checkpoint.clone()
+    }
     /// `[task_id, step_id, attempt, position]`: handed back with the outcome.
     fn key(&self) -> (i64, i64, u32, u32) {
         (
@@ -466,6 +477,18 @@ impl Core {
             .map_err(|e| err(ruby, e))
     }
 
+    /// Saves a running job's checkpoint (JSON text), durably.
+    fn save_checkpoint(
+        ruby: &Ruby,
+        rb_self: &Self,
+        job: &NativeJob,
+        value_json: String,
+    ) -> Result<(), Error> {
+        let value: Value = parse(ruby, "checkpoint", &value_json)?;
+        let key = job.0.key();
+        rb_self.call(ruby, move |e| async move { e.save_checkpoint(&key, &value).await })
+    }
+
     /// Starts collecting lifecycle events for `drain_events`.
     fn subscribe(&self) {
         let mut g = self.events.lock().unwrap();
@@ -659,6 +682,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         "publish_custom_event",
         method!(Core::publish_custom_event, 3),
     )?;
+    core.define_method("save_checkpoint", method!(Core::save_checkpoint, 2))?;
     core.define_method("subscribe", method!(Core::subscribe, 0))?;
     core.define_method("drain_events", method!(Core::drain_events, 0))?;
     core.define_method("start_driver", method!(Core::start_driver, 5))?;
@@ -675,6 +699,9 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     job.define_method("results", method!(NativeJob::results, 0))?;
     job.define_method("config", method!(NativeJob::config, 0))?;
     job.define_method("custom_events", method!(NativeJob::custom_events, 0))?;
+    job.define_method("batch", method!(NativeJob::batch, 0))?;
+    job.define_method("batch_index", method!(NativeJob::batch_index, 0))?;
+    job.define_method("checkpoint", method!(NativeJob::checkpoint, 0))?;
     job.define_method("key", method!(NativeJob::key, 0))?;
 
     let driver = native.define_class("Driver", ruby.class_object())?;

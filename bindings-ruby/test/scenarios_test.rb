@@ -68,6 +68,30 @@ class ScenariosTest < Minitest::Test
     assert_includes error["message"], "auto_approve, finance_review"
   end
 
+  def test_a_fan_out_runs_one_instance_per_item_and_a_checkpoint_reaches_the_next_attempt
+    engine.register_template(<<~YAML)
+      name: fan
+      steps:
+        - {name: plan, type: batchable}
+        - {name: work, type: batch_worker, dependencies: [plan], retry: {max_attempts: 2}, backoff: {base_seconds: 0, jitter: 0}}
+        - {name: total, type: deferred_convergence, dependencies: [work]}
+    YAML
+    engine.handler("plan") { |_s| Tasker::Batches.new([0, 10, 20].map { |i| { start: i, end: i + 10 } }, results: { rows: 30 }) }
+    engine.handler("work") do |s|
+      if s.batch_index == 1 && s.checkpoint.nil?
+        s.save_checkpoint({ at: s.batch["start"] + 5 })
+        raise Tasker::RetryableError.new("interrupted", retry_after: 0)
+      end
+      from = s.checkpoint ? s.checkpoint["at"] : s.batch["start"]
+      { name: s.name, sum: (from...s.batch["end"]).sum, rows: s.results["plan"]["rows"] }
+    end
+    engine.handler("total") { |s| { sums: s.results["work"].map { |r| r["sum"] }, names: s.results["work"].map { |r| r["name"] } } }
+    task = engine.run_until_complete(engine.create_task("fan"), timeout: 30)
+    assert_equal "complete", task["status"], task.inspect
+    assert_equal({ "sums" => [45, 85, 245], "names" => %w[work_001 work_002 work_003] }, step(task, "total")["results"])
+    assert_equal 2, step(task, "work_002")["attempts"]
+  end
+
   def test_linear_and_tree_shapes
     engine.register_template(<<~YAML)
       name: chain

@@ -61,6 +61,7 @@ __all__ = [
     "RetryableError",
     "PermanentError",
     "Decision",
+    "Batches",
 ]
 
 
@@ -116,18 +117,43 @@ class Decision:
         return f"Decision({self.steps!r}, results={self.results!r})"
 
 
+class Batches:
+    """Return from the handler of a ``type: batchable`` step: each of its ``batch_worker``
+    children runs once per item (any JSON value, e.g. ``{"start": 0, "end": 200}``), seen as
+    ``step.batch``; ``results`` are its own results. No items: no instance. More items than
+    ``batch_config.max_instances`` (default 10,000) fails the step permanently."""
+
+    def __init__(self, items: Sequence[Any], results: JSON = None) -> None:
+        self.items = list(items)
+        self.results = results
+
+    def _to_json(self) -> JSON:
+        # The one shape core reads in every language (core/src/protocol.rs, Batches).
+        out: dict = {"$batches": self.items}
+        if self.results is not None:
+            out["results"] = self.results
+        return out
+
+    def __repr__(self) -> str:
+        return f"Batches({len(self.items)} items, results={self.results!r})"
+
+
 class Step:
     """What a handler receives.
 
-    Attributes: ``task_id``, ``name`` (the step's name), ``handler``, ``attempt`` (1 for the
-    first), ``max_attempts``, ``context`` (the task's context), ``config`` (the step's
-    ``handler_config``) and ``results`` (parent step name -> its results).
+    Attributes: ``task_id``, ``name`` (the step's name; a fan-out instance's is
+    ``worker_001``, ...), ``handler``, ``attempt`` (1 for the first), ``max_attempts``,
+    ``context`` (the task's context), ``config`` (the step's ``handler_config``), ``results``
+    (parent step name -> its results; a batch worker's is the list of its instances' results,
+    in item order), ``batch`` and ``batch_index`` (a fan-out instance's item and 0-based place;
+    None otherwise) and ``checkpoint`` (what an earlier attempt saved with
+    ``save_checkpoint``; None at first).
     """
 
     __slots__ = ("task_id", "step_id", "name", "handler", "attempt", "max_attempts", "context", "config",
-                 "results", "custom_events", "_key", "_publish")
+                 "results", "custom_events", "batch", "batch_index", "checkpoint", "_key", "_core")
 
-    def __init__(self, job: Any, publish: Optional[Callable[..., None]] = None) -> None:
+    def __init__(self, job: Any, core: Any = None) -> None:
         # `job`: the native `tasker._tasker.Job` (core's HostJob), JSON as text.
         self.task_id: int = job.task_id
         self.step_id: int = job.step_id
@@ -139,20 +165,37 @@ class Step:
         self.results: Dict[str, Any] = json.loads(job.results)
         self.config: Dict[str, Any] = json.loads(job.config)
         self.custom_events: List[str] = list(job.custom_events)
+        self.batch: Any = None if job.batch is None else json.loads(job.batch)
+        self.batch_index: Optional[int] = job.batch_index
+        self.checkpoint: Any = None if job.checkpoint is None else json.loads(job.checkpoint)
         self._key = job.key
-        self._publish = publish
+        self._core = core
 
     def publish_custom_event(self, name: str, payload: Any = None) -> None:
         """Publishes a custom event the template declares (``custom_events``) to every
         subscriber (``@engine.on(name)``) at once. An undeclared name raises
         ``tasker.ValidationError``."""
-        if self._publish is None:
+        if self._core is None:
             raise RuntimeError("this step is not running in a worker")
         try:
             text = json.dumps(payload)
         except (TypeError, ValueError) as e:
             raise ValidationError(f"custom event {name}: payload is not JSON-able: {e}") from None
-        self._publish(self._key, self.name, self.custom_events, name, text)
+        self._core.publish_custom_event(self._key, self.name, self.custom_events, name, text)
+
+    def save_checkpoint(self, value: Any) -> None:
+        """Saves ``value`` (JSON) as this step's checkpoint, durably, before returning: the
+        next attempt (a retry, a crashed worker's successor, an operator's retry) sees it as
+        ``step.checkpoint``. Raises ``tasker.ConflictError`` when this attempt no longer holds
+        the step (its lease was taken over)."""
+        if self._core is None:
+            raise RuntimeError("this step is not running in a worker")
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"checkpoint is not JSON-able: {e}") from None
+        self._core.save_checkpoint(self._key, text)
+        self.checkpoint = json.loads(text)
 
     def __repr__(self) -> str:
         return f"Step(task_id={self.task_id}, name={self.name!r}, attempt={self.attempt}/{self.max_attempts})"
@@ -452,7 +495,7 @@ class Engine:
         driver = self._core.start_driver(sorted(self._handlers), concurrency, mode, task_id, self.worker_id, shutdown_grace)
         pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tasker-step")
         aloop: Optional[_AsyncLoop] = None
-        publish = self._core.publish_custom_event
+        core = self._core
         timed_out = False
         self._stop.clear()
         try:
@@ -464,9 +507,9 @@ class Engine:
                         if inspect.iscoroutinefunction(fn):
                             if aloop is None:
                                 aloop = _AsyncLoop()
-                            aloop.submit(_run_async(driver, fn, Step(job, publish)))
+                            aloop.submit(_run_async(driver, fn, Step(job, core)))
                         else:
-                            pool.submit(_run_sync, driver, fn, job, publish)
+                            pool.submit(_run_sync, driver, fn, job, core)
                     self._dispatch_events()
                     if done:
                         break
@@ -497,7 +540,7 @@ def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -
     if not ok:
         driver.finished(key, False, value)
         return
-    if isinstance(value, Decision):
+    if isinstance(value, (Decision, Batches)):
         value = value._to_json()
     try:
         text = json.dumps(value)
@@ -507,10 +550,10 @@ def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -
     driver.finished(key, True, text)
 
 
-def _run_sync(driver: Any, fn: Handler, job: Any, publish: Callable[..., None]) -> None:
+def _run_sync(driver: Any, fn: Handler, job: Any, core: Any) -> None:
     driver.started(_key(job))
     try:
-        value = fn(Step(job, publish))
+        value = fn(Step(job, core))
     except BaseException:
         _finish(driver, _key(job), False, _exception_failure())
         return

@@ -26,4 +26,29 @@ module Tasker
       "#<Tasker::Decision #{steps.inspect} results=#{results.inspect}>"
     end
   end
+
+  # Return from the handler of a +type: batchable+ step: each of its +batch_worker+ children
+  # runs once per item (any JSON value), seen as +step.batch+; +results+ are its own results. No
+  # items: no instance.
+  #
+  #   Tasker::Batches.new((0...rows).step(200).map { |s| { start: s, end: [s + 200, rows].min } })
+  class Batches
+    attr_reader :items, :results
+
+    def initialize(items, results: nil)
+      @items = Array(items)
+      @results = results
+    end
+
+    # The one shape core reads in every language (core/src/protocol.rs, +Batches+).
+    def to_tasker_json
+      out = { "$batches" => items }
+      out["results"] = results unless results.nil?
+      out
+    end
+
+    def inspect
+      "#<Tasker::Batches #{items.size} items results=#{results.inspect}>"
+    end
+  end
 end

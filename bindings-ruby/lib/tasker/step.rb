@@ -7,10 +7,13 @@ module Tasker
   #
   # +task_id+, +step_id+, +name+ (the step's), +handler+, +attempt+ (1 for the first),
   # +max_attempts+, +context+ (the task's context), +config+ (the step's +handler_config+),
-  # +results+ (each dependency's name => its results) and +custom_events+ (the names this step
-  # may publish). Hashes have string keys, as JSON gives them.
+  # +results+ (each dependency's name => its results; a batch worker's is the list of its
+  # instances' results, in item order), +custom_events+ (the names this step may publish),
+  # +batch+ and +batch_index+ (a fan-out instance's item and 0-based place; nil otherwise) and
+  # +checkpoint+ (what an earlier attempt saved with +save_checkpoint+; nil at first). Hashes
+  # have string keys, as JSON gives them.
   class Step
-    attr_reader :task_id, :step_id, :name, :handler, :attempt, :max_attempts, :custom_events
+    attr_reader :task_id, :step_id, :name, :handler, :attempt, :max_attempts, :custom_events, :batch_index
 
     # +job+ is the Tasker::Native::Job the native driver hands out (core's HostJob).
     def initialize(job, core = nil)
@@ -24,6 +27,7 @@ module Tasker
       @results_json = job.results
       @config_json = job.config
       @custom_events = job.custom_events
+      @batch_index = job.batch_index
       @job = job
       @core = core
     end
@@ -40,6 +44,27 @@ module Tasker
 
     def config
       @config ||= JSON.parse(@config_json)
+    end
+
+    def batch
+      @batch ||= @job.batch && JSON.parse(@job.batch)
+    end
+
+    def checkpoint
+      return @checkpoint if defined?(@checkpoint)
+
+      @checkpoint = @job.checkpoint && JSON.parse(@job.checkpoint)
+    end
+
+    # Saves +value+ (JSON) as this step's checkpoint, durably, before returning: the next
+    # attempt (a retry, a crashed worker's successor, an operator's retry) sees it as
+    # +checkpoint+. Raises Tasker::ConflictError when this attempt no longer holds the step.
+    def save_checkpoint(value)
+      raise Tasker::Error, "this step is not running in a worker" unless @core
+
+      text = Tasker::Json.text("checkpoint", value)
+      @core.save_checkpoint(@job, text)
+      @checkpoint = JSON.parse(text)
     end
 
     # Publishes a custom event the template declares (+custom_events+) to every subscriber
