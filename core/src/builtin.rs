@@ -3,7 +3,8 @@
 //!
 //! * **`command`** runs a program. `handler_config: {command: [argv...] | "shell string", env,
 //!   cwd, permanent_exit_codes}`. The program reads `{task_id, step, attempt, context,
-//!   results}` as JSON on stdin. Exit 0: stdout (JSON, else plain text as a JSON string) is the
+//!   results}` as JSON on stdin (and a fan-out instance's `batch` and `batch_index`, an
+//!   earlier attempt's `checkpoint`, when there are). Exit 0: stdout (JSON, else plain text as a JSON string) is the
 //!   step's results. Non-zero: a retryable failure with the tail of stderr, permanent for an exit
 //!   code listed in `permanent_exit_codes`; a JSON object on stdout may give `error` and
 //!   `retry_after` (seconds). A timeout kills the whole process group. Nothing from the context
@@ -208,13 +209,23 @@ impl StepHandler for CommandHandler {
             HandlerError::permanent(format!("cannot start command {program:?}: {e}"))
         })?;
         let mut killer = GroupKiller(child.id().map(|p| p as i32));
-        let input = json!({
+        let mut input = json!({
             "task_id": step.task_id(),
             "step": step.step_name,
             "attempt": step.attempt(),
             "context": *step.context,
             "results": step.results,
         });
+        // A fan-out instance's item and place, and an earlier attempt's checkpoint.
+        if let Some(b) = &step.batch {
+            input["batch"] = b.clone();
+        }
+        if let Some(i) = step.batch_index {
+            input["batch_index"] = json!(i);
+        }
+        if let Some(c) = &step.checkpoint {
+            input["checkpoint"] = c.clone();
+        }
         let mut stdin = child.stdin.take().expect("piped stdin");
         let writer = tokio::spawn(async move {
             let bytes = serde_json::to_vec(&input).expect("json");

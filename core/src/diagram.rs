@@ -2,9 +2,81 @@
 
 use std::fmt::Write;
 
-use crate::engine::TaskSnapshot;
+use crate::engine::{StepSnapshot, TaskSnapshot};
 use crate::state::StepState;
-use crate::template::TaskTemplate;
+use crate::template::{StepKind, StepTemplate, TaskTemplate};
+
+/// A step never created in a task (a branch not taken, or below a decision or fan-out not yet
+/// decided): drawn dashed and faded.
+const ABSENT_STYLE: &str = "fill:#fafafa,stroke:#bdbdbd,stroke-dasharray:4 3,color:#9e9e9e";
+
+/// What a template step is in a task: its one row, a fan-out's instances, or nothing.
+enum Drawn<'a> {
+    One(&'a StepSnapshot),
+    /// A batch worker's instances (at least one), in item order.
+    Instances(Vec<&'a StepSnapshot>),
+    Absent,
+}
+
+impl<'a> Drawn<'a> {
+    fn of(s: &StepTemplate, task: &'a TaskSnapshot) -> Drawn<'a> {
+        if let Some(step) = task.step(&s.name) {
+            return Drawn::One(step);
+        }
+        if s.kind == StepKind::BatchWorker {
+            let rows: Vec<&StepSnapshot> = task
+                .steps
+                .iter()
+                .filter(|x| x.instance_of.as_deref() == Some(s.name.as_str()))
+                .collect();
+            if !rows.is_empty() {
+                return Drawn::Instances(rows);
+            }
+        }
+        Drawn::Absent
+    }
+
+    /// The state a group is drawn in: the one that needs attention first.
+    fn status(&self) -> Option<StepState> {
+        match self {
+            Drawn::One(x) => Some(x.status),
+            Drawn::Instances(rows) => [
+                StepState::Error,
+                StepState::InProgress,
+                StepState::Pending,
+                StepState::ResolvedManually,
+                StepState::Cancelled,
+                StepState::Complete,
+            ]
+            .into_iter()
+            .find(|st| rows.iter().any(|x| x.status == *st)),
+            Drawn::Absent => None,
+        }
+    }
+
+    fn style(&self) -> &'static str {
+        self.status().map_or(ABSENT_STYLE, style)
+    }
+
+    /// `12 instances<br/>10 complete · 2 error`: the counts by state, in a fixed order.
+    fn counts(rows: &[&StepSnapshot]) -> String {
+        let mut parts = Vec::new();
+        for st in [
+            StepState::Complete,
+            StepState::InProgress,
+            StepState::Pending,
+            StepState::Error,
+            StepState::ResolvedManually,
+            StepState::Cancelled,
+        ] {
+            let n = rows.iter().filter(|x| x.status == st).count();
+            if n > 0 {
+                parts.push(format!("{n} {st}"));
+            }
+        }
+        format!("×{}<br/>{}", rows.len(), parts.join(" · "))
+    }
+}
 
 fn style(state: StepState) -> &'static str {
     match state {
@@ -35,25 +107,33 @@ pub fn mermaid(template: &TaskTemplate, task: Option<&TaskSnapshot>) -> String {
     let _ = writeln!(out, "  %% {}", title);
     for (i, s) in template.steps.iter().enumerate() {
         let mut text = label(&s.name);
-        if let Some(step) = task.and_then(|t| t.step(&s.name)) {
-            let _ = write!(
-                text,
-                "<br/>{} · attempts {}/{}",
-                step.status, step.attempts, step.max_attempts
-            );
-            if let Some(msg) = step
-                .error
-                .as_ref()
-                .and_then(|e| e.get("message"))
-                .and_then(|m| m.as_str())
-            {
-                if step.status == StepState::Error {
-                    let short: String = msg.chars().take(60).collect();
-                    let _ = write!(text, "<br/>{}", label(&short));
+        match task.map(|t| Drawn::of(s, t)) {
+            Some(Drawn::One(step)) => {
+                let _ = write!(
+                    text,
+                    "<br/>{} · attempts {}/{}",
+                    step.status, step.attempts, step.max_attempts
+                );
+                if let Some(msg) = step
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("message"))
+                    .and_then(|m| m.as_str())
+                {
+                    if step.status == StepState::Error {
+                        let short: String = msg.chars().take(60).collect();
+                        let _ = write!(text, "<br/>{}", label(&short));
+                    }
                 }
             }
-        } else if s.handler != s.name {
-            let _ = write!(text, "<br/>{}", label(&s.handler));
+            Some(Drawn::Instances(rows)) => {
+                let _ = write!(text, " {}", Drawn::counts(&rows));
+            }
+            Some(Drawn::Absent) => text.push_str("<br/>not created"),
+            None if s.handler != s.name => {
+                let _ = write!(text, "<br/>{}", label(&s.handler));
+            }
+            None => {}
         }
         let _ = writeln!(out, "  s{i}[\"{text}\"]");
     }
@@ -64,9 +144,7 @@ pub fn mermaid(template: &TaskTemplate, task: Option<&TaskSnapshot>) -> String {
     }
     if let Some(t) = task {
         for (i, s) in template.steps.iter().enumerate() {
-            if let Some(step) = t.step(&s.name) {
-                let _ = writeln!(out, "  style s{i} {}", style(step.status));
-            }
+            let _ = writeln!(out, "  style s{i} {}", Drawn::of(s, t).style());
         }
     }
     out
@@ -86,9 +164,27 @@ pub struct Node {
     pub attempts: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_id: Option<i64>,
-    /// The Mermaid style of its state (`fill:...`), with a task.
+    /// The Mermaid style of its state (`fill:...`), with a task; dashed for a step never
+    /// created. A fan-out's group takes the state that needs attention first (error, running,
+    /// pending, ..., complete).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub style: Option<&'static str>,
+    /// With a task: whether the step exists in it (false: a branch not taken, or not yet
+    /// decided).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    /// A batch worker's instances in the task, in item order (the node stands for them all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<Instance>,
+}
+
+/// One fan-out instance of a [`Node`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Instance {
+    pub name: String,
+    pub step_id: i64,
+    pub status: StepState,
+    pub attempts: i64,
 }
 
 /// An edge of [`graph`]: `from` provides for `to` (which depends on it).
@@ -115,15 +211,32 @@ pub fn graph(template: &TaskTemplate, task: Option<&TaskSnapshot>) -> Graph {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let step = task.and_then(|t| t.step(&s.name));
+            let drawn = task.map(|t| Drawn::of(s, t));
+            let one = match &drawn {
+                Some(Drawn::One(x)) => Some(*x),
+                _ => None,
+            };
             Node {
                 id: format!("s{i}"),
                 name: s.name.clone(),
                 handler: s.handler.clone(),
-                status: step.map(|x| x.status),
-                attempts: step.map(|x| x.attempts),
-                step_id: step.map(|x| x.id),
-                style: step.map(|x| style(x.status)),
+                status: drawn.as_ref().and_then(Drawn::status),
+                attempts: one.map(|x| x.attempts),
+                step_id: one.map(|x| x.id),
+                style: drawn.as_ref().map(Drawn::style),
+                created: drawn.as_ref().map(|d| !matches!(d, Drawn::Absent)),
+                instances: match &drawn {
+                    Some(Drawn::Instances(rows)) => rows
+                        .iter()
+                        .map(|x| Instance {
+                            name: x.name.clone(),
+                            step_id: x.id,
+                            status: x.status,
+                            attempts: x.attempts,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                },
             }
         })
         .collect();

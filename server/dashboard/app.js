@@ -107,6 +107,30 @@ function stepState(s, now = Date.now()) {
   return s.status;
 }
 
+// ---- a fan-out's instances are drawn as one node named after their batch worker ----
+
+const ATTENTION = ['error', 'backing_off', 'running', 'pending', 'resolved_manually', 'cancelled', 'complete'];
+
+function dagNodes(steps) {
+  const groups = new Map();
+  const nodes = [];
+  for (const s of steps) {
+    if (!s.instance_of) { nodes.push({ name: s.name, parents: s.parents, state: stepState(s) }); continue; }
+    let g = groups.get(s.instance_of);
+    if (!g) {
+      g = { name: s.instance_of, parents: s.parents, instances: [] };
+      groups.set(s.instance_of, g);
+      nodes.push(g);
+    }
+    g.instances.push(s);
+  }
+  for (const g of groups.values()) {
+    const states = g.instances.map((x) => stepState(x));
+    g.state = ATTENTION.find((x) => states.includes(x)) || states[0];
+  }
+  return nodes;
+}
+
 // ---- DAG: layered layout (longest path from the roots), drawn as SVG ----
 
 const NODE_W = 150, NODE_H = 34, GAP_X = 50, GAP_Y = 14;
@@ -153,9 +177,13 @@ function dagSvg(nodes, selected) {
   });
   const boxes = nodes.map((n, i) => {
     const p = pos[i];
-    const label = n.name.length > 20 ? n.name.slice(0, 19) + '…' : n.name;
-    return `<g class="node${n.name === selected ? ' selected' : ''}" data-step="${esc(n.name)}" data-state="${esc(n.state)}" tabindex="0" role="button" aria-label="${esc(n.name)}: ${esc(STEP_LABELS[n.state] || n.state)}">`
-      + `<title>${esc(n.name)} (${esc(STEP_LABELS[n.state] || n.state)})</title>`
+    const count = n.instances ? ` ×${n.instances.length}` : '';
+    const short = n.name.length > 20 - count.length ? n.name.slice(0, 19 - count.length) + '…' : n.name;
+    const label = short + count;
+    const isSel = n.name === selected || (n.instances || []).some((x) => x.name === selected);
+    const what = n.instances ? `${n.instances.length} instances, ` : '';
+    return `<g class="node${isSel ? ' selected' : ''}${n.instances ? ' group' : ''}" data-step="${esc(n.name)}" data-state="${esc(n.state)}" tabindex="0" role="button" aria-label="${esc(n.name)}: ${what}${esc(STEP_LABELS[n.state] || n.state)}">`
+      + `<title>${esc(n.name)}${count} (${what}${esc(STEP_LABELS[n.state] || n.state)})</title>`
       + `<rect x="${p.x}" y="${p.y}" width="${NODE_W}" height="${NODE_H}"></rect>`
       + `<text x="${p.x + 8}" y="${p.y + 21}">${esc(label)}</text></g>`;
   });
@@ -267,7 +295,7 @@ function taskView(id) {
   onNodeActivate($('#dag'), (name) => { selected = name; draw(); renderStep(); });
 
   function draw() {
-    const nodes = task.workflow_steps.map((s) => ({ name: s.name, parents: s.parents, state: stepState(s) }));
+    const nodes = dagNodes(task.workflow_steps);
     const dag = $('#dag');
     const scroll = [dag.scrollLeft, dag.scrollTop];
     const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest('.node');
@@ -282,7 +310,11 @@ function taskView(id) {
   function renderStep() {
     const panel = $('#step-panel');
     const s = task.workflow_steps.find((x) => x.name === selected);
-    if (!s) return;
+    if (!s) {
+      const list = task.workflow_steps.filter((x) => x.instance_of === selected);
+      if (list.length) renderGroup(panel, list);
+      return;
+    }
     const editing = panel.dataset.step === s.name && $('#resolve-json', panel);
     const draft = editing ? editing.value : null;
     const err = s.error || null;
@@ -335,6 +367,18 @@ function taskView(id) {
         await act('Resolve step', () => api(`/tasks/${id}/workflow_steps/${encodeURIComponent(s.name)}/resolve`, { method: 'POST', body: { results } }));
       }
     };
+  }
+
+  // A fan-out: its instances in item order, each opening its own panel.
+  function renderGroup(panel, list) {
+    panel.dataset.step = selected;
+    panel.innerHTML = `<h2>Fan-out ${esc(selected)}</h2>
+      <p class="muted">${list.length} instances, one per item.</p>
+      <div class="table-wrap"><table aria-label="Instances of ${esc(selected)}"><thead><tr><th scope="col">Instance</th><th scope="col">State</th><th scope="col">Attempts</th></tr></thead>
+      <tbody>${list.map((x) => `<tr><td><button class="link" data-instance="${esc(x.name)}">${esc(x.name)}</button></td><td>${badge(stepState(x))}</td><td>${x.attempts} of ${x.retry_limit}</td></tr>`).join('')}</tbody></table></div>`;
+    panel.querySelectorAll('[data-instance]').forEach((b) => {
+      b.onclick = () => { selected = b.dataset.instance; draw(); renderStep(); };
+    });
   }
 
   return {

@@ -40,11 +40,19 @@ pub struct StepView {
     pub next_attempt_at: Option<String>,
     pub last_attempted_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// A fan-out instance's batch worker step (`work` for `work_003`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
+    /// A fan-out instance's 0-based place among the items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<u32>,
 }
 
 /// A step as `GET /tasks/:id/workflow_steps/:step` shows it.
 pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplate>) -> StepView {
-    let st = template.and_then(|t| t.step_index(&s.name).map(|i| &t.steps[i]));
+    // An instance is its batch worker's step in the template.
+    let tname = s.instance_of.as_deref().unwrap_or(&s.name);
+    let st = template.and_then(|t| t.step_index(tname).map(|i| &t.steps[i]));
     StepView {
         workflow_step_id: s.id,
         task_id: task.id,
@@ -58,11 +66,13 @@ pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplat
         results: s.results.clone(),
         error: s.error.clone(),
         parents: s.depends_on.clone(),
-        children: task.children_of(&s.name),
+        children: task.children_of(tname),
         processed_at: s.completed_at.clone(),
         next_attempt_at: s.next_attempt_at.clone(),
         last_attempted_at: s.last_attempted_at.clone(),
         duration_ms: s.duration_ms,
+        instance_of: s.instance_of.clone(),
+        batch_index: s.batch_index,
     }
 }
 

@@ -53,7 +53,7 @@ fn handlers() -> Registry {
     });
     r.register_fn("total", |step| async move {
         let list = step.results["work"].as_array().cloned().unwrap_or_default();
-        let sum: i64 = list.iter().map(|r| r["sum"].as_i64().unwrap()).sum();
+        let sum: i64 = list.iter().filter_map(|r| r["sum"].as_i64()).sum();
         let order: Vec<Value> = list.iter().map(|r| r["index"].clone()).collect();
         Ok(json!({"sum": sum, "order": order, "keys": step.results.keys().collect::<Vec<_>>()}))
     });
@@ -105,6 +105,44 @@ async fn a_fan_out_runs_one_instance_per_item_and_the_convergence_gets_their_res
         .find(|x| x.id == t.id)
         .unwrap();
     assert_eq!((listed.steps_done, listed.steps_total), (14, 14));
+}
+
+#[tokio::test]
+async fn a_fan_outs_instances_are_snapshotted_in_item_order_and_drawn_as_one_group() {
+    let h = Harness::new().await;
+    // continue_on_failure: every instance runs whatever the failed one does.
+    h.register(&fan_out("    batch_config: {failure_strategy: continue_on_failure}")).await;
+    let mut r = handlers();
+    let base = handlers();
+    r.register_fn("work", move |step| {
+        let base = base.clone();
+        async move {
+            if step.batch_index == Some(10) {
+                return Err(HandlerError::permanent("bad"));
+            }
+            base.get("work").unwrap().call(&step).await
+        }
+    });
+    let t = run(&h, 12, 1, &r).await;
+    let instances: Vec<(String, Option<u32>)> = t
+        .steps
+        .iter()
+        .filter(|s| s.instance_of.as_deref() == Some("work"))
+        .map(|s| (s.name.clone(), s.batch_index))
+        .collect();
+    let expected: Vec<(String, Option<u32>)> =
+        (0..12).map(|i| (format!("work_{:03}", i + 1), Some(i))).collect();
+    assert_eq!(instances, expected, "in item order, each with its place");
+    assert!(t.step("plan").unwrap().instance_of.is_none());
+    let template = h.engine.template(None, "fan", None).await.unwrap();
+    let text = tasker_core::diagram::mermaid(&template, Some(&t));
+    assert!(text.contains("work ×12<br/>11 complete · 1 error"), "{text}");
+    assert!(text.contains("total<br/>complete"), "{text}");
+    assert!(!text.contains("work_001"), "instances are not drawn one by one: {text}");
+    let g = tasker_core::diagram::graph(&template, Some(&t));
+    let work = g.nodes.iter().find(|n| n.name == "work").unwrap();
+    assert_eq!(work.instances.len(), 12);
+    assert_eq!(work.status, Some(StepState::Error), "a group shows what needs attention");
 }
 
 #[tokio::test]

@@ -18,6 +18,9 @@ use crate::store::plan::claim_transitions;
 use crate::store::{ClaimSpec, ClaimedStep, ParentResult, StepKey};
 use crate::template::{StepKind, TaskTemplate};
 
+/// One stored row of a parent step: its instance place, name and results (or failure mark).
+type ParentEntry = (Option<i64>, String, Value);
+
 impl Engine {
     /// What to claim for `c` at `now`.
     pub(super) fn claim_spec<'a>(&self, c: &'a Claim, now: i64) -> ClaimSpec<'a> {
@@ -69,8 +72,7 @@ impl Engine {
     ) -> Result<Vec<Job>> {
         let contexts = self.contexts_of(claimed)?;
         // (task, position) -> its rows: one, or a fan-out's instances.
-        let mut parent_results: HashMap<(i64, i32), Vec<(Option<i64>, String, Value)>> =
-            HashMap::new();
+        let mut parent_results: HashMap<(i64, i32), Vec<ParentEntry>> = HashMap::new();
         for p in parent_rows {
             let v = match (&p.results, &p.error, p.batch_index) {
                 // An instance failed under `continue_on_failure`: its entry says so.

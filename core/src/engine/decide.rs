@@ -48,7 +48,7 @@ pub fn shaped_outcome(
         (None | Some(Ok(Shaped::Decision(_))), StepKind::Batchable) => fail(format!(
             "batchable step {:?} returned {}; it must return Batches(items): one instance of {} per item (an empty list creates none)",
             s.name,
-            if matches!(Shaped::of(v), None) { "plain results" } else { "a Decision" },
+            if Shaped::of(v).is_none() { "plain results" } else { "a Decision" },
             batch_workers(t, s).join(", ")
         )),
         (Some(Ok(Shaped::Batches(b))), StepKind::Batchable) => {

@@ -208,7 +208,9 @@ impl TxCx<'_> {
                 }
             } else {
                 steps.push(row(s.name.clone(), None));
-                metas.push(json!({"reason": "created by a decision"}));
+                // Reached once the steps above it decided: below a fan-out, or a decision.
+                let by = if below_fan_out { "created below a fan-out" } else { "created by a decision" };
+                metas.push(json!({ "reason": by }));
             }
         }
         for &i in &e.create {

@@ -68,6 +68,12 @@ pub struct StepSnapshot {
     pub completed_at: Option<String>,
     /// How long the last attempt ran, for a step that finished by running.
     pub duration_ms: Option<i64>,
+    /// A fan-out instance's batch worker step (`work` for `work_003`); none for other steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
+    /// A fan-out instance's 0-based place among its fan-out's items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<u32>,
 }
 
 /// One line of a task listing.
@@ -145,7 +151,17 @@ impl Engine {
                 .into_iter()
                 .map(|s| {
                     let st = template.steps.get(s.position as usize);
+                    let instance_of = st
+                        .filter(|t| t.kind == crate::template::StepKind::BatchWorker && t.name != s.name)
+                        .map(|t| t.name.clone());
+                    let batch_index = instance_of
+                        .as_ref()
+                        .and_then(|w| s.name.get(w.len() + 1..))
+                        .and_then(|d| d.parse::<u32>().ok())
+                        .map(|n| n.saturating_sub(1));
                     Ok(StepSnapshot {
+                        instance_of,
+                        batch_index,
                         id: s.step_id,
                         name: s.name,
                         handler: s.handler,

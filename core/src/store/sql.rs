@@ -105,7 +105,7 @@ pub(crate) const TASK_STATE: &str = "SELECT state FROM tasks WHERE task_id = $1"
 pub(crate) const STEPS_OF_TASK: &str = concat!(
     "SELECT ",
     step_cols!(),
-    " FROM steps WHERE task_id = $1 ORDER BY position"
+    " FROM steps WHERE task_id = $1 ORDER BY position, batch_index"
 );
 
 pub(crate) const TASK_BY_IDEMPOTENCY_KEY: &str =

@@ -138,6 +138,57 @@ test('resolving with invalid JSON is refused; with valid JSON the step is resolv
   await p.close();
 });
 
+const fanOut = `
+name: fan
+namespace_name: shop
+version: 1.0.0
+step_templates:
+  - name: plan
+    type: batchable
+    handler_class: command
+    handler_config: {command: ["sh", "-c", "echo '{\\"$batches\\": [10, 20, 30]}'"]}
+  - name: work
+    type: batch_worker
+    depends_on_step: plan
+    handler_class: command
+    handler_config:
+      permanent_exit_codes: [3]
+      command: ["sh", "-c", "if grep -q '\\"batch_index\\":1[,}]'; then echo 'item 20 is bad' >&2; exit 3; fi; echo '{\\"ok\\": true}'"]
+  - name: total
+    type: deferred_convergence
+    depends_on_step: work
+    handler_class: command
+    handler_config: {command: ["sh", "-c", "echo '{}'"]}
+`;
+
+test("a fan-out's instances are one node; its panel lists them, each opening its own", async () => {
+  const db = new Db();
+  dbs.push(db);
+  db.register(fanOut);
+  const base = await db.serve();
+  const r = await call(base, 'POST', '/tasks', { name: 'fan', namespace: 'shop', context: {} });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  const id = r.body.task.task_id;
+  db.work(); // the second instance fails for good: the task is in error
+  const p = await page();
+  await p.goto(`${base}/#/tasks/${id}`);
+  const group = p.locator('.node.group[data-step="work"]');
+  await group.waitFor();
+  assert.equal(await group.getAttribute('data-state'), 'error', 'the group shows what needs attention');
+  assert.match(await group.textContent(), /work ×3/);
+  assert.equal(await p.locator('.node[data-step^="work_"]').count(), 0, 'instances are not drawn one by one');
+  await group.click();
+  await p.waitForSelector('#step-panel [data-instance="work_003"]');
+  assert.match(await p.locator('#step-panel').textContent(), /3 instances/);
+  await p.click('#step-panel [data-instance="work_002"]');
+  await p.waitForSelector('#step-panel .step-error');
+  assert.match(await p.locator('#step-panel .step-error').textContent(), /item 20 is bad/);
+  assert.match(await p.locator('#step-panel h2').textContent(), /work_002/);
+  assert.equal(await group.getAttribute('class'), 'node selected group', 'the group stays chosen');
+  await shot(p, 'task-fan-out.png');
+  await p.close();
+});
+
 function jwt(secret, permissions) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const head = b64({ alg: 'HS256', typ: 'JWT' });

@@ -54,7 +54,7 @@ const TASK_IF_FINISHED: &str = concat!(
        s.handler, s.state, s.attempts, s.retry_limit, s.remaining_parents, s.ready_at, \
        s.parked_ready_at, s.claimed_by, s.lease_expires_at, s.results::text, s.error::text, \
        s.last_attempted_at, s.processed_at, s.version)::tasker_step_v1 \
-       FROM steps s WHERE s.task_id = t.task_id ORDER BY s.position) END AS steps",
+       FROM steps s WHERE s.task_id = t.task_id ORDER BY s.position, s.batch_index) END AS steps",
     task_join!(), " WHERE t.task_id = $1"
 );
 

@@ -83,7 +83,7 @@ const LOCK_STEPS: &str =
 const TASK_STEPS: &str = concat!(
     "SELECT ",
     step_cols!(),
-    " FROM steps WHERE task_id = $1 ORDER BY position FOR UPDATE"
+    " FROM steps WHERE task_id = $1 ORDER BY position, batch_index FOR UPDATE"
 );
 
 const INSERT_TEMPLATE: &str = "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at, revision) \
