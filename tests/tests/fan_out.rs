@@ -333,6 +333,38 @@ async fn tasker_cores_csv_layout_with_continue_on_failure_aggregates_the_batches
 }
 
 #[tokio::test]
+async fn cancelling_one_instance_cancels_it_and_its_convergence_not_its_siblings() {
+    let h = Harness::new().await;
+    h.register(&fan_out("")).await;
+    let mut r = handlers();
+    let base = handlers();
+    r.register_fn("work", move |step| {
+        let base = base.clone();
+        async move {
+            match step.batch_index {
+                Some(1) => Err(HandlerError::permanent("bad row")),
+                // Fails once: waits for its retry while the task is blocked.
+                Some(2) if step.key.attempt == 1 => Err(HandlerError::retryable("flaky")),
+                _ => base.get("work").unwrap().call(&step).await,
+            }
+        }
+    });
+    let t = run(&h, 6, 2, &r).await;
+    assert_eq!(t.status, TaskState::Error, "{t:?}");
+    assert_eq!(t.step("work_003").unwrap().status, StepState::Error, "waiting for its retry");
+    h.engine.cancel_step(t.id, "work_002").await.unwrap();
+    let t = h.engine.get_task(t.id).await.unwrap();
+    assert_eq!(t.step("work_002").unwrap().status, StepState::Cancelled);
+    assert_eq!(t.step("total").unwrap().status, StepState::Cancelled, "it depends on every instance");
+    assert_eq!(t.step("work_001").unwrap().status, StepState::Complete);
+    assert_eq!(t.step("work_003").unwrap().status, StepState::Error, "a sibling, not a dependent");
+    h.drive(&r).await;
+    let t = h.engine.get_task(t.id).await.unwrap();
+    assert_eq!(t.step("work_003").unwrap().status, StepState::Complete, "its retry ran");
+    assert_eq!(t.status, TaskState::Complete, "cancelled steps count as finished: {t:?}");
+}
+
+#[tokio::test]
 async fn a_checkpoint_is_seen_by_the_next_attempt_and_after_an_operator_retry() {
     let h = Harness::new().await;
     h.register(

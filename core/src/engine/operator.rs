@@ -329,7 +329,10 @@ impl Engine {
         let steps = cx.task_steps(task_id).await?;
         let mut updates = Vec::new();
         for r in &steps {
+            // A fan-out's instances share a position: the others are siblings, not dependents.
+            let sibling = r.position == s.position && r.step_id != s.step_id;
             if !doomed[r.position as usize]
+                || sibling
                 || !matches!(r.state, StepState::Pending | StepState::Error)
                 || tolerated(&template, r)
             {
