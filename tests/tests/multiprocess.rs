@@ -1,5 +1,6 @@
 //! Scale-out on PostgreSQL with real processes and real signals: several worker processes on
-//! one database, kill -9 in a loop, a database restart, graceful SIGTERM.
+//! one database, kill -9 in a loop (also in the middle of a fan-out), a database restart,
+//! graceful SIGTERM.
 //!
 //! Every test needs PostgreSQL: they are `#[ignore]`d in a plain `cargo test` and run by
 //! scripts/test.sh with `TASKER_TEST_BACKEND=postgres ... --include-ignored`.
@@ -121,6 +122,9 @@ fn runs(log: &Path) -> HashMap<(i64, String), Vec<Run>> {
             f[4].parse().unwrap(),
             f[5].parse().unwrap(),
         );
+        if f[0] == "ckpt" {
+            continue;
+        }
         let run = out
             .entry((task, step))
             .or_default()
@@ -139,6 +143,23 @@ fn runs(log: &Path) -> HashMap<(i64, String), Vec<Run>> {
             (k, v)
         })
         .collect()
+}
+
+/// (task, step) -> the highest checkpoint (`chunks`) each attempt logged having saved.
+fn checkpoints(log: &Path) -> HashMap<(i64, String), HashMap<u32, i64>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out: HashMap<(i64, String), HashMap<u32, i64>> = HashMap::new();
+    for f in text.lines().map(|l| l.split(' ').collect::<Vec<_>>()) {
+        if f[0] == "ckpt" {
+            let e = out
+                .entry((f[1].parse().unwrap(), f[2].to_owned()))
+                .or_default()
+                .entry(f[3].parse().unwrap())
+                .or_default();
+            *e = (*e).max(f[5].parse().unwrap());
+        }
+    }
+    out
 }
 
 async fn create_diamonds(engine: &Engine, n: usize) -> Vec<i64> {
@@ -406,4 +427,106 @@ async fn sigterm_lets_in_flight_steps_finish_and_leaves_no_lease() {
     fleet.start(1);
     fleet.wait(Duration::from_secs(120)).await;
     assert_eq!(verify(&h.engine, &ids, &fleet.log).await, 0);
+}
+
+const FAN_OUT: &str = "name: fan\nsteps:\n  - {name: plan, type: batchable}\n  - {name: work, type: batch_worker, dependencies: [plan], retry: {max_attempts: 50}}\n  - {name: total, type: deferred_convergence, dependencies: [work]}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
+async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_time_from_its_checkpoint() {
+    if !postgres_or_skip("kill_9_fan_out") {
+        return;
+    }
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    h.engine.register_template_yaml(FAN_OUT).await.unwrap();
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("fan", json!({"items": 200})))
+        .await
+        .unwrap();
+    // Each instance runs 4 chunks of 30 ms; leases of 1 s; three workers of 8 slots.
+    let mut fleet = Fleet::new(&h, dir.path(), 1_000, 120);
+    fleet.start(3);
+    let mut kills = 0;
+    let mut i = 0;
+    while kills < 8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let slot = i % 3;
+        i += 1;
+        let victim = &mut fleet.workers[slot];
+        if victim.try_wait().unwrap().is_some() {
+            if h.engine.get_task(id).await.unwrap().status.is_finished() {
+                break;
+            }
+        } else {
+            // Kill it in the middle of an instance: once it logged a checkpoint short of the end.
+            let pid = victim.id().to_string();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(&fleet.log).unwrap_or_default().lines().any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f[0] == "ckpt" && f[4] == pid && f[5] != "4"
+            }) && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(Command::new("kill")
+                .args(["-9", &pid])
+                .status()
+                .unwrap()
+                .success());
+            victim.wait().unwrap();
+            kills += 1;
+        }
+        fleet.workers[slot] = fleet.spawn();
+    }
+    assert!(kills >= 6, "only {kills} kills: the fan-out finished too fast to test recovery");
+    fleet.wait(Duration::from_secs(180)).await;
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{:?}", t.step("total"));
+    let total = &t.step("total").unwrap().results;
+    assert_eq!(total["entries"], json!(200), "one entry per item, in item order, none lost");
+    // Every instance: complete, attempts = lease expiries + 1, no two runs at once.
+    let log = runs(&fleet.log);
+    let mut expired: HashMap<i64, i64> = HashMap::new();
+    for r in h.engine.transitions(id).await.unwrap() {
+        if r.to_state == "error" {
+            assert!(r.metadata.contains("lease_expired"), "unexpected failure {}", r.metadata);
+            *expired.entry(r.step_id.unwrap()).or_default() += 1;
+        }
+    }
+    let ckpts = checkpoints(&fleet.log);
+    let instances: Vec<_> = t.steps.iter().filter(|s| s.instance_of.is_some()).collect();
+    assert_eq!(instances.len(), 200);
+    for s in instances {
+        assert_eq!(s.status, StepState::Complete, "{}", s.name);
+        let rs = log.get(&(id, s.name.clone())).cloned().unwrap_or_default();
+        let lost = expired.get(&s.id).copied().unwrap_or(0);
+        let what = format!("{}: {} attempts, {lost} expired, runs {rs:?}", s.name, s.attempts);
+        assert_eq!(s.attempts, lost + 1, "{what}");
+        assert!(rs.len() as i64 <= s.attempts, "{what}");
+        for pair in rs.windows(2) {
+            if let Some(end) = pair[0].end {
+                assert!(pair[1].start >= end, "ran twice at once: {what}");
+            }
+        }
+        // The last attempt started from what the earlier ones saved: at least what they logged
+        // (a save is logged after it commits, so a kill may leave one save unlogged).
+        let from = s.results["resumed_from"].as_i64().unwrap();
+        let saved = ckpts
+            .get(&(id, s.name.clone()))
+            .map(|a| a.iter().filter(|(&n, _)| n < s.attempts as u32).map(|(_, &c)| c).max().unwrap_or(0))
+            .unwrap_or(0);
+        assert!(saved <= from && from <= saved + 1, "resumed from {from}, saved {saved}: {what}");
+    }
+    assert!(expired.values().sum::<i64>() > 0, "the killed workers held instances");
+    assert!(
+        total["resumed"].as_i64().unwrap() > 0,
+        "some instance was killed after a checkpoint and resumed from it: {total}"
+    );
+    eprintln!(
+        "fan-out of 200: {kills} kills, {} lease expiries, {} instances resumed from a checkpoint",
+        expired.values().sum::<i64>(),
+        total["resumed"]
+    );
 }

@@ -1,6 +1,8 @@
-//! A worker process for the multi-process tests: diamond handlers A, B, C, D that record every
-//! run (start and end, with pid and time) in an append-only log, so the tests can prove that no
-//! step ran twice at the same time and that attempts match runs.
+//! A worker process for the multi-process tests: diamond handlers A, B, C, D and fan-out
+//! handlers plan, work, total that record every run (start and end, with pid and time) in an
+//! append-only log, so the tests can prove that no step ran twice at the same time and that
+//! attempts match runs. `work` runs four chunks, saving a checkpoint after each, and resumes
+//! from the last one saved.
 //!
 //! tasker-test-worker --db URL [--schema S] --log FILE [--worker-id ID] [--lease-ms N]
 //!                    [--concurrency N] [--sleep-ms N] [--prefetch N]
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tasker_core::{Engine, EngineOptions, HandlerError, Registry, Worker, WorkerOptions};
+use tasker_core::{Batches, Engine, EngineOptions, HandlerError, Registry, Worker, WorkerOptions};
 
 fn arg(name: &str) -> Option<String> {
     let mut it = std::env::args();
@@ -45,6 +47,18 @@ impl Log {
             now_us()
         );
         // One write(2) per line on an O_APPEND file: lines from many processes never interleave.
+        (&self.0).write_all(line.as_bytes()).expect("log write");
+    }
+
+    /// `ckpt task step attempt pid chunks`: a checkpoint saved (written after the save).
+    fn checkpoint(&self, step: &tasker_core::StepContext, chunks: i64) {
+        let line = format!(
+            "ckpt {} {} {} {} {chunks}\n",
+            step.task_id(),
+            step.step_name,
+            step.attempt(),
+            std::process::id(),
+        );
         (&self.0).write_all(line.as_bytes()).expect("log write");
     }
 }
@@ -102,6 +116,7 @@ async fn main() {
             }
         });
     }
+    fan_out_handlers(&mut reg, &engine, &log, sleep_ms);
     let worker = Arc::new(Worker::new(
         engine,
         reg,
@@ -124,4 +139,48 @@ async fn main() {
     });
     let stats = worker.run_until_idle().await.expect("worker run");
     eprintln!("worker {} done: {stats:?}", std::process::id());
+}
+
+/// The chunks each fan-out instance runs.
+const CHUNKS: i64 = 4;
+
+/// `plan` fans out `context.items` items; `work` runs [`CHUNKS`] chunks from its checkpoint,
+/// saving one after each; `total` checks the list it gathers (one entry per item, in order).
+fn fan_out_handlers(reg: &mut Registry, engine: &Engine, log: &Arc<Log>, sleep_ms: u64) {
+    reg.register_fn("plan", |step| async move {
+        let n = step.context["items"].as_i64().unwrap();
+        Ok(Batches::new((0..n).map(|i| json!({"item": i}))).into_value())
+    });
+    let (engine, log) = (engine.clone(), log.clone());
+    reg.register_fn("work", move |step| {
+        let (engine, log) = (engine.clone(), log.clone());
+        async move {
+            log.line("start", &step);
+            let from = step.checkpoint.as_ref().map_or(0, |c| c["chunks"].as_i64().unwrap());
+            for done in from + 1..=CHUNKS {
+                tokio::time::sleep(Duration::from_millis(sleep_ms / CHUNKS as u64)).await;
+                engine
+                    .save_checkpoint(&step.key, &json!({"chunks": done}))
+                    .await
+                    .map_err(|e| HandlerError::retryable(e.to_string()))?;
+                log.checkpoint(&step, done);
+            }
+            log.line("end", &step);
+            Ok(json!({
+                "item": step.batch.as_ref().unwrap()["item"],
+                "resumed_from": from,
+                "ran": CHUNKS - from,
+            }))
+        }
+    });
+    reg.register_fn("total", |step| async move {
+        let list = step.results["work"].as_array().cloned().unwrap_or_default();
+        for (i, e) in list.iter().enumerate() {
+            if e["item"] != json!(i) || e["resumed_from"].as_i64().unwrap() + e["ran"].as_i64().unwrap() != CHUNKS {
+                return Err(HandlerError::permanent(format!("entry {i} is wrong: {e}")));
+            }
+        }
+        let resumed = list.iter().filter(|e| e["resumed_from"].as_i64().unwrap() > 0).count();
+        Ok(json!({"entries": list.len(), "resumed": resumed}))
+    });
 }
