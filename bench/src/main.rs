@@ -1,8 +1,8 @@
-//! Throughput harness: workloads W1-W4 of `shared/bench/README.md` on Tasker with Rust no-op
-//! handlers, worker concurrency 10.
+//! Throughput harness: workloads W1-W4 of `shared/bench/README.md`, and W5 (a fan-out of 1,000
+//! instances into one convergence), on Tasker with Rust no-op handlers, worker concurrency 10.
 //!
 //! ```text
-//! tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,RSS]
+//! tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,W5,RSS]
 //!              [--workers N] [--reps 3] [--durability full|normal|off] [--scale F]
 //! ```
 //!
@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::Connection;
 use tasker_core::{
-    Durability, Engine, EngineOptions, HandlerError, Registry, TaskRequest, TaskState, Worker,
-    WorkerOptions,
+    Durability, Engine, EngineOptions, Registry, TaskRequest, TaskState, Worker, WorkerOptions,
 };
+
+mod workloads;
+use workloads::{handlers, submit, templates, CHAIN_LEN, FAN_OUT_STEPS};
 
 const CONCURRENCY: usize = 10;
 
@@ -95,7 +97,7 @@ fn parse_args() -> Args {
             }
             "--allow-unsafe" => a.allow_unsafe = true,
             "-h" | "--help" => {
-                println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F] [--allow-unsafe]");
+                println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,W5,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F] [--allow-unsafe]");
                 std::process::exit(0);
             }
             other => die(&format!("unknown argument {other:?} (try --help)")),
@@ -111,9 +113,9 @@ fn parse_args() -> Args {
         die("--workers > 1 needs --backend postgres (SQLite is one process)");
     }
     for w in &a.workloads {
-        if !["W1", "W2", "W3", "W4", "RSS"].contains(&w.as_str()) {
+        if !["W1", "W2", "W3", "W4", "W5", "RSS"].contains(&w.as_str()) {
             die(&format!(
-                "unknown workload {w:?}: expected W1, W2, W3, W4, RSS"
+                "unknown workload {w:?}: expected W1, W2, W3, W4, W5, RSS"
             ));
         }
     }
@@ -211,7 +213,7 @@ impl Db {
 
 /// Records the first handler start.
 #[derive(Clone, Default)]
-struct FirstStart(Arc<Mutex<Option<Instant>>>, Arc<AtomicBool>);
+pub(crate) struct FirstStart(Arc<Mutex<Option<Instant>>>, Arc<AtomicBool>);
 
 impl FirstStart {
     fn mark(&self) {
@@ -226,82 +228,6 @@ impl FirstStart {
     fn get(&self) -> Instant {
         self.0.lock().unwrap().expect("a handler ran")
     }
-}
-
-const CHAIN_LEN: usize = 100;
-
-/// The workload's templates.
-fn templates(w: &str) -> Vec<String> {
-    match w {
-        "W1" | "W3" | "RSS" => vec!["name: job\nstep_templates:\n  - {name: noop}\n".into()],
-        "W2" => vec!["name: diamond\nstep_templates:\n  - {name: A}\n  - {name: B, depends_on_step: A}\n  - {name: C, depends_on_step: A}\n  - {name: D, depends_on_steps: [B, C]}\n".into()],
-        "W4" => {
-            let mut y = String::from("name: chain\nstep_templates:\n  - {name: s1, handler_class: step}\n");
-            for k in 2..=CHAIN_LEN {
-                y.push_str(&format!("  - {{name: s{k}, handler_class: step, depends_on_step: s{}}}\n", k - 1));
-            }
-            vec![y]
-        }
-        _ => unreachable!(),
-    }
-}
-
-/// The workload's no-op handlers (W2's D and W4's last step check their inputs).
-fn handlers(w: &str, first: &FirstStart) -> Registry {
-    let mut reg = Registry::new();
-    let f = first.clone();
-    match w {
-        "W1" | "W3" | "RSS" => {
-            reg.register_fn("noop", move |_| {
-                f.mark();
-                async { Ok(json!({"ok": true})) }
-            });
-        }
-        "W2" => {
-            reg.register_fn("A", move |s| {
-                f.mark();
-                async move { Ok(json!({"wf": s.context["wf"], "a": 1})) }
-            });
-            reg.register_fn("B", |s| async move {
-                Ok(json!({"wf": s.results["A"]["wf"], "b": 2}))
-            });
-            reg.register_fn("C", |s| async move {
-                Ok(json!({"wf": s.results["A"]["wf"], "c": 3}))
-            });
-            reg.register_fn("D", |s| async move {
-                if s.results["B"]["b"] != 2
-                    || s.results["C"]["c"] != 3
-                    || s.results["B"]["wf"] != s.context["wf"]
-                {
-                    return Err(HandlerError::permanent(format!(
-                        "D saw wrong inputs: {:?}",
-                        s.results
-                    )));
-                }
-                Ok(json!({"wf": s.context["wf"], "d": 4}))
-            });
-        }
-        "W4" => {
-            reg.register_fn("step", move |s| {
-                f.mark();
-                async move {
-                    let x = s
-                        .results
-                        .values()
-                        .next()
-                        .map(|v| v["x"].as_i64().unwrap())
-                        .unwrap_or(0)
-                        + 1;
-                    if s.step_name == format!("s{CHAIN_LEN}") && x != CHAIN_LEN as i64 {
-                        return Err(HandlerError::permanent(format!("chain ended at x = {x}")));
-                    }
-                    Ok(json!({"x": x}))
-                }
-            });
-        }
-        _ => unreachable!(),
-    }
-    reg
 }
 
 fn worker(engine: &Engine, reg: Registry) -> Worker {
@@ -320,53 +246,6 @@ fn worker(engine: &Engine, reg: Registry) -> Worker {
     )
 }
 
-/// Submits the workload's tasks; returns (count of steps, submit seconds).
-async fn submit(w: &str, engine: &Engine, scale: f64) -> (usize, f64) {
-    for t in templates(w) {
-        engine.register_template_yaml(&t).await.unwrap();
-    }
-    let t0 = Instant::now();
-    let steps = match w {
-        "W1" | "RSS" => {
-            let n = if w == "RSS" {
-                100_000
-            } else {
-                (20_000.0 * scale) as usize
-            };
-            for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-                let reqs = chunk
-                    .iter()
-                    .map(|i| TaskRequest::new("job", json!({"i": i})))
-                    .collect();
-                engine.create_tasks(reqs).await.unwrap();
-            }
-            n
-        }
-        "W2" => {
-            let n = (2_000.0 * scale) as usize;
-            for i in 0..n {
-                engine
-                    .create_task(TaskRequest::new("diamond", json!({"wf": i})))
-                    .await
-                    .unwrap();
-            }
-            4 * n
-        }
-        "W4" => {
-            let n = ((20.0 * scale) as usize).max(1);
-            for i in 0..n {
-                engine
-                    .create_task(TaskRequest::new("chain", json!({"wf": i})))
-                    .await
-                    .unwrap();
-            }
-            n * CHAIN_LEN
-        }
-        _ => unreachable!(),
-    };
-    (steps, t0.elapsed().as_secs_f64())
-}
-
 /// W1, W2, W4: submit everything, then drain with the worker(s).
 async fn throughput(a: &Args, w: &str) -> Metrics {
     let db = fresh_db(a);
@@ -383,6 +262,7 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
         let secs = (end - first.get()).as_secs_f64();
         m.insert("steps_per_s", steps as f64 / secs);
         m.insert("steps_per_transaction", steps as f64 / stats.cycles as f64);
+
         if a.backend == "postgres" {
             let statements = (engine.database_statements() - statements0) as f64;
             m.insert("round_trips_per_step", statements / steps as f64);
@@ -429,10 +309,14 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
     let expected = match w {
         "W2" => steps / 4,
         "W4" => steps / CHAIN_LEN,
+        "W5" => steps / FAN_OUT_STEPS,
         _ => steps,
     };
     assert_eq!(done, expected, "every task complete");
     m.insert("submit_per_s", expected as f64 / submit_s);
+    if w == "W5" && a.workers <= 1 {
+        m.insert("fan_out_ms", workloads::one_fan_out_ms(&engine, worker(&engine, handlers(w, &FirstStart::default()))).await);
+    }
     drop(engine);
     db.drop().await;
     m
