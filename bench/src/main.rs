@@ -31,7 +31,7 @@ use tasker_core::{
 };
 
 mod workloads;
-use workloads::{handlers, submit, templates, CHAIN_LEN, FAN_OUT_STEPS};
+use workloads::{fan_out_steps, handlers, submit, templates, CHAIN_LEN};
 
 const CONCURRENCY: usize = 10;
 
@@ -309,7 +309,7 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
     let expected = match w {
         "W2" => steps / 4,
         "W4" => steps / CHAIN_LEN,
-        "W5" => steps / FAN_OUT_STEPS,
+        "W5" => steps / fan_out_steps(),
         _ => steps,
     };
     assert_eq!(done, expected, "every task complete");

@@ -12,11 +12,19 @@ use crate::FirstStart;
 
 pub const CHAIN_LEN: usize = 100;
 
-/// W5: the items one fan-out creates.
-pub const FAN_OUT_ITEMS: usize = 1_000;
+/// W5: the items one fan-out creates: 1,000, or `TASKER_BENCH_FAN_OUT_ITEMS` (up to the
+/// default limit of 10,000, for the memory check).
+pub fn fan_out_items() -> usize {
+    std::env::var("TASKER_BENCH_FAN_OUT_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
 
 /// W5: steps per task (the batchable step, its instances, the convergence).
-pub const FAN_OUT_STEPS: usize = FAN_OUT_ITEMS + 2;
+pub fn fan_out_steps() -> usize {
+    fan_out_items() + 2
+}
 
 /// The workload's templates.
 pub fn templates(w: &str) -> Vec<String> {
@@ -121,7 +129,7 @@ pub async fn one_fan_out_ms(engine: &Engine, worker: tasker_core::Worker) -> f64
 fn fan_out_handlers(reg: &mut Registry, f: FirstStart) {
     reg.register_fn("plan", move |s| {
         f.mark();
-        let items = (0..FAN_OUT_ITEMS).map(|i| json!({"i": i}));
+        let items = (0..fan_out_items()).map(|i| json!({"i": i}));
         let out = Batches::new(items).results(json!({"wf": s.context["wf"]})).into_value();
         FAN_OUTS.lock().unwrap().0.push((s.task_id(), Instant::now()));
         async move { Ok(out) }
@@ -138,7 +146,7 @@ fn fan_out_handlers(reg: &mut Registry, f: FirstStart) {
     reg.register_fn("total", |s| async move {
         let list = s.results["work"].as_array().cloned().unwrap_or_default();
         let in_order = list.iter().enumerate().all(|(i, r)| r["i"] == json!(i));
-        if list.len() != FAN_OUT_ITEMS || !in_order {
+        if list.len() != fan_out_items() || !in_order {
             return Err(HandlerError::permanent(format!(
                 "the convergence saw {} entries (in order: {in_order})",
                 list.len()
@@ -198,7 +206,7 @@ pub async fn submit(w: &str, engine: &Engine, scale: f64) -> (usize, f64) {
                     .await
                     .unwrap();
             }
-            n * FAN_OUT_STEPS
+            n * fan_out_steps()
         }
         _ => unreachable!(),
     };
