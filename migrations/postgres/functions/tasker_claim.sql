@@ -1,4 +1,4 @@
--- tasker:function tasker_claim_v2 revision 1
+-- tasker:function tasker_claim_v2 revision 2
 --
 -- The claim rule on PostgreSQL, whole: which steps a claim takes, what a claimed step row is,
 -- what a claim does to its task, and the transition rows it leaves. `tasker_apply_v2` calls it
@@ -110,8 +110,14 @@ BEGIN
         t.created_at, st.version, t.steps_total, t.steps_done, t.steps_blocked,
         COALESCE(st.version, t.version),
         CASE WHEN u.parents IS NOT NULL THEN
-            COALESCE((SELECT jsonb_object_agg(p.name, p.results) FROM steps p
-             WHERE p.task_id = u.task_id AND p.position = ANY(u.parents)), '{}'::jsonb)::text END,
+            -- One index probe per parent (task, position), forced by LATERAL: `position =
+            -- ANY(parents)` was planned as a filter over every step of the task, which a
+            -- fan-out makes large (quadratic claims).
+            COALESCE((SELECT jsonb_object_agg(x.name, x.results)
+             FROM unnest(u.parents) AS pp(pos)
+             CROSS JOIN LATERAL (SELECT p.name, p.results FROM steps p
+                 WHERE p.task_id = u.task_id AND p.position = pp.pos OFFSET 0) x),
+             '{}'::jsonb)::text END,
         u.batch_index, u.batch, u.checkpoint
     FROM u
     CROSS JOIN LATERAL (
