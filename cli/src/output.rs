@@ -220,30 +220,75 @@ pub fn task_summary(t: &TaskSnapshot) {
         "task {} {}.{}@{}: {}",
         t.id, t.namespace, t.name, t.version, t.status
     );
-    table(
-        &["STEP", "STATUS", "ATTEMPTS", "DURATION", "ERROR"],
-        t.steps
-            .iter()
-            .map(|s| {
-                vec![
-                    s.name.clone(),
-                    s.status.to_string(),
-                    format!("{}/{}", s.attempts, s.max_attempts),
-                    s.duration_ms
-                        .map(|d| format!("{:.3}s", d as f64 / 1000.0))
-                        .unwrap_or_else(|| "-".into()),
-                    s.error
-                        .as_ref()
-                        .and_then(|e| e["message"].as_str())
-                        .map(|m| {
-                            let first = m.lines().next().unwrap_or_default();
-                            first.chars().take(100).collect()
-                        })
-                        .unwrap_or_default(),
-                ]
+    let mut rows = Vec::new();
+    let mut seen_groups = Vec::new();
+    for s in &t.steps {
+        match &s.instance_of {
+            None => rows.push(step_row(s.name.clone(), s)),
+            Some(w) if !seen_groups.contains(w) => {
+                seen_groups.push(w.clone());
+                rows.extend(fan_out_rows(t, w));
+            }
+            Some(_) => {}
+        }
+    }
+    table(&["STEP", "STATUS", "ATTEMPTS", "DURATION", "ERROR"], rows);
+}
+
+/// One line of `tasker status`.
+fn step_row(name: String, s: &tasker_core::StepSnapshot) -> Vec<String> {
+    vec![
+        name,
+        s.status.to_string(),
+        format!("{}/{}", s.attempts, s.max_attempts),
+        s.duration_ms
+            .map(|d| format!("{:.3}s", d as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into()),
+        s.error
+            .as_ref()
+            .and_then(|e| e["message"].as_str())
+            .map(|m| {
+                let first = m.lines().next().unwrap_or_default();
+                first.chars().take(100).collect()
             })
-            .collect(),
-    );
+            .unwrap_or_default(),
+    ]
+}
+
+/// A fan-out as `tasker status` shows it: one line for the group (`work ×12`, the counts by
+/// state), then the instances that are not complete (the first 10; `--json` has them all).
+fn fan_out_rows(t: &TaskSnapshot, worker: &str) -> Vec<Vec<String>> {
+    let all: Vec<&tasker_core::StepSnapshot> = t
+        .steps
+        .iter()
+        .filter(|s| s.instance_of.as_deref() == Some(worker))
+        .collect();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for s in &all {
+        let st = s.status.to_string();
+        match counts.iter_mut().find(|(k, _)| *k == st) {
+            Some(c) => c.1 += 1,
+            None => counts.push((st, 1)),
+        }
+    }
+    let summary = counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dash = || "-".to_string();
+    let mut rows = vec![vec![format!("{worker} ×{}", all.len()), summary, dash(), dash(), String::new()]];
+    let open: Vec<_> = all
+        .iter()
+        .filter(|s| s.status != tasker_core::StepState::Complete)
+        .collect();
+    for s in open.iter().take(10) {
+        rows.push(step_row(format!("  {}", s.name), s));
+    }
+    if open.len() > 10 {
+        rows.push(vec![format!("  ... {} more", open.len() - 10), String::new(), String::new(), String::new(), String::new()]);
+    }
+    rows
 }
 
 pub fn tasks_table(tasks: &[TaskSummary]) {

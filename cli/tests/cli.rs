@@ -221,6 +221,47 @@ step_templates:
 }
 
 #[test]
+fn a_command_fan_out_gets_each_item_on_stdin_and_status_shows_it_as_one_group() {
+    let env = Env::new();
+    let f = env.file(
+        "fan.yaml",
+        r#"
+name: fan
+steps:
+  - name: plan
+    type: batchable
+    handler: {callable: command, initialization: {command: "echo '{\"$batches\": [\"a\", \"b\", \"c\", \"d\"]}'"}}
+  - name: work
+    type: batch_worker
+    dependencies: [plan]
+    batch_config: {failure_strategy: continue_on_failure}
+    handler:
+      callable: command
+      initialization:
+        permanent_exit_codes: [3]
+        command: "input=$(cat); case \"$input\" in *'\"batch\":\"c\"'*) echo 'c is broken' >&2; exit 3;; esac; echo \"$input\""
+  - name: total
+    type: deferred_convergence
+    dependencies: [work]
+    handler: {callable: command, initialization: {command: ["cat"]}}
+"#,
+    );
+    let (code, t) = env.run_json(&f, &[]);
+    assert_eq!(code, 0, "{t}");
+    let seen = &step(&t, "total")["results"]["results"]["work"];
+    let list = seen.as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!((&list[0]["batch"], &list[0]["batch_index"]), (&json!("a"), &json!(0)));
+    assert_eq!(list[3]["step"], "work_004");
+    assert_eq!(list[2]["$failed"]["message"], "exit code 3: c is broken");
+    let out = env.tasker(&["status", &t["id"].to_string()]);
+    let text = stdout(&out);
+    assert!(text.contains("work ×4") && text.contains("3 complete, 1 error"), "{text}");
+    assert!(text.contains("  work_003") && text.contains("c is broken"), "{text}");
+    assert!(!text.contains("work_001"), "complete instances are summed up: {text}");
+}
+
+#[test]
 fn failing_task_exits_1_and_permanent_exit_codes_are_not_retried() {
     let env = Env::new();
     let f = env.file(

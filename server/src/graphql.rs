@@ -68,6 +68,10 @@ pub struct Step {
     processed_at: Option<String>,
     next_attempt_at: Option<String>,
     last_attempted_at: Option<String>,
+    /// A fan-out instance's batch worker step (`work` for `work_003`).
+    instance_of: Option<String>,
+    /// A fan-out instance's 0-based place among the items.
+    batch_index: Option<u32>,
 }
 
 impl Step {
@@ -83,10 +87,12 @@ impl Step {
             results: Json(s.results.clone()),
             error: s.error.clone().map(Json),
             parents: s.depends_on.clone(),
-            children: t.children_of(&s.name),
+            children: t.children_of(s.instance_of.as_deref().unwrap_or(&s.name)),
             processed_at: s.completed_at.clone(),
             next_attempt_at: s.next_attempt_at.clone(),
             last_attempted_at: s.last_attempted_at.clone(),
+            instance_of: s.instance_of.clone(),
+            batch_index: s.batch_index,
         }
     }
 }
