@@ -291,6 +291,40 @@ async fn under_continue_on_failure_the_convergence_runs_with_the_failed_instance
 }
 
 #[tokio::test]
+async fn lowering_a_waiting_instances_retry_limit_under_continue_on_failure_lets_the_convergence_run() {
+    let h = Harness::new().await;
+    h.register(
+        "name: fan\nsteps:\n  - {name: plan, type: batchable}\n  - name: work\n    type: batch_worker\n    dependencies: [plan]\n    retry: {max_attempts: 3}\n    backoff: {base_seconds: 600, jitter: 0}\n    batch_config: {failure_strategy: continue_on_failure}\n  - {name: total, type: deferred_convergence, dependencies: [work]}\n",
+    )
+    .await;
+    let mut r = handlers();
+    let base = handlers();
+    r.register_fn("work", move |step| {
+        let base = base.clone();
+        async move {
+            if step.batch_index == Some(1) {
+                return Err(HandlerError::retryable("upstream down"));
+            }
+            base.get("work").unwrap().call(&step).await
+        }
+    });
+    r.register_fn("total", |step| async move {
+        let list = step.results["work"].as_array().cloned().unwrap();
+        Ok(json!({"failed": list.iter().filter(|e| e.get("$failed").is_some()).count(), "n": list.len()}))
+    });
+    let t = run(&h, 6, 2, &r).await;
+    assert_eq!(t.step("work_002").unwrap().status, StepState::Error, "waiting 600 s for its retry");
+    assert_eq!(t.step("total").unwrap().status, StepState::Pending, "it waits for work_002");
+    // No attempts left under the new limit: a tolerated failure at once, not a blocked task.
+    h.engine.set_step_retry_limit(t.id, "work_002", 1).await.unwrap();
+    h.drive(&r).await;
+    let t = h.engine.get_task(t.id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{t:?}");
+    assert_eq!(t.step("total").unwrap().results, json!({"failed": 1, "n": 3}));
+    assert_eq!(t.step("work_002").unwrap().attempts, 1);
+}
+
+#[tokio::test]
 async fn tasker_cores_csv_layout_with_continue_on_failure_aggregates_the_batches_that_worked() {
     let h = Harness::new().await;
     h.register(INVENTORY).await;
