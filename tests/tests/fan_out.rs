@@ -60,6 +60,22 @@ fn handlers() -> Registry {
     r
 }
 
+/// [`handlers`] with `work` failing as `fail` says (None: it does its work).
+fn failing(fail: fn(&tasker_core::StepContext) -> Option<HandlerError>) -> Registry {
+    let mut r = handlers();
+    let base = handlers();
+    r.register_fn("work", move |step| {
+        let base = base.clone();
+        async move {
+            match fail(&step) {
+                Some(e) => Err(e),
+                None => base.get("work").unwrap().call(&step).await,
+            }
+        }
+    });
+    r
+}
+
 async fn run(h: &Harness, rows: i64, size: i64, r: &Registry) -> tasker_core::TaskSnapshot {
     let id = h
         .engine
@@ -112,16 +128,8 @@ async fn a_fan_outs_instances_are_snapshotted_in_item_order_and_drawn_as_one_gro
     let h = Harness::new().await;
     // continue_on_failure: every instance runs whatever the failed one does.
     h.register(&fan_out("    batch_config: {failure_strategy: continue_on_failure}")).await;
-    let mut r = handlers();
-    let base = handlers();
-    r.register_fn("work", move |step| {
-        let base = base.clone();
-        async move {
-            if step.batch_index == Some(10) {
-                return Err(HandlerError::permanent("bad"));
-            }
-            base.get("work").unwrap().call(&step).await
-        }
+    let r = failing(|step| {
+        (step.batch_index == Some(10)).then(|| HandlerError::permanent("bad"))
     });
     let t = run(&h, 12, 1, &r).await;
     let instances: Vec<(String, Option<u32>)> = t
@@ -174,21 +182,14 @@ async fn a_fan_out_over_its_limit_fails_permanently_naming_both_numbers() {
 async fn each_instance_retries_on_its_own_and_an_exhausted_one_blocks_the_task_until_retried() {
     let h = Harness::new().await;
     h.register(&fan_out("")).await;
-    let mut r = handlers();
-    let base = handlers();
-    r.register_fn("work", move |step| {
-        let base = base.clone();
-        async move {
-            match step.batch_index {
-                // The second instance fails once, then succeeds.
-                Some(1) if step.key.attempt == 1 => Err(HandlerError::retryable("flaky")),
-                // The fourth fails for good until an operator retries it.
-                Some(3) if step.key.attempt < 10 && !step.context["fixed"].as_bool().unwrap_or(false) => {
-                    Err(HandlerError::permanent("bad row"))
-                }
-                _ => base.get("work").unwrap().call(&step).await,
-            }
+    let r = failing(|step| match step.batch_index {
+        // The second instance fails once, then succeeds.
+        Some(1) if step.key.attempt == 1 => Some(HandlerError::retryable("flaky")),
+        // The fourth fails for good until an operator retries it.
+        Some(3) if step.key.attempt < 10 && !step.context["fixed"].as_bool().unwrap_or(false) => {
+            Some(HandlerError::permanent("bad row"))
         }
+        _ => None,
     });
     let t = run(&h, 10, 2, &r).await;
     assert_eq!(t.status, TaskState::Error, "{t:?}");
@@ -215,21 +216,14 @@ async fn under_continue_on_failure_the_convergence_runs_with_the_failed_instance
         "    batch_config: {failure_strategy: continue_on_failure}",
     ))
     .await;
-    let mut r = handlers();
-    let base = handlers();
-    r.register_fn("work", move |step| {
-        let base = base.clone();
-        async move {
-            match step.batch_index {
-                // The second instance fails once, then succeeds: retries still happen.
-                Some(1) if step.key.attempt == 1 => Err(HandlerError::retryable("flaky")),
-                // The fourth is out of attempts after three.
-                Some(3) => Err(HandlerError::retryable("row 7 is malformed")),
-                // The fifth fails permanently at once.
-                Some(4) => Err(HandlerError::permanent("row 9 is missing")),
-                _ => base.get("work").unwrap().call(&step).await,
-            }
-        }
+    let mut r = failing(|step| match step.batch_index {
+        // The second instance fails once, then succeeds: retries still happen.
+        Some(1) if step.key.attempt == 1 => Some(HandlerError::retryable("flaky")),
+        // The fourth is out of attempts after three.
+        Some(3) => Some(HandlerError::retryable("row 7 is malformed")),
+        // The fifth fails permanently at once.
+        Some(4) => Some(HandlerError::permanent("row 9 is missing")),
+        _ => None,
     });
     // The convergence fails for good once, so the task stops in `error` with the instances'
     // failures in place, for the operator checks below.
@@ -297,16 +291,8 @@ async fn lowering_a_waiting_instances_retry_limit_under_continue_on_failure_lets
         "name: fan\nsteps:\n  - {name: plan, type: batchable}\n  - name: work\n    type: batch_worker\n    dependencies: [plan]\n    retry: {max_attempts: 3}\n    backoff: {base_seconds: 600, jitter: 0}\n    batch_config: {failure_strategy: continue_on_failure}\n  - {name: total, type: deferred_convergence, dependencies: [work]}\n",
     )
     .await;
-    let mut r = handlers();
-    let base = handlers();
-    r.register_fn("work", move |step| {
-        let base = base.clone();
-        async move {
-            if step.batch_index == Some(1) {
-                return Err(HandlerError::retryable("upstream down"));
-            }
-            base.get("work").unwrap().call(&step).await
-        }
+    let mut r = failing(|step| {
+        (step.batch_index == Some(1)).then(|| HandlerError::retryable("upstream down"))
     });
     r.register_fn("total", |step| async move {
         let list = step.results["work"].as_array().cloned().unwrap();
@@ -370,18 +356,11 @@ async fn tasker_cores_csv_layout_with_continue_on_failure_aggregates_the_batches
 async fn cancelling_one_instance_cancels_it_and_its_convergence_not_its_siblings() {
     let h = Harness::new().await;
     h.register(&fan_out("")).await;
-    let mut r = handlers();
-    let base = handlers();
-    r.register_fn("work", move |step| {
-        let base = base.clone();
-        async move {
-            match step.batch_index {
-                Some(1) => Err(HandlerError::permanent("bad row")),
-                // Fails once: waits for its retry while the task is blocked.
-                Some(2) if step.key.attempt == 1 => Err(HandlerError::retryable("flaky")),
-                _ => base.get("work").unwrap().call(&step).await,
-            }
-        }
+    let r = failing(|step| match step.batch_index {
+        Some(1) => Some(HandlerError::permanent("bad row")),
+        // Fails once: waits for its retry while the task is blocked.
+        Some(2) if step.key.attempt == 1 => Some(HandlerError::retryable("flaky")),
+        _ => None,
     });
     let t = run(&h, 6, 2, &r).await;
     assert_eq!(t.status, TaskState::Error, "{t:?}");
