@@ -315,7 +315,14 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
     assert_eq!(done, expected, "every task complete");
     m.insert("submit_per_s", expected as f64 / submit_s);
     if w == "W5" && a.workers <= 1 {
-        m.insert("fan_out_ms", workloads::one_fan_out_ms(&engine, worker(&engine, handlers(w, &FirstStart::default()))).await);
+        m.insert(
+            "fan_out_ms",
+            workloads::one_fan_out_ms(
+                &engine,
+                worker(&engine, handlers(w, &FirstStart::default())),
+            )
+            .await,
+        );
     }
     drop(engine);
     db.drop().await;

@@ -130,8 +130,14 @@ fn fan_out_handlers(reg: &mut Registry, f: FirstStart) {
     reg.register_fn("plan", move |s| {
         f.mark();
         let items = (0..fan_out_items()).map(|i| json!({"i": i}));
-        let out = Batches::new(items).results(json!({"wf": s.context["wf"]})).into_value();
-        FAN_OUTS.lock().unwrap().0.push((s.task_id(), Instant::now()));
+        let out = Batches::new(items)
+            .results(json!({"wf": s.context["wf"]}))
+            .into_value();
+        FAN_OUTS
+            .lock()
+            .unwrap()
+            .0
+            .push((s.task_id(), Instant::now()));
         async move { Ok(out) }
     });
     reg.register_fn("work", |s| {
@@ -212,4 +218,3 @@ pub async fn submit(w: &str, engine: &Engine, scale: f64) -> (usize, f64) {
     };
     (steps, t0.elapsed().as_secs_f64())
 }
-

@@ -502,7 +502,9 @@ impl Core {
         let value: Value = serde_json::from_str(value_json)
             .map_err(|e| ValidationError::new_err(format!("checkpoint: {e}")))?;
         let e = self.engine.clone();
-        block(py, move || async move { e.save_checkpoint(&job_key(key), &value).await })
+        block(py, move || async move {
+            e.save_checkpoint(&job_key(key), &value).await
+        })
     }
 
     /// Starts collecting lifecycle events for `drain_events`.

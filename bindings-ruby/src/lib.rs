@@ -486,7 +486,9 @@ impl Core {
     ) -> Result<(), Error> {
         let value: Value = parse(ruby, "checkpoint", &value_json)?;
         let key = job.0.key();
-        rb_self.call(ruby, move |e| async move { e.save_checkpoint(&key, &value).await })
+        rb_self.call(ruby, move |e| async move {
+            e.save_checkpoint(&key, &value).await
+        })
     }
 
     /// Starts collecting lifecycle events for `drain_events`.

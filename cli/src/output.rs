@@ -277,7 +277,13 @@ fn fan_out_rows(t: &TaskSnapshot, worker: &str) -> Vec<Vec<String>> {
         .collect::<Vec<_>>()
         .join(", ");
     let dash = || "-".to_string();
-    let mut rows = vec![vec![format!("{worker} ×{}", all.len()), summary, dash(), dash(), String::new()]];
+    let mut rows = vec![vec![
+        format!("{worker} ×{}", all.len()),
+        summary,
+        dash(),
+        dash(),
+        String::new(),
+    ]];
     let open: Vec<_> = all
         .iter()
         .filter(|s| s.status != tasker_core::StepState::Complete)
@@ -286,7 +292,13 @@ fn fan_out_rows(t: &TaskSnapshot, worker: &str) -> Vec<Vec<String>> {
         rows.push(step_row(format!("  {}", s.name), s));
     }
     if open.len() > 10 {
-        rows.push(vec![format!("  ... {} more", open.len() - 10), String::new(), String::new(), String::new(), String::new()]);
+        rows.push(vec![
+            format!("  ... {} more", open.len() - 10),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
     }
     rows
 }

@@ -251,14 +251,26 @@ steps:
     let seen = &step(&t, "total")["results"]["results"]["work"];
     let list = seen.as_array().unwrap();
     assert_eq!(list.len(), 4);
-    assert_eq!((&list[0]["batch"], &list[0]["batch_index"]), (&json!("a"), &json!(0)));
+    assert_eq!(
+        (&list[0]["batch"], &list[0]["batch_index"]),
+        (&json!("a"), &json!(0))
+    );
     assert_eq!(list[3]["step"], "work_004");
     assert_eq!(list[2]["$failed"]["message"], "exit code 3: c is broken");
     let out = env.tasker(&["status", &t["id"].to_string()]);
     let text = stdout(&out);
-    assert!(text.contains("work ×4") && text.contains("3 complete, 1 error"), "{text}");
-    assert!(text.contains("  work_003") && text.contains("c is broken"), "{text}");
-    assert!(!text.contains("work_001"), "complete instances are summed up: {text}");
+    assert!(
+        text.contains("work ×4") && text.contains("3 complete, 1 error"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  work_003") && text.contains("c is broken"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("work_001"),
+        "complete instances are summed up: {text}"
+    );
 }
 
 #[test]

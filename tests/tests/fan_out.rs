@@ -39,7 +39,9 @@ fn handlers() -> Registry {
             .step_by(size as usize)
             .map(|start| json!({"start": start, "end": (start + size).min(rows)}))
             .collect();
-        Ok(Batches::new(items).results(json!({"rows": rows})).into_value())
+        Ok(Batches::new(items)
+            .results(json!({"rows": rows}))
+            .into_value())
     });
     r.register_fn("work", |step| async move {
         let b = step.batch.clone().expect("an instance has its item");
@@ -110,7 +112,11 @@ async fn a_fan_out_runs_one_instance_per_item_and_the_convergence_gets_their_res
     let third = &t.step("work_003").unwrap().results;
     assert_eq!(third["index"], json!(2));
     assert_eq!(third["name"], json!("work_003"));
-    assert_eq!(third["rows"], json!(100), "an instance sees its batchable parent's results");
+    assert_eq!(
+        third["rows"],
+        json!(100),
+        "an instance sees its batchable parent's results"
+    );
     assert_eq!(t.step("plan").unwrap().results, json!({"rows": 100}));
     let listed = h
         .engine
@@ -127,10 +133,11 @@ async fn a_fan_out_runs_one_instance_per_item_and_the_convergence_gets_their_res
 async fn a_fan_outs_instances_are_snapshotted_in_item_order_and_drawn_as_one_group() {
     let h = Harness::new().await;
     // continue_on_failure: every instance runs whatever the failed one does.
-    h.register(&fan_out("    batch_config: {failure_strategy: continue_on_failure}")).await;
-    let r = failing(|step| {
-        (step.batch_index == Some(10)).then(|| HandlerError::permanent("bad"))
-    });
+    h.register(&fan_out(
+        "    batch_config: {failure_strategy: continue_on_failure}",
+    ))
+    .await;
+    let r = failing(|step| (step.batch_index == Some(10)).then(|| HandlerError::permanent("bad")));
     let t = run(&h, 12, 1, &r).await;
     let instances: Vec<(String, Option<u32>)> = t
         .steps
@@ -138,19 +145,30 @@ async fn a_fan_outs_instances_are_snapshotted_in_item_order_and_drawn_as_one_gro
         .filter(|s| s.instance_of.as_deref() == Some("work"))
         .map(|s| (s.name.clone(), s.batch_index))
         .collect();
-    let expected: Vec<(String, Option<u32>)> =
-        (0..12).map(|i| (format!("work_{:03}", i + 1), Some(i))).collect();
+    let expected: Vec<(String, Option<u32>)> = (0..12)
+        .map(|i| (format!("work_{:03}", i + 1), Some(i)))
+        .collect();
     assert_eq!(instances, expected, "in item order, each with its place");
     assert!(t.step("plan").unwrap().instance_of.is_none());
     let template = h.engine.template(None, "fan", None).await.unwrap();
     let text = tasker_core::diagram::mermaid(&template, Some(&t));
-    assert!(text.contains("work ×12<br/>11 complete · 1 error"), "{text}");
+    assert!(
+        text.contains("work ×12<br/>11 complete · 1 error"),
+        "{text}"
+    );
     assert!(text.contains("total<br/>complete"), "{text}");
-    assert!(!text.contains("work_001"), "instances are not drawn one by one: {text}");
+    assert!(
+        !text.contains("work_001"),
+        "instances are not drawn one by one: {text}"
+    );
     let g = tasker_core::diagram::graph(&template, Some(&t));
     let work = g.nodes.iter().find(|n| n.name == "work").unwrap();
     assert_eq!(work.instances.len(), 12);
-    assert_eq!(work.status, Some(StepState::Error), "a group shows what needs attention");
+    assert_eq!(
+        work.status,
+        Some(StepState::Error),
+        "a group shows what needs attention"
+    );
 }
 
 #[tokio::test]
@@ -168,13 +186,20 @@ async fn a_fan_out_with_no_items_runs_the_convergence_with_an_empty_list() {
 #[tokio::test]
 async fn a_fan_out_over_its_limit_fails_permanently_naming_both_numbers() {
     let h = Harness::new().await;
-    h.register(&fan_out("    batch_config: {max_instances: 3}")).await;
+    h.register(&fan_out("    batch_config: {max_instances: 3}"))
+        .await;
     let t = run(&h, 10, 2, &handlers()).await;
     assert_eq!(t.status, TaskState::Error);
     let plan = t.step("plan").unwrap();
     assert_eq!(plan.attempts, 1, "permanent: not retried");
-    let msg = plan.error.as_ref().unwrap()["message"].as_str().unwrap().to_owned();
-    assert!(msg.contains("5 items") && msg.contains("at most 3"), "{msg}");
+    let msg = plan.error.as_ref().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        msg.contains("5 items") && msg.contains("at most 3"),
+        "{msg}"
+    );
     assert_eq!(t.steps.len(), 1, "no instance was created");
 }
 
@@ -204,8 +229,16 @@ async fn each_instance_retries_on_its_own_and_an_exhausted_one_blocks_the_task_u
     h.drive(&handlers()).await;
     let t = h.engine.get_task(t.id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete, "{t:?}");
-    assert_eq!(t.step("work_002").unwrap().attempts, 2, "retried on its own");
-    assert_eq!(t.step("work_004").unwrap().attempts, 1, "the operator's retry starts afresh");
+    assert_eq!(
+        t.step("work_002").unwrap().attempts,
+        2,
+        "retried on its own"
+    );
+    assert_eq!(
+        t.step("work_004").unwrap().attempts,
+        1,
+        "the operator's retry starts afresh"
+    );
     assert_eq!(t.step("total").unwrap().results["sum"], json!(45));
 }
 
@@ -232,27 +265,34 @@ async fn under_continue_on_failure_the_convergence_runs_with_the_failed_instance
     r.register_fn("total", move |step| {
         let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
         async move {
-        if first {
-            return Err(HandlerError::permanent("not yet"));
-        }
-        let list = step.results["work"].as_array().cloned().unwrap();
-        let failed: Vec<Value> = list
-            .iter()
-            .filter_map(|e| e.get("$failed").map(|f| f["message"].clone()))
-            .collect();
-        let sum: i64 = list.iter().filter_map(|e| e["sum"].as_i64()).sum();
-        Ok(json!({"entries": list.len(), "failed": failed, "sum": sum}))
+            if first {
+                return Err(HandlerError::permanent("not yet"));
+            }
+            let list = step.results["work"].as_array().cloned().unwrap();
+            let failed: Vec<Value> = list
+                .iter()
+                .filter_map(|e| e.get("$failed").map(|f| f["message"].clone()))
+                .collect();
+            let sum: i64 = list.iter().filter_map(|e| e["sum"].as_i64()).sum();
+            Ok(json!({"entries": list.len(), "failed": failed, "sum": sum}))
         }
     });
     let t = run(&h, 10, 2, &r).await;
     assert_eq!(t.status, TaskState::Error, "{t:?}");
-    assert_eq!(t.step("total").unwrap().status, StepState::Error, "the convergence ran");
+    assert_eq!(
+        t.step("total").unwrap().status,
+        StepState::Error,
+        "the convergence ran"
+    );
     // The instances' failures are final: operators cannot change an instance counted as
     // finished (its convergence already has its failure).
     for e in [
         h.engine.retry_step(t.id, "work_004").await.unwrap_err(),
         h.engine.cancel_step(t.id, "work_005").await.unwrap_err(),
-        h.engine.set_step_retry_limit(t.id, "work_004", 5).await.unwrap_err(),
+        h.engine
+            .set_step_retry_limit(t.id, "work_004", 5)
+            .await
+            .unwrap_err(),
         h.engine
             .resolve_step_manually(t.id, "work_004", json!({}))
             .await
@@ -266,12 +306,23 @@ async fn under_continue_on_failure_the_convergence_runs_with_the_failed_instance
     let t = h.engine.get_task(t.id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete, "{t:?}");
     let total = &t.step("total").unwrap().results;
-    assert_eq!(total["entries"], json!(5), "one entry per item, failed ones included");
-    assert_eq!(total["failed"], json!(["row 7 is malformed", "row 9 is missing"]));
+    assert_eq!(
+        total["entries"],
+        json!(5),
+        "one entry per item, failed ones included"
+    );
+    assert_eq!(
+        total["failed"],
+        json!(["row 7 is malformed", "row 9 is missing"])
+    );
     assert_eq!(total["sum"], json!((0..6).sum::<i64>()), "rows 0..6 summed");
     let fourth = t.step("work_004").unwrap();
     assert_eq!((fourth.status, fourth.attempts), (StepState::Error, 3));
-    assert_eq!(t.step("work_005").unwrap().attempts, 1, "permanent: not retried");
+    assert_eq!(
+        t.step("work_005").unwrap().attempts,
+        1,
+        "permanent: not retried"
+    );
     assert_eq!(t.step("work_002").unwrap().attempts, 2);
     let failed = h
         .engine
@@ -279,13 +330,20 @@ async fn under_continue_on_failure_the_convergence_runs_with_the_failed_instance
         .await
         .unwrap()
         .into_iter()
-        .filter(|x| serde_json::from_str::<Value>(&x.metadata).unwrap()["continue_on_failure"] == json!(true))
+        .filter(|x| {
+            serde_json::from_str::<Value>(&x.metadata).unwrap()["continue_on_failure"]
+                == json!(true)
+        })
         .count();
-    assert_eq!(failed, 2, "each tolerated failure says so on its transition");
+    assert_eq!(
+        failed, 2,
+        "each tolerated failure says so on its transition"
+    );
 }
 
 #[tokio::test]
-async fn lowering_a_waiting_instances_retry_limit_under_continue_on_failure_lets_the_convergence_run() {
+async fn lowering_a_waiting_instances_retry_limit_under_continue_on_failure_lets_the_convergence_run(
+) {
     let h = Harness::new().await;
     h.register(
         "name: fan\nsteps:\n  - {name: plan, type: batchable}\n  - name: work\n    type: batch_worker\n    dependencies: [plan]\n    retry: {max_attempts: 3}\n    backoff: {base_seconds: 600, jitter: 0}\n    batch_config: {failure_strategy: continue_on_failure}\n  - {name: total, type: deferred_convergence, dependencies: [work]}\n",
@@ -299,14 +357,28 @@ async fn lowering_a_waiting_instances_retry_limit_under_continue_on_failure_lets
         Ok(json!({"failed": list.iter().filter(|e| e.get("$failed").is_some()).count(), "n": list.len()}))
     });
     let t = run(&h, 6, 2, &r).await;
-    assert_eq!(t.step("work_002").unwrap().status, StepState::Error, "waiting 600 s for its retry");
-    assert_eq!(t.step("total").unwrap().status, StepState::Pending, "it waits for work_002");
+    assert_eq!(
+        t.step("work_002").unwrap().status,
+        StepState::Error,
+        "waiting 600 s for its retry"
+    );
+    assert_eq!(
+        t.step("total").unwrap().status,
+        StepState::Pending,
+        "it waits for work_002"
+    );
     // No attempts left under the new limit: a tolerated failure at once, not a blocked task.
-    h.engine.set_step_retry_limit(t.id, "work_002", 1).await.unwrap();
+    h.engine
+        .set_step_retry_limit(t.id, "work_002", 1)
+        .await
+        .unwrap();
     h.drive(&r).await;
     let t = h.engine.get_task(t.id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete, "{t:?}");
-    assert_eq!(t.step("total").unwrap().results, json!({"failed": 1, "n": 3}));
+    assert_eq!(
+        t.step("total").unwrap().results,
+        json!({"failed": 1, "n": 3})
+    );
     assert_eq!(t.step("work_002").unwrap().attempts, 1);
 }
 
@@ -315,32 +387,51 @@ async fn tasker_cores_csv_layout_with_continue_on_failure_aggregates_the_batches
     let h = Harness::new().await;
     h.register(INVENTORY).await;
     let mut r = Registry::new();
-    r.register_fn("CsvProcessing::StepHandlers::CsvAnalyzerHandler", |step| async move {
-        let size = step.config["batch_size"].as_i64().unwrap();
-        let rows = step.context["rows"].as_i64().unwrap();
-        let ranges: Vec<Value> = (0..rows)
-            .step_by(size as usize)
-            .map(|s| json!({"start_cursor": s, "end_cursor": (s + size).min(rows)}))
-            .collect();
-        Ok(Batches::new(ranges).results(json!({"total_rows": rows})).into_value())
-    });
-    r.register_fn("csv_processing.step_handlers.process_csv_batch", |step| async move {
-        let b = step.batch.clone().unwrap();
-        if b["start_cursor"] == json!(400) {
-            return Err(HandlerError::retryable("row 431: price is not a number"));
-        }
-        let n = b["end_cursor"].as_i64().unwrap() - b["start_cursor"].as_i64().unwrap();
-        Ok(json!({"processed": n, "operation": step.config["operation"]}))
-    });
-    r.register_fn("csv_processing.step_handlers.aggregate_csv_results", |step| async move {
-        let list = step.results["process_csv_batch"].as_array().cloned().unwrap();
-        let processed: i64 = list.iter().filter_map(|e| e["processed"].as_i64()).sum();
-        let failed: Vec<usize> = (0..list.len()).filter(|&i| list[i].get("$failed").is_some()).collect();
-        Ok(json!({"processed": processed, "failed_batches": failed}))
-    });
+    r.register_fn(
+        "CsvProcessing::StepHandlers::CsvAnalyzerHandler",
+        |step| async move {
+            let size = step.config["batch_size"].as_i64().unwrap();
+            let rows = step.context["rows"].as_i64().unwrap();
+            let ranges: Vec<Value> = (0..rows)
+                .step_by(size as usize)
+                .map(|s| json!({"start_cursor": s, "end_cursor": (s + size).min(rows)}))
+                .collect();
+            Ok(Batches::new(ranges)
+                .results(json!({"total_rows": rows}))
+                .into_value())
+        },
+    );
+    r.register_fn(
+        "csv_processing.step_handlers.process_csv_batch",
+        |step| async move {
+            let b = step.batch.clone().unwrap();
+            if b["start_cursor"] == json!(400) {
+                return Err(HandlerError::retryable("row 431: price is not a number"));
+            }
+            let n = b["end_cursor"].as_i64().unwrap() - b["start_cursor"].as_i64().unwrap();
+            Ok(json!({"processed": n, "operation": step.config["operation"]}))
+        },
+    );
+    r.register_fn(
+        "csv_processing.step_handlers.aggregate_csv_results",
+        |step| async move {
+            let list = step.results["process_csv_batch"]
+                .as_array()
+                .cloned()
+                .unwrap();
+            let processed: i64 = list.iter().filter_map(|e| e["processed"].as_i64()).sum();
+            let failed: Vec<usize> = (0..list.len())
+                .filter(|&i| list[i].get("$failed").is_some())
+                .collect();
+            Ok(json!({"processed": processed, "failed_batches": failed}))
+        },
+    );
     let id = h
         .engine
-        .create_task(TaskRequest::new("csv_inventory_analyzer", json!({"rows": 1000})).namespace("csv_processing"))
+        .create_task(
+            TaskRequest::new("csv_inventory_analyzer", json!({"rows": 1000}))
+                .namespace("csv_processing"),
+        )
         .await
         .unwrap();
     h.drive(&r).await;
@@ -349,7 +440,11 @@ async fn tasker_cores_csv_layout_with_continue_on_failure_aggregates_the_batches
     let agg = &t.step("aggregate_csv_results").unwrap().results;
     assert_eq!(agg, &json!({"processed": 800, "failed_batches": [2]}));
     let bad = t.step("process_csv_batch_003").unwrap();
-    assert_eq!((bad.status, bad.attempts), (StepState::Error, 2), "its retry ran first");
+    assert_eq!(
+        (bad.status, bad.attempts),
+        (StepState::Error, 2),
+        "its retry ran first"
+    );
 }
 
 #[tokio::test]
@@ -364,17 +459,37 @@ async fn cancelling_one_instance_cancels_it_and_its_convergence_not_its_siblings
     });
     let t = run(&h, 6, 2, &r).await;
     assert_eq!(t.status, TaskState::Error, "{t:?}");
-    assert_eq!(t.step("work_003").unwrap().status, StepState::Error, "waiting for its retry");
+    assert_eq!(
+        t.step("work_003").unwrap().status,
+        StepState::Error,
+        "waiting for its retry"
+    );
     h.engine.cancel_step(t.id, "work_002").await.unwrap();
     let t = h.engine.get_task(t.id).await.unwrap();
     assert_eq!(t.step("work_002").unwrap().status, StepState::Cancelled);
-    assert_eq!(t.step("total").unwrap().status, StepState::Cancelled, "it depends on every instance");
+    assert_eq!(
+        t.step("total").unwrap().status,
+        StepState::Cancelled,
+        "it depends on every instance"
+    );
     assert_eq!(t.step("work_001").unwrap().status, StepState::Complete);
-    assert_eq!(t.step("work_003").unwrap().status, StepState::Error, "a sibling, not a dependent");
+    assert_eq!(
+        t.step("work_003").unwrap().status,
+        StepState::Error,
+        "a sibling, not a dependent"
+    );
     h.drive(&r).await;
     let t = h.engine.get_task(t.id).await.unwrap();
-    assert_eq!(t.step("work_003").unwrap().status, StepState::Complete, "its retry ran");
-    assert_eq!(t.status, TaskState::Complete, "cancelled steps count as finished: {t:?}");
+    assert_eq!(
+        t.step("work_003").unwrap().status,
+        StepState::Complete,
+        "its retry ran"
+    );
+    assert_eq!(
+        t.status,
+        TaskState::Complete,
+        "cancelled steps count as finished: {t:?}"
+    );
 }
 
 #[tokio::test]
@@ -389,7 +504,10 @@ async fn a_checkpoint_is_seen_by_the_next_attempt_and_after_an_operator_retry() 
     r.register_fn("copy", move |step| {
         let engine = engine.clone();
         async move {
-            let done = step.checkpoint.as_ref().map_or(0, |c| c["done"].as_i64().unwrap());
+            let done = step
+                .checkpoint
+                .as_ref()
+                .map_or(0, |c| c["done"].as_i64().unwrap());
             let next = done + 10;
             engine
                 .save_checkpoint(&step.key, &json!({"done": next}))
@@ -434,7 +552,11 @@ async fn only_the_attempt_that_holds_a_step_may_save_its_checkpoint() {
         .unwrap();
     let mut stale = job.key;
     stale.attempt += 1;
-    let e = h.engine.save_checkpoint(&stale, &json!({"at": 2})).await.unwrap_err();
+    let e = h
+        .engine
+        .save_checkpoint(&stale, &json!({"at": 2}))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::Conflict(_)), "{e}");
     let e = h
         .engine
@@ -450,19 +572,31 @@ async fn tasker_cores_decision_then_batch_layout_runs_the_branch_it_chose() {
     let h = Harness::new().await;
     h.register(CSV).await;
     let mut r = Registry::new();
-    r.register_fn("start", |step| async move { Ok(step.context["numbers"].clone()) });
+    r.register_fn("start", |step| async move {
+        Ok(step.context["numbers"].clone())
+    });
     r.register_fn("evens", |step| async move {
         let n = step.results["ddb_diamond_start"].as_array().unwrap();
-        Ok(json!(n.iter().filter(|x| x.as_i64().unwrap() % 2 == 0).collect::<Vec<_>>()))
+        Ok(json!(n
+            .iter()
+            .filter(|x| x.as_i64().unwrap() % 2 == 0)
+            .collect::<Vec<_>>()))
     });
     r.register_fn("odds", |step| async move {
         let n = step.results["ddb_diamond_start"].as_array().unwrap();
-        Ok(json!(n.iter().filter(|x| x.as_i64().unwrap() % 2 == 1).collect::<Vec<_>>()))
+        Ok(json!(n
+            .iter()
+            .filter(|x| x.as_i64().unwrap() % 2 == 1)
+            .collect::<Vec<_>>()))
     });
     r.register_fn("route", |step| async move {
         let e = step.results["branch_evens"].as_array().unwrap().len();
         let o = step.results["branch_odds"].as_array().unwrap().len();
-        let pick = if e >= o { "even_batch_analyzer" } else { "odd_batch_analyzer" };
+        let pick = if e >= o {
+            "even_batch_analyzer"
+        } else {
+            "odd_batch_analyzer"
+        };
         Ok(tasker_core::Decision::new([pick]).into_value())
     });
     r.register_fn("analyze", |step| async move {
@@ -476,7 +610,14 @@ async fn tasker_cores_decision_then_batch_layout_runs_the_branch_it_chose() {
         Ok(Batches::new(mine.chunks(size).map(|c| json!(c))).into_value())
     });
     r.register_fn("sum", |step| async move {
-        Ok(json!(step.batch.unwrap().as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).sum::<i64>()))
+        Ok(json!(step
+            .batch
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .sum::<i64>()))
     });
     r.register_fn("aggregate", |step| async move {
         let (name, list) = step.results.iter().next().unwrap();
@@ -485,8 +626,11 @@ async fn tasker_cores_decision_then_batch_layout_runs_the_branch_it_chose() {
     let id = h
         .engine
         .create_task(
-            TaskRequest::new("diamond_decision_batch_processor", json!({"numbers": [1, 3, 5, 7, 2, 4]}))
-                .namespace("combined_workflow_test"),
+            TaskRequest::new(
+                "diamond_decision_batch_processor",
+                json!({"numbers": [1, 3, 5, 7, 2, 4]}),
+            )
+            .namespace("combined_workflow_test"),
         )
         .await
         .unwrap();
@@ -495,7 +639,10 @@ async fn tasker_cores_decision_then_batch_layout_runs_the_branch_it_chose() {
     assert_eq!(t.status, TaskState::Complete, "{t:?}");
     let agg = &t.step("aggregate_odd_results").unwrap().results;
     assert_eq!(agg, &json!({"from": "process_odd_batch", "sums": [4, 12]}));
-    assert!(t.step("even_batch_analyzer").is_none(), "the branch not taken never exists");
+    assert!(
+        t.step("even_batch_analyzer").is_none(),
+        "the branch not taken never exists"
+    );
     assert!(t.step("process_odd_batch_002").is_some());
 }
 

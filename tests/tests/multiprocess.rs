@@ -433,7 +433,8 @@ const FAN_OUT: &str = "name: fan\nsteps:\n  - {name: plan, type: batchable}\n  -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
-async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_time_from_its_checkpoint() {
+async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_time_from_its_checkpoint(
+) {
     if !postgres_or_skip("kill_9_fan_out") {
         return;
     }
@@ -463,10 +464,14 @@ async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_
             // Kill it in the middle of an instance: once it logged a checkpoint short of the end.
             let pid = victim.id().to_string();
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !std::fs::read_to_string(&fleet.log).unwrap_or_default().lines().any(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                f[0] == "ckpt" && f[4] == pid && f[5] != "4"
-            }) && Instant::now() < deadline
+            while !std::fs::read_to_string(&fleet.log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    f[0] == "ckpt" && f[4] == pid && f[5] != "4"
+                })
+                && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -480,18 +485,29 @@ async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_
         }
         fleet.workers[slot] = fleet.spawn();
     }
-    assert!(kills >= 6, "only {kills} kills: the fan-out finished too fast to test recovery");
+    assert!(
+        kills >= 6,
+        "only {kills} kills: the fan-out finished too fast to test recovery"
+    );
     fleet.wait(Duration::from_secs(180)).await;
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete, "{:?}", t.step("total"));
     let total = &t.step("total").unwrap().results;
-    assert_eq!(total["entries"], json!(200), "one entry per item, in item order, none lost");
+    assert_eq!(
+        total["entries"],
+        json!(200),
+        "one entry per item, in item order, none lost"
+    );
     // Every instance: complete, attempts = lease expiries + 1, no two runs at once.
     let log = runs(&fleet.log);
     let mut expired: HashMap<i64, i64> = HashMap::new();
     for r in h.engine.transitions(id).await.unwrap() {
         if r.to_state == "error" {
-            assert!(r.metadata.contains("lease_expired"), "unexpected failure {}", r.metadata);
+            assert!(
+                r.metadata.contains("lease_expired"),
+                "unexpected failure {}",
+                r.metadata
+            );
             *expired.entry(r.step_id.unwrap()).or_default() += 1;
         }
     }
@@ -502,7 +518,10 @@ async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_
         assert_eq!(s.status, StepState::Complete, "{}", s.name);
         let rs = log.get(&(id, s.name.clone())).cloned().unwrap_or_default();
         let lost = expired.get(&s.id).copied().unwrap_or(0);
-        let what = format!("{}: {} attempts, {lost} expired, runs {rs:?}", s.name, s.attempts);
+        let what = format!(
+            "{}: {} attempts, {lost} expired, runs {rs:?}",
+            s.name, s.attempts
+        );
         assert_eq!(s.attempts, lost + 1, "{what}");
         assert!(rs.len() as i64 <= s.attempts, "{what}");
         for pair in rs.windows(2) {
@@ -515,11 +534,23 @@ async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_
         let from = s.results["resumed_from"].as_i64().unwrap();
         let saved = ckpts
             .get(&(id, s.name.clone()))
-            .map(|a| a.iter().filter(|(&n, _)| n < s.attempts as u32).map(|(_, &c)| c).max().unwrap_or(0))
+            .map(|a| {
+                a.iter()
+                    .filter(|(&n, _)| n < s.attempts as u32)
+                    .map(|(_, &c)| c)
+                    .max()
+                    .unwrap_or(0)
+            })
             .unwrap_or(0);
-        assert!(saved <= from && from <= saved + 1, "resumed from {from}, saved {saved}: {what}");
+        assert!(
+            saved <= from && from <= saved + 1,
+            "resumed from {from}, saved {saved}: {what}"
+        );
     }
-    assert!(expired.values().sum::<i64>() > 0, "the killed workers held instances");
+    assert!(
+        expired.values().sum::<i64>() > 0,
+        "the killed workers held instances"
+    );
     assert!(
         total["resumed"].as_i64().unwrap() > 0,
         "some instance was killed after a checkpoint and resumed from it: {total}"

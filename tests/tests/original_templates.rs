@@ -368,7 +368,9 @@ async fn a_newer_format_fan_out_step_is_checked_and_batch_config_belongs_to_batc
         .await;
     let err = h
         .engine
-        .register_template_yaml("name: dyn\nsteps:\n  - {name: a, batch_config: {max_instances: 10}}\n")
+        .register_template_yaml(
+            "name: dyn\nsteps:\n  - {name: a, batch_config: {max_instances: 10}}\n",
+        )
         .await
         .unwrap_err()
         .to_string();

@@ -388,7 +388,10 @@ fn templates_with_run_time_shapes_are_checked_at_registration() {
     let e = err("name: t\nsteps:\n  - {name: c, type: deferred_convergence}\n");
     assert!(e.contains("no possible input"), "{e}");
     let e = err("name: t\nsteps:\n  - {name: b, type: batchable}\n");
-    assert!(e.contains("needs a batch_worker step that depends on it"), "{e}");
+    assert!(
+        e.contains("needs a batch_worker step that depends on it"),
+        "{e}"
+    );
     let e = err("name: t\nsteps:\n  - {name: b, type: branching}\n");
     assert!(
         e.contains("unknown variant") && e.contains("decision"),

@@ -209,7 +209,11 @@ impl TxCx<'_> {
             } else {
                 steps.push(row(s.name.clone(), None));
                 // Reached once the steps above it decided: below a fan-out, or a decision.
-                let by = if below_fan_out { "created below a fan-out" } else { "created by a decision" };
+                let by = if below_fan_out {
+                    "created below a fan-out"
+                } else {
+                    "created by a decision"
+                };
                 metas.push(json!({ "reason": by }));
             }
         }

@@ -146,7 +146,9 @@ impl TxCx<'_> {
                 update.processed_at = Some(self.now);
                 let mut meta = json!({"attempt": attempt});
                 match &growth {
-                    Some(decide::Growth { items: Some(items), .. }) => {
+                    Some(decide::Growth {
+                        items: Some(items), ..
+                    }) => {
                         meta["batches"] = json!(items.len());
                     }
                     Some(g) => {

@@ -152,7 +152,9 @@ impl Engine {
                 .map(|s| {
                     let st = template.steps.get(s.position as usize);
                     let instance_of = st
-                        .filter(|t| t.kind == crate::template::StepKind::BatchWorker && t.name != s.name)
+                        .filter(|t| {
+                            t.kind == crate::template::StepKind::BatchWorker && t.name != s.name
+                        })
                         .map(|t| t.name.clone());
                     let batch_index = instance_of
                         .as_ref()

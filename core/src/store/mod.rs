@@ -42,9 +42,9 @@ use crate::error::{Error, Result};
 use crate::state::TaskState;
 
 pub use plan::{
-    ClaimSpec, Decrement, IdRange, LeaseExtension, NewDecision, NewStep, NewTask, NewTemplate,
-    Notify, Plan, PlanOutcome, RetryLimitUpdate, CheckpointSave, StepUpdate, TaskDetailsUpdate, TaskFilter,
-    TaskUpdate,
+    CheckpointSave, ClaimSpec, Decrement, IdRange, LeaseExtension, NewDecision, NewStep, NewTask,
+    NewTemplate, Notify, Plan, PlanOutcome, RetryLimitUpdate, StepUpdate, TaskDetailsUpdate,
+    TaskFilter, TaskUpdate,
 };
 pub use rows::{
     AnalyticsRow, ClaimedStep, DecisionRow, DurabilityReport, EventDefinitionRow, ExpiredLease,

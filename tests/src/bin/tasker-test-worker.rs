@@ -156,7 +156,10 @@ fn fan_out_handlers(reg: &mut Registry, engine: &Engine, log: &Arc<Log>, sleep_m
         let (engine, log) = (engine.clone(), log.clone());
         async move {
             log.line("start", &step);
-            let from = step.checkpoint.as_ref().map_or(0, |c| c["chunks"].as_i64().unwrap());
+            let from = step
+                .checkpoint
+                .as_ref()
+                .map_or(0, |c| c["chunks"].as_i64().unwrap());
             for done in from + 1..=CHUNKS {
                 tokio::time::sleep(Duration::from_millis(sleep_ms / CHUNKS as u64)).await;
                 engine
@@ -176,11 +179,16 @@ fn fan_out_handlers(reg: &mut Registry, engine: &Engine, log: &Arc<Log>, sleep_m
     reg.register_fn("total", |step| async move {
         let list = step.results["work"].as_array().cloned().unwrap_or_default();
         for (i, e) in list.iter().enumerate() {
-            if e["item"] != json!(i) || e["resumed_from"].as_i64().unwrap() + e["ran"].as_i64().unwrap() != CHUNKS {
+            if e["item"] != json!(i)
+                || e["resumed_from"].as_i64().unwrap() + e["ran"].as_i64().unwrap() != CHUNKS
+            {
                 return Err(HandlerError::permanent(format!("entry {i} is wrong: {e}")));
             }
         }
-        let resumed = list.iter().filter(|e| e["resumed_from"].as_i64().unwrap() > 0).count();
+        let resumed = list
+            .iter()
+            .filter(|e| e["resumed_from"].as_i64().unwrap() > 0)
+            .count();
         Ok(json!({"entries": list.len(), "resumed": resumed}))
     });
 }

@@ -686,8 +686,14 @@ pub(super) async fn fan_out_instances_and_checkpoints(s: &dyn Store) {
         checkpoint: text,
         now: NOW,
     };
-    assert!(tx.save_checkpoint(&save(c.attempts, r#"{"done":5}"#)).await.unwrap());
-    assert!(!tx.save_checkpoint(&save(c.attempts + 1, "{}")).await.unwrap());
+    assert!(tx
+        .save_checkpoint(&save(c.attempts, r#"{"done":5}"#))
+        .await
+        .unwrap());
+    assert!(!tx
+        .save_checkpoint(&save(c.attempts + 1, "{}"))
+        .await
+        .unwrap());
     tx.commit().await.unwrap();
     // Parents' results name each instance's place.
     let parents = s

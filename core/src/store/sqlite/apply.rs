@@ -180,7 +180,11 @@ fn insert_steps(
         .into_iter()
         .collect();
         for s in chunk {
-            let id = ids[&(out.task_id(s.task_id), s.position, s.batch_index.unwrap_or(-1))];
+            let id = ids[&(
+                out.task_id(s.task_id),
+                s.position,
+                s.batch_index.unwrap_or(-1),
+            )];
             out.step_ids.push(id);
             if s.born {
                 born.push(id);

@@ -276,8 +276,14 @@ impl Decode for StepLock {
 }
 
 impl Decode for ParentResult {
-    const COLUMNS: &'static [&'static str] =
-        &["task_id", "position", "name", "results", "batch_index", "error"];
+    const COLUMNS: &'static [&'static str] = &[
+        "task_id",
+        "position",
+        "name",
+        "results",
+        "batch_index",
+        "error",
+    ];
     fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<ParentResult> {
         Ok(ParentResult {
             task_id: r.get(ix[0])?,

@@ -195,12 +195,10 @@ impl StoreTx for SqliteTx {
     }
 
     async fn save_checkpoint(&mut self, p: &CheckpointSave<'_>) -> Result<bool> {
-        let n = self.c.prepare_cached(lite!(SAVE_CHECKPOINT))?.execute(rusqlite::params![
-            p.checkpoint,
-            p.now,
-            p.step_id,
-            p.attempt
-        ])?;
+        let n = self
+            .c
+            .prepare_cached(lite!(SAVE_CHECKPOINT))?
+            .execute(rusqlite::params![p.checkpoint, p.now, p.step_id, p.attempt])?;
         Ok(n == 1)
     }
 
