@@ -258,22 +258,10 @@ fn step_row(name: String, s: &tasker_core::StepSnapshot) -> Vec<String> {
 /// A fan-out as `tasker status` shows it: one line for the group (`work ×12`, the counts by
 /// state), then the instances that are not complete (the first 10; `--json` has them all).
 fn fan_out_rows(t: &TaskSnapshot, worker: &str) -> Vec<Vec<String>> {
-    let all: Vec<&tasker_core::StepSnapshot> = t
-        .steps
-        .iter()
-        .filter(|s| s.instance_of.as_deref() == Some(worker))
-        .collect();
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for s in &all {
-        let st = s.status.to_string();
-        match counts.iter_mut().find(|(k, _)| *k == st) {
-            Some(c) => c.1 += 1,
-            None => counts.push((st, 1)),
-        }
-    }
-    let summary = counts
-        .iter()
-        .map(|(k, n)| format!("{n} {k}"))
+    let all: Vec<&tasker_core::StepSnapshot> = t.instances_of(worker).collect();
+    let summary = tasker_core::count_by_state(all.iter().copied())
+        .into_iter()
+        .map(|(st, n)| format!("{n} {st}"))
         .collect::<Vec<_>>()
         .join(", ");
     let dash = || "-".to_string();

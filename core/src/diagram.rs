@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::engine::{StepSnapshot, TaskSnapshot};
+use crate::engine::{count_by_state, StepSnapshot, TaskSnapshot};
 use crate::state::StepState;
 use crate::template::{StepKind, StepTemplate, TaskTemplate};
 
@@ -24,11 +24,7 @@ impl<'a> Drawn<'a> {
             return Drawn::One(step);
         }
         if s.kind == StepKind::BatchWorker {
-            let rows: Vec<&StepSnapshot> = task
-                .steps
-                .iter()
-                .filter(|x| x.instance_of.as_deref() == Some(s.name.as_str()))
-                .collect();
+            let rows: Vec<&StepSnapshot> = task.instances_of(&s.name).collect();
             if !rows.is_empty() {
                 return Drawn::Instances(rows);
             }
@@ -58,22 +54,12 @@ impl<'a> Drawn<'a> {
         self.status().map_or(ABSENT_STYLE, style)
     }
 
-    /// `12 instances<br/>10 complete · 2 error`: the counts by state, in a fixed order.
+    /// `×12<br/>10 complete · 2 error`: the counts by state ([`count_by_state`]).
     fn counts(rows: &[&StepSnapshot]) -> String {
-        let mut parts = Vec::new();
-        for st in [
-            StepState::Complete,
-            StepState::InProgress,
-            StepState::Pending,
-            StepState::Error,
-            StepState::ResolvedManually,
-            StepState::Cancelled,
-        ] {
-            let n = rows.iter().filter(|x| x.status == st).count();
-            if n > 0 {
-                parts.push(format!("{n} {st}"));
-            }
-        }
+        let parts: Vec<String> = count_by_state(rows.iter().copied())
+            .into_iter()
+            .map(|(st, n)| format!("{n} {st}"))
+            .collect();
         format!("×{}<br/>{}", rows.len(), parts.join(" · "))
     }
 }

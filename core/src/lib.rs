@@ -39,8 +39,8 @@ pub use host::worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    Claim, Cycle, Engine, EngineOptions, EventSource, FailureKind, Job, JobKey, Outcome,
-    Registration, Report, StateCounts, StepFailure, StepSnapshot, TaskFilter, TaskRequest,
+    count_by_state, Claim, Cycle, Engine, EngineOptions, EventSource, FailureKind, Job, JobKey,
+    Outcome, Registration, Report, StateCounts, StepFailure, StepSnapshot, TaskFilter, TaskRequest,
     TaskSnapshot, TaskSummary, TemplateSource,
 };
 pub use error::{Error, Result, TemplateError};

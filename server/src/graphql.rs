@@ -87,7 +87,7 @@ impl Step {
             results: Json(s.results.clone()),
             error: s.error.clone().map(Json),
             parents: s.depends_on.clone(),
-            children: t.children_of(s.instance_of.as_deref().unwrap_or(&s.name)),
+            children: t.children_of(s.template_name()),
             processed_at: s.completed_at.clone(),
             next_attempt_at: s.next_attempt_at.clone(),
             last_attempted_at: s.last_attempted_at.clone(),

@@ -51,7 +51,7 @@ pub struct StepView {
 /// A step as `GET /tasks/:id/workflow_steps/:step` shows it.
 pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplate>) -> StepView {
     // An instance is its batch worker's step in the template.
-    let tname = s.instance_of.as_deref().unwrap_or(&s.name);
+    let tname = s.template_name();
     let st = template.and_then(|t| t.step_index(tname).map(|i| &t.steps[i]));
     StepView {
         workflow_step_id: s.id,

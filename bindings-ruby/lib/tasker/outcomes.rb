@@ -1,6 +1,14 @@
 # frozen_string_literal: true
 
 module Tasker
+  # The one shape core reads in every language (core/src/protocol.rs): +{key => value}+, with
+  # +"results"+ when given.
+  def self.shape_json(key, value, results)
+    out = { key => value }
+    out["results"] = results unless results.nil?
+    out
+  end
+
   # Return from the handler of a +type: decision+ step (a block, a class with +call+, or a
   # +StepHandler::Base#process+): +steps+ names which of the steps that depend on it directly are
   # created (none is allowed); +results+ are its own results, which its children see. A name
@@ -15,11 +23,8 @@ module Tasker
       @results = results
     end
 
-    # The one shape core reads in every language (core/src/protocol.rs, +Decision+).
     def to_tasker_json
-      out = { "$decision" => steps }
-      out["results"] = results unless results.nil?
-      out
+      Tasker.shape_json("$decision", steps, results)
     end
 
     def inspect
@@ -40,11 +45,8 @@ module Tasker
       @results = results
     end
 
-    # The one shape core reads in every language (core/src/protocol.rs, +Batches+).
     def to_tasker_json
-      out = { "$batches" => items }
-      out["results"] = results unless results.nil?
-      out
+      Tasker.shape_json("$batches", items, results)
     end
 
     def inspect

@@ -61,7 +61,7 @@ pub use analytics::Analytics;
 pub use create::TaskRequest;
 pub use event_definitions::EventSource;
 pub use options::{EngineOptions, DEFAULT_URL};
-pub use query::{StepSnapshot, TaskSnapshot, TaskSummary, TransitionEntry};
+pub use query::{count_by_state, StepSnapshot, TaskSnapshot, TaskSummary, TransitionEntry};
 pub use registration::{Registration, TemplateSource};
 
 #[derive(Default)]

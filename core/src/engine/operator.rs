@@ -9,7 +9,7 @@ use super::Engine;
 use crate::error::{Error, Result};
 use crate::state::{StepState, TaskState};
 use crate::store::{Decrement, RetryLimitUpdate, StepRow, StepUpdate, TaskDetailsUpdate};
-use crate::template::TaskTemplate;
+use crate::template::{StepTemplate, TaskTemplate};
 
 /// Out of attempts: blocks its task until an operator acts ([`decide::is_exhausted`]).
 fn exhausted(s: &StepRow) -> bool {
@@ -32,6 +32,19 @@ fn final_failure(task_id: i64, s: &StepRow, action: &str) -> Error {
         "cannot {action} step {:?} of task {task_id}: it failed under batch_config.failure_strategy continue_on_failure, which counts it as finished (its convergence gets its failure in its place); it is final",
         s.name
     ))
+}
+
+impl TxCx<'_> {
+    /// An operator finished step `st` of `task_id` (resolved it, or its failure became a
+    /// tolerated one): it counts as done and its children have one parent fewer to wait for.
+    fn count_finished(&mut self, task_id: i64, st: &StepTemplate) {
+        self.adjust(task_id, 1, 0);
+        self.decrement(st.children.iter().map(|&c| Decrement {
+            task_id,
+            position: c as i32,
+            by: 1,
+        }));
+    }
 }
 
 impl Engine {
@@ -183,7 +196,6 @@ impl Engine {
         if exhausted(&s) {
             cx.adjust(task_id, 0, -1);
         }
-        cx.adjust(task_id, 1, 0);
         let update = StepUpdate {
             expect_attempts: Some(s.attempts),
             results: Some(Some(serde_json::to_string(&results).expect("json"))),
@@ -200,12 +212,7 @@ impl Engine {
                 meta: json!({"reason": "resolved_by_operator"}),
             }],
         )?;
-        let children = &template.steps[s.position as usize].children;
-        cx.decrement(children.iter().map(|&c| Decrement {
-            task_id,
-            position: c as i32,
-            by: 1,
-        }));
+        cx.count_finished(task_id, &template.steps[s.position as usize]);
         if template.has_run_time_shape() {
             // A decision resolved by hand chose none of its children.
             cx.grow(task_id, &template).await?;
@@ -273,12 +280,7 @@ impl Engine {
         if effect == LimitEffect::Exhaust && st.tolerates_failure() {
             // Out of attempts under continue_on_failure: finished, as if its last attempt
             // had been its last.
-            cx.adjust(task_id, 1, 0);
-            cx.decrement(st.children.iter().map(|&c| Decrement {
-                task_id,
-                position: c as i32,
-                by: 1,
-            }));
+            cx.count_finished(task_id, st);
             cx.work = true;
             cx.settle(task_id).await?;
         } else if effect != LimitEffect::Keep {

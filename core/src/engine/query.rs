@@ -39,6 +39,16 @@ impl TaskSnapshot {
         self.steps.iter().find(|s| s.name == name)
     }
 
+    /// The fan-out instances of batch worker `worker`, in item order.
+    pub fn instances_of<'a, 'w>(
+        &'a self,
+        worker: &'w str,
+    ) -> impl Iterator<Item = &'a StepSnapshot> + use<'a, 'w> {
+        self.steps
+            .iter()
+            .filter(move |s| s.instance_of.as_deref() == Some(worker))
+    }
+
     /// The steps that depend on step `name` directly, in template order.
     pub fn children_of(&self, name: &str) -> Vec<String> {
         self.steps
@@ -47,6 +57,35 @@ impl TaskSnapshot {
             .map(|o| o.name.clone())
             .collect()
     }
+}
+
+impl StepSnapshot {
+    /// The template step this row is: its batch worker for a fan-out instance, else its name.
+    pub fn template_name(&self) -> &str {
+        self.instance_of.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// How many of `steps` are in each state, in a fixed order (complete, in_progress, pending,
+/// error, resolved_manually, cancelled), states with none left out: a fan-out's summary.
+pub fn count_by_state<'a>(
+    steps: impl IntoIterator<Item = &'a StepSnapshot>,
+) -> Vec<(StepState, usize)> {
+    let order = [
+        StepState::Complete,
+        StepState::InProgress,
+        StepState::Pending,
+        StepState::Error,
+        StepState::ResolvedManually,
+        StepState::Cancelled,
+    ];
+    let mut n = [0usize; 6];
+    for s in steps {
+        if let Some(i) = order.iter().position(|st| *st == s.status) {
+            n[i] += 1;
+        }
+    }
+    order.into_iter().zip(n).filter(|(_, k)| *k > 0).collect()
 }
 
 /// A step inside a [`TaskSnapshot`].
