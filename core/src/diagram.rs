@@ -72,6 +72,7 @@ fn style(state: StepState) -> &'static str {
         StepState::Error => "fill:#c62828,stroke:#8e0000,color:#fff",
         StepState::Cancelled => "fill:#9e9e9e,stroke:#616161,color:#000",
         StepState::ResolvedManually => "fill:#7e57c2,stroke:#4527a0,color:#fff",
+        StepState::Waiting => "fill:#ffe082,stroke:#ff8f00,color:#000",
     }
 }
 

@@ -313,11 +313,68 @@ impl From<Batches> for Value {
     }
 }
 
+/// Another task to run for this step: the engine creates it (linked: its snapshot has
+/// `parent_task_id` and `parent_step`) and the step is `waiting` until it finishes. Complete:
+/// the step completes with `{"task_id": ID, "status": "complete", "results": {step: results}}`;
+/// in `error` or cancelled: the step fails permanently with the child's error.
+///
+/// The JSON shape in every language: `{"$child_task": {"name": ..., "namespace": ...,
+/// "version": ..., "context": {...}}}` (all but `name` optional; [`ChildTask::into_value`],
+/// the bindings' `ChildTask` classes, `command`/`http` output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildTask {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub context: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl ChildTask {
+    pub fn new(name: impl Into<String>, context: Value) -> ChildTask {
+        ChildTask {
+            name: name.into(),
+            context,
+            namespace: None,
+            version: None,
+        }
+    }
+    pub fn namespace(mut self, ns: impl Into<String>) -> ChildTask {
+        self.namespace = Some(ns.into());
+        self
+    }
+    pub fn version(mut self, v: impl Into<String>) -> ChildTask {
+        self.version = Some(v.into());
+        self
+    }
+    /// The handler result that carries it: `{"$child_task": {...}}`.
+    pub fn into_value(self) -> Value {
+        let mut m = Map::new();
+        m.insert(
+            CHILD_TASK_KEY.into(),
+            serde_json::to_value(self).expect("json"),
+        );
+        Value::Object(m)
+    }
+}
+
+impl From<ChildTask> for Value {
+    fn from(c: ChildTask) -> Value {
+        c.into_value()
+    }
+}
+
+const CHILD_TASK_KEY: &str = "$child_task";
+
 /// A handler's results that say more than results: the shapes decided at run time.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shaped {
     Decision(Decision),
     Batches(Batches),
+    ChildTask(ChildTask),
 }
 
 impl Shaped {
@@ -330,6 +387,17 @@ impl Shaped {
         };
         let shape_key = |key: &str| m.keys().all(|k| k == key || k == "results");
         let own_results = || m.get("results").cloned().unwrap_or(Value::Null);
+        if let Some(spec) = m.get(CHILD_TASK_KEY).filter(|_| m.len() == 1) {
+            return Some(
+                serde_json::from_value::<ChildTask>(spec.clone())
+                    .map_err(|e| {
+                        format!(
+                            "a child task's {CHILD_TASK_KEY:?} must be {{\"name\": ..., \"context\"?: {{...}}, \"namespace\"?: ..., \"version\"?: ...}}: {e}"
+                        )
+                    })
+                    .map(Shaped::ChildTask),
+            );
+        }
         if let Some(items) = m.get(BATCHES_KEY).filter(|_| shape_key(BATCHES_KEY)) {
             return Some(match items {
                 Value::Array(items) => Ok(Shaped::Batches(Batches {

@@ -17,40 +17,23 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-macro_rules! six_states {
-    ($name:ident, $doc:literal) => {
+macro_rules! states {
+    ($name:ident, $doc:literal, [$($variant:ident => $text:literal),+ $(,)?]) => {
         #[doc = $doc]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
-            Pending,
-            InProgress,
-            Complete,
-            Error,
-            Cancelled,
-            ResolvedManually,
+            $($variant,)+
         }
 
         impl $name {
-            pub const ALL: [$name; 6] = [
-                $name::Pending,
-                $name::InProgress,
-                $name::Complete,
-                $name::Error,
-                $name::Cancelled,
-                $name::ResolvedManually,
-            ];
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The name stored in the database and shown to users.
             pub fn as_str(self) -> &'static str {
                 match self {
-                    $name::Pending => "pending",
-                    $name::InProgress => "in_progress",
-                    $name::Complete => "complete",
-                    $name::Error => "error",
-                    $name::Cancelled => "cancelled",
-                    $name::ResolvedManually => "resolved_manually",
+                    $($name::$variant => $text,)+
                 }
             }
         }
@@ -65,11 +48,13 @@ macro_rules! six_states {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
                 $name::ALL
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .find(|st| st.as_str() == s)
                     .ok_or_else(|| {
                         format!(
-                            "unknown state {s:?}: expected one of pending, in_progress, complete, error, cancelled, resolved_manually"
+                            "unknown state {s:?}: expected one of {}",
+                            [$($text),+].join(", ")
                         )
                     })
             }
@@ -77,8 +62,24 @@ macro_rules! six_states {
     };
 }
 
-six_states!(TaskState, "The state of a task.");
-six_states!(StepState, "The state of a workflow step.");
+states!(TaskState, "The state of a task.", [
+    Pending => "pending",
+    InProgress => "in_progress",
+    Complete => "complete",
+    Error => "error",
+    Cancelled => "cancelled",
+    ResolvedManually => "resolved_manually",
+]);
+states!(StepState, "The state of a workflow step. `waiting`: an attempt has ended and the step \
+    waits for something outside it (a child task); it holds no lease and no worker slot.", [
+    Pending => "pending",
+    InProgress => "in_progress",
+    Complete => "complete",
+    Error => "error",
+    Cancelled => "cancelled",
+    ResolvedManually => "resolved_manually",
+    Waiting => "waiting",
+]);
 
 impl TaskState {
     /// The event emitted for `from -> to`, or `None` when the transition is illegal.
@@ -143,6 +144,11 @@ impl StepState {
             (Some(Error), Pending) => "step.retry_requested",
             (Some(Error), ResolvedManually) => "step.resolved_manually",
             (Some(Error), Cancelled) => "step.cancelled",
+            (Some(InProgress), Waiting) => "step.waiting",
+            (Some(Waiting), Complete) => "step.completed",
+            (Some(Waiting), Error) => "step.failed",
+            (Some(Waiting), Cancelled) => "step.cancelled",
+            (Some(Waiting), ResolvedManually) => "step.resolved_manually",
             _ => return None,
         })
     }
@@ -164,15 +170,15 @@ impl StepState {
 /// Every event name the engine can emit, for subscribers that validate their patterns.
 pub fn all_event_names() -> Vec<&'static str> {
     let mut names = Vec::new();
-    for to in TaskState::ALL {
-        for from in std::iter::once(None).chain(TaskState::ALL.map(Some)) {
+    for &to in TaskState::ALL {
+        for from in std::iter::once(None).chain(TaskState::ALL.iter().copied().map(Some)) {
             if let Some(e) = TaskState::event(from, to) {
                 names.push(e);
             }
         }
     }
-    for to in StepState::ALL {
-        for from in std::iter::once(None).chain(StepState::ALL.map(Some)) {
+    for &to in StepState::ALL {
+        for from in std::iter::once(None).chain(StepState::ALL.iter().copied().map(Some)) {
             if let Some(e) = StepState::event(from, to) {
                 names.push(e);
             }
@@ -189,10 +195,10 @@ mod tests {
 
     #[test]
     fn same_state_transition_is_illegal() {
-        for s in TaskState::ALL {
+        for &s in TaskState::ALL {
             assert_eq!(TaskState::event(Some(s), s), None, "{s}");
         }
-        for s in StepState::ALL {
+        for &s in StepState::ALL {
             assert_eq!(StepState::event(Some(s), s), None, "{s}");
         }
     }
@@ -211,9 +217,13 @@ mod tests {
 
     #[test]
     fn states_round_trip_through_strings() {
-        for s in TaskState::ALL {
+        for &s in TaskState::ALL {
             assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
         }
+        for &s in StepState::ALL {
+            assert_eq!(s.as_str().parse::<StepState>().unwrap(), s);
+        }
+        assert!("waiting".parse::<TaskState>().is_err());
         assert!("done".parse::<StepState>().is_err());
     }
 

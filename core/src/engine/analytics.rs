@@ -177,7 +177,7 @@ fn count_failures(failing: &mut BTreeMap<FailureKey, FailureStat>, r: &Analytics
     let failed = match r.step_state {
         StepState::Complete => (r.attempts - 1).max(0),
         StepState::Error | StepState::Cancelled | StepState::ResolvedManually => r.attempts,
-        StepState::Pending | StepState::InProgress => (r.attempts - 1).max(0),
+        StepState::Pending | StepState::InProgress | StepState::Waiting => (r.attempts - 1).max(0),
     } as u64;
     if r.attempts == 0 {
         return;

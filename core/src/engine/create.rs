@@ -200,7 +200,9 @@ impl Engine {
         Ok((ids, jobs))
     }
 
-    async fn prepare(&self, req: TaskRequest) -> Result<Prepared> {
+    /// A request checked against its template, ready to insert (a validation error names
+    /// what is wrong).
+    pub(super) async fn prepare(&self, req: TaskRequest) -> Result<Prepared> {
         if let Some(path) = decide::nul_path(&serde_json::to_value(&req).expect("json")) {
             return Err(Error::Validation(format!(
                 "task request: the string at {path} contains a NUL character (\\u0000), which cannot be stored"
@@ -285,11 +287,13 @@ impl Engine {
             never_created: shape.absent as i64,
             idempotency_key: req.idempotency_key,
             priority: req.priority,
+            parent: None,
         })
     }
 }
 
-struct Prepared {
+/// A task request ready to insert ([`Engine::prepare`]).
+pub(super) struct Prepared {
     template_id: i64,
     template: Arc<TaskTemplate>,
     context: String,
@@ -304,10 +308,16 @@ struct Prepared {
     /// Steps that will never exist (below a bypassed decision): counted as done.
     never_created: i64,
     idempotency_key: Option<String>,
-    priority: i32,
+    pub(super) priority: i32,
+    /// A child task's parent: (task, the step that waits for it).
+    pub(super) parent: Option<(i64, i64)>,
 }
 
 impl Prepared {
+    pub(super) fn template(&self) -> &Arc<TaskTemplate> {
+        &self.template
+    }
+
     /// Parents of step `i` that still have to finish (bypassed ones do not).
     fn remaining_parents(&self, i: usize) -> i64 {
         let s = &self.template.steps[i];
@@ -344,7 +354,7 @@ impl TxCx<'_> {
     /// Records the task and its steps; `(id, false, 0)` when its idempotency key names an
     /// existing one. With `born` (a hand-off of one task), up to `born.max` of its ready steps
     /// for `born`'s handlers are inserted born claimed; returns how many.
-    async fn insert_prepared(
+    pub(super) async fn insert_prepared(
         &mut self,
         p: &Prepared,
         born: Option<&ClaimSpec<'_>>,
@@ -369,6 +379,8 @@ impl TxCx<'_> {
             steps_total: t.steps.len() as i64,
             steps_done: done,
             version: 1,
+            parent_task_id: p.parent.map(|(t, _)| t),
+            parent_step_id: p.parent.map(|(_, s)| s),
         };
         let now = self.now;
         let mut room = born.map_or(0, |c| c.max);

@@ -45,10 +45,17 @@ pub fn shaped_outcome(
     let s = &t.steps[position];
     let fail = |m: String| (Outcome::Failed(StepFailure::permanent(m)), None);
     match (Shaped::of(v), s.kind) {
-        (None | Some(Ok(Shaped::Decision(_))), StepKind::Batchable) => fail(format!(
+        (
+            None | Some(Ok(Shaped::Decision(_) | Shaped::ChildTask(_))),
+            StepKind::Batchable,
+        ) => fail(format!(
             "batchable step {:?} returned {}; it must return Batches(items): one instance of {} per item (an empty list creates none)",
             s.name,
-            if Shaped::of(v).is_none() { "plain results" } else { "a Decision" },
+            match Shaped::of(v) {
+                None => "plain results",
+                Some(Ok(Shaped::ChildTask(_))) => "a ChildTask",
+                _ => "a Decision",
+            },
             batch_workers(t, s).join(", ")
         )),
         (Some(Ok(Shaped::Batches(b))), StepKind::Batchable) => {
@@ -83,6 +90,12 @@ pub fn shaped_outcome(
             s.name,
             kind.as_str()
         )),
+        (Some(Ok(Shaped::ChildTask(_))), StepKind::Decision) => fail(format!(
+            "decision step {:?} returned a ChildTask; it must return a Decision naming which of its children to create",
+            s.name
+        )),
+        // A child task is created by the engine ([`super::child`]): the step then waits.
+        (Some(Ok(Shaped::ChildTask(_))), _) => (outcome.clone(), None),
         (None, StepKind::Decision) => {
             let children: Vec<&str> = s.children.iter().map(|&c| t.steps[c].name.as_str()).collect();
             fail(format!(

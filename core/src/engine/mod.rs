@@ -23,6 +23,7 @@
 
 pub mod analytics;
 mod checkpoint;
+pub mod child;
 mod claim;
 mod create;
 pub mod decide;

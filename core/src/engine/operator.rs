@@ -100,14 +100,46 @@ impl Engine {
                 to: TaskState::Cancelled,
             });
         }
-        let template = cx.template(task.named_task_id).await?;
-        let steps = cx.task_steps(task_id).await?;
+        cx.cancel(task_id, json!({"reason": "cancelled_by_operator"}))
+            .await?;
+        // Its unfinished children, theirs, and so on (ids grow downwards: locked in id order).
+        let mut parents = vec![task_id];
+        while let Some(parent) = parents.pop() {
+            for c in cx.db()?.child_tasks(parent).await? {
+                if c.state.is_finished() {
+                    continue;
+                }
+                let child = cx.task(c.task_id).await?;
+                if TaskState::event(Some(child.state), TaskState::Cancelled).is_some() {
+                    cx.cancel(
+                        c.task_id,
+                        json!({"reason": "parent_task_cancelled", "parent_task_id": parent}),
+                    )
+                    .await?;
+                }
+                parents.push(c.task_id);
+            }
+        }
+        cx.finish(None).await.map(drop)
+    }
+}
+
+impl TxCx<'_> {
+    /// Cancels a task the transaction holds and its steps not yet finished (running ones
+    /// finish; their results are still saved).
+    async fn cancel(&mut self, task_id: i64, meta: Value) -> Result<()> {
+        let task = self.tasks[&task_id].clone();
+        let template = self.template(task.named_task_id).await?;
+        let steps = self.task_steps(task_id).await?;
         let mut updates = Vec::new();
         for s in &steps {
-            if matches!(s.state, StepState::Pending | StepState::Error) && !tolerated(&template, s)
+            if matches!(
+                s.state,
+                StepState::Pending | StepState::Error | StepState::Waiting
+            ) && !tolerated(&template, s)
             {
                 if exhausted(s) {
-                    cx.adjust(task_id, 0, -1);
+                    self.adjust(task_id, 0, -1);
                 }
                 updates.push(StepChange {
                     update: StepUpdate::new(s.step_id, s.version, s.state, StepState::Cancelled),
@@ -117,15 +149,12 @@ impl Engine {
                 });
             }
         }
-        cx.update_steps(task_id, updates)?;
-        cx.set_task_states(
-            task_id,
-            &[TaskState::Cancelled],
-            json!({"reason": "cancelled_by_operator"}),
-        )?;
-        cx.finish(None).await.map(drop)
+        self.update_steps(task_id, updates)?;
+        self.set_task_states(task_id, &[TaskState::Cancelled], meta)
     }
+}
 
+impl Engine {
     /// Gives a failed step a fresh set of attempts and puts the task back to work.
     pub async fn retry_step(&self, task_id: i64, step_name: &str) -> Result<()> {
         let mut cx = TxCx::begin(self, self.now()).await?;
@@ -183,9 +212,12 @@ impl Engine {
         let task = cx.task(task_id).await?;
         cx.require_active(&task, "resolve a step of")?;
         let s = cx.step_named(task_id, step_name).await?;
-        if !matches!(s.state, StepState::Pending | StepState::Error) {
+        if !matches!(
+            s.state,
+            StepState::Pending | StepState::Error | StepState::Waiting
+        ) {
             return Err(Error::Conflict(format!(
-                "step {step_name:?} of task {task_id} is {}; only a pending or failed step can be resolved manually",
+                "step {step_name:?} of task {task_id} is {}; only a pending, waiting or failed step can be resolved manually",
                 s.state
             )));
         }

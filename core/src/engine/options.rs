@@ -46,6 +46,11 @@ pub struct EngineOptions {
     /// the rows it decides from (default), falling back to a reading transaction when not
     /// (`engine/plan.rs`). Off: every cycle reads first (for comparison and tests).
     pub planned_cycles: bool,
+    /// Hand a finished child task's outcome to its parent's step right after the commit that
+    /// finished it (default). Off, only the sweep at lease reaping does: what a process that
+    /// crashed between the two commits leaves (for tests of that recovery).
+    #[doc(hidden)]
+    pub settle_children_at_commit: bool,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +69,7 @@ impl Default for EngineOptions {
             strict_templates: false,
             metrics: false,
             planned_cycles: true,
+            settle_children_at_commit: true,
         }
     }
 }
@@ -107,6 +113,11 @@ impl EngineOptions {
     }
     pub fn planned_cycles(mut self, on: bool) -> Self {
         self.planned_cycles = on;
+        self
+    }
+    #[doc(hidden)]
+    pub fn settle_children_at_commit(mut self, on: bool) -> Self {
+        self.settle_children_at_commit = on;
         self
     }
 }

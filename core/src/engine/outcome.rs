@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::child::ChildRequests;
+use super::create::Prepared;
 use super::decide::{self, FailureEffect};
 use super::tx::TxCx;
 use crate::backoff::retry_delay_ms;
@@ -30,12 +32,25 @@ struct Decided {
     tolerated: bool,
     /// A decision's choice or a fan-out's items, to record with its completion.
     growth: Option<decide::Growth>,
+    /// The task the step waits for (it returned a ChildTask), to create with its update.
+    child: Option<Prepared>,
 }
 
 impl TxCx<'_> {
     /// Records outcomes; returns the keys of reports that no longer applied (the attempt was
     /// taken over, or its step already settled).
     pub(super) async fn apply_reports(&mut self, reports: &[Report]) -> Result<Vec<JobKey>> {
+        self.apply_reports_from(reports, StepState::InProgress)
+            .await
+    }
+
+    /// [`TxCx::apply_reports`] for steps in state `from`: `in_progress` for a worker's
+    /// attempts, `waiting` for the outcome of a step's child task ([`super::child`]).
+    pub(super) async fn apply_reports_from(
+        &mut self,
+        reports: &[Report],
+        from: StepState,
+    ) -> Result<Vec<JobKey>> {
         let mut stale = Vec::new();
         if reports.is_empty() {
             return Ok(stale);
@@ -50,6 +65,9 @@ impl TxCx<'_> {
             .iter()
             .any(|r| matches!(r.outcome, Outcome::Failed(_)));
         let keys: Vec<JobKey> = reports.iter().map(|r| r.key).collect();
+        // A child task to create is checked against its template first: its errors fail the
+        // step like the handler's own.
+        let mut children = ChildRequests::prepare(self, reports).await?;
         let locks = self.step_locks(&keys, failures).await?;
         let mut decided = Vec::with_capacity(reports.len());
         for r in reports {
@@ -60,7 +78,7 @@ impl TxCx<'_> {
                 stale.push(r.key);
                 continue;
             };
-            if lock.state != StepState::InProgress
+            if lock.state != from
                 || lock.attempts != r.key.attempt as i64
                 || lock.task_id != r.key.task_id
                 || self.updates_step(r.key.step_id)
@@ -73,13 +91,18 @@ impl TxCx<'_> {
                 stale.push(r.key);
                 continue;
             }
-            decided.push(self.decide(r, &task, &lock, template));
+            let child = children.take(r.key.step_id);
+            decided.push(self.decide(r, &task, &lock, template, child));
         }
         let mut decs: HashMap<(i64, i32), i64> = HashMap::new();
         let mut touched = Vec::new();
         let mut grown = Vec::new();
-        for d in decided {
+        let mut created = Vec::new();
+        for mut d in decided {
             touched.push(d.key.task_id);
+            if let Some(p) = d.child.take() {
+                created.push(p);
+            }
             if d.growth.is_some() && self.tasks[&d.key.task_id].state != TaskState::Cancelled {
                 grown.push((d.key.task_id, d.template.clone()));
             }
@@ -96,6 +119,9 @@ impl TxCx<'_> {
         for (task_id, template) in grown {
             self.grow(task_id, &template).await?;
         }
+        for p in created {
+            self.insert_prepared(&p, None).await?;
+        }
         touched.sort_unstable();
         touched.dedup();
         for t in touched {
@@ -111,17 +137,13 @@ impl TxCx<'_> {
         task: &TaskRow,
         lock: &StepLock,
         template: Arc<TaskTemplate>,
+        child: Option<std::result::Result<Prepared, String>>,
     ) -> Decided {
         let st = &template.steps[r.key.position as usize];
         let attempt = r.key.attempt;
         let mut update = StepUpdate {
             expect_attempts: Some(attempt as i64),
-            ..StepUpdate::new(
-                r.key.step_id,
-                lock.version,
-                StepState::InProgress,
-                StepState::Complete,
-            )
+            ..StepUpdate::new(r.key.step_id, lock.version, lock.state, StepState::Complete)
         };
         let mut blocked = false;
         let mut tolerated = false;
@@ -135,10 +157,36 @@ impl TxCx<'_> {
             }),
             Outcome::Failed(_) => None,
         };
-        let (outcome, growth) = match unstorable {
+        let (mut outcome, growth) = match unstorable {
             Some(o) => (o, None),
             None => decide::shaped_outcome(&template, r.key.position as usize, &r.outcome),
         };
+        // A child task: the step waits for it (or fails, when it cannot be created).
+        let mut waits_for = None;
+        if let (Outcome::Complete(_), Some(c)) = (&outcome, child) {
+            match c {
+                Ok(p) => waits_for = Some(p),
+                Err(m) => outcome = Outcome::Failed(StepFailure::permanent(m)),
+            }
+        }
+        if let Some(p) = waits_for {
+            update.state = StepState::Waiting;
+            let t = p.template();
+            let meta = json!({
+                "attempt": attempt,
+                "child_task": {"namespace": t.namespace, "name": t.name, "version": t.version.to_string()},
+            });
+            return Decided {
+                key: r.key,
+                template,
+                update,
+                meta,
+                blocked: false,
+                tolerated: false,
+                growth: None,
+                child: Some(p),
+            };
+        }
         let meta = match &outcome {
             Outcome::Complete(v) => {
                 update.results = Some(Some(serde_json::to_string(v).expect("json")));
@@ -190,6 +238,7 @@ impl TxCx<'_> {
             blocked,
             tolerated,
             growth: growth.filter(|_| to_complete(&outcome)),
+            child: None,
         }
     }
 
@@ -253,7 +302,7 @@ impl TxCx<'_> {
         let version = d.update.new_version();
         let step = Some((d.key.step_id, st.name.as_str(), d.key.attempt));
         // A released attempt back at `pending` goes `in_progress -> error -> pending`.
-        let mut from = StepState::InProgress;
+        let mut from = d.update.expect_state;
         if d.update.transitions == 2 {
             self.push_step_change(
                 task_id,
@@ -268,6 +317,7 @@ impl TxCx<'_> {
         if self.engine.metrics_on() {
             let outcome = match to {
                 StepState::Complete => "complete",
+                StepState::Waiting => "waiting",
                 StepState::Cancelled => "cancelled",
                 StepState::Pending => "released",
                 _ if d.blocked => "exhausted",

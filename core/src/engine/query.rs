@@ -1,5 +1,6 @@
 //! Reading tasks back: snapshots, listings, states, transition history, waiting for a task.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,10 @@ pub struct TaskSnapshot {
     pub created_at: String,
     pub updated_at: String,
     pub completed_at: Option<String>,
+    /// A child task's parent: the task, and the step that waits for this one (null for a task
+    /// created any other way).
+    pub parent_task_id: Option<i64>,
+    pub parent_step: Option<String>,
     pub steps: Vec<StepSnapshot>,
 }
 
@@ -113,6 +118,10 @@ pub struct StepSnapshot {
     /// A fan-out instance's 0-based place among its fan-out's items.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<u32>,
+    /// The task this step created (it returned a ChildTask): the newest, when a retry
+    /// created another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_task_id: Option<i64>,
 }
 
 /// One line of a task listing.
@@ -127,6 +136,8 @@ pub struct TaskSummary {
     pub steps_done: i64,
     pub created_at: String,
     pub completed_at: Option<String>,
+    /// A child task's parent task (null for a task created any other way).
+    pub parent_task_id: Option<i64>,
 }
 
 /// One state change of a task or of one of its steps ([`Engine::task_transitions`]).
@@ -170,6 +181,15 @@ impl Engine {
             Some(s) => s,
             None => self.inner.store.steps(task_id).await?,
         };
+        // The newest child of each step that created one (ids ascending).
+        let children: HashMap<i64, i64> = self
+            .inner
+            .store
+            .child_tasks(task_id)
+            .await?
+            .into_iter()
+            .map(|c| (c.parent_step_id, c.task_id))
+            .collect();
         Ok(TaskSnapshot {
             id: d.row.task_id,
             name: d.name,
@@ -186,6 +206,8 @@ impl Engine {
             created_at: format_ms(d.created_at),
             updated_at: format_ms(d.updated_at),
             completed_at: d.completed_at.map(format_ms),
+            parent_task_id: d.parent_task_id,
+            parent_step: d.parent_step,
             steps: steps
                 .into_iter()
                 .map(|s| {
@@ -203,6 +225,7 @@ impl Engine {
                     Ok(StepSnapshot {
                         instance_of,
                         batch_index,
+                        child_task_id: children.get(&s.step_id).copied(),
                         id: s.step_id,
                         name: s.name,
                         handler: s.handler,
@@ -272,6 +295,7 @@ impl Engine {
                 steps_done: d.row.steps_done,
                 created_at: format_ms(d.created_at),
                 completed_at: d.completed_at.map(format_ms),
+                parent_task_id: d.parent_task_id,
             })
             .collect())
     }

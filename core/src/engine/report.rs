@@ -40,6 +40,12 @@ impl Engine {
             let now = self.now();
             let last = self.inner.last_reap_ms.load(Ordering::Relaxed);
             let reap = last == i64::MIN || now - last >= REAP_EVERY_MS || now < last;
+            // Before the cycle, so that its claim takes what the sweep made claimable.
+            if reap {
+                if let Err(e) = self.settle_orphaned_children().await {
+                    tracing::warn!(error = %e, "the sweep for finished child tasks failed");
+                }
+            }
             let mut done = None;
             if !reap && self.inner.opts.planned_cycles && self.inner.store.executes_plans() {
                 let cx = TxCx::planning(self, now, !reports.is_empty());
@@ -111,10 +117,20 @@ impl Engine {
             }
             None => cx.finish(None).await?,
         };
-        let jobs = match claim {
+        let mut jobs = match claim {
             Some(c) => self.jobs_of_claimed(&out.claimed, c, now).await?,
             None => Vec::new(),
         };
+        // Children that finished here handed their outcomes to their parents after the claim
+        // ran ([`super::child`]): what that made claimable is claimed too.
+        if let Some(c) = claim.filter(|c| out.children_settled && jobs.len() < c.max) {
+            let rest = Claim {
+                max: c.max - jobs.len(),
+                ..c.clone()
+            };
+            let more = Box::pin(self.report_with(&[], Some(&rest), false)).await?;
+            jobs.extend(more.jobs);
+        }
         Ok((jobs, stale))
     }
 

@@ -646,6 +646,15 @@ impl<'e> TxCx<'e> {
         let mut out = out;
         engine.watches().file(std::mem::take(&mut out.finished));
         announce(engine, changes, work, self.tasks_changed);
+        if !out.finished_children.is_empty() && engine.inner.opts.settle_children_at_commit {
+            // Committed: a failure here leaves the steps waiting for the sweep to finish.
+            match Box::pin(engine.settle_children(&out.finished_children)).await {
+                Ok(()) => out.children_settled = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, children = ?out.finished_children, "handing child tasks' outcomes to their parents failed; the sweep will retry")
+                }
+            }
+        }
         Ok(out)
     }
 }

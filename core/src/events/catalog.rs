@@ -117,6 +117,11 @@ const LIFECYCLE: &[(&str, &str, &[&str])] = &[
         "An operator resolved a step with results",
         &["reason"],
     ),
+    (
+        "step.waiting",
+        "A step's attempt ended and it waits for something outside it: the child task it created",
+        &["attempt", "child_task"],
+    ),
 ];
 
 /// (name, category, description, metadata keys) of the events derived from others

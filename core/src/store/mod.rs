@@ -47,9 +47,9 @@ pub use plan::{
     TaskFilter, TaskUpdate,
 };
 pub use rows::{
-    AnalyticsRow, ClaimedStep, DecisionRow, DurabilityReport, EventDefinitionRow, ExpiredLease,
-    FinishedTask, NextTimes, ParentResult, StateCounts, StepKey, StepLock, StepRow, TaskDetail,
-    TaskRow, TemplateRow, TransitionRow,
+    AnalyticsRow, ChildLink, ClaimedStep, DecisionRow, DurabilityReport, EventDefinitionRow,
+    ExpiredLease, FinishedTask, NextTimes, ParentResult, StateCounts, StepChild, StepKey, StepLock,
+    StepRow, TaskDetail, TaskRow, TemplateRow, TransitionRow,
 };
 
 /// How to open a store ([`open`]).
@@ -143,6 +143,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn steps(&self, task_id: i64) -> Result<Vec<StepRow>>;
     /// The decisions the task's steps took, by step id.
     async fn decisions(&self, task_id: i64) -> Result<Vec<DecisionRow>>;
+    /// The tasks the task's steps created, by id.
+    async fn child_tasks(&self, task_id: i64) -> Result<Vec<ChildLink>>;
+    /// Finished child tasks whose parent step still waits for them, by id, at most `limit`
+    /// ([`sql::FINISHED_CHILDREN_WAITED_FOR`]).
+    async fn finished_children_waited_for(&self, limit: i64) -> Result<Vec<i64>>;
     /// The task and, when it is in a terminal state ([`TaskState::is_terminal`]), its steps:
     /// what a waiter needs at each wake-up. PostgreSQL reads both in one statement.
     async fn task_if_finished(
@@ -209,6 +214,10 @@ pub trait StoreTx: Send {
     async fn task_steps(&mut self, task_id: i64) -> Result<Vec<StepRow>>;
     /// The decisions the task's steps took, by step id.
     async fn decisions(&mut self, task_id: i64) -> Result<Vec<DecisionRow>>;
+    /// The tasks the task's steps created, by id (read, not locked).
+    async fn child_tasks(&mut self, task_id: i64) -> Result<Vec<ChildLink>>;
+    /// A step's position and the newest task it created (read, not locked).
+    async fn step_child(&mut self, step_id: i64) -> Result<Option<StepChild>>;
     /// The priority the task's steps were created with (0 for a task without steps).
     async fn task_priority(&mut self, task_id: i64) -> Result<i64>;
     /// How many steps of the task are `in_progress`.

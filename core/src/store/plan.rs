@@ -123,6 +123,9 @@ pub struct NewTask {
     pub steps_total: i64,
     pub steps_done: i64,
     pub version: i64,
+    /// A child task's parent task and the step that waits for it.
+    pub parent_task_id: Option<i64>,
+    pub parent_step_id: Option<i64>,
 }
 
 /// A new step ([`Plan::new_steps`]).
@@ -271,6 +274,12 @@ pub struct PlanOutcome {
     /// Tasks of [`Plan::watched`] as the plan left them (a store may leave this empty: waiters
     /// then read the task).
     pub finished: Vec<FinishedTask>,
+    /// Child tasks (with a parent step) this plan brought to `complete`, `error` or
+    /// `cancelled`, by id: their parents' steps have an outcome to take.
+    pub finished_children: Vec<i64>,
+    /// Set by the engine once it handed those children's outcomes to their parents (after
+    /// the commit): their parents' next steps may be claimable.
+    pub children_settled: bool,
 }
 
 impl PlanOutcome {

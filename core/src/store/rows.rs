@@ -37,6 +37,27 @@ pub struct TaskDetail {
     pub name: String,
     /// The template's version (not the row's [`TaskRow::version`]).
     pub template_version: String,
+    /// A child task's parent: the task and the step that waits for it (and that step's name).
+    pub parent_task_id: Option<i64>,
+    pub parent_step_id: Option<i64>,
+    pub parent_step: Option<String>,
+}
+
+/// A step and the newest task it created ([`super::StoreTx::step_child`]): the one it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepChild {
+    pub position: i32,
+    pub state: StepState,
+    pub attempts: i64,
+    pub child: Option<i64>,
+}
+
+/// A task created by a step of another ([`super::Store::child_tasks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildLink {
+    pub task_id: i64,
+    pub parent_step_id: i64,
+    pub state: TaskState,
 }
 
 /// A step row.

@@ -19,7 +19,8 @@ macro_rules! detail_cols {
          t.version, CAST(t.context AS TEXT) AS context, t.initiator, t.source_system, t.reason, \
          CAST(t.tags AS TEXT) AS tags, CAST(t.bypass_steps AS TEXT) AS bypass_steps, \
          t.idempotency_key, t.requested_at, t.created_at, t.updated_at, t.completed_at, \
-         n.namespace, n.name, n.version AS template_version"
+         n.namespace, n.name, n.version AS template_version, t.parent_task_id, t.parent_step_id, \
+         (SELECT ps.name FROM steps ps WHERE ps.step_id = t.parent_step_id) AS parent_step"
     };
 }
 
@@ -64,6 +65,23 @@ pub(crate) const UPSERT_EVENT_DEFINITION: &str =
     "INSERT INTO event_definitions (name, definition, registered_at) VALUES ($1, $2, $3) \
      ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
      registered_at = excluded.registered_at";
+
+/// The tasks a task's steps created ([`super::ChildLink`]): `$1` the parent task_id.
+pub(crate) const CHILD_TASKS: &str =
+    "SELECT task_id, parent_step_id, state FROM tasks WHERE parent_task_id = $1 ORDER BY task_id";
+
+/// A step's position and its newest child task ([`super::StepChild`]): `$1` step_id.
+pub(crate) const STEP_CHILD: &str =
+    "SELECT s.position, s.state, s.attempts, (SELECT MAX(c.task_id) FROM tasks c WHERE c.parent_step_id = s.step_id) \
+     AS child FROM steps s WHERE s.step_id = $1";
+
+/// Finished child tasks whose parent step still waits for them (each the newest child of its
+/// step): what a crash between a child's end and its parent's step left. `$1` limit.
+pub(crate) const FINISHED_CHILDREN_WAITED_FOR: &str =
+    "SELECT c.task_id FROM steps s JOIN tasks c ON c.parent_step_id = s.step_id \
+     WHERE s.state = 'waiting' AND c.state IN ('complete', 'error', 'cancelled') \
+       AND c.task_id = (SELECT MAX(c2.task_id) FROM tasks c2 WHERE c2.parent_step_id = s.step_id) \
+     ORDER BY c.task_id LIMIT $1";
 
 /// The decisions a task's steps took: `$1` task_id.
 pub(crate) const DECISIONS_OF_TASK: &str =

@@ -1,4 +1,4 @@
--- tasker:function tasker_apply_v2 revision 1
+-- tasker:function tasker_apply_v3 revision 1
 --
 -- The write path on PostgreSQL: a plan the engine recorded (`core/src/store/plan.rs`, whose
 -- module docs give the order and the contract), applied in one statement. A worker cycle
@@ -16,6 +16,11 @@
 --
 -- v2 (issue 25): a new step may be a fan-out instance (`batch_index`, `batch`), a task update
 -- changes `steps_total` too (`d_total`), and the claim's answer is `tasker_claimed_v2`.
+-- v3 (issue 25, child tasks): a new task may name its parent (`tasker_new_task_v2`:
+-- `parent_task_id`, `parent_step_id`), a finished task carries them (`tasker_task_v2`), and the
+-- answer lists the child tasks the plan brought to complete, error or cancelled
+-- (`finished_children`), whose parents' steps have an outcome to take. (tasker_apply_v2 stays
+-- installed for workers of older builds.)
 
 DO $$ BEGIN
     CREATE TYPE tasker_guard_v1 AS (task_id bigint, state text, steps_done bigint,
@@ -23,9 +28,10 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
-    CREATE TYPE tasker_new_task_v1 AS (named_task_id bigint, state text, context text,
+    CREATE TYPE tasker_new_task_v2 AS (named_task_id bigint, state text, context text,
         initiator text, source_system text, reason text, tags text, bypass_steps text,
-        idempotency_key text, steps_total bigint, steps_done bigint, version bigint);
+        idempotency_key text, steps_total bigint, steps_done bigint, version bigint,
+        parent_task_id bigint, parent_step_id bigint);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
@@ -63,12 +69,13 @@ EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 -- A finished task and its steps as the plan left them (`PlanOutcome::finished`).
 DO $$ BEGIN
-    CREATE TYPE tasker_task_v1 AS (task_id bigint, named_task_id bigint, state text,
+    CREATE TYPE tasker_task_v2 AS (task_id bigint, named_task_id bigint, state text,
         steps_total bigint, steps_done bigint, steps_blocked bigint, version bigint,
         context text, initiator text, source_system text, reason text, tags text,
         bypass_steps text, idempotency_key text, requested_at bigint, created_at bigint,
         updated_at bigint, completed_at bigint, namespace text, name text,
-        template_version text);
+        template_version text, parent_task_id bigint, parent_step_id bigint,
+        parent_step text);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
 DO $$ BEGIN
@@ -79,15 +86,16 @@ DO $$ BEGIN
         processed_at bigint, version bigint);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 
-CREATE OR REPLACE FUNCTION tasker_apply_v2(
+CREATE OR REPLACE FUNCTION tasker_apply_v3(
     p_now bigint, p_durable bool, p_guards tasker_guard_v1[],
-    p_new_tasks tasker_new_task_v1[], p_new_steps tasker_new_step_v2[],
+    p_new_tasks tasker_new_task_v2[], p_new_steps tasker_new_step_v2[],
     p_step_updates tasker_step_update_v1[], p_decrements tasker_decrement_v1[],
     p_park bigint[], p_unpark bigint[], p_task_updates tasker_task_update_v2[],
     p_transitions tasker_transition_v1[], p_claim tasker_claim_spec_v1,
     p_notify tasker_notify_v1, p_watched bigint[])
 RETURNS TABLE (claimed tasker_claimed_v2[], ready bigint, claim_ran bool, task_ids bigint[],
-    step_ids bigint[], finished_tasks tasker_task_v1[], finished_steps tasker_step_v1[])
+    step_ids bigint[], finished_tasks tasker_task_v2[], finished_steps tasker_step_v1[],
+    finished_children bigint[])
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -98,6 +106,7 @@ DECLARE
     got tasker_claimed_v2[] := '{}';
     did_claim bool := false;
     born tasker_born_step_v1[] := '{}';
+    kids bigint[] := '{}';
 BEGIN
     IF NOT p_durable THEN
         PERFORM set_config('synchronous_commit', 'off', true);
@@ -124,13 +133,14 @@ BEGIN
         INTO tids, sids;
         INSERT INTO tasks (task_id, named_task_id, state, context, initiator, source_system,
             reason, tags, bypass_steps, idempotency_key, steps_total, steps_done, version,
-            requested_at, created_at, updated_at)
+            requested_at, created_at, updated_at, parent_task_id, parent_step_id)
         SELECT tids[v.o], v.named_task_id, v.state, v.context::jsonb, v.initiator,
             v.source_system, v.reason, v.tags::jsonb, v.bypass_steps::jsonb, v.idempotency_key,
-            v.steps_total, v.steps_done, v.version, p_now, p_now, p_now
+            v.steps_total, v.steps_done, v.version, p_now, p_now, p_now, v.parent_task_id,
+            v.parent_step_id
         FROM unnest(p_new_tasks) WITH ORDINALITY AS v(named_task_id, state, context, initiator,
             source_system, reason, tags, bypass_steps, idempotency_key, steps_total,
-            steps_done, version, o);
+            steps_done, version, parent_task_id, parent_step_id, o);
     END IF;
     IF cardinality(p_new_steps) > 0 THEN
         IF cardinality(sids) < cardinality(p_new_steps) THEN
@@ -208,8 +218,10 @@ BEGIN
         WHERE task_id = ANY(p_unpark) AND parked_ready_at IS NOT NULL
           AND state IN ('pending', 'error');
     END IF;
-    -- 6. Task counters and states (in task id order, the order rows are locked everywhere).
+    -- 6. Task counters and states (in task id order, the order rows are locked everywhere);
+    --    the child tasks among those that end here.
     IF cardinality(p_task_updates) > 0 THEN
+        WITH u AS (
         UPDATE tasks t SET steps_done = t.steps_done + v.d_done,
             steps_blocked = t.steps_blocked + v.d_blocked,
             steps_total = t.steps_total + v.d_total,
@@ -219,7 +231,11 @@ BEGIN
               FROM unnest(p_task_updates) x) v
         WHERE t.task_id = v.id
           AND t.task_id = ANY(ARRAY(SELECT CASE WHEN x.task_id < 0 THEN tids[-x.task_id] ELSE x.task_id END
-                                    FROM unnest(p_task_updates) x));
+                                    FROM unnest(p_task_updates) x))
+        RETURNING t.task_id, t.parent_step_id, v.state AS new_state)
+        SELECT ARRAY(SELECT u.task_id FROM u WHERE u.parent_step_id IS NOT NULL
+                       AND u.new_state IN ('complete', 'error', 'cancelled') ORDER BY u.task_id)
+        INTO kids;
     END IF;
     -- 7. Transition rows (a step transition has step_id).
     IF cardinality(p_transitions) > 0 THEN
@@ -264,7 +280,8 @@ BEGIN
                 t.steps_blocked, t.version, t.context::text, t.initiator, t.source_system,
                 t.reason, t.tags::text, t.bypass_steps::text, t.idempotency_key, t.requested_at,
                 t.created_at, t.updated_at, t.completed_at, n.namespace, n.name,
-                n.version)::tasker_task_v1
+                n.version, t.parent_task_id, t.parent_step_id,
+                (SELECT ps.name FROM steps ps WHERE ps.step_id = t.parent_step_id))::tasker_task_v2
             FROM tasks t JOIN named_tasks n ON n.named_task_id = t.named_task_id
             WHERE t.task_id = ANY(p_watched) ORDER BY t.task_id) ELSE '{}' END,
         CASE WHEN cardinality(p_watched) > 0 THEN ARRAY(
@@ -273,5 +290,6 @@ BEGIN
                 s.lease_expires_at, s.results::text, s.error::text, s.last_attempted_at,
                 s.processed_at, s.version)::tasker_step_v1
             FROM steps s WHERE s.task_id = ANY(p_watched) ORDER BY s.task_id, s.position)
-        ELSE '{}' END;
+        ELSE '{}' END,
+        kids;
 END $$;

@@ -38,6 +38,8 @@ pub(super) fn new_task(named: i64, steps: i64) -> NewTask {
         steps_total: steps,
         steps_done: 0,
         version: 1,
+        parent_task_id: None,
+        parent_step_id: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! A plan as one call of `tasker_apply_v2` (`migrations/postgres/functions/tasker_apply.sql`):
+//! A plan as one call of `tasker_apply_v3` (`migrations/postgres/functions/tasker_apply.sql`):
 //! the plan's rows as arrays of the function's composite types, its answer one row.
 
 use sqlx::PgConnection;
@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::store::*;
 
 const APPLY: &str =
-    "SELECT claimed, ready, claim_ran, task_ids, step_ids, finished_tasks, finished_steps \
-     FROM tasker_apply_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+    "SELECT claimed, ready, claim_ran, task_ids, step_ids, finished_tasks, finished_steps, \
+     finished_children FROM tasker_apply_v3($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// A claim that takes nothing: compiles `tasker_claim_v2` on a connection ([`Store::warm`]).
 pub(super) const WARM_CLAIM: &str = "SELECT count(*) FROM tasker_claim_v2(0, \
@@ -98,6 +98,8 @@ fn outcome(a: PgApplied) -> Result<PlanOutcome> {
         task_ids: a.task_ids,
         step_ids: a.step_ids,
         finished,
+        finished_children: a.finished_children,
+        children_settled: false,
     })
 }
 
@@ -125,6 +127,8 @@ fn new_task(t: &NewTask) -> PgNewTask {
         steps_total: t.steps_total,
         steps_done: t.steps_done,
         version: t.version,
+        parent_task_id: t.parent_task_id,
+        parent_step_id: t.parent_step_id,
     }
 }
 

@@ -192,6 +192,23 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(PgDecision::into_row).collect())
     }
 
+    async fn child_tasks(&self, task_id: i64) -> Result<Vec<ChildLink>> {
+        self.count();
+        let rows: Vec<PgChildLink> = sqlx::query_as(sql::CHILD_TASKS)
+            .bind(task_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(PgChildLink::into_row).collect()
+    }
+
+    async fn finished_children_waited_for(&self, limit: i64) -> Result<Vec<i64>> {
+        self.count();
+        Ok(sqlx::query_scalar(sql::FINISHED_CHILDREN_WAITED_FOR)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn template_by_id(&self, id: i64) -> Result<Option<TemplateRow>> {
         self.count();
         let row: Option<PgTemplate> = sqlx::query_as(sql::TEMPLATE_BY_ID)

@@ -175,6 +175,30 @@ impl StoreTx for PgTx {
         Ok(rows.into_iter().map(PgDecision::into_row).collect())
     }
 
+    async fn child_tasks(&mut self, task_id: i64) -> Result<Vec<ChildLink>> {
+        let rows: Vec<PgChildLink> = sqlx::query_as(sql::CHILD_TASKS)
+            .bind(task_id)
+            .fetch_all(self.c())
+            .await?;
+        rows.into_iter().map(PgChildLink::into_row).collect()
+    }
+
+    async fn step_child(&mut self, step_id: i64) -> Result<Option<StepChild>> {
+        let row: Option<(i64, String, i64, Option<i64>)> = sqlx::query_as(sql::STEP_CHILD)
+            .bind(step_id)
+            .fetch_optional(self.c())
+            .await?;
+        row.map(|(position, state, attempts, child)| {
+            Ok(StepChild {
+                position: position as i32,
+                state: state.parse().map_err(Error::Corrupt)?,
+                attempts,
+                child,
+            })
+        })
+        .transpose()
+    }
+
     async fn task_priority(&mut self, task_id: i64) -> Result<i64> {
         Ok(sqlx::query_scalar(sql::TASK_PRIORITY)
             .bind(task_id)

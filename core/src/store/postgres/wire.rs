@@ -32,7 +32,7 @@ pub(crate) struct PgGuard {
 }
 
 #[derive(Debug, Default, Serialize, sqlx::Type)]
-#[sqlx(type_name = "tasker_new_task_v1")]
+#[sqlx(type_name = "tasker_new_task_v2")]
 pub(crate) struct PgNewTask {
     pub named_task_id: i64,
     pub state: String,
@@ -46,6 +46,8 @@ pub(crate) struct PgNewTask {
     pub steps_total: i64,
     pub steps_done: i64,
     pub version: i64,
+    pub parent_task_id: Option<i64>,
+    pub parent_step_id: Option<i64>,
 }
 
 #[derive(Debug, Default, Serialize, sqlx::Type)]
@@ -163,10 +165,10 @@ pub(crate) struct PgClaimed {
     pub checkpoint: Option<String>,
 }
 
-/// A task with its template's names (`tasker_task_v1`, and the columns of
+/// A task with its template's names (`tasker_task_v2`, and the columns of
 /// [`crate::store::sql::detail_cols`]).
 #[derive(Debug, Default, Serialize, sqlx::Type, sqlx::FromRow)]
-#[sqlx(type_name = "tasker_task_v1")]
+#[sqlx(type_name = "tasker_task_v2")]
 pub(crate) struct PgTask {
     pub task_id: i64,
     pub named_task_id: i64,
@@ -189,6 +191,9 @@ pub(crate) struct PgTask {
     pub namespace: String,
     pub name: String,
     pub template_version: String,
+    pub parent_task_id: Option<i64>,
+    pub parent_step_id: Option<i64>,
+    pub parent_step: Option<String>,
 }
 
 /// A step (`tasker_step_v1`, and the columns of [`crate::store::sql::step_cols`]).
@@ -273,7 +278,25 @@ impl PgDecision {
     }
 }
 
-/// The answer of `tasker_apply_v2`: one row.
+/// A row of [`crate::store::sql::CHILD_TASKS`].
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PgChildLink {
+    pub task_id: i64,
+    pub parent_step_id: i64,
+    pub state: String,
+}
+
+impl PgChildLink {
+    pub fn into_row(self) -> Result<ChildLink> {
+        Ok(ChildLink {
+            task_id: self.task_id,
+            parent_step_id: self.parent_step_id,
+            state: task_state(&self.state)?,
+        })
+    }
+}
+
+/// The answer of `tasker_apply_v3`: one row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PgApplied {
     pub claimed: Vec<PgClaimed>,
@@ -283,6 +306,7 @@ pub(crate) struct PgApplied {
     pub step_ids: Vec<i64>,
     pub finished_tasks: Vec<PgTask>,
     pub finished_steps: Vec<PgStep>,
+    pub finished_children: Vec<i64>,
 }
 
 impl PgTaskRow {
@@ -325,6 +349,9 @@ impl PgTask {
             namespace: self.namespace,
             name: self.name,
             template_version: self.template_version,
+            parent_task_id: self.parent_task_id,
+            parent_step_id: self.parent_step_id,
+            parent_step: self.parent_step,
         })
     }
 }
@@ -413,7 +440,7 @@ pub(crate) fn composite_fields() -> Vec<(&'static str, Vec<String>)> {
     }
     vec![
         ("tasker_guard_v1", names::<PgGuard>()),
-        ("tasker_new_task_v1", names::<PgNewTask>()),
+        ("tasker_new_task_v2", names::<PgNewTask>()),
         ("tasker_new_step_v2", names::<PgNewStep>()),
         ("tasker_step_update_v1", names::<PgStepUpdate>()),
         ("tasker_decrement_v1", names::<PgDecrement>()),
@@ -422,7 +449,7 @@ pub(crate) fn composite_fields() -> Vec<(&'static str, Vec<String>)> {
         ("tasker_claim_spec_v1", names::<PgClaimSpec>()),
         ("tasker_notify_v1", names::<PgNotify>()),
         ("tasker_claimed_v2", names::<PgClaimed>()),
-        ("tasker_task_v1", names::<PgTask>()),
+        ("tasker_task_v2", names::<PgTask>()),
         ("tasker_step_v1", names::<PgStep>()),
     ]
 }

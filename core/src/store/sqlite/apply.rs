@@ -9,6 +9,7 @@ use rusqlite::{params_from_iter, Connection};
 use super::claim;
 use super::rows::*;
 use crate::error::{Error, Result};
+use crate::state::TaskState;
 use crate::store::*;
 
 /// Applies `plan`, then claims for `spec` (see [`crate::store::StoreTx::apply`]).
@@ -41,7 +42,7 @@ pub(super) fn apply(
         "ready_at = parked_ready_at, parked_ready_at = NULL",
         "parked_ready_at IS NOT NULL AND state IN ('pending', 'error')",
     )?;
-    update_tasks(c, &plan.task_updates, &out, now)?;
+    out.finished_children = update_tasks(c, &plan.task_updates, &out, now)?;
     let mut rows: Vec<TransitionRow> = plan
         .transitions
         .iter()
@@ -90,8 +91,9 @@ fn insert_task(c: &Connection, t: &NewTask, now: i64) -> Result<i64> {
     let r = c
         .prepare_cached(
             "INSERT INTO tasks (named_task_id, state, context, initiator, source_system, reason, tags, bypass_steps, \
-               idempotency_key, steps_total, steps_done, version, requested_at, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?13) RETURNING task_id",
+               idempotency_key, steps_total, steps_done, version, requested_at, created_at, updated_at, \
+               parent_task_id, parent_step_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?13, ?14, ?15) RETURNING task_id",
         )?
         .query_row(
             rusqlite::params![
@@ -107,7 +109,9 @@ fn insert_task(c: &Connection, t: &NewTask, now: i64) -> Result<i64> {
                 t.steps_total,
                 t.steps_done,
                 t.version,
-                now
+                now,
+                t.parent_task_id,
+                t.parent_step_id
             ],
             |r| r.get(0),
         );
@@ -297,7 +301,15 @@ fn move_ready(c: &Connection, task_ids: &[i64], now: i64, set: &str, cond: &str)
     Ok(())
 }
 
-fn update_tasks(c: &Connection, updates: &[TaskUpdate], out: &PlanOutcome, now: i64) -> Result<()> {
+/// Applies the task updates; returns the child tasks among those that end here (complete,
+/// error or cancelled), by id.
+fn update_tasks(
+    c: &Connection,
+    updates: &[TaskUpdate],
+    out: &PlanOutcome,
+    now: i64,
+) -> Result<Vec<i64>> {
+    let mut children = Vec::new();
     for chunk in updates.chunks(CHUNK) {
         let sql = format!(
             "UPDATE tasks SET steps_done = tasks.steps_done + v.column2, \
@@ -307,7 +319,8 @@ fn update_tasks(c: &Connection, updates: &[TaskUpdate], out: &PlanOutcome, now: 
                completed_at = COALESCE(v.column6, tasks.completed_at), \
                steps_total = tasks.steps_total + v.column7, \
                updated_at = ? \
-             FROM (VALUES {}) AS v WHERE tasks.task_id = v.column1",
+             FROM (VALUES {}) AS v WHERE tasks.task_id = v.column1 \
+             RETURNING tasks.task_id, tasks.parent_step_id IS NOT NULL",
             placeholders(chunk.len(), 7)
         );
         let mut p = Vec::with_capacity(1 + chunk.len() * 7);
@@ -323,9 +336,24 @@ fn update_tasks(c: &Connection, updates: &[TaskUpdate], out: &PlanOutcome, now: 
                 Sql::Integer(u.d_total),
             ]);
         }
-        c.prepare_cached(&sql)?.execute(params_from_iter(p))?;
+        let mut st = c.prepare_cached(&sql)?;
+        let mut rows = st.query(params_from_iter(p))?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let ends = chunk.iter().any(|u| {
+                out.task_id(u.task_id) == id
+                    && matches!(
+                        u.state,
+                        Some(TaskState::Complete | TaskState::Error | TaskState::Cancelled)
+                    )
+            });
+            if r.get::<_, bool>(1)? && ends {
+                children.push(id);
+            }
+        }
     }
-    Ok(())
+    children.sort_unstable();
+    Ok(children)
 }
 
 /// Inserts transition rows, many per statement, one statement per table.

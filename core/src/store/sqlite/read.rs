@@ -113,6 +113,19 @@ impl Store for SqliteStore {
         self.read(move |c| decisions(c, task_id)).await
     }
 
+    async fn child_tasks(&self, task_id: i64) -> Result<Vec<ChildLink>> {
+        self.read(move |c| child_tasks(c, task_id)).await
+    }
+
+    async fn finished_children_waited_for(&self, limit: i64) -> Result<Vec<i64>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(lite!(FINISHED_CHILDREN_WAITED_FOR))?;
+            let rows = st.query_map([limit], |r| r.get(0))?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn list_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<Vec<TaskDetail>> {
         let (filter, mut p) = task_filter(f, ids);
         let order = if f.oldest_first { "ASC" } else { "DESC" };
@@ -259,6 +272,27 @@ pub(super) fn decisions(c: &rusqlite::Connection, task_id: i64) -> Result<Vec<De
         })
     })?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+pub(super) fn child_tasks(c: &rusqlite::Connection, task_id: i64) -> Result<Vec<ChildLink>> {
+    let mut st = c.prepare_cached(lite!(CHILD_TASKS))?;
+    let rows = st.query_map([task_id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (task_id, parent_step_id, state) = row?;
+        out.push(ChildLink {
+            task_id,
+            parent_step_id,
+            state: state.parse().map_err(crate::error::Error::Corrupt)?,
+        });
+    }
+    Ok(out)
 }
 
 pub(super) fn parent_results(

@@ -108,6 +108,9 @@ impl Decode for TaskDetail {
         "namespace",
         "name",
         "template_version",
+        "parent_task_id",
+        "parent_step_id",
+        "parent_step",
     ];
     fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<TaskDetail> {
         Ok(TaskDetail {
@@ -126,6 +129,9 @@ impl Decode for TaskDetail {
             namespace: r.get(ix[18])?,
             name: r.get(ix[19])?,
             template_version: r.get(ix[20])?,
+            parent_task_id: r.get(ix[21])?,
+            parent_step_id: r.get(ix[22])?,
+            parent_step: r.get(ix[23])?,
         })
     }
 }

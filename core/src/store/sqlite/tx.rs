@@ -120,6 +120,29 @@ impl StoreTx for SqliteTx {
         super::read::decisions(&self.c, task_id)
     }
 
+    async fn child_tasks(&mut self, task_id: i64) -> Result<Vec<ChildLink>> {
+        super::read::child_tasks(&self.c, task_id)
+    }
+
+    async fn step_child(&mut self, step_id: i64) -> Result<Option<StepChild>> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(STEP_CHILD))?
+            .query_row([step_id], |r| {
+                Ok((r.get(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?
+            .map(|(position, state, attempts, child)| {
+                Ok::<_, crate::error::Error>(StepChild {
+                    position,
+                    state: state.parse().map_err(crate::error::Error::Corrupt)?,
+                    attempts,
+                    child,
+                })
+            })
+            .transpose()?)
+    }
+
     async fn task_priority(&mut self, task_id: i64) -> Result<i64> {
         Ok(self
             .c
