@@ -3,6 +3,8 @@
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
 export type TaskState = 'pending' | 'in_progress' | 'complete' | 'error' | 'cancelled' | 'resolved_manually'
+/** A step's states: a task's, and `waiting` (for the child task it created). */
+export type StepState = TaskState | 'waiting'
 
 export interface EngineOptions {
   /** Selects the templates' `environments.<name>` overrides. */
@@ -38,7 +40,7 @@ export interface StepSnapshot {
   id: number
   name: string
   handler: string
-  status: TaskState
+  status: StepState
   attempts: number
   max_attempts: number
   results: Json
@@ -49,6 +51,12 @@ export interface StepSnapshot {
   last_attempted_at: string | null
   completed_at: string | null
   duration_ms: number | null
+  /** A fan-out instance's batch worker step (`work` for `work_003`). */
+  instance_of?: string
+  /** A fan-out instance's 0-based place among its fan-out's items. */
+  batch_index?: number
+  /** The task this step created (it returned a ChildTask): the newest after a retry. */
+  child_task_id?: number
 }
 
 export interface TaskSnapshot {
@@ -67,6 +75,9 @@ export interface TaskSnapshot {
   created_at: string
   updated_at: string
   completed_at: string | null
+  /** A child task's parent task and the step that waits for it (null otherwise). */
+  parent_task_id: number | null
+  parent_step: string | null
   steps: StepSnapshot[]
 }
 
@@ -80,6 +91,7 @@ export interface TaskSummary {
   steps_done: number
   created_at: string
   completed_at: string | null
+  parent_task_id: number | null
 }
 
 export interface ListTasksOptions {
@@ -240,6 +252,19 @@ export declare class Batches {
   readonly items: Json[]
   readonly results: unknown
   toJSON(): { $batches: Json[]; results?: unknown }
+}
+/**
+ * Return from a handler to run another task for this step: the step is `waiting` until it
+ * finishes, then completes with `{task_id, status: 'complete', results: {step: results}}`, or
+ * fails permanently with the child's error.
+ */
+export declare class ChildTask {
+  constructor(name: string, options?: { context?: { [key: string]: Json }, namespace?: string, version?: string })
+  readonly name: string
+  readonly context: { [key: string]: Json } | null
+  readonly namespace: string | null
+  readonly version: string | null
+  toJSON(): { $child_task: { name: string, context?: { [key: string]: Json }, namespace?: string, version?: string } }
 }
 /** Return from a `type: decision` step's handler: which of its children are created. */
 export declare class Decision {

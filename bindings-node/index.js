@@ -81,6 +81,30 @@ class Batches {
   }
 }
 
+/**
+ * Return from a handler to run another task for this step: the engine creates it (its snapshot
+ * has `parent_task_id` and `parent_step`) and the step is `waiting` until it finishes. Child
+ * complete: the step completes with `{task_id, status: 'complete', results: {step: results}}`;
+ * child in error or cancelled: the step fails permanently with the child's error.
+ */
+class ChildTask {
+  constructor (name, options = {}) {
+    this.name = name
+    this.context = options.context ?? null
+    this.namespace = options.namespace ?? null
+    this.version = options.version ?? null
+  }
+
+  /** The one shape core reads in every language (core/src/protocol.rs, `ChildTask`). */
+  toJSON () {
+    const spec = { name: this.name }
+    for (const key of ['context', 'namespace', 'version']) {
+      if (this[key] !== null) spec[key] = this[key]
+    }
+    return { $child_task: spec }
+  }
+}
+
 const KINDS = {
   template: TemplateError,
   validation: ValidationError,
@@ -495,5 +519,6 @@ module.exports = {
   RetryableError,
   PermanentError,
   Decision,
-  Batches
+  Batches,
+  ChildTask
 }

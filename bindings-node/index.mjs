@@ -14,6 +14,7 @@ export const {
   RetryableError,
   PermanentError,
   Decision,
-  Batches
+  Batches,
+  ChildTask
 } = tasker
 export default tasker

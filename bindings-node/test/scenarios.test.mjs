@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {
   Engine, RetryableError, PermanentError, TaskerError, TemplateError, ValidationError,
-  NotFoundError, ConflictError, TimeoutError, Decision, Batches
+  NotFoundError, ConflictError, TimeoutError, Decision, Batches, ChildTask
 } from 'tasker'
 import { freshDb, freshEngine, step } from './helpers.mjs'
 
@@ -320,6 +320,43 @@ steps:
   assert.equal(err.kind, 'permanent')
   assert.match(err.message, /"nowhere"/)
   assert.match(err.message, /auto_approve, finance_review/)
+})
+
+test('a child task runs for its parent step; a failed one fails it permanently', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate(`
+name: order
+steps:
+  - {name: charge}
+  - {name: ship, dependencies: [charge]}
+`)
+  await engine.registerTemplate(`
+name: payment
+namespace: billing
+steps:
+  - {name: authorize, retry: {max_attempts: 1}}
+  - {name: capture, dependencies: [authorize]}
+`)
+  engine.handler('charge', (s) => new ChildTask('payment', { context: { amount: s.context.amount }, namespace: 'billing' }))
+  engine.handler('ship', (s) => ({ captured: s.results.charge.results.capture.captured }))
+  engine.handler('authorize', (s) => { if (s.context.amount > 100) throw new PermanentError('card declined'); return { ok: true } })
+  engine.handler('capture', async (s) => ({ captured: s.context.amount }))
+  const t = await engine.runUntilComplete(await engine.createTask('order', { amount: 42 }), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.equal(t.parent_task_id, null)
+  const charge = step(t, 'charge')
+  const child = await engine.getTask(charge.child_task_id)
+  assert.deepEqual([child.namespace, child.name, child.parent_task_id, child.parent_step], ['billing', 'payment', t.id, 'charge'])
+  assert.deepEqual(charge.results, { task_id: child.id, status: 'complete', results: { authorize: { ok: true }, capture: { captured: 42 } } })
+  assert.deepEqual(step(t, 'ship').results, { captured: 42 })
+
+  const failed = await engine.runUntilComplete(await engine.createTask('order', { amount: 500 }), { timeout: 30 })
+  assert.equal(failed.status, 'error')
+  const err = step(failed, 'charge').error
+  assert.equal(err.kind, 'permanent')
+  assert.match(err.message, /billing\/payment/)
+  assert.match(err.message, /card declined/)
+  assert.deepEqual(new ChildTask('payment').toJSON(), { $child_task: { name: 'payment' } })
 })
 
 test('a fan-out runs one instance per item; a checkpoint reaches the next attempt', async () => {

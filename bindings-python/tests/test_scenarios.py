@@ -681,6 +681,73 @@ def test_a_decision_creates_only_the_branch_it_chose(engine):
     assert '"nowhere"' in err and "auto_approve, finance_review" in err
 
 
+ORDER = """
+name: order
+steps:
+  - {name: charge}
+  - {name: ship, dependencies: [charge]}
+"""
+
+PAYMENT = """
+name: payment
+namespace: billing
+schema: {type: object, required: [amount], properties: {amount: {type: integer}}}
+steps:
+  - {name: authorize, retry: {max_attempts: 1}}
+  - {name: capture, dependencies: [authorize]}
+"""
+
+
+def test_a_child_task_runs_for_its_parent_step_and_a_failed_one_fails_it(engine):
+    engine.register_template(ORDER)
+    engine.register_template(PAYMENT)
+
+    @engine.handler("charge")
+    def charge(s):
+        return tasker.ChildTask("payment", {"amount": s.context["amount"]}, namespace="billing")
+
+    @engine.handler("ship")
+    def ship(s):
+        return {"captured": s.results["charge"]["results"]["capture"]["captured"]}
+
+    @engine.handler("authorize")
+    def authorize(s):
+        if s.context["amount"] > 100:
+            raise tasker.PermanentError("card declined")
+        return {"ok": True}
+
+    @engine.handler("capture")
+    async def capture(s):
+        return {"captured": s.context["amount"]}
+
+    snap = engine.run_until_complete(engine.create_task("order", {"amount": 42}), timeout=30)
+    assert snap["status"] == "complete"
+    assert snap["parent_task_id"] is None
+    charged = step(snap, "charge")
+    child = engine.get_task(charged["child_task_id"])
+    assert charged["results"]["task_id"] == child["id"]
+    assert charged["results"]["status"] == "complete"
+    assert (child["namespace"], child["name"], child["parent_task_id"], child["parent_step"]) == (
+        "billing", "payment", snap["id"], "charge")
+    assert step(snap, "ship")["results"] == {"captured": 42}
+
+    failed = engine.run_until_complete(engine.create_task("order", {"amount": 500}), timeout=30)
+    assert failed["status"] == "error"
+    err = step(failed, "charge")["error"]
+    assert err["kind"] == "permanent"
+    assert "card declined" in err["message"] and "billing/payment" in err["message"]
+
+    # A context the child's schema refuses fails the step, naming the field.
+    @engine.handler("charge")
+    def bad_charge(s):
+        return tasker.ChildTask("payment", {"amount": "lots"}, namespace="billing")
+
+    bad = engine.run_until_complete(engine.create_task("order", {"amount": 1}), timeout=30)
+    assert bad["status"] == "error"
+    assert "amount" in step(bad, "charge")["error"]["message"]
+    assert repr(tasker.ChildTask("payment")) == "ChildTask('payment', context=None, namespace=None, version=None)"
+
+
 FAN = """
 name: fan
 steps:

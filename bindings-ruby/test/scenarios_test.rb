@@ -68,6 +68,55 @@ class ScenariosTest < Minitest::Test
     assert_includes error["message"], "auto_approve, finance_review"
   end
 
+  # The seed's handler class may return a ChildTask too.
+  class Charge < Tasker::StepHandler::Base
+    def process(task, _sequence, _step)
+      Tasker::ChildTask.new("payment", context: { amount: task.context["amount"] }, namespace: :billing)
+    end
+  end
+
+  def test_a_child_task_runs_for_its_parent_step_and_a_failed_one_fails_it
+    engine.register_template(<<~YAML)
+      name: order
+      step_templates:
+        - {name: charge, handler_class: "ScenariosTest::Charge"}
+        - {name: ship, depends_on_step: charge}
+    YAML
+    engine.register_template(<<~YAML)
+      name: payment
+      namespace: billing
+      steps:
+        - {name: authorize, retry: {max_attempts: 1}}
+        - {name: capture, dependencies: [authorize]}
+    YAML
+    engine.handler("ScenariosTest::Charge", Charge)
+    engine.handler("ship") { |s| { captured: s.results["charge"]["results"]["capture"]["captured"] } }
+    engine.handler("authorize") do |s|
+      raise Tasker::PermanentError, "card declined" if s.context["amount"] > 100
+
+      { ok: true }
+    end
+    engine.handler("capture") { |s| { captured: s.context["amount"] } }
+    task = engine.run_until_complete(engine.create_task("order", { amount: 42 }), timeout: 30)
+    assert_equal "complete", task["status"], task.inspect
+    assert_nil task["parent_task_id"]
+    charge = step(task, "charge")
+    child = engine.get_task(charge["child_task_id"])
+    assert_equal ["billing", "payment", task["id"], "charge"],
+                 child.values_at("namespace", "name", "parent_task_id", "parent_step")
+    assert_equal({ "task_id" => child["id"], "status" => "complete",
+                   "results" => { "authorize" => { "ok" => true }, "capture" => { "captured" => 42 } } }, charge["results"])
+    assert_equal({ "captured" => 42 }, step(task, "ship")["results"])
+
+    failed = engine.run_until_complete(engine.create_task("order", { amount: 500 }), timeout: 30)
+    assert_equal "error", failed["status"]
+    error = step(failed, "charge")["error"]
+    assert_equal "permanent", error["kind"]
+    assert_includes error["message"], "card declined"
+    assert_includes error["message"], "billing/payment"
+    assert_equal({ "$child_task" => { "name" => "x", "context" => {} } }, Tasker::ChildTask.new(:x).to_tasker_json)
+  end
+
   def test_a_fan_out_runs_one_instance_per_item_and_a_checkpoint_reaches_the_next_attempt
     engine.register_template(<<~YAML)
       name: fan

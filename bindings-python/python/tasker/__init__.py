@@ -62,6 +62,7 @@ __all__ = [
     "PermanentError",
     "Decision",
     "Batches",
+    "ChildTask",
 ]
 
 
@@ -136,6 +137,38 @@ class Batches:
 
     def __repr__(self) -> str:
         return f"Batches({len(self.items)} items, results={self.results!r})"
+
+
+class ChildTask:
+    """Return from a handler to run another task for this step: the engine creates it (its
+    snapshot has ``parent_task_id`` and ``parent_step``) and the step is ``waiting`` until it
+    finishes. Child complete: the step completes with ``{"task_id": ID, "status": "complete",
+    "results": {step name: results}}``; child in error or cancelled: the step fails
+    permanently with the child's error. A template or context the engine refuses fails the
+    step permanently, naming why. Cancelling the parent task cancels the child."""
+
+    def __init__(
+        self,
+        name: str,
+        context: Optional[JSON] = None,
+        namespace: Optional[str] = None,
+        version: Optional[str] = None,
+    ) -> None:
+        self.name = name
+        self.context = context
+        self.namespace = namespace
+        self.version = version
+
+    def _to_json(self) -> JSON:
+        # The one shape core reads in every language (core/src/protocol.rs, ChildTask).
+        spec: dict = {"name": self.name}
+        for key in ("context", "namespace", "version"):
+            if getattr(self, key) is not None:
+                spec[key] = getattr(self, key)
+        return {"$child_task": spec}
+
+    def __repr__(self) -> str:
+        return f"ChildTask({self.name!r}, context={self.context!r}, namespace={self.namespace!r}, version={self.version!r})"
 
 
 class Step:
@@ -540,7 +573,7 @@ def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -
     if not ok:
         driver.finished(key, False, value)
         return
-    if isinstance(value, (Decision, Batches)):
+    if isinstance(value, (Decision, Batches, ChildTask)):
         value = value._to_json()
     try:
         text = json.dumps(value)

@@ -321,7 +321,7 @@ module Tasker
 
         return
       end
-      value = value.to_tasker_json if value.is_a?(Decision) || value.is_a?(Batches)
+      value = value.to_tasker_json if value.is_a?(Decision) || value.is_a?(Batches) || value.is_a?(ChildTask)
       problem = Json.problem(value, "")
       if problem
         driver.finished_not_json(*k, "#{job.step_name} returned a value that is not JSON: #{problem}")

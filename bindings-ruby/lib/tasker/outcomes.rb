@@ -53,4 +53,34 @@ module Tasker
       "#<Tasker::Batches #{items.size} items results=#{results.inspect}>"
     end
   end
+
+  # Return from a handler to run another task for this step: the engine creates it (its
+  # snapshot has +parent_task_id+ and +parent_step+) and the step is +waiting+ until it
+  # finishes. Child complete: the step completes with +{"task_id" => ID, "status" => "complete",
+  # "results" => {step name => results}}+; child in error or cancelled: the step fails
+  # permanently with the child's error. Cancelling the parent task cancels the child.
+  #
+  #   Tasker::ChildTask.new("payment", context: { amount: 42 }, namespace: "billing")
+  class ChildTask
+    attr_reader :name, :context, :namespace, :version
+
+    def initialize(name, context: {}, namespace: nil, version: nil)
+      @name = name.to_s
+      @context = context
+      @namespace = namespace&.to_s
+      @version = version&.to_s
+    end
+
+    def to_tasker_json
+      spec = { "name" => name }
+      spec["context"] = context unless context.nil?
+      spec["namespace"] = namespace unless namespace.nil?
+      spec["version"] = version unless version.nil?
+      { "$child_task" => spec }
+    end
+
+    def inspect
+      "#<Tasker::ChildTask #{name.inspect} context=#{context.inspect} namespace=#{namespace.inspect} version=#{version.inspect}>"
+    end
+  end
 end
