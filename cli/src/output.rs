@@ -220,6 +220,9 @@ pub fn task_summary(t: &TaskSnapshot) {
         "task {} {}.{}@{}: {}",
         t.id, t.namespace, t.name, t.version, t.status
     );
+    if let (Some(parent), Some(step)) = (t.parent_task_id, &t.parent_step) {
+        println!("child task of task {parent} (its step {step})");
+    }
     let mut rows = Vec::new();
     let mut seen_groups = Vec::new();
     for s in &t.steps {
@@ -232,7 +235,10 @@ pub fn task_summary(t: &TaskSnapshot) {
             Some(_) => {}
         }
     }
-    table(&["STEP", "STATUS", "ATTEMPTS", "DURATION", "ERROR"], rows);
+    table(
+        &["STEP", "STATUS", "ATTEMPTS", "DURATION", "ERROR / NOTE"],
+        rows,
+    );
 }
 
 /// One line of `tasker status`.
@@ -250,6 +256,12 @@ fn step_row(name: String, s: &tasker_core::StepSnapshot) -> Vec<String> {
             .map(|m| {
                 let first = m.lines().next().unwrap_or_default();
                 first.chars().take(100).collect()
+            })
+            .or_else(|| {
+                s.child_task_id.map(|c| match s.status {
+                    tasker_core::StepState::Waiting => format!("waits for child task {c}"),
+                    _ => format!("child task {c}"),
+                })
             })
             .unwrap_or_default(),
     ]

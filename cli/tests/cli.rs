@@ -274,6 +274,57 @@ steps:
 }
 
 #[test]
+fn a_command_step_runs_a_child_task_and_status_shows_the_link_both_ways() {
+    let env = Env::new();
+    let child = env.file(
+        "payment.yaml",
+        r#"
+name: payment
+namespace: billing
+steps:
+  - name: capture
+    handler: {callable: command, initialization: {command: ["cat"]}}
+"#,
+    );
+    let out = env.tasker(&["templates", "register", child.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let f = env.file(
+        "order.yaml",
+        r#"
+name: order
+steps:
+  - name: charge
+    handler:
+      callable: command
+      initialization:
+        command: "echo '{\"$child_task\": {\"name\": \"payment\", \"namespace\": \"billing\", \"context\": {\"amount\": 12}}}'"
+  - name: ship
+    dependencies: [charge]
+    handler: {callable: command, initialization: {command: ["cat"]}}
+"#,
+    );
+    let (code, t) = env.run_json(&f, &[]);
+    assert_eq!(code, 0, "{t}");
+    let charge = step(&t, "charge");
+    let kid = charge["child_task_id"]
+        .as_i64()
+        .expect("the step names its child");
+    assert_eq!(charge["results"]["task_id"], kid);
+    // The child's `command` step read the child's context on stdin.
+    assert_eq!(
+        charge["results"]["results"]["capture"]["context"],
+        json!({"amount": 12})
+    );
+    let text = stdout(&env.tasker(&["status", &t["id"].to_string()]));
+    assert!(text.contains(&format!("child task {kid}")), "{text}");
+    let text = stdout(&env.tasker(&["status", &kid.to_string()]));
+    assert!(
+        text.contains(&format!("child task of task {} (its step charge)", t["id"])),
+        "{text}"
+    );
+}
+
+#[test]
 fn failing_task_exits_1_and_permanent_exit_codes_are_not_retried() {
     let env = Env::new();
     let f = env.file(

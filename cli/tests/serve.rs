@@ -1765,3 +1765,62 @@ async fn the_event_catalogue_lists_the_engines_the_originals_defined_and_declare
         .iter()
         .any(|e| e["name"] == "order.shipped" && e["firedBy"] == json!(["ShippingService"])));
 }
+
+#[tokio::test]
+async fn a_child_task_and_its_parent_link_to_each_other_over_rest_and_graphql() {
+    let db = Db::new();
+    db.register(
+        r#"
+name: payment
+namespace_name: billing
+step_templates:
+  - {name: capture, handler_class: command, handler_config: {command: ["cat"]}}
+"#,
+    );
+    db.register(
+        r#"
+name: order
+step_templates:
+  - name: charge
+    handler_class: command
+    handler_config: {command: "echo '{\"$child_task\": {\"name\": \"payment\", \"namespace\": \"billing\"}}'"}
+"#,
+    );
+    let s = Server::start(&db, &[]);
+    let (code, body) = s
+        .post("/tasks", json!({"name": "order", "context": {}}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let id = body["task"]["task_id"].as_i64().unwrap();
+    db.work();
+    let (_, parent) = s.get(&format!("/tasks/{id}")).await;
+    let charge = step(&parent["task"], "charge");
+    assert_eq!(charge["status"], "complete", "{parent}");
+    let kid = charge["child_task_id"].as_i64().expect("child_task_id");
+    assert_eq!(parent["task"]["parent_task_id"], Value::Null);
+    let (_, child) = s.get(&format!("/tasks/{kid}")).await;
+    assert_eq!(child["task"]["parent_task_id"], id);
+    assert_eq!(child["task"]["parent_step"], "charge");
+    let (_, list) = s.get("/tasks?namespace=billing").await;
+    assert_eq!(list["tasks"][0]["parent_task_id"], id, "{list}");
+    let g = gql(
+        &s,
+        None,
+        "query($id: Int!) { task(taskId: $id) { parentTaskId parentStep workflowSteps { name childTaskId } } }",
+        json!({"id": kid}),
+    )
+    .await;
+    assert_eq!(g["data"]["task"]["parentTaskId"], id, "{g}");
+    assert_eq!(g["data"]["task"]["parentStep"], "charge");
+    let g = gql(
+        &s,
+        None,
+        "query($id: Int!) { task(taskId: $id) { workflowSteps { name status childTaskId } } }",
+        json!({"id": id}),
+    )
+    .await;
+    assert_eq!(
+        g["data"]["task"]["workflowSteps"][0]["childTaskId"], kid,
+        "{g}"
+    );
+}

@@ -8,7 +8,7 @@ const BASE = document.documentElement.dataset.base || '';
 const STATES = ['pending', 'in_progress', 'complete', 'error', 'cancelled', 'resolved_manually'];
 const STEP_LABELS = {
   pending: 'pending', running: 'running', backing_off: 'backing off', complete: 'complete',
-  error: 'error', resolved_manually: 'resolved manually', cancelled: 'cancelled',
+  error: 'error', resolved_manually: 'resolved manually', cancelled: 'cancelled', waiting: 'waiting',
 };
 let token = sessionStorage.getItem('tasker.token');
 let timer = null;
@@ -109,7 +109,7 @@ function stepState(s, now = Date.now()) {
 
 // ---- a fan-out's instances are drawn as one node named after their batch worker ----
 
-const ATTENTION = ['error', 'backing_off', 'running', 'pending', 'resolved_manually', 'cancelled', 'complete'];
+const ATTENTION = ['error', 'backing_off', 'running', 'waiting', 'pending', 'resolved_manually', 'cancelled', 'complete'];
 
 function dagNodes(steps) {
   const groups = new Map();
@@ -280,6 +280,7 @@ function taskView(id) {
   main.innerHTML = `<div class="task-head"><h1 id="task-title">Task ${esc(id)}</h1><span id="task-status"></span>
       <button class="danger" id="cancel-task">Cancel task</button></div>
     <p class="muted" id="task-meta"></p>
+    <p id="task-parent" hidden></p>
     ${legend()}
     <div class="layout">
       <div><div class="dag" id="dag" aria-label="Steps"></div>
@@ -329,7 +330,8 @@ function taskView(id) {
       <dt>Next attempt</dt><dd>${when(s.next_attempt_at)}</dd>
       <dt>Last attempt</dt><dd>${when(s.last_attempted_at)}</dd>
       <dt>Finished</dt><dd>${when(s.processed_at)}${s.duration_ms != null ? ` (${ms(s.duration_ms)})` : ''}</dd>
-      <dt>Depends on</dt><dd>${s.parents.map(esc).join(', ') || '–'}</dd></dl>
+      <dt>Depends on</dt><dd>${s.parents.map(esc).join(', ') || '–'}</dd>
+      ${s.child_task_id ? `<dt>Child task</dt><dd><a href="#/tasks/${esc(s.child_task_id)}" id="child-task">Task ${esc(s.child_task_id)}</a>${s.status === 'waiting' ? ' (this step waits for it)' : ''}</dd>` : ''}</dl>
       ${err ? `<h3>Error</h3><pre class="step-error">${esc(err.message)}${err.kind ? `\n(${esc(err.kind)}, attempt ${esc(err.attempt)})` : ''}</pre>` : ''}
       ${trace ? `<h3>Backtrace</h3><pre>${esc(Array.isArray(trace) ? trace.join('\n') : trace)}</pre>` : ''}
       ${detail && !trace ? `<h3>Detail</h3><pre>${json(detail)}</pre>` : ''}
@@ -342,7 +344,7 @@ function taskView(id) {
         <label for="resolve-json">Resolve with results (JSON)</label>
         <textarea id="resolve-json" spellcheck="false" aria-describedby="resolve-error">${esc(draft ?? '{}')}</textarea>
         <p class="field-error" id="resolve-error" role="alert"></p>
-        <button type="submit" id="resolve-step" ${['pending', 'error'].includes(s.status) ? '' : 'disabled'}>Resolve step</button>
+        <button type="submit" id="resolve-step" ${['pending', 'error', 'waiting'].includes(s.status) ? '' : 'disabled'}>Resolve step</button>
       </form>`;
     const area = $('#resolve-json', panel);
     const check = () => {
@@ -390,6 +392,12 @@ function taskView(id) {
       $('#task-status').innerHTML = badge(task.status);
       $('#task-meta').textContent = `Requested ${new Date(task.requested_at).toLocaleString()} by ${task.initiator} (${task.source_system}); reason: ${task.reason}; ${task.workflow_steps.length} steps.`;
       $('#cancel-task').disabled = ['complete', 'cancelled'].includes(task.status);
+      const parent = $('#task-parent');
+      parent.hidden = task.parent_task_id == null;
+      if (task.parent_task_id != null) {
+        const link = `Child task of <a href="#/tasks/${esc(task.parent_task_id)}" id="parent-task">task ${esc(task.parent_task_id)}</a>, created by its step ${esc(task.parent_step)}.`;
+        if (parent.innerHTML !== link) parent.innerHTML = link;
+      }
       const ctx = json(task.context);
       if ($('#context').innerHTML !== ctx) $('#context').innerHTML = ctx;
       if (!selected) {

@@ -72,6 +72,8 @@ pub struct Step {
     instance_of: Option<String>,
     /// A fan-out instance's 0-based place among the items.
     batch_index: Option<u32>,
+    /// The task this step created (it returned a ChildTask; the newest after a retry).
+    child_task_id: Option<i64>,
 }
 
 impl Step {
@@ -93,6 +95,7 @@ impl Step {
             last_attempted_at: s.last_attempted_at.clone(),
             instance_of: s.instance_of.clone(),
             batch_index: s.batch_index,
+            child_task_id: s.child_task_id,
         }
     }
 }
@@ -110,6 +113,8 @@ pub struct Task {
     complete: bool,
     requested_at: String,
     completed_at: Option<String>,
+    /// A child task's parent task (null for a task created any other way).
+    parent_task_id: Option<i64>,
     #[graphql(skip)]
     snapshot: Option<TaskSnapshot>,
 }
@@ -126,6 +131,7 @@ impl Task {
             complete: t.status == TaskState::Complete,
             requested_at: t.created_at.clone(),
             completed_at: t.completed_at.clone(),
+            parent_task_id: t.parent_task_id,
             snapshot: Some(t),
         }
     }
@@ -155,6 +161,10 @@ impl Task {
     }
     async fn reason(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
         Ok(self.snapshot(ctx).await?.reason)
+    }
+    /// A child task's step of its parent that waits for it.
+    async fn parent_step(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.snapshot(ctx).await?.parent_step)
     }
     async fn tags(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<Value>> {
         Ok(Json(self.snapshot(ctx).await?.tags))
@@ -210,6 +220,7 @@ async fn list(
             complete: t.status == TaskState::Complete,
             requested_at: t.created_at,
             completed_at: t.completed_at,
+            parent_task_id: t.parent_task_id,
             snapshot: None,
         })
         .collect())

@@ -46,6 +46,9 @@ pub struct StepView {
     /// A fan-out instance's 0-based place among the items.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<u32>,
+    /// The task this step created (it returned a ChildTask; the newest after a retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_task_id: Option<i64>,
 }
 
 /// A step as `GET /tasks/:id/workflow_steps/:step` shows it.
@@ -73,6 +76,7 @@ pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplat
         duration_ms: s.duration_ms,
         instance_of: s.instance_of.clone(),
         batch_index: s.batch_index,
+        child_task_id: s.child_task_id,
     }
 }
 
@@ -89,6 +93,8 @@ pub struct TaskHead {
     pub complete: bool,
     pub requested_at: String,
     pub completed_at: Option<String>,
+    /// A child task's parent task (null for a task created any other way).
+    pub parent_task_id: Option<i64>,
 }
 
 fn head(
@@ -99,6 +105,7 @@ fn head(
     status: TaskState,
     requested_at: &str,
     completed_at: &Option<String>,
+    parent_task_id: Option<i64>,
 ) -> TaskHead {
     TaskHead {
         task_id: id,
@@ -110,6 +117,7 @@ fn head(
         complete: status == TaskState::Complete,
         requested_at: requested_at.to_owned(),
         completed_at: completed_at.clone(),
+        parent_task_id,
     }
 }
 
@@ -129,6 +137,8 @@ pub struct TaskView {
     pub bypass_steps: Value,
     pub idempotency_key: Option<String>,
     pub updated_at: String,
+    /// A child task's step of its parent that waits for it (null otherwise).
+    pub parent_step: Option<String>,
     pub workflow_steps: Vec<StepView>,
 }
 
@@ -143,7 +153,9 @@ pub fn task(t: &TaskSnapshot, template: Option<&TaskTemplate>) -> TaskView {
             t.status,
             &t.created_at,
             &t.completed_at,
+            t.parent_task_id,
         ),
+        parent_step: t.parent_step.clone(),
         context: t.context.clone(),
         initiator: t.initiator.clone(),
         source_system: t.source_system.clone(),
@@ -176,6 +188,7 @@ pub fn summary(t: &TaskSummary) -> TaskLine {
             t.status,
             &t.created_at,
             &t.completed_at,
+            t.parent_task_id,
         ),
         steps_total: t.steps_total,
         steps_done: t.steps_done,

@@ -189,6 +189,61 @@ test("a fan-out's instances are one node; its panel lists them, each opening its
   await p.close();
 });
 
+const checkout = `
+name: checkout
+namespace_name: shop
+version: 1.0.0
+step_templates:
+  - name: pay
+    handler_class: command
+    handler_config: {command: ["sh", "-c", "echo '{\\"$child_task\\": {\\"name\\": \\"payment\\", \\"namespace\\": \\"shop\\", \\"context\\": {\\"amount\\": 5}}}'"]}
+  - name: done
+    depends_on_step: pay
+    handler_class: command
+    handler_config: {command: ["sh", "-c", "echo '{}'"]}
+`;
+// No worker runs `approval`: the child waits for an operator.
+const payment = `
+name: payment
+namespace_name: shop
+version: 1.0.0
+step_templates:
+  - {name: approve, handler_class: approval}
+`;
+
+test('a waiting step links to its child task, and the child back to its parent', async () => {
+  const db = new Db();
+  dbs.push(db);
+  db.register(checkout);
+  db.register(payment);
+  const base = await db.serve();
+  const r = await call(base, 'POST', '/tasks', { name: 'checkout', namespace: 'shop', context: {} });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  const id = r.body.task.task_id;
+  db.work();
+  const p = await page();
+  await p.goto(`${base}/#/tasks/${id}`);
+  await p.waitForSelector('.node[data-step="pay"][data-state="waiting"]');
+  assert.equal(await p.locator('#task-parent').isHidden(), true, 'a task created by hand has no parent');
+  await p.click('.node[data-step="pay"]');
+  await p.waitForSelector('#step-panel #child-task');
+  assert.match(await p.locator('#step-panel').textContent(), /this step waits for it/);
+  const child = (await call(base, 'GET', `/tasks/${id}`)).body.task.workflow_steps[0].child_task_id;
+  await p.click('#child-task');
+  await p.waitForSelector('#parent-task');
+  assert.match(await p.locator('#task-title').textContent(), new RegExp(`Task ${child}: shop\\.payment`));
+  assert.match(await p.locator('#task-parent').textContent(), /created by its step pay/);
+  await shot(p, 'task-child.png');
+  // The operator approves the child; the parent's step completes and its next step runs.
+  const ok = await call(base, 'POST', `/tasks/${child}/workflow_steps/approve/resolve`, { results: { by: 'ops' } });
+  assert.equal(ok.status, 200, JSON.stringify(ok.body));
+  db.work();
+  await p.click('#parent-task');
+  await p.waitForSelector('#task-status .badge[data-state="complete"]', { timeout: 20000 });
+  assert.equal(await p.getAttribute('.node[data-step="pay"]', 'data-state'), 'complete');
+  await p.close();
+});
+
 function jwt(secret, permissions) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const head = b64({ alg: 'HS256', typ: 'JWT' });
