@@ -112,6 +112,9 @@ pub fn mermaid(template: &TaskTemplate, task: Option<&TaskSnapshot>) -> String {
                         let _ = write!(text, "<br/>{}", label(&short));
                     }
                 }
+                if let Some(c) = step.child_task_id {
+                    let _ = write!(text, "<br/>child task {c}");
+                }
             }
             Some(Drawn::Instances(rows)) => {
                 let _ = write!(text, " {}", Drawn::counts(&rows));

@@ -112,6 +112,14 @@ async fn a_step_that_returns_a_child_task_waits_for_it_then_completes_with_its_r
     let child = charge
         .child_task_id
         .expect("the waiting step names its child");
+    let template = h.engine.template(None, "order", None).await.unwrap();
+    let text = tasker_core::diagram::mermaid(&template, Some(&t));
+    assert!(
+        text.contains(&format!(
+            "charge<br/>waiting · attempts 1/3<br/>child task {child}"
+        )),
+        "{text}"
+    );
     let c = h.engine.get_task(child).await.unwrap();
     assert_eq!(
         (c.namespace.as_str(), c.name.as_str()),
