@@ -561,3 +561,81 @@ async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_
         total["resumed"]
     );
 }
+
+const TREE: &str = "name: tree\nsteps:\n  - {name: plan, type: batchable}\n  - {name: spawn, type: batch_worker, dependencies: [plan], retry: {max_attempts: 50}}\n  - {name: gather, type: deferred_convergence, dependencies: [spawn]}\n";
+const LEAF: &str = "name: leaf_task\nsteps:\n  - {name: leaf, retry: {max_attempts: 50}}\n  - {name: leaf2, dependencies: [leaf], retry: {max_attempts: 50}}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
+async fn sixty_child_tasks_across_three_workers_with_six_kills_are_created_once_and_reach_their_parent(
+) {
+    if !postgres_or_skip("child_tasks_across_workers") {
+        return;
+    }
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    h.engine.register_template_yaml(TREE).await.unwrap();
+    h.engine.register_template_yaml(LEAF).await.unwrap();
+    // `plan` (the fan-out's batchable step) is the fan-out test's: `items` items.
+    let id = h
+        .engine
+        .create_task(TaskRequest::new("tree", json!({"items": 60})))
+        .await
+        .unwrap();
+    let mut fleet = Fleet::new(&h, dir.path(), 1_000, 150);
+    fleet.start(3);
+    // Kill a worker now and then while children run and hand their outcomes to the parent.
+    for kill in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let slot = kill % 3;
+        let victim = &mut fleet.workers[slot];
+        if victim.try_wait().unwrap().is_none() {
+            assert!(Command::new("kill")
+                .args(["-9", &victim.id().to_string()])
+                .status()
+                .unwrap()
+                .success());
+            victim.wait().unwrap();
+        }
+        fleet.workers[slot] = fleet.spawn();
+    }
+    fleet.wait(Duration::from_secs(180)).await;
+    let t = h.engine.get_task(id).await.unwrap();
+    assert_eq!(t.status, TaskState::Complete, "{:?}", t.step("gather"));
+    assert_eq!(t.step("gather").unwrap().results["entries"], json!(60));
+    // One child per instance, whatever the kills: the child is created with the step's
+    // `waiting`, in one transaction, and a lost attempt created none.
+    let children = h
+        .engine
+        .list_tasks(&TaskFilter {
+            name: Some("leaf_task".into()),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(children.len(), 60, "one child per instance");
+    let mut seen = std::collections::HashSet::new();
+    let mut expired = 0;
+    for s in t.steps.iter().filter(|s| s.instance_of.is_some()) {
+        assert_eq!(s.status, StepState::Complete, "{}", s.name);
+        let kid = s.child_task_id.unwrap();
+        assert_eq!(s.results["task_id"], json!(kid));
+        assert!(seen.insert(kid), "{} shares its child", s.name);
+        let c = h.engine.get_task(kid).await.unwrap();
+        assert_eq!(c.status, TaskState::Complete);
+        assert_eq!(c.parent_task_id, Some(id));
+        assert_eq!(c.parent_step.as_deref(), Some(s.name.as_str()));
+        expired += h
+            .engine
+            .transitions(kid)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.metadata.contains("lease_expired"))
+            .count();
+    }
+    assert!(children.iter().all(|c| c.parent_task_id == Some(id)));
+    assert!(expired > 0, "the killed workers held child steps");
+    eprintln!("60 child tasks: {expired} child steps lost to a killed worker and run again");
+}

@@ -2,7 +2,8 @@
 //! handlers plan, work, total that record every run (start and end, with pid and time) in an
 //! append-only log, so the tests can prove that no step ran twice at the same time and that
 //! attempts match runs. `work` runs four chunks, saving a checkpoint after each, and resumes
-//! from the last one saved.
+//! from the last one saved. `spawn` (a fan-out instance) runs a `leaf_task` child task per
+//! item, whose `leaf` steps double it; `gather` checks the children's results.
 //!
 //! tasker-test-worker --db URL [--schema S] --log FILE [--worker-id ID] [--lease-ms N]
 //!                    [--concurrency N] [--sleep-ms N] [--prefetch N]
@@ -15,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tasker_core::{Batches, Engine, EngineOptions, HandlerError, Registry, Worker, WorkerOptions};
+use tasker_core::{
+    Batches, ChildTask, Engine, EngineOptions, HandlerError, Registry, Worker, WorkerOptions,
+};
 
 fn arg(name: &str) -> Option<String> {
     let mut it = std::env::args();
@@ -117,6 +120,7 @@ async fn main() {
         });
     }
     fan_out_handlers(&mut reg, &engine, &log, sleep_ms);
+    child_task_handlers(&mut reg, &log, sleep_ms);
     let worker = Arc::new(Worker::new(
         engine,
         reg,
@@ -139,6 +143,51 @@ async fn main() {
     });
     let stats = worker.run_until_idle().await.expect("worker run");
     eprintln!("worker {} done: {stats:?}", std::process::id());
+}
+
+/// `spawn` asks for a `leaf_task` child with its item; the child's `leaf` and `leaf2` double
+/// it and add one; `gather` checks every entry (one child per item, in order).
+fn child_task_handlers(reg: &mut Registry, log: &Arc<Log>, sleep_ms: u64) {
+    let l = log.clone();
+    reg.register_fn("spawn", move |step| {
+        let l = l.clone();
+        async move {
+            l.line("start", &step);
+            let n = step.batch.as_ref().unwrap()["item"].clone();
+            l.line("end", &step);
+            Ok(ChildTask::new("leaf_task", json!({"n": n})).into_value())
+        }
+    });
+    for name in ["leaf", "leaf2"] {
+        let l = log.clone();
+        reg.register_fn(name, move |step| {
+            let l = l.clone();
+            async move {
+                l.line("start", &step);
+                tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+                let n = step.context["n"].as_i64().unwrap();
+                let out = match step.step_name.as_str() {
+                    "leaf" => json!({"doubled": n * 2}),
+                    _ => json!({"plus_one": step.results["leaf"]["doubled"].as_i64().unwrap() + 1}),
+                };
+                l.line("end", &step);
+                Ok(out)
+            }
+        });
+    }
+    reg.register_fn("gather", |step| async move {
+        let list = step.results["spawn"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, e) in list.iter().enumerate() {
+            let got = &e["results"]["leaf2"]["plus_one"];
+            if e["status"] != "complete" || *got != json!(i as i64 * 2 + 1) {
+                return Err(HandlerError::permanent(format!("entry {i} is wrong: {e}")));
+            }
+        }
+        Ok(json!({"entries": list.len()}))
+    });
 }
 
 /// The chunks each fan-out instance runs.
