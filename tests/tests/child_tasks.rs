@@ -80,6 +80,17 @@ fn only(r: &Registry, names: &[&str]) -> Registry {
     out
 }
 
+async fn create(h: &Harness, name: &str, context: Value) -> i64 {
+    h.engine
+        .create_task(TaskRequest::new(name, context))
+        .await
+        .unwrap()
+}
+
+async fn status(h: &Harness, task: i64) -> TaskState {
+    h.engine.get_task(task).await.unwrap().status
+}
+
 async fn child_of(h: &Harness, task: i64, step: &str) -> i64 {
     h.engine
         .get_task(task)
@@ -95,11 +106,7 @@ async fn child_of(h: &Harness, task: i64, step: &str) -> i64 {
 async fn a_step_that_returns_a_child_task_waits_for_it_then_completes_with_its_results() {
     let h = setup().await;
     let r = handlers(Arc::default());
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("order", json!({"amount": 42})))
-        .await
-        .unwrap();
+    let id = create(&h, "order", json!({"amount": 42})).await;
     // Only the parent's handler runs: the step waits, holding no lease; the child is pending.
     h.drive(&only(&r, &["charge", "ship"])).await;
     let t = h.engine.get_task(id).await.unwrap();
@@ -177,17 +184,10 @@ async fn a_step_that_returns_a_child_task_waits_for_it_then_completes_with_its_r
 async fn a_failed_child_fails_its_parent_step_permanently_with_the_childs_error() {
     let h = setup().await;
     let r = handlers(Arc::new(AtomicUsize::new(1)));
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("order", json!({"amount": 7})))
-        .await
-        .unwrap();
+    let id = create(&h, "order", json!({"amount": 7})).await;
     h.drive(&r).await;
     let child = child_of(&h, id, "charge").await;
-    assert_eq!(
-        h.engine.get_task(child).await.unwrap().status,
-        TaskState::Error
-    );
+    assert_eq!(status(&h, child).await, TaskState::Error);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Error, "{t:?}");
     let charge = t.step("charge").unwrap();
@@ -219,11 +219,7 @@ async fn retrying_the_parent_step_creates_a_new_child_and_the_old_one_is_ignored
     let h = setup().await;
     let fail = Arc::new(AtomicUsize::new(1));
     let r = handlers(fail.clone());
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("order", json!({"amount": 5})))
-        .await
-        .unwrap();
+    let id = create(&h, "order", json!({"amount": 5})).await;
     h.drive(&r).await;
     let first = child_of(&h, id, "charge").await;
     h.engine.retry_step(id, "charge").await.unwrap();
@@ -236,10 +232,7 @@ async fn retrying_the_parent_step_creates_a_new_child_and_the_old_one_is_ignored
     // The first child, retried and completed now, no longer speaks for the step.
     h.engine.retry_step(first, "authorize").await.unwrap();
     h.drive(&r).await;
-    assert_eq!(
-        h.engine.get_task(first).await.unwrap().status,
-        TaskState::Complete
-    );
+    assert_eq!(status(&h, first).await, TaskState::Complete);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.step("charge").unwrap().results["task_id"], json!(second));
 }
@@ -262,11 +255,7 @@ async fn a_child_task_that_cannot_be_created_fails_the_step_naming_why() {
         ("schema", "amount"),
         ("malformed", "colour"),
     ] {
-        let id = h
-            .engine
-            .create_task(TaskRequest::new("order", json!({"case": case})))
-            .await
-            .unwrap();
+        let id = create(&h, "order", json!({"case": case})).await;
         h.drive(&r).await;
         let t = h.engine.get_task(id).await.unwrap();
         let charge = t.step("charge").unwrap();
@@ -297,11 +286,7 @@ steps:
     r.register_fn("outer", |_| async move {
         Ok(ChildTask::new("order", json!({"amount": 1})).into_value())
     });
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("layered", json!({})))
-        .await
-        .unwrap();
+    let id = create(&h, "layered", json!({})).await;
     h.drive(&only(&r, &["outer", "charge"])).await;
     let order = child_of(&h, id, "outer").await;
     let payment = child_of(&h, order, "charge").await;
@@ -329,11 +314,7 @@ steps:
 async fn a_cancelled_child_fails_its_parent_step() {
     let h = setup().await;
     let r = handlers(Arc::default());
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("order", json!({"amount": 3})))
-        .await
-        .unwrap();
+    let id = create(&h, "order", json!({"amount": 3})).await;
     h.drive(&only(&r, &["charge"])).await;
     let child = child_of(&h, id, "charge").await;
     h.engine.cancel_task(child).await.unwrap();
@@ -352,11 +333,7 @@ async fn a_cancelled_child_fails_its_parent_step() {
 async fn a_waiting_step_can_be_resolved_by_an_operator_and_its_child_then_changes_nothing() {
     let h = setup().await;
     let r = handlers(Arc::default());
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("order", json!({"amount": 9})))
-        .await
-        .unwrap();
+    let id = create(&h, "order", json!({"amount": 9})).await;
     h.drive(&only(&r, &["charge"])).await;
     let child = child_of(&h, id, "charge").await;
     h.engine
@@ -364,21 +341,14 @@ async fn a_waiting_step_can_be_resolved_by_an_operator_and_its_child_then_change
         .await
         .unwrap();
     h.drive(&r).await;
-    assert_eq!(
-        h.engine.get_task(child).await.unwrap().status,
-        TaskState::Complete
-    );
+    assert_eq!(status(&h, child).await, TaskState::Complete);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete);
     let charge = t.step("charge").unwrap();
     assert_eq!(charge.status, StepState::ResolvedManually);
     assert_eq!(charge.results, json!({"capture": "by hand"}));
     // Retrying a waiting step is refused: it has not failed.
-    let id2 = h
-        .engine
-        .create_task(TaskRequest::new("order", json!({"amount": 9})))
-        .await
-        .unwrap();
+    let id2 = create(&h, "order", json!({"amount": 9})).await;
     h.drive(&only(&r, &["charge"])).await;
     let err = h.engine.retry_step(id2, "charge").await.unwrap_err();
     assert!(err.to_string().contains("waiting"), "{err}");
@@ -416,11 +386,7 @@ steps:
             .collect();
         Ok(json!({"captured": got}))
     });
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("payouts", json!({})))
-        .await
-        .unwrap();
+    let id = create(&h, "payouts", json!({})).await;
     h.drive(&r).await;
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete, "{t:?}");
@@ -444,17 +410,10 @@ async fn a_child_that_finished_while_its_parent_was_not_told_is_found_by_the_swe
     h.register(ORDER).await;
     h.register(PAYMENT).await;
     let r = handlers(Arc::default());
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("order", json!({"amount": 11})))
-        .await
-        .unwrap();
+    let id = create(&h, "order", json!({"amount": 11})).await;
     h.drive(&r).await;
     let child = child_of(&h, id, "charge").await;
-    assert_eq!(
-        h.engine.get_task(child).await.unwrap().status,
-        TaskState::Complete
-    );
+    assert_eq!(status(&h, child).await, TaskState::Complete);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.step("charge").unwrap().status, StepState::Waiting);
     // The next reaping finds it.
@@ -481,11 +440,7 @@ steps:
     r.register_fn("pick", |_| async move {
         Ok(ChildTask::new("order", json!({})).into_value())
     });
-    let id = h
-        .engine
-        .create_task(TaskRequest::new("choose", json!({})))
-        .await
-        .unwrap();
+    let id = create(&h, "choose", json!({})).await;
     h.drive(&r).await;
     let t = h.engine.get_task(id).await.unwrap();
     let pick = t.step("pick").unwrap();
