@@ -77,21 +77,26 @@ mod otel {
         }
     }
 
-    /// Emits the root span `tasker.task` of a task just created.
-    pub fn task_created(task_id: i64, created_ms: i64, template: &str) {
+    /// Emits the root span `tasker.task` of a task just created (a child task's names its
+    /// parent task: `tasker.parent_task_id`).
+    pub fn task_created(task_id: i64, created_ms: i64, template: &str, parent: Option<i64>) {
         let tracer = opentelemetry::global::tracer("tasker");
         let (trace, span) = super::task_trace(task_id, created_ms);
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_ms.max(0) as u64);
         let creator = tracing::Span::current().context();
         let creator = creator.span().span_context().clone();
+        let mut attributes = vec![
+            KeyValue::new("tasker.task_id", task_id),
+            KeyValue::new("tasker.template", template.to_owned()),
+        ];
+        if let Some(p) = parent {
+            attributes.push(KeyValue::new("tasker.parent_task_id", p));
+        }
         let mut b = tracer
             .span_builder("tasker.task")
             .with_kind(SpanKind::Internal)
             .with_start_time(at)
-            .with_attributes(vec![
-                KeyValue::new("tasker.task_id", task_id),
-                KeyValue::new("tasker.template", template.to_owned()),
-            ]);
+            .with_attributes(attributes);
         if creator.is_valid() {
             b = b.with_links(vec![Link::with_context(creator)]);
         }
@@ -124,7 +129,7 @@ pub use otel::{link, step_of_task, task_created, TaskIdGenerator};
 
 /// Emits the root span of a task just created (no-op without the `otel` feature).
 #[cfg(not(feature = "otel"))]
-pub fn task_created(_task_id: i64, _created_ms: i64, _template: &str) {}
+pub fn task_created(_task_id: i64, _created_ms: i64, _template: &str, _parent: Option<i64>) {}
 
 /// Adds a link from `span` to `to` (no-op without the `otel` feature).
 #[cfg(not(feature = "otel"))]

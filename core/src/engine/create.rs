@@ -137,18 +137,29 @@ impl Engine {
         }
         for ((id, created), p) in ids.iter().zip(&prepared) {
             if *created {
-                crate::telemetry::task_created(*id, now, &p.template.key());
-                if self.metrics_on() {
-                    metrics::counter!(
-                        "tasker_tasks_created_total",
-                        "namespace" => p.template.namespace.clone(),
-                        "name" => p.template.name.clone()
-                    )
-                    .increment(1);
-                }
+                self.announce_created(*id, now, &p.template, None);
             }
         }
         Ok(ids)
+    }
+
+    /// A new task's root span and its count.
+    pub(super) fn announce_created(
+        &self,
+        id: i64,
+        now: i64,
+        template: &TaskTemplate,
+        parent: Option<i64>,
+    ) {
+        crate::telemetry::task_created(id, now, &template.key(), parent);
+        if self.metrics_on() {
+            metrics::counter!(
+                "tasker_tasks_created_total",
+                "namespace" => template.namespace.clone(),
+                "name" => template.name.clone()
+            )
+            .increment(1);
+        }
     }
 
     /// The creation in `cx`, with the hand-off: one task whose ready steps are roots has them

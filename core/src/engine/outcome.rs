@@ -120,7 +120,9 @@ impl TxCx<'_> {
             self.grow(task_id, &template).await?;
         }
         for p in created {
-            self.insert_prepared(&p, None).await?;
+            let (id, _, _) = self.insert_prepared(&p, None).await?;
+            self.children_created
+                .push((id, p.template().clone(), p.parent.map(|(t, _)| t)));
         }
         touched.sort_unstable();
         touched.dedup();

@@ -82,6 +82,9 @@ pub(super) struct TxCx<'e> {
     /// The items of the fan-outs completed in this transaction, by (task, batchable step's
     /// position), for [`TxCx::grow`] to create their instances.
     pub(super) fan_outs: HashMap<(i64, usize), Vec<Value>>,
+    /// Child tasks this transaction creates (stand-in id, template, parent task), announced
+    /// after commit.
+    pub(super) children_created: Vec<(i64, Arc<TaskTemplate>, Option<i64>)>,
 }
 
 impl<'e> TxCx<'e> {
@@ -128,6 +131,7 @@ impl<'e> TxCx<'e> {
             ready_unknown: false,
             keys: HashMap::new(),
             fan_outs: HashMap::new(),
+            children_created: Vec::new(),
         }
     }
 
@@ -192,6 +196,9 @@ impl<'e> TxCx<'e> {
             .collect();
         for id in self.keys.values_mut() {
             *id = out.task_id(*id);
+        }
+        for c in &mut self.children_created {
+            c.0 = out.task_id(c.0);
         }
     }
 
@@ -646,6 +653,9 @@ impl<'e> TxCx<'e> {
         let mut out = out;
         engine.watches().file(std::mem::take(&mut out.finished));
         announce(engine, changes, work, self.tasks_changed);
+        for (id, template, parent) in std::mem::take(&mut self.children_created) {
+            engine.announce_created(out.task_id(id), self.now, &template, parent);
+        }
         if !out.finished_children.is_empty() && engine.inner.opts.settle_children_at_commit {
             // Committed: a failure here leaves the steps waiting for the sweep to finish.
             match Box::pin(engine.settle_children(&out.finished_children)).await {
