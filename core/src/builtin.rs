@@ -17,6 +17,9 @@
 //!   body (or `{status, body}`) is the results. 429 and 503: retryable, honouring `Retry-After`
 //!   (seconds or HTTP-date). 400, 401, 403, 404, 422: permanent. Anything else, and connection
 //!   errors: retryable. Header values are never logged.
+//! * **`wait`** waits for the world: `handler_config: {signal, timeout_seconds, results}` (all
+//!   optional) is a `Wait` (a human approval: `{signal: approved, timeout_seconds: 86400}`);
+//!   the step ends by `signal`, `complete_step` or `fail_step`, or times out.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,9 +35,10 @@ use crate::template::TaskTemplate;
 
 pub const COMMAND: &str = "command";
 pub const HTTP: &str = "http";
+pub const WAIT: &str = "wait";
 
 /// The names of the built-in handlers.
-pub const NAMES: [&str; 2] = [COMMAND, HTTP];
+pub const NAMES: [&str; 3] = [COMMAND, HTTP, WAIT];
 
 /// Adds the built-in handlers to `registry`, keeping any handler the host registered under the
 /// same name.
@@ -44,6 +48,56 @@ pub fn register(registry: &mut Registry) {
     }
     if registry.get(HTTP).is_none() {
         registry.register(HTTP, HttpHandler::default());
+    }
+    if registry.get(WAIT).is_none() {
+        registry.register(WAIT, WaitHandler);
+    }
+}
+
+/// The `wait` handler's `handler_config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitConfig {
+    signal: Option<String>,
+    timeout_seconds: Option<f64>,
+    #[serde(default)]
+    results: Value,
+}
+
+impl WaitConfig {
+    fn parse(v: &Value) -> Result<crate::protocol::Wait, String> {
+        let c: WaitConfig = match v {
+            Value::Null => WaitConfig {
+                signal: None,
+                timeout_seconds: None,
+                results: Value::Null,
+            },
+            v => serde_json::from_value(v.clone()).map_err(|e| {
+                format!("handler_config of the wait handler ({{signal, timeout_seconds, results}}): {e}")
+            })?,
+        };
+        let w = crate::protocol::Wait {
+            signal: c.signal,
+            correlation_id: None,
+            timeout: c.timeout_seconds,
+            results: c.results,
+        };
+        match w.problem() {
+            Some(p) => Err(format!("handler_config: {p}")),
+            None => Ok(w),
+        }
+    }
+}
+
+/// Returns the `Wait` its `handler_config` describes; see the module docs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WaitHandler;
+
+#[async_trait]
+impl StepHandler for WaitHandler {
+    async fn call(&self, step: &StepContext) -> Result<Value, HandlerError> {
+        let w = WaitConfig::parse(&step.config).map_err(HandlerError::permanent)?;
+        Ok(w.into_value())
     }
 }
 
@@ -70,6 +124,9 @@ pub fn check_template(t: &TaskTemplate) -> Result<(), TemplateError> {
         match s.handler.as_str() {
             COMMAND => {
                 CommandConfig::parse(&s.handler_config).map_err(err)?;
+            }
+            WAIT => {
+                WaitConfig::parse(&s.handler_config).map_err(err)?;
             }
             HTTP => {
                 let c = HttpConfig::parse(&s.handler_config).map_err(err)?;

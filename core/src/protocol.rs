@@ -369,12 +369,93 @@ impl From<ChildTask> for Value {
 
 const CHILD_TASK_KEY: &str = "$child_task";
 
+/// The step waits for something outside it: a signal of its task (`signal`), a completion by
+/// an id handed to another system (`correlation_id`), or an operator's or a program's
+/// `complete_step` / `fail_step`; `timeout` seconds passing fail it as retryable (its handler
+/// runs again). `results` are shown while it waits and are its results if it is completed
+/// without any.
+///
+/// The JSON shape in every language: `{"$wait": {"signal": ..., "correlation_id": ...,
+/// "timeout": seconds, "results": ...}}` (all optional; [`Wait::into_value`], the bindings'
+/// `Wait` classes, the built-in `wait` handler, `command`/`http` output).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wait {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub results: Value,
+}
+
+impl Wait {
+    /// Waits for signal `name` of the step's task.
+    pub fn signal(name: impl Into<String>) -> Wait {
+        Wait {
+            signal: Some(name.into()),
+            ..Wait::default()
+        }
+    }
+    /// Waits for `complete_correlated(id)`.
+    pub fn correlated(id: impl Into<String>) -> Wait {
+        Wait {
+            correlation_id: Some(id.into()),
+            ..Wait::default()
+        }
+    }
+    pub fn timeout(mut self, seconds: f64) -> Wait {
+        self.timeout = Some(seconds);
+        self
+    }
+    pub fn results(mut self, results: Value) -> Wait {
+        self.results = results;
+        self
+    }
+    /// The handler result that carries it: `{"$wait": {...}}`.
+    pub fn into_value(self) -> Value {
+        let mut m = Map::new();
+        m.insert(WAIT_KEY.into(), serde_json::to_value(self).expect("json"));
+        Value::Object(m)
+    }
+    /// What is wrong with it, if anything: a timeout that is not a positive number of seconds,
+    /// an empty signal name or correlation id.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(t) = self.timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Some(format!(
+                    "a wait's timeout must be a positive number of seconds, got {t}"
+                ));
+            }
+        }
+        if self.signal.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Some("a wait's signal name must not be empty".into());
+        }
+        if self.correlation_id.as_deref().is_some_and(|s| s.is_empty()) {
+            return Some("a wait's correlation_id must not be empty".into());
+        }
+        None
+    }
+}
+
+impl From<Wait> for Value {
+    fn from(w: Wait) -> Value {
+        w.into_value()
+    }
+}
+
+const WAIT_KEY: &str = "$wait";
+
 /// A handler's results that say more than results: the shapes decided at run time.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shaped {
     Decision(Decision),
     Batches(Batches),
     ChildTask(ChildTask),
+    Wait(Wait),
 }
 
 impl Shaped {
@@ -387,6 +468,20 @@ impl Shaped {
         };
         let shape_key = |key: &str| m.keys().all(|k| k == key || k == "results");
         let own_results = || m.get("results").cloned().unwrap_or(Value::Null);
+        if let Some(spec) = m.get(WAIT_KEY).filter(|_| m.len() == 1) {
+            return Some(
+                serde_json::from_value::<Wait>(spec.clone())
+                    .map_err(|e| {
+                        format!(
+                            "a wait's {WAIT_KEY:?} must be {{\"signal\"?: ..., \"correlation_id\"?: ..., \"timeout\"?: seconds, \"results\"?: ...}}: {e}"
+                        )
+                    })
+                    .and_then(|w| match w.problem() {
+                        Some(p) => Err(p),
+                        None => Ok(Shaped::Wait(w)),
+                    }),
+            );
+        }
         if let Some(spec) = m.get(CHILD_TASK_KEY).filter(|_| m.len() == 1) {
             return Some(
                 serde_json::from_value::<ChildTask>(spec.clone())

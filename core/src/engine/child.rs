@@ -74,6 +74,11 @@ impl ChildRequests {
         Ok(ChildRequests(out))
     }
 
+    /// No children (reports from outside a waiting step ask for none).
+    pub(super) fn none() -> ChildRequests {
+        ChildRequests(HashMap::new())
+    }
+
     /// The child the report of this step asks for, if any.
     pub(super) fn take(&mut self, step_id: i64) -> Option<std::result::Result<Prepared, String>> {
         self.0.remove(&step_id)

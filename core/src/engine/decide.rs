@@ -46,7 +46,7 @@ pub fn shaped_outcome(
     let fail = |m: String| (Outcome::Failed(StepFailure::permanent(m)), None);
     match (Shaped::of(v), s.kind) {
         (
-            None | Some(Ok(Shaped::Decision(_) | Shaped::ChildTask(_))),
+            None | Some(Ok(Shaped::Decision(_) | Shaped::ChildTask(_) | Shaped::Wait(_))),
             StepKind::Batchable,
         ) => fail(format!(
             "batchable step {:?} returned {}; it must return Batches(items): one instance of {} per item (an empty list creates none)",
@@ -54,6 +54,7 @@ pub fn shaped_outcome(
             match Shaped::of(v) {
                 None => "plain results",
                 Some(Ok(Shaped::ChildTask(_))) => "a ChildTask",
+                Some(Ok(Shaped::Wait(_))) => "a Wait",
                 _ => "a Decision",
             },
             batch_workers(t, s).join(", ")
@@ -94,8 +95,13 @@ pub fn shaped_outcome(
             "decision step {:?} returned a ChildTask; it must return a Decision naming which of its children to create",
             s.name
         )),
-        // A child task is created by the engine ([`super::child`]): the step then waits.
-        (Some(Ok(Shaped::ChildTask(_))), _) => (outcome.clone(), None),
+        (Some(Ok(Shaped::Wait(_))), StepKind::Decision) => fail(format!(
+            "decision step {:?} returned a Wait; it must return a Decision naming which of its children to create",
+            s.name
+        )),
+        // A child task is created by the engine ([`super::child`]), a wait recorded
+        // ([`super::wait`]): the step then waits.
+        (Some(Ok(Shaped::ChildTask(_) | Shaped::Wait(_))), _) => (outcome.clone(), None),
         (None, StepKind::Decision) => {
             let children: Vec<&str> = s.children.iter().map(|&c| t.steps[c].name.as_str()).collect();
             fail(format!(

@@ -41,6 +41,7 @@ mod report;
 mod settle;
 pub mod shape;
 mod tx;
+mod wait;
 mod watch;
 
 use std::collections::HashMap;

@@ -14,7 +14,7 @@ use super::tx::TxCx;
 use crate::backoff::retry_delay_ms;
 use crate::clock::format_ms;
 use crate::error::Result;
-use crate::protocol::{FailureKind, JobKey, Outcome, Report, StepFailure};
+use crate::protocol::{FailureKind, JobKey, Outcome, Report, Shaped, StepFailure, Wait};
 use crate::state::{StepState, TaskState};
 use crate::store::{Decrement, StepLock, StepUpdate, TaskRow};
 use crate::template::{StepKind, TaskTemplate};
@@ -34,6 +34,8 @@ struct Decided {
     growth: Option<decide::Growth>,
     /// The task the step waits for (it returned a ChildTask), to create with its update.
     child: Option<Prepared>,
+    /// What the step waits for (it returned a Wait), to record with its update.
+    wait: Option<Wait>,
 }
 
 impl TxCx<'_> {
@@ -66,8 +68,18 @@ impl TxCx<'_> {
             .any(|r| matches!(r.outcome, Outcome::Failed(_)));
         let keys: Vec<JobKey> = reports.iter().map(|r| r.key).collect();
         // A child task to create is checked against its template first: its errors fail the
-        // step like the handler's own.
-        let mut children = ChildRequests::prepare(self, reports).await?;
+        // step like the handler's own. (An outcome from outside a waiting step is plain
+        // results: it asks for no shape.)
+        let shaped = from == StepState::InProgress;
+        let mut children = if shaped {
+            ChildRequests::prepare(self, reports).await?
+        } else {
+            ChildRequests::none()
+        };
+        if shaped && reports.iter().any(is_wait) {
+            // A wait reads and writes its tables: the general way.
+            self.db()?;
+        }
         let locks = self.step_locks(&keys, failures).await?;
         let mut decided = Vec::with_capacity(reports.len());
         for r in reports {
@@ -92,7 +104,34 @@ impl TxCx<'_> {
                 continue;
             }
             let child = children.take(r.key.step_id);
-            decided.push(self.decide(r, &task, &lock, template, child));
+            let mut d = self.decide(r, &task, &lock, template, child, shaped);
+            if let Some(w) = d.wait.clone() {
+                // A signal sent before the step waited for it completes it now.
+                if let Some(name) = &w.signal {
+                    if let Some(sig) = self.db()?.take_signal(r.key.task_id, name).await? {
+                        let payload = sig
+                            .payload
+                            .as_deref()
+                            .map(serde_json::from_str)
+                            .transpose()
+                            .map_err(|e| crate::error::Error::Corrupt(e.to_string()))?
+                            .unwrap_or(Value::Null);
+                        let results = if payload.is_null() {
+                            w.results.clone()
+                        } else {
+                            payload
+                        };
+                        let now = Report {
+                            key: r.key,
+                            outcome: Outcome::Complete(results),
+                        };
+                        let template = d.template.clone();
+                        d = self.decide(&now, &task, &lock, template, None, false);
+                        d.meta["signal"] = json!(name);
+                    }
+                }
+            }
+            decided.push(d);
         }
         let mut decs: HashMap<(i64, i32), i64> = HashMap::new();
         let mut touched = Vec::new();
@@ -102,6 +141,9 @@ impl TxCx<'_> {
             touched.push(d.key.task_id);
             if let Some(p) = d.child.take() {
                 created.push(p);
+            }
+            if let Some(w) = d.wait.take() {
+                self.record_wait(d.key, &w).await?;
             }
             if d.growth.is_some() && self.tasks[&d.key.task_id].state != TaskState::Cancelled {
                 grown.push((d.key.task_id, d.template.clone()));
@@ -140,6 +182,7 @@ impl TxCx<'_> {
         lock: &StepLock,
         template: Arc<TaskTemplate>,
         child: Option<std::result::Result<Prepared, String>>,
+        shaped: bool,
     ) -> Decided {
         let st = &template.steps[r.key.position as usize];
         let attempt = r.key.attempt;
@@ -161,6 +204,7 @@ impl TxCx<'_> {
         };
         let (mut outcome, growth) = match unstorable {
             Some(o) => (o, None),
+            None if !shaped => (r.outcome.clone(), None),
             None => decide::shaped_outcome(&template, r.key.position as usize, &r.outcome),
         };
         // A child task: the step waits for it (or fails, when it cannot be created).
@@ -170,6 +214,25 @@ impl TxCx<'_> {
                 Ok(p) => waits_for = Some(p),
                 Err(m) => outcome = Outcome::Failed(StepFailure::permanent(m)),
             }
+        }
+        if let Some(w) = shaped.then(|| wait_of(&outcome)).flatten() {
+            update.state = StepState::Waiting;
+            if !w.results.is_null() {
+                update.results = Some(Some(serde_json::to_string(&w.results).expect("json")));
+            }
+            let meta = json!({"attempt": attempt, "wait": {
+                "signal": w.signal, "correlation_id": w.correlation_id, "timeout": w.timeout}});
+            return Decided {
+                key: r.key,
+                template,
+                update,
+                meta,
+                blocked: false,
+                tolerated: false,
+                growth: None,
+                child: None,
+                wait: Some(w),
+            };
         }
         if let Some(p) = waits_for {
             update.state = StepState::Waiting;
@@ -187,9 +250,16 @@ impl TxCx<'_> {
                 tolerated: false,
                 growth: None,
                 child: Some(p),
+                wait: None,
             };
         }
         let meta = match &outcome {
+            // Completed from outside with no results: the wait's own results stay.
+            Outcome::Complete(Value::Null) if lock.state == StepState::Waiting => {
+                update.error = Some(None);
+                update.processed_at = Some(self.now);
+                json!({"attempt": attempt})
+            }
             Outcome::Complete(v) => {
                 update.results = Some(Some(serde_json::to_string(v).expect("json")));
                 update.error = Some(None);
@@ -241,6 +311,7 @@ impl TxCx<'_> {
             tolerated,
             growth: growth.filter(|_| to_complete(&outcome)),
             child: None,
+            wait: None,
         }
     }
 
@@ -400,6 +471,21 @@ impl TxCx<'_> {
 
 fn to_complete(o: &Outcome) -> bool {
     matches!(o, Outcome::Complete(_))
+}
+
+/// The wait a handler's results ask for.
+fn wait_of(o: &Outcome) -> Option<Wait> {
+    match o {
+        Outcome::Complete(v) => match Shaped::of(v) {
+            Some(Ok(Shaped::Wait(w))) => Some(w),
+            _ => None,
+        },
+        Outcome::Failed(_) => None,
+    }
+}
+
+fn is_wait(r: &Report) -> bool {
+    wait_of(&r.outcome).is_some()
 }
 
 /// The stored `error` of a step: `{message, kind, attempt, at, retry_after_seconds?, detail?}`

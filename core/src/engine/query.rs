@@ -122,6 +122,10 @@ pub struct StepSnapshot {
     /// created another.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub child_task_id: Option<i64>,
+    /// What a `waiting` step waits for: `{"signal": ..., "correlation_id": ..., "timeout_at":
+    /// ...}` (a Wait's, the keys it gave) or `{"child_task_id": ID}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<Value>,
 }
 
 /// One line of a task listing.
@@ -190,6 +194,18 @@ impl Engine {
             .into_iter()
             .map(|c| (c.parent_step_id, c.task_id))
             .collect();
+        let waits: HashMap<i64, crate::store::WaitRow> =
+            if steps.iter().any(|s| s.state == StepState::Waiting) {
+                self.inner
+                    .store
+                    .waits(task_id)
+                    .await?
+                    .into_iter()
+                    .map(|w| (w.step_id, w))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
         Ok(TaskSnapshot {
             id: d.row.task_id,
             name: d.name,
@@ -226,6 +242,8 @@ impl Engine {
                         instance_of,
                         batch_index,
                         child_task_id: children.get(&s.step_id).copied(),
+                        waiting_for: (s.state == StepState::Waiting)
+                            .then(|| waiting_for(waits.get(&s.step_id), children.get(&s.step_id))),
                         id: s.step_id,
                         name: s.name,
                         handler: s.handler,
@@ -452,4 +470,27 @@ impl Engine {
             let _ = tokio::time::timeout(nap, notified).await;
         }
     }
+}
+
+/// What a waiting step's snapshot says it waits for ([`StepSnapshot::waiting_for`]).
+fn waiting_for(w: Option<&crate::store::WaitRow>, child: Option<&i64>) -> Value {
+    let mut m = serde_json::Map::new();
+    match (w, child) {
+        (Some(w), _) => {
+            if let Some(s) = &w.signal {
+                m.insert("signal".into(), Value::from(s.clone()));
+            }
+            if let Some(c) = &w.correlation_id {
+                m.insert("correlation_id".into(), Value::from(c.clone()));
+            }
+            if let Some(d) = w.deadline_at {
+                m.insert("timeout_at".into(), Value::from(format_ms(d)));
+            }
+        }
+        (None, Some(c)) => {
+            m.insert("child_task_id".into(), Value::from(*c));
+        }
+        (None, None) => {}
+    }
+    Value::Object(m)
 }

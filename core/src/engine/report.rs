@@ -102,6 +102,7 @@ impl Engine {
         if reap {
             self.inner.last_reap_ms.store(now, Ordering::Relaxed);
             stale.extend(cx.reap_expired().await?);
+            stale.extend(cx.reap_expired_waits().await?);
         }
         let claim = claim.filter(|c| c.max > 0);
         let spec = claim.map(|c| ClaimSpec {

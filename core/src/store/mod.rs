@@ -43,13 +43,13 @@ use crate::state::TaskState;
 
 pub use plan::{
     CheckpointSave, ClaimSpec, Decrement, IdRange, LeaseExtension, NewDecision, NewStep, NewTask,
-    NewTemplate, Notify, Plan, PlanOutcome, RetryLimitUpdate, StepUpdate, TaskDetailsUpdate,
-    TaskFilter, TaskUpdate,
+    NewTemplate, NewWait, Notify, Plan, PlanOutcome, RetryLimitUpdate, StepUpdate,
+    TaskDetailsUpdate, TaskFilter, TaskUpdate,
 };
 pub use rows::{
     AnalyticsRow, ChildLink, ClaimedStep, DecisionRow, DurabilityReport, EventDefinitionRow,
-    ExpiredLease, FinishedTask, NextTimes, ParentResult, StateCounts, StepChild, StepKey, StepLock,
-    StepRow, TaskDetail, TaskRow, TemplateRow, TransitionRow,
+    ExpiredLease, FinishedTask, NextTimes, ParentResult, SignalRow, StateCounts, StepChild,
+    StepKey, StepLock, StepRow, TaskDetail, TaskRow, TemplateRow, TransitionRow, WaitRow,
 };
 
 /// How to open a store ([`open`]).
@@ -148,6 +148,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Finished child tasks whose parent step still waits for them, by id, at most `limit`
     /// ([`sql::FINISHED_CHILDREN_WAITED_FOR`]).
     async fn finished_children_waited_for(&self, limit: i64) -> Result<Vec<i64>>;
+    /// The waits of the task's waiting steps, by step id.
+    async fn waits(&self, task_id: i64) -> Result<Vec<WaitRow>>;
     /// The task and, when it is in a terminal state ([`TaskState::is_terminal`]), its steps:
     /// what a waiter needs at each wake-up. PostgreSQL reads both in one statement.
     async fn task_if_finished(
@@ -218,6 +220,24 @@ pub trait StoreTx: Send {
     async fn child_tasks(&mut self, task_id: i64) -> Result<Vec<ChildLink>>;
     /// A step's position and the newest task it created (read, not locked).
     async fn step_child(&mut self, step_id: i64) -> Result<Option<StepChild>>;
+    /// Records (or replaces) a waiting step's wait.
+    async fn insert_wait(&mut self, w: &NewWait<'_>) -> Result<()>;
+    /// The waits of steps of `task_id` waiting for signal `name` (read, not locked).
+    async fn waits_for_signal(&mut self, task_id: i64, name: &str) -> Result<Vec<WaitRow>>;
+    /// The waits with this correlation id (read, not locked).
+    async fn waits_by_correlation(&mut self, correlation_id: &str) -> Result<Vec<WaitRow>>;
+    /// Waits whose deadline passed before `now`, earliest first, at most `limit`.
+    async fn expired_waits(&mut self, now: i64, limit: i64) -> Result<Vec<WaitRow>>;
+    /// Keeps a signal no step waits for yet.
+    async fn insert_signal(
+        &mut self,
+        task_id: i64,
+        name: &str,
+        payload: Option<&str>,
+        now: i64,
+    ) -> Result<()>;
+    /// Takes (deletes and returns) the oldest kept signal `name` of the task, if any.
+    async fn take_signal(&mut self, task_id: i64, name: &str) -> Result<Option<SignalRow>>;
     /// The priority the task's steps were created with (0 for a task without steps).
     async fn task_priority(&mut self, task_id: i64) -> Result<i64>;
     /// How many steps of the task are `in_progress`.

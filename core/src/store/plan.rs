@@ -213,6 +213,18 @@ pub struct Decrement {
     pub by: i64,
 }
 
+/// A step's wait, for the attempt that returned it ([`super::StoreTx::insert_wait`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWait<'a> {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub attempt: i64,
+    pub signal: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub deadline_at: Option<i64>,
+    pub now: i64,
+}
+
 /// A decision a step took: the names of the children it chose ([`Plan::decisions`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDecision {

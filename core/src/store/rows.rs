@@ -43,6 +43,29 @@ pub struct TaskDetail {
     pub parent_step: Option<String>,
 }
 
+/// A step's wait ([`super::StoreTx::insert_wait`]) that still speaks for it: the step is
+/// `waiting` at that attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitRow {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub position: i32,
+    pub attempt: i64,
+    pub signal: Option<String>,
+    pub correlation_id: Option<String>,
+    pub deadline_at: Option<i64>,
+    /// When the step began to wait.
+    pub created_at: i64,
+}
+
+/// A signal kept until a step of its task waits for it ([`super::StoreTx::take_signal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalRow {
+    pub signal_id: i64,
+    /// JSON text, or none.
+    pub payload: Option<String>,
+}
+
 /// A step and the newest task it created ([`super::StoreTx::step_child`]): the one it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepChild {

@@ -83,6 +83,50 @@ pub(crate) const FINISHED_CHILDREN_WAITED_FOR: &str =
        AND c.task_id = (SELECT MAX(c2.task_id) FROM tasks c2 WHERE c2.parent_step_id = s.step_id) \
      ORDER BY c.task_id LIMIT $1";
 
+/// The columns of [`super::WaitRow`]: step_waits `w` joined with its step `s`, which must be
+/// waiting at the wait's attempt.
+macro_rules! wait_from {
+    () => {
+        "SELECT w.step_id, w.task_id, s.position, w.attempt, w.signal, w.correlation_id, \
+         w.deadline_at, w.created_at FROM step_waits w JOIN steps s ON s.step_id = w.step_id \
+         AND s.state = 'waiting' AND s.attempts = w.attempt "
+    };
+}
+
+/// The waits of a task's waiting steps: `$1` task_id.
+pub(crate) const WAITS_OF_TASK: &str =
+    concat!(wait_from!(), "WHERE w.task_id = $1 ORDER BY w.step_id");
+/// `$1` task_id, `$2` signal name.
+pub(crate) const WAITS_FOR_SIGNAL: &str = concat!(
+    wait_from!(),
+    "WHERE w.task_id = $1 AND w.signal = $2 ORDER BY w.step_id"
+);
+/// `$1` correlation id.
+pub(crate) const WAITS_BY_CORRELATION: &str = concat!(
+    wait_from!(),
+    "WHERE w.correlation_id = $1 ORDER BY w.task_id, w.step_id"
+);
+/// `$1` now, `$2` limit.
+pub(crate) const EXPIRED_WAITS: &str = concat!(
+    wait_from!(),
+    "WHERE w.deadline_at IS NOT NULL AND w.deadline_at <= $1 ORDER BY w.deadline_at LIMIT $2"
+);
+/// Insert or replace a step's wait: `$1` step_id, `$2` task_id, `$3` attempt, `$4` signal,
+/// `$5` correlation_id, `$6` deadline_at, `$7` now.
+pub(crate) const UPSERT_WAIT: &str =
+    "INSERT INTO step_waits (step_id, task_id, attempt, signal, correlation_id, deadline_at, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (step_id) DO UPDATE SET \
+     attempt = excluded.attempt, signal = excluded.signal, correlation_id = excluded.correlation_id, \
+     deadline_at = excluded.deadline_at, created_at = excluded.created_at";
+/// Keep a signal: `$1` task_id, `$2` name, `$3` payload (JSON text or NULL), `$4` now.
+pub(crate) const INSERT_SIGNAL: &str =
+    "INSERT INTO task_signals (task_id, name, payload, created_at) VALUES ($1, $2, $3, $4)";
+/// Take the oldest kept signal: `$1` task_id, `$2` name.
+pub(crate) const TAKE_SIGNAL: &str =
+    "DELETE FROM task_signals WHERE signal_id = (SELECT signal_id FROM task_signals \
+     WHERE task_id = $1 AND name = $2 ORDER BY signal_id LIMIT 1) \
+     RETURNING signal_id, CAST(payload AS TEXT) AS payload";
+
 /// The decisions a task's steps took: `$1` task_id.
 pub(crate) const DECISIONS_OF_TASK: &str =
     "SELECT step_id, CAST(chosen AS TEXT) AS chosen FROM step_decisions WHERE task_id = $1 \

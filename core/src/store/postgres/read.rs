@@ -201,6 +201,15 @@ impl Store for PgStore {
         rows.into_iter().map(PgChildLink::into_row).collect()
     }
 
+    async fn waits(&self, task_id: i64) -> Result<Vec<WaitRow>> {
+        self.count();
+        let rows: Vec<PgWait> = sqlx::query_as(sql::WAITS_OF_TASK)
+            .bind(task_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(PgWait::into_row).collect())
+    }
+
     async fn finished_children_waited_for(&self, limit: i64) -> Result<Vec<i64>> {
         self.count();
         Ok(sqlx::query_scalar(sql::FINISHED_CHILDREN_WAITED_FOR)

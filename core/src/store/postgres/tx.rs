@@ -183,6 +183,74 @@ impl StoreTx for PgTx {
         rows.into_iter().map(PgChildLink::into_row).collect()
     }
 
+    async fn insert_wait(&mut self, w: &NewWait<'_>) -> Result<()> {
+        sqlx::query(sql::UPSERT_WAIT)
+            .bind(w.step_id)
+            .bind(w.task_id)
+            .bind(w.attempt)
+            .bind(w.signal)
+            .bind(w.correlation_id)
+            .bind(w.deadline_at)
+            .bind(w.now)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
+    async fn waits_for_signal(&mut self, task_id: i64, name: &str) -> Result<Vec<WaitRow>> {
+        let rows: Vec<PgWait> = sqlx::query_as(sql::WAITS_FOR_SIGNAL)
+            .bind(task_id)
+            .bind(name)
+            .fetch_all(self.c())
+            .await?;
+        Ok(rows.into_iter().map(PgWait::into_row).collect())
+    }
+
+    async fn waits_by_correlation(&mut self, correlation_id: &str) -> Result<Vec<WaitRow>> {
+        let rows: Vec<PgWait> = sqlx::query_as(sql::WAITS_BY_CORRELATION)
+            .bind(correlation_id)
+            .fetch_all(self.c())
+            .await?;
+        Ok(rows.into_iter().map(PgWait::into_row).collect())
+    }
+
+    async fn expired_waits(&mut self, now: i64, limit: i64) -> Result<Vec<WaitRow>> {
+        let rows: Vec<PgWait> = sqlx::query_as(sql::EXPIRED_WAITS)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.c())
+            .await?;
+        Ok(rows.into_iter().map(PgWait::into_row).collect())
+    }
+
+    async fn insert_signal(
+        &mut self,
+        task_id: i64,
+        name: &str,
+        payload: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| sql::INSERT_SIGNAL.replacen("$3", "$3::jsonb", 1));
+        sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(task_id)
+            .bind(name)
+            .bind(payload)
+            .bind(now)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
+    async fn take_signal(&mut self, task_id: i64, name: &str) -> Result<Option<SignalRow>> {
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(sql::TAKE_SIGNAL)
+            .bind(task_id)
+            .bind(name)
+            .fetch_optional(self.c())
+            .await?;
+        Ok(row.map(|(signal_id, payload)| SignalRow { signal_id, payload }))
+    }
+
     async fn step_child(&mut self, step_id: i64) -> Result<Option<StepChild>> {
         let row: Option<(i64, String, i64, Option<i64>)> = sqlx::query_as(sql::STEP_CHILD)
             .bind(step_id)

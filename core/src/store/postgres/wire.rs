@@ -278,6 +278,34 @@ impl PgDecision {
     }
 }
 
+/// A [`WaitRow`] ([`crate::store::sql::WAITS_OF_TASK`] and its kin).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PgWait {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub position: i64,
+    pub attempt: i64,
+    pub signal: Option<String>,
+    pub correlation_id: Option<String>,
+    pub deadline_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl PgWait {
+    pub fn into_row(self) -> WaitRow {
+        WaitRow {
+            step_id: self.step_id,
+            task_id: self.task_id,
+            position: self.position as i32,
+            attempt: self.attempt,
+            signal: self.signal,
+            correlation_id: self.correlation_id,
+            deadline_at: self.deadline_at,
+            created_at: self.created_at,
+        }
+    }
+}
+
 /// A row of [`crate::store::sql::CHILD_TASKS`].
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PgChildLink {

@@ -117,6 +117,11 @@ impl Store for SqliteStore {
         self.read(move |c| child_tasks(c, task_id)).await
     }
 
+    async fn waits(&self, task_id: i64) -> Result<Vec<WaitRow>> {
+        self.read(move |c| waits(c, lite!(WAITS_OF_TASK), rusqlite::params![task_id]))
+            .await
+    }
+
     async fn finished_children_waited_for(&self, limit: i64) -> Result<Vec<i64>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(lite!(FINISHED_CHILDREN_WAITED_FOR))?;
@@ -269,6 +274,28 @@ pub(super) fn decisions(c: &rusqlite::Connection, task_id: i64) -> Result<Vec<De
         Ok(DecisionRow {
             step_id: r.get(0)?,
             chosen: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Wait rows ([`crate::store::sql::WAITS_OF_TASK`] and its kin) for `params`.
+pub(super) fn waits(
+    c: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<WaitRow>> {
+    let mut st = c.prepare_cached(sql)?;
+    let rows = st.query_map(params, |r| {
+        Ok(WaitRow {
+            step_id: r.get(0)?,
+            task_id: r.get(1)?,
+            position: r.get(2)?,
+            attempt: r.get(3)?,
+            signal: r.get(4)?,
+            correlation_id: r.get(5)?,
+            deadline_at: r.get(6)?,
+            created_at: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)

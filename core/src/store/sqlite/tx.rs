@@ -124,6 +124,61 @@ impl StoreTx for SqliteTx {
         super::read::child_tasks(&self.c, task_id)
     }
 
+    async fn insert_wait(&mut self, w: &NewWait<'_>) -> Result<()> {
+        self.c.prepare_cached(lite!(UPSERT_WAIT))?.execute(params![
+            w.step_id,
+            w.task_id,
+            w.attempt,
+            w.signal,
+            w.correlation_id,
+            w.deadline_at,
+            w.now
+        ])?;
+        Ok(())
+    }
+
+    async fn waits_for_signal(&mut self, task_id: i64, name: &str) -> Result<Vec<WaitRow>> {
+        super::read::waits(&self.c, lite!(WAITS_FOR_SIGNAL), params![task_id, name])
+    }
+
+    async fn waits_by_correlation(&mut self, correlation_id: &str) -> Result<Vec<WaitRow>> {
+        super::read::waits(
+            &self.c,
+            lite!(WAITS_BY_CORRELATION),
+            params![correlation_id],
+        )
+    }
+
+    async fn expired_waits(&mut self, now: i64, limit: i64) -> Result<Vec<WaitRow>> {
+        super::read::waits(&self.c, lite!(EXPIRED_WAITS), params![now, limit])
+    }
+
+    async fn insert_signal(
+        &mut self,
+        task_id: i64,
+        name: &str,
+        payload: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.c
+            .prepare_cached(lite!(INSERT_SIGNAL))?
+            .execute(params![task_id, name, payload, now])?;
+        Ok(())
+    }
+
+    async fn take_signal(&mut self, task_id: i64, name: &str) -> Result<Option<SignalRow>> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(TAKE_SIGNAL))?
+            .query_row(params![task_id, name], |r| {
+                Ok(SignalRow {
+                    signal_id: r.get(0)?,
+                    payload: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
     async fn step_child(&mut self, step_id: i64) -> Result<Option<StepChild>> {
         Ok(self
             .c
