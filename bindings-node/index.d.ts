@@ -57,6 +57,8 @@ export interface StepSnapshot {
   batch_index?: number
   /** The task this step created (it returned a ChildTask): the newest after a retry. */
   child_task_id?: number
+  /** What a waiting step waits for: `{signal?, correlation_id?, timeout_at?}` or `{child_task_id}`. */
+  waiting_for?: { signal?: string, correlation_id?: string, timeout_at?: string, child_task_id?: number }
 }
 
 export interface TaskSnapshot {
@@ -222,6 +224,14 @@ export declare class Engine {
   /** Figures for the tasks created in the last `windowSeconds` (default 3600). */
   analytics(options?: { windowSeconds?: number, namespace?: string | null, name?: string | null }): Promise<{ [key: string]: Json }>
   resolveStepManually(id: number, step: string, results?: Json): Promise<void>
+  /** Completes the task's steps waiting for signal `name` (or keeps it for the first that waits); resolves to how many. */
+  signal(id: number, name: string, payload?: Json): Promise<number>
+  /** Completes a waiting step. */
+  completeStep(id: number, step: string, results?: Json): Promise<void>
+  /** Fails a waiting step: for good with `permanent`, else its handler runs again. */
+  failStep(id: number, step: string, message: string, options?: { permanent?: boolean }): Promise<void>
+  /** Completes every step waiting with this correlation id; resolves to how many. */
+  completeCorrelated(correlationId: string, results?: Json): Promise<number>
   waitForTask(id: number, options?: { timeout?: number }): Promise<TaskSnapshot>
   /** `timeout` in seconds. */
   runUntilComplete(id: number, options?: { timeout?: number, concurrency?: number }): Promise<TaskSnapshot>
@@ -265,6 +275,15 @@ export declare class ChildTask {
   readonly namespace: string | null
   readonly version: string | null
   toJSON(): { $child_task: { name: string, context?: { [key: string]: Json }, namespace?: string, version?: string } }
+}
+/** Return from a handler to leave the step `waiting` until a signal, a completion from outside or the timeout. */
+export declare class Wait {
+  constructor(options?: { signal?: string, correlationId?: string, timeout?: number, results?: Json })
+  readonly signal: string | null
+  readonly correlationId: string | null
+  readonly timeout: number | null
+  readonly results: Json
+  toJSON(): { $wait: { signal?: string, correlation_id?: string, timeout?: number, results?: Json } }
 }
 /** Return from a `type: decision` step's handler: which of its children are created. */
 export declare class Decision {

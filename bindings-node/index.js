@@ -105,6 +105,31 @@ class ChildTask {
   }
 }
 
+/**
+ * Return from a handler to leave the step `waiting` until something outside ends it:
+ * `engine.signal(taskId, signal, payload)`, `engine.completeCorrelated(correlationId, results)`,
+ * `engine.completeStep` / `engine.failStep`, or `timeout` seconds passing (a retryable failure:
+ * the handler runs again). `results` show while it waits. It holds no lease and no worker slot.
+ */
+class Wait {
+  constructor ({ signal = null, correlationId = null, timeout = null, results = null } = {}) {
+    this.signal = signal
+    this.correlationId = correlationId
+    this.timeout = timeout
+    this.results = results
+  }
+
+  /** The one shape core reads in every language (core/src/protocol.rs, `Wait`). */
+  toJSON () {
+    const spec = {}
+    if (this.signal !== null) spec.signal = this.signal
+    if (this.correlationId !== null) spec.correlation_id = this.correlationId
+    if (this.timeout !== null) spec.timeout = this.timeout
+    if (this.results !== null) spec.results = this.results
+    return { $wait: spec }
+  }
+}
+
 const KINDS = {
   template: TemplateError,
   validation: ValidationError,
@@ -407,6 +432,33 @@ class Engine {
     return call(core.resolveStepManually(id, step, jsonText('results', results)))
   }
 
+  /**
+   * Completes each step of the task waiting for signal `name`, with `payload` as its results
+   * (null: the wait's own); resolves to how many. When none waits yet, the signal is kept and
+   * taken by the first step of the task that waits for it.
+   */
+  async signal (id, name, payload = null) {
+    const core = await this._core()
+    return call(core.signal(id, name, jsonText('payload', payload)))
+  }
+
+  /** Completes a waiting step (a ConflictError naming its state when it is not waiting). */
+  async completeStep (id, step, results = null) {
+    const core = await this._core()
+    return call(core.completeStep(id, step, jsonText('results', results)))
+  }
+
+  /** Fails a waiting step: for good with `permanent`, else its handler runs again after backoff. */
+  async failStep (id, step, message, { permanent = false } = {}) {
+    return call(async () => (await this._core()).failStep(id, step, message, permanent))
+  }
+
+  /** Completes every step waiting with this correlation id; resolves to how many. */
+  async completeCorrelated (correlationId, results = null) {
+    const core = await this._core()
+    return call(core.completeCorrelated(correlationId, jsonText('results', results)))
+  }
+
   /** Waits until another process or run finishes the task; resolves to its snapshot. */
   async waitForTask (id, { timeout } = {}) {
     const core = await this._core()
@@ -520,5 +572,6 @@ module.exports = {
   PermanentError,
   Decision,
   Batches,
-  ChildTask
+  ChildTask,
+  Wait
 }

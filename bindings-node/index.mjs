@@ -15,6 +15,7 @@ export const {
   PermanentError,
   Decision,
   Batches,
-  ChildTask
+  ChildTask,
+  Wait
 } = tasker
 export default tasker

@@ -305,6 +305,58 @@ impl Core {
     }
 
     #[napi]
+    pub async fn signal(&self, task_id: i64, name: String, payload_json: String) -> Result<u32> {
+        let payload: Value = parse("payload", &payload_json)?;
+        self.engine
+            .signal(task_id, &name, payload)
+            .await
+            .map(|n| n as u32)
+            .map_err(err)
+    }
+
+    #[napi]
+    pub async fn complete_step(
+        &self,
+        task_id: i64,
+        step: String,
+        results_json: String,
+    ) -> Result<()> {
+        let results: Value = parse("results", &results_json)?;
+        self.engine
+            .complete_step(task_id, &step, results)
+            .await
+            .map_err(err)
+    }
+
+    #[napi]
+    pub async fn fail_step(
+        &self,
+        task_id: i64,
+        step: String,
+        message: String,
+        permanent: bool,
+    ) -> Result<()> {
+        self.engine
+            .fail_step(task_id, &step, &message, permanent)
+            .await
+            .map_err(err)
+    }
+
+    #[napi]
+    pub async fn complete_correlated(
+        &self,
+        correlation_id: String,
+        results_json: String,
+    ) -> Result<u32> {
+        let results: Value = parse("results", &results_json)?;
+        self.engine
+            .complete_correlated(&correlation_id, results)
+            .await
+            .map(|n| n as u32)
+            .map_err(err)
+    }
+
+    #[napi]
     pub async fn resolve_step_manually(
         &self,
         task_id: i64,

@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {
   Engine, RetryableError, PermanentError, TaskerError, TemplateError, ValidationError,
-  NotFoundError, ConflictError, TimeoutError, Decision, Batches, ChildTask
+  NotFoundError, ConflictError, TimeoutError, Decision, Batches, ChildTask, Wait
 } from 'tasker'
 import { freshDb, freshEngine, step } from './helpers.mjs'
 
@@ -320,6 +320,38 @@ steps:
   assert.equal(err.kind, 'permanent')
   assert.match(err.message, /"nowhere"/)
   assert.match(err.message, /auto_approve, finance_review/)
+})
+
+test('a waiting step ends by signal, by correlation id, or from outside', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate('name: approve\nsteps:\n  - {name: ask}\n  - {name: act, dependencies: [ask]}\n')
+  engine.handler('ask', (s) => new Wait({ signal: s.context.signal ?? null, correlationId: s.context.corr ?? null, results: { asked: true } }))
+  engine.handler('act', (s) => ({ saw: s.results.ask }))
+  const id = await engine.createTask('approve', { signal: 'approved' })
+  await engine.runWorker({ untilIdle: true })
+  let t = await engine.getTask(id)
+  assert.equal(step(t, 'ask').status, 'waiting')
+  assert.deepEqual(step(t, 'ask').waiting_for, { signal: 'approved' })
+  assert.equal(await engine.signal(id, 'approved', { by: 'ops' }), 1)
+  t = await engine.runUntilComplete(id, { timeout: 30 })
+  assert.deepEqual(step(t, 'act').results, { saw: { by: 'ops' } })
+
+  const early = await engine.createTask('approve', { signal: 'go' })
+  assert.equal(await engine.signal(early, 'go', 7), 0)
+  assert.equal(step(await engine.runUntilComplete(early, { timeout: 30 }), 'ask').results, 7)
+
+  const corr = await engine.createTask('approve', { corr: 'order-7' })
+  const outside = await engine.createTask('approve', {})
+  await engine.runWorker({ untilIdle: true })
+  assert.equal(await engine.completeCorrelated('order-7', { paid: true }), 1)
+  assert.equal((await engine.runUntilComplete(corr, { timeout: 30 })).status, 'complete')
+  await assert.rejects(engine.completeStep(await engine.createTask('approve', {}), 'ask'), (e) => e instanceof ConflictError && /pending/.test(e.message))
+  await assert.rejects(engine.completeStep(outside, 'nope'), NotFoundError)
+  await engine.failStep(outside, 'ask', 'rejected', { permanent: true })
+  t = await engine.getTask(outside)
+  assert.equal(t.status, 'error')
+  assert.equal(step(t, 'ask').error.message, 'rejected')
+  assert.deepEqual(new Wait({ correlationId: 'x', timeout: 5 }).toJSON(), { $wait: { correlation_id: 'x', timeout: 5 } })
 })
 
 test('a child task runs for its parent step; a failed one fails it permanently', async () => {

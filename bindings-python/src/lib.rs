@@ -437,6 +437,64 @@ impl Core {
         })
     }
 
+    fn signal(
+        &self,
+        py: Python<'_>,
+        task_id: i64,
+        name: String,
+        payload_json: &str,
+    ) -> PyResult<usize> {
+        let payload: Value = serde_json::from_str(payload_json)
+            .map_err(|e| ValidationError::new_err(format!("payload: {e}")))?;
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.signal(task_id, &name, payload).await
+        })
+    }
+
+    fn complete_step(
+        &self,
+        py: Python<'_>,
+        task_id: i64,
+        step: String,
+        results_json: &str,
+    ) -> PyResult<()> {
+        let results: Value = serde_json::from_str(results_json)
+            .map_err(|e| ValidationError::new_err(format!("results: {e}")))?;
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.complete_step(task_id, &step, results).await
+        })
+    }
+
+    fn fail_step(
+        &self,
+        py: Python<'_>,
+        task_id: i64,
+        step: String,
+        message: String,
+        permanent: bool,
+    ) -> PyResult<()> {
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.fail_step(task_id, &step, &message, permanent).await
+        })
+    }
+
+    fn complete_correlated(
+        &self,
+        py: Python<'_>,
+        correlation_id: String,
+        results_json: &str,
+    ) -> PyResult<usize> {
+        let results: Value = serde_json::from_str(results_json)
+            .map_err(|e| ValidationError::new_err(format!("results: {e}")))?;
+        let e = self.engine.clone();
+        block(py, move || async move {
+            e.complete_correlated(&correlation_id, results).await
+        })
+    }
+
     /// Starts the worker loop for `handlers` (run by Python) plus the built-in handlers (run
     /// in Rust). `mode`: "forever", "until_idle" or "until_task" (with `task_id`).
     #[pyo3(signature = (handlers, concurrency, mode, task_id=None, worker_id=None, shutdown_grace=30.0))]

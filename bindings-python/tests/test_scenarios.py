@@ -681,6 +681,58 @@ def test_a_decision_creates_only_the_branch_it_chose(engine):
     assert '"nowhere"' in err and "auto_approve, finance_review" in err
 
 
+APPROVE = """
+name: approve
+steps:
+  - {name: ask}
+  - {name: act, dependencies: [ask]}
+"""
+
+
+def test_a_waiting_step_ends_by_signal_by_correlation_or_from_outside(engine):
+    engine.register_template(APPROVE)
+
+    @engine.handler("ask")
+    def ask(s):
+        return tasker.Wait(signal=s.context.get("signal"), correlation_id=s.context.get("corr"),
+                           results={"asked": True})
+
+    @engine.handler("act")
+    def act(s):
+        return {"saw": s.results["ask"]}
+
+    by_signal = engine.create_task("approve", {"signal": "approved"})
+    engine.run_worker(until_idle=True)
+    snap = engine.get_task(by_signal)
+    assert step(snap, "ask")["status"] == "waiting"
+    assert step(snap, "ask")["waiting_for"] == {"signal": "approved"}
+    assert engine.signal(by_signal, "approved", {"by": "ops"}) == 1
+    snap = engine.run_until_complete(by_signal, timeout=30)
+    assert snap["status"] == "complete"
+    assert step(snap, "act")["results"] == {"saw": {"by": "ops"}}
+
+    # A signal sent first is kept and taken when the step waits.
+    early = engine.create_task("approve", {"signal": "go"})
+    assert engine.signal(early, "go", [1, 2]) == 0
+    assert step(engine.run_until_complete(early, timeout=30), "ask")["results"] == [1, 2]
+
+    corr = engine.create_task("approve", {"corr": "order-7"})
+    outside = engine.create_task("approve", {})
+    engine.run_worker(until_idle=True)
+    assert engine.complete_correlated("order-7", {"paid": True}) == 1
+    assert engine.run_until_complete(corr, timeout=30)["status"] == "complete"
+    with pytest.raises(tasker.ConflictError, match="pending"):
+        engine.complete_step(engine.create_task("approve", {}), "ask", {})
+    with pytest.raises(tasker.NotFoundError):
+        engine.complete_step(outside, "nope")
+    with pytest.raises(tasker.ValidationError, match="payload"):
+        engine.signal(outside, "x", {1, 2})
+    engine.fail_step(outside, "ask", "rejected", permanent=True)
+    failed = engine.get_task(outside)
+    assert failed["status"] == "error"
+    assert step(failed, "ask")["error"]["message"] == "rejected"
+
+
 ORDER = """
 name: order
 steps:

@@ -431,6 +431,58 @@ impl Core {
         })
     }
 
+    fn signal(
+        ruby: &Ruby,
+        rb_self: &Self,
+        task_id: i64,
+        name: String,
+        payload_json: String,
+    ) -> Result<usize, Error> {
+        let payload: Value = parse(ruby, "payload", &payload_json)?;
+        rb_self.call(
+            ruby,
+            |e| async move { e.signal(task_id, &name, payload).await },
+        )
+    }
+
+    fn complete_step(
+        ruby: &Ruby,
+        rb_self: &Self,
+        task_id: i64,
+        step: String,
+        results_json: String,
+    ) -> Result<(), Error> {
+        let results: Value = parse(ruby, "results", &results_json)?;
+        rb_self.call(ruby, |e| async move {
+            e.complete_step(task_id, &step, results).await
+        })
+    }
+
+    fn fail_step(
+        ruby: &Ruby,
+        rb_self: &Self,
+        task_id: i64,
+        step: String,
+        message: String,
+        permanent: bool,
+    ) -> Result<(), Error> {
+        rb_self.call(ruby, |e| async move {
+            e.fail_step(task_id, &step, &message, permanent).await
+        })
+    }
+
+    fn complete_correlated(
+        ruby: &Ruby,
+        rb_self: &Self,
+        correlation_id: String,
+        results_json: String,
+    ) -> Result<usize, Error> {
+        let results: Value = parse(ruby, "results", &results_json)?;
+        rb_self.call(ruby, |e| async move {
+            e.complete_correlated(&correlation_id, results).await
+        })
+    }
+
     /// `[description, durable]`: the durability commits get, as the database reports it.
     fn durability(ruby: &Ruby, rb_self: &Self) -> Result<(String, bool), Error> {
         rb_self.call(ruby, |e| async move {
@@ -678,6 +730,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         "resolve_step_manually",
         method!(Core::resolve_step_manually, 3),
     )?;
+    core.define_method("signal", method!(Core::signal, 3))?;
+    core.define_method("complete_step", method!(Core::complete_step, 3))?;
+    core.define_method("fail_step", method!(Core::fail_step, 4))?;
+    core.define_method("complete_correlated", method!(Core::complete_correlated, 2))?;
     core.define_method("durability", method!(Core::durability, 0))?;
     core.define_method("wait_for_task", method!(Core::wait_for_task, 2))?;
     core.define_method(

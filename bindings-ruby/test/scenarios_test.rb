@@ -68,6 +68,37 @@ class ScenariosTest < Minitest::Test
     assert_includes error["message"], "auto_approve, finance_review"
   end
 
+  def test_a_waiting_step_ends_by_signal_by_correlation_or_from_outside
+    engine.register_template("name: approve\nsteps:\n  - {name: ask}\n  - {name: act, dependencies: [ask]}\n")
+    engine.handler("ask") { |s| Tasker::Wait.new(signal: s.context["signal"], correlation_id: s.context["corr"], results: { asked: true }) }
+    engine.handler("act") { |s| { saw: s.results["ask"] } }
+    id = engine.create_task("approve", { signal: "approved" })
+    engine.run_worker(until_idle: true)
+    task = engine.get_task(id)
+    assert_equal "waiting", step(task, "ask")["status"]
+    assert_equal({ "signal" => "approved" }, step(task, "ask")["waiting_for"])
+    assert_equal 1, engine.signal(id, "approved", { by: "ops" })
+    task = engine.run_until_complete(id, timeout: 30)
+    assert_equal({ "saw" => { "by" => "ops" } }, step(task, "act")["results"])
+
+    early = engine.create_task("approve", { signal: "go" })
+    assert_equal 0, engine.signal(early, :go, [1])
+    assert_equal [1], step(engine.run_until_complete(early, timeout: 30), "ask")["results"]
+
+    corr = engine.create_task("approve", { corr: "order-7" })
+    outside = engine.create_task("approve", {})
+    engine.run_worker(until_idle: true)
+    assert_equal 1, engine.complete_correlated("order-7", { paid: true })
+    assert_equal "complete", engine.run_until_complete(corr, timeout: 30)["status"]
+    assert_raises_matching(Tasker::ConflictError, /pending/) { engine.complete_step(engine.create_task("approve", {}), "ask") }
+    assert_raises(Tasker::NotFoundError) { engine.complete_step(outside, "nope") }
+    engine.fail_step(outside, "ask", "rejected", permanent: true)
+    task = engine.get_task(outside)
+    assert_equal "error", task["status"]
+    assert_equal "rejected", step(task, "ask")["error"]["message"]
+    assert_equal({ "$wait" => { "signal" => "x", "timeout" => 5 } }, Tasker::Wait.new(signal: :x, timeout: 5).to_tasker_json)
+  end
+
   # The seed's handler class may return a ChildTask too.
   class Charge < Tasker::StepHandler::Base
     def process(task, _sequence, _step)

@@ -63,6 +63,7 @@ __all__ = [
     "Decision",
     "Batches",
     "ChildTask",
+    "Wait",
 ]
 
 
@@ -169,6 +170,30 @@ class ChildTask:
 
     def __repr__(self) -> str:
         return f"ChildTask({self.name!r}, context={self.context!r}, namespace={self.namespace!r}, version={self.version!r})"
+
+
+class Wait:
+    """Return from a handler to leave the step ``waiting`` until something outside ends it:
+    ``engine.signal(task_id, signal, payload)``, ``engine.complete_correlated(correlation_id,
+    results)``, ``engine.complete_step`` / ``engine.fail_step``, or ``timeout`` seconds passing
+    (a retryable failure: the handler runs again). ``results`` show while it waits and stay
+    if it is completed without any. The step holds no lease and no worker slot meanwhile."""
+
+    def __init__(self, signal: Optional[str] = None, correlation_id: Optional[str] = None,
+                 timeout: Optional[float] = None, results: JSON = None) -> None:
+        self.signal = signal
+        self.correlation_id = correlation_id
+        self.timeout = timeout
+        self.results = results
+
+    def _to_json(self) -> JSON:
+        # The one shape core reads in every language (core/src/protocol.rs, Wait).
+        spec = {k: v for k, v in (("signal", self.signal), ("correlation_id", self.correlation_id),
+                                  ("timeout", self.timeout), ("results", self.results)) if v is not None}
+        return {"$wait": spec}
+
+    def __repr__(self) -> str:
+        return f"Wait(signal={self.signal!r}, correlation_id={self.correlation_id!r}, timeout={self.timeout!r})"
 
 
 class Step:
@@ -493,11 +518,29 @@ class Engine:
         return json.loads(self._core.analytics(float(window_seconds), namespace, name))
 
     def resolve_step_manually(self, task_id: int, step_name: str, results: Any = None) -> None:
-        try:
-            text = json.dumps(results)
-        except (TypeError, ValueError) as e:
-            raise ValidationError(f"results are not JSON-able: {e}") from None
-        self._core.resolve_step_manually(task_id, step_name, text)
+        self._core.resolve_step_manually(task_id, step_name, _json_arg("results", results))
+
+    # ---- steps that wait ---------------------------------------------------------------
+
+    def signal(self, task_id: int, name: str, payload: Any = None) -> int:
+        """Completes each step of the task waiting for signal ``name``, with ``payload`` as
+        its results (None: the wait's own); returns how many. When none waits yet, the
+        signal is kept and taken by the first step of the task that waits for it."""
+        return self._core.signal(task_id, name, _json_arg("payload", payload))
+
+    def complete_step(self, task_id: int, step_name: str, results: Any = None) -> None:
+        """Completes a waiting step (``ConflictError`` naming its state when it is not
+        waiting)."""
+        self._core.complete_step(task_id, step_name, _json_arg("results", results))
+
+    def fail_step(self, task_id: int, step_name: str, message: str, permanent: bool = False) -> None:
+        """Fails a waiting step: for good with ``permanent``, else its handler runs again
+        after backoff while attempts remain."""
+        self._core.fail_step(task_id, step_name, message, permanent)
+
+    def complete_correlated(self, correlation_id: str, results: Any = None) -> int:
+        """Completes every step waiting with this correlation id; returns how many."""
+        return self._core.complete_correlated(correlation_id, _json_arg("results", results))
 
     # ---- running -----------------------------------------------------------------------
 
@@ -568,12 +611,20 @@ def _key(job: Any) -> Tuple[int, int, int, int]:
     return job.key
 
 
+def _json_arg(what: str, value: Any) -> str:
+    """An argument as JSON text, or a ValidationError naming it."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"{what} is not JSON-able: {e}") from None
+
+
 def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -> None:
     """Hands a handler's outcome to the driver: results as JSON, or the failure."""
     if not ok:
         driver.finished(key, False, value)
         return
-    if isinstance(value, (Decision, Batches, ChildTask)):
+    if isinstance(value, (Decision, Batches, ChildTask, Wait)):
         value = value._to_json()
     try:
         text = json.dumps(value)

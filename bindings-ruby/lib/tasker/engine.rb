@@ -171,6 +171,30 @@ module Tasker
       nil
     end
 
+    # Completes each step of the task waiting for signal +name+, with +payload+ as its results
+    # (nil: the wait's own); returns how many. When none waits yet, the signal is kept and
+    # taken by the first step of the task that waits for it.
+    def signal(id, name, payload = nil)
+      @core.signal(Integer(id), name.to_s, Json.text("payload", payload))
+    end
+
+    # Completes a waiting step (+Tasker::ConflictError+ naming its state when it is not).
+    def complete_step(id, step, results = nil)
+      @core.complete_step(Integer(id), step.to_s, Json.text("results", results))
+      nil
+    end
+
+    # Fails a waiting step: for good with +permanent+, else its handler runs again.
+    def fail_step(id, step, message, permanent: false)
+      @core.fail_step(Integer(id), step.to_s, message.to_s, permanent ? true : false)
+      nil
+    end
+
+    # Completes every step waiting with this correlation id; returns how many.
+    def complete_correlated(correlation_id, results = nil)
+      @core.complete_correlated(correlation_id.to_s, Json.text("results", results))
+    end
+
     # What the database says commits get: +{"description" => ..., "durable" => true/false}+.
     def durability
       description, durable = @core.durability
@@ -321,7 +345,7 @@ module Tasker
 
         return
       end
-      value = value.to_tasker_json if value.is_a?(Decision) || value.is_a?(Batches) || value.is_a?(ChildTask)
+      value = value.to_tasker_json if [Decision, Batches, ChildTask, Wait].any? { |k| value.is_a?(k) }
       problem = Json.problem(value, "")
       if problem
         driver.finished_not_json(*k, "#{job.step_name} returned a value that is not JSON: #{problem}")

@@ -83,4 +83,30 @@ module Tasker
       "#<Tasker::ChildTask #{name.inspect} context=#{context.inspect} namespace=#{namespace.inspect} version=#{version.inspect}>"
     end
   end
+
+  # Return from a handler to leave the step +waiting+ until something outside ends it:
+  # +engine.signal(task_id, signal, payload)+, +engine.complete_correlated(correlation_id,
+  # results)+, +engine.complete_step+ / +engine.fail_step+, or +timeout+ seconds passing (a
+  # retryable failure: the handler runs again). +results+ show while it waits.
+  #
+  #   Tasker::Wait.new(signal: "approved", timeout: 86_400)
+  class Wait
+    attr_reader :signal, :correlation_id, :timeout, :results
+
+    def initialize(signal: nil, correlation_id: nil, timeout: nil, results: nil)
+      @signal = signal&.to_s
+      @correlation_id = correlation_id&.to_s
+      @timeout = timeout
+      @results = results
+    end
+
+    def to_tasker_json
+      spec = { "signal" => signal, "correlation_id" => correlation_id, "timeout" => timeout, "results" => results }
+      { "$wait" => spec.compact }
+    end
+
+    def inspect
+      "#<Tasker::Wait signal=#{signal.inspect} correlation_id=#{correlation_id.inspect} timeout=#{timeout.inspect}>"
+    end
+  end
 end
