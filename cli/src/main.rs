@@ -127,6 +127,33 @@ enum Command {
         #[arg(long)]
         results: Option<String>,
     },
+    /// Send a signal to a task: completes its steps waiting for it (or keeps it for the first
+    /// step that waits for it).
+    Signal {
+        task_id: i64,
+        name: String,
+        /// The payload, the steps' results: JSON text or @file.json (default null: the wait's
+        /// own results).
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// Complete a waiting step, with results.
+    Complete {
+        task_id: i64,
+        step: String,
+        /// JSON text or @file.json (default null: the wait's own results).
+        #[arg(long)]
+        results: Option<String>,
+    },
+    /// Fail a waiting step: retried (its handler runs again) unless --permanent.
+    Fail {
+        task_id: i64,
+        step: String,
+        #[arg(long)]
+        message: String,
+        #[arg(long)]
+        permanent: bool,
+    },
     /// Print a Mermaid flowchart of a task (steps coloured by state) or of a template file.
     Diagram {
         /// A task id or a template file.
@@ -307,6 +334,11 @@ impl Failure {
 }
 
 /// JSON text or `@file`.
+/// An optional JSON flag: null when absent.
+fn optional_json(flag: &str, raw: Option<&str>) -> Result<Value, Failure> {
+    raw.map_or(Ok(Value::Null), |r| json_arg(flag, r))
+}
+
 fn json_arg(flag: &str, raw: &str) -> Result<Value, Failure> {
     let (text, source) = match raw.strip_prefix('@') {
         Some(path) => (
@@ -403,15 +435,51 @@ async fn dispatch(cli: Cli) -> Outcome {
             step,
             results,
         } => {
-            let results = match results {
-                Some(r) => json_arg("--results", r)?,
-                None => Value::Null,
-            };
+            let results = optional_json("--results", results.as_deref())?;
             let engine = open(&cli).await?;
             engine
                 .resolve_step_manually(*task_id, step, results)
                 .await?;
             println!("step {step} of task {task_id} resolved manually");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Signal {
+            task_id,
+            name,
+            payload,
+        } => {
+            let payload = optional_json("--payload", payload.as_deref())?;
+            let n = open(&cli).await?.signal(*task_id, name, payload).await?;
+            match n {
+                0 => println!("signal {name} kept for task {task_id}: no step waits for it yet"),
+                n => println!("signal {name} completed {n} step(s) of task {task_id}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Complete {
+            task_id,
+            step,
+            results,
+        } => {
+            let results = optional_json("--results", results.as_deref())?;
+            open(&cli)
+                .await?
+                .complete_step(*task_id, step, results)
+                .await?;
+            println!("step {step} of task {task_id} completed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fail {
+            task_id,
+            step,
+            message,
+            permanent,
+        } => {
+            open(&cli)
+                .await?
+                .fail_step(*task_id, step, message, *permanent)
+                .await?;
+            println!("step {step} of task {task_id} failed");
             Ok(ExitCode::SUCCESS)
         }
         Command::Diagram { target } => {

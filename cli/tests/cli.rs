@@ -325,6 +325,59 @@ steps:
 }
 
 #[test]
+fn a_wait_step_from_yaml_is_approved_by_tasker_signal_and_completed_by_tasker_complete() {
+    let env = Env::new();
+    let f = env.file(
+        "release.yaml",
+        r#"
+name: release
+steps:
+  - {name: approve, handler: {callable: wait, initialization: {signal: approved}}}
+  - {name: deploy, dependencies: [approve], handler: {callable: wait}}
+  - name: announce
+    dependencies: [deploy]
+    handler: {callable: command, initialization: {command: ["cat"]}}
+"#,
+    );
+    let out = env.tasker(&["templates", "register", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.tasker(&["create", "release"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().rsplit(' ').next().unwrap().to_string();
+    let work = || {
+        let out = env.tasker(&["worker", "--until-idle"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    work();
+    let text = stdout(&env.tasker(&["status", &id]));
+    assert!(
+        text.contains("approve") && text.contains("waiting"),
+        "{text}"
+    );
+    // Completing a step that is not waiting names its state.
+    let out = env.tasker(&["complete", &id, "deploy"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("pending"), "{}", stderr(&out));
+    let out = env.tasker(&["signal", &id, "approved", "--payload", r#"{"by": "kim"}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("completed 1 step"),
+        "{}",
+        stdout(&out)
+    );
+    work();
+    let out = env.tasker(&["complete", &id, "deploy", "--results", r#"{"version": 3}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    work();
+    let out = env.tasker(&["status", &id, "--json"]);
+    let t: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(t["status"], "complete", "{t}");
+    assert_eq!(step(&t, "approve")["results"], json!({"by": "kim"}));
+    let seen = &step(&t, "announce")["results"]["results"];
+    assert_eq!(seen["deploy"], json!({"version": 3}));
+}
+
+#[test]
 fn failing_task_exits_1_and_permanent_exit_codes_are_not_retried() {
     let env = Env::new();
     let f = env.file(

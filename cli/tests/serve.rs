@@ -1824,3 +1824,137 @@ step_templates:
         "{g}"
     );
 }
+
+#[tokio::test]
+async fn waiting_steps_take_signals_and_completions_over_rest_and_graphql_with_their_permissions() {
+    let db = Db::new();
+    db.register(
+        r#"
+name: release
+steps:
+  - {name: approve, handler: {callable: wait, initialization: {signal: approved}}}
+  - {name: deploy, dependencies: [approve], handler: {callable: wait}}
+  - {name: verify, dependencies: [deploy], handler: {callable: wait}}
+"#,
+    );
+    let secret = "a-long-hs256-secret-for-signals";
+    let s = Server::start(&db, &["--jwt-secret", secret]);
+    let admin = jwt(secret, &["tasker.task:create", "tasker.task:show"], 600);
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/tasks",
+            Some(json!({"name": "release", "context": {}})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let id = body["task"]["task_id"].as_i64().unwrap();
+    db.work();
+    let signal = format!("/tasks/{id}/signals/approved");
+    let (code, _) = s
+        .call(
+            Method::POST,
+            &signal,
+            Some(json!({"payload": {"by": "kim"}})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "signalling needs tasker.task:signal"
+    );
+    let ops = jwt(
+        secret,
+        &[
+            "tasker.task:signal",
+            "tasker.workflow_step:complete",
+            "tasker.workflow_step:fail",
+        ],
+        600,
+    );
+    let (code, body) = s
+        .call(
+            Method::POST,
+            &signal,
+            Some(json!({"payload": {"by": "kim"}, "colour": 1})),
+            Some(&ops),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("colour"), "{body}");
+    let (code, body) = s
+        .call(
+            Method::POST,
+            &signal,
+            Some(json!({"payload": {"by": "kim"}})),
+            Some(&ops),
+        )
+        .await;
+    assert_eq!((code, &body), (StatusCode::OK, &json!({"completed": 1})));
+    // `deploy` is pending until a worker runs it: completing it is a conflict naming that.
+    let complete = format!("/tasks/{id}/workflow_steps/deploy/complete");
+    let (code, body) = s
+        .call(
+            Method::POST,
+            &complete,
+            Some(json!({"results": {"v": 3}})),
+            Some(&ops),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("pending"), "{body}");
+    db.work();
+    let (code, body) = s
+        .call(
+            Method::POST,
+            &complete,
+            Some(json!({"results": {"v": 3}})),
+            Some(&ops),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["step"]["status"], "complete");
+    db.work();
+    let fail = format!("/tasks/{id}/workflow_steps/verify/fail");
+    let (code, _) = s
+        .call(Method::POST, &fail, Some(json!({})), Some(&ops))
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a message is required"
+    );
+    let g = gql(
+        &s,
+        Some(&ops),
+        "mutation($t: Int!) { failStep(taskId: $t, stepId: \"verify\", message: \"smoke test red\", permanent: true) { status error } }",
+        json!({"t": id}),
+    )
+    .await;
+    assert_eq!(g["data"]["failStep"]["status"], "error", "{g}");
+    let g = gql(
+        &s,
+        Some(&ops),
+        "mutation($t: Int!) { signal(taskId: $t, name: \"late\") }",
+        json!({"t": id}),
+    )
+    .await;
+    assert_eq!(g["data"]["signal"], 0, "kept: {g}");
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/correlations/none-such/complete",
+            None,
+            Some(&ops),
+        )
+        .await;
+    assert_eq!((code, &body), (StatusCode::OK, &json!({"completed": 0})));
+    let (_, t) = s
+        .call(Method::GET, &format!("/tasks/{id}"), None, Some(&admin))
+        .await;
+    assert_eq!(t["task"]["status"], "error", "{t}");
+    assert_eq!(step(&t["task"], "approve")["results"], json!({"by": "kim"}));
+    assert_eq!(step(&t["task"], "deploy")["results"], json!({"v": 3}));
+}

@@ -123,6 +123,26 @@ pub const ROUTES: &[(&str, &str, Access)] = {
             "/tasks/{id}/workflow_steps/{step}/resolve",
             Permission("tasker.workflow_step:update"),
         ),
+        (
+            "POST",
+            "/tasks/{id}/workflow_steps/{step}/complete",
+            Permission("tasker.workflow_step:complete"),
+        ),
+        (
+            "POST",
+            "/tasks/{id}/workflow_steps/{step}/fail",
+            Permission("tasker.workflow_step:fail"),
+        ),
+        (
+            "POST",
+            "/tasks/{id}/signals/{name}",
+            Permission("tasker.task:signal"),
+        ),
+        (
+            "POST",
+            "/correlations/{id}/complete",
+            Permission("tasker.workflow_step:complete"),
+        ),
         // task_diagrams, task_diagrams.json, .html, .mmd (other names: 404)
         (
             "GET",

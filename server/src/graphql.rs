@@ -493,6 +493,71 @@ impl MutationRoot {
             .map_err(core_err)?;
         step_now(ctx, task_id, &name).await
     }
+
+    /// Sends a signal to a task: completes its steps waiting for it (the count), or keeps it
+    /// for the first that waits (0).
+    async fn signal(
+        &self,
+        ctx: &Context<'_>,
+        task_id: i64,
+        name: String,
+        payload: Option<Json<Value>>,
+    ) -> async_graphql::Result<usize> {
+        require(ctx, "tasker.task:signal")?;
+        ctx.data::<Engine>()?
+            .signal(task_id, &name, payload.map(|p| p.0).unwrap_or(Value::Null))
+            .await
+            .map_err(core_err)
+    }
+
+    /// Completes a waiting step.
+    async fn complete_step(
+        &self,
+        ctx: &Context<'_>,
+        task_id: i64,
+        step_id: ID,
+        results: Option<Json<Value>>,
+    ) -> async_graphql::Result<Step> {
+        require(ctx, "tasker.workflow_step:complete")?;
+        let (_, name) = find_step(ctx, task_id, &step_id).await?;
+        ctx.data::<Engine>()?
+            .complete_step(task_id, &name, results.map(|r| r.0).unwrap_or(Value::Null))
+            .await
+            .map_err(core_err)?;
+        step_now(ctx, task_id, &name).await
+    }
+
+    /// Fails a waiting step (retried unless `permanent`).
+    async fn fail_step(
+        &self,
+        ctx: &Context<'_>,
+        task_id: i64,
+        step_id: ID,
+        message: String,
+        #[graphql(default)] permanent: bool,
+    ) -> async_graphql::Result<Step> {
+        require(ctx, "tasker.workflow_step:fail")?;
+        let (_, name) = find_step(ctx, task_id, &step_id).await?;
+        ctx.data::<Engine>()?
+            .fail_step(task_id, &name, &message, permanent)
+            .await
+            .map_err(core_err)?;
+        step_now(ctx, task_id, &name).await
+    }
+
+    /// Completes every step waiting with this correlation id; the count.
+    async fn complete_correlated(
+        &self,
+        ctx: &Context<'_>,
+        correlation_id: String,
+        results: Option<Json<Value>>,
+    ) -> async_graphql::Result<usize> {
+        require(ctx, "tasker.workflow_step:complete")?;
+        ctx.data::<Engine>()?
+            .complete_correlated(&correlation_id, results.map(|r| r.0).unwrap_or(Value::Null))
+            .await
+            .map_err(core_err)
+    }
 }
 
 /// The route: `{query, variables, operationName}` in, the GraphQL response out (200 with

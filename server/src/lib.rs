@@ -117,6 +117,19 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
             "/tasks/{id}/workflow_steps/{step}/resolve",
             post(routes::resolve_step),
         )
+        .route(
+            "/tasks/{id}/workflow_steps/{step}/complete",
+            post(routes::complete_step),
+        )
+        .route(
+            "/tasks/{id}/workflow_steps/{step}/fail",
+            post(routes::fail_step),
+        )
+        .route("/tasks/{id}/signals/{name}", post(routes::signal))
+        .route(
+            "/correlations/{id}/complete",
+            post(routes::complete_correlated),
+        )
         .route("/tasks/{id}/{file}", get(routes::diagram))
         .route("/handlers", get(routes::handlers))
         .route("/handlers/{namespace}", get(routes::namespace_handlers))

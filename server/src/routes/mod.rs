@@ -8,11 +8,13 @@ mod health;
 mod steps;
 mod tasks;
 mod templates;
+mod waits;
 
 pub use diagrams::*;
 pub use health::*;
 pub use steps::*;
 pub use tasks::*;
+pub use waits::*;
 // (Named: `handler` is also a view's name, which the glob of views below brings in.)
 pub use templates::{
     __path_event_catalog, __path_handler, __path_handlers, __path_namespace_handlers,
@@ -45,6 +47,37 @@ fn task_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::bad_request(format!("task id must be a positive integer, got {raw:?}"))
     })
+}
+
+/// An optional JSON object body's fields, refusing any not in `known` (no body: none).
+fn body_fields(
+    body: Result<Json<Value>, JsonRejection>,
+    known: &[&str],
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let expected = || {
+        let keys: Vec<String> = known.iter().map(|k| format!("\"{k}\": ...")).collect();
+        format!("{{{}}}", keys.join(", "))
+    };
+    match body {
+        Ok(Json(Value::Object(m))) => match m.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                format!(
+                    "request body: unknown field {k:?} (expected {})",
+                    expected()
+                ),
+            )),
+            None => Ok(m),
+        },
+        Ok(Json(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            format!("request body: expected a JSON object {}", expected()),
+        )),
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(serde_json::Map::new()),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// The query parameters, refusing any not in `known`.

@@ -52,11 +52,11 @@ pub async fn get_step(
 }
 
 /// The name of the step of task `id` named or numbered `raw`.
-async fn step_name(st: &AppState, id: i64, raw: &str) -> Result<String, ApiError> {
+pub(super) async fn step_name(st: &AppState, id: i64, raw: &str) -> Result<String, ApiError> {
     Ok(find_step(&st.engine.get_task(id).await?, raw)?.name.clone())
 }
 
-async fn step_after(st: &AppState, id: i64, name: &str) -> ApiResult {
+pub(super) async fn step_after(st: &AppState, id: i64, name: &str) -> ApiResult {
     let (t, template) = snapshot_with_template(&st.engine, id).await?;
     let s = find_step(&t, name)?;
     Ok(Json(StepEnvelope {
@@ -145,27 +145,9 @@ pub async fn resolve_step(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let id = task_id(&id)?;
-    let results = match body {
-        Ok(Json(Value::Object(mut m))) => {
-            if let Some(k) = m.keys().find(|k| k.as_str() != "results") {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "validation",
-                    format!("request body: unknown field {k:?} (expected {{\"results\": ...}})"),
-                ));
-            }
-            m.remove("results").unwrap_or(Value::Null)
-        }
-        Ok(Json(_)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation",
-                "request body: expected a JSON object {\"results\": ...}",
-            ))
-        }
-        Err(JsonRejection::MissingJsonContentType(_)) => Value::Null,
-        Err(other) => return Err(other.into()),
-    };
+    let results = body_fields(body, &["results"])?
+        .remove("results")
+        .unwrap_or(Value::Null);
     let name = step_name(&st, id, &step).await?;
     st.engine.resolve_step_manually(id, &name, results).await?;
     step_after(&st, id, &name).await
