@@ -318,6 +318,8 @@ function taskView(id) {
     }
     const editing = panel.dataset.step === s.name && $('#resolve-json', panel);
     const draft = editing ? editing.value : null;
+    const answering = panel.dataset.step === s.name && $('#approval-json', panel);
+    const answer = answering ? answering.value : null;
     const err = s.error || null;
     const detail = err && err.detail;
     const trace = detail && (detail.backtrace || detail.traceback || detail.stack);
@@ -331,11 +333,22 @@ function taskView(id) {
       <dt>Last attempt</dt><dd>${when(s.last_attempted_at)}</dd>
       <dt>Finished</dt><dd>${when(s.processed_at)}${s.duration_ms != null ? ` (${ms(s.duration_ms)})` : ''}</dd>
       <dt>Depends on</dt><dd>${s.parents.map(esc).join(', ') || '–'}</dd>
+      ${s.waiting_for && s.waiting_for.signal ? `<dt>Waits for</dt><dd>signal <code>${esc(s.waiting_for.signal)}</code></dd>` : ''}
+      ${s.waiting_for && s.waiting_for.correlation_id ? `<dt>Correlation id</dt><dd><code>${esc(s.waiting_for.correlation_id)}</code></dd>` : ''}
+      ${s.waiting_for && s.waiting_for.timeout_at ? `<dt>Times out</dt><dd>${when(s.waiting_for.timeout_at)}</dd>` : ''}
       ${s.child_task_id ? `<dt>Child task</dt><dd><a href="#/tasks/${esc(s.child_task_id)}" id="child-task">Task ${esc(s.child_task_id)}</a>${s.status === 'waiting' ? ' (this step waits for it)' : ''}</dd>` : ''}</dl>
       ${err ? `<h3>Error</h3><pre class="step-error">${esc(err.message)}${err.kind ? `\n(${esc(err.kind)}, attempt ${esc(err.attempt)})` : ''}</pre>` : ''}
       ${trace ? `<h3>Backtrace</h3><pre>${esc(Array.isArray(trace) ? trace.join('\n') : trace)}</pre>` : ''}
       ${detail && !trace ? `<h3>Detail</h3><pre>${json(detail)}</pre>` : ''}
       <h3>Results</h3><pre class="step-results">${json(s.results)}</pre>
+      ${s.status === 'waiting' && !s.child_task_id ? `<form id="approval" aria-label="Answer the waiting step">
+        <h3>Approval</h3>
+        <label for="approval-json">${s.waiting_for && s.waiting_for.signal ? `Payload of signal ${esc(s.waiting_for.signal)}` : 'Results'} (JSON)</label>
+        <textarea id="approval-json" spellcheck="false" aria-describedby="approval-error">${esc(answer ?? '{}')}</textarea>
+        <p class="field-error" id="approval-error" role="alert"></p>
+        ${s.waiting_for && s.waiting_for.signal ? '<button type="submit" id="send-signal">Send signal</button>' : ''}
+        <button type="button" id="complete-step" class="secondary">Complete</button>
+      </form>` : ''}
       <div class="actions">
         <button id="retry-step" ${s.status === 'error' ? '' : 'disabled'}>Retry step</button>
         <button id="cancel-step" class="secondary" ${['pending', 'error'].includes(s.status) ? '' : 'disabled'}>Cancel step</button>
@@ -354,6 +367,28 @@ function taskView(id) {
     };
     area.oninput = check;
     if (editing) { area.focus(); check(); }
+    const approval = $('#approval', panel);
+    if (approval) {
+      const box = $('#approval-json', panel);
+      const value = () => {
+        try { const v = JSON.parse(box.value); box.setAttribute('aria-invalid', 'false'); $('#approval-error').textContent = ''; return { v }; } catch (e) {
+          box.setAttribute('aria-invalid', 'true'); $('#approval-error').textContent = 'Not valid JSON: ' + e.message; return null;
+        }
+      };
+      box.oninput = value;
+      const signal = s.waiting_for && s.waiting_for.signal;
+      approval.onsubmit = async (ev) => {
+        ev.preventDefault();
+        const got = value();
+        if (!got || !signal) return;
+        if (await confirmAction(`Send signal ${signal} to task ${id}?`)) await act('Send signal', () => api(`/tasks/${id}/signals/${encodeURIComponent(signal)}`, { method: 'POST', body: { payload: got.v } }));
+      };
+      $('#complete-step', panel).onclick = async () => {
+        const got = value();
+        if (!got) return;
+        if (await confirmAction(`Complete step ${s.name} with these results?`)) await act('Complete step', () => api(`/tasks/${id}/workflow_steps/${encodeURIComponent(s.name)}/complete`, { method: 'POST', body: { results: got.v } }));
+      };
+    }
     $('#retry-step').onclick = async () => {
       if (await confirmAction(`Retry step ${s.name} with a fresh set of attempts?`)) await act('Retry step', () => api(`/tasks/${id}/workflow_steps/${encodeURIComponent(s.name)}/retry`, { method: 'POST', body: {} }));
     };
@@ -406,7 +441,7 @@ function taskView(id) {
       }
       draw();
       const panel = $('#step-panel');
-      const typing = document.activeElement && panel.contains(document.activeElement) && document.activeElement.id === 'resolve-json';
+      const typing = document.activeElement && panel.contains(document.activeElement) && ['resolve-json', 'approval-json'].includes(document.activeElement.id);
       if (!typing) renderStep();
       $('#history').innerHTML = tr.transitions.slice(-200).reverse().map((r) => `<tr><td>${when(r.created_at)}</td><td>${esc(r.step_name || '(task)')}</td><td>${esc(r.from_state || '–')}</td><td>${badge(r.to_state)}</td><td><code>${esc(JSON.stringify(r.metadata))}</code></td></tr>`).join('');
     },

@@ -74,6 +74,9 @@ pub struct Step {
     batch_index: Option<u32>,
     /// The task this step created (it returned a ChildTask; the newest after a retry).
     child_task_id: Option<i64>,
+    /// What a waiting step waits for: `{signal?, correlation_id?, timeout_at?}` or
+    /// `{child_task_id}`.
+    waiting_for: Option<Json<Value>>,
 }
 
 impl Step {
@@ -96,6 +99,7 @@ impl Step {
             instance_of: s.instance_of.clone(),
             batch_index: s.batch_index,
             child_task_id: s.child_task_id,
+            waiting_for: s.waiting_for.clone().map(Json),
         }
     }
 }

@@ -49,6 +49,11 @@ pub struct StepView {
     /// The task this step created (it returned a ChildTask; the newest after a retry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub child_task_id: Option<i64>,
+    /// What a waiting step waits for: `{signal?, correlation_id?, timeout_at?}` or
+    /// `{child_task_id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub waiting_for: Option<Value>,
 }
 
 /// A step as `GET /tasks/:id/workflow_steps/:step` shows it.
@@ -77,6 +82,7 @@ pub fn step(task: &TaskSnapshot, s: &StepSnapshot, template: Option<&TaskTemplat
         instance_of: s.instance_of.clone(),
         batch_index: s.batch_index,
         child_task_id: s.child_task_id,
+        waiting_for: s.waiting_for.clone(),
     }
 }
 

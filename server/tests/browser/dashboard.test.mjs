@@ -244,6 +244,49 @@ test('a waiting step links to its child task, and the child back to its parent',
   await p.close();
 });
 
+const release = `
+name: release
+namespace_name: shop
+version: 1.0.0
+step_templates:
+  - {name: approve, handler_class: wait, handler_config: {signal: approved, timeout_seconds: 86400}}
+  - {name: confirm, depends_on_step: approve, handler_class: wait}
+`;
+
+test('a waiting step is an approval: Send signal and Complete with a JSON box', async () => {
+  const db = new Db();
+  dbs.push(db);
+  db.register(release);
+  const base = await db.serve();
+  const r = await call(base, 'POST', '/tasks', { name: 'release', namespace: 'shop', context: {} });
+  const id = r.body.task.task_id;
+  db.work();
+  const p = await page();
+  await p.goto(`${base}/#/tasks/${id}`);
+  await p.click('.node[data-step="approve"][data-state="waiting"]');
+  await p.waitForSelector('#approval #send-signal');
+  assert.match(await p.locator('#step-panel').textContent(), /signal approved/);
+  await p.fill('#approval-json', '{"by": ');
+  assert.match(await p.locator('#approval-error').textContent(), /Not valid JSON/);
+  await p.fill('#approval-json', '{"by": "kim"}');
+  await p.click('#send-signal');
+  await p.click('#confirm-ok');
+  await p.waitForSelector('#status .ok');
+  const approved = await call(base, 'GET', `/tasks/${id}/workflow_steps/approve`);
+  assert.deepEqual(approved.body.step.results, { by: 'kim' });
+  await shot(p, 'task-approval.png');
+  // The next wait has no signal: it offers Complete only.
+  db.work();
+  await p.click('.node[data-step="confirm"][data-state="waiting"]');
+  await p.waitForSelector('#approval #complete-step');
+  assert.equal(await p.locator('#send-signal').count(), 0);
+  await p.fill('#approval-json', '{"ok": true}');
+  await p.click('#complete-step');
+  await p.click('#confirm-ok');
+  await p.waitForSelector('#task-status .badge[data-state="complete"]', { timeout: 20000 });
+  await p.close();
+});
+
 function jwt(secret, permissions) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const head = b64({ alg: 'HS256', typ: 'JWT' });
