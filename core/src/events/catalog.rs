@@ -119,8 +119,8 @@ const LIFECYCLE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "step.waiting",
-        "A step's attempt ended and it waits for something outside it: the child task it created",
-        &["attempt", "child_task"],
+        "A step's attempt ended and it waits for something outside it: the child task it created, or a Wait's signal, correlation id or completion from outside",
+        &["attempt", "child_task", "wait"],
     ),
 ];
 
