@@ -639,3 +639,103 @@ async fn sixty_child_tasks_across_three_workers_with_six_kills_are_created_once_
     assert!(expired > 0, "the killed workers held child steps");
     eprintln!("60 child tasks: {expired} child steps lost to a killed worker and run again");
 }
+
+const GATED: &str =
+    "name: gated\nsteps:\n  - {name: gate}\n  - {name: after, dependencies: [gate]}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
+async fn signals_racing_waits_across_processes_are_never_lost_and_waiting_steps_survive_kill_9() {
+    if !postgres_or_skip("signals_across_workers") {
+        return;
+    }
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    h.engine.register_template_yaml(GATED).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(
+            h.engine
+                .create_task(TaskRequest::new("gated", json!({"i": i})))
+                .await
+                .unwrap(),
+        );
+    }
+    // The first third is signalled before any worker runs: those signals are kept.
+    for &id in &ids[..20] {
+        assert_eq!(
+            h.engine
+                .signal(id, "open", json!({"task": id}))
+                .await
+                .unwrap(),
+            0
+        );
+    }
+    // `gate` sleeps up to 200 ms before it waits: the second third is signalled while the
+    // gates run (before or after each waits, whichever comes first).
+    let mut fleet = Fleet::new(&h, dir.path(), 1_000, 200);
+    fleet.start(2);
+    for &id in &ids[20..40] {
+        h.engine
+            .signal(id, "open", json!({"task": id}))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The last third waits; kill -9 every worker: a waiting step holds no lease to lose.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = 0;
+        for &id in &ids[40..] {
+            let t = h.engine.get_task(id).await.unwrap();
+            waiting += (t.step("gate").unwrap().status == StepState::Waiting) as usize;
+        }
+        if waiting == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {waiting} of 20 gates waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for w in &mut fleet.workers {
+        let _ = Command::new("kill")
+            .args(["-9", &w.id().to_string()])
+            .status();
+        let _ = w.wait();
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // past a lease
+    for &id in &ids[40..] {
+        let t = h.engine.get_task(id).await.unwrap();
+        assert_eq!(
+            t.step("gate").unwrap().status,
+            StepState::Waiting,
+            "task {id}"
+        );
+        assert_eq!(
+            h.engine
+                .signal(id, "open", json!({"task": id}))
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    fleet.workers = vec![fleet.spawn(), fleet.spawn()];
+    fleet.wait(Duration::from_secs(120)).await;
+    for &id in &ids {
+        let t = h.engine.get_task(id).await.unwrap();
+        assert_eq!(t.status, TaskState::Complete, "task {id}: {:?}", t.steps);
+        let gate = t.step("gate").unwrap();
+        assert_eq!(gate.attempts, 1, "task {id}: the gate ran once");
+        assert_eq!(
+            gate.results,
+            json!({"task": id}),
+            "task {id}: its own signal"
+        );
+        assert_eq!(
+            t.step("after").unwrap().results,
+            json!({"got": {"task": id}})
+        );
+    }
+}

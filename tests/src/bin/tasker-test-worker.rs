@@ -3,7 +3,9 @@
 //! append-only log, so the tests can prove that no step ran twice at the same time and that
 //! attempts match runs. `work` runs four chunks, saving a checkpoint after each, and resumes
 //! from the last one saved. `spawn` (a fan-out instance) runs a `leaf_task` child task per
-//! item, whose `leaf` steps double it; `gather` checks the children's results.
+//! item, whose `leaf` steps double it; `gather` checks the children's results. `gate` waits
+//! for signal `open` (after sleeping, so a signal may come before or after it waits); `after`
+//! records what it got.
 //!
 //! tasker-test-worker --db URL [--schema S] --log FILE [--worker-id ID] [--lease-ms N]
 //!                    [--concurrency N] [--sleep-ms N] [--prefetch N]
@@ -121,6 +123,7 @@ async fn main() {
     }
     fan_out_handlers(&mut reg, &engine, &log, sleep_ms);
     child_task_handlers(&mut reg, &log, sleep_ms);
+    wait_handlers(&mut reg, &log, sleep_ms);
     let worker = Arc::new(Worker::new(
         engine,
         reg,
@@ -143,6 +146,30 @@ async fn main() {
     });
     let stats = worker.run_until_idle().await.expect("worker run");
     eprintln!("worker {} done: {stats:?}", std::process::id());
+}
+
+/// `gate` sleeps up to `sleep_ms`, then waits for signal `open`; `after` echoes its results.
+fn wait_handlers(reg: &mut Registry, log: &Arc<Log>, sleep_ms: u64) {
+    let l = log.clone();
+    reg.register_fn("gate", move |step| {
+        let l = l.clone();
+        async move {
+            l.line("start", &step);
+            let jitter = (step.key.task_id as u64 * 7919) % (sleep_ms + 1);
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+            l.line("end", &step);
+            Ok(tasker_core::Wait::signal("open").into_value())
+        }
+    });
+    let l = log.clone();
+    reg.register_fn("after", move |step| {
+        let l = l.clone();
+        async move {
+            l.line("start", &step);
+            l.line("end", &step);
+            Ok(json!({"got": step.results["gate"]}))
+        }
+    });
 }
 
 /// `spawn` asks for a `leaf_task` child with its item; the child's `leaf` and `leaf2` double
