@@ -2,7 +2,7 @@
 //! instances into one convergence), on Tasker with Rust no-op handlers, worker concurrency 10.
 //!
 //! ```text
-//! tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,W5,RSS]
+//! tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,W5,W6,RSS]
 //!              [--workers N] [--reps 3] [--durability full|normal|off] [--scale F]
 //! ```
 //!
@@ -30,6 +30,7 @@ use tasker_core::{
     Durability, Engine, EngineOptions, Registry, TaskRequest, TaskState, Worker, WorkerOptions,
 };
 
+mod signal;
 mod workloads;
 use workloads::{fan_out_steps, handlers, submit, templates, CHAIN_LEN};
 
@@ -97,7 +98,7 @@ fn parse_args() -> Args {
             }
             "--allow-unsafe" => a.allow_unsafe = true,
             "-h" | "--help" => {
-                println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,W5,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F] [--allow-unsafe]");
+                println!("usage: tasker-bench [--backend sqlite|postgres] [--pg-url URL] [--workload W1,W2,W3,W4,W5,W6,RSS] [--workers N] [--reps N] [--durability full|normal|off] [--scale F] [--allow-unsafe]");
                 std::process::exit(0);
             }
             other => die(&format!("unknown argument {other:?} (try --help)")),
@@ -113,9 +114,9 @@ fn parse_args() -> Args {
         die("--workers > 1 needs --backend postgres (SQLite is one process)");
     }
     for w in &a.workloads {
-        if !["W1", "W2", "W3", "W4", "W5", "RSS"].contains(&w.as_str()) {
+        if !["W1", "W2", "W3", "W4", "W5", "W6", "RSS"].contains(&w.as_str()) {
             die(&format!(
-                "unknown workload {w:?}: expected W1, W2, W3, W4, W5, RSS"
+                "unknown workload {w:?}: expected W1, W2, W3, W4, W5, W6, RSS"
             ));
         }
     }
@@ -634,6 +635,7 @@ async fn main() {
             let m = match cell.as_str() {
                 "BASELINE" => baseline(&args).await,
                 "W3" => latency(&args).await,
+                "W6" => signal::signal_latency(&args).await,
                 "RSS" => rss(&args).await,
                 w => throughput(&args, w).await,
             };

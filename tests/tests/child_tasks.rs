@@ -416,8 +416,20 @@ async fn a_child_that_finished_while_its_parent_was_not_told_is_found_by_the_swe
     assert_eq!(status(&h, child).await, TaskState::Complete);
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.step("charge").unwrap().status, StepState::Waiting);
-    // The next reaping finds it.
+    // The next sweep (every 5 s) finds it.
     h.advance(Duration::from_secs(1));
+    h.drive(&r).await;
+    assert_eq!(
+        h.engine
+            .get_task(id)
+            .await
+            .unwrap()
+            .step("charge")
+            .unwrap()
+            .status,
+        StepState::Waiting
+    );
+    h.advance(Duration::from_secs(5));
     h.drive(&r).await;
     let t = h.engine.get_task(id).await.unwrap();
     assert_eq!(t.status, TaskState::Complete, "{t:?}");

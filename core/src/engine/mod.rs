@@ -92,6 +92,8 @@ struct Inner {
     /// merely starting would only read its state again (W3 did ~3.7 such reads per task).
     tasks_changed: Arc<Notify>,
     last_reap_ms: AtomicI64,
+    /// When this engine last swept for finished child tasks whose parent was not told.
+    last_child_sweep_ms: AtomicI64,
     listener: Option<tokio::task::JoinHandle<()>>,
     /// Rows this engine saw at its last claims and commits, to plan cycles from.
     known: Arc<Mutex<plan::Known>>,
@@ -130,8 +132,11 @@ impl std::fmt::Debug for Engine {
 
 /// Cap on contexts kept parsed in memory (contexts never change after creation).
 const CONTEXT_CACHE: usize = 20_000;
-/// How often (engine clock) a poll also looks for expired leases.
+/// How often (engine clock) a poll also looks for expired leases and waits.
 const REAP_EVERY_MS: i64 = 500;
+/// How often a poll also sweeps for finished child tasks whose parent was not told (what a
+/// crash between the two commits leaves; rare, and the sweep reads the waiting steps).
+const CHILD_SWEEP_EVERY_MS: i64 = 5_000;
 
 impl Engine {
     /// Opens the database at `url` (see [`EngineOptions::url`]) with default options.
@@ -182,6 +187,7 @@ impl Engine {
                 work,
                 tasks_changed,
                 last_reap_ms: AtomicI64::new(i64::MIN),
+                last_child_sweep_ms: AtomicI64::new(i64::MIN),
                 listener,
                 known: Arc::default(),
                 planned: Default::default(),

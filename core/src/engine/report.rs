@@ -9,7 +9,7 @@ use serde_json::Value;
 use tracing::{debug, debug_span, Instrument};
 
 use super::tx::TxCx;
-use super::{Engine, REAP_EVERY_MS};
+use super::{Engine, CHILD_SWEEP_EVERY_MS, REAP_EVERY_MS};
 use crate::error::{Error, Result};
 use crate::protocol::{Claim, Cycle, Job, JobKey, Outcome, Report, StepFailure};
 use crate::store::{ClaimSpec, LeaseExtension};
@@ -41,7 +41,9 @@ impl Engine {
             let last = self.inner.last_reap_ms.load(Ordering::Relaxed);
             let reap = last == i64::MIN || now - last >= REAP_EVERY_MS || now < last;
             // Before the cycle, so that its claim takes what the sweep made claimable.
-            if reap {
+            let swept = self.inner.last_child_sweep_ms.load(Ordering::Relaxed);
+            if swept == i64::MIN || now - swept >= CHILD_SWEEP_EVERY_MS || now < swept {
+                self.inner.last_child_sweep_ms.store(now, Ordering::Relaxed);
                 if let Err(e) = self.settle_orphaned_children().await {
                     tracing::warn!(error = %e, "the sweep for finished child tasks failed");
                 }
