@@ -104,33 +104,8 @@ impl TxCx<'_> {
                 continue;
             }
             let child = children.take(r.key.step_id);
-            let mut d = self.decide(r, &task, &lock, template, child, shaped);
-            if let Some(w) = d.wait.clone() {
-                // A signal sent before the step waited for it completes it now.
-                if let Some(name) = &w.signal {
-                    if let Some(sig) = self.db()?.take_signal(r.key.task_id, name).await? {
-                        let payload = sig
-                            .payload
-                            .as_deref()
-                            .map(serde_json::from_str)
-                            .transpose()
-                            .map_err(|e| crate::error::Error::Corrupt(e.to_string()))?
-                            .unwrap_or(Value::Null);
-                        let results = if payload.is_null() {
-                            w.results.clone()
-                        } else {
-                            payload
-                        };
-                        let now = Report {
-                            key: r.key,
-                            outcome: Outcome::Complete(results),
-                        };
-                        let template = d.template.clone();
-                        d = self.decide(&now, &task, &lock, template, None, false);
-                        d.meta["signal"] = json!(name);
-                    }
-                }
-            }
+            let d = self.decide(r, &task, &lock, template, child, shaped);
+            let d = self.take_kept_signal(d, &task, &lock).await?;
             decided.push(d);
         }
         let mut decs: HashMap<(i64, i32), i64> = HashMap::new();
@@ -174,6 +149,46 @@ impl TxCx<'_> {
         Ok(stale)
     }
 
+    /// A wait for a signal that was sent before it (kept): the step completes now with the
+    /// signal's payload (none: the wait's results) instead of waiting.
+    async fn take_kept_signal(
+        &mut self,
+        d: Decided,
+        task: &TaskRow,
+        lock: &StepLock,
+    ) -> Result<Decided> {
+        let Some(Wait {
+            signal: Some(name),
+            results,
+            ..
+        }) = &d.wait
+        else {
+            return Ok(d);
+        };
+        let Some(sig) = self.db()?.take_signal(d.key.task_id, name).await? else {
+            return Ok(d);
+        };
+        let payload = sig
+            .payload
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| crate::error::Error::Corrupt(e.to_string()))?
+            .unwrap_or(Value::Null);
+        let now = Report {
+            key: d.key,
+            outcome: Outcome::Complete(if payload.is_null() {
+                results.clone()
+            } else {
+                payload
+            }),
+        };
+        let name = name.clone();
+        let mut done = self.decide(&now, task, lock, d.template, None, false);
+        done.meta["signal"] = json!(name);
+        Ok(done)
+    }
+
     /// The step update a report calls for.
     fn decide(
         &self,
@@ -215,43 +230,9 @@ impl TxCx<'_> {
                 Err(m) => outcome = Outcome::Failed(StepFailure::permanent(m)),
             }
         }
-        if let Some(w) = shaped.then(|| wait_of(&outcome)).flatten() {
-            update.state = StepState::Waiting;
-            if !w.results.is_null() {
-                update.results = Some(Some(serde_json::to_string(&w.results).expect("json")));
-            }
-            let meta = json!({"attempt": attempt, "wait": {
-                "signal": w.signal, "correlation_id": w.correlation_id, "timeout": w.timeout}});
-            return Decided {
-                key: r.key,
-                template,
-                update,
-                meta,
-                blocked: false,
-                tolerated: false,
-                growth: None,
-                child: None,
-                wait: Some(w),
-            };
-        }
-        if let Some(p) = waits_for {
-            update.state = StepState::Waiting;
-            let t = p.template();
-            let meta = json!({
-                "attempt": attempt,
-                "child_task": {"namespace": t.namespace, "name": t.name, "version": t.version.to_string()},
-            });
-            return Decided {
-                key: r.key,
-                template,
-                update,
-                meta,
-                blocked: false,
-                tolerated: false,
-                growth: None,
-                child: Some(p),
-                wait: None,
-            };
+        let wait = shaped.then(|| wait_of(&outcome)).flatten();
+        if wait.is_some() || waits_for.is_some() {
+            return waiting(r.key, template, update, wait, waits_for);
         }
         let meta = match &outcome {
             // Completed from outside with no results: the wait's own results stay.
@@ -471,6 +452,46 @@ impl TxCx<'_> {
 
 fn to_complete(o: &Outcome) -> bool {
     matches!(o, Outcome::Complete(_))
+}
+
+/// The decided report of a step that now waits: for what its handler's Wait names, or for the
+/// child task it asked for.
+fn waiting(
+    key: JobKey,
+    template: Arc<TaskTemplate>,
+    mut update: StepUpdate,
+    wait: Option<Wait>,
+    child: Option<Prepared>,
+) -> Decided {
+    update.state = StepState::Waiting;
+    let meta = match (&wait, &child) {
+        (Some(w), _) => {
+            if !w.results.is_null() {
+                update.results = Some(Some(serde_json::to_string(&w.results).expect("json")));
+            }
+            json!({"attempt": key.attempt, "wait": {
+                "signal": w.signal, "correlation_id": w.correlation_id, "timeout": w.timeout}})
+        }
+        (None, Some(p)) => {
+            let t = p.template();
+            json!({
+                "attempt": key.attempt,
+                "child_task": {"namespace": t.namespace, "name": t.name, "version": t.version.to_string()},
+            })
+        }
+        (None, None) => json!({"attempt": key.attempt}),
+    };
+    Decided {
+        key,
+        template,
+        update,
+        meta,
+        blocked: false,
+        tolerated: false,
+        growth: None,
+        child,
+        wait,
+    }
 }
 
 /// The wait a handler's results ask for.
