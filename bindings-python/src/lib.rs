@@ -429,8 +429,7 @@ impl Core {
         step: String,
         results_json: &str,
     ) -> PyResult<()> {
-        let results: Value = serde_json::from_str(results_json)
-            .map_err(|e| ValidationError::new_err(format!("results: {e}")))?;
+        let results = json_arg("results", results_json)?;
         let e = self.engine.clone();
         block(py, move || async move {
             e.resolve_step_manually(task_id, &step, results).await
@@ -444,8 +443,7 @@ impl Core {
         name: String,
         payload_json: &str,
     ) -> PyResult<usize> {
-        let payload: Value = serde_json::from_str(payload_json)
-            .map_err(|e| ValidationError::new_err(format!("payload: {e}")))?;
+        let payload = json_arg("payload", payload_json)?;
         let e = self.engine.clone();
         block(py, move || async move {
             e.signal(task_id, &name, payload).await
@@ -459,8 +457,7 @@ impl Core {
         step: String,
         results_json: &str,
     ) -> PyResult<()> {
-        let results: Value = serde_json::from_str(results_json)
-            .map_err(|e| ValidationError::new_err(format!("results: {e}")))?;
+        let results = json_arg("results", results_json)?;
         let e = self.engine.clone();
         block(py, move || async move {
             e.complete_step(task_id, &step, results).await
@@ -487,8 +484,7 @@ impl Core {
         correlation_id: String,
         results_json: &str,
     ) -> PyResult<usize> {
-        let results: Value = serde_json::from_str(results_json)
-            .map_err(|e| ValidationError::new_err(format!("results: {e}")))?;
+        let results = json_arg("results", results_json)?;
         let e = self.engine.clone();
         block(py, move || async move {
             e.complete_correlated(&correlation_id, results).await
@@ -557,8 +553,7 @@ impl Core {
 
     /// Saves a running job's checkpoint (JSON text), durably.
     fn save_checkpoint(&self, py: Python<'_>, key: KeyTuple, value_json: &str) -> PyResult<()> {
-        let value: Value = serde_json::from_str(value_json)
-            .map_err(|e| ValidationError::new_err(format!("checkpoint: {e}")))?;
+        let value = json_arg("checkpoint", value_json)?;
         let e = self.engine.clone();
         block(py, move || async move {
             e.save_checkpoint(&job_key(key), &value).await
@@ -621,4 +616,9 @@ fn _tasker(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DatabaseError", py.get_type::<DatabaseError>())?;
     m.add("TimeoutError", py.get_type::<TimeoutError>())?;
     Ok(())
+}
+
+/// A JSON argument's text parsed, or a `ValidationError` naming it.
+fn json_arg(what: &str, text: &str) -> PyResult<Value> {
+    serde_json::from_str(text).map_err(|e| ValidationError::new_err(format!("{what}: {e}")))
 }

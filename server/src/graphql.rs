@@ -492,7 +492,7 @@ impl MutationRoot {
         require(ctx, "tasker.workflow_step:update")?;
         let (_, name) = find_step(ctx, task_id, &step_id).await?;
         ctx.data::<Engine>()?
-            .resolve_step_manually(task_id, &name, results.map(|r| r.0).unwrap_or(Value::Null))
+            .resolve_step_manually(task_id, &name, or_null(results))
             .await
             .map_err(core_err)?;
         step_now(ctx, task_id, &name).await
@@ -509,7 +509,7 @@ impl MutationRoot {
     ) -> async_graphql::Result<usize> {
         require(ctx, "tasker.task:signal")?;
         ctx.data::<Engine>()?
-            .signal(task_id, &name, payload.map(|p| p.0).unwrap_or(Value::Null))
+            .signal(task_id, &name, or_null(payload))
             .await
             .map_err(core_err)
     }
@@ -525,7 +525,7 @@ impl MutationRoot {
         require(ctx, "tasker.workflow_step:complete")?;
         let (_, name) = find_step(ctx, task_id, &step_id).await?;
         ctx.data::<Engine>()?
-            .complete_step(task_id, &name, results.map(|r| r.0).unwrap_or(Value::Null))
+            .complete_step(task_id, &name, or_null(results))
             .await
             .map_err(core_err)?;
         step_now(ctx, task_id, &name).await
@@ -558,7 +558,7 @@ impl MutationRoot {
     ) -> async_graphql::Result<usize> {
         require(ctx, "tasker.workflow_step:complete")?;
         ctx.data::<Engine>()?
-            .complete_correlated(&correlation_id, results.map(|r| r.0).unwrap_or(Value::Null))
+            .complete_correlated(&correlation_id, or_null(results))
             .await
             .map_err(core_err)
     }
@@ -582,4 +582,9 @@ pub async fn handle(
         .unwrap_or(Principal::Anonymous);
     let resp = st.graphql.execute(req.data(principal)).await;
     Ok(axum::Json(resp).into_response())
+}
+
+/// An optional JSON argument; null when not given.
+fn or_null(v: Option<Json<Value>>) -> Value {
+    v.map(|j| j.0).unwrap_or(Value::Null)
 }

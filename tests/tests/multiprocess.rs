@@ -446,8 +446,10 @@ async fn kill_9_in_the_middle_of_a_fan_out_of_200_runs_every_instance_once_at_a_
         .create_task(TaskRequest::new("fan", json!({"items": 200})))
         .await
         .unwrap();
-    // Each instance runs 4 chunks of 30 ms; leases of 1 s; three workers of 8 slots.
-    let mut fleet = Fleet::new(&h, dir.path(), 1_000, 120);
+    // Each instance runs 4 chunks of 30 ms; leases of 2 s (heartbeats every 667 ms: a worker
+    // loop stalled a second on this 2-core box while CI runs must not lose a live lease, which
+    // would let a second run overlap the first); three workers of 8 slots.
+    let mut fleet = Fleet::new(&h, dir.path(), 2_000, 120);
     fleet.start(3);
     let mut kills = 0;
     let mut i = 0;
