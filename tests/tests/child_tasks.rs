@@ -466,3 +466,35 @@ steps:
     );
     assert_eq!(pick.child_task_id, None);
 }
+
+#[tokio::test]
+async fn a_template_that_creates_itself_as_a_child_stops_at_the_depth_limit() {
+    let h = setup().await;
+    h.register("name: forever\nsteps:\n  - {name: again}\n")
+        .await;
+    let mut r = Registry::new();
+    r.register_fn("again", |_| async move {
+        Ok(ChildTask::new("forever", json!({})).into_value())
+    });
+    let root = create(&h, "forever", json!({})).await;
+    h.drive(&r).await;
+    // 32 levels of children below the root; the deepest one's step fails, and every task
+    // above it fails in turn through its waiting step.
+    let mut chain = vec![root];
+    while let Some(kid) = h
+        .engine
+        .get_task(*chain.last().unwrap())
+        .await
+        .unwrap()
+        .step("again")
+        .unwrap()
+        .child_task_id
+    {
+        chain.push(kid);
+    }
+    assert_eq!(chain.len(), tasker_core::engine::child::MAX_DEPTH + 1);
+    let deepest = h.engine.get_task(*chain.last().unwrap()).await.unwrap();
+    let msg = deepest.step("again").unwrap().error.as_ref().unwrap()["message"].clone();
+    assert!(msg.as_str().unwrap().contains("at most 32"), "{msg}");
+    assert_eq!(status(&h, root).await, TaskState::Error);
+}

@@ -19,6 +19,9 @@
 //!   ignored.
 //! * **Cancelling** a task cancels its unfinished children, in the same transaction
 //!   ([`super::operator`]).
+//! * **Depth.** Children nest at most [`MAX_DEPTH`] levels below their root task: a step of a
+//!   task that deep asking for another fails permanently (a template whose step creates a
+//!   child of its own template would otherwise recurse without end).
 
 use std::collections::HashMap;
 
@@ -31,6 +34,9 @@ use crate::error::{Error, Result};
 use crate::protocol::{ChildTask, JobKey, Outcome, Report, Shaped, StepFailure};
 use crate::state::{StepState, TaskState};
 use crate::store::{StepRow, TaskDetail};
+
+/// How many levels of child tasks may hang below a root task.
+pub const MAX_DEPTH: usize = 32;
 
 /// The children a batch of reports asks for, checked: by the reporting step's id, the task
 /// ready to insert or why it cannot be created.
@@ -57,6 +63,17 @@ impl ChildRequests {
                 .steps
                 .get(r.key.position as usize)
                 .map_or("?", |s| s.name.as_str());
+            let depth = depth(cx.engine, r.key.task_id).await?;
+            if depth >= MAX_DEPTH {
+                out.insert(
+                    r.key.step_id,
+                    Err(format!(
+                        "step {step:?} returned ChildTask {:?}, but task {} is already {depth} levels of child tasks below its root (at most {MAX_DEPTH})",
+                        c.name, r.key.task_id
+                    )),
+                );
+                continue;
+            }
             let req = request(&c, r.key, step, priority);
             let prepared = match cx.engine.prepare(req).await {
                 Ok(mut p) => {
@@ -83,6 +100,28 @@ impl ChildRequests {
     pub(super) fn take(&mut self, step_id: i64) -> Option<std::result::Result<Prepared, String>> {
         self.0.remove(&step_id)
     }
+}
+
+/// How many parents a task has above it (0 for a root task), counted up to [`MAX_DEPTH`].
+async fn depth(engine: &Engine, task_id: i64) -> Result<usize> {
+    let mut depth = 0;
+    let mut id = task_id;
+    while depth < MAX_DEPTH {
+        match engine
+            .inner
+            .store
+            .task(id)
+            .await?
+            .and_then(|t| t.parent_task_id)
+        {
+            Some(parent) => {
+                depth += 1;
+                id = parent;
+            }
+            None => break,
+        }
+    }
+    Ok(depth)
 }
 
 /// The creation request of a child task: its parent's priority, and who asked for it.
