@@ -24,7 +24,7 @@ use super::tx::TxCx;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::protocol::{FailureKind, JobKey, Outcome, Report, StepFailure, Wait};
-use crate::state::{StepState, TaskState};
+use crate::state::StepState;
 use crate::store::{NewWait, WaitRow};
 
 impl TxCx<'_> {
@@ -181,16 +181,15 @@ impl Engine {
 
     async fn end_waiting(&self, task_id: i64, step: &str, o: Outcome, verb: &str) -> Result<()> {
         let mut cx = TxCx::begin(self, self.now()).await?;
-        let task = cx.task(task_id).await?;
+        // The task locked (and found) first; a cancelled task's waiting steps are cancelled
+        // with it, so the state check below refuses them too.
+        cx.task(task_id).await?;
         let s = cx.step_named(task_id, step).await?;
         if s.state != StepState::Waiting {
             return Err(Error::Conflict(format!(
                 "step {step:?} of task {task_id} is {}; only a waiting step can be {verb} from outside",
                 s.state
             )));
-        }
-        if task.state == TaskState::Cancelled {
-            return Err(Error::Conflict(format!("task {task_id} is cancelled")));
         }
         let key = JobKey {
             task_id,
