@@ -19,7 +19,8 @@
 //! * [`worker`]: the host driver with Rust handlers;
 //! * [`events`]: lifecycle events for in-process subscribers;
 //! * [`builtin`]: the `command` and `http` step handlers every host gets;
-//! * [`diagram`]: Mermaid flowcharts of templates and tasks.
+//! * [`diagram`]: Mermaid flowcharts of templates and tasks;
+//! * [`schedule`]: cron schedules: patterns, time zones, catch-up and overlap rules.
 
 pub mod backoff;
 pub mod builtin;
@@ -31,6 +32,7 @@ pub mod events;
 pub mod handler;
 pub mod host;
 pub mod protocol;
+pub mod schedule;
 pub mod state;
 pub mod store;
 pub mod telemetry;

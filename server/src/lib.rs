@@ -178,9 +178,16 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // Tests and scripts read this line to find the port of --bind 127.0.0.1:0.
     println!("tasker: serving on http://{addr}{}", opts.base_path);
+    // `tasker serve` fires schedules too (every process does; a tick makes one task).
+    let ticker = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run_schedules().await })
+    };
     let app = app(engine, &opts.base_path, opts.auth);
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| format!("server error: {e}"))
+        .map_err(|e| format!("server error: {e}"));
+    ticker.abort();
+    served
 }

@@ -38,6 +38,7 @@ mod publish;
 mod query;
 mod registration;
 mod report;
+mod schedule;
 mod settle;
 pub mod shape;
 mod tx;
@@ -65,6 +66,7 @@ pub use event_definitions::EventSource;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{count_by_state, StepSnapshot, TaskSnapshot, TaskSummary, TransitionEntry};
 pub use registration::{Registration, TemplateSource};
+pub use schedule::ScheduleInfo;
 
 #[derive(Default)]
 struct Templates {

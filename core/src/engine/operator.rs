@@ -100,18 +100,28 @@ impl Engine {
                 to: TaskState::Cancelled,
             });
         }
-        cx.cancel(task_id, json!({"reason": "cancelled_by_operator"}))
+        cx.cancel_tree(task_id, json!({"reason": "cancelled_by_operator"}))
             .await?;
-        // Its unfinished children, theirs, and so on (ids grow downwards: locked in id order).
+        cx.finish(None).await.map(drop)
+    }
+}
+
+impl TxCx<'_> {
+    /// Cancels an unfinished task (`meta` says why), then its unfinished children, theirs,
+    /// and so on.
+    pub(super) async fn cancel_tree(&mut self, task_id: i64, meta: Value) -> Result<()> {
+        self.task(task_id).await?;
+        self.cancel(task_id, meta).await?;
+        // Ids grow downwards: children are locked after their parents, in id order.
         let mut parents = vec![task_id];
         while let Some(parent) = parents.pop() {
-            for c in cx.db()?.child_tasks(parent).await? {
+            for c in self.db()?.child_tasks(parent).await? {
                 if c.state.is_finished() {
                     continue;
                 }
-                let child = cx.task(c.task_id).await?;
+                let child = self.task(c.task_id).await?;
                 if TaskState::event(Some(child.state), TaskState::Cancelled).is_some() {
-                    cx.cancel(
+                    self.cancel(
                         c.task_id,
                         json!({"reason": "parent_task_cancelled", "parent_task_id": parent}),
                     )
@@ -120,11 +130,9 @@ impl Engine {
                 parents.push(c.task_id);
             }
         }
-        cx.finish(None).await.map(drop)
+        Ok(())
     }
-}
 
-impl TxCx<'_> {
     /// Cancels a task the transaction holds and its steps not yet finished (running ones
     /// finish; their results are still saved).
     async fn cancel(&mut self, task_id: i64, meta: Value) -> Result<()> {

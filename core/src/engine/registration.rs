@@ -117,6 +117,7 @@ impl Engine {
         let key = t.key();
         let hash = hex(&Sha256::digest(body.as_bytes()));
         let version = t.version.to_string();
+        let schedules = t.schedule_specs();
         let mut tx = self.inner.store.begin(true).await?;
         let latest = tx.find_template(&t.namespace, &t.name, &version).await?;
         let (id, revision, created, previous) = match latest {
@@ -163,6 +164,7 @@ impl Engine {
             created,
             Arc::new(t),
         );
+        self.sync_template_schedules(&key, &schedules).await?;
         Ok(Registration {
             key,
             revision,

@@ -399,6 +399,20 @@ impl Lanes {
     /// run (the others are dropped: like a failed single loop, the jobs they held return at
     /// lease expiry).
     async fn run(self) -> Result<RunStats> {
+        let Some(engine) = self.0.first().map(|l| l.engine().clone()) else {
+            return Ok(RunStats::default());
+        };
+        // Every worker fires schedules while it runs ([`Engine::run_schedules`]; no leader: a
+        // tick makes one task however many processes fire it).
+        let ticker = engine.run_schedules();
+        tokio::pin!(ticker);
+        tokio::select! {
+            r = self.run_lanes() => r,
+            _ = &mut ticker => unreachable!("the schedule loop never ends"),
+        }
+    }
+
+    async fn run_lanes(self) -> Result<RunStats> {
         let mut lanes = self.0;
         if lanes.len() == 1 {
             return lanes.pop().expect("one lane").run_instrumented().await;

@@ -48,8 +48,9 @@ pub use plan::{
 };
 pub use rows::{
     AnalyticsRow, ChildLink, ClaimedStep, DecisionRow, DurabilityReport, EventDefinitionRow,
-    ExpiredLease, FinishedTask, NextTimes, ParentResult, SignalRow, StateCounts, StepChild,
-    StepKey, StepLock, StepRow, TaskDetail, TaskRow, TemplateRow, TransitionRow, WaitRow,
+    ExpiredLease, FinishedTask, NextTimes, ParentResult, ScheduleRow, SignalRow, StateCounts,
+    StepChild, StepKey, StepLock, StepRow, TaskDetail, TaskRow, TemplateRow, TransitionRow,
+    WaitRow,
 };
 
 /// How to open a store ([`open`]).
@@ -196,6 +197,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// task's rows before its steps', then each entity's own order (`sort_key`); rows of one
     /// transaction share a time, and the order they were inserted in is not their history.
     async fn transitions(&self, task_id: i64) -> Result<Vec<TransitionRow>>;
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>>;
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRow>>;
+    /// The task an idempotency key names.
+    async fn task_id_by_key(&self, key: &str) -> Result<Option<i64>>;
+    /// The earliest next tick among schedules not paused.
+    async fn next_schedule_at(&self) -> Result<Option<i64>>;
 }
 
 /// One write transaction: reads that lock what they read (where the database can), a few
@@ -266,6 +274,18 @@ pub trait StoreTx: Send {
     /// Saves a running attempt's checkpoint; returns whether the step was still running at
     /// that attempt (nothing is written otherwise).
     async fn save_checkpoint(&mut self, p: &CheckpointSave<'_>) -> Result<bool>;
+
+    /// A schedule, locked.
+    async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>>;
+    /// Schedules not paused whose next tick is at or before `now`, earliest first, at most
+    /// `limit`, locked; a row another transaction holds is skipped (another process fires it).
+    async fn due_schedules(&mut self, now: i64, limit: i64) -> Result<Vec<ScheduleRow>>;
+    /// Inserts a schedule; `false` (nothing written) when one of that name exists.
+    async fn insert_schedule(&mut self, s: &ScheduleRow) -> Result<bool>;
+    /// Rewrites a schedule by name (all but `created_at`).
+    async fn update_schedule(&mut self, s: &ScheduleRow) -> Result<()>;
+    /// Deletes a schedule; whether there was one.
+    async fn delete_schedule(&mut self, name: &str) -> Result<bool>;
 }
 
 /// The message of a creation that lost a race on an idempotency key (another transaction

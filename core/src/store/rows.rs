@@ -310,3 +310,32 @@ pub struct DurabilityReport {
     /// True when commits that record outcomes or create tasks are durable.
     pub durable: bool,
 }
+
+/// A row of `schedules` ([`crate::schedule`]): its definition, whether it is paused, its next
+/// tick and what it fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub namespace: String,
+    /// The template's name.
+    pub template: String,
+    pub version: Option<String>,
+    pub cron: String,
+    pub timezone: String,
+    /// JSON text of an object.
+    pub context: String,
+    pub overlap: String,
+    pub catch_up: String,
+    pub paused: bool,
+    /// The next tick (ms), `None` when the pattern has no further tick.
+    pub next_run_at: Option<i64>,
+    /// The latest tick that made a task.
+    pub last_tick_at: Option<i64>,
+    /// Ticks that made a task, and ticks passed over (overlap `skip`, catch-up).
+    pub fired: i64,
+    pub skipped: i64,
+    /// `api`, or the template (`namespace/name/version`) whose `schedules:` block declared it.
+    pub origin: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -236,3 +236,54 @@ mod tests {
         );
     }
 }
+
+macro_rules! schedule_cols {
+    () => {
+        "name, namespace, template, version, cron, timezone, context, overlap, catch_up, paused, \
+         next_run_at, last_tick_at, fired, skipped, origin, created_at, updated_at"
+    };
+}
+/// Every schedule, by name.
+pub(crate) const SCHEDULES: &str =
+    concat!("SELECT ", schedule_cols!(), " FROM schedules ORDER BY name");
+/// One schedule: `$1` name (SQLite; PostgreSQL adds `FOR UPDATE`, [`SCHEDULE_LOCKED`]).
+pub(crate) const SCHEDULE: &str = concat!(
+    "SELECT ",
+    schedule_cols!(),
+    " FROM schedules WHERE name = $1"
+);
+pub(crate) const SCHEDULE_LOCKED: &str = concat!(
+    "SELECT ",
+    schedule_cols!(),
+    " FROM schedules WHERE name = $1 FOR UPDATE"
+);
+/// The earliest next tick of a schedule not paused.
+pub(crate) const NEXT_SCHEDULE_AT: &str =
+    "SELECT MIN(next_run_at) FROM schedules WHERE NOT paused AND next_run_at IS NOT NULL";
+/// Due schedules: `$1` now, `$2` limit (PostgreSQL skips rows another process is firing,
+/// [`DUE_SCHEDULES_LOCKED`]).
+pub(crate) const DUE_SCHEDULES: &str = concat!(
+    "SELECT ", schedule_cols!(), " FROM schedules \
+     WHERE NOT paused AND next_run_at IS NOT NULL AND next_run_at <= $1 ORDER BY next_run_at LIMIT $2"
+);
+pub(crate) const DUE_SCHEDULES_LOCKED: &str = concat!(
+    "SELECT ", schedule_cols!(), " FROM schedules \
+     WHERE NOT paused AND next_run_at IS NOT NULL AND next_run_at <= $1 ORDER BY next_run_at LIMIT $2 \
+     FOR UPDATE SKIP LOCKED"
+);
+/// Insert a schedule unless one of that name exists: the 17 columns in [`schedule_cols`] order.
+pub(crate) const INSERT_SCHEDULE: &str = concat!(
+    "INSERT INTO schedules (",
+    schedule_cols!(),
+    ") \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+     ON CONFLICT (name) DO NOTHING"
+);
+/// Rewrite a schedule by name: the first 15 columns of [`schedule_cols`], then `$16`
+/// updated_at (its `created_at` kept).
+pub(crate) const UPDATE_SCHEDULE: &str =
+    "UPDATE schedules SET namespace = $2, template = $3, version = $4, cron = $5, timezone = $6, \
+     context = $7, overlap = $8, catch_up = $9, paused = $10, next_run_at = $11, last_tick_at = $12, \
+     fired = $13, skipped = $14, origin = $15, updated_at = $16 WHERE name = $1";
+/// Delete a schedule: `$1` name.
+pub(crate) const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE name = $1";

@@ -62,6 +62,7 @@ impl TaskTemplate {
                 }
             })?;
         }
+        super::check_schedules(&template, &def)?;
         let validator = context_validator(&template, def.schema.as_ref())?;
         Ok(TaskTemplate {
             name: def.name.clone(),

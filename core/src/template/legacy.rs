@@ -23,6 +23,8 @@ pub(super) struct LegacyRaw {
     named_steps: Option<Vec<String>>,
     #[serde(default)]
     custom_events: Option<Vec<CustomEvent>>,
+    #[serde(default)]
+    schedules: Option<Vec<TemplateSchedule>>,
     // Overrides are merged before parsing (`apply_environment`).
     #[serde(default)]
     #[allow(dead_code)]
@@ -136,6 +138,7 @@ impl LegacyRaw {
             schema: self.schema,
             custom_events,
             compat,
+            schedules: self.schedules.take().unwrap_or_default(),
             steps: self
                 .step_templates
                 .into_iter()

@@ -67,6 +67,57 @@ pub struct Definition {
     /// shown so nothing is silently lost.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub compat: Map<String, Value>,
+    /// Schedules of this template (`schedules:`): created or updated at registration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<TemplateSchedule>,
+}
+
+/// A schedule a template declares (`schedules:`): its template, namespace and version are the
+/// template's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSchedule {
+    pub name: String,
+    pub cron: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<crate::schedule::Overlap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<crate::schedule::CatchUp>,
+}
+
+fn schedule_spec(def: &Definition, s: &TemplateSchedule) -> crate::schedule::ScheduleSpec {
+    crate::schedule::ScheduleSpec {
+        name: s.name.clone(),
+        template: def.name.clone(),
+        cron: s.cron.clone(),
+        context: s.context.clone().unwrap_or(Value::Null),
+        namespace: Some(def.namespace.clone()),
+        version: Some(def.version.clone()),
+        timezone: s.timezone.clone().unwrap_or_else(|| "UTC".into()),
+        overlap: s.overlap.unwrap_or_default(),
+        catch_up: s.catch_up.unwrap_or_default(),
+    }
+}
+
+/// Each schedule's pattern, zone and context checked, names unique.
+pub(super) fn check_schedules(template: &str, def: &Definition) -> Result<(), TemplateError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in def.schedules.iter().enumerate() {
+        let shape = |message: String| TemplateError::Shape {
+            template: template.to_owned(),
+            path: format!("schedules[{i}]"),
+            message,
+        };
+        if !seen.insert(s.name.trim()) {
+            return Err(shape(format!("schedule name {:?} is given twice", s.name)));
+        }
+        schedule_spec(def, s).check().map_err(shape)?;
+    }
+    Ok(())
 }
 
 /// A custom event a template declares.
@@ -339,6 +390,15 @@ impl TaskTemplate {
 
     pub fn definition(&self) -> &Definition {
         &self.definition
+    }
+
+    /// The schedules the template declares, as specs of this template's version.
+    pub fn schedule_specs(&self) -> Vec<crate::schedule::ScheduleSpec> {
+        self.definition
+            .schedules
+            .iter()
+            .map(|s| schedule_spec(&self.definition, s))
+            .collect()
     }
 
     /// The definition as canonical JSON (stable key order), as stored and compared.

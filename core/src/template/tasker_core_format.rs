@@ -22,6 +22,8 @@ pub(super) struct NewRaw {
     steps: Vec<NewStep>,
     #[serde(default)]
     custom_events: Option<Vec<CustomEvent>>,
+    #[serde(default)]
+    schedules: Option<Vec<TemplateSchedule>>,
     // Overrides are merged before parsing (`apply_environment`).
     #[serde(default)]
     #[allow(dead_code)]
@@ -106,6 +108,7 @@ impl NewRaw {
         Ok(Definition {
             custom_events,
             compat,
+            schedules: self.schedules.take().unwrap_or_default(),
             namespace: self
                 .namespace_name
                 .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),

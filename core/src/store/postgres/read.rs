@@ -175,6 +175,36 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(PgTemplate::into_row).collect())
     }
 
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>> {
+        self.count();
+        let rows: Vec<PgSchedule> = sqlx::query_as(sql::SCHEDULES).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(PgSchedule::into_row).collect())
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
+        self.count();
+        let row: Option<PgSchedule> = sqlx::query_as(sql::SCHEDULE)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(PgSchedule::into_row))
+    }
+
+    async fn task_id_by_key(&self, key: &str) -> Result<Option<i64>> {
+        self.count();
+        Ok(sqlx::query_scalar(sql::TASK_BY_IDEMPOTENCY_KEY)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn next_schedule_at(&self) -> Result<Option<i64>> {
+        self.count();
+        Ok(sqlx::query_scalar(sql::NEXT_SCHEDULE_AT)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn event_definitions(&self) -> Result<Vec<EventDefinitionRow>> {
         self.count();
         let rows: Vec<PgEventDefinition> = sqlx::query_as(sql::EVENT_DEFINITIONS)

@@ -332,6 +332,78 @@ impl StoreTx for PgTx {
             .await?)
     }
 
+    async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>> {
+        let row: Option<PgSchedule> = sqlx::query_as(sql::SCHEDULE_LOCKED)
+            .bind(name)
+            .fetch_optional(self.c())
+            .await?;
+        Ok(row.map(PgSchedule::into_row))
+    }
+
+    async fn due_schedules(&mut self, now: i64, limit: i64) -> Result<Vec<ScheduleRow>> {
+        let rows: Vec<PgSchedule> = sqlx::query_as(sql::DUE_SCHEDULES_LOCKED)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.c())
+            .await?;
+        Ok(rows.into_iter().map(PgSchedule::into_row).collect())
+    }
+
+    async fn insert_schedule(&mut self, s: &ScheduleRow) -> Result<bool> {
+        let done = sqlx::query(sql::INSERT_SCHEDULE)
+            .bind(&s.name)
+            .bind(&s.namespace)
+            .bind(&s.template)
+            .bind(&s.version)
+            .bind(&s.cron)
+            .bind(&s.timezone)
+            .bind(&s.context)
+            .bind(&s.overlap)
+            .bind(&s.catch_up)
+            .bind(s.paused)
+            .bind(s.next_run_at)
+            .bind(s.last_tick_at)
+            .bind(s.fired)
+            .bind(s.skipped)
+            .bind(&s.origin)
+            .bind(s.created_at)
+            .bind(s.updated_at)
+            .execute(self.c())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn update_schedule(&mut self, s: &ScheduleRow) -> Result<()> {
+        sqlx::query(sql::UPDATE_SCHEDULE)
+            .bind(&s.name)
+            .bind(&s.namespace)
+            .bind(&s.template)
+            .bind(&s.version)
+            .bind(&s.cron)
+            .bind(&s.timezone)
+            .bind(&s.context)
+            .bind(&s.overlap)
+            .bind(&s.catch_up)
+            .bind(s.paused)
+            .bind(s.next_run_at)
+            .bind(s.last_tick_at)
+            .bind(s.fired)
+            .bind(s.skipped)
+            .bind(&s.origin)
+            .bind(s.updated_at)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_schedule(&mut self, name: &str) -> Result<bool> {
+        let done = sqlx::query(sql::DELETE_SCHEDULE)
+            .bind(name)
+            .execute(self.c())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn upsert_event_definition(&mut self, d: &EventDefinitionRow) -> Result<()> {
         sqlx::query(sql::UPSERT_EVENT_DEFINITION)
             .bind(&d.name)

@@ -262,6 +262,52 @@ impl PgEventDefinition {
     }
 }
 
+/// A row of `schedules`: the same fields as [`ScheduleRow`].
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PgSchedule {
+    pub name: String,
+    pub namespace: String,
+    pub template: String,
+    pub version: Option<String>,
+    pub cron: String,
+    pub timezone: String,
+    pub context: String,
+    pub overlap: String,
+    pub catch_up: String,
+    pub paused: bool,
+    pub next_run_at: Option<i64>,
+    pub last_tick_at: Option<i64>,
+    pub fired: i64,
+    pub skipped: i64,
+    pub origin: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl PgSchedule {
+    pub fn into_row(self) -> ScheduleRow {
+        ScheduleRow {
+            name: self.name,
+            namespace: self.namespace,
+            template: self.template,
+            version: self.version,
+            cron: self.cron,
+            timezone: self.timezone,
+            context: self.context,
+            overlap: self.overlap,
+            catch_up: self.catch_up,
+            paused: self.paused,
+            next_run_at: self.next_run_at,
+            last_tick_at: self.last_tick_at,
+            fired: self.fired,
+            skipped: self.skipped,
+            origin: self.origin,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
 /// A row of `step_decisions`.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PgDecision {

@@ -80,6 +80,34 @@ impl Store for SqliteStore {
         self.read(|c| query_all(c, sql::TEMPLATES, [])).await
     }
 
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>> {
+        self.read(|c| query_all(c, sql::SCHEDULES, [])).await
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
+        let name = name.to_owned();
+        self.read(move |c| query_opt(c, lite!(SCHEDULE), [name]))
+            .await
+    }
+
+    async fn task_id_by_key(&self, key: &str) -> Result<Option<i64>> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(lite!(TASK_BY_IDEMPOTENCY_KEY))?
+                .query_row([key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn next_schedule_at(&self) -> Result<Option<i64>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(sql::NEXT_SCHEDULE_AT)?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+
     async fn event_definitions(&self) -> Result<Vec<EventDefinitionRow>> {
         self.read(|c| query_all(c, sql::EVENT_DEFINITIONS, []))
             .await

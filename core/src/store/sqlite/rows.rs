@@ -248,6 +248,49 @@ impl Decode for AnalyticsRow {
     }
 }
 
+impl Decode for ScheduleRow {
+    const COLUMNS: &'static [&'static str] = &[
+        "name",
+        "namespace",
+        "template",
+        "version",
+        "cron",
+        "timezone",
+        "context",
+        "overlap",
+        "catch_up",
+        "paused",
+        "next_run_at",
+        "last_tick_at",
+        "fired",
+        "skipped",
+        "origin",
+        "created_at",
+        "updated_at",
+    ];
+    fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<ScheduleRow> {
+        Ok(ScheduleRow {
+            name: r.get(ix[0])?,
+            namespace: r.get(ix[1])?,
+            template: r.get(ix[2])?,
+            version: r.get(ix[3])?,
+            cron: r.get(ix[4])?,
+            timezone: r.get(ix[5])?,
+            context: r.get(ix[6])?,
+            overlap: r.get(ix[7])?,
+            catch_up: r.get(ix[8])?,
+            paused: r.get(ix[9])?,
+            next_run_at: r.get(ix[10])?,
+            last_tick_at: r.get(ix[11])?,
+            fired: r.get(ix[12])?,
+            skipped: r.get(ix[13])?,
+            origin: r.get(ix[14])?,
+            created_at: r.get(ix[15])?,
+            updated_at: r.get(ix[16])?,
+        })
+    }
+}
+
 impl Decode for ExpiredLease {
     const COLUMNS: &'static [&'static str] = &["step_id", "task_id", "position", "attempts"];
     fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<ExpiredLease> {

@@ -258,6 +258,72 @@ impl StoreTx for SqliteTx {
         )?)
     }
 
+    async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>> {
+        query_opt(&self.c, lite!(SCHEDULE), [name])
+    }
+
+    async fn due_schedules(&mut self, now: i64, limit: i64) -> Result<Vec<ScheduleRow>> {
+        query_all(&self.c, lite!(DUE_SCHEDULES), params![now, limit])
+    }
+
+    async fn insert_schedule(&mut self, s: &ScheduleRow) -> Result<bool> {
+        let n = self
+            .c
+            .prepare_cached(lite!(INSERT_SCHEDULE))?
+            .execute(params![
+                s.name,
+                s.namespace,
+                s.template,
+                s.version,
+                s.cron,
+                s.timezone,
+                s.context,
+                s.overlap,
+                s.catch_up,
+                s.paused,
+                s.next_run_at,
+                s.last_tick_at,
+                s.fired,
+                s.skipped,
+                s.origin,
+                s.created_at,
+                s.updated_at
+            ])?;
+        Ok(n == 1)
+    }
+
+    async fn update_schedule(&mut self, s: &ScheduleRow) -> Result<()> {
+        self.c
+            .prepare_cached(lite!(UPDATE_SCHEDULE))?
+            .execute(params![
+                s.name,
+                s.namespace,
+                s.template,
+                s.version,
+                s.cron,
+                s.timezone,
+                s.context,
+                s.overlap,
+                s.catch_up,
+                s.paused,
+                s.next_run_at,
+                s.last_tick_at,
+                s.fired,
+                s.skipped,
+                s.origin,
+                s.updated_at
+            ])?;
+        Ok(())
+    }
+
+    async fn delete_schedule(&mut self, name: &str) -> Result<bool> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(DELETE_SCHEDULE))?
+            .execute([name])?
+            == 1)
+    }
+
     async fn upsert_event_definition(&mut self, d: &EventDefinitionRow) -> Result<()> {
         self.c
             .prepare_cached(lite!(UPSERT_EVENT_DEFINITION))?
