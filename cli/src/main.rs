@@ -6,6 +6,7 @@
 
 mod events;
 mod output;
+mod schedules;
 mod telemetry;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +85,9 @@ enum Command {
     /// Register or list event definition files (`config/tasker/events/*.yml`).
     #[command(subcommand)]
     Events(events::EventsCmd),
+    /// Create, list, pause, resume or delete schedules (templates run on a cron pattern).
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCmd),
     /// Create a task from a registered template; prints its id.
     Create {
         name: String,
@@ -388,6 +392,7 @@ async fn dispatch(cli: Cli) -> Outcome {
         } => worker(&cli, *concurrency, *until_idle, *metrics_bind).await,
         Command::Templates(cmd) => templates(&cli, cmd).await,
         Command::Events(cmd) => events::events(&cli, cmd).await,
+        Command::Schedule(cmd) => schedules::schedule(&cli, cmd).await,
         Command::Create {
             name,
             version,

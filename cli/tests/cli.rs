@@ -725,6 +725,71 @@ fn idempotency_key_returns_the_same_task() {
 }
 
 #[test]
+fn tasker_schedule_commands_and_a_worker_firing_a_templates_schedules_block() {
+    let env = Env::new();
+    let f = env.file(
+        "tick.yaml",
+        r#"
+name: tick
+schedules:
+  - {name: every_second, cron: "* * * * * *", overlap: allow}
+step_templates:
+  - {name: x, handler_class: command, handler_config: {command: "true"}}
+"#,
+    );
+    let out = env.tasker(&["templates", "register", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.tasker(&["schedule", "create", "bad", "tick", "* * *"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has 3 fields"), "{}", stderr(&out));
+    let out = env.tasker(&[
+        "schedule",
+        "create",
+        "nightly",
+        "tick",
+        "0 2 * * *",
+        "--timezone",
+        "Europe/Berlin",
+        "--catch-up",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("next run"), "{}", stdout(&out));
+    let out = env.tasker(&["schedule", "pause", "nightly"]);
+    assert!(stdout(&out).contains("paused"), "{}", stdout(&out));
+    // A worker fires the template's schedule while it runs.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["--db", &env.db(), "worker"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    unsafe_kill(child.id(), "TERM");
+    child.wait().unwrap();
+    let out = env.tasker(&["schedule", "list", "--json"]);
+    let all: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(all[0]["name"], "every_second", "{all}");
+    assert!(all[0]["fired"].as_i64().unwrap() >= 1, "{all}");
+    assert_eq!(all[0]["origin"], "default.tick@0.1.0", "{all}");
+    assert_eq!(all[1]["paused"], true, "{all}");
+    assert_eq!(all[1]["fired"], 0, "{all}");
+    let text = stdout(&env.tasker(&["schedule", "list"]));
+    assert!(
+        text.contains("paused") && text.contains("Europe/Berlin"),
+        "{text}"
+    );
+    let out = env.tasker(&["schedule", "delete", "nightly"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.tasker(&["schedule", "resume", "nightly"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no schedule named \"nightly\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn worker_stops_cleanly_on_sigterm() {
     let env = Env::new();
     let f = env.file("w.yaml", "name: w\nstep_templates:\n  - {name: x, handler_class: command, handler_config: {command: 'sleep 0.3; echo done'}}\n");

@@ -1958,3 +1958,145 @@ steps:
     assert_eq!(step(&t["task"], "approve")["results"], json!({"by": "kim"}));
     assert_eq!(step(&t["task"], "deploy")["results"], json!({"v": 3}));
 }
+
+#[tokio::test]
+async fn schedules_over_rest_and_graphql_with_their_permissions_and_serve_fires_them() {
+    let db = Db::new();
+    db.register(
+        r#"
+name: heartbeat
+steps:
+  - {name: beat, handler: {callable: wait}}
+"#,
+    );
+    let secret = "a-long-hs256-secret-for-schedules";
+    let s = Server::start(&db, &["--jwt-secret", secret]);
+    let reader = jwt(
+        secret,
+        &["tasker.schedule:index", "tasker.schedule:show"],
+        600,
+    );
+    let admin = jwt(
+        secret,
+        &[
+            "tasker.schedule:index",
+            "tasker.schedule:create",
+            "tasker.schedule:update",
+            "tasker.schedule:destroy",
+            "tasker.task:index",
+            "tasker.task:show",
+        ],
+        600,
+    );
+    let spec = json!({"name": "pulse", "template": "heartbeat", "cron": "* * * * * *", "overlap": "allow"});
+    let (code, _) = s
+        .call(
+            Method::POST,
+            "/schedules",
+            Some(spec.clone()),
+            Some(&reader),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "creating needs tasker.schedule:create"
+    );
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/schedules",
+            Some(json!({"name": "x", "template": "heartbeat", "cron": "* * * * * *", "overlap": "sometimes"})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("sometimes"), "{body}");
+    let (code, body) = s
+        .call(
+            Method::POST,
+            "/schedules",
+            Some(json!({"name": "x", "template": "heartbeat", "cron": "* * * * * * * *"})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("has 8 fields"), "{body}");
+    let (code, body) = s
+        .call(Method::POST, "/schedules", Some(spec.clone()), Some(&admin))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(body["schedule"]["name"], "pulse");
+    let (code, _) = s
+        .call(Method::POST, "/schedules", Some(spec), Some(&admin))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    // `tasker serve` fires it: a task a second.
+    let mut fired = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, b) = s
+            .call(Method::GET, "/schedules/pulse", None, Some(&reader))
+            .await;
+        fired = b["schedule"]["fired"].as_i64().unwrap();
+        if fired >= 2 {
+            break;
+        }
+    }
+    assert!(fired >= 2, "serve fired {fired} ticks in 5 s");
+    let (_, b) = s
+        .call(Method::GET, "/schedules/pulse", None, Some(&reader))
+        .await;
+    let last = b["schedule"]["last_task_id"].as_i64().unwrap();
+    let (_, t) = s
+        .call(Method::GET, &format!("/tasks/{last}"), None, Some(&admin))
+        .await;
+    assert_eq!(t["task"]["source_system"], "schedule", "{t}");
+    assert_eq!(t["task"]["initiator"], "pulse", "{t}");
+    let g = gql(
+        &s,
+        Some(&admin),
+        "mutation { pauseSchedule(name: \"pulse\") { paused nextRunAt } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        g["data"]["pauseSchedule"],
+        json!({"paused": true, "nextRunAt": null}),
+        "{g}"
+    );
+    let g = gql(
+        &s,
+        Some(&reader),
+        "{ schedules { name cron paused fired } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(g["data"]["schedules"][0]["paused"], true, "{g}");
+    let g = gql(
+        &s,
+        Some(&reader),
+        "mutation { deleteSchedule(name: \"pulse\") }",
+        json!({}),
+    )
+    .await;
+    assert!(
+        g["errors"].to_string().contains("tasker.schedule:destroy"),
+        "{g}"
+    );
+    let (code, _) = s
+        .call(Method::POST, "/schedules/pulse/resume", None, Some(&admin))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, body) = s
+        .call(Method::DELETE, "/schedules/pulse", None, Some(&admin))
+        .await;
+    assert_eq!(
+        (code, &body),
+        (StatusCode::OK, &json!({"deleted": "pulse"}))
+    );
+    let (code, _) = s
+        .call(Method::GET, "/schedules/pulse", None, Some(&reader))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}

@@ -36,6 +36,7 @@ pub const MAX_CATCH_UP: usize = 100;
 
 /// What a tick does while the schedule's previous task is unfinished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// No new task (the default).
@@ -49,6 +50,7 @@ pub enum Overlap {
 
 /// Which missed ticks fire after every process was down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
     /// Only a tick that is on time ([`MISFIRE_GRACE_MS`]).
@@ -287,13 +289,17 @@ pub fn due(cadence: &Cadence, first: i64, now: i64, catch_up: CatchUp) -> Due {
 /// A schedule as a user writes it (API call, `schedules:` block of a template), checked by
 /// [`ScheduleSpec::check`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     pub name: String,
     /// The template's name.
     pub template: String,
+    /// 5 fields, or 6 with seconds first.
     pub cron: String,
+    /// The tasks' context (a JSON object; default `{}`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Value,
     #[serde(default)]
     pub namespace: Option<String>,

@@ -143,6 +143,28 @@ pub const ROUTES: &[(&str, &str, Access)] = {
             "/correlations/{id}/complete",
             Permission("tasker.workflow_step:complete"),
         ),
+        ("GET", "/schedules", Permission("tasker.schedule:index")),
+        ("POST", "/schedules", Permission("tasker.schedule:create")),
+        (
+            "GET",
+            "/schedules/{name}",
+            Permission("tasker.schedule:show"),
+        ),
+        (
+            "DELETE",
+            "/schedules/{name}",
+            Permission("tasker.schedule:destroy"),
+        ),
+        (
+            "POST",
+            "/schedules/{name}/pause",
+            Permission("tasker.schedule:update"),
+        ),
+        (
+            "POST",
+            "/schedules/{name}/resume",
+            Permission("tasker.schedule:update"),
+        ),
         // task_diagrams, task_diagrams.json, .html, .mmd (other names: 404)
         (
             "GET",

@@ -279,6 +279,50 @@ struct EventEntry {
     source: Option<String>,
 }
 
+/// A schedule (`schedules`; `GET /schedules` in REST).
+#[derive(SimpleObject)]
+struct Schedule {
+    name: String,
+    template: String,
+    namespace: String,
+    version: Option<String>,
+    cron: String,
+    timezone: String,
+    context: Json<Value>,
+    overlap: String,
+    catch_up: String,
+    paused: bool,
+    next_run_at: Option<String>,
+    last_run_at: Option<String>,
+    last_task_id: Option<i64>,
+    fired: i64,
+    skipped: i64,
+    origin: String,
+}
+
+impl From<tasker_core::engine::ScheduleInfo> for Schedule {
+    fn from(s: tasker_core::engine::ScheduleInfo) -> Schedule {
+        Schedule {
+            name: s.name,
+            template: s.template,
+            namespace: s.namespace,
+            version: s.version,
+            cron: s.cron,
+            timezone: s.timezone,
+            context: Json(s.context),
+            overlap: s.overlap,
+            catch_up: s.catch_up,
+            paused: s.paused,
+            next_run_at: s.next_run_at,
+            last_run_at: s.last_run_at,
+            last_task_id: s.last_task_id,
+            fired: s.fired,
+            skipped: s.skipped,
+            origin: s.origin,
+        }
+    }
+}
+
 pub struct QueryRoot;
 
 #[Object]
@@ -342,6 +386,27 @@ impl QueryRoot {
                 source: e.source,
             })
             .collect())
+    }
+
+    /// Every schedule, by name, with its next run time.
+    async fn schedules(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Schedule>> {
+        require(ctx, "tasker.schedule:index")?;
+        let all = ctx
+            .data::<Engine>()?
+            .list_schedules()
+            .await
+            .map_err(core_err)?;
+        Ok(all.into_iter().map(Schedule::from).collect())
+    }
+
+    async fn schedule(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<Schedule> {
+        require(ctx, "tasker.schedule:show")?;
+        let s = ctx
+            .data::<Engine>()?
+            .get_schedule(&name)
+            .await
+            .map_err(core_err)?;
+        Ok(s.into())
     }
 
     /// A step by name or id.
@@ -547,6 +612,84 @@ impl MutationRoot {
             .await
             .map_err(core_err)?;
         step_now(ctx, task_id, &name).await
+    }
+
+    /// Creates a schedule: a task of the template at each tick of `cron` (5 fields, or 6
+    /// with seconds first); `overlap`: skip, allow, cancel_previous; `catchUp`: none,
+    /// latest, all.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_schedule(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        template: String,
+        cron: String,
+        context: Option<Json<Value>>,
+        namespace: Option<String>,
+        version: Option<String>,
+        #[graphql(default_with = "\"UTC\".to_string()")] timezone: String,
+        #[graphql(default_with = "\"skip\".to_string()")] overlap: String,
+        #[graphql(default_with = "\"latest\".to_string()")] catch_up: String,
+    ) -> async_graphql::Result<Schedule> {
+        require(ctx, "tasker.schedule:create")?;
+        let invalid = |m: String| core_err(tasker_core::Error::Validation(m));
+        let spec = tasker_core::schedule::ScheduleSpec {
+            context: or_null(context),
+            namespace,
+            version,
+            timezone,
+            overlap: overlap.parse().map_err(invalid)?,
+            catch_up: catch_up.parse().map_err(invalid)?,
+            ..tasker_core::schedule::ScheduleSpec::new(&name, &template, &cron)
+        };
+        let s = ctx
+            .data::<Engine>()?
+            .create_schedule(spec)
+            .await
+            .map_err(core_err)?;
+        Ok(s.into())
+    }
+
+    async fn pause_schedule(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> async_graphql::Result<Schedule> {
+        require(ctx, "tasker.schedule:update")?;
+        let s = ctx
+            .data::<Engine>()?
+            .pause_schedule(&name)
+            .await
+            .map_err(core_err)?;
+        Ok(s.into())
+    }
+
+    async fn resume_schedule(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> async_graphql::Result<Schedule> {
+        require(ctx, "tasker.schedule:update")?;
+        let s = ctx
+            .data::<Engine>()?
+            .resume_schedule(&name)
+            .await
+            .map_err(core_err)?;
+        Ok(s.into())
+    }
+
+    /// Deletes a schedule (its tasks stay); its name.
+    async fn delete_schedule(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> async_graphql::Result<String> {
+        require(ctx, "tasker.schedule:destroy")?;
+        ctx.data::<Engine>()?
+            .delete_schedule(&name)
+            .await
+            .map_err(core_err)?;
+        Ok(name)
     }
 
     /// Completes every step waiting with this correlation id; the count.

@@ -130,6 +130,16 @@ pub fn app(engine: Engine, base_path: &str, auth: Auth) -> Router {
             "/correlations/{id}/complete",
             post(routes::complete_correlated),
         )
+        .route(
+            "/schedules",
+            get(routes::list_schedules).post(routes::create_schedule),
+        )
+        .route(
+            "/schedules/{name}",
+            get(routes::get_schedule).delete(routes::delete_schedule),
+        )
+        .route("/schedules/{name}/pause", post(routes::pause_schedule))
+        .route("/schedules/{name}/resume", post(routes::resume_schedule))
         .route("/tasks/{id}/{file}", get(routes::diagram))
         .route("/handlers", get(routes::handlers))
         .route("/handlers/{namespace}", get(routes::namespace_handlers))

@@ -34,6 +34,12 @@ use crate::routes;
         routes::fail_step,
         routes::signal,
         routes::complete_correlated,
+        routes::list_schedules,
+        routes::create_schedule,
+        routes::get_schedule,
+        routes::delete_schedule,
+        routes::pause_schedule,
+        routes::resume_schedule,
         routes::handlers,
         routes::namespace_handlers,
         routes::handler,
@@ -50,7 +56,7 @@ use crate::routes;
         crate::dashboard::asset,
     ),
     tags(
-        (name = "tasks"), (name = "steps"), (name = "handlers"), (name = "events"), (name = "health"),
+        (name = "tasks"), (name = "steps"), (name = "schedules"), (name = "handlers"), (name = "events"), (name = "health"),
         (name = "graphql"), (name = "meta"), (name = "analytics"), (name = "dashboard")
     )
 )]

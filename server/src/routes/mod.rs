@@ -5,6 +5,7 @@
 
 mod diagrams;
 mod health;
+mod schedules;
 mod steps;
 mod tasks;
 mod templates;
@@ -12,6 +13,7 @@ mod waits;
 
 pub use diagrams::*;
 pub use health::*;
+pub use schedules::*;
 pub use steps::*;
 pub use tasks::*;
 pub use waits::*;
