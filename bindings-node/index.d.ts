@@ -232,6 +232,13 @@ export declare class Engine {
   failStep(id: number, step: string, message: string, options?: { permanent?: boolean }): Promise<void>
   /** Completes every step waiting with this correlation id; resolves to how many. */
   completeCorrelated(correlationId: string, results?: Json): Promise<number>
+  /** A task of `template` at each tick of `cron` (5 fields, or 6 with seconds first); every worker process fires it. */
+  createSchedule(name: string, template: string, cron: string, options?: ScheduleOptions): Promise<Schedule>
+  listSchedules(): Promise<Schedule[]>
+  getSchedule(name: string): Promise<Schedule>
+  pauseSchedule(name: string): Promise<Schedule>
+  resumeSchedule(name: string): Promise<Schedule>
+  deleteSchedule(name: string): Promise<void>
   waitForTask(id: number, options?: { timeout?: number }): Promise<TaskSnapshot>
   /** `timeout` in seconds. */
   runUntilComplete(id: number, options?: { timeout?: number, concurrency?: number }): Promise<TaskSnapshot>
@@ -291,4 +298,36 @@ export declare class Decision {
   readonly steps: string[]
   readonly results: unknown
   toJSON(): { $decision: string[]; results?: unknown }
+}
+
+export interface ScheduleOptions {
+  context?: { [key: string]: Json } | null
+  namespace?: string | null
+  version?: string | null
+  /** An IANA zone name (default UTC). */
+  timezone?: string
+  overlap?: 'skip' | 'allow' | 'cancel_previous'
+  catchUp?: 'none' | 'latest' | 'all'
+}
+
+export interface Schedule {
+  name: string
+  template: string
+  namespace: string
+  version: string | null
+  cron: string
+  timezone: string
+  context: { [key: string]: Json }
+  overlap: 'skip' | 'allow' | 'cancel_previous'
+  catch_up: 'none' | 'latest' | 'all'
+  paused: boolean
+  /** RFC 3339; null when paused or when the pattern has no further tick. */
+  next_run_at: string | null
+  last_run_at: string | null
+  last_task_id: number | null
+  fired: number
+  skipped: number
+  origin: string
+  created_at: string
+  updated_at: string
 }

@@ -459,6 +459,31 @@ class Engine {
     return call(core.completeCorrelated(correlationId, jsonText('results', results)))
   }
 
+  /**
+   * Creates a schedule: a task of `template` at each tick of `cron` (5 fields, or 6 with
+   * seconds first). `overlap`: skip | allow | cancel_previous; `catchUp`: none | latest | all.
+   * Every worker process fires it. Resolves to the schedule.
+   */
+  async createSchedule (name, template, cron, { context = null, namespace = null, version = null, timezone = 'UTC', overlap = 'skip', catchUp = 'latest' } = {}) {
+    const spec = { name, template, cron, context, namespace, version, timezone, overlap, catch_up: catchUp }
+    return this._schedule('create', jsonText('schedule', spec))
+  }
+
+  /** Every schedule, by name, with its next run time. */
+  async listSchedules () { return this._schedule('list', '') }
+  async getSchedule (name) { return this._schedule('get', name) }
+  /** Its ticks make no task until resumed (and are not caught up). */
+  async pauseSchedule (name) { return this._schedule('pause', name) }
+  /** Resumes from its next tick after now. */
+  async resumeSchedule (name) { return this._schedule('resume', name) }
+  /** Deletes it (its tasks stay). */
+  async deleteSchedule (name) { await this._schedule('delete', name) }
+
+  async _schedule (op, arg) {
+    const core = await this._core()
+    return JSON.parse(await call(core.scheduleOp(op, arg)))
+  }
+
   /** Waits until another process or run finishes the task; resolves to its snapshot. */
   async waitForTask (id, { timeout } = {}) {
     const core = await this._core()

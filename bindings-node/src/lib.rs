@@ -356,6 +356,13 @@ impl Core {
             .map_err(err)
     }
 
+    /// Schedules: `op` create (`arg`: the spec as JSON), list, get, pause, resume, delete
+    /// (`arg`: the name); JSON text back.
+    #[napi]
+    pub async fn schedule_op(&self, op: String, arg: String) -> Result<String> {
+        self.engine.schedule_op(&op, &arg).await.map_err(err)
+    }
+
     #[napi]
     pub async fn resolve_step_manually(
         &self,

@@ -491,6 +491,13 @@ impl Core {
         })
     }
 
+    /// Schedules: `op` create (`arg`: the spec as JSON), list, get, pause, resume, delete
+    /// (`arg`: the name); JSON text back.
+    fn schedule_op(&self, py: Python<'_>, op: String, arg: String) -> PyResult<String> {
+        let e = self.engine.clone();
+        block(py, move || async move { e.schedule_op(&op, &arg).await })
+    }
+
     /// Starts the worker loop for `handlers` (run by Python) plus the built-in handlers (run
     /// in Rust). `mode`: "forever", "until_idle" or "until_task" (with `task_id`).
     #[pyo3(signature = (handlers, concurrency, mode, task_id=None, worker_id=None, shutdown_grace=30.0))]

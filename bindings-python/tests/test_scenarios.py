@@ -835,3 +835,40 @@ def test_a_fan_out_runs_one_instance_per_item_and_a_checkpoint_reaches_the_next_
     assert out["names"] == ["work_001", "work_002", "work_003"]
     assert out["sums"] == [sum(range(0, 10)), sum(range(15, 20)), sum(range(20, 30))]
     assert step(snap, "work_002")["attempts"] == 2
+
+
+def test_a_schedule_is_fired_by_a_running_worker_and_managed_by_name(engine):
+    engine.register_template("name: beat\nstep_templates:\n  - {name: pulse}\n")
+    engine.handler("pulse")(lambda s: {"tick": s.context["n"]})
+    s = engine.create_schedule("every_second", "beat", "* * * * * *", context={"n": 1}, overlap="allow")
+    assert (s["name"], s["timezone"], s["overlap"], s["catch_up"]) == ("every_second", "UTC", "allow", "latest")
+    assert s["next_run_at"].endswith("Z")
+    with pytest.raises(tasker.ConflictError):
+        engine.create_schedule("every_second", "beat", "* * * * *")
+    with pytest.raises(tasker.ValidationError, match="has 3 fields"):
+        engine.create_schedule("bad", "beat", "* * *")
+    with pytest.raises(tasker.ValidationError, match="overlap"):
+        engine.create_schedule("bad", "beat", "* * * * *", overlap="sometimes")
+    with pytest.raises(tasker.ValidationError, match="Atlantis"):
+        engine.create_schedule("bad", "beat", "* * * * *", timezone="Atlantis")
+    worker = threading.Thread(target=engine.run_worker, kwargs={"concurrency": 2})
+    worker.start()
+    try:
+        deadline = time.time() + 10
+        while engine.get_schedule("every_second")["fired"] < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        s = engine.get_schedule("every_second")
+        assert s["fired"] >= 2, s
+        task = engine.wait_for_task(s["last_task_id"], timeout=10)
+        assert (task["source_system"], task["initiator"]) == ("schedule", "every_second")
+        assert step(task, "pulse")["results"] == {"tick": 1}
+    finally:
+        engine.stop()
+        worker.join(timeout=30)
+    assert engine.pause_schedule("every_second")["paused"] is True
+    assert [x["name"] for x in engine.list_schedules()] == ["every_second"]
+    assert engine.resume_schedule("every_second")["paused"] is False
+    engine.delete_schedule("every_second")
+    assert engine.list_schedules() == []
+    with pytest.raises(tasker.NotFoundError, match="every_second"):
+        engine.get_schedule("every_second")

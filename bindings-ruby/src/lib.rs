@@ -483,6 +483,11 @@ impl Core {
         })
     }
 
+    /// Schedules: `op` create (`arg`: the spec as JSON), list, get, pause, resume, delete.
+    fn schedule_op(ruby: &Ruby, rb_self: &Self, op: String, arg: String) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move { e.schedule_op(&op, &arg).await })
+    }
+
     /// `[description, durable]`: the durability commits get, as the database reports it.
     fn durability(ruby: &Ruby, rb_self: &Self) -> Result<(String, bool), Error> {
         rb_self.call(ruby, |e| async move {
@@ -735,6 +740,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     core.define_method("fail_step", method!(Core::fail_step, 4))?;
     core.define_method("complete_correlated", method!(Core::complete_correlated, 2))?;
     core.define_method("durability", method!(Core::durability, 0))?;
+    core.define_method("schedule_op", method!(Core::schedule_op, 2))?;
     core.define_method("wait_for_task", method!(Core::wait_for_task, 2))?;
     core.define_method(
         "publish_custom_event",

@@ -464,6 +464,33 @@ class ScenariosTest < Minitest::Test
     assert_raises(Tasker::TimeoutError) { engine.run_until_complete(engine.create_task("stuck"), timeout: 0.3) }
   end
 
+  def test_a_schedule_is_fired_by_a_running_worker_and_managed_by_name
+    engine = new_engine
+    engine.register_template("name: beat\nstep_templates:\n  - {name: pulse}\n")
+    engine.handler("pulse") { |s| { tick: s.context["n"] } }
+    s = engine.create_schedule("every_second", "beat", "* * * * * *", context: { n: 1 }, overlap: "allow")
+    assert_equal %w[every_second UTC allow latest], s.values_at("name", "timezone", "overlap", "catch_up")
+    assert_raises(Tasker::ConflictError) { engine.create_schedule("every_second", "beat", "* * * * *") }
+    e = assert_raises(Tasker::ValidationError) { engine.create_schedule("bad", "beat", "* * *") }
+    assert_match(/has 3 fields/, e.message)
+    worker = Thread.new { engine.run_worker(concurrency: 2) }
+    deadline = Time.now + 10
+    sleep 0.1 while engine.get_schedule("every_second")["fired"] < 2 && Time.now < deadline
+    fired = engine.get_schedule("every_second")
+    assert_operator fired["fired"], :>=, 2, fired.inspect
+    task = engine.wait_for_task(fired["last_task_id"], timeout: 10)
+    assert_equal %w[schedule every_second], task.values_at("source_system", "initiator")
+    assert_equal({ "tick" => 1 }, step(task, "pulse")["results"])
+    engine.stop
+    assert worker.join(30), "stop ends run_worker"
+    assert_equal true, engine.pause_schedule("every_second")["paused"]
+    assert_equal ["every_second"], engine.list_schedules.map { |x| x["name"] }
+    assert_equal false, engine.resume_schedule("every_second")["paused"]
+    engine.delete_schedule("every_second")
+    assert_equal [], engine.list_schedules
+    assert_raises(Tasker::NotFoundError) { engine.get_schedule("every_second") }
+  end
+
   def test_bulk_create_wait_from_another_thread_and_stop
     engine.register_template("name: job\nstep_templates:\n  - {name: noop}\n")
     engine.handler("noop") { |s| { i: s.context["i"] } }

@@ -542,6 +542,41 @@ class Engine:
         """Completes every step waiting with this correlation id; returns how many."""
         return self._core.complete_correlated(correlation_id, _json_arg("results", results))
 
+    # ---- schedules ---------------------------------------------------------------------
+
+    def create_schedule(self, name: str, template: str, cron: str, context: Optional[Dict[str, Any]] = None,
+                        namespace: Optional[str] = None, version: Optional[str] = None, timezone: str = "UTC",
+                        overlap: str = "skip", catch_up: str = "latest") -> Dict[str, Any]:
+        """Creates a schedule: a task of ``template`` at each tick of ``cron`` (5 fields, or 6
+        with seconds first) in ``timezone``. ``overlap``: ``skip`` (no new task while the last
+        is unfinished), ``allow``, ``cancel_previous``; ``catch_up`` after every process was
+        down: ``none``, ``latest``, ``all``. Every worker process fires it. Returns the
+        schedule (``next_run_at``, ...); ``ValidationError`` naming what is wrong,
+        ``ConflictError`` when the name is taken."""
+        spec = {"name": name, "template": template, "cron": cron, "context": context,
+                "namespace": namespace, "version": version, "timezone": timezone,
+                "overlap": overlap, "catch_up": catch_up}
+        return json.loads(self._core.schedule_op("create", _json_arg("schedule", spec)))
+
+    def list_schedules(self) -> List[Dict[str, Any]]:
+        """Every schedule, by name, with its next run time."""
+        return json.loads(self._core.schedule_op("list", ""))
+
+    def get_schedule(self, name: str) -> Dict[str, Any]:
+        return json.loads(self._core.schedule_op("get", name))
+
+    def pause_schedule(self, name: str) -> Dict[str, Any]:
+        """Its ticks make no task until resumed (and are not caught up)."""
+        return json.loads(self._core.schedule_op("pause", name))
+
+    def resume_schedule(self, name: str) -> Dict[str, Any]:
+        """Resumes from its next tick after now."""
+        return json.loads(self._core.schedule_op("resume", name))
+
+    def delete_schedule(self, name: str) -> None:
+        """Deletes it (its tasks stay)."""
+        self._core.schedule_op("delete", name)
+
     # ---- running -----------------------------------------------------------------------
 
     def run_until_complete(self, task_id: int, timeout: Optional[float] = None, *, concurrency: int = 8) -> Dict[str, Any]:

@@ -195,6 +195,32 @@ module Tasker
       @core.complete_correlated(correlation_id.to_s, Json.text("results", results))
     end
 
+    # Creates a schedule: a task of +template+ at each tick of +cron+ (5 fields, or 6 with
+    # seconds first) in +timezone+. +overlap+: "skip", "allow", "cancel_previous"; +catch_up+
+    # after every process was down: "none", "latest", "all". Every worker process fires it.
+    # Returns the schedule as a Hash (+"next_run_at"+, ...).
+    def create_schedule(name, template, cron, context: nil, namespace: nil, version: nil,
+                        timezone: "UTC", overlap: "skip", catch_up: "latest")
+      spec = { name: name.to_s, template: template.to_s, cron: cron.to_s, context: context,
+               namespace: namespace&.to_s, version: version&.to_s, timezone: timezone.to_s,
+               overlap: overlap.to_s, catch_up: catch_up.to_s }
+      schedule_op("create", Json.text("schedule", spec))
+    end
+
+    # Every schedule, by name, with its next run time.
+    def list_schedules = schedule_op("list", "")
+    def get_schedule(name) = schedule_op("get", name.to_s)
+    # Its ticks make no task until resumed (and are not caught up).
+    def pause_schedule(name) = schedule_op("pause", name.to_s)
+    # Resumes from its next tick after now.
+    def resume_schedule(name) = schedule_op("resume", name.to_s)
+
+    # Deletes it (its tasks stay).
+    def delete_schedule(name)
+      schedule_op("delete", name.to_s)
+      nil
+    end
+
     # What the database says commits get: +{"description" => ..., "durable" => true/false}+.
     def durability
       description, durable = @core.durability
@@ -250,6 +276,10 @@ module Tasker
     end
 
     private
+
+    def schedule_op(op, arg)
+      JSON.parse(@core.schedule_op(op, arg))
+    end
 
     def now
       Process.clock_gettime(Process::CLOCK_MONOTONIC)

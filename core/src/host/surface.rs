@@ -211,3 +211,42 @@ impl Engine {
             .await
     }
 }
+
+impl Engine {
+    /// Schedules as a binding calls them, one entry point for every language: `op` is
+    /// `create` (`arg`: a [`crate::schedule::ScheduleSpec`] as JSON, the binding's keyword
+    /// arguments), `list`, or `get` / `pause` / `resume` / `delete` (`arg`: the name). Answers
+    /// JSON text: the schedule, the list, or `null` for `delete`.
+    pub async fn schedule_op(&self, op: &str, arg: &str) -> Result<String> {
+        match op {
+            "create" => {
+                let de = &mut serde_json::Deserializer::from_str(arg);
+                let spec: crate::schedule::ScheduleSpec = serde_path_to_error::deserialize(de)
+                    .map_err(|e| {
+                        let at = e.path().to_string();
+                        Error::Validation(if at == "." {
+                            format!("create_schedule: {}", e.inner())
+                        } else {
+                            format!("create_schedule: {at}: {}", e.inner())
+                        })
+                    })?;
+                Ok(json_text(&self.create_schedule(spec).await?))
+            }
+            "list" => Ok(json_text(&self.list_schedules().await?)),
+            "get" => Ok(json_text(&self.get_schedule(arg).await?)),
+            "pause" => Ok(json_text(&self.pause_schedule(arg).await?)),
+            "resume" => Ok(json_text(&self.resume_schedule(arg).await?)),
+            "delete" => {
+                self.delete_schedule(arg).await?;
+                Ok("null".into())
+            }
+            other => Err(Error::Validation(format!(
+                "schedule operation {other:?}: expected create, list, get, pause, resume or delete"
+            ))),
+        }
+    }
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("json")
+}
