@@ -29,6 +29,8 @@ struct Fleet {
     sleep_ms: u64,
     workers: Vec<Child>,
     spawned: usize,
+    /// Extra arguments of every worker (`--forever`).
+    extra: Vec<&'static str>,
 }
 
 impl Fleet {
@@ -42,6 +44,7 @@ impl Fleet {
             sleep_ms,
             workers: Vec::new(),
             spawned: 0,
+            extra: Vec::new(),
         }
     }
 
@@ -56,6 +59,7 @@ impl Fleet {
                 &self.sleep_ms.to_string(),
             ])
             .args(["--worker-id", &format!("w{}", self.spawned)])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(s) = &self.schema {
@@ -740,4 +744,120 @@ async fn signals_racing_waits_across_processes_are_never_lost_and_waiting_steps_
             json!({"got": {"task": id}})
         );
     }
+}
+
+/// A schedule's tasks as (tick, created_at) in ms, from their idempotency keys.
+async fn ticks_of(engine: &Engine, schedule: &str) -> Vec<(i64, i64)> {
+    let ms = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let mut out = Vec::new();
+    let all = engine
+        .list_tasks(&TaskFilter {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for t in all {
+        let s = engine.get_task(t.id).await.unwrap();
+        if s.initiator != schedule || s.source_system != "schedule" {
+            continue;
+        }
+        let key = s.idempotency_key.unwrap();
+        // `schedule:NAME:2026-12-07T02:00:00Z`: the tick is the last 20 characters.
+        let tick = &key[key.len() - 20..];
+        out.push((ms(tick), ms(&s.created_at)));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: TASKER_TEST_BACKEND=postgres cargo test --test multiprocess -- --include-ignored"]
+async fn three_workers_fire_a_one_second_schedule_once_per_tick_and_catch_up_after_all_were_down() {
+    if !postgres_or_skip("schedules_across_workers") {
+        return;
+    }
+    let h = Harness::real_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Nobody runs `beat`: the tasks stay pending, every tick's task is counted.
+    h.engine
+        .register_template_yaml("name: pulse\nstep_templates:\n  - {name: beat}\n")
+        .await
+        .unwrap();
+    for (name, catch_up) in [("all", "all"), ("latest", "latest"), ("none", "none")] {
+        let spec = tasker_core::schedule::ScheduleSpec {
+            overlap: tasker_core::schedule::Overlap::Allow,
+            catch_up: catch_up.parse().unwrap(),
+            ..tasker_core::schedule::ScheduleSpec::new(name, "pulse", "* * * * * *")
+        };
+        h.engine.create_schedule(spec).await.unwrap();
+    }
+    let mut fleet = Fleet::new(&h, dir.path(), 2_000, 0);
+    fleet.extra = vec!["--forever"];
+    fleet.start(3);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    for w in &mut fleet.workers {
+        w.kill().unwrap();
+        w.wait().unwrap();
+    }
+    fleet.workers.clear();
+    let stopped = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restarted = chrono::Utc::now().timestamp_millis();
+    fleet.start(3);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for w in &mut fleet.workers {
+        w.kill().unwrap();
+        w.wait().unwrap();
+    }
+    fleet.workers.clear();
+    let gaps = |ticks: &[(i64, i64)]| -> Vec<(i64, i64)> {
+        ticks
+            .windows(2)
+            .filter(|w| w[1].0 - w[0].0 != 1000)
+            .map(|w| (w[0].0, w[1].0))
+            .collect()
+    };
+    let all = ticks_of(&h.engine, "all").await;
+    let latest = ticks_of(&h.engine, "latest").await;
+    let none = ticks_of(&h.engine, "none").await;
+    // While the workers ran, every tick made exactly one task (one key per tick, and none
+    // skipped): 20 s of ticks, give or take the first workers' start.
+    assert!(all.len() >= 20, "{} ticks", all.len());
+    for (name, t) in [("all", &all), ("latest", &latest), ("none", &none)] {
+        let mut uniq: Vec<i64> = t.iter().map(|x| x.0).collect();
+        uniq.dedup();
+        assert_eq!(uniq.len(), t.len(), "{name}: a tick made two tasks");
+        assert!(
+            t.iter().any(|x| x.0 > restarted),
+            "{name} fired after the restart"
+        );
+        let g = gaps(t);
+        if name == "all" {
+            assert!(g.is_empty(), "all: every missed tick caught up, gaps {g:?}");
+        } else {
+            // One gap, across the outage only: ticks passed over while no process ran.
+            assert_eq!(g.len(), 1, "{name}: gaps {g:?}");
+            assert!(
+                g[0].0 <= stopped && g[0].1 >= stopped,
+                "{name}: gap {g:?} outside the outage"
+            );
+            assert!(
+                g[0].1 - g[0].0 >= 3000,
+                "{name}: gap {g:?} too short for a 5 s outage"
+            );
+        }
+    }
+    // `all` made the missed ticks' tasks late, at the restart; `none` made none late.
+    let late = |t: &[(i64, i64)]| t.iter().filter(|x| x.1 - x.0 > 2_500).count();
+    assert!(late(&all) >= 2, "all: {} late tasks", late(&all));
+    assert_eq!(late(&none), 0, "none fires only on-time ticks");
+    assert!(
+        late(&latest) <= 1,
+        "latest fires at most the one latest missed tick late"
+    );
 }

@@ -144,7 +144,13 @@ async fn main() {
         }
         stop.shutdown();
     });
-    let stats = worker.run_until_idle().await.expect("worker run");
+    // `--forever`: until SIGTERM/SIGINT (or kill -9), firing schedules meanwhile.
+    let stats = if std::env::args().any(|a| a == "--forever") {
+        worker.run().await
+    } else {
+        worker.run_until_idle().await
+    }
+    .expect("worker run");
     eprintln!("worker {} done: {stats:?}", std::process::id());
 }
 
