@@ -1,5 +1,5 @@
 // Tasker dashboard: plain JavaScript over the REST API of `tasker serve` (no build step, no CDN).
-// Hash routes: #/tasks, #/tasks/ID, #/templates, #/analytics. Live: the open view re-reads the
+// Hash routes: #/tasks, #/tasks/ID, #/templates, #/schedules, #/analytics. Live: the open view re-reads the
 // API every POLL_MS (workers may run in other processes, so the server has no events to push).
 'use strict';
 
@@ -474,6 +474,29 @@ function templatesView() {
   };
 }
 
+function schedulesView() {
+  $('#main').innerHTML = '<h1>Schedules</h1><p class="muted">Every worker process and <code>tasker serve</code> fire them; each tick makes one task.</p><div id="schedules" class="table-wrap"></div>';
+  $('#schedules').addEventListener('click', async (ev) => {
+    const b = ev.target.closest('button[data-schedule]');
+    if (!b) return;
+    const name = b.dataset.schedule, op = b.dataset.op;
+    if (await confirmAction(`${op === 'pause' ? 'Pause' : 'Resume'} schedule ${name}?`)) {
+      await act(`${op === 'pause' ? 'Pause' : 'Resume'} schedule`, () => api(`/schedules/${encodeURIComponent(name)}/${op}`, { method: 'POST', body: {} }));
+    }
+  });
+  return {
+    async poll() {
+      const { schedules } = await api('/schedules');
+      $('#schedules').innerHTML = schedules.length ? `<table aria-label="Schedules"><thead><tr><th scope="col">Name</th><th scope="col">Template</th><th scope="col">Cron</th><th scope="col">Time zone</th><th scope="col">Next run</th><th scope="col">Last run</th><th scope="col">Fired</th><th scope="col">Skipped</th><th scope="col">Overlap · catch-up</th><th scope="col"></th></tr></thead><tbody>
+        ${schedules.map((s) => `<tr data-name="${esc(s.name)}"><td>${esc(s.name)}</td><td>${esc(s.namespace)}.${esc(s.template)}${s.version ? '@' + esc(s.version) : ''}</td><td><code>${esc(s.cron)}</code></td><td>${esc(s.timezone)}</td>
+          <td class="next-run">${s.paused ? 'paused' : when(s.next_run_at)}</td><td>${s.last_task_id ? `<a href="#/tasks/${esc(s.last_task_id)}">${when(s.last_run_at)}</a>` : '–'}</td>
+          <td>${s.fired}</td><td>${s.skipped}</td><td>${esc(s.overlap)} · ${esc(s.catch_up)}</td>
+          <td><button type="button" class="secondary" data-schedule="${esc(s.name)}" data-op="${s.paused ? 'resume' : 'pause'}">${s.paused ? 'Resume' : 'Pause'}</button></td></tr>`).join('')}
+        </tbody></table>` : '<p class="muted">No schedules. Create one with <code>tasker schedule create</code>, <code>POST /schedules</code> or a template\'s <code>schedules:</code> block.</p>';
+    },
+  };
+}
+
 function seriesChart(series) {
   const W = 360, H = 120, max = Math.max(1, ...series.map((s) => Math.max(s.created, s.completed + s.failed)));
   const bw = W / series.length;
@@ -551,6 +574,7 @@ function route() {
   document.title = 'Tasker';
   if (parts[0] === 'tasks' && parts[1]) view = taskView(parts[1]);
   else if (parts[0] === 'templates') view = templatesView();
+  else if (parts[0] === 'schedules') view = schedulesView();
   else if (parts[0] === 'analytics') view = analyticsView();
   else view = tasksView(params);
   loop(view);

@@ -287,6 +287,30 @@ test('a waiting step is an approval: Send signal and Complete with a JSON box', 
   await p.close();
 });
 
+test('the schedules page lists next run times, and pauses and resumes a schedule', async () => {
+  const db = freshDb();
+  const base = await db.serve();
+  const made = await call(base, 'POST', '/schedules', { name: 'nightly', template: 'pipeline', namespace: 'shop', cron: '0 2 * * *', timezone: 'Europe/Berlin' });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  const p = await page();
+  await p.goto(`${base}/#/schedules`);
+  const row = p.locator('tr[data-name="nightly"]');
+  await row.waitFor();
+  assert.match(await row.textContent(), /Europe\/Berlin/);
+  const next = new Date(made.body.schedule.next_run_at).toLocaleString();
+  assert.equal((await row.locator('.next-run').textContent()).trim(), next);
+  await row.locator('button[data-op="pause"]').click();
+  await p.click('#confirm-ok');
+  await p.waitForSelector('tr[data-name="nightly"] button[data-op="resume"]');
+  assert.equal((await row.locator('.next-run').textContent()).trim(), 'paused');
+  assert.equal((await call(base, 'GET', '/schedules/nightly')).body.schedule.paused, true);
+  await shot(p, 'schedules.png');
+  await row.locator('button[data-op="resume"]').click();
+  await p.click('#confirm-ok');
+  await p.waitForSelector('tr[data-name="nightly"] button[data-op="pause"]');
+  await p.close();
+});
+
 function jwt(secret, permissions) {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const head = b64({ alg: 'HS256', typ: 'JWT' });
