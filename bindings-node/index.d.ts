@@ -292,6 +292,12 @@ export declare class Wait {
   readonly results: Json
   toJSON(): { $wait: { signal?: string, correlation_id?: string, timeout?: number, results?: Json } }
 }
+/** Return from a handler to run the step again after `after` seconds without counting an attempt. */
+export declare class Reschedule {
+  constructor(options: { after: number })
+  readonly after: number
+  toJSON(): { $reschedule: { after: number } }
+}
 /** Return from a `type: decision` step's handler: which of its children are created. */
 export declare class Decision {
   constructor(steps: string | string[], options?: { results?: unknown })

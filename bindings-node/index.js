@@ -130,6 +130,21 @@ class Wait {
   }
 }
 
+/**
+ * Return from a handler to run the step again after `after` seconds without counting an
+ * attempt (polling an outside job); the step's `max_reschedules` bounds how often.
+ */
+class Reschedule {
+  constructor ({ after } = {}) {
+    this.after = after
+  }
+
+  /** The one shape core reads in every language (core/src/protocol.rs, `Reschedule`). */
+  toJSON () {
+    return { $reschedule: { after: this.after } }
+  }
+}
+
 const KINDS = {
   template: TemplateError,
   validation: ValidationError,
@@ -598,5 +613,6 @@ module.exports = {
   Decision,
   Batches,
   ChildTask,
-  Wait
+  Wait,
+  Reschedule
 }

@@ -16,6 +16,7 @@ export const {
   Decision,
   Batches,
   ChildTask,
-  Wait
+  Wait,
+  Reschedule
 } = tasker
 export default tasker

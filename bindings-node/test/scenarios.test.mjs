@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {
   Engine, RetryableError, PermanentError, TaskerError, TemplateError, ValidationError,
-  NotFoundError, ConflictError, TimeoutError, Decision, Batches, ChildTask, Wait
+  NotFoundError, ConflictError, TimeoutError, Decision, Batches, ChildTask, Wait, Reschedule
 } from 'tasker'
 import { freshDb, freshEngine, step } from './helpers.mjs'
 
@@ -443,4 +443,17 @@ test('a schedule is fired by a running worker and managed by name', async () => 
   await engine.deleteSchedule('every_second')
   assert.deepEqual(await engine.listSchedules(), [])
   await assert.rejects(engine.getSchedule('every_second'), NotFoundError)
+})
+
+test('a Reschedule runs the step again without spending an attempt', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate('name: poller\nsteps:\n  - {name: poll, retry: {max_attempts: 1}, max_reschedules: 3}\n')
+  const calls = []
+  engine.handler('poll', (s) => {
+    calls.push(s.attempt)
+    return calls.length === 3 ? { doneAfter: 3 } : new Reschedule({ after: 0.05 })
+  })
+  const t = await engine.runUntilComplete(await engine.createTask('poller'), { timeout: 30 })
+  assert.equal(t.status, 'complete')
+  assert.deepEqual(calls, [1, 1, 1])
 })

@@ -872,3 +872,18 @@ def test_a_schedule_is_fired_by_a_running_worker_and_managed_by_name(engine):
     assert engine.list_schedules() == []
     with pytest.raises(tasker.NotFoundError, match="every_second"):
         engine.get_schedule("every_second")
+
+
+def test_a_reschedule_runs_the_step_again_without_spending_an_attempt(engine):
+    engine.register_template("name: poller\nsteps:\n  - {name: poll, retry: {max_attempts: 1}, max_reschedules: 3}\n")
+    calls = []
+
+    @engine.handler("poll")
+    def poll(s):
+        calls.append(s.attempt)
+        return {"done_after": len(calls)} if len(calls) == 3 else tasker.Reschedule(after=0.05)
+
+    task = engine.run_until_complete(engine.create_task("poller"), timeout=30)
+    assert task["status"] == "complete"
+    assert calls == [1, 1, 1], "every call was the first attempt"
+    assert step(task, "poll")["results"] == {"done_after": 3}

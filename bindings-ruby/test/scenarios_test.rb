@@ -491,6 +491,18 @@ class ScenariosTest < Minitest::Test
     assert_raises(Tasker::NotFoundError) { engine.get_schedule("every_second") }
   end
 
+  def test_a_reschedule_runs_the_step_again_without_spending_an_attempt
+    engine.register_template("name: poller\nsteps:\n  - {name: poll, retry: {max_attempts: 1}, max_reschedules: 3}\n")
+    calls = []
+    engine.handler("poll") do |s|
+      calls << s.attempt
+      calls.size == 3 ? { done_after: 3 } : Tasker::Reschedule.new(after: 0.05)
+    end
+    task = engine.run_until_complete(engine.create_task("poller"), timeout: 30)
+    assert_equal "complete", task["status"]
+    assert_equal [1, 1, 1], calls
+  end
+
   def test_bulk_create_wait_from_another_thread_and_stop
     engine.register_template("name: job\nstep_templates:\n  - {name: noop}\n")
     engine.handler("noop") { |s| { i: s.context["i"] } }

@@ -49,7 +49,7 @@ pub use error::{Error, Result, TemplateError};
 pub use events::Event;
 pub use handler::{execute, HandlerError, Registry, StepContext, StepHandler};
 pub use host::{HostBatch, HostDriver, HostOptions, RunMode, RunStats, ShutdownHandle};
-pub use protocol::{Batches, ChildTask, Decision, Shaped, Wait};
+pub use protocol::{Batches, ChildTask, Decision, Reschedule, Shaped, Wait};
 pub use state::{StepState, TaskState};
 pub use store::sqlite::Durability;
 pub use template::{StepKind, TaskTemplate};

@@ -449,6 +449,43 @@ impl From<Wait> for Value {
 
 const WAIT_KEY: &str = "$wait";
 
+/// Run the step again after `after` seconds without counting an attempt (polling an outside
+/// job: "not ready yet, look again in 30 s"). The step's `max_reschedules`, when set, bounds
+/// how often.
+///
+/// The JSON shape in every language: `{"$reschedule": {"after": seconds}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reschedule {
+    /// Seconds, from 0 to a year.
+    pub after: f64,
+}
+
+impl Reschedule {
+    pub fn after(seconds: f64) -> Reschedule {
+        Reschedule { after: seconds }
+    }
+    /// The handler result that carries it: `{"$reschedule": {"after": ...}}`.
+    pub fn into_value(self) -> Value {
+        let mut m = Map::new();
+        m.insert(
+            RESCHEDULE_KEY.into(),
+            serde_json::to_value(self).expect("json"),
+        );
+        Value::Object(m)
+    }
+}
+
+impl From<Reschedule> for Value {
+    fn from(r: Reschedule) -> Value {
+        r.into_value()
+    }
+}
+
+const RESCHEDULE_KEY: &str = "$reschedule";
+/// The longest a reschedule may wait: a year.
+const MAX_RESCHEDULE_SECONDS: f64 = 31_536_000.0;
+
 /// A handler's results that say more than results: the shapes decided at run time.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shaped {
@@ -456,6 +493,7 @@ pub enum Shaped {
     Batches(Batches),
     ChildTask(ChildTask),
     Wait(Wait),
+    Reschedule(Reschedule),
 }
 
 impl Shaped {
@@ -479,6 +517,24 @@ impl Shaped {
                     .and_then(|w| match w.problem() {
                         Some(p) => Err(p),
                         None => Ok(Shaped::Wait(w)),
+                    }),
+            );
+        }
+        if let Some(spec) = m.get(RESCHEDULE_KEY).filter(|_| m.len() == 1) {
+            return Some(
+                serde_json::from_value::<Reschedule>(spec.clone())
+                    .map_err(|e| {
+                        format!("a reschedule's {RESCHEDULE_KEY:?} must be {{\"after\": seconds}}: {e}")
+                    })
+                    .and_then(|r| {
+                        if r.after.is_finite() && (0.0..=MAX_RESCHEDULE_SECONDS).contains(&r.after) {
+                            Ok(Shaped::Reschedule(r))
+                        } else {
+                            Err(format!(
+                                "a reschedule's after must be from 0 to {MAX_RESCHEDULE_SECONDS} seconds (a year), got {}",
+                                r.after
+                            ))
+                        }
                     }),
             );
         }

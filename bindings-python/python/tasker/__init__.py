@@ -64,6 +64,7 @@ __all__ = [
     "Batches",
     "ChildTask",
     "Wait",
+    "Reschedule",
 ]
 
 
@@ -194,6 +195,21 @@ class Wait:
 
     def __repr__(self) -> str:
         return f"Wait(signal={self.signal!r}, correlation_id={self.correlation_id!r}, timeout={self.timeout!r})"
+
+
+class Reschedule:
+    """Return from a handler to run the step again after ``after`` seconds without counting an
+    attempt (polling an outside job). The step's ``max_reschedules``, when set, bounds how
+    often."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+
+    def _to_json(self) -> JSON:
+        return {"$reschedule": {"after": self.after}}
+
+    def __repr__(self) -> str:
+        return f"Reschedule(after={self.after!r})"
 
 
 class Step:
@@ -659,7 +675,7 @@ def _finish(driver: Any, key: Tuple[int, int, int, int], ok: bool, value: Any) -
     if not ok:
         driver.finished(key, False, value)
         return
-    if isinstance(value, (Decision, Batches, ChildTask, Wait)):
+    if isinstance(value, (Decision, Batches, ChildTask, Wait, Reschedule)):
         value = value._to_json()
     try:
         text = json.dumps(value)

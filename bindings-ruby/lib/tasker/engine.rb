@@ -375,7 +375,7 @@ module Tasker
 
         return
       end
-      value = value.to_tasker_json if [Decision, Batches, ChildTask, Wait].any? { |k| value.is_a?(k) }
+      value = value.to_tasker_json if [Decision, Batches, ChildTask, Wait, Reschedule].any? { |k| value.is_a?(k) }
       problem = Json.problem(value, "")
       if problem
         driver.finished_not_json(*k, "#{job.step_name} returned a value that is not JSON: #{problem}")

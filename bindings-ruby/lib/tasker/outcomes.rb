@@ -109,4 +109,22 @@ module Tasker
       "#<Tasker::Wait signal=#{signal.inspect} correlation_id=#{correlation_id.inspect} timeout=#{timeout.inspect}>"
     end
   end
+
+  # Return from a handler to run the step again after +after+ seconds without counting an
+  # attempt (polling an outside job); the step's +max_reschedules+ bounds how often.
+  class Reschedule
+    attr_reader :after
+
+    def initialize(after:)
+      @after = after
+    end
+
+    def to_tasker_json
+      { "$reschedule" => { "after" => after } }
+    end
+
+    def inspect
+      "#<Tasker::Reschedule after=#{after.inspect}>"
+    end
+  end
 end

@@ -45,6 +45,8 @@ pub fn shaped_outcome(
     let s = &t.steps[position];
     let fail = |m: String| (Outcome::Failed(StepFailure::permanent(m)), None);
     match (Shaped::of(v), s.kind) {
+        // Any step may ask to run again later (the outcome rules give the attempt back).
+        (Some(Ok(Shaped::Reschedule(_))), _) => (outcome.clone(), None),
         (
             None | Some(Ok(Shaped::Decision(_) | Shaped::ChildTask(_) | Shaped::Wait(_))),
             StepKind::Batchable,

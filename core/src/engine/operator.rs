@@ -182,6 +182,13 @@ impl Engine {
         if exhausted(&s) {
             cx.adjust(task_id, 0, -1);
         }
+        if template.steps[s.position as usize]
+            .max_reschedules
+            .is_some()
+        {
+            // Fresh attempts, and its reschedules counted from zero again.
+            cx.db()?.reset_reschedules(s.step_id).await?;
+        }
         let now = cx.now;
         let update = StepUpdate {
             expect_attempts: Some(s.attempts),

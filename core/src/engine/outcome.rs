@@ -14,7 +14,9 @@ use super::tx::TxCx;
 use crate::backoff::retry_delay_ms;
 use crate::clock::format_ms;
 use crate::error::Result;
-use crate::protocol::{FailureKind, JobKey, Outcome, Report, Shaped, StepFailure, Wait};
+use crate::protocol::{
+    FailureKind, JobKey, Outcome, Report, Reschedule, Shaped, StepFailure, Wait,
+};
 use crate::state::{StepState, TaskState};
 use crate::store::{Decrement, StepLock, StepUpdate, TaskRow};
 use crate::template::{StepKind, TaskTemplate};
@@ -80,6 +82,10 @@ impl TxCx<'_> {
             // A wait reads and writes its tables: the general way.
             self.db()?;
         }
+        if shaped && reports.iter().any(|r| reschedule_of(&r.outcome).is_some()) {
+            // A bounded reschedule counts in its table.
+            self.needs_reschedule_counts(reports).await?;
+        }
         let locks = self.step_locks(&keys, failures).await?;
         let mut decided = Vec::with_capacity(reports.len());
         for r in reports {
@@ -104,6 +110,17 @@ impl TxCx<'_> {
                 continue;
             }
             let child = children.take(r.key.step_id);
+            let over;
+            let r = match shaped {
+                true => match self.over_reschedule_limit(r, &template).await? {
+                    Some(failed) => {
+                        over = failed;
+                        &over
+                    }
+                    None => r,
+                },
+                false => r,
+            };
             let d = self.decide(r, &task, &lock, template, child, shaped);
             let d = self.take_kept_signal(d, &task, &lock).await?;
             decided.push(d);
@@ -230,6 +247,9 @@ impl TxCx<'_> {
                 Err(m) => outcome = Outcome::Failed(StepFailure::permanent(m)),
             }
         }
+        if let Some(re) = shaped.then(|| reschedule_of(&outcome)).flatten() {
+            return rescheduled(r.key, template, update, re, self.now);
+        }
         let wait = shaped.then(|| wait_of(&outcome)).flatten();
         if wait.is_some() || waits_for.is_some() {
             return waiting(r.key, template, update, wait, waits_for);
@@ -294,6 +314,53 @@ impl TxCx<'_> {
             child: None,
             wait: None,
         }
+    }
+
+    /// Reschedules of steps with `max_reschedules` are counted in the database: the general
+    /// way (a planned cycle cannot).
+    async fn needs_reschedule_counts(&mut self, reports: &[Report]) -> Result<()> {
+        for r in reports
+            .iter()
+            .filter(|r| reschedule_of(&r.outcome).is_some())
+        {
+            let Some(task) = self.tasks.get(&r.key.task_id).cloned() else {
+                continue;
+            };
+            let t = self.template(task.named_task_id).await?;
+            if t.steps
+                .get(r.key.position as usize)
+                .is_some_and(|s| s.max_reschedules.is_some())
+            {
+                self.db()?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A reschedule beyond its step's `max_reschedules`, as the permanent failure it becomes
+    /// (`None`: not a reschedule, or within the bound; each counted).
+    async fn over_reschedule_limit(
+        &mut self,
+        r: &Report,
+        template: &TaskTemplate,
+    ) -> Result<Option<Report>> {
+        let Some(max) =
+            reschedule_of(&r.outcome).and(template.steps[r.key.position as usize].max_reschedules)
+        else {
+            return Ok(None);
+        };
+        let n = self.db()?.bump_reschedules(r.key.step_id).await?;
+        if n <= max as i64 {
+            return Ok(None);
+        }
+        Ok(Some(Report {
+            key: r.key,
+            outcome: Outcome::Failed(StepFailure::permanent(format!(
+                "the handler asked to reschedule a {} time; the step allows {max} (max_reschedules)",
+                ordinal(n)
+            ))),
+        }))
     }
 
     /// Fills in a failed attempt's update; returns its transition's metadata.
@@ -494,6 +561,55 @@ fn waiting(
     }
 }
 
+/// The decided report of a step that asked to run again later: its attempt given back (as a
+/// released one is: at zero attempts it is `pending` again, through `error`), claimable after
+/// `after` seconds.
+fn rescheduled(
+    key: JobKey,
+    template: Arc<TaskTemplate>,
+    mut update: StepUpdate,
+    re: Reschedule,
+    now: i64,
+) -> Decided {
+    let back = key.attempt.saturating_sub(1) as i64;
+    update.attempts = Some(back);
+    update.ready_at = Some(now + (re.after * 1000.0).round() as i64);
+    if back == 0 {
+        update.state = StepState::Pending;
+        update.transitions = 2;
+    } else {
+        update.state = StepState::Error;
+    }
+    let meta = json!({
+        "attempt": key.attempt,
+        "reason": "rescheduled",
+        "reschedule": {"after": re.after},
+        "next_attempt_at": format_ms(update.ready_at.expect("set")),
+    });
+    Decided {
+        key,
+        template,
+        update,
+        meta,
+        blocked: false,
+        tolerated: false,
+        growth: None,
+        child: None,
+        wait: None,
+    }
+}
+
+/// The reschedule a handler's results ask for.
+fn reschedule_of(o: &Outcome) -> Option<Reschedule> {
+    match o {
+        Outcome::Complete(v) => match Shaped::of(v) {
+            Some(Ok(Shaped::Reschedule(r))) => Some(r),
+            _ => None,
+        },
+        Outcome::Failed(_) => None,
+    }
+}
+
 /// The wait a handler's results ask for.
 fn wait_of(o: &Outcome) -> Option<Wait> {
     match o {
@@ -526,4 +642,15 @@ fn failure_json(f: &StepFailure, attempt: u32, now: i64) -> String {
     }
     decide::strip_nul(&mut err);
     err.to_string()
+}
+
+fn ordinal(n: i64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }

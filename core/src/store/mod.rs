@@ -275,6 +275,11 @@ pub trait StoreTx: Send {
     /// that attempt (nothing is written otherwise).
     async fn save_checkpoint(&mut self, p: &CheckpointSave<'_>) -> Result<bool>;
 
+    /// Counts one more `Reschedule` of a step; the count so far, this one included.
+    async fn bump_reschedules(&mut self, step_id: i64) -> Result<i64>;
+    /// Starts a step's reschedule count again (an operator's retry).
+    async fn reset_reschedules(&mut self, step_id: i64) -> Result<()>;
+
     /// A schedule, locked.
     async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>>;
     /// Schedules not paused whose next tick is at or before `now`, earliest first, at most

@@ -287,3 +287,10 @@ pub(crate) const UPDATE_SCHEDULE: &str =
      fired = $13, skipped = $14, origin = $15, updated_at = $16 WHERE name = $1";
 /// Delete a schedule: `$1` name.
 pub(crate) const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE name = $1";
+
+/// Count one more reschedule of a step: `$1` step_id; answers the new count.
+pub(crate) const BUMP_RESCHEDULES: &str =
+    "INSERT INTO step_reschedules (step_id, count) VALUES ($1, 1) ON CONFLICT (step_id) \
+     DO UPDATE SET count = step_reschedules.count + 1 RETURNING count";
+/// Start a step's reschedule count again: `$1` step_id.
+pub(crate) const RESET_RESCHEDULES: &str = "DELETE FROM step_reschedules WHERE step_id = $1";

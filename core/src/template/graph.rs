@@ -169,6 +169,7 @@ fn step_template(
         skippable: s.skippable,
         backoff: s.backoff,
         timeout_seconds: s.timeout_seconds,
+        max_reschedules: s.max_reschedules,
         kind: s.kind,
         created_at_start: true,
         max_instances: fan_out_limit(s).map_err(step_err)?,

@@ -71,6 +71,8 @@ struct LegacyStep {
     #[serde(default)]
     timeout_seconds: Option<f64>,
     #[serde(default)]
+    max_reschedules: Option<u32>,
+    #[serde(default)]
     dependent_system: Option<Value>,
     #[serde(default)]
     custom_events: Option<Vec<CustomEvent>>,
@@ -164,6 +166,7 @@ impl LegacyRaw {
                         skippable: s.skippable.unwrap_or(false),
                         backoff: s.backoff.unwrap_or_default(),
                         timeout_seconds: s.timeout_seconds,
+                        max_reschedules: s.max_reschedules,
                         kind: s.kind.unwrap_or_default(),
                         batch_config: s.batch_config,
                     }

@@ -150,6 +150,10 @@ pub struct StepDefinition {
     pub backoff: Backoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<f64>,
+    /// How many times the handler may return `Reschedule` before the step fails (unset:
+    /// unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reschedules: Option<u32>,
     /// What the step's handler decides at run time (`type:` in both formats); a standard
     /// step is not written, so the definitions (and hashes) of templates without these kinds
     /// are what they were.
@@ -280,6 +284,8 @@ pub struct StepTemplate {
     pub skippable: bool,
     pub backoff: Backoff,
     pub timeout_seconds: Option<f64>,
+    /// See [`StepDefinition::max_reschedules`].
+    pub max_reschedules: Option<u32>,
     pub kind: StepKind,
     /// Created with the task: no decision lies above it and it is not a fan-out's
     /// instance (otherwise it is created, or never is, once the steps above it have decided).

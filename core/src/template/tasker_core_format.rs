@@ -55,6 +55,8 @@ struct NewStep {
     #[serde(default)]
     timeout_seconds: Option<f64>,
     #[serde(default)]
+    max_reschedules: Option<u32>,
+    #[serde(default)]
     skippable: Option<bool>,
     #[serde(default)]
     backoff: Option<Backoff>,
@@ -147,6 +149,7 @@ impl NewRaw {
                         skippable: s.skippable.unwrap_or(false),
                         backoff,
                         timeout_seconds: s.timeout_seconds,
+                        max_reschedules: s.max_reschedules,
                         kind: s.step_type.unwrap_or_default(),
                         batch_config: s.batch_config,
                     }

@@ -332,6 +332,21 @@ impl StoreTx for PgTx {
             .await?)
     }
 
+    async fn bump_reschedules(&mut self, step_id: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(sql::BUMP_RESCHEDULES)
+            .bind(step_id)
+            .fetch_one(self.c())
+            .await?)
+    }
+
+    async fn reset_reschedules(&mut self, step_id: i64) -> Result<()> {
+        sqlx::query(sql::RESET_RESCHEDULES)
+            .bind(step_id)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
     async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>> {
         let row: Option<PgSchedule> = sqlx::query_as(sql::SCHEDULE_LOCKED)
             .bind(name)

@@ -258,6 +258,20 @@ impl StoreTx for SqliteTx {
         )?)
     }
 
+    async fn bump_reschedules(&mut self, step_id: i64) -> Result<i64> {
+        Ok(self
+            .c
+            .prepare_cached(lite!(BUMP_RESCHEDULES))?
+            .query_row([step_id], |r| r.get(0))?)
+    }
+
+    async fn reset_reschedules(&mut self, step_id: i64) -> Result<()> {
+        self.c
+            .prepare_cached(lite!(RESET_RESCHEDULES))?
+            .execute([step_id])?;
+        Ok(())
+    }
+
     async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>> {
         query_opt(&self.c, lite!(SCHEDULE), [name])
     }
