@@ -29,6 +29,8 @@ export interface CreateTaskOptions {
   tags?: string[]
   bypassSteps?: string[]
   priority?: number
+  /** Seconds: unfinished by then, the task is failed and its unfinished steps cancelled (default: the template's). */
+  deadlineSeconds?: number
 }
 
 export interface TaskRequest extends CreateTaskOptions {

@@ -347,7 +347,8 @@ class Engine {
       reason: 'reason',
       tags: 'tags',
       bypassSteps: 'bypass_steps',
-      priority: 'priority'
+      priority: 'priority',
+      deadlineSeconds: 'deadline_seconds'
     }
     for (const [k, v] of Object.entries(options)) {
       if (!(k in map)) throw new ValidationError(`createTask: unknown option ${k} (known: ${Object.keys(map).join(', ')})`)

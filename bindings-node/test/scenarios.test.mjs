@@ -457,3 +457,16 @@ test('a Reschedule runs the step again without spending an attempt', async () =>
   assert.equal(t.status, 'complete')
   assert.deepEqual(calls, [1, 1, 1])
 })
+
+test('a task past its deadlineSeconds is failed by a running worker', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate('name: stuck\nstep_templates:\n  - {name: nobody_handles_this}\n')
+  engine.handler('other', () => ({}))
+  const ac = new AbortController()
+  const worker = engine.runWorker({ concurrency: 1, signal: ac.signal })
+  const t = await engine.waitForTask(await engine.createTask('stuck', {}, { deadlineSeconds: 0.3 }), { timeout: 10 })
+  ac.abort()
+  await worker
+  assert.equal(t.status, 'error')
+  assert.equal(step(t, 'nobody_handles_this').status, 'cancelled')
+})

@@ -887,3 +887,19 @@ def test_a_reschedule_runs_the_step_again_without_spending_an_attempt(engine):
     assert task["status"] == "complete"
     assert calls == [1, 1, 1], "every call was the first attempt"
     assert step(task, "poll")["results"] == {"done_after": 3}
+
+
+def test_a_task_past_its_deadline_is_failed_by_a_running_worker(engine):
+    engine.register_template("name: stuck\nstep_templates:\n  - {name: nobody_handles_this}\n")
+    engine.handler("other")(lambda s: {})
+    worker = threading.Thread(target=engine.run_worker, kwargs={"concurrency": 1})
+    worker.start()
+    try:
+        task = engine.wait_for_task(engine.create_task("stuck", deadline_seconds=0.3), timeout=10)
+    finally:
+        engine.stop()
+        worker.join(timeout=30)
+    assert task["status"] == "error"
+    assert step(task, "nobody_handles_this")["status"] == "cancelled"
+    with pytest.raises(tasker.ValidationError, match="deadline_seconds"):
+        engine.create_task("stuck", deadline_seconds=-1)

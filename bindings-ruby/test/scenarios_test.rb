@@ -503,6 +503,17 @@ class ScenariosTest < Minitest::Test
     assert_equal [1, 1, 1], calls
   end
 
+  def test_a_task_past_its_deadline_is_failed_by_a_running_worker
+    engine.register_template("name: stuck\nstep_templates:\n  - {name: nobody_handles_this}\n")
+    engine.handler("other") { |_s| {} }
+    worker = Thread.new { engine.run_worker(concurrency: 1) }
+    task = engine.wait_for_task(engine.create_task("stuck", {}, deadline_seconds: 0.3), timeout: 10)
+    engine.stop
+    assert worker.join(30), "stop ends run_worker"
+    assert_equal "error", task["status"]
+    assert_equal "cancelled", step(task, "nobody_handles_this")["status"]
+  end
+
   def test_bulk_create_wait_from_another_thread_and_stop
     engine.register_template("name: job\nstep_templates:\n  - {name: noop}\n")
     engine.handler("noop") { |s| { i: s.context["i"] } }

@@ -220,6 +220,10 @@ struct TaskInput {
     /// A second run with the same key returns the first task.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Unfinished after this many seconds, the task is failed and its unfinished steps
+    /// cancelled (default: the template's deadline_seconds).
+    #[arg(long)]
+    deadline_seconds: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -599,6 +603,7 @@ fn request(
         version,
         context,
         idempotency_key: input.idempotency_key.clone(),
+        deadline_seconds: input.deadline_seconds,
         initiator: Some(std::env::var("USER").unwrap_or_else(|_| "tasker-cli".into())),
         source_system: Some("tasker-cli".into()),
         ..Default::default()

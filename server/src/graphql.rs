@@ -440,6 +440,7 @@ impl MutationRoot {
         tags: Option<Vec<String>>,
         bypass_steps: Option<Vec<String>>,
         idempotency_key: Option<String>,
+        deadline_seconds: Option<f64>,
     ) -> async_graphql::Result<Task> {
         require(ctx, "tasker.task:create")?;
         let engine = ctx.data::<Engine>()?;
@@ -455,6 +456,7 @@ impl MutationRoot {
             bypass_steps: bypass_steps.unwrap_or_default(),
             idempotency_key,
             priority: 0,
+            deadline_seconds,
         };
         let id = engine.create_task(req).await.map_err(core_err)?;
         Ok(Task::from_snapshot(

@@ -444,12 +444,16 @@ class Engine:
         tags: Optional[Sequence[str]] = None,
         bypass_steps: Optional[Sequence[str]] = None,
         priority: int = 0,
+        deadline_seconds: Optional[float] = None,
     ) -> int:
         """Creates a task of template ``name`` (latest version unless ``version``); returns its
-        id. A repeated ``idempotency_key`` returns the first task's id."""
+        id. A repeated ``idempotency_key`` returns the first task's id. ``deadline_seconds``
+        (default: the template's): unfinished by then, the task is failed and its unfinished
+        steps cancelled."""
         req: Dict[str, Any] = {"name": name, "context": {} if context is None else context, "priority": priority}
         for k, v in (("namespace", namespace), ("version", version), ("idempotency_key", idempotency_key),
-                     ("initiator", initiator), ("source_system", source_system), ("reason", reason)):
+                     ("initiator", initiator), ("source_system", source_system), ("reason", reason),
+                     ("deadline_seconds", deadline_seconds)):
             if v is not None:
                 req[k] = v
         if tags is not None:

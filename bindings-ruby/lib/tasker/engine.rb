@@ -9,7 +9,8 @@ module Tasker
   # and hands their outcomes back.
   class Engine
     TERMINAL = %w[complete error cancelled resolved_manually].freeze
-    CREATE_OPTIONS = %i[namespace version idempotency_key initiator source_system reason tags bypass_steps priority].freeze
+    CREATE_OPTIONS = %i[namespace version idempotency_key initiator source_system reason tags bypass_steps priority
+                        deadline_seconds].freeze
 
     # +url+: sqlite://PATH or postgres://USER@HOST:PORT/DB (default $TASKER_DATABASE_URL, else
     # sqlite://tasker.db). +environment+ picks a template's +environments:+ overrides.

@@ -40,6 +40,9 @@ pub struct TaskRequest {
     /// Steps of higher-priority tasks are claimed first (default 0); equal priorities go
     /// oldest first.
     pub priority: i32,
+    /// Seconds from creation: the task, unfinished then, is failed (its unfinished steps
+    /// cancelled). Default: the template's `deadline_seconds`; none when neither has one.
+    pub deadline_seconds: Option<f64>,
 }
 
 impl TaskRequest {
@@ -116,7 +119,9 @@ impl Engine {
         // A keyed creation needs a look-up first: not planned.
         if self.inner.opts.planned_cycles
             && self.inner.store.executes_plans()
-            && prepared.iter().all(|p| p.idempotency_key.is_none())
+            && prepared
+                .iter()
+                .all(|p| p.idempotency_key.is_none() && p.deadline_ms.is_none())
         {
             let cx = TxCx::planning(self, now, true);
             match self.create_in(cx, &prepared, &mut handoff).await {
@@ -248,6 +253,15 @@ impl Engine {
                 errs.join("\n  ")
             )));
         }
+        let deadline_seconds = req.deadline_seconds.or(template.deadline_seconds);
+        if let Some(d) = deadline_seconds {
+            if !(d.is_finite() && d > 0.0 && d <= crate::template::MAX_DEADLINE_SECONDS) {
+                return Err(Error::Validation(format!(
+                    "task {}: deadline_seconds must be a positive number of seconds up to a year, got {d}",
+                    template.key()
+                )));
+            }
+        }
         let mut bypass = vec![false; template.steps.len()];
         for name in &req.bypass_steps {
             let Some(i) = template.step_index(name) else {
@@ -299,6 +313,7 @@ impl Engine {
             idempotency_key: req.idempotency_key,
             priority: req.priority,
             parent: None,
+            deadline_ms: deadline_seconds.map(|d| (d * 1000.0).round() as i64),
         })
     }
 }
@@ -322,6 +337,8 @@ pub(super) struct Prepared {
     pub(super) priority: i32,
     /// A child task's parent: (task, the step that waits for it).
     pub(super) parent: Option<(i64, i64)>,
+    /// The task's deadline, from its creation (ms).
+    pub(super) deadline_ms: Option<i64>,
 }
 
 impl Prepared {
@@ -435,7 +452,14 @@ impl TxCx<'_> {
         for h in &left_ready {
             self.made_ready(h);
         }
+        if p.deadline_ms.is_some() {
+            // Its row is written after the plan's (`TxCx::finish`): the general way only.
+            self.db()?;
+        }
         let (task_id, mut ids) = self.insert_task(new_task, steps);
+        if let Some(ms) = p.deadline_ms {
+            self.deadlines.push((task_id, now + ms));
+        }
         ids.sort_unstable();
         self.record_created(p, task_id, &ids)?;
         self.tasks.insert(

@@ -26,6 +26,7 @@ mod checkpoint;
 pub mod child;
 mod claim;
 mod create;
+mod deadline;
 pub mod decide;
 mod event_definitions;
 mod grow;

@@ -105,6 +105,7 @@ impl Engine {
             self.inner.last_reap_ms.store(now, Ordering::Relaxed);
             stale.extend(cx.reap_expired().await?);
             stale.extend(cx.reap_expired_waits().await?);
+            stale.extend(cx.reap_deadlines().await?);
         }
         let claim = claim.filter(|c| c.max > 0);
         let spec = claim.map(|c| ClaimSpec {

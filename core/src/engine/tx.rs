@@ -85,6 +85,8 @@ pub(super) struct TxCx<'e> {
     /// Child tasks this transaction creates (stand-in id, template, parent task), announced
     /// after commit.
     pub(super) children_created: Vec<(i64, Arc<TaskTemplate>, Option<i64>)>,
+    /// New tasks' deadlines (stand-in id, deadline_at), written after the plan.
+    pub(super) deadlines: Vec<(i64, i64)>,
 }
 
 impl<'e> TxCx<'e> {
@@ -132,6 +134,7 @@ impl<'e> TxCx<'e> {
             keys: HashMap::new(),
             fan_outs: HashMap::new(),
             children_created: Vec::new(),
+            deadlines: Vec::new(),
         }
     }
 
@@ -624,7 +627,14 @@ impl<'e> TxCx<'e> {
                 }
                 other => other?,
             },
-            Source::Db(ref mut tx) => tx.apply(&plan, claim).await.map_err(changed_meanwhile)?,
+            Source::Db(ref mut tx) => {
+                let out = tx.apply(&plan, claim).await.map_err(changed_meanwhile)?;
+                // New tasks' deadlines, by the ids the plan gave them.
+                for (id, at) in std::mem::take(&mut self.deadlines) {
+                    tx.insert_deadline(out.task_id(id), at).await?;
+                }
+                out
+            }
         };
         if let Source::Db(tx) = self.src {
             tx.commit().await?;

@@ -128,6 +128,12 @@ const LIFECYCLE: &[(&str, &str, &[&str])] = &[
 /// ([`derived`]) or emitted by the worker, with the original's payload keys.
 const DERIVED: &[(&str, &str, &str, &[&str])] = &[
     (
+        "task.deadline_exceeded",
+        "task",
+        "An unfinished task reached its deadline (deadline_seconds): it is failed, its unfinished steps cancelled (after its task.failed)",
+        &["deadline_at"],
+    ),
+    (
         "step.before_handle",
         "step",
         "A step's handler is about to be called",
@@ -300,10 +306,15 @@ pub fn derived(e: &Event) -> Vec<Event> {
             "workflow.task_completed",
             json!({"total_steps": m.get("steps_total")}),
         ),
-        "task.failed" => push(
-            "workflow.task_failed",
-            pick(m, &["error_message", "failed_steps_count"]),
-        ),
+        "task.failed" => {
+            push(
+                "workflow.task_failed",
+                pick(m, &["error_message", "failed_steps_count"]),
+            );
+            if m.get("reason").and_then(Value::as_str) == Some("deadline_exceeded") {
+                push("task.deadline_exceeded", pick(m, &["deadline_at"]));
+            }
+        }
         "step.completed" => push(
             "workflow.step_completed",
             json!({"attempt_number": attempt}),

@@ -200,6 +200,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every schedule, by name.
     async fn schedules(&self) -> Result<Vec<ScheduleRow>>;
     async fn schedule(&self, name: &str) -> Result<Option<ScheduleRow>>;
+    /// A task's deadline, while it has one (ms).
+    async fn task_deadline(&self, task_id: i64) -> Result<Option<i64>>;
     /// The task an idempotency key names.
     async fn task_id_by_key(&self, key: &str) -> Result<Option<i64>>;
     /// The earliest next tick among schedules not paused.
@@ -275,6 +277,11 @@ pub trait StoreTx: Send {
     /// that attempt (nothing is written otherwise).
     async fn save_checkpoint(&mut self, p: &CheckpointSave<'_>) -> Result<bool>;
 
+    /// Gives a task a deadline (ms).
+    async fn insert_deadline(&mut self, task_id: i64, deadline_at: i64) -> Result<()>;
+    /// Deadlines at or before `now`, earliest first, at most `limit`: (task_id, deadline_at).
+    async fn expired_deadlines(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64)>>;
+    async fn delete_deadline(&mut self, task_id: i64) -> Result<()>;
     /// Counts one more `Reschedule` of a step; the count so far, this one included.
     async fn bump_reschedules(&mut self, step_id: i64) -> Result<i64>;
     /// Starts a step's reschedule count again (an operator's retry).

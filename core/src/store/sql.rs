@@ -294,3 +294,14 @@ pub(crate) const BUMP_RESCHEDULES: &str =
      DO UPDATE SET count = step_reschedules.count + 1 RETURNING count";
 /// Start a step's reschedule count again: `$1` step_id.
 pub(crate) const RESET_RESCHEDULES: &str = "DELETE FROM step_reschedules WHERE step_id = $1";
+
+/// A task's deadline: `$1` task_id, `$2` deadline_at.
+pub(crate) const INSERT_DEADLINE: &str =
+    "INSERT INTO task_deadlines (task_id, deadline_at) VALUES ($1, $2)";
+/// Deadlines passed: `$1` now, `$2` limit; (task_id, deadline_at), earliest first.
+pub(crate) const EXPIRED_DEADLINES: &str =
+    "SELECT task_id, deadline_at FROM task_deadlines WHERE deadline_at <= $1 ORDER BY deadline_at LIMIT $2";
+/// `$1` task_id.
+pub(crate) const DELETE_DEADLINE: &str = "DELETE FROM task_deadlines WHERE task_id = $1";
+/// `$1` task_id.
+pub(crate) const TASK_DEADLINE: &str = "SELECT deadline_at FROM task_deadlines WHERE task_id = $1";

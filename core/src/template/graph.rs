@@ -63,12 +63,22 @@ impl TaskTemplate {
             })?;
         }
         super::check_schedules(&template, &def)?;
+        if let Some(d) = def.deadline_seconds {
+            if !(d.is_finite() && d > 0.0 && d <= super::MAX_DEADLINE_SECONDS) {
+                return Err(TemplateError::Shape {
+                    template: template.clone(),
+                    path: "deadline_seconds".into(),
+                    message: format!("must be a positive number of seconds up to a year, got {d}"),
+                });
+            }
+        }
         let validator = context_validator(&template, def.schema.as_ref())?;
         Ok(TaskTemplate {
             name: def.name.clone(),
             namespace: def.namespace.clone(),
             version,
             description: def.description.clone(),
+            deadline_seconds: def.deadline_seconds,
             schema: def.schema.clone(),
             steps,
             graph,

@@ -25,6 +25,8 @@ pub(super) struct LegacyRaw {
     custom_events: Option<Vec<CustomEvent>>,
     #[serde(default)]
     schedules: Option<Vec<TemplateSchedule>>,
+    #[serde(default)]
+    deadline_seconds: Option<f64>,
     // Overrides are merged before parsing (`apply_environment`).
     #[serde(default)]
     #[allow(dead_code)]
@@ -141,6 +143,7 @@ impl LegacyRaw {
             custom_events,
             compat,
             schedules: self.schedules.take().unwrap_or_default(),
+            deadline_seconds: self.deadline_seconds,
             steps: self
                 .step_templates
                 .into_iter()

@@ -67,6 +67,10 @@ pub struct Definition {
     /// shown so nothing is silently lost.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub compat: Map<String, Value>,
+    /// Seconds from creation after which an unfinished task is failed (a request's own
+    /// `deadline_seconds` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_seconds: Option<f64>,
     /// Schedules of this template (`schedules:`): created or updated at registration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<TemplateSchedule>,
@@ -88,6 +92,9 @@ pub struct TemplateSchedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<crate::schedule::CatchUp>,
 }
+
+/// The longest deadline a task may have: a year.
+pub const MAX_DEADLINE_SECONDS: f64 = 31_536_000.0;
 
 fn schedule_spec(def: &Definition, s: &TemplateSchedule) -> crate::schedule::ScheduleSpec {
     crate::schedule::ScheduleSpec {
@@ -253,6 +260,8 @@ pub struct TaskTemplate {
     pub namespace: String,
     pub version: semver::Version,
     pub description: Option<String>,
+    /// See [`Definition::deadline_seconds`].
+    pub deadline_seconds: Option<f64>,
     pub schema: Option<Value>,
     pub steps: Vec<StepTemplate>,
     /// Edges run parent -> child; node `i` is `steps[i]`.

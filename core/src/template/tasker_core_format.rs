@@ -24,6 +24,8 @@ pub(super) struct NewRaw {
     custom_events: Option<Vec<CustomEvent>>,
     #[serde(default)]
     schedules: Option<Vec<TemplateSchedule>>,
+    #[serde(default)]
+    deadline_seconds: Option<f64>,
     // Overrides are merged before parsing (`apply_environment`).
     #[serde(default)]
     #[allow(dead_code)]
@@ -111,6 +113,7 @@ impl NewRaw {
             custom_events,
             compat,
             schedules: self.schedules.take().unwrap_or_default(),
+            deadline_seconds: self.deadline_seconds,
             namespace: self
                 .namespace_name
                 .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),

@@ -190,6 +190,14 @@ impl Store for PgStore {
         Ok(row.map(PgSchedule::into_row))
     }
 
+    async fn task_deadline(&self, task_id: i64) -> Result<Option<i64>> {
+        self.count();
+        Ok(sqlx::query_scalar(sql::TASK_DEADLINE)
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     async fn task_id_by_key(&self, key: &str) -> Result<Option<i64>> {
         self.count();
         Ok(sqlx::query_scalar(sql::TASK_BY_IDEMPOTENCY_KEY)

@@ -332,6 +332,31 @@ impl StoreTx for PgTx {
             .await?)
     }
 
+    async fn insert_deadline(&mut self, task_id: i64, deadline_at: i64) -> Result<()> {
+        sqlx::query(sql::INSERT_DEADLINE)
+            .bind(task_id)
+            .bind(deadline_at)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
+    async fn expired_deadlines(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(sql::EXPIRED_DEADLINES)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.c())
+            .await?)
+    }
+
+    async fn delete_deadline(&mut self, task_id: i64) -> Result<()> {
+        sqlx::query(sql::DELETE_DEADLINE)
+            .bind(task_id)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
     async fn bump_reschedules(&mut self, step_id: i64) -> Result<i64> {
         Ok(sqlx::query_scalar(sql::BUMP_RESCHEDULES)
             .bind(step_id)

@@ -90,6 +90,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn task_deadline(&self, task_id: i64) -> Result<Option<i64>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(lite!(TASK_DEADLINE))?
+                .query_row([task_id], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
     async fn task_id_by_key(&self, key: &str) -> Result<Option<i64>> {
         let key = key.to_owned();
         self.read(move |c| {

@@ -258,6 +258,26 @@ impl StoreTx for SqliteTx {
         )?)
     }
 
+    async fn insert_deadline(&mut self, task_id: i64, deadline_at: i64) -> Result<()> {
+        self.c
+            .prepare_cached(lite!(INSERT_DEADLINE))?
+            .execute([task_id, deadline_at])?;
+        Ok(())
+    }
+
+    async fn expired_deadlines(&mut self, now: i64, limit: i64) -> Result<Vec<(i64, i64)>> {
+        let mut st = self.c.prepare_cached(lite!(EXPIRED_DEADLINES))?;
+        let rows = st.query_map([now, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    async fn delete_deadline(&mut self, task_id: i64) -> Result<()> {
+        self.c
+            .prepare_cached(lite!(DELETE_DEADLINE))?
+            .execute([task_id])?;
+        Ok(())
+    }
+
     async fn bump_reschedules(&mut self, step_id: i64) -> Result<i64> {
         Ok(self
             .c
