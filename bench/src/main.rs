@@ -330,7 +330,13 @@ async fn throughput(a: &Args, w: &str) -> Metrics {
     m
 }
 
-fn spawn_worker(a: &Args, db: &Db, w: &str, i: usize, for_ms: Option<u64>) -> std::process::Child {
+pub(crate) fn spawn_worker(
+    a: &Args,
+    db: &Db,
+    w: &str,
+    i: usize,
+    for_ms: Option<u64>,
+) -> std::process::Child {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args(["--worker-mode", w, "--db", &db.url, "--id", &i.to_string()]);
     if let Some(s) = &db.schema {

@@ -1,35 +1,55 @@
 //! W6 (Tasker's own, issue 26): signal latency. One task at a time whose first step waits for
 //! signal `go`; once it waits, `Engine::signal` is called, and the figure is the time from
-//! `signal()` returning to the next step's handler starting, in the same process (one engine,
-//! one in-process worker: it does not measure a signal sent from another process).
+//! `signal()` returning to the next step's handler starting. With `--workers 1` the worker runs
+//! in the measuring process (one engine); with more, in that many other processes (the signal
+//! then reaches them through the database: on PostgreSQL LISTEN/NOTIFY). Both ends read the
+//! wall clock of this one machine: the handler returns when it started.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use tasker_core::{Registry, StepState, TaskRequest, TaskState, Wait};
 
-use super::{fresh_db, worker, Args, Metrics};
+use super::{fresh_db, spawn_worker, worker, Args, Metrics};
 
 const GATED: &str =
     "name: gated\nsteps:\n  - {name: gate}\n  - {name: after, dependencies: [gate]}\n";
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64
+}
+
+/// `gate` waits for signal `go`; `after` returns when it started (epoch microseconds).
+pub fn handlers(reg: &mut Registry) {
+    reg.register_fn("gate", |_| async { Ok(Wait::signal("go").into_value()) });
+    reg.register_fn("after", |_| {
+        let at = now_us();
+        async move { Ok(json!({"started_us": at})) }
+    });
+}
 
 pub async fn signal_latency(a: &Args) -> Metrics {
     let db = fresh_db(a);
     let engine = db.open(a.durability).await;
     engine.register_template_yaml(GATED).await.unwrap();
-    let started: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let mut reg = Registry::new();
-    reg.register_fn("gate", |_| async { Ok(Wait::signal("go").into_value()) });
-    let s = started.clone();
-    reg.register_fn("after", move |_| {
-        *s.lock().unwrap() = Some(Instant::now());
-        async { Ok(json!({"ok": true})) }
-    });
-    let w = Arc::new(worker(&engine, reg));
-    let stop = w.shutdown_handle();
-    let w2 = w.clone();
-    let run = tokio::spawn(async move { w2.run().await });
+    let mut children = Vec::new();
+    let mut local = None;
+    if a.workers <= 1 {
+        let mut reg = Registry::new();
+        handlers(&mut reg);
+        let w = Arc::new(worker(&engine, reg));
+        let stop = w.shutdown_handle();
+        let w2 = w.clone();
+        local = Some((stop, tokio::spawn(async move { w2.run().await })));
+    } else {
+        for i in 0..a.workers {
+            children.push(spawn_worker(a, &db, "W6", i, Some(600_000)));
+        }
+    }
     let n = ((200.0 * a.scale) as usize).max(10);
     let mut lat = Vec::with_capacity(n);
     let mut signal_ms = Vec::with_capacity(n);
@@ -46,23 +66,30 @@ pub async fn signal_latency(a: &Args) -> Metrics {
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        *started.lock().unwrap() = None;
-        let t0 = Instant::now();
+        let t0 = now_us();
         assert_eq!(engine.signal(id, "go", json!(null)).await.unwrap(), 1);
-        let t1 = Instant::now();
+        let t1 = now_us();
         let t = engine
             .wait_for_task(id, Some(Duration::from_secs(30)))
             .await
             .unwrap();
         assert_eq!(t.status, TaskState::Complete);
-        let at = started.lock().unwrap().expect("after ran");
+        let at = t.step("after").unwrap().results["started_us"]
+            .as_u64()
+            .expect("after ran");
         if i >= 10 {
-            lat.push(at.saturating_duration_since(t1).as_secs_f64() * 1000.0);
-            signal_ms.push((t1 - t0).as_secs_f64() * 1000.0);
+            lat.push((at as f64 - t1 as f64) / 1000.0);
+            signal_ms.push((t1 - t0) as f64 / 1000.0);
         }
     }
-    stop.shutdown();
-    run.await.unwrap().unwrap();
+    if let Some((stop, run)) = local {
+        stop.shutdown();
+        run.await.unwrap().unwrap();
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     signal_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct =

@@ -97,6 +97,7 @@ pub fn handlers(w: &str, first: &FirstStart) -> Registry {
             });
         }
         "W5" => fan_out_handlers(&mut reg, f),
+        "W6" => crate::signal::handlers(&mut reg),
         _ => unreachable!(),
     }
     reg

@@ -601,23 +601,25 @@ fn rescheduled(
 
 /// The reschedule a handler's results ask for.
 fn reschedule_of(o: &Outcome) -> Option<Reschedule> {
+    match shape_of(o)? {
+        Shaped::Reschedule(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// The well-formed shape a completion's results carry.
+fn shape_of(o: &Outcome) -> Option<Shaped> {
     match o {
-        Outcome::Complete(v) => match Shaped::of(v) {
-            Some(Ok(Shaped::Reschedule(r))) => Some(r),
-            _ => None,
-        },
+        Outcome::Complete(v) => Shaped::of(v)?.ok(),
         Outcome::Failed(_) => None,
     }
 }
 
 /// The wait a handler's results ask for.
 fn wait_of(o: &Outcome) -> Option<Wait> {
-    match o {
-        Outcome::Complete(v) => match Shaped::of(v) {
-            Some(Ok(Shaped::Wait(w))) => Some(w),
-            _ => None,
-        },
-        Outcome::Failed(_) => None,
+    match shape_of(o)? {
+        Shaped::Wait(w) => Some(w),
+        _ => None,
     }
 }
 

@@ -390,22 +390,7 @@ impl StoreTx for PgTx {
     }
 
     async fn insert_schedule(&mut self, s: &ScheduleRow) -> Result<bool> {
-        let done = sqlx::query(sql::INSERT_SCHEDULE)
-            .bind(&s.name)
-            .bind(&s.namespace)
-            .bind(&s.template)
-            .bind(&s.version)
-            .bind(&s.cron)
-            .bind(&s.timezone)
-            .bind(&s.context)
-            .bind(&s.overlap)
-            .bind(&s.catch_up)
-            .bind(s.paused)
-            .bind(s.next_run_at)
-            .bind(s.last_tick_at)
-            .bind(s.fired)
-            .bind(s.skipped)
-            .bind(&s.origin)
+        let done = bind_schedule(sqlx::query(sql::INSERT_SCHEDULE), s)
             .bind(s.created_at)
             .bind(s.updated_at)
             .execute(self.c())
@@ -414,22 +399,7 @@ impl StoreTx for PgTx {
     }
 
     async fn update_schedule(&mut self, s: &ScheduleRow) -> Result<()> {
-        sqlx::query(sql::UPDATE_SCHEDULE)
-            .bind(&s.name)
-            .bind(&s.namespace)
-            .bind(&s.template)
-            .bind(&s.version)
-            .bind(&s.cron)
-            .bind(&s.timezone)
-            .bind(&s.context)
-            .bind(&s.overlap)
-            .bind(&s.catch_up)
-            .bind(s.paused)
-            .bind(s.next_run_at)
-            .bind(s.last_tick_at)
-            .bind(s.fired)
-            .bind(s.skipped)
-            .bind(&s.origin)
+        bind_schedule(sqlx::query(sql::UPDATE_SCHEDULE), s)
             .bind(s.updated_at)
             .execute(self.c())
             .await?;
@@ -520,4 +490,25 @@ impl StoreTx for PgTx {
             .await?;
         Ok(())
     }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// A schedule's first 15 columns ([`sql::INSERT_SCHEDULE`], [`sql::UPDATE_SCHEDULE`]).
+fn bind_schedule<'q>(q: PgQuery<'q>, s: &'q ScheduleRow) -> PgQuery<'q> {
+    q.bind(&s.name)
+        .bind(&s.namespace)
+        .bind(&s.template)
+        .bind(&s.version)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(&s.context)
+        .bind(&s.overlap)
+        .bind(&s.catch_up)
+        .bind(s.paused)
+        .bind(s.next_run_at)
+        .bind(s.last_tick_at)
+        .bind(s.fired)
+        .bind(s.skipped)
+        .bind(&s.origin)
 }

@@ -301,52 +301,21 @@ impl StoreTx for SqliteTx {
     }
 
     async fn insert_schedule(&mut self, s: &ScheduleRow) -> Result<bool> {
+        let mut p = schedule_params(s);
+        p.extend([Sql::from(s.created_at), Sql::from(s.updated_at)]);
         let n = self
             .c
             .prepare_cached(lite!(INSERT_SCHEDULE))?
-            .execute(params![
-                s.name,
-                s.namespace,
-                s.template,
-                s.version,
-                s.cron,
-                s.timezone,
-                s.context,
-                s.overlap,
-                s.catch_up,
-                s.paused,
-                s.next_run_at,
-                s.last_tick_at,
-                s.fired,
-                s.skipped,
-                s.origin,
-                s.created_at,
-                s.updated_at
-            ])?;
+            .execute(params_from_iter(p))?;
         Ok(n == 1)
     }
 
     async fn update_schedule(&mut self, s: &ScheduleRow) -> Result<()> {
+        let mut p = schedule_params(s);
+        p.push(Sql::from(s.updated_at));
         self.c
             .prepare_cached(lite!(UPDATE_SCHEDULE))?
-            .execute(params![
-                s.name,
-                s.namespace,
-                s.template,
-                s.version,
-                s.cron,
-                s.timezone,
-                s.context,
-                s.overlap,
-                s.catch_up,
-                s.paused,
-                s.next_run_at,
-                s.last_tick_at,
-                s.fired,
-                s.skipped,
-                s.origin,
-                s.updated_at
-            ])?;
+            .execute(params_from_iter(p))?;
         Ok(())
     }
 
@@ -393,4 +362,25 @@ impl StoreTx for SqliteTx {
             .execute(params_from_iter(params))?;
         Ok(())
     }
+}
+
+/// A schedule's first 15 columns (the SQL of `INSERT_SCHEDULE` and `UPDATE_SCHEDULE`).
+fn schedule_params(s: &ScheduleRow) -> Vec<Sql> {
+    vec![
+        s.name.clone().into(),
+        s.namespace.clone().into(),
+        s.template.clone().into(),
+        s.version.clone().into(),
+        s.cron.clone().into(),
+        s.timezone.clone().into(),
+        s.context.clone().into(),
+        s.overlap.clone().into(),
+        s.catch_up.clone().into(),
+        s.paused.into(),
+        s.next_run_at.into(),
+        s.last_tick_at.into(),
+        s.fired.into(),
+        s.skipped.into(),
+        s.origin.clone().into(),
+    ]
 }
