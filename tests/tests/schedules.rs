@@ -134,6 +134,30 @@ async fn overlap_skip_passes_over_ticks_while_the_previous_task_runs_and_allow_d
 }
 
 #[tokio::test]
+async fn a_previous_task_that_failed_does_not_hold_up_a_skip_schedule() {
+    let h = setup().await;
+    h.engine
+        .create_schedule(every_second("after_failure"))
+        .await
+        .unwrap();
+    tick(&h, 1).await;
+    let mut r = tasker_core::Registry::new();
+    r.register_fn("build", |_| async {
+        Err(tasker_core::HandlerError::permanent(
+            "the report server is gone",
+        ))
+    });
+    h.drive(&r).await;
+    let ids = tasks_of(&h, "after_failure").await;
+    assert_eq!(
+        h.engine.get_task(ids[0]).await.unwrap().status,
+        TaskState::Error
+    );
+    tick(&h, 1).await;
+    assert_eq!(tasks_of(&h, "after_failure").await.len(), 2);
+}
+
+#[tokio::test]
 async fn overlap_cancel_previous_cancels_the_unfinished_task_before_the_next() {
     let h = setup().await;
     h.engine

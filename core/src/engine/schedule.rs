@@ -278,6 +278,17 @@ impl Engine {
         }
         let mut cx = TxCx::begin(self, now).await?;
         let due = cx.db()?.due_schedules(now, FIRE_BATCH).await?;
+        // The previous ticks' tasks the overlap rule reads, locked first and in id order (as
+        // every transaction locks tasks), not in the schedules' order.
+        let mut previous = Vec::new();
+        for row in due.iter().filter(|r| r.overlap != Overlap::Allow.as_str()) {
+            if let Some(t) = row.last_tick_at {
+                previous.extend(cx.task_by_key(&tick_key(&row.name, t)).await?);
+            }
+        }
+        previous.sort_unstable();
+        previous.dedup();
+        cx.load_tasks(&previous).await?;
         let mut created = Vec::new();
         for row in due {
             created.extend(self.fire_one(&mut cx, row).await?);
@@ -364,8 +375,9 @@ impl Engine {
         let Some(prev) = cx.task_by_key(&tick_key(&spec.name, last)).await? else {
             return Ok(true);
         };
+        // A previous task in `error` ran to its end too: it does not hold up the schedule.
         let state = cx.task(prev).await?.state;
-        if state.is_finished() {
+        if state.is_terminal() {
             return Ok(true);
         }
         match spec.overlap {
