@@ -69,14 +69,15 @@ impl Engine {
     /// is [`Error::Conflict`].
     pub async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleInfo> {
         let row = self.schedule_row(&spec, "api").await?;
-        let mut cx = TxCx::begin(self, self.now()).await?;
-        if !cx.db()?.insert_schedule(&row).await? {
+        // Schedule rows only, no plan: a store transaction, not an engine one.
+        let mut tx = self.inner.store.begin(true).await?;
+        if !tx.insert_schedule(&row).await? {
             return Err(Error::Conflict(format!(
                 "a schedule named {:?} exists: delete it first, or pick another name",
                 spec.name
             )));
         }
-        cx.finish(None).await?;
+        tx.commit().await?;
         self.schedule_info(row).await
     }
 
@@ -174,26 +175,25 @@ impl Engine {
         change: impl FnOnce(&mut ScheduleRow, i64),
     ) -> Result<ScheduleInfo> {
         let now = self.now();
-        let mut cx = TxCx::begin(self, now).await?;
-        let mut row = cx
-            .db()?
+        let mut tx = self.inner.store.begin(true).await?;
+        let mut row = tx
             .lock_schedule(name)
             .await?
             .ok_or_else(|| not_found(name))?;
         change(&mut row, now);
         row.updated_at = now;
-        cx.db()?.update_schedule(&row).await?;
-        cx.finish(None).await?;
+        tx.update_schedule(&row).await?;
+        tx.commit().await?;
         self.schedule_info(row).await
     }
 
     /// Deletes a schedule (its tasks stay).
     pub async fn delete_schedule(&self, name: &str) -> Result<()> {
-        let mut cx = TxCx::begin(self, self.now()).await?;
-        if !cx.db()?.delete_schedule(name).await? {
+        let mut tx = self.inner.store.begin(true).await?;
+        if !tx.delete_schedule(name).await? {
             return Err(not_found(name));
         }
-        cx.finish(None).await.map(drop)
+        tx.commit().await
     }
 
     /// Replaces the schedules a template's `schedules:` block declares (by name): a new one is
@@ -211,10 +211,9 @@ impl Engine {
         for s in specs {
             rows.push(self.schedule_row(s, origin).await?);
         }
-        let now = self.now();
-        let mut cx = TxCx::begin(self, now).await?;
+        let mut tx = self.inner.store.begin(true).await?;
         for mut row in rows {
-            let db = cx.db()?;
+            let db = tx.as_mut();
             match db.lock_schedule(&row.name).await? {
                 None => {
                     db.insert_schedule(&row).await?;
@@ -232,7 +231,7 @@ impl Engine {
                 }
             }
         }
-        cx.finish(None).await?;
+        tx.commit().await?;
         Ok(())
     }
 
