@@ -46,7 +46,7 @@ step "Rust: the store conformance suite (core/src/store/conformance/) on Postgre
 TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-core --lib store::
 
 step "Rust: the conformance suite on PostgreSQL"
-TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator --test host --test fuzz --test original_templates --test planned --test handoff --test watch --test shapes --test fan_out --test child_tasks --test waits --test schedules --test reschedules --test deadlines
+TASKER_TEST_BACKEND=postgres cargo test --locked -p tasker-conformance --lib --test scenarios --test templates --test operator --test host --test fuzz --test original_templates --test planned --test handoff --test watch --test shapes --test fan_out --test child_tasks --test waits --test schedules --test reschedules --test deadlines --test flow_control
 
 step "Rust: multi-process tests on PostgreSQL (workers, kill -9, server restart, SIGTERM)"
 # One at a time: one of them restarts the server.

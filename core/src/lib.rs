@@ -42,8 +42,8 @@ pub use host::worker;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     count_by_state, Claim, Cycle, Engine, EngineOptions, EventSource, FailureKind, Job, JobKey,
-    Outcome, Registration, Report, StateCounts, StepFailure, StepSnapshot, TaskFilter, TaskRequest,
-    TaskSnapshot, TaskSummary, TemplateSource,
+    Outcome, Registration, Report, Retention, StateCounts, StepFailure, StepSnapshot, TaskFilter,
+    TaskRequest, TaskSelection, TaskSnapshot, TaskSummary, TemplateSource,
 };
 pub use error::{Error, Result, TemplateError};
 pub use events::Event;

@@ -103,6 +103,8 @@ impl TaskState {
             (Some(Error), Pending) => "task.retry_requested",
             (Some(Error), ResolvedManually) => "task.resolved_manually",
             (Some(Error), Cancelled) => "task.cancelled",
+            (Some(Complete), Pending) => "task.rerun_requested",
+            (Some(ResolvedManually), Pending) => "task.rerun_requested",
             _ => return None,
         })
     }
@@ -149,6 +151,9 @@ impl StepState {
             (Some(Waiting), Error) => "step.failed",
             (Some(Waiting), Cancelled) => "step.cancelled",
             (Some(Waiting), ResolvedManually) => "step.resolved_manually",
+            (Some(Complete), Pending) => "step.rerun_requested",
+            (Some(ResolvedManually), Pending) => "step.rerun_requested",
+            (Some(Cancelled), Pending) => "step.rerun_requested",
             _ => return None,
         })
     }

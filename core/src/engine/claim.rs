@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::tx::announce_claim;
+use super::tx::{send, Change};
 use super::Engine;
 use super::{parse_json, CONTEXT_CACHE};
 use crate::error::Result;
 use crate::protocol::{Claim, Job, JobKey, FAILED_KEY};
+use crate::state::{StepState, TaskState};
 use crate::store::plan::claim_transitions;
-use crate::store::{ClaimSpec, ClaimedStep, ParentResult, StepKey};
+use crate::store::{ClaimSpec, ClaimedStep, ParentResult, StepKey, TransitionRow};
 use crate::template::{StepKind, TaskTemplate};
 
 /// One stored row of a parent step: its instance place, name and results (or failure mark).
@@ -190,4 +191,45 @@ fn missing_parent_keys(claimed: &[ClaimedStep], templates: &[Arc<TaskTemplate>])
                 })
         })
         .collect()
+}
+
+/// Announces the transition rows a store wrote for a claim
+/// ([`crate::store::plan::claim_transitions`]); `names` gives each claimed step's name.
+pub(super) fn announce_claim(
+    engine: &Engine,
+    rows: Vec<TransitionRow>,
+    names: &HashMap<i64, (String, u32)>,
+) {
+    if engine.inner.events.receiver_count() == 0 {
+        return;
+    }
+    for row in rows {
+        let from = row.from_state;
+        let event = match row.step_id {
+            Some(_) => from
+                .and_then(|f| f.parse().ok())
+                .zip(row.to_state.parse().ok())
+                .and_then(|(f, t)| StepState::event(Some(f), t)),
+            None => from
+                .and_then(|f| f.parse().ok())
+                .zip(row.to_state.parse().ok())
+                .and_then(|(f, t)| TaskState::event(Some(f), t)),
+        }
+        .expect("a claim's transitions are legal");
+        let (step_name, attempt) = match row.step_id.and_then(|s| names.get(&s)) {
+            Some((n, a)) => (Some(n.clone()), Some(*a)),
+            None => (None, None),
+        };
+        let metadata = serde_json::from_str(&row.metadata).unwrap_or(Value::Null);
+        send(
+            engine,
+            Change {
+                row,
+                event,
+                step_name,
+                attempt,
+                metadata,
+            },
+        );
+    }
 }

@@ -472,6 +472,7 @@ impl TxCx<'_> {
                 steps_done: done,
                 steps_blocked: 0,
                 version: 1,
+                paused: false,
             },
         );
         self.settle(task_id).await?;

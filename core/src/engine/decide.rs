@@ -19,6 +19,61 @@ pub fn is_exhausted(state: StepState, ready_at: Option<i64>, parked_ready_at: Op
     state == StepState::Error && ready_at.is_none() && parked_ready_at.is_none()
 }
 
+/// True when a task's claimable steps are held back from claims (parked): a step of it is out
+/// of attempts (`steps_blocked`), or an operator paused it. Its running steps finish either way.
+pub fn holds_steps(steps_blocked: i64, paused: bool) -> bool {
+    steps_blocked > 0 || paused
+}
+
+/// The positions a rerun from `from` puts back to pending: that step and every step below
+/// it, ascending.
+pub fn rerun_positions(t: &TaskTemplate, from: usize) -> Vec<usize> {
+    let mut seen = vec![false; t.steps.len()];
+    let mut todo = vec![from];
+    while let Some(p) = todo.pop() {
+        if !std::mem::replace(&mut seen[p], true) {
+            todo.extend(t.steps[p].children.iter().copied());
+        }
+    }
+    (0..seen.len()).filter(|&p| seen[p]).collect()
+}
+
+/// How many parents each step of a rerun (`rerun`, from [`rerun_positions`]) waits for
+/// afterwards: those rerun with it and those not finished (`states` by position). Refused,
+/// with the reason, while a step to rerun is running or waiting, or when a step to rerun has a
+/// cancelled parent that is not rerun (it would wait for ever).
+pub fn rerun_waits(
+    t: &TaskTemplate,
+    rerun: &[usize],
+    states: &[StepState],
+) -> Result<Vec<i64>, String> {
+    let mut out = Vec::with_capacity(rerun.len());
+    for &p in rerun {
+        let name = &t.steps[p].name;
+        if matches!(states[p], StepState::InProgress | StepState::Waiting) {
+            return Err(format!(
+                "step {name:?} is {}; rerun once it has finished",
+                states[p]
+            ));
+        }
+        let mut wait = 0;
+        for &q in &t.steps[p].parents {
+            let again = rerun.binary_search(&q).is_ok();
+            if !again && states[q] == StepState::Cancelled {
+                return Err(format!(
+                    "step {name:?} has a cancelled parent {:?}; rerun from it instead",
+                    t.steps[q].name
+                ));
+            }
+            if again || !matches!(states[q], StepState::Complete | StepState::ResolvedManually) {
+                wait += 1;
+            }
+        }
+        out.push(wait);
+    }
+    Ok(out)
+}
+
 /// The steps a completed decision or fan-out calls for (created by the engine's `grow`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Growth {

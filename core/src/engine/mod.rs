@@ -29,6 +29,7 @@ mod create;
 mod deadline;
 pub mod decide;
 mod event_definitions;
+mod flow;
 mod grow;
 mod handoff;
 mod operator;
@@ -39,6 +40,7 @@ mod publish;
 mod query;
 mod registration;
 mod report;
+pub mod retention;
 mod schedule;
 mod settle;
 pub mod shape;
@@ -64,9 +66,11 @@ pub use crate::store::{StateCounts, TaskFilter};
 pub use analytics::Analytics;
 pub use create::TaskRequest;
 pub use event_definitions::EventSource;
+pub use flow::TaskSelection;
 pub use options::{EngineOptions, DEFAULT_URL};
 pub use query::{count_by_state, StepSnapshot, TaskSnapshot, TaskSummary, TransitionEntry};
 pub use registration::{Registration, TemplateSource};
+pub use retention::Retention;
 pub use schedule::ScheduleInfo;
 
 #[derive(Default)]

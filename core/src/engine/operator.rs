@@ -76,6 +76,7 @@ impl Engine {
                 task_id,
                 reason: reason.as_deref(),
                 tags: tags.as_deref(),
+                paused: None,
                 now,
             })
             .await?;

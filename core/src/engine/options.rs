@@ -51,6 +51,9 @@ pub struct EngineOptions {
     /// crashed between the two commits leaves (for tests of that recovery).
     #[doc(hidden)]
     pub settle_children_at_commit: bool,
+    /// Remove old finished tasks in every worker of this engine, every minute
+    /// ([`crate::engine::Engine::prune`]); none by default.
+    pub retention: Option<super::retention::Retention>,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +73,7 @@ impl Default for EngineOptions {
             metrics: false,
             planned_cycles: true,
             settle_children_at_commit: true,
+            retention: None,
         }
     }
 }
@@ -116,6 +120,11 @@ impl EngineOptions {
         self
     }
     #[doc(hidden)]
+    pub fn retention(mut self, r: Option<super::retention::Retention>) -> Self {
+        self.retention = r;
+        self
+    }
+
     pub fn settle_children_at_commit(mut self, on: bool) -> Self {
         self.settle_children_at_commit = on;
         self

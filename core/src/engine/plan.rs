@@ -55,6 +55,10 @@ impl Known {
                     steps_done: s.steps_done,
                     steps_blocked: s.steps_blocked,
                     version: s.task_version,
+                    // Not paused at the version the claim read: a pause parks the task's
+                    // claimable steps and raises its version (a plan assuming this fails
+                    // its guard).
+                    paused: false,
                 },
             );
         }

@@ -22,6 +22,9 @@ pub struct TaskSnapshot {
     pub namespace: String,
     pub version: String,
     pub status: TaskState,
+    /// Paused by an operator ([`Engine::pause_task`]): no new step of it starts. Always false
+    /// for a finished task.
+    pub paused: bool,
     pub context: Value,
     pub initiator: String,
     pub source_system: String,
@@ -136,6 +139,8 @@ pub struct TaskSummary {
     pub namespace: String,
     pub version: String,
     pub status: TaskState,
+    /// As [`TaskSnapshot::paused`].
+    pub paused: bool,
     pub steps_total: i64,
     pub steps_done: i64,
     pub created_at: String,
@@ -212,6 +217,7 @@ impl Engine {
             namespace: d.namespace,
             version: d.template_version,
             status: d.row.state,
+            paused: d.row.paused && !d.row.state.is_finished(),
             context: parse_json(&d.context)?,
             initiator: d.initiator,
             source_system: d.source_system,
@@ -309,6 +315,7 @@ impl Engine {
                 namespace: d.namespace,
                 version: d.template_version,
                 status: d.row.state,
+                paused: d.row.paused && !d.row.state.is_finished(),
                 steps_total: d.row.steps_total,
                 steps_done: d.row.steps_done,
                 created_at: format_ms(d.created_at),

@@ -37,12 +37,12 @@ pub(super) enum Source {
 }
 
 /// A transition to record and announce.
-struct Change {
-    row: TransitionRow,
-    event: &'static str,
-    step_name: Option<String>,
-    attempt: Option<u32>,
-    metadata: Value,
+pub(super) struct Change {
+    pub row: TransitionRow,
+    pub event: &'static str,
+    pub step_name: Option<String>,
+    pub attempt: Option<u32>,
+    pub metadata: Value,
 }
 
 /// A step change an operator or a report decided: the update, and what its transition says.
@@ -60,8 +60,9 @@ pub(super) struct TxCx<'e> {
     pub(super) now: i64,
     /// The task rows this transaction holds, as its decisions have left them.
     pub(super) tasks: HashMap<i64, TaskRow>,
-    /// `steps_blocked` of each task when this transaction first saw it.
-    pub(super) blocked_before: HashMap<i64, i64>,
+    /// Whether each task held its steps back ([`decide::holds_steps`]) when this
+    /// transaction first saw it.
+    pub(super) held_before: HashMap<i64, bool>,
     /// Counter and state changes of the held tasks, recorded at the end.
     pending: HashMap<i64, TaskUpdate>,
     changes: Vec<Change>,
@@ -122,7 +123,7 @@ impl<'e> TxCx<'e> {
             src,
             now,
             tasks: HashMap::new(),
-            blocked_before: HashMap::new(),
+            held_before: HashMap::new(),
             pending: HashMap::new(),
             changes: Vec::new(),
             plan: Plan::new(now, durable),
@@ -186,7 +187,7 @@ impl<'e> TxCx<'e> {
                 (t.task_id, t)
             })
             .collect();
-        self.blocked_before = std::mem::take(&mut self.blocked_before)
+        self.held_before = std::mem::take(&mut self.held_before)
             .into_iter()
             .map(|(k, v)| (out.task_id(k), v))
             .collect();
@@ -259,7 +260,10 @@ impl<'e> TxCx<'e> {
             }
         };
         for row in rows {
-            self.blocked_before.insert(row.task_id, row.steps_blocked);
+            self.held_before.insert(
+                row.task_id,
+                decide::holds_steps(row.steps_blocked, row.paused),
+            );
             self.tasks.insert(row.task_id, row);
         }
         Ok(())
@@ -522,6 +526,20 @@ impl<'e> TxCx<'e> {
         self.plan.step_updates.push(update);
     }
 
+    /// Records a task transition row that changes no state (from and to the task's state),
+    /// for an operator action on the task as a whole: a pause or a resume (`event`).
+    pub(super) fn note_task(&mut self, task_id: i64, event: &'static str, metadata: Value) {
+        let row = self.tasks.get_mut(&task_id).expect("task loaded");
+        row.version += 1;
+        let (state, version) = (row.state.as_str(), row.version);
+        let u = self.pending.entry(task_id).or_insert_with(|| TaskUpdate {
+            task_id,
+            ..Default::default()
+        });
+        u.transitions += 1;
+        self.push_change(task_id, None, Some(state), state, event, version, metadata);
+    }
+
     /// Queues task state changes along `path` (each checked against the table).
     pub(super) fn set_task_states(
         &mut self,
@@ -567,17 +585,17 @@ impl<'e> TxCx<'e> {
         Ok(())
     }
 
-    /// Records parking and unparking: the claimable steps of blocked tasks are hidden from
-    /// claims, and come back once a task is unblocked.
+    /// Records parking and unparking: the claimable steps of tasks that hold them back
+    /// (blocked or paused, [`decide::holds_steps`]) are hidden from claims, and come back once
+    /// a task no longer holds them.
     fn repark(&mut self) {
         let mut park = Vec::new();
         let mut unpark = Vec::new();
         for (id, row) in &self.tasks {
-            let before = self.blocked_before.get(id).copied().unwrap_or(0);
-            if row.steps_blocked > 0 {
+            let before = self.held_before.get(id).copied().unwrap_or(false);
+            if decide::holds_steps(row.steps_blocked, row.paused) {
                 park.push(*id);
-            } else if before > 0 && matches!(row.state, TaskState::Pending | TaskState::InProgress)
-            {
+            } else if before && matches!(row.state, TaskState::Pending | TaskState::InProgress) {
                 unpark.push(*id);
             }
         }
@@ -725,7 +743,7 @@ fn announce(engine: &Engine, changes: Vec<Change>, work: bool, tasks_changed: bo
 }
 
 /// Sends a transition's event, then the events derived from it ([`crate::events::derived`]).
-fn send(engine: &Engine, c: Change) {
+pub(super) fn send(engine: &Engine, c: Change) {
     let e = Event {
         name: std::borrow::Cow::Borrowed(c.event),
         task_id: c.row.task_id,
@@ -741,46 +759,5 @@ fn send(engine: &Engine, c: Change) {
     let _ = engine.inner.events.send(Arc::new(e));
     for d in derived {
         let _ = engine.inner.events.send(Arc::new(d));
-    }
-}
-
-/// Announces the transition rows a store wrote for a claim
-/// ([`crate::store::plan::claim_transitions`]); `names` gives each claimed step's name.
-pub(super) fn announce_claim(
-    engine: &Engine,
-    rows: Vec<TransitionRow>,
-    names: &HashMap<i64, (String, u32)>,
-) {
-    if engine.inner.events.receiver_count() == 0 {
-        return;
-    }
-    for row in rows {
-        let from = row.from_state;
-        let event = match row.step_id {
-            Some(_) => from
-                .and_then(|f| f.parse().ok())
-                .zip(row.to_state.parse().ok())
-                .and_then(|(f, t)| StepState::event(Some(f), t)),
-            None => from
-                .and_then(|f| f.parse().ok())
-                .zip(row.to_state.parse().ok())
-                .and_then(|(f, t)| TaskState::event(Some(f), t)),
-        }
-        .expect("a claim's transitions are legal");
-        let (step_name, attempt) = match row.step_id.and_then(|s| names.get(&s)) {
-            Some((n, a)) => (Some(n.clone()), Some(*a)),
-            None => (None, None),
-        };
-        let metadata = serde_json::from_str(&row.metadata).unwrap_or(Value::Null);
-        send(
-            engine,
-            Change {
-                row,
-                event,
-                step_name,
-                attempt,
-                metadata,
-            },
-        );
     }
 }

@@ -72,6 +72,11 @@ const LIFECYCLE: &[(&str, &str, &[&str])] = &[
     ),
     ("task.cancelled", "A task was cancelled", &["reason"]),
     (
+        "task.rerun_requested",
+        "An operator reran a finished task from one of its steps (rerun_from)",
+        &["reason", "step"],
+    ),
+    (
         "task.resolved_manually",
         "An operator resolved a failed task",
         &["reason"],
@@ -118,6 +123,11 @@ const LIFECYCLE: &[(&str, &str, &[&str])] = &[
         &["reason"],
     ),
     (
+        "step.rerun_requested",
+        "A finished step becomes pending again with fresh attempts: it or a step above it was rerun (rerun_from)",
+        &["reason", "from_step", "previous_attempts"],
+    ),
+    (
         "step.waiting",
         "A step's attempt ended and it waits for something outside it: the child task it created, or a Wait's signal, correlation id or completion from outside",
         &["attempt", "child_task", "wait"],
@@ -127,6 +137,18 @@ const LIFECYCLE: &[(&str, &str, &[&str])] = &[
 /// (name, category, description, metadata keys) of the events derived from others
 /// ([`derived`]) or emitted by the worker, with the original's payload keys.
 const DERIVED: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "task.paused",
+        "task",
+        "An operator paused a task: no new step of it starts, running ones finish",
+        &["reason"],
+    ),
+    (
+        "task.resumed",
+        "task",
+        "An operator resumed a paused task: its steps are claimable again",
+        &["reason"],
+    ),
     (
         "task.deadline_exceeded",
         "task",

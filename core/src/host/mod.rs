@@ -404,11 +404,14 @@ impl Lanes {
         };
         // Every worker fires schedules while it runs ([`Engine::run_schedules`]; no leader: a
         // tick makes one task however many processes fire it).
+        // And prunes old tasks when the engine has a retention setting.
         let ticker = engine.run_schedules();
-        tokio::pin!(ticker);
+        let pruner = engine.run_retention();
+        tokio::pin!(ticker, pruner);
         tokio::select! {
             r = self.run_lanes() => r,
             _ = &mut ticker => unreachable!("the schedule loop never ends"),
+            _ = &mut pruner => unreachable!("the retention loop never ends"),
         }
     }
 

@@ -43,7 +43,7 @@ use crate::state::TaskState;
 
 pub use plan::{
     CheckpointSave, ClaimSpec, Decrement, IdRange, LeaseExtension, NewDecision, NewStep, NewTask,
-    NewTemplate, NewWait, Notify, Plan, PlanOutcome, RetryLimitUpdate, StepUpdate,
+    NewTemplate, NewWait, Notify, Plan, PlanOutcome, PruneBatch, RetryLimitUpdate, StepUpdate,
     TaskDetailsUpdate, TaskFilter, TaskUpdate,
 };
 pub use rows::{
@@ -286,6 +286,10 @@ pub trait StoreTx: Send {
     async fn bump_reschedules(&mut self, step_id: i64) -> Result<i64>;
     /// Starts a step's reschedule count again (an operator's retry).
     async fn reset_reschedules(&mut self, step_id: i64) -> Result<()>;
+    /// Deletes up to `limit` tasks in `state` that ended before `before`, lowest ids first
+    /// (PostgreSQL: skipping rows others hold), with their steps, transitions and every row
+    /// kept for them; returns how many tasks.
+    async fn prune_tasks(&mut self, p: &PruneBatch<'_>) -> Result<u64>;
 
     /// A schedule, locked.
     async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>>;

@@ -334,6 +334,9 @@ pub struct TaskDetailsUpdate<'a> {
     pub task_id: i64,
     pub reason: Option<&'a str>,
     pub tags: Option<&'a str>,
+    /// Pause or resume the task (the engine parks or unparks its steps in the same
+    /// transaction's plan).
+    pub paused: Option<bool>,
     pub now: i64,
 }
 
@@ -365,6 +368,16 @@ pub struct LeaseExtension {
     pub steps: Vec<(i64, i64)>,
     pub until: i64,
     pub now: i64,
+}
+
+/// One batch of a retention prune ([`super::StoreTx::prune_tasks`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PruneBatch<'a> {
+    /// A terminal task state.
+    pub state: &'a str,
+    /// Tasks whose `completed_at` is before this time (epoch ms).
+    pub before: i64,
+    pub limit: i64,
 }
 
 /// Filters for listing tasks.

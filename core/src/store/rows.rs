@@ -15,6 +15,9 @@ pub struct TaskRow {
     pub steps_blocked: i64,
     /// The number of transitions the task has had (the sort key of its next one is this + 1).
     pub version: i64,
+    /// Paused by an operator: its claimable steps are parked until it is resumed. Read as
+    /// false from the rows a plan returns for the tasks it finished.
+    pub paused: bool,
 }
 
 /// A task row with everything a snapshot shows, and its template's namespace, name and

@@ -8,7 +8,7 @@
 /// The columns of [`super::TaskRow`] (table `tasks`, unqualified).
 macro_rules! task_cols {
     () => {
-        "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version"
+        "task_id, named_task_id, state, steps_total, steps_done, steps_blocked, version, paused"
     };
 }
 
@@ -16,7 +16,7 @@ macro_rules! task_cols {
 macro_rules! detail_cols {
     () => {
         "t.task_id, t.named_task_id, t.state, t.steps_total, t.steps_done, t.steps_blocked, \
-         t.version, CAST(t.context AS TEXT) AS context, t.initiator, t.source_system, t.reason, \
+         t.version, t.paused, CAST(t.context AS TEXT) AS context, t.initiator, t.source_system, t.reason, \
          CAST(t.tags AS TEXT) AS tags, CAST(t.bypass_steps AS TEXT) AS bypass_steps, \
          t.idempotency_key, t.requested_at, t.created_at, t.updated_at, t.completed_at, \
          n.namespace, n.name, n.version AS template_version, t.parent_task_id, t.parent_step_id, \
@@ -292,6 +292,13 @@ pub(crate) const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE name = $1"
 pub(crate) const BUMP_RESCHEDULES: &str =
     "INSERT INTO step_reschedules (step_id, count) VALUES ($1, 1) ON CONFLICT (step_id) \
      DO UPDATE SET count = step_reschedules.count + 1 RETURNING count";
+/// The tasks one prune batch removes: `$1` state, `$2` ended before, `$3` at most.
+macro_rules! prune_victims {
+    () => {
+        "SELECT task_id FROM tasks WHERE state = $1 AND completed_at < $2 ORDER BY task_id LIMIT $3"
+    };
+}
+pub(crate) use prune_victims;
 /// Start a step's reschedule count again: `$1` step_id.
 pub(crate) const RESET_RESCHEDULES: &str = "DELETE FROM step_reschedules WHERE step_id = $1";
 

@@ -93,7 +93,7 @@ static TERMINAL_STATES: std::sync::LazyLock<Vec<&'static str>> = std::sync::Lazy
 #[derive(sqlx::FromRow)]
 struct PgFinished {
     #[sqlx(flatten)]
-    task: PgTask,
+    task: PgTaskDetail,
     steps: Option<Vec<PgStep>>,
 }
 
@@ -268,12 +268,12 @@ impl Store for PgStore {
     async fn task(&self, task_id: i64) -> Result<Option<TaskDetail>> {
         self.count();
         let mut conn = self.conns.get().await?;
-        let row: Option<PgTask> = sqlx::query_as(sql::TASK_BY_ID)
+        let row: Option<PgTaskDetail> = sqlx::query_as(sql::TASK_BY_ID)
             .bind(task_id)
             .fetch_optional(&mut *conn)
             .await?;
         self.conns.put(conn);
-        row.map(PgTask::into_detail).transpose()
+        row.map(PgTaskDetail::into_detail).transpose()
     }
 
     async fn task_if_finished(
@@ -329,7 +329,7 @@ impl Store for PgStore {
         } else {
             LIST_TASKS_NEWEST
         };
-        let rows: Vec<PgTask> = sqlx::query_as(sql)
+        let rows: Vec<PgTaskDetail> = sqlx::query_as(sql)
             .bind(f.state.map(|s| s.as_str()))
             .bind(f.name.as_deref())
             .bind(f.namespace.as_deref())
@@ -339,7 +339,7 @@ impl Store for PgStore {
             .bind(ids.until)
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter().map(PgTask::into_detail).collect()
+        rows.into_iter().map(PgTaskDetail::into_detail).collect()
     }
 
     async fn count_tasks(&self, f: &TaskFilter, ids: IdRange) -> Result<i64> {

@@ -95,7 +95,7 @@ const INSERT_DECISIONS: &str = "INSERT INTO step_decisions (step_id, task_id, ch
 
 const UPDATE_TASK_DETAILS: &str =
     "UPDATE tasks SET reason = COALESCE($1, reason), tags = COALESCE($2::jsonb, tags), \
-     updated_at = $3 WHERE task_id = $4";
+     paused = COALESCE($5, paused), updated_at = $3 WHERE task_id = $4";
 
 #[async_trait]
 impl StoreTx for PgTx {
@@ -372,6 +372,27 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
+    async fn prune_tasks(&mut self, p: &PruneBatch<'_>) -> Result<u64> {
+        // Transitions have no foreign keys (20261126000003): deleted by task. Steps and the
+        // rows kept for tasks and steps go by the cascades.
+        const PRUNE: &str = concat!(
+            "WITH v AS (",
+            sql::prune_victims!(),
+            " FOR UPDATE SKIP LOCKED), \
+             st AS (DELETE FROM step_transitions WHERE task_id IN (SELECT task_id FROM v)), \
+             tt AS (DELETE FROM task_transitions WHERE task_id IN (SELECT task_id FROM v)), \
+             d AS (DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM v) RETURNING 1) \
+             SELECT count(*) FROM d"
+        );
+        let n: i64 = sqlx::query_scalar(PRUNE)
+            .bind(p.state)
+            .bind(p.before)
+            .bind(p.limit)
+            .fetch_one(self.c())
+            .await?;
+        Ok(n as u64)
+    }
+
     async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>> {
         let row: Option<PgSchedule> = sqlx::query_as(sql::SCHEDULE_LOCKED)
             .bind(name)
@@ -460,6 +481,7 @@ impl StoreTx for PgTx {
             .bind(p.tags)
             .bind(p.now)
             .bind(p.task_id)
+            .bind(p.paused)
             .execute(self.c())
             .await?;
         Ok(())

@@ -230,6 +230,24 @@ pub(crate) struct PgTaskRow {
     pub steps_done: i64,
     pub steps_blocked: i64,
     pub version: i64,
+    pub paused: bool,
+}
+
+/// A task read for a snapshot ([`crate::store::sql::detail_cols`]): [`PgTask`] and whether
+/// it is paused (which the composite `tasker_task_v2` a plan answers does not carry).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PgTaskDetail {
+    #[sqlx(flatten)]
+    pub task: PgTask,
+    pub paused: bool,
+}
+
+impl PgTaskDetail {
+    pub fn into_detail(self) -> Result<TaskDetail> {
+        let mut d = self.task.into_detail()?;
+        d.row.paused = self.paused;
+        Ok(d)
+    }
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -393,6 +411,7 @@ impl PgTaskRow {
             steps_done: self.steps_done,
             steps_blocked: self.steps_blocked,
             version: self.version,
+            paused: self.paused,
         })
     }
 }
@@ -408,6 +427,7 @@ impl PgTask {
                 steps_done: self.steps_done,
                 steps_blocked: self.steps_blocked,
                 version: self.version,
+                paused: false,
             },
             context: self.context,
             initiator: self.initiator,

@@ -70,6 +70,7 @@ impl Decode for TaskRow {
         "steps_done",
         "steps_blocked",
         "version",
+        "paused",
     ];
     fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<TaskRow> {
         Ok(TaskRow {
@@ -80,6 +81,7 @@ impl Decode for TaskRow {
             steps_done: r.get(ix[4])?,
             steps_blocked: r.get(ix[5])?,
             version: r.get(ix[6])?,
+            paused: r.get(ix[7])?,
         })
     }
 }
@@ -94,6 +96,7 @@ impl Decode for TaskDetail {
         "steps_done",
         "steps_blocked",
         "version",
+        "paused",
         "context",
         "initiator",
         "source_system",
@@ -114,24 +117,24 @@ impl Decode for TaskDetail {
     ];
     fn decode(r: &Row, ix: &[usize]) -> rusqlite::Result<TaskDetail> {
         Ok(TaskDetail {
-            row: TaskRow::decode(r, &ix[..7])?,
-            context: r.get(ix[7])?,
-            initiator: r.get(ix[8])?,
-            source_system: r.get(ix[9])?,
-            reason: r.get(ix[10])?,
-            tags: r.get(ix[11])?,
-            bypass_steps: r.get(ix[12])?,
-            idempotency_key: r.get(ix[13])?,
-            requested_at: r.get(ix[14])?,
-            created_at: r.get(ix[15])?,
-            updated_at: r.get(ix[16])?,
-            completed_at: r.get(ix[17])?,
-            namespace: r.get(ix[18])?,
-            name: r.get(ix[19])?,
-            template_version: r.get(ix[20])?,
-            parent_task_id: r.get(ix[21])?,
-            parent_step_id: r.get(ix[22])?,
-            parent_step: r.get(ix[23])?,
+            row: TaskRow::decode(r, &ix[..8])?,
+            context: r.get(ix[8])?,
+            initiator: r.get(ix[9])?,
+            source_system: r.get(ix[10])?,
+            reason: r.get(ix[11])?,
+            tags: r.get(ix[12])?,
+            bypass_steps: r.get(ix[13])?,
+            idempotency_key: r.get(ix[14])?,
+            requested_at: r.get(ix[15])?,
+            created_at: r.get(ix[16])?,
+            updated_at: r.get(ix[17])?,
+            completed_at: r.get(ix[18])?,
+            namespace: r.get(ix[19])?,
+            name: r.get(ix[20])?,
+            template_version: r.get(ix[21])?,
+            parent_task_id: r.get(ix[22])?,
+            parent_step_id: r.get(ix[23])?,
+            parent_step: r.get(ix[24])?,
         })
     }
 }

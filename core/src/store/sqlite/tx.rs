@@ -12,7 +12,7 @@ use super::read::lite;
 use super::rows::*;
 use super::{blocking_io, Durability, SqliteStore, WriteConn};
 use crate::error::Result;
-use crate::store::sql::task_cols;
+use crate::store::sql::{self, task_cols};
 use crate::store::*;
 
 pub(super) struct SqliteTx {
@@ -51,8 +51,8 @@ impl Drop for SqliteTx {
 }
 
 const UPDATE_TASK_DETAILS: &str =
-    "UPDATE tasks SET reason = COALESCE(?1, reason), tags = COALESCE(?2, tags), updated_at = ?3 \
-     WHERE task_id = ?4";
+    "UPDATE tasks SET reason = COALESCE(?1, reason), tags = COALESCE(?2, tags), \
+     paused = COALESCE(?5, paused), updated_at = ?3 WHERE task_id = ?4";
 
 const INSERT_TEMPLATE: &str =
     "INSERT INTO named_tasks (namespace, name, version, description, definition, definition_hash, created_at, revision) \
@@ -292,6 +292,21 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
+    async fn prune_tasks(&mut self, p: &PruneBatch<'_>) -> Result<u64> {
+        // Their steps, transitions, waits, signals, decisions and deadlines go by the foreign
+        // keys' cascades (each through an index).
+        let sql = sql::sqlite_params(concat!(
+            "DELETE FROM tasks WHERE task_id IN (",
+            sql::prune_victims!(),
+            ")"
+        ));
+        let n = self
+            .c
+            .prepare_cached(&sql)?
+            .execute(params![p.state, p.before, p.limit])?;
+        Ok(n as u64)
+    }
+
     async fn lock_schedule(&mut self, name: &str) -> Result<Option<ScheduleRow>> {
         query_opt(&self.c, lite!(SCHEDULE), [name])
     }
@@ -337,7 +352,7 @@ impl StoreTx for SqliteTx {
     async fn update_task_details(&mut self, p: &TaskDetailsUpdate<'_>) -> Result<()> {
         self.c
             .prepare_cached(UPDATE_TASK_DETAILS)?
-            .execute(params![p.reason, p.tags, p.now, p.task_id])?;
+            .execute(params![p.reason, p.tags, p.now, p.task_id, p.paused])?;
         Ok(())
     }
 
