@@ -69,6 +69,8 @@ export interface TaskSnapshot {
   namespace: string
   version: string
   status: TaskState
+  /** Paused by an operator (pauseTask): no new step of it starts. */
+  paused: boolean
   context: { [key: string]: Json }
   initiator: string
   source_system: string
@@ -234,6 +236,22 @@ export declare class Engine {
   failStep(id: number, step: string, message: string, options?: { permanent?: boolean }): Promise<void>
   /** Completes every step waiting with this correlation id; resolves to how many. */
   completeCorrelated(correlationId: string, results?: Json): Promise<number>
+  /** Pauses a task: no new step of it starts until resumed; running steps finish. Resolves to whether it changed. */
+  pauseTask(id: number): Promise<boolean>
+  resumeTask(id: number): Promise<boolean>
+  /** Pauses every unfinished task of a template (any version); resolves to how many. */
+  pauseTemplate(name: string, namespace?: string): Promise<number>
+  resumeTemplate(name: string, namespace?: string): Promise<number>
+  /** Puts `step` and every step below it back to pending with fresh attempts (complete, resolved or failed tasks); resolves to how many steps. */
+  rerunFrom(id: number, step: string): Promise<number>
+  /** Retries every step out of attempts of a task in error; resolves to how many. */
+  retryTask(id: number): Promise<number>
+  /** Retries every failed task matching the filters (`since`: a Date, RFC 3339 text or an age such as '24h'); resolves to how many tasks. */
+  retryTasks(filter?: BulkFilter): Promise<number>
+  /** Cancels every unfinished task matching the filters; resolves to how many. */
+  cancelTasks(filter?: BulkFilter): Promise<number>
+  /** Removes tasks that ended more than `olderThan` ago (seconds or an age such as '30d'), complete, cancelled and resolved_manually unless `statuses` says; resolves to how many. */
+  prune(olderThan: number | string, options?: { statuses?: TaskState[] }): Promise<number>
   /** A task of `template` at each tick of `cron` (5 fields, or 6 with seconds first); every worker process fires it. */
   createSchedule(name: string, template: string, cron: string, options?: ScheduleOptions): Promise<Schedule>
   listSchedules(): Promise<Schedule[]>
@@ -306,6 +324,13 @@ export declare class Decision {
   readonly steps: string[]
   readonly results: unknown
   toJSON(): { $decision: string[]; results?: unknown }
+}
+
+export interface BulkFilter {
+  status?: TaskState
+  name?: string
+  namespace?: string
+  since?: Date | string
 }
 
 export interface ScheduleOptions {

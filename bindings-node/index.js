@@ -171,6 +171,11 @@ async function call (promiseOrFn) {
   }
 }
 
+/** A bulk action's `since` as core takes it: a Date as RFC 3339, text (a time or an age such as '24h') as given. */
+function sinceText (since) {
+  return since instanceof Date ? since.toISOString() : since
+}
+
 function jsonText (what, value, Err = ValidationError) {
   let text
   try {
@@ -473,6 +478,35 @@ class Engine {
   async completeCorrelated (correlationId, results = null) {
     const core = await this._core()
     return call(core.completeCorrelated(correlationId, jsonText('results', results)))
+  }
+
+  /** Pauses a task: no new step of it starts until resumed; running steps finish. Resolves to whether it changed. */
+  async pauseTask (id) { return this._flow('pause_task', { task_id: id }) }
+  /** Resumes a paused task; resolves to whether it changed. */
+  async resumeTask (id) { return this._flow('resume_task', { task_id: id }) }
+  /** Pauses every unfinished task of a template; resolves to how many. */
+  async pauseTemplate (name, namespace = 'default') { return this._flow('pause_template', { name, namespace }) }
+  /** Resumes every paused task of a template; resolves to how many. */
+  async resumeTemplate (name, namespace = 'default') { return this._flow('resume_template', { name, namespace }) }
+  /** Puts `step` and every step below it back to pending with fresh attempts; resolves to how many steps. */
+  async rerunFrom (id, step) { return this._flow('rerun_from', { task_id: id, step }) }
+  /** Retries every step out of attempts of a task in error; resolves to how many. */
+  async retryTask (id) { return this._flow('retry_task', { task_id: id }) }
+  /** Retries every failed task matching the filters; resolves to how many tasks. */
+  async retryTasks ({ status = 'error', name, namespace, since } = {}) {
+    return this._flow('retry_tasks', { status, name, namespace, since: sinceText(since) })
+  }
+  /** Cancels every unfinished task matching the filters; resolves to how many. */
+  async cancelTasks ({ status, name, namespace, since } = {}) {
+    return this._flow('cancel_tasks', { status, name, namespace, since: sinceText(since) })
+  }
+  /** Removes tasks that ended more than `olderThan` ago (seconds or an age such as '30d'); resolves to how many. */
+  async prune (olderThan, { statuses } = {}) { return this._flow('prune', { older_than: olderThan, statuses }) }
+
+  async _flow (op, args) {
+    const core = await this._core()
+    const given = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined && v !== null))
+    return JSON.parse(await call(core.flowOp(op, JSON.stringify(given))))
   }
 
   /**

@@ -356,6 +356,14 @@ impl Core {
             .map_err(err)
     }
 
+    /// Steering tasks: `op` pause_task, resume_task, retry_task, rerun_from, pause_template,
+    /// resume_template, retry_tasks, cancel_tasks or prune (`arg`: its keys as JSON); JSON
+    /// text back.
+    #[napi]
+    pub async fn flow_op(&self, op: String, arg: String) -> Result<String> {
+        self.engine.flow_op(&op, &arg).await.map_err(err)
+    }
+
     /// Schedules: `op` create (`arg`: the spec as JSON), list, get, pause, resume, delete
     /// (`arg`: the name); JSON text back.
     #[napi]

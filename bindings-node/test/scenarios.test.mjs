@@ -470,3 +470,34 @@ test('a task past its deadlineSeconds is failed by a running worker', async () =
   assert.equal(t.status, 'error')
   assert.equal(step(t, 'nobody_handles_this').status, 'cancelled')
 })
+
+test('operators pause, rerun, retry in bulk and prune', async () => {
+  const engine = freshEngine()
+  await engine.registerTemplate('name: flow\nsteps:\n  - {name: fetch}\n  - {name: load, dependencies: [fetch], retry: {max_attempts: 1}}\n')
+  let broken = true
+  engine.handler('fetch', () => ({ rows: 3 }))
+  engine.handler('load', () => {
+    if (broken) throw new RetryableError('warehouse down')
+    return { loaded: 3 }
+  })
+  const paused = await engine.createTask('flow')
+  assert.equal(await engine.pauseTask(paused), true)
+  assert.equal(await engine.pauseTask(paused), false)
+  assert.equal((await engine.getTask(paused)).paused, true)
+  await assert.rejects(engine.runUntilComplete(paused, { timeout: 0.5 }), TimeoutError)
+  assert.equal(await engine.resumeTask(paused), true)
+  const failed = [paused, await engine.createTask('flow'), await engine.createTask('flow')]
+  for (const t of failed) assert.equal((await engine.runUntilComplete(t, { timeout: 30 })).status, 'error')
+  broken = false
+  assert.equal(await engine.retryTasks({ name: 'flow', since: new Date(Date.now() - 3600_000) }), 3)
+  for (const t of failed) assert.equal((await engine.runUntilComplete(t, { timeout: 30 })).status, 'complete')
+  assert.equal(await engine.rerunFrom(failed[0], 'fetch'), 2)
+  assert.equal((await engine.runUntilComplete(failed[0], { timeout: 30 })).status, 'complete')
+  assert.equal(await engine.pauseTemplate('flow'), 0)
+  assert.equal(await engine.cancelTasks({ name: 'flow' }), 0)
+  await assert.rejects(engine.retryTasks({ status: 'complete' }), ValidationError)
+  await assert.rejects(engine.prune('soon'), /older_than/)
+  assert.equal(await engine.prune('30d'), 0)
+  assert.equal(await engine.prune(0), 3)
+  await assert.rejects(engine.getTask(failed[1]), NotFoundError)
+})

@@ -498,6 +498,14 @@ impl Core {
         block(py, move || async move { e.schedule_op(&op, &arg).await })
     }
 
+    /// Steering tasks: `op` pause_task, resume_task, retry_task, rerun_from, pause_template,
+    /// resume_template, retry_tasks, cancel_tasks or prune (`arg`: its keys as JSON); JSON
+    /// text back.
+    fn flow_op(&self, py: Python<'_>, op: String, arg: String) -> PyResult<String> {
+        let e = self.engine.clone();
+        block(py, move || async move { e.flow_op(&op, &arg).await })
+    }
+
     /// Starts the worker loop for `handlers` (run by Python) plus the built-in handlers (run
     /// in Rust). `mode`: "forever", "until_idle" or "until_task" (with `task_id`).
     #[pyo3(signature = (handlers, concurrency, mode, task_id=None, worker_id=None, shutdown_grace=30.0))]

@@ -903,3 +903,58 @@ def test_a_task_past_its_deadline_is_failed_by_a_running_worker(engine):
     assert step(task, "nobody_handles_this")["status"] == "cancelled"
     with pytest.raises(tasker.ValidationError, match="deadline_seconds"):
         engine.create_task("stuck", deadline_seconds=-1)
+
+
+FLOW = """
+name: flow
+steps:
+  - {name: fetch}
+  - {name: load, dependencies: [fetch], retry: {max_attempts: 1}}
+"""
+
+
+def test_operators_pause_rerun_retry_in_bulk_and_prune(engine):
+    engine.register_template(FLOW)
+    broken = [True]
+    engine.handler("fetch")(lambda s: {"rows": 3})
+
+    @engine.handler("load")
+    def load(s):
+        if broken[0]:
+            raise tasker.RetryableError("warehouse down")
+        return {"loaded": 3}
+
+    # A paused task runs nothing until it is resumed.
+    paused = engine.create_task("flow")
+    assert engine.pause_task(paused) is True
+    assert engine.pause_task(paused) is False
+    assert engine.get_task(paused)["paused"] is True
+    with pytest.raises(tasker.TimeoutError):
+        engine.run_until_complete(paused, timeout=0.5)
+    assert engine.get_task(paused)["status"] == "pending"
+    assert engine.resume_task(paused) is True
+    # Three tasks fail at load; one bulk retry after the fix completes them all.
+    failed = [paused] + [engine.create_task("flow") for _ in range(2)]
+    for t in failed:
+        assert engine.run_until_complete(t, timeout=30)["status"] == "error"
+    broken[0] = False
+    assert engine.retry_tasks(name="flow", since="1h") == 3
+    for t in failed:
+        assert engine.run_until_complete(t, timeout=30)["status"] == "complete"
+    # Rerun a complete task from its first step: both steps run again.
+    assert engine.rerun_from(failed[0], "fetch") == 2
+    again = engine.run_until_complete(failed[0], timeout=30)
+    assert again["status"] == "complete"
+    reasons = [h["metadata"].get("reason") for h in engine.transitions(failed[0]) if h["step_name"] == "fetch"]
+    assert "rerun_from" in reasons
+    assert engine.pause_template("flow") == 0, "none unfinished"
+    assert engine.cancel_tasks(name="flow") == 0
+    with pytest.raises(tasker.ValidationError, match="status must be error"):
+        engine.retry_tasks(status="complete")
+    with pytest.raises(tasker.ValidationError, match="older_than"):
+        engine.prune("soon")
+    # Nothing is old enough yet; everything complete is older than zero seconds.
+    assert engine.prune("30d") == 0
+    assert engine.prune(0) == 3
+    with pytest.raises(tasker.NotFoundError):
+        engine.get_task(failed[1])

@@ -483,6 +483,12 @@ impl Core {
         })
     }
 
+    /// Steering tasks: `op` pause_task, resume_task, retry_task, rerun_from, pause_template,
+    /// resume_template, retry_tasks, cancel_tasks or prune (`arg`: its keys as JSON).
+    fn flow_op(ruby: &Ruby, rb_self: &Self, op: String, arg: String) -> Result<String, Error> {
+        rb_self.call(ruby, |e| async move { e.flow_op(&op, &arg).await })
+    }
+
     /// Schedules: `op` create (`arg`: the spec as JSON), list, get, pause, resume, delete.
     fn schedule_op(ruby: &Ruby, rb_self: &Self, op: String, arg: String) -> Result<String, Error> {
         rb_self.call(ruby, |e| async move { e.schedule_op(&op, &arg).await })
@@ -741,6 +747,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     core.define_method("complete_correlated", method!(Core::complete_correlated, 2))?;
     core.define_method("durability", method!(Core::durability, 0))?;
     core.define_method("schedule_op", method!(Core::schedule_op, 2))?;
+    core.define_method("flow_op", method!(Core::flow_op, 2))?;
     core.define_method("wait_for_task", method!(Core::wait_for_task, 2))?;
     core.define_method(
         "publish_custom_event",

@@ -692,6 +692,37 @@ class ScenariosTest < Minitest::Test
     assert_raises_matching(Tasker::ValidationError, /retry_limit/) { engine.set_step_retry_limit(id, "a", 0) }
   end
 
+  def test_operators_pause_rerun_retry_in_bulk_and_prune
+    engine.register_template("name: flow\nsteps:\n  - {name: fetch}\n  - {name: load, dependencies: [fetch], retry: {max_attempts: 1}}\n")
+    broken = true
+    engine.handler("fetch") { |_s| { rows: 3 } }
+    engine.handler("load") do |_s|
+      raise Tasker::RetryableError, "warehouse down" if broken
+
+      { loaded: 3 }
+    end
+    paused = engine.create_task("flow")
+    assert_equal true, engine.pause_task(paused)
+    assert_equal false, engine.pause_task(paused)
+    assert_equal true, engine.get_task(paused)["paused"]
+    assert_raises(Tasker::TimeoutError) { engine.run_until_complete(paused, timeout: 0.5) }
+    assert_equal true, engine.resume_task(paused)
+    failed = [paused, engine.create_task("flow"), engine.create_task("flow")]
+    failed.each { |t| assert_equal "error", engine.run_until_complete(t, timeout: 30)["status"] }
+    broken = false
+    assert_equal 3, engine.retry_tasks(name: "flow", since: Time.now - 3600)
+    failed.each { |t| assert_equal "complete", engine.run_until_complete(t, timeout: 30)["status"] }
+    assert_equal 2, engine.rerun_from(failed[0], "fetch")
+    assert_equal "complete", engine.run_until_complete(failed[0], timeout: 30)["status"]
+    assert_equal 0, engine.pause_template("flow")
+    assert_equal 0, engine.cancel_tasks(name: "flow")
+    assert_raises_matching(Tasker::ValidationError, /status must be error/) { engine.retry_tasks(status: "complete") }
+    assert_raises_matching(Tasker::ValidationError, /older_than/) { engine.prune("soon") }
+    assert_equal 0, engine.prune("30d")
+    assert_equal 3, engine.prune(0)
+    assert_raises(Tasker::NotFoundError) { engine.get_task(failed[1]) }
+  end
+
   private
 
   def assert_raises_matching(klass, pattern, &block)

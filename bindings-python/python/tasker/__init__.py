@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import datetime as _dt
 import inspect
 import json
 import os
@@ -540,6 +541,58 @@ class Engine:
     def resolve_step_manually(self, task_id: int, step_name: str, results: Any = None) -> None:
         self._core.resolve_step_manually(task_id, step_name, _json_arg("results", results))
 
+    # ---- steering tasks ----------------------------------------------------------------
+
+    def _flow(self, op: str, **args: Any) -> Any:
+        return json.loads(self._core.flow_op(op, json.dumps({k: v for k, v in args.items() if v is not None})))
+
+    def pause_task(self, task_id: int) -> bool:
+        """Pauses a task: no new step of it starts until :meth:`resume_task`; running steps
+        finish. Returns whether it changed (False when already paused); ``ConflictError`` for
+        a finished task."""
+        return self._flow("pause_task", task_id=task_id)
+
+    def resume_task(self, task_id: int) -> bool:
+        """Resumes a paused task; returns whether it changed."""
+        return self._flow("resume_task", task_id=task_id)
+
+    def pause_template(self, name: str, namespace: str = "default") -> int:
+        """Pauses every unfinished task of a template (any version); returns how many.
+        Tasks created later are not paused."""
+        return self._flow("pause_template", name=name, namespace=namespace)
+
+    def resume_template(self, name: str, namespace: str = "default") -> int:
+        """Resumes every paused task of a template; returns how many."""
+        return self._flow("resume_template", name=name, namespace=namespace)
+
+    def rerun_from(self, task_id: int, step: str) -> int:
+        """Puts ``step`` and every step below it back to pending with fresh attempts (their
+        history kept: the transitions say ``rerun_from``) and the task back to work; for a
+        complete, resolved or failed task. Returns how many steps."""
+        return self._flow("rerun_from", task_id=task_id, step=step)
+
+    def retry_task(self, task_id: int) -> int:
+        """Retries every step out of attempts of a task in error; returns how many."""
+        return self._flow("retry_task", task_id=task_id)
+
+    def retry_tasks(self, *, status: Optional[str] = "error", name: Optional[str] = None,
+                    namespace: Optional[str] = None, since: Union[None, str, _dt.datetime] = None) -> int:
+        """Retries every failed task matching the filters (``since``: a datetime, an RFC
+        3339 string or an age such as ``"24h"``); returns how many tasks."""
+        return self._flow("retry_tasks", status=status, name=name, namespace=namespace, since=_since(since))
+
+    def cancel_tasks(self, *, status: Optional[str] = None, name: Optional[str] = None,
+                     namespace: Optional[str] = None, since: Union[None, str, _dt.datetime] = None) -> int:
+        """Cancels every unfinished task matching the filters; returns how many."""
+        return self._flow("cancel_tasks", status=status, name=name, namespace=namespace, since=_since(since))
+
+    def prune(self, older_than: Union[float, str, _dt.timedelta], statuses: Optional[Sequence[str]] = None) -> int:
+        """Removes tasks that ended longer than ``older_than`` ago (seconds, a timedelta or
+        an age such as ``"30d"``) in ``statuses`` (complete, cancelled and resolved_manually
+        unless given), with their steps and history; returns how many."""
+        age = older_than.total_seconds() if isinstance(older_than, _dt.timedelta) else older_than
+        return self._flow("prune", older_than=age, statuses=None if statuses is None else list(statuses))
+
     # ---- steps that wait ---------------------------------------------------------------
 
     def signal(self, task_id: int, name: str, payload: Any = None) -> int:
@@ -664,6 +717,15 @@ class Engine:
 
 def _key(job: Any) -> Tuple[int, int, int, int]:
     return job.key
+
+
+def _since(since: Union[None, str, _dt.datetime]) -> Optional[str]:
+    """A bulk action's ``since`` as core takes it: RFC 3339 text (a naive datetime is UTC)."""
+    if isinstance(since, _dt.datetime):
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=_dt.timezone.utc)
+        return since.isoformat()
+    return since
 
 
 def _json_arg(what: str, value: Any) -> str:

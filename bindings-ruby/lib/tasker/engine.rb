@@ -196,6 +196,38 @@ module Tasker
       @core.complete_correlated(correlation_id.to_s, Json.text("results", results))
     end
 
+    # Pauses a task: no new step of it starts until #resume_task; running steps finish.
+    # Returns whether it changed (false when already paused).
+    def pause_task(id) = flow_op("pause_task", task_id: id)
+    # Resumes a paused task; returns whether it changed.
+    def resume_task(id) = flow_op("resume_task", task_id: id)
+    # Pauses every unfinished task of a template (any version); returns how many.
+    def pause_template(name, namespace: "default") = flow_op("pause_template", name: name.to_s, namespace: namespace.to_s)
+    # Resumes every paused task of a template; returns how many.
+    def resume_template(name, namespace: "default") = flow_op("resume_template", name: name.to_s, namespace: namespace.to_s)
+    # Puts +step+ and every step below it back to pending with fresh attempts (a complete,
+    # resolved or failed task); returns how many steps.
+    def rerun_from(id, step) = flow_op("rerun_from", task_id: id, step: step.to_s)
+    # Retries every step out of attempts of a task in error; returns how many.
+    def retry_task(id) = flow_op("retry_task", task_id: id)
+
+    # Retries every failed task matching the filters (+since+: a Time, RFC 3339 text or an
+    # age such as "24h"); returns how many tasks.
+    def retry_tasks(status: "error", name: nil, namespace: nil, since: nil)
+      flow_op("retry_tasks", status: status&.to_s, name: name&.to_s, namespace: namespace&.to_s, since: since_text(since))
+    end
+
+    # Cancels every unfinished task matching the filters; returns how many.
+    def cancel_tasks(status: nil, name: nil, namespace: nil, since: nil)
+      flow_op("cancel_tasks", status: status&.to_s, name: name&.to_s, namespace: namespace&.to_s, since: since_text(since))
+    end
+
+    # Removes tasks that ended more than +older_than+ ago (seconds or an age such as "30d")
+    # in +statuses+ (complete, cancelled, resolved_manually unless given); returns how many.
+    def prune(older_than, statuses: nil)
+      flow_op("prune", older_than: older_than, statuses: statuses&.map(&:to_s))
+    end
+
     # Creates a schedule: a task of +template+ at each tick of +cron+ (5 fields, or 6 with
     # seconds first) in +timezone+. +overlap+: "skip", "allow", "cancel_previous"; +catch_up+
     # after every process was down: "none", "latest", "all". Every worker process fires it.
@@ -280,6 +312,18 @@ module Tasker
 
     def schedule_op(op, arg)
       JSON.parse(@core.schedule_op(op, arg))
+    end
+
+    def flow_op(op, **args)
+      JSON.parse(@core.flow_op(op, JSON.generate(args.compact)))
+    end
+
+    # A Time (or Date, DateTime) as RFC 3339 in UTC; text as given.
+    def since_text(since)
+      return since if since.nil? || since.is_a?(String)
+
+      time = since.is_a?(Time) ? since : since.to_time
+      time.getutc.strftime("%Y-%m-%dT%H:%M:%S.%LZ")
     end
 
     def now

@@ -253,7 +253,8 @@ impl Engine {
         format!("{}:{:08x}", std::process::id(), rand::random::<u32>())
     }
 
-    fn now(&self) -> i64 {
+    /// The engine's clock, epoch ms.
+    pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now_ms()
     }
 }

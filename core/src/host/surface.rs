@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::json;
 
 use super::{HostDriver, HostOptions, RunMode};
 use crate::engine::{Engine, TaskSummary};
@@ -249,4 +250,156 @@ impl Engine {
 
 fn json_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("json")
+}
+
+/// A bulk action's selection as hosts give it (bindings' keyword arguments, CLI flags, REST
+/// bodies): `status` names a task state, `since` is an RFC 3339 time or an age (`"24h"`,
+/// `"7d"`: created within it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkQuery {
+    pub status: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub since: Option<String>,
+}
+
+impl BulkQuery {
+    /// The selection, `since` resolved against `now_ms`.
+    pub fn selection(self, now_ms: i64) -> Result<crate::engine::TaskSelection> {
+        let status = self
+            .status
+            .map(|s| {
+                s.parse::<TaskState>()
+                    .map_err(|m| Error::Validation(format!("status: {m}")))
+            })
+            .transpose()?;
+        let since = self.since.map(|s| parse_since(&s, now_ms)).transpose()?;
+        Ok(crate::engine::TaskSelection {
+            status,
+            name: self.name,
+            namespace: self.namespace,
+            since,
+        })
+    }
+}
+
+/// An age as operators write it: seconds (`3600`), or a number with units (`30d`, `12h`,
+/// `90m`, `1w`, `2h 30m`).
+pub fn parse_age(what: &str, s: &str) -> Result<Duration> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        Error::Validation(format!(
+            "{what}: {s:?} is not an age ({e}); write seconds or a number with units, as 30d, 12h, 90m"
+        ))
+    })
+}
+
+/// `since` as epoch ms: an RFC 3339 time, or an age before `now_ms` ([`parse_age`]).
+pub fn parse_since(s: &str, now_ms: i64) -> Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(t.timestamp_millis());
+    }
+    let age = parse_age("since", s).map_err(|_| {
+        Error::Validation(format!(
+            "since: {s:?} is neither an RFC 3339 time (2026-12-01T00:00:00Z) nor an age (24h, 7d)"
+        ))
+    })?;
+    Ok(now_ms - age.as_millis().min(i64::MAX as u128) as i64)
+}
+
+/// The arguments of [`Engine::flow_op`]: the union of every operation's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowArgs {
+    task_id: Option<i64>,
+    step: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    older_than: Option<serde_json::Value>,
+    statuses: Option<Vec<String>>,
+}
+
+impl FlowArgs {
+    fn need<T: Clone>(v: &Option<T>, op: &str, key: &str) -> Result<T> {
+        v.clone()
+            .ok_or_else(|| Error::Validation(format!("{op}: {key} is required")))
+    }
+}
+
+impl Engine {
+    /// Steering a task or many as a binding calls it, one entry point for every language:
+    /// `pause_task`, `resume_task`, `retry_task` (`{task_id}`), `rerun_from` (`{task_id,
+    /// step}`), `pause_template`, `resume_template` (`{name, namespace}`), `retry_tasks`,
+    /// `cancel_tasks` ([`BulkQuery`]'s keys), `prune` (`{older_than, statuses}`: seconds or an
+    /// age such as `"30d"`). Answers JSON text: whether the task changed (pause, resume), or
+    /// how many steps or tasks.
+    pub async fn flow_op(&self, op: &str, arg: &str) -> Result<String> {
+        let a: FlowArgs = serde_json::from_str(if arg.trim().is_empty() { "{}" } else { arg })
+            .map_err(|e| Error::Validation(format!("{op}: {e}")))?;
+        let ns = || {
+            a.namespace
+                .clone()
+                .unwrap_or_else(|| crate::template::DEFAULT_NAMESPACE.into())
+        };
+        let bulk = || BulkQuery {
+            status: a.status.clone(),
+            name: a.name.clone(),
+            namespace: a.namespace.clone(),
+            since: a.since.clone(),
+        };
+        let answer = match op {
+            "pause_task" => json!(self.pause_task(FlowArgs::need(&a.task_id, op, "task_id")?).await?),
+            "resume_task" => {
+                json!(self.resume_task(FlowArgs::need(&a.task_id, op, "task_id")?).await?)
+            }
+            "retry_task" => json!(self.retry_task(FlowArgs::need(&a.task_id, op, "task_id")?).await?),
+            "rerun_from" => {
+                let id = FlowArgs::need(&a.task_id, op, "task_id")?;
+                json!(self.rerun_from(id, &FlowArgs::need(&a.step, op, "step")?).await?)
+            }
+            "pause_template" => {
+                json!(self.pause_template(&FlowArgs::need(&a.name, op, "name")?, &ns()).await?)
+            }
+            "resume_template" => {
+                json!(self.resume_template(&FlowArgs::need(&a.name, op, "name")?, &ns()).await?)
+            }
+            "retry_tasks" => json!(self.retry_tasks(&bulk().selection(self.now())?).await?),
+            "cancel_tasks" => json!(self.cancel_tasks(&bulk().selection(self.now())?).await?),
+            "prune" => {
+                let age = match FlowArgs::need(&a.older_than, op, "older_than")? {
+                    serde_json::Value::String(s) => parse_age("older_than", &s)?,
+                    serde_json::Value::Number(n) => parse_age("older_than", &n.to_string())?,
+                    other => {
+                        return Err(Error::Validation(format!(
+                            "prune: older_than must be seconds or an age such as \"30d\", got {other}"
+                        )))
+                    }
+                };
+                let statuses = a
+                    .statuses
+                    .iter()
+                    .flatten()
+                    .map(|s| {
+                        s.parse::<TaskState>()
+                            .map_err(|m| Error::Validation(format!("prune: statuses: {m}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                json!(self.prune(age, &statuses).await?)
+            }
+            other => {
+                return Err(Error::Validation(format!(
+                    "unknown operation {other:?}: expected pause_task, resume_task, retry_task, rerun_from, pause_template, resume_template, retry_tasks, cancel_tasks or prune"
+                )))
+            }
+        };
+        Ok(answer.to_string())
+    }
 }
