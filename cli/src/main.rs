@@ -5,6 +5,7 @@
 //! 130 interrupted.
 
 mod events;
+mod flow;
 mod output;
 mod schedules;
 mod telemetry;
@@ -67,18 +68,7 @@ enum Command {
     /// Register a template, create a task and run it here until it finishes.
     Run(RunArgs),
     /// Run built-in command/http steps of every task in the database until stopped.
-    Worker {
-        /// Steps run at once.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Exit when nothing is left to do.
-        #[arg(long)]
-        until_idle: bool,
-        /// Serve this worker's metrics (cycle latency, steps claimed, step durations and
-        /// outcomes, lease expiries) as Prometheus text at http://ADDR/metrics.
-        #[arg(long, value_name = "ADDR")]
-        metrics_bind: Option<std::net::SocketAddr>,
-    },
+    Worker(flow::WorkerArgs),
     /// Register or list templates.
     #[command(subcommand)]
     Templates(TemplatesCmd),
@@ -119,10 +109,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a task: steps not started are cancelled, running steps finish.
-    Cancel { task_id: i64 },
-    /// Give a failed step fresh attempts and put its task back to work.
-    Retry { task_id: i64, step: String },
+    /// Cancel a task (steps not started are cancelled, running steps finish), or every
+    /// unfinished task the filters match.
+    Cancel(flow::CancelArgs),
+    /// Give a failed step fresh attempts and put its task back to work: one step, every failed
+    /// step of a task, or every failed task the filters match (`--status error --name N`).
+    Retry(flow::RetryArgs),
+    /// Pause a task (no new step of it starts; running steps finish), or every unfinished
+    /// task of a template (--template).
+    Pause(flow::PauseArgs),
+    /// Resume a paused task, or every paused task of a template (--template).
+    Resume(flow::PauseArgs),
+    /// Rerun a complete, resolved or failed task from a step: it and every step below it
+    /// run again with fresh attempts.
+    Rerun { task_id: i64, step: String },
+    /// Remove tasks that ended long ago, with their steps and history.
+    Prune(flow::PruneArgs),
     /// Mark a pending or failed step resolved, with results; its children may run.
     Resolve {
         task_id: i64,
@@ -220,6 +222,9 @@ struct TaskInput {
     /// A second run with the same key returns the first task.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Its steps are claimed before those of tasks with a lower priority (default 0).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
     /// Unfinished after this many seconds, the task is failed and its unfinished steps
     /// cancelled (default: the template's deadline_seconds).
     #[arg(long)]
@@ -303,11 +308,15 @@ fn main() -> ExitCode {
 }
 
 async fn open(cli: &Cli) -> Result<Engine, Failure> {
-    open_with(cli, false).await
+    open_with(cli, false, None).await
 }
 
-/// [`open`], recording metrics when `metrics` is set.
-async fn open_with(cli: &Cli, metrics: bool) -> Result<Engine, Failure> {
+/// [`open`], recording metrics when `metrics` is set, pruning by `retention` in workers.
+async fn open_with(
+    cli: &Cli,
+    metrics: bool,
+    retention: Option<tasker_core::Retention>,
+) -> Result<Engine, Failure> {
     if !(cli.lease_seconds.is_finite() && cli.lease_seconds >= 0.1) {
         return Err(Failure::input(format!(
             "--lease-seconds must be at least 0.1, got {}",
@@ -319,7 +328,8 @@ async fn open_with(cli: &Cli, metrics: bool) -> Result<Engine, Failure> {
         .listen(!cli.poll_only)
         .strict_templates(cli.strict_templates)
         .lease(Duration::from_secs_f64(cli.lease_seconds))
-        .metrics(metrics);
+        .metrics(metrics)
+        .retention(retention);
     if let Some(env) = &cli.environment {
         opts = opts.environment(env);
     }
@@ -389,11 +399,7 @@ async fn register(engine: &Engine, t: TaskTemplate) -> Result<Registration, Fail
 async fn dispatch(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Run(args) => run(&cli, args).await,
-        Command::Worker {
-            concurrency,
-            until_idle,
-            metrics_bind,
-        } => worker(&cli, *concurrency, *until_idle, *metrics_bind).await,
+        Command::Worker(a) => worker(&cli, a).await,
         Command::Templates(cmd) => templates(&cli, cmd).await,
         Command::Events(cmd) => events::events(&cli, cmd).await,
         Command::Schedule(cmd) => schedules::schedule(&cli, cmd).await,
@@ -427,18 +433,12 @@ async fn dispatch(cli: Cli) -> Outcome {
             limit,
             json,
         } => list(&cli, status.as_deref(), name, namespace, *limit, *json).await,
-        Command::Cancel { task_id } => {
-            let engine = open(&cli).await?;
-            engine.cancel_task(*task_id).await?;
-            println!("task {task_id} cancelled");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Retry { task_id, step } => {
-            let engine = open(&cli).await?;
-            engine.retry_step(*task_id, step).await?;
-            println!("step {step} of task {task_id} will be retried");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Cancel(a) => flow::cancel(&cli, a).await,
+        Command::Retry(a) => flow::retry(&cli, a).await,
+        Command::Pause(a) => flow::pause(&cli, a, true).await,
+        Command::Resume(a) => flow::pause(&cli, a, false).await,
+        Command::Rerun { task_id, step } => flow::rerun(&cli, *task_id, step).await,
+        Command::Prune(a) => flow::prune(&cli, a).await,
         Command::Resolve {
             task_id,
             step,
@@ -604,6 +604,7 @@ fn request(
         context,
         idempotency_key: input.idempotency_key.clone(),
         deadline_seconds: input.deadline_seconds,
+        priority: input.priority,
         initiator: Some(std::env::var("USER").unwrap_or_else(|_| "tasker-cli".into())),
         source_system: Some("tasker-cli".into()),
         ..Default::default()
@@ -694,13 +695,10 @@ async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
     })
 }
 
-async fn worker(
-    cli: &Cli,
-    concurrency: usize,
-    until_idle: bool,
-    metrics_bind: Option<std::net::SocketAddr>,
-) -> Outcome {
-    let engine = open_with(cli, metrics_bind.is_some()).await?;
+async fn worker(cli: &Cli, a: &flow::WorkerArgs) -> Outcome {
+    let (concurrency, until_idle, metrics_bind) = (a.concurrency, a.until_idle, a.metrics_bind);
+    let retention = a.retention.retention()?;
+    let engine = open_with(cli, metrics_bind.is_some(), retention).await?;
     let _metrics = match metrics_bind {
         Some(bind) => {
             let (addr, task) = tasker_server::metrics::serve_metrics(bind)
@@ -764,7 +762,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Outcome {
         }
         _ => tasker_server::Auth::Off,
     };
-    let engine = open_with(cli, true).await?;
+    let engine = open_with(cli, true, None).await?;
     let opts = tasker_server::ServeOptions {
         bind: args.bind,
         base_path,

@@ -1229,3 +1229,118 @@ fn event_definition_files_register_and_list_and_a_bad_one_exits_2() {
         stderr(&out)
     );
 }
+
+#[test]
+fn operators_pause_rerun_retry_in_bulk_and_prune_from_the_command_line() {
+    let env = Env::new();
+    let f = env.file(
+        "flow.yaml",
+        r#"
+name: flow
+step_templates:
+  - name: fetch
+    handler_class: command
+    handler_config: {command: "echo 1"}
+  - name: load
+    handler_class: command
+    depends_on_step: fetch
+    default_retryable: false
+    handler_config:
+      command: 'test -f go || { echo "warehouse down" >&2; exit 1; }; echo 2'
+"#,
+    );
+    assert!(env
+        .tasker(&["templates", "register", f.to_str().unwrap()])
+        .status
+        .success());
+    let create = |extra: &[&str]| {
+        let mut args = vec!["create", "flow"];
+        args.extend_from_slice(extra);
+        stdout(&env.tasker(&args)).trim().to_owned()
+    };
+    let paused = create(&["--priority", "5"]);
+    assert_eq!(
+        stdout(&env.tasker(&["pause", &paused])).trim(),
+        format!("task {paused} paused")
+    );
+    assert!(env.tasker(&["worker", "--until-idle"]).status.success());
+    let t: Value =
+        serde_json::from_slice(&env.tasker(&["status", &paused, "--json"]).stdout).unwrap();
+    assert_eq!(
+        (t["status"].as_str(), t["paused"].as_bool()),
+        (Some("pending"), Some(true))
+    );
+    assert_eq!(
+        stdout(&env.tasker(&["resume", &paused])).trim(),
+        format!("task {paused} resumed")
+    );
+    let others = [create(&[]), create(&[])];
+    assert!(env.tasker(&["worker", "--until-idle"]).status.success());
+    for id in others.iter().chain([&paused]) {
+        let t: Value =
+            serde_json::from_slice(&env.tasker(&["status", id, "--json"]).stdout).unwrap();
+        assert_eq!(t["status"], "error", "{id}");
+    }
+    // The cause is fixed: every failed task of the template is retried at once.
+    std::fs::write(env.dir.path().join("go"), "").unwrap();
+    let out = env.tasker(&[
+        "retry", "--status", "error", "--name", "flow", "--since", "1h",
+    ]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "3 tasks will be retried",
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.tasker(&["worker", "--until-idle"]).status.success());
+    let out = env.tasker(&["rerun", &paused, "fetch"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("task {paused} reruns from step fetch: 2 steps back to pending")
+    );
+    assert!(env.tasker(&["worker", "--until-idle"]).status.success());
+    let out = env.tasker(&["list", "--status", "complete", "--json"]);
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done.as_array().unwrap().len(), 3);
+    let out = env.tasker(&["pause", "--template", "flow"]);
+    assert_eq!(stdout(&out).trim(), "0 tasks of default.flow paused");
+    let out = env.tasker(&["cancel", "--name", "flow"]);
+    assert_eq!(stdout(&out).trim(), "0 tasks cancelled");
+
+    // Bad input names the place and changes nothing.
+    for (args, says) in [
+        (vec!["retry"], "give a task id, or filters"),
+        (vec!["retry", "1", "--name", "flow"], "not both"),
+        (
+            vec!["retry", "--status", "complete"],
+            "status must be error",
+        ),
+        (vec!["retry", "--since", "yesterday"], "since"),
+        (vec!["prune", "--older-than", "soon"], "--older-than"),
+        (
+            vec!["prune", "--older-than", "1d", "--status", "pending"],
+            "status pending",
+        ),
+        (
+            vec![
+                "worker",
+                "--prune-older-than",
+                "1d",
+                "--prune-status",
+                "running",
+            ],
+            "--prune-status",
+        ),
+    ] {
+        let out = env.tasker(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    let out = env.tasker(&["prune", "--older-than", "30d"]);
+    assert_eq!(stdout(&out).trim(), "0 tasks pruned");
+    let out = env.tasker(&["prune", "--older-than", "0"]);
+    assert_eq!(stdout(&out).trim(), "3 tasks pruned");
+    let out = env.tasker(&["status", &paused]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}

@@ -253,7 +253,11 @@ impl Engine {
         format!("{}:{:08x}", std::process::id(), rand::random::<u32>())
     }
 
-    /// The engine's clock, epoch ms.
+    /// The engine's clock, epoch ms (what `since` and ages are measured from).
+    pub fn now_ms(&self) -> i64 {
+        self.now()
+    }
+
     pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now_ms()
     }
